@@ -1,0 +1,75 @@
+"""The slides' table shape (pure): per device and model, engine rows × "1 thread", "N threads", "peak memory"."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from devicelab.result import OK, UNSUPPORTED, Result
+
+
+@dataclass(frozen=True)
+class Cell:
+    status: str
+    median_s: float | None = None
+    reason: str | None = None
+
+    def text(self) -> str:
+        if self.status == OK and self.median_s is not None:
+            return f"{self.median_s * 1e3:.2f} ms"
+        return "n/a" if self.status == UNSUPPORTED else self.status
+
+
+@dataclass
+class Row:
+    name: str
+    cells: dict[int, Cell] = field(default_factory=dict)
+    peak_rss_bytes: int | None = None
+
+
+@dataclass
+class SlidesTable:
+    device: str
+    model: str
+    threads: list[int]
+    rows: list[Row]
+
+    @property
+    def columns(self) -> list[str]:
+        return ["engine"] + [f"{t} thread" + ("s" if t != 1 else "") for t in self.threads] + ["peak memory"]
+
+
+def row_name(r: Result, with_affinity: bool) -> str:
+    name = r.engine + (f" [{r.label}]" if r.label else "")
+    if r.precision != "fp32":
+        name += f" {r.precision}"
+    if r.backend != "cpu":
+        name += f" {r.backend}"
+    if with_affinity:
+        name += f" @{r.affinity}"
+    return name
+
+
+def slides_tables(results: Sequence[Result]) -> list[SlidesTable]:
+    tables: dict[tuple[str, str], SlidesTable] = {}
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.device, r.model), []).append(r)
+    for (device, model), rs in groups.items():
+        several_affinities = len({r.affinity for r in rs}) > 1
+        threads = sorted({r.threads for r in rs if r.threads > 0})
+        rows: dict[str, Row] = {}
+        for r in sorted(rs, key=lambda r: (r.engine, r.label, r.precision, r.backend, r.affinity)):
+            row = rows.setdefault(row_name(r, several_affinities), Row(row_name(r, several_affinities)))
+            if r.threads > 0:
+                row.cells[r.threads] = Cell(r.status, r.median_s, r.reason)
+            if r.status == OK and r.peak_rss_bytes:
+                row.peak_rss_bytes = max(row.peak_rss_bytes or 0, r.peak_rss_bytes)
+        tables[(device, model)] = SlidesTable(device, model, threads, list(rows.values()))
+    return [tables[k] for k in sorted(tables)]
+
+
+def format_bytes(n: int | None) -> str:
+    if not n:
+        return "—"
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"

@@ -1,0 +1,389 @@
+"""Inventory (devices.yaml) and suites (YAML): loading and validation.
+
+Every problem is collected and reported at once, in one line, before any device is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from devicelab.devices import DEVICE_KINDS, DeviceEntry, device_class
+from devicelab.engines import ENGINE_MODULES
+from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.protocol import ProtocolSettings, settings_from_dict
+from devicelab.result import BACKENDS, PRECISIONS
+from devicelab.zoo import ZOO
+
+NAMED_AFFINITIES = ("big", "little", "all")
+_CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
+
+
+class ConfigError(DevicelabError):
+    """A suite or inventory with problems; the message lists them all."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DevicelabError(f"{what} file not found: {path}") from None
+    except OSError as e:
+        raise DevicelabError(f"{what} file {path}: {e.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise DevicelabError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Inventory
+
+_ENTRY_KEYS = ("id", "kind", "name")
+
+
+@dataclass(frozen=True)
+class Inventory:
+    source: str
+    devices: tuple[DeviceEntry, ...]
+
+    def get(self, device_id: str) -> DeviceEntry:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise DevicelabError(unknown_name_message("device", device_id, [d.id for d in self.devices]))
+
+
+def inventory_path(explicit: str | None) -> Path | None:
+    """--devices, else DEVICELAB_DEVICES, else ./devices.yaml, else None for the built-in inventory."""
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("DEVICELAB_DEVICES")
+    if env:
+        return Path(env).expanduser()
+    local = Path("devices.yaml")
+    return local if local.is_file() else None
+
+
+def load_inventory(explicit: str | None = None) -> Inventory:
+    path = inventory_path(explicit)
+    if path is None:
+        text = resources.files("devicelab.data").joinpath("devices.yaml").read_text()
+        return parse_inventory(yaml.safe_load(text), "built-in inventory")
+    return parse_inventory(_read_yaml(path, "devices"), str(path))
+
+
+def parse_inventory(raw: Any, source: str) -> Inventory:
+    problems: list[str] = []
+    if not isinstance(raw, dict):
+        raise ConfigError(source, ["must be a mapping with a 'devices' list"])
+    for key in raw:
+        if key not in ("devices", "version"):
+            problems.append(f"{key}: unknown key; allowed: devices, version")
+    if raw.get("version", 1) != 1:
+        problems.append(f"version: {raw.get('version')!r} is not supported; allowed: 1")
+    items = raw.get("devices")
+    if not isinstance(items, list) or not items:
+        problems.append("devices: must be a non-empty list")
+        items = []
+    entries: list[DeviceEntry] = []
+    seen: set[str] = set()
+    for i, item in enumerate(items):
+        where = f"devices[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{where}: must be a mapping with id and kind")
+            continue
+        kind = item.get("kind")
+        if kind not in DEVICE_KINDS:
+            problems.append(f"{where}.kind: " + unknown_name_message("device kind", str(kind), DEVICE_KINDS))
+            continue
+        allowed = _ENTRY_KEYS + device_class(kind).inventory_keys
+        for key in item:
+            if key not in allowed:
+                problems.append(f"{where}.{key}: unknown key for kind '{kind}'; allowed: {', '.join(allowed)}")
+        dev_id = item.get("id")
+        if not isinstance(dev_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]*", dev_id):
+            problems.append(f"{where}.id: {dev_id!r} must be a name of letters, digits and . _ : @ -")
+            continue
+        if dev_id in seen:
+            problems.append(f"{where}.id: '{dev_id}' appears twice")
+        seen.add(dev_id)
+        options = {k: v for k, v in item.items() if k not in ("id", "kind")}
+        entries.append(DeviceEntry(dev_id, kind, options))
+    if problems:
+        raise ConfigError(source, problems)
+    return Inventory(source, tuple(entries))
+
+
+# --------------------------------------------------------------------------------------------------
+# Suites
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: str | None = None  # None: a zoo model
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.path is None and not self.input_shapes:
+            return {"name": self.name}
+        d: dict[str, Any] = {"name": self.name, "path": self.path}
+        if self.input_shapes:
+            d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        return d
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    name: str
+    label: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "label": self.label, "options": self.options}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    models: tuple[ModelSpec, ...]
+    engines: tuple[EngineSpec, ...]
+    threads: tuple[int | str, ...]  # positive ints or "all"
+    precisions: tuple[str, ...]
+    backends: tuple[str, ...]
+    affinities: tuple[str, ...]  # big, little, all, or a cpu list like "0,2" / "4-7"
+    devices: tuple[str, ...] | None  # None: every device in the inventory
+    protocol: ProtocolSettings
+    seed: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized suite, as stored with the Run (and re-read by --resume)."""
+        return {
+            "name": self.name,
+            "models": [m.to_dict() for m in self.models],
+            "engines": [e.to_dict() for e in self.engines],
+            "threads": list(self.threads),
+            "precisions": list(self.precisions),
+            "backends": list(self.backends),
+            "affinity": list(self.affinities),
+            "devices": list(self.devices) if self.devices is not None else None,
+            "protocol": self.protocol.to_dict(),
+            "seed": self.seed,
+        }
+
+
+SUITE_KEYS = ("name", "models", "engines", "threads", "precisions", "backends", "affinity", "devices",
+              "protocol", "seed")
+
+BUILTIN_SUITES = ("default", "quick")
+
+
+def builtin_suite(name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("devicelab.data").joinpath(f"suite-{name}.yaml").read_text())
+
+
+def load_suite_file(path: Path) -> dict[str, Any]:
+    raw = _read_yaml(path, "suite")
+    if not isinstance(raw, dict):
+        raise DevicelabError(f"suite {path} must be a YAML mapping with keys: {', '.join(SUITE_KEYS)}")
+    base_dir = path.parent.resolve()
+    # Relative model paths are relative to the suite file, not to wherever devicelab was started.
+    models = raw.get("models")
+    for i, m in enumerate(models if isinstance(models, list) else []):
+        if isinstance(m, str) and _is_model_path(m):
+            m = models[i] = {"path": m}
+        if isinstance(m, dict) and isinstance(m.get("path"), str) and not Path(m["path"]).expanduser().is_absolute():
+            m["path"] = str(base_dir / m["path"])
+    raw.setdefault("name", path.stem)
+    return raw
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _is_model_path(text: str) -> bool:
+    return text.endswith(".onnx") or "/" in text or os.sep in text
+
+
+def parse_suite(raw: dict[str, Any], source: str) -> Suite:
+    """Validate a raw suite mapping; raise one ConfigError listing every problem."""
+    problems: list[str] = []
+    for key in raw:
+        if key not in SUITE_KEYS:
+            problems.append(f"{key}: unknown key; allowed: {', '.join(SUITE_KEYS)}")
+
+    models: list[ModelSpec] = []
+    for i, m in enumerate(_as_list(raw.get("models"))):
+        where = f"models[{i}]"
+        if isinstance(m, str):
+            m = {"path": m} if _is_model_path(m) else {"name": m}
+        if not isinstance(m, dict):
+            problems.append(f"{where}: must be a zoo name, an .onnx path, or a mapping with name/path")
+            continue
+        for key in m:
+            if key not in ("name", "path", "input_shapes"):
+                problems.append(f"{where}.{key}: unknown key; allowed: name, path, input_shapes")
+        shapes: dict[str, tuple[int, ...]] = {}
+        for input_name, shape in (m.get("input_shapes") or {}).items():
+            if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
+                problems.append(f"{where}.input_shapes.{input_name}: {shape!r} must be a list of positive integers")
+            else:
+                shapes[str(input_name)] = tuple(shape)
+        path = m.get("path")
+        if path is not None:
+            p = Path(str(path)).expanduser()
+            if not p.is_file():
+                problems.append(f"{where}.path: model file not found: {p}")
+                continue
+            if p.suffix.lower() != ".onnx":
+                problems.append(f"{where}.path: {p.name} is not an .onnx file (formats read: onnx)")
+                continue
+            models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes))
+        else:
+            name = m.get("name")
+            if name not in ZOO:
+                problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), ZOO)
+                                + " (or give a path to an .onnx file)")
+                continue
+            models.append(ModelSpec(str(name), None, shapes))
+    if not models and not any(p.startswith("models[") for p in problems):
+        problems.append("models: must list at least one model")
+    names = [m.name for m in models]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"models: the name '{dup}' is used twice; give one of them another name")
+
+    engines: list[EngineSpec] = []
+    for i, e in enumerate(_as_list(raw.get("engines"))):
+        where = f"engines[{i}]"
+        if isinstance(e, str):
+            e = {"name": e}
+        if not isinstance(e, dict):
+            problems.append(f"{where}: must be an engine name or a mapping with name, label, options")
+            continue
+        for key in e:
+            if key not in ("name", "label", "options"):
+                problems.append(f"{where}.{key}: unknown key; allowed: name, label, options")
+        name = e.get("name")
+        if name not in ENGINE_MODULES:
+            problems.append(f"{where}: " + unknown_name_message("engine", str(name), ENGINE_MODULES))
+            continue
+        label = e.get("label") or ""
+        if not isinstance(label, str):
+            problems.append(f"{where}.label: must be text")
+            continue
+        options = e.get("options") or {}
+        if not isinstance(options, dict):
+            problems.append(f"{where}.options: must be a mapping")
+            continue
+        engines.append(EngineSpec(name, label, options))
+    if not engines and not any(p.startswith("engines[") for p in problems):
+        problems.append(f"engines: must list at least one engine; allowed: {', '.join(ENGINE_MODULES)}")
+
+    threads: list[int | str] = []
+    for i, t in enumerate(_as_list(raw.get("threads", [1]))):
+        if isinstance(t, str) and t.strip().isdigit():
+            t = int(t.strip())
+        if t == "all" or (isinstance(t, int) and not isinstance(t, bool) and t > 0):
+            if t not in threads:
+                threads.append(t)
+        else:
+            problems.append(f"threads[{i}]: {t!r} is not allowed; allowed: a positive integer or 'all'")
+
+    def names_from(key: str, allowed: tuple[str, ...], default: list[str]) -> list[str]:
+        out: list[str] = []
+        for i, v in enumerate(_as_list(raw.get(key, default))):
+            if v in allowed:
+                if v not in out:
+                    out.append(v)
+            else:
+                problems.append(f"{key}[{i}]: {v!r} is not allowed; allowed: {', '.join(allowed)}")
+        if not out and not any(p.startswith(f"{key}[") for p in problems):
+            problems.append(f"{key}: must list at least one of {', '.join(allowed)}")
+        return out
+
+    precisions = names_from("precisions", PRECISIONS, ["fp32"])
+    backends = names_from("backends", BACKENDS, ["cpu"])
+
+    affinities: list[str] = []
+    for i, a in enumerate(_as_list(raw.get("affinity", ["big"]))):
+        if isinstance(a, list) and all(isinstance(c, int) and c >= 0 for c in a) and a:
+            a = ",".join(str(c) for c in a)
+        if isinstance(a, int) and not isinstance(a, bool) and a >= 0:
+            a = str(a)
+        if isinstance(a, str) and (a in NAMED_AFFINITIES or _CPU_LIST.match(a.replace(" ", ""))):
+            a = a.replace(" ", "")
+            if a not in affinities:
+                affinities.append(a)
+        else:
+            problems.append(f"affinity[{i}]: {a!r} is not allowed; allowed: big, little, all, or a CPU list like '0,2' or '4-7'")
+
+    devices = raw.get("devices")
+    device_ids: tuple[str, ...] | None = None
+    if devices is not None:
+        ids = _as_list(devices)
+        if not all(isinstance(d, str) and d for d in ids) or not ids:
+            problems.append("devices: must be a list of device ids from the inventory")
+        else:
+            device_ids = tuple(dict.fromkeys(ids))
+
+    settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
+
+    seed = raw.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        problems.append(f"seed: {seed!r} is not a non-negative integer")
+        seed = None
+
+    name = raw.get("name") or "suite"
+    if problems:
+        raise ConfigError(source, problems)
+    return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
+                 tuple(affinities), device_ids, settings, seed)
+
+
+def split_values(values: list[str] | None) -> list[str] | None:
+    """CLI values may repeat the flag or use comma lists: --threads 1 --threads 2 == --threads 1,2."""
+    if not values:
+        return None
+    out: list[str] = []
+    for v in values:
+        out.extend(part.strip() for part in v.split(",") if part.strip())
+    return out
+
+
+def resolve_suite(suite_path: str | None, quick: bool, overrides: dict[str, list[str] | None]) -> tuple[dict[str, Any], str]:
+    """The raw suite mapping to validate: a file, the quick suite, or the default; CLI flags replace axes."""
+    if suite_path and quick:
+        raise DevicelabError("--suite and --quick: give one of them")
+    if suite_path:
+        path = Path(suite_path).expanduser()
+        raw, source = load_suite_file(path), str(path)
+    else:
+        name = "quick" if quick else "default"
+        raw, source = builtin_suite(name), f"built-in suite '{name}'"
+    # Flag values replace the suite's list for that axis and go through the same validation.
+    axis = {"device": "devices", "engine": "engines", "model": "models", "threads": "threads",
+            "precision": "precisions", "backend": "backends", "affinity": "affinity"}
+    for flag, key in axis.items():
+        values = split_values(overrides.get(flag))
+        if values is not None:
+            raw[key] = values
+    return raw, source

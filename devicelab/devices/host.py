@@ -1,0 +1,292 @@
+"""The host machine as a device: each config runs in a fresh Python subprocess (devicelab.runners.host),
+pinned before the model loads, in its own process group so a hung runner can be killed whole."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import platform
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from devicelab.analysis import stats
+from devicelab.devices.base import Cluster, Device, DeviceFacts, Job
+from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, ProtocolSettings, RunnerError, measure,
+                                now_deadline)
+from devicelab.result import FAILED, OK, Result
+from devicelab.store import utc_now
+
+STDERR_TAIL_BYTES = 4000
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _read_int(path: str) -> int | None:
+    text = _read(path)
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+class _PipeChannel:
+    """Runner protocol over the child's stdin/stdout. A reader thread turns lines into events so that a
+    silent runner can be timed out instead of blocking the controller forever."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue  # not a protocol line; the runner keeps stray output off stdout anyway
+            if isinstance(event, dict):
+                self._events.put(event)
+        self._events.put(None)
+
+    def send(self, message: dict[str, Any]) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(json.dumps(message).encode() + b"\n")
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise ChannelClosedError("runner closed its input") from None
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeoutError()
+        try:
+            event = self._events.get(timeout=remaining)
+        except queue.Empty:
+            raise ChannelTimeoutError() from None
+        if event is None:
+            raise ChannelClosedError("runner output ended")
+        return event
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def _tail(f: BinaryIO) -> str:
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(max(0, size - STDERR_TAIL_BYTES))
+    return f.read().decode(errors="replace")
+
+
+class HostDevice(Device):
+    kind = "host"
+    inventory_keys = ()
+
+    def facts(self) -> DeviceFacts:
+        cpu_ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
+            range(os.cpu_count() or 1))
+        groups: dict[tuple[int | None, int | None], list[int]] = {}
+        for cpu in cpu_ids:
+            base = f"/sys/devices/system/cpu/cpu{cpu}"
+            key = (_read_int(f"{base}/cpu_capacity"), _read_int(f"{base}/cpufreq/cpuinfo_max_freq"))
+            groups.setdefault(key, []).append(cpu)
+        clusters = tuple(Cluster(tuple(c), cap, khz) for (cap, khz), c in sorted(
+            groups.items(), key=lambda kv: ((kv[0][0] or 0), (kv[0][1] or 0))))
+        model = platform.processor() or platform.machine()
+        cpuinfo = _read("/proc/cpuinfo") or ""
+        for line in cpuinfo.splitlines():
+            if line.startswith(("model name", "Model", "Hardware")):
+                model = line.split(":", 1)[1].strip()
+                break
+        os_name = f"{platform.system()} {platform.release()}"
+        release = _read("/etc/os-release") or ""
+        for line in release.splitlines():
+            if line.startswith("PRETTY_NAME="):
+                os_name += f" ({line.split('=', 1)[1].strip(chr(34))})"
+        mem = None
+        for line in (_read("/proc/meminfo") or "").splitlines():
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+        return DeviceFacts(id=self.id, kind=self.kind, model=model, os=os_name, abi=platform.machine(),
+                           cpu_ids=cpu_ids, clusters=clusters, memory_bytes=mem,
+                           extra={"python": platform.python_version(), "hostname": platform.node()})
+
+    # ---- state -------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        temps: dict[str, float] = {}
+        for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+            kind, milli = _read(f"{zone}/type"), _read_int(f"{zone}/temp")
+            if kind and milli is not None:
+                temps[kind if kind not in temps else f"{kind}:{Path(zone).name}"] = milli / 1000.0
+        freqs: dict[str, dict[str, Any]] = {}
+        for cpu in range(os.cpu_count() or 1):
+            base = f"/sys/devices/system/cpu/cpu{cpu}/cpufreq"
+            cur = _read_int(f"{base}/scaling_cur_freq")
+            if cur is not None:
+                freqs[str(cpu)] = {"cur_khz": cur, "max_khz": _read_int(f"{base}/scaling_max_freq"),
+                                   "hw_max_khz": _read_int(f"{base}/cpuinfo_max_freq"),
+                                   "governor": _read(f"{base}/scaling_governor")}
+        power: dict[str, Any] = {}
+        for supply in sorted(glob.glob("/sys/class/power_supply/*")):
+            ptype = _read(f"{supply}/type")
+            if ptype == "Mains":
+                power["ac_online"] = _read_int(f"{supply}/online") == 1
+            elif ptype == "Battery":
+                power["battery_percent"] = _read_int(f"{supply}/capacity")
+                power["battery_status"] = _read(f"{supply}/status")
+        unavailable = [name for name, got in (("temperatures", temps), ("frequencies", freqs)) if not got]
+        state: dict[str, Any] = {"at": utc_now(), "temperatures_c": temps, "cpufreq": freqs,
+                                 "loadavg": list(os.getloadavg()),
+                                 "charging": power.get("battery_status") == "Charging" if power else None,
+                                 "power": power or None}
+        if unavailable:
+            state["unavailable"] = [f"{u}: no sensor readable in /sys on this host" for u in unavailable]
+        return state
+
+    def cooldown(self, baseline: dict[str, Any], settings: ProtocolSettings) -> dict[str, Any]:
+        base = baseline.get("temperatures_c") or {}
+        if not base:
+            time.sleep(settings.cooldown_seconds)
+            return {"method": "fixed pause (no temperature sensor)", "waited_s": settings.cooldown_seconds}
+        start = time.monotonic()
+        while True:
+            now = self.state().get("temperatures_c") or {}
+            over = {k: now[k] - base[k] for k in base if k in now and now[k] - base[k] > settings.cooldown_tolerance_c}
+            waited = time.monotonic() - start
+            if not over:
+                return {"method": "temperature", "waited_s": round(waited, 3), "reached": True}
+            if waited >= settings.cooldown_timeout_seconds:
+                return {"method": "temperature", "waited_s": round(waited, 3), "reached": False,
+                        "still_above_baseline_c": over}
+            time.sleep(0.5)
+
+    # ---- running -------------------------------------------------------------------------------------
+
+    def runner_command(self, config_path: str) -> list[str]:
+        return [sys.executable, "-m", "devicelab.runners.host", config_path]
+
+    def run(self, job: Job) -> Result:
+        cfg = job.config
+        s = job.settings
+        started = utc_now()
+        state_before = self.state()
+        runner_cfg = {"engine": cfg.engine, "model": str(job.model_path), "inputs": list(job.inputs),
+                      "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision,
+                      "backend": cfg.backend, "seed": job.seed, "options": job.options,
+                      "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds}}
+        env = dict(os.environ)
+        # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
+        env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),
+                    "PYTHONUNBUFFERED": "1"})
+        notes = list(job.notes)
+        fields: dict[str, Any] = {}
+        status, reason = OK, None
+        with tempfile.TemporaryDirectory(prefix="devicelab-run-") as tmp, \
+                open(os.path.join(tmp, "stderr"), "w+b") as err:
+            config_path = os.path.join(tmp, "config.json")
+            with open(config_path, "w") as f:
+                json.dump(runner_cfg, f)
+            proc = subprocess.Popen(self.runner_command(config_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=err, env=env, start_new_session=True, cwd=tmp)
+            try:
+                m = measure(_PipeChannel(proc), s, now_deadline(s.timeout_seconds))
+                fields = self._fields(m, cfg.cpus, notes)
+            except ChannelTimeoutError:
+                _killpg(proc)
+                status, reason = FAILED, f"timeout: no answer within timeout_seconds={s.timeout_seconds:g}; runner process group killed"
+            except ChannelClosedError:
+                code = _wait(proc, 5.0)
+                status, reason = FAILED, f"runner ended before finishing ({_describe_exit(code)})"
+            except RunnerError as e:
+                status, reason = FAILED, str(e)
+            finally:
+                # Also on KeyboardInterrupt: never leave a runner behind.
+                if proc.stdin:
+                    try:
+                        proc.stdin.close()
+                    except OSError:
+                        pass
+                if _wait(proc, 5.0) is None:
+                    _killpg(proc)
+                    proc.wait()
+            stderr_tail = _tail(err)
+        state_after = self.state()
+        return Result.for_config(
+            job.run_id, cfg, status, reason=reason, notes=tuple(notes), state_before=state_before,
+            state_after=state_after, throttled=_throttled(state_before, state_after, cfg.cpus),
+            started_at=started, finished_at=utc_now(), stderr_tail=stderr_tail or None,
+            energy_reason="no energy source on this host (RAPL is not readable in /sys/class/powercap)"
+            if not glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") else "host energy is not measured yet",
+            protocol={**s.to_dict(), **fields.pop("protocol", {})}, **fields)
+
+    @staticmethod
+    def _fields(m: Any, cpus: tuple[int, ...], notes: list[str]) -> dict[str, Any]:
+        ready, done = m.ready, m.done
+        pinned = ready.get("cpus")
+        if pinned is not None and cpus and sorted(pinned) != sorted(cpus):
+            notes.append(f"runner reports affinity {pinned}, asked for {list(cpus)}")
+        return {
+            "samples_s": tuple(m.samples_s), "warmups": ready.get("warmups"),
+            "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
+            "load_s": ready.get("load_s"), "first_s": ready.get("first_s"),
+            "rss_before_load_bytes": ready.get("rss_before_load_bytes"),
+            "peak_rss_bytes": done.get("peak_rss_bytes"),
+            "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
+                             "(RSS before load: its VmRSS after the engine import, before the model loads)",
+            "protocol": {"stop_reason": m.stop_reason, "batches": m.batches,
+                         "outputs_sha256": done.get("outputs_sha256")},
+        }
+
+
+def _throttled(before: dict[str, Any], after: dict[str, Any], cpus: tuple[int, ...]) -> bool | None:
+    seen = False
+    for state in (before, after):
+        for cpu in cpus:
+            f = (state.get("cpufreq") or {}).get(str(cpu))
+            if not f or not f.get("hw_max_khz"):
+                continue
+            seen = True
+            cap = min(x for x in (f.get("max_khz"), f.get("hw_max_khz")) if x)
+            if cap < f["hw_max_khz"]:
+                return True
+    return False if seen else None
+
+
+def _killpg(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The exit code (negative: killed by that signal), or None if still running after `timeout`."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None

@@ -1,0 +1,28 @@
+"""Engine registry. Each engine is one module exposing ENGINE; modules load lazily so that listing
+engines (or running one in a runner) never imports the others."""
+
+from __future__ import annotations
+
+import importlib
+
+from devicelab.engines.base import Engine, EngineInfo, InputSpec, PreparedModel, make_inputs
+from devicelab.errors import UnknownNameError
+
+# name -> module; registered explicitly (style.md): a new engine is one file and one line here.
+ENGINE_MODULES: dict[str, str] = {
+    "onnxruntime": "devicelab.engines.onnxruntime",
+}
+
+
+def engine_names() -> list[str]:
+    return list(ENGINE_MODULES)
+
+
+def get_engine(name: str) -> Engine:
+    if name not in ENGINE_MODULES:
+        raise UnknownNameError("engine", name, ENGINE_MODULES)
+    return importlib.import_module(ENGINE_MODULES[name]).ENGINE
+
+
+__all__ = ["Engine", "EngineInfo", "InputSpec", "PreparedModel", "make_inputs", "ENGINE_MODULES",
+           "engine_names", "get_engine"]

@@ -1,0 +1,126 @@
+"""Planning (pure): a validated suite × device facts × engine capabilities × model files → configs.
+
+Combinations that cannot run become rows with status `unsupported` and a reason, never errors. The
+order of runnable configs is shuffled with a recorded seed so drift and heat favour nobody.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from devicelab.config import EngineSpec, Suite
+from devicelab.devices.base import DeviceFacts
+from devicelab.engines.base import EngineInfo
+from devicelab.result import Config
+from devicelab.zoo import ModelFile
+
+
+@dataclass(frozen=True)
+class PlannedConfig:
+    config: Config
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    unsupported: str | None = None  # the reason, when the plan knows it cannot run
+
+    @property
+    def runnable(self) -> bool:
+        return self.unsupported is None
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(set(cpus)))
+
+
+def affinity_set(facts: DeviceFacts, affinity: str) -> tuple[int, ...] | str:
+    """The CPUs an affinity names on this device, or the reason it names none."""
+    clusters = sorted(facts.clusters, key=lambda c: ((c.capacity or 0), (c.max_khz or 0)))
+    if affinity == "all" or not clusters:
+        return tuple(facts.cpu_ids)
+    if affinity == "big":
+        return tuple(sorted(clusters[-1].cpus))
+    if affinity == "little":
+        if len(clusters) < 2:
+            return f"{facts.id} has no little cores (one cluster of {len(facts.cpu_ids)} CPUs)"
+        return tuple(sorted(clusters[0].cpus))
+    cpus = parse_cpu_list(affinity)
+    missing = [c for c in cpus if c not in facts.cpu_ids]
+    if missing:
+        return f"CPU {','.join(map(str, missing))} does not exist on {facts.id} (CPUs {_span(facts.cpu_ids)})"
+    return cpus
+
+
+def _span(cpus: Sequence[int]) -> str:
+    return f"{min(cpus)}-{max(cpus)}" if cpus else "none"
+
+
+def resolve_cpus(facts: DeviceFacts, affinity: str, threads: int | str) -> tuple[int, tuple[int, ...]] | str:
+    """(threads, pinned CPUs), or the reason the combination cannot run.
+
+    Named affinities pin to exactly `threads` CPUs of the set, the highest-numbered ones: on phones the
+    biggest cores, on hosts away from CPU 0 where the controller and most interrupts live. One thread per
+    core keeps the scheduler from migrating work mid-benchmark. An explicit CPU list is used as given.
+    """
+    cpus = affinity_set(facts, affinity)
+    if isinstance(cpus, str):
+        return cpus
+    n = len(cpus) if threads == "all" else int(threads)
+    if n > len(cpus):
+        return f"{n} threads > {len(cpus)} CPUs in affinity '{affinity}' on {facts.id}: it would oversubscribe"
+    if affinity in ("big", "little", "all"):
+        cpus = cpus[len(cpus) - n:]
+    return n, cpus
+
+
+def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str, model_format: str) -> str | None:
+    if not info.available:
+        return f"{info.name} is not available: {info.reason}"
+    if kind not in info.device_kinds:
+        return f"{info.name} does not run on {kind} devices (runs on: {', '.join(info.device_kinds)})"
+    if precision not in info.precisions:
+        return f"{info.name} supports precisions {', '.join(info.precisions)}, not {precision}"
+    if backend not in info.backends:
+        return f"{info.name} supports backends {', '.join(info.backends)}, not {backend}"
+    if model_format not in info.formats:
+        return f"{info.name} reads {', '.join(info.formats)}, not {model_format}"
+    return None
+
+
+def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[str, EngineInfo],
+           models: Mapping[str, ModelFile], seed: int) -> list[PlannedConfig]:
+    """Every config of the suite on every device; unsupported rows first, then runnable ones shuffled."""
+    rows: dict[str, PlannedConfig] = {}
+    for facts in devices:
+        for spec in suite.engines:
+            info = engines[spec.name]
+            for model_spec in suite.models:
+                model = models[model_spec.name]
+                for precision in suite.precisions:
+                    for backend in suite.backends:
+                        for affinity in suite.affinities:
+                            for threads in suite.threads:
+                                row = _row(facts, spec, info, model, precision, backend, affinity, threads)
+                                rows.setdefault(row.config.identity_key(), row)
+    unsupported = [r for r in rows.values() if not r.runnable]
+    runnable = [r for r in rows.values() if r.runnable]
+    random.Random(seed).shuffle(runnable)
+    return unsupported + runnable
+
+
+def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFile, precision: str,
+         backend: str, affinity: str, threads: int | str) -> PlannedConfig:
+    resolved = resolve_cpus(facts, affinity, threads)
+    if isinstance(resolved, str):
+        n, cpus, reason = (threads if isinstance(threads, int) else 0), (), resolved
+    else:
+        (n, cpus), reason = resolved, None
+    reason = capability_reason(info, facts.kind, precision, backend, "onnx") or reason
+    config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=info.version or "",
+                    model=model.name, model_sha256=model.sha256, model_bytes=model.bytes, precision=precision,
+                    backend=backend, threads=n, cpus=cpus, affinity=affinity)
+    return PlannedConfig(config, dict(spec.options), reason)

@@ -1,0 +1,201 @@
+"""The measurement protocol (design.md): settings, the stopping rule, and the controller side of the
+runner protocol v1, independent of how the runner is reached (host pipe, adb shell, ...).
+
+The controller owns the stopping rule; the runner only times. Everything here except `measure` is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devicelab.analysis import stats
+
+RUNNER_PROTOCOL = 1
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Defaults are design.md's measurement protocol; every field can be overridden in a suite."""
+
+    warmup_iterations: int = 3
+    warmup_seconds: float = 0.5
+    min_iterations: int = 10
+    min_seconds: float = 1.0
+    max_iterations: int = 200
+    max_seconds: float = 10.0
+    target_ci: float = 0.01  # stop once the 95 % CI of the median is within ±1 % of it
+    confidence: float = 0.95
+    timeout_seconds: float = 300.0  # the whole runner process, load to exit; then it is killed
+    cooldown_seconds: float = 0.25  # fixed pause between configs where no temperature sensor exists
+    cooldown_tolerance_c: float = 2.0  # where sensors exist: wait until within this of the idle baseline
+    cooldown_timeout_seconds: float = 120.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ProtocolSettings)}
+
+
+def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSettings:
+    """Validate a suite's `protocol:` mapping; append every problem, return the defaults on error."""
+    if raw is None:
+        return ProtocolSettings()
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a mapping of {', '.join(_FIELDS)}")
+        return ProtocolSettings()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            problems.append(f"{where}.{key}: unknown key; allowed: {', '.join(_FIELDS)}")
+            continue
+        want_int = _FIELDS[key].type in (int, "int")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and want_int:
+            ok = float(value).is_integer()
+        if not ok or value < 0 or (key in ("target_ci", "confidence") and not 0 < value < 1):
+            kind = "a non-negative integer" if want_int else "a non-negative number"
+            if key in ("target_ci", "confidence"):
+                kind = "a number between 0 and 1"
+            problems.append(f"{where}.{key}: {value!r} is not {kind}")
+            continue
+        values[key] = int(value) if want_int else float(value)
+    result = dataclasses.replace(ProtocolSettings(), **values)
+    if result.max_iterations < 1:
+        problems.append(f"{where}.max_iterations: must be at least 1")
+    if result.timeout_seconds <= 0:
+        problems.append(f"{where}.timeout_seconds: must be above 0")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping rule (pure)
+
+
+def stop_reason(samples: Sequence[float], s: ProtocolSettings) -> str | None:
+    """Why timing may stop now, or None to keep sampling.
+
+    Both minimums come first (iterations and seconds); only then does the first of precision reached,
+    iteration cap or time cap apply.
+    """
+    n, total = len(samples), float(sum(samples))
+    if n < max(1, s.min_iterations) or total < s.min_seconds:
+        return None
+    if n >= s.max_iterations:
+        return "max_iterations"
+    if total >= s.max_seconds:
+        return "max_seconds"
+    half = stats.relative_ci_halfwidth(samples, s.confidence)
+    if half is not None and half <= s.target_ci:
+        return "ci"
+    return None
+
+
+def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float) -> int:
+    """How many iterations to ask for next: enough to reach both minimums, then ~10 % more at a time
+    (so the rule is checked often without a round trip per iteration), never past a cap."""
+    estimate_s = max(estimate_s, 1e-6)
+    n, total = len(samples), float(sum(samples))
+    if n < s.min_iterations or total < s.min_seconds:
+        want = max(s.min_iterations - n, math.ceil((s.min_seconds - total) / estimate_s), 1)
+    else:
+        want = max(1, math.ceil(0.1 * n))
+        want = min(want, max(1, s.max_iterations - n), max(1, math.ceil((s.max_seconds - total) / estimate_s)))
+    return int(want)
+
+
+# --------------------------------------------------------------------------------------------------
+# Controller side of the runner protocol
+
+
+class RunnerError(Exception):
+    """The runner reported an error event or broke the protocol."""
+
+
+class ChannelClosedError(Exception):
+    """The runner's output ended (exit, crash, device gone) before the protocol finished."""
+
+
+class ChannelTimeoutError(Exception):
+    """No complete answer before the deadline."""
+
+
+class Channel(Protocol):
+    """A line-oriented JSON link to one runner process."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        """The next JSON event; raises ChannelClosedError at end of output, ChannelTimeoutError at the
+        deadline (time.monotonic())."""
+        ...
+
+
+@dataclass
+class Measurement:
+    ready: dict[str, Any]
+    done: dict[str, Any]
+    samples_s: list[float] = field(default_factory=list)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    batches: int = 0
+
+
+def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    while True:
+        event = channel.receive(deadline)
+        kind = event.get("event")
+        if kind == "error":
+            raise RunnerError(str(event.get("message", "runner error")))
+        if kind == "op":
+            ops.append(event)
+            continue
+        if kind == want:
+            return event
+        raise RunnerError(f"runner protocol: expected '{want}' event, got {event!r:.200}")
+
+
+def measure(channel: Channel, s: ProtocolSettings, deadline: float) -> Measurement:
+    """Drive one runner from 'ready' to 'done' under the stopping rule."""
+    ops: list[dict[str, Any]] = []
+    ready = _expect(channel, deadline, "ready", ops)
+    if ready.get("protocol") != RUNNER_PROTOCOL:
+        raise RunnerError(f"runner speaks protocol {ready.get('protocol')!r}; devicelab speaks {RUNNER_PROTOCOL}")
+    warmups = int(ready.get("warmups") or 0)
+    estimate = (float(ready.get("warmup_s") or 0) / warmups) if warmups else float(ready.get("first_s") or 0.01)
+    samples: list[float] = []
+    batches = 0
+    while (reason := stop_reason(samples, s)) is None:
+        n = next_batch(samples, s, estimate)
+        channel.send({"cmd": "run", "iterations": n})
+        batches += 1
+        got = 0
+        while True:
+            event = channel.receive(deadline)
+            kind = event.get("event")
+            if kind == "iter":
+                samples.append(float(event["s"]))
+                got += 1
+            elif kind == "batch":
+                break
+            elif kind == "op":
+                ops.append(event)
+            elif kind == "error":
+                raise RunnerError(str(event.get("message", "runner error")))
+            else:
+                raise RunnerError(f"runner protocol: unexpected event {event!r:.200} during a batch")
+        if got != n:
+            raise RunnerError(f"runner protocol: asked for {n} iterations, got {got}")
+        estimate = float(stats.median(samples[-got:]) or estimate)
+    channel.send({"cmd": "stop"})
+    done = _expect(channel, deadline, "done", ops)
+    return Measurement(ready=ready, done=done, samples_s=samples, ops=ops, stop_reason=reason, batches=batches)
+
+
+def now_deadline(seconds: float) -> float:
+    return time.monotonic() + seconds

@@ -1,0 +1,173 @@
+"""Stores: where Runs and Results live. SQLite by default (embedded); PostgreSQL joins later with the same
+schema. Each Result is committed the moment it exists, so a crash or Ctrl-C loses no finished row."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.result import INFRA_FAILED, Result
+
+RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    created_at: str
+    suite: dict[str, Any]
+    seed: int
+    host: dict[str, Any]
+    devicelab_version: str
+    git: dict[str, Any] | None = None
+    argv: list[str] = field(default_factory=list)
+    status: str = RUNNING
+    finished_at: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "created_at": self.created_at, "finished_at": self.finished_at,
+                "status": self.status, "suite": self.suite, "seed": self.seed, "host": self.host,
+                "devicelab_version": self.devicelab_version, "git": self.git, "argv": self.argv}
+
+
+class Store(Protocol):
+    def create_run(self, run: RunRecord) -> None: ...
+    def set_run_status(self, run_id: str, status: str) -> None: ...
+    def get_run(self, run_id: str) -> RunRecord: ...
+    def runs(self, limit: int = 50) -> list[RunRecord]: ...
+    def add_result(self, result: Result) -> None: ...
+    def results(self, run_id: str) -> list[Result]: ...
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    created_at TEXT NOT NULL,
+    finished_at TEXT,
+    status TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    devicelab_version TEXT NOT NULL,
+    suite_json TEXT NOT NULL,
+    host_json TEXT NOT NULL,
+    git_json TEXT,
+    argv_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS results (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    identity_key TEXT NOT NULL,
+    series_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    engine TEXT NOT NULL,
+    label TEXT NOT NULL,
+    model TEXT NOT NULL,
+    precision TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    threads INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    median_s REAL,
+    started_at TEXT,
+    schema_version INTEGER NOT NULL,
+    result_json TEXT NOT NULL,
+    PRIMARY KEY (run_id, identity_key)
+);
+CREATE INDEX IF NOT EXISTS results_series ON results(series_key, run_id);
+"""
+_USER_VERSION = 1
+
+
+class SqliteStore:
+    name = "sqlite"
+
+    def __init__(self, path: Path, create: bool = True) -> None:
+        self.path = path
+        if not create and not path.exists():
+            raise DevicelabError(f"no devicelab database at {path} (set --db or DEVICELAB_DB)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=30.0)
+        self._db.execute("PRAGMA journal_mode=WAL")  # readers (show, report) never block a running sweep
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _USER_VERSION:
+            raise DevicelabError(f"{path} was written by a newer devicelab (store schema {version}); upgrade devicelab")
+        if version < _USER_VERSION:
+            with self._db:
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def create_run(self, run: RunRecord) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run.run_id, run.created_at, run.finished_at, run.status, run.seed, run.devicelab_version,
+                 json.dumps(run.suite), json.dumps(run.host), json.dumps(run.git), json.dumps(run.argv)))
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?",
+                             (status, utc_now() if status != RUNNING else None, run_id))
+
+    def _record(self, row: Sequence[Any]) -> RunRecord:
+        (run_id, created, finished, status, seed, version, suite, host, git, argv) = row
+        return RunRecord(run_id, created, json.loads(suite), seed, json.loads(host), version, json.loads(git),
+                         json.loads(argv), status, finished)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if row is None:
+            recent = [r[0] for r in self._db.execute("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 5")]
+            raise DevicelabError(unknown_name_message("run id", run_id, recent) if recent
+                                 else f"unknown run id '{run_id}': no runs stored in {self.path}")
+        return self._record(row)
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        rows = self._db.execute("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?", (limit,))
+        return [self._record(r) for r in rows]
+
+    def add_result(self, result: Result) -> None:
+        """Insert, or replace an earlier row of the same config unless that row is ok (resume never
+        overwrites a finished measurement)."""
+        key = result.config.identity_key()
+        with self._db:
+            old = self._db.execute("SELECT status, seq FROM results WHERE run_id=? AND identity_key=?",
+                                   (result.run_id, key)).fetchone()
+            if old is not None and old[0] == "ok":
+                raise ValueError(f"refusing to overwrite an ok result of run {result.run_id}")
+            seq = old[1] if old else self._db.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM results WHERE run_id=?", (result.run_id,)).fetchone()[0]
+            self._db.execute(
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (result.run_id, key, result.config.series_key(), seq, result.device, result.engine, result.label,
+                 result.model, result.precision, result.backend, result.threads, result.status, result.median_s,
+                 result.started_at, result.schema_version, result.to_json()))
+
+    def results(self, run_id: str) -> list[Result]:
+        rows = self._db.execute("SELECT result_json FROM results WHERE run_id=? ORDER BY seq", (run_id,))
+        return [Result.from_dict(json.loads(r[0])) for r in rows]
+
+    def done_keys(self, run_id: str) -> set[str]:
+        """Identity keys that --resume must not run again: everything but infra failures."""
+        rows = self._db.execute("SELECT identity_key FROM results WHERE run_id=? AND status != ?",
+                                (run_id, INFRA_FAILED))
+        return {r[0] for r in rows}
+
+
+def open_store(db: str | None, create: bool = True) -> SqliteStore:
+    from devicelab.paths import default_db
+
+    path = Path(db).expanduser() if db else default_db()
+    return SqliteStore(path, create=create)

@@ -1,0 +1,201 @@
+"""A run, end to end: validate everything, resolve models, plan, then execute config by config, committing
+each Result the moment it exists. The CLI calls this; nothing here prints."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import devicelab
+from devicelab import paths, zoo
+from devicelab.config import ConfigError, Inventory, Suite, parse_suite
+from devicelab.devices import Device, Job, open_device
+from devicelab.engines import EngineInfo, PreparedModel, get_engine
+from devicelab.errors import DevicelabError
+from devicelab.plan import PlannedConfig, expand
+from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Result
+from devicelab.store import FINISHED, INTERRUPTED, RunRecord, SqliteStore, utc_now
+
+
+@dataclass
+class Prepared:
+    """Everything validated and resolved; no device has run anything yet."""
+
+    suite: Suite
+    seed: int
+    devices: dict[str, Device]
+    models: dict[str, zoo.ModelFile]
+    engines: dict[str, EngineInfo]
+    planned: list[PlannedConfig]
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def validate(raw_suite: dict[str, Any], source: str, inventory: Inventory) -> Suite:
+    """The whole suite at once, devices included: one ConfigError naming every problem."""
+    problems: list[str] = []
+    try:
+        suite = parse_suite(raw_suite, source)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        suite = None
+    known = [d.id for d in inventory.devices]
+    wanted = raw_suite.get("devices")
+    for i, dev in enumerate(wanted if isinstance(wanted, list) else [wanted] if wanted else []):
+        if dev not in known:
+            from devicelab.errors import unknown_name_message
+
+            problems.append(f"devices[{i}]: " + unknown_name_message("device", str(dev), known)
+                            + f" (inventory: {inventory.source})")
+    if problems or suite is None:
+        raise ConfigError(source, problems)
+    return suite
+
+
+def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
+    cache = paths.zoo_dir()
+    out: dict[str, zoo.ModelFile] = {}
+    for m in suite.models:
+        out[m.name] = zoo.user_model(Path(m.path), m.name) if m.path else zoo.zoo_model(m.name, cache)
+    return out
+
+
+def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
+    entries = [inventory.get(d) for d in suite.devices] if suite.devices else list(inventory.devices)
+    models = resolve_models(suite)
+    devices = {e.id: open_device(e) for e in entries}
+    facts = [d.facts() for d in devices.values()]
+    engines = {spec.name: get_engine(spec.name).info() for spec in suite.engines}
+    planned = expand(suite, facts, engines, models, seed)
+    return Prepared(suite, seed, devices, models, engines, planned)
+
+
+def host_facts() -> dict[str, Any]:
+    return {"hostname": platform.node(), "platform": platform.platform(), "machine": platform.machine(),
+            "python": platform.python_version(), "cpu_count": os.cpu_count(), "argv0": sys.argv[0]}
+
+
+def git_state() -> dict[str, Any] | None:
+    """The checkout devicelab runs from, if it is one (so a run can say which code produced it)."""
+    root = Path(devicelab.__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": head or None, "dirty": bool(dirty)}
+
+
+Progress = Callable[[str, Any], None]  # ("start", PlannedConfig) / ("result", Result)
+
+
+class Executor:
+    def __init__(self, store: SqliteStore, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
+        self.store, self.run_id, self.p = store, run_id, prepared
+        self.progress = progress or (lambda kind, obj: None)
+        self._converted: dict[tuple[str, str, str], PreparedModel | str] = {}
+        self._inputs: dict[str, list[dict[str, Any]]] = {}
+
+    def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> list[Result]:
+        """Run every planned config not in `skip`. Ctrl-C propagates after the current runner is killed;
+        every Result stored before it stays."""
+        todo = [pc for pc in self.p.planned if pc.config.identity_key() not in skip]
+        baselines = {dev_id: dev.idle_baseline() for dev_id, dev in self.p.devices.items()}
+        finished = False
+        out: list[Result] = []
+        self.progress("planned", len(todo))
+        try:
+            for pc in todo:
+                self.progress("start", pc)
+                if not pc.runnable:
+                    result = Result.for_config(self.run_id, pc.config, UNSUPPORTED, reason=pc.unsupported,
+                                               started_at=utc_now(), finished_at=utc_now())
+                else:
+                    result = self._run_one(pc, baselines[pc.config.device])
+                self.store.add_result(result)
+                out.append(result)
+                self.progress("result", result)
+            finished = True
+        finally:
+            self.store.set_run_status(self.run_id, FINISHED if finished else INTERRUPTED)
+            for dev in self.p.devices.values():
+                dev.close()
+        return out
+
+    def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
+        cfg = pc.config
+        device = self.p.devices[cfg.device]
+        model = self.p.models[cfg.model]
+        converted = self._convert(cfg.engine, model, cfg.precision)
+        if isinstance(converted, str):
+            return Result.for_config(self.run_id, cfg, FAILED, reason=converted, started_at=utc_now(),
+                                     finished_at=utc_now())
+        spec = next(m for m in self.p.suite.models if m.name == cfg.model)
+        if model.name not in self._inputs:
+            self._inputs[model.name] = zoo.onnx_inputs(model.path, spec.input_shapes)
+        cooldown = device.cooldown(baseline, self.p.suite.protocol)
+        job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=tuple(self._inputs[model.name]),
+                  seed=self.p.seed, settings=self.p.suite.protocol,
+                  options={**converted.options, **pc.engine_options}, notes=converted.notes)
+        try:
+            result = device.run(job)
+        except OSError as e:
+            return Result.for_config(self.run_id, cfg, INFRA_FAILED, reason=f"device {cfg.device}: {e}",
+                                     started_at=utc_now(), finished_at=utc_now())
+        return dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown})
+
+    def _convert(self, engine: str, model: zoo.ModelFile, precision: str) -> PreparedModel | str:
+        key = (engine, model.sha256, precision)
+        if key not in self._converted:
+            try:
+                self._converted[key] = get_engine(engine).prepare(model.path, precision,
+                                                                  paths.data_dir() / "converted" / engine)
+            except Exception as e:  # noqa: BLE001 - a converter failure is a failed row with its message
+                self._converted[key] = f"conversion for {engine} ({precision}) failed: {type(e).__name__}: {e}"
+        return self._converted[key]
+
+
+def start_run(store: SqliteStore, suite: Suite, inventory: Inventory, argv: list[str],
+              progress: Progress | None = None) -> tuple[str, list[Result]]:
+    seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
+    prepared = prepare(suite, inventory, seed)
+    run_id = new_run_id()
+    store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed, host_facts(), devicelab.__version__,
+                               git_state(), argv))
+    if progress:
+        progress("run", run_id)
+    Executor(store, run_id, prepared, progress).execute()
+    return run_id, store.results(run_id)
+
+
+def resume_run(store: SqliteStore, run_id: str, inventory: Inventory, progress: Progress | None = None
+               ) -> list[Result]:
+    record = store.get_run(run_id)
+    suite = validate(record.suite, f"run {run_id}", inventory)
+    prepared = prepare(suite, inventory, record.seed)
+    store.set_run_status(run_id, "running")
+    Executor(store, run_id, prepared, progress).execute(skip=store.done_keys(run_id))
+    return store.results(run_id)
+
+
+def exit_code(results: list[Result]) -> int:
+    """Contract v1: 1 when the run finished but some config failed (unsupported rows are not failures)."""
+    return 1 if any(r.status in (FAILED, INFRA_FAILED) for r in results) else 0
+
+
+__all__ = ["Prepared", "Executor", "validate", "prepare", "start_run", "resume_run", "exit_code", "DevicelabError"]

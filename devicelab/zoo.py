@@ -1,0 +1,389 @@
+"""The model zoo: classic mobile CNNs written as ONNX with onnx.helper, no downloads.
+
+Latency does not depend on trained weights, so the weights are seeded random (He-scaled so activations
+stay O(1) through the network, which keeps fp16/int8 variants meaningful). BatchNorm is folded into the
+convolutions' biases, as every mobile engine does at conversion time. Accuracy drift is measured as
+agreement with the fp32 reference on the same seeded inputs, never as ImageNet accuracy.
+
+Built models are cached by content hash in the data folder; an index maps each recipe (name, zoo
+version, seed) to its hash so a second run builds nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from devicelab.errors import DevicelabError, UnknownNameError
+
+# Bump when a builder changes the graph it writes: the index then rebuilds instead of reusing files.
+ZOO_VERSION = 1
+OPSET = 13
+IR_VERSION = 8  # what ONNX Runtime, OpenVINO, MNN and pnnx all read
+SEED = 20261122
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    description: str
+    # Published figures (torchvision / the papers), for the tests and for `devicelab models`.
+    params: float
+    macs: float
+
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in (
+        ZooEntry("mobilenet_v1", "MobileNet-v1 1.0, 224x224", 4.22e6, 0.569e9),
+        ZooEntry("mobilenet_v2", "MobileNet-v2 1.0, 224x224", 3.49e6, 0.301e9),
+        ZooEntry("squeezenet1_1", "SqueezeNet 1.1, 224x224", 1.235e6, 0.349e9),
+        ZooEntry("shufflenet_v2_x1_0", "ShuffleNet-v2 x1.0, 224x224", 2.27e6, 0.145e9),
+        ZooEntry("resnet18", "ResNet-18, 224x224", 11.69e6, 1.814e9),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model on disk, identified by content."""
+
+    name: str
+    path: Path
+    sha256: str
+    bytes: int
+    source: str  # "zoo" or "user"
+
+
+# --------------------------------------------------------------------------------------------------
+# Graph building
+
+
+class _Net:
+    """Accumulates nodes and initializers; tracks the channel count so builders read like the papers."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.nodes: list = []
+        self.inits: list = []
+        self.n = 0
+
+    def _name(self, kind: str) -> str:
+        self.n += 1
+        return f"{kind}_{self.n}"
+
+    def _const(self, base: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        name = f"{base}"
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
+        from onnx import helper
+
+        out = self._name(op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
+        return out
+
+    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None,
+             group: int = 1, act: str | None = "relu", gain: float = 1.0) -> str:
+        pad = k // 2 if pad is None else pad
+        fan_in = (cin // group) * k * k
+        # He init for layers feeding a ReLU; plain 1/fan_in for linear outputs (bottlenecks, logits).
+        std = gain * float(np.sqrt((2.0 if act else 1.0) / fan_in))
+        w = self.rng.normal(0.0, std, size=(cout, cin // group, k, k)).astype(np.float32)
+        b = self.rng.normal(0.0, 0.01, size=(cout,)).astype(np.float32)  # the folded BatchNorm shift
+        name = self._name("conv")
+        y = self.node("Conv", [x, self._const(name + ".weight", w), self._const(name + ".bias", b)],
+                      kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
+        return self.act(y, act)
+
+    def act(self, x: str, act: str | None) -> str:
+        if act is None:
+            return x
+        if act == "relu":
+            return self.node("Relu", [x])
+        if act == "relu6":
+            lo = self._const(self._name("c") + ".min", np.array(0.0, np.float32))
+            hi = self._const(self._name("c") + ".max", np.array(6.0, np.float32))
+            return self.node("Clip", [x, lo, hi])
+        raise ValueError(act)
+
+    def maxpool(self, x: str, k: int, stride: int, pad: int) -> str:
+        return self.node("MaxPool", [x], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+
+    def head(self, x: str, cin: int, classes: int = 1000) -> str:
+        x = self.node("GlobalAveragePool", [x])
+        x = self.node("Flatten", [x], axis=1)
+        w = self.rng.normal(0.0, float(np.sqrt(1.0 / cin)), size=(classes, cin)).astype(np.float32)
+        b = self.rng.normal(0.0, 0.01, size=(classes,)).astype(np.float32)
+        name = self._name("fc")
+        return self.node("Gemm", [x, self._const(name + ".weight", w), self._const(name + ".bias", b)],
+                         transB=1)
+
+    def finish(self, name: str, y: str, classes: int = 1000) -> bytes:
+        from onnx import TensorProto, helper
+
+        self.nodes.append(helper.make_node("Identity", [y], [OUTPUT_NAME], name="output"))
+        graph = helper.make_graph(
+            self.nodes, name,
+            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, 224, 224])],
+            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, classes])],
+            initializer=self.inits,
+        )
+        model = helper.make_model(graph, producer_name="devicelab.zoo", producer_version=str(ZOO_VERSION),
+                                  opset_imports=[helper.make_opsetid("", OPSET)])
+        model.ir_version = IR_VERSION
+        return model.SerializeToString()
+
+
+def _mobilenet_v1(net: _Net) -> str:
+    x = net.conv(INPUT_NAME, 3, 32, 3, stride=2)
+    cin = 32
+    for cout, stride in [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1),
+                         (512, 1), (512, 1), (512, 1), (1024, 2), (1024, 1)]:
+        x = net.conv(x, cin, cin, 3, stride=stride, group=cin)  # depthwise
+        x = net.conv(x, cin, cout, 1)  # pointwise
+        cin = cout
+    return net.head(x, cin)
+
+
+def _mobilenet_v2(net: _Net) -> str:
+    x = net.conv(INPUT_NAME, 3, 32, 3, stride=2, act="relu6")
+    cin = 32
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            y = x
+            if t != 1:
+                y = net.conv(y, cin, hidden, 1, act="relu6")
+            y = net.conv(y, hidden, hidden, 3, stride=stride, group=hidden, act="relu6")
+            residual = stride == 1 and cin == c
+            y = net.conv(y, hidden, c, 1, act=None, gain=0.5 if residual else 1.0)  # linear bottleneck
+            x = net.node("Add", [x, y]) if residual else y
+            cin = c
+    x = net.conv(x, cin, 1280, 1, act="relu6")
+    return net.head(x, 1280)
+
+
+def _squeezenet1_1(net: _Net) -> str:
+    def fire(x: str, cin: int, squeeze: int, e1: int, e3: int) -> tuple[str, int]:
+        s = net.conv(x, cin, squeeze, 1)
+        a = net.conv(s, squeeze, e1, 1)
+        b = net.conv(s, squeeze, e3, 3)
+        return net.node("Concat", [a, b], axis=1), e1 + e3
+
+    x = net.conv(INPUT_NAME, 3, 64, 3, stride=2, pad=0)
+    x = net.maxpool(x, 3, 2, 0)
+    x, c = fire(x, 64, 16, 64, 64)
+    x, c = fire(x, c, 16, 64, 64)
+    x = net.maxpool(x, 3, 2, 0)
+    x, c = fire(x, c, 32, 128, 128)
+    x, c = fire(x, c, 32, 128, 128)
+    x = net.maxpool(x, 3, 2, 0)
+    for squeeze, expand in [(48, 192), (48, 192), (64, 256), (64, 256)]:
+        x, c = fire(x, c, squeeze, expand, expand)
+    # SqueezeNet classifies with a 1x1 conv + ReLU + global pooling, no fully connected layer.
+    x = net.conv(x, c, 1000, 1)
+    x = net.node("GlobalAveragePool", [x])
+    return net.node("Flatten", [x], axis=1)
+
+
+def _shufflenet_v2_x1_0(net: _Net) -> str:
+    def shuffle(x: str, channels: int, hw: int) -> str:
+        shape1 = net._const(net._name("shape"), np.array([1, 2, channels // 2, hw, hw], np.int64))
+        shape2 = net._const(net._name("shape"), np.array([1, channels, hw, hw], np.int64))
+        x = net.node("Reshape", [x, shape1])
+        x = net.node("Transpose", [x], perm=[0, 2, 1, 3, 4])
+        return net.node("Reshape", [x, shape2])
+
+    x = net.conv(INPUT_NAME, 3, 24, 3, stride=2)
+    x = net.maxpool(x, 3, 2, 1)
+    cin, hw = 24, 56
+    for cout, repeats in [(116, 4), (232, 8), (464, 4)]:
+        half = cout // 2
+        for i in range(repeats):
+            if i == 0:
+                hw //= 2
+                b1 = net.conv(x, cin, cin, 3, stride=2, group=cin, act=None)
+                b1 = net.conv(b1, cin, half, 1)
+                b2 = net.conv(x, cin, half, 1)
+                b2 = net.conv(b2, half, half, 3, stride=2, group=half, act=None)
+                b2 = net.conv(b2, half, half, 1)
+                x = net.node("Concat", [b1, b2], axis=1)
+            else:
+                split = net._const(net._name("split"), np.array([half, half], np.int64))
+                from onnx import helper
+
+                x1, x2 = net._name("split_a"), net._name("split_b")
+                net.nodes.append(helper.make_node("Split", [x, split], [x1, x2], name=x1, axis=1))
+                b2 = net.conv(x2, half, half, 1)
+                b2 = net.conv(b2, half, half, 3, group=half, act=None)
+                b2 = net.conv(b2, half, half, 1)
+                x = net.node("Concat", [x1, b2], axis=1)
+            x = shuffle(x, cout, hw)
+            cin = cout
+    x = net.conv(x, cin, 1024, 1)
+    return net.head(x, 1024)
+
+
+def _resnet18(net: _Net) -> str:
+    x = net.conv(INPUT_NAME, 3, 64, 7, stride=2, pad=3)
+    x = net.maxpool(x, 3, 2, 1)
+    cin = 64
+    for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
+        for i in range(2):
+            s = stride if i == 0 else 1
+            y = net.conv(x, cin, cout, 3, stride=s)
+            # Scaled-down last conv keeps the residual stream's variance from doubling every block.
+            y = net.conv(y, cout, cout, 3, act=None, gain=0.5)
+            shortcut = net.conv(x, cin, cout, 1, stride=s, pad=0, act=None) if (s != 1 or cin != cout) else x
+            x = net.node("Relu", [net.node("Add", [shortcut, y])])
+            cin = cout
+    return net.head(x, cin)
+
+
+_BUILDERS: dict[str, Callable[[_Net], str]] = {
+    "mobilenet_v1": _mobilenet_v1,
+    "mobilenet_v2": _mobilenet_v2,
+    "squeezenet1_1": _squeezenet1_1,
+    "shufflenet_v2_x1_0": _shufflenet_v2_x1_0,
+    "resnet18": _resnet18,
+}
+
+
+def build_bytes(name: str, seed: int = SEED) -> bytes:
+    """The serialized ONNX model. Deterministic for a given name, seed and zoo version."""
+    if name not in _BUILDERS:
+        raise UnknownNameError("zoo model", name, _BUILDERS)
+    net = _Net(seed + sum(name.encode()))  # each model draws from its own stream
+    return net.finish(name, _BUILDERS[name](net))
+
+
+# --------------------------------------------------------------------------------------------------
+# Cache
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def zoo_model(name: str, cache_dir: Path, seed: int = SEED) -> ModelFile:
+    """The zoo model's file, built on first use and then found by its recipe in the cache index."""
+    if name not in _BUILDERS:
+        raise UnknownNameError("zoo model", name, _BUILDERS)
+    index_path = cache_dir / "index.json"
+    recipe = f"{name}@zoo{ZOO_VERSION}/seed{seed}"
+    index: dict[str, str] = {}
+    if index_path.exists():
+        try:
+            index = json.loads(index_path.read_text())
+        except (OSError, ValueError):
+            index = {}  # a damaged index only costs a rebuild
+    digest = index.get(recipe)
+    if digest:
+        path = cache_dir / f"{name}-{digest[:16]}.onnx"
+        # Size check only: the file name carries the hash, and the runner hashes nothing on the hot path.
+        if path.exists():
+            return ModelFile(name, path, digest, path.stat().st_size, "zoo")
+    data = build_bytes(name, seed)
+    digest = hashlib.sha256(data).hexdigest()
+    path = cache_dir / f"{name}-{digest[:16]}.onnx"
+    if not path.exists():
+        _write_atomic(path, data)
+    index[recipe] = digest
+    _write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
+    return ModelFile(name, path, digest, len(data), "zoo")
+
+
+def user_model(path: Path, name: str | None = None) -> ModelFile:
+    path = path.expanduser()
+    if not path.is_file():
+        raise DevicelabError(f"model file not found: {path}")
+    return ModelFile(name or path.stem, path.resolve(), sha256_file(path), path.stat().st_size, "user")
+
+
+# --------------------------------------------------------------------------------------------------
+# Counting (for `devicelab models` and the tests against the published figures)
+
+
+def count_params(model_bytes: bytes) -> int:
+    """Weights and biases of Conv and Gemm layers (what the papers count, BatchNorm folded)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load_from_string(model_bytes)
+    weighted = {i for n in model.graph.node if n.op_type in ("Conv", "Gemm") for i in n.input[1:]}
+    return sum(int(np.prod(numpy_helper.to_array(t).shape)) for t in model.graph.initializer if t.name in weighted)
+
+
+def count_macs(model_bytes: bytes) -> int:
+    """Multiply-accumulates of Conv and Gemm layers, from ONNX shape inference."""
+    import onnx
+    from onnx import numpy_helper, shape_inference
+
+    model = shape_inference.infer_shapes(onnx.load_from_string(model_bytes))
+    shapes: dict[str, list[int]] = {}
+    for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        shapes[vi.name] = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+    weights = {t.name: numpy_helper.to_array(t).shape for t in model.graph.initializer}
+    macs = 0
+    for n in model.graph.node:
+        if n.op_type == "Conv":
+            cout, cin_per_group, kh, kw = weights[n.input[1]]
+            macs += int(np.prod(shapes[n.output[0]])) * cin_per_group * kh * kw
+        elif n.op_type == "Gemm":
+            out_features, in_features = weights[n.input[1]]
+            macs += out_features * in_features
+    return macs
+
+
+def onnx_inputs(path: Path, overrides: dict[str, tuple[int, ...]] | None = None) -> list[dict[str, object]]:
+    """The model's graph inputs (name, shape, dtype); symbolic dims become 1 unless the suite gives a shape."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {t.name for t in model.graph.initializer}
+    overrides = overrides or {}
+    inputs: list[dict[str, object]] = []
+    for vi in model.graph.input:
+        if vi.name in initializers:
+            continue  # old exporters list weights as inputs
+        ttype = vi.type.tensor_type
+        shape = overrides.get(vi.name) or tuple(d.dim_value if d.dim_value > 0 else 1 for d in ttype.shape.dim)
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type).name
+        inputs.append({"name": vi.name, "shape": list(shape), "dtype": dtype})
+    unknown = sorted(set(overrides) - {i["name"] for i in inputs})
+    if unknown:
+        raise DevicelabError(f"input_shapes: {', '.join(unknown)} not among the inputs of {path.name} "
+                             f"({', '.join(str(i['name']) for i in inputs)})")
+    return inputs

@@ -1,0 +1,1 @@
+"""Report templates and assets (installed as devicelab.reports); the renderer is devicelab/report.py."""

@@ -1,0 +1,141 @@
+"""Host runner: one config, one fresh process. `python -m devicelab.runners.host CONFIG.json`
+
+Order matters for honest numbers: pin to the chosen CPUs first (so every thread the engine and numpy
+create inherits the mask), then import the engine, read RSS, load, run once (first inference), warm up,
+and only then time iterations on command. Protocol lines go to the original stdout; anything the engine
+prints is redirected to stderr so it cannot corrupt the protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+PROTOCOL = 1
+
+
+def _status_bytes(field: str) -> int | None:
+    """VmRSS / VmHWM of this process in bytes (Linux /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _peak_rss_bytes() -> tuple[int | None, str]:
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm, "VmHWM"
+    import resource
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # ru_maxrss is kB on Linux but bytes on macOS/iOS.
+    return (maxrss if sys.platform == "darwin" else maxrss * 1024), "ru_maxrss"
+
+
+def _emit(out: TextIO, event: dict[str, Any]) -> None:
+    out.write(json.dumps(event, separators=(",", ":")) + "\n")
+    out.flush()
+
+
+def _outputs_digest(outputs: Any, path: str | None) -> str:
+    import numpy as np
+
+    arrays = [np.ascontiguousarray(np.asarray(o)) for o in outputs]
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.dtype).encode() + str(a.shape).encode() + a.tobytes())
+    if path:
+        np.savez(path, *arrays)
+    return h.hexdigest()
+
+
+def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
+    cpus = config.get("cpus")
+    if cpus and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, [int(c) for c in cpus])
+
+    from devicelab.engines import get_engine, make_inputs
+
+    engine = get_engine(config["engine"])
+    rss_before = _status_bytes("VmRSS")
+    t0 = time.perf_counter()
+    session = engine.open_session(config)
+    load_s = time.perf_counter() - t0
+
+    feeds = make_inputs(config["inputs"], int(config.get("seed", 0)))
+    t0 = time.perf_counter()
+    outputs = session.run(feeds)
+    first_s = time.perf_counter() - t0
+
+    warm = config.get("warmup") or {}
+    min_iter, min_s = int(warm.get("min_iterations", 3)), float(warm.get("min_seconds", 0.5))
+    warmups, warm_total = 0, 0.0
+    while warmups < min_iter or warm_total < min_s:
+        t0 = time.perf_counter()
+        outputs = session.run(feeds)
+        warm_total += time.perf_counter() - t0
+        warmups += 1
+
+    _emit(out, {"event": "ready", "protocol": PROTOCOL, "load_s": load_s, "first_s": first_s,
+                "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
+                "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None})
+
+    fixed = config.get("iterations")  # for callers that cannot write to stdin
+    lines = iter(commands) if fixed is None else iter([json.dumps({"cmd": "run", "iterations": fixed}),
+                                                       json.dumps({"cmd": "stop"})])
+    perf = time.perf_counter
+    for line in lines:
+        if not line.strip():
+            continue
+        cmd = json.loads(line)
+        if cmd.get("cmd") == "run":
+            n = int(cmd["iterations"])
+            samples = [0.0] * n
+            for i in range(n):
+                t0 = perf()
+                outputs = session.run(feeds)
+                samples[i] = perf() - t0
+            # Printed after the batch, not between iterations: writing is not part of inference.
+            out.write("".join(f'{{"event":"iter","s":{s!r}}}\n' for s in samples) + '{"event":"batch"}\n')
+            out.flush()
+        elif cmd.get("cmd") == "stop":
+            peak, method = _peak_rss_bytes()
+            digest = _outputs_digest(outputs, config.get("outputs_file"))
+            _emit(out, {"event": "done", "peak_rss_bytes": peak, "peak_rss_method": method,
+                        "outputs_sha256": digest, "outputs_file": config.get("outputs_file")})
+            return 0
+        else:
+            _emit(out, {"event": "error", "message": f"unknown command {cmd!r}"})
+            return 2
+    _emit(out, {"event": "error", "message": "stdin closed before 'stop'"})
+    return 3
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # engine chatter on fd 1 now lands on stderr
+    sys.stdout = sys.stderr
+    if len(argv) != 1:
+        _emit(out, {"event": "error", "message": "usage: python -m devicelab.runners.host CONFIG.json"})
+        return 2
+    try:
+        with open(argv[0]) as f:
+            config = json.load(f)
+        return run(config, out, sys.stdin)
+    except Exception as e:  # noqa: BLE001 - every failure must reach the controller as an event
+        _emit(out, {"event": "error", "message": f"{type(e).__name__}: {e}"})
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,73 @@
+"""Bad input: one line on stderr naming the thing and what is allowed, exit 2, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from helpers import devicelab, write_suite
+
+
+def assert_bad_input(p, *expected: str, db: Path) -> None:
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for e in expected:
+        assert e in lines[0], lines[0]
+    assert p.stdout == ""
+    assert not db.exists(), "bad input must not create or touch the database"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--engine", "onnxrt"], ["unknown engine 'onnxrt' (did you mean 'onnxruntime'?)", "allowed: onnxruntime"]),
+    (["--threads", "0"], ["threads[0]: 0 is not allowed; allowed: a positive integer or 'all'"]),
+    (["--threads", "four"], ["threads[0]: 'four' is not allowed"]),
+    (["--precision", "fp8"], ["precisions[0]: 'fp8' is not allowed; allowed: fp32, fp16, bf16, int8"]),
+    (["--model", "/nonexistent/model.onnx"], ["models[0].path: model file not found: /nonexistent/model.onnx"]),
+    (["--device", "phone"], ["unknown device 'phone'", "allowed: host"]),
+    (["--resume", "20260101-000000-dead"], ["no devicelab database"]),
+    (["--quick", "--threads", "0", "--engine", "onnxrt"], ["threads[0]", "engines[0]"]),  # all problems at once
+])
+def test_bad_run_arguments(env: dict[str, str], args: list[str], expected: list[str]) -> None:
+    assert_bad_input(devicelab("run", *args, env=env), *expected, db=Path(env["DEVICELAB_DB"]))
+
+
+def test_suite_that_is_not_yaml(env: dict[str, str], tmp_path: Path) -> None:
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("models: [mobilenet_v2\n  engines: {{\n")
+    assert_bad_input(devicelab("run", "--suite", str(suite), env=env), "is not valid YAML",
+                     db=Path(env["DEVICELAB_DB"]))
+
+
+def test_suite_file_problems(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", engines=["onnxrt"], precisions=["fp8"], threads=[0])
+    assert_bad_input(devicelab("run", "--suite", str(suite), env=env), "engines[0]", "precisions[0]", "threads[0]",
+                     db=Path(env["DEVICELAB_DB"]))
+
+
+def test_inventory_with_unknown_key(env: dict[str, str], tmp_path: Path) -> None:
+    inv = tmp_path / "devices.yaml"
+    inv.write_text("devices:\n  - id: host\n    kind: host\n    colour: red\n")
+    for cmd in (["run", "--quick", "--devices", str(inv)], ["devices", "--devices", str(inv)]):
+        assert_bad_input(devicelab(*cmd, env=env), "devices[0].colour: unknown key for kind 'host'",
+                         "allowed: id, kind, name", db=Path(env["DEVICELAB_DB"]))
+    env = {**env, "DEVICELAB_DEVICES": str(inv)}
+    assert_bad_input(devicelab("run", "--quick", env=env), "colour", db=Path(env["DEVICELAB_DB"]))
+
+
+def test_resume_of_unknown_run(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml")
+    assert devicelab("run", "--suite", str(suite), env=env).returncode == 0
+    db = Path(env["DEVICELAB_DB"])
+    before = db.stat().st_mtime_ns
+    p = devicelab("run", "--resume", "20260101-000000-dead", env=env)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "unknown run id '20260101-000000-dead'" in p.stderr
+    assert devicelab("show", "nope", env=env).returncode == 2
+    assert db.stat().st_mtime_ns == before
+
+
+def test_unknown_option_is_one_line(env: dict[str, str]) -> None:
+    p = devicelab("run", "--bogus", env=env)
+    assert p.returncode == 2 and p.stderr.strip() == "error: No such option: --bogus"

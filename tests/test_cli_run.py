@@ -1,0 +1,175 @@
+"""`devicelab run` end to end on the host with real ONNX Runtime: JSON contract, store, report, resume,
+Ctrl-C, killed and hung runners."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devicelab.result import RESULT_FIELDS
+from helpers import DEVICELAB, devicelab, run_json, write_suite
+
+JSON_FIELDS = ("run_id device engine label engine_version model model_sha256 model_bytes precision backend threads "
+               "cpus status reason samples_s median_s p90_s load_s first_s rss_before_load_bytes peak_rss_bytes "
+               "energy_j_per_inference state_before state_after").split()
+
+
+def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", models=["squeezenet1_1", "shufflenet_v2_x1_0"], threads=[1, "all"],
+                        precisions=["fp32", "int8"], protocol={"min_iterations": 6, "max_iterations": 6})
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    results = out["results"]
+    assert len(results) == 8 and set(JSON_FIELDS) <= set(results[0])
+    ok = [r for r in results if r["status"] == "ok"]
+    unsupported = [r for r in results if r["status"] == "unsupported"]
+    assert len(ok) == 4 and len(unsupported) == 4
+    assert all("not int8" in r["reason"] for r in unsupported)
+    ncpu = len(os.sched_getaffinity(0))
+    assert {(r["threads"], len(r["cpus"])) for r in ok} == {(1, 1), (ncpu, ncpu)}
+    for r in ok:
+        assert len(r["samples_s"]) == 6 and all(s > 0 for s in r["samples_s"])  # exactly the capped count
+        assert r["protocol"]["stop_reason"] == "max_iterations" and r["warmups"] >= 1
+        assert r["median_s"] == pytest.approx(sum(sorted(r["samples_s"])[2:4]) / 2, rel=1e-12)
+        assert r["load_s"] > 0 and r["first_s"] > 0 and r["engine_version"]
+        assert 0 < r["rss_before_load_bytes"] < r["peak_rss_bytes"]
+        assert "VmHWM" in r["memory_method"] and r["energy_j_per_inference"] is None and r["energy_reason"]
+        assert r["state_before"]["loadavg"] and r["state_after"]["at"] >= r["state_before"]["at"]
+        assert len(r["model_sha256"]) == 64 and r["model_bytes"] > 0
+    # the human output: the slides' table and the report path
+    report = Path(out["report"])
+    html = report.read_text()
+    assert "squeezenet1_1 on host" in html and "1 thread" in html and "peak memory" in html
+    # show --json returns the same stored results
+    p = devicelab("show", out["run_id"], "--json", env=env)
+    assert p.returncode == 0 and json.loads(p.stdout)["results"] == results
+    runs = json.loads(devicelab("runs", "--json", env=env).stdout)
+    assert runs[0]["run_id"] == out["run_id"] and runs[0]["status"] == "finished"
+    assert runs[0]["seed"] is not None and runs[0]["suite"]["name"] == "test"
+
+
+def test_human_output_has_the_slides_table(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", threads=[1, "all"])
+    p = devicelab("run", "--suite", str(suite), env=env)
+    assert p.returncode == 0, p.stderr
+    assert "squeezenet1_1 on host" in p.stdout
+    header = next(line for line in p.stdout.splitlines() if "1 thread" in line)
+    assert "engine" in header and "peak memory" in header
+    assert any(line.strip().startswith("│ onnxruntime") and " ms " in line for line in p.stdout.splitlines())
+    assert "report: " in p.stdout
+
+
+def test_user_model_path_and_narrowing(env: dict[str, str], tmp_path: Path) -> None:
+    from devicelab import zoo
+
+    mine = tmp_path / "my model.onnx"
+    mine.write_bytes(zoo.build_bytes("squeezenet1_1"))
+    suite = write_suite(tmp_path / "s.yaml", models=["mobilenet_v2", "resnet18"], threads=[1, 2])
+    code, out, err = run_json("run", "--suite", str(suite), "--model", str(mine), "--threads", "1", env=env)
+    assert code == 0, err
+    (r,) = out["results"]
+    assert r["model"] == "my model" and r["threads"] == 1 and r["status"] == "ok"
+    assert r["model_sha256"] == zoo.sha256_file(mine)
+
+
+def _runner_pids(parent: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"devicelab.runners.host" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([DEVICELAB, "run", *args, "--json"], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for(predicate, timeout: float = 120) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_killed_runner_becomes_a_failed_row(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", protocol={"min_seconds": 60, "max_seconds": 60, "max_iterations": 100000})
+    proc = _start(env, "--suite", str(suite))
+    pids: list[int] = []
+    _wait_for(lambda: bool(pids.extend(_runner_pids(proc.pid)) or pids))
+    time.sleep(0.5)
+    os.kill(pids[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    (r,) = json.loads(out)["results"]
+    assert r["status"] == "failed" and "killed by signal SIGKILL" in r["reason"]
+    assert r["samples_s"] == []
+
+
+def test_hung_runner_is_killed_after_the_timeout(env: dict[str, str], tmp_path: Path) -> None:
+    # A warmup far longer than the timeout: the runner never reports ready.
+    suite = write_suite(tmp_path / "s.yaml", protocol={"warmup_seconds": 600, "timeout_seconds": 3})
+    t0 = time.monotonic()
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 1
+    (r,) = out["results"]
+    assert r["status"] == "failed" and "timeout" in r["reason"] and "killed" in r["reason"]
+    assert time.monotonic() - t0 < 60
+    assert not _runner_pids(os.getpid())
+
+
+def test_sigint_keeps_finished_results_and_resume_finishes(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", models=["squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2"],
+                        threads=[1], protocol={"min_seconds": 1.0, "max_seconds": 1.0, "max_iterations": 100000})
+    proc = _start(env, "--suite", str(suite))
+    db = Path(env["DEVICELAB_DB"])
+
+    def stored() -> int:
+        if not db.exists():
+            return 0
+        with sqlite3.connect(db) as c:
+            try:
+                return c.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+            except sqlite3.OperationalError:
+                return 0
+
+    _wait_for(lambda: stored() >= 1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "--resume" in err
+    run_id = err.split("--resume ")[1].split()[0]
+    kept = json.loads(devicelab("show", run_id, "--json", env=env).stdout)
+    assert kept["run"]["status"] == "interrupted"
+    assert 1 <= len(kept["results"]) < 3 and all(r["status"] == "ok" for r in kept["results"])
+    assert not _runner_pids(proc.pid)
+
+    code, out, err = run_json("run", "--resume", run_id, env=env)
+    assert code == 0, err
+    assert out["run_id"] == run_id and len(out["results"]) == 3
+    by_key = {(r["model"], r["threads"]): r for r in out["results"]}
+    for r in kept["results"]:  # finished rows are kept as they were, never re-run
+        assert by_key[(r["model"], r["threads"])] == r
+    final = json.loads(devicelab("show", run_id, "--json", env=env).stdout)
+    assert final["run"]["status"] == "finished"
+
+
+def test_result_fields_are_the_schema(env: dict[str, str], tmp_path: Path) -> None:
+    code, out, err = run_json("run", "--suite", str(write_suite(tmp_path / "s.yaml")), env=env)
+    assert code == 0, err
+    assert list(out["results"][0]) == list(RESULT_FIELDS)

@@ -1,0 +1,25 @@
+"""`pip install .` ships everything `devicelab run` needs (design.md, Contract v1: packaging)."""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib import resources
+from pathlib import Path
+
+import devicelab
+
+
+def test_installed_package_carries_runners_templates_and_data() -> None:
+    assert importlib.util.find_spec("devicelab.runners.host") is not None
+    assert resources.files("devicelab.reports").joinpath("report.html.j2").is_file()
+    assert resources.files("devicelab.reports").joinpath("report.css").is_file()
+    for name in ("devices.yaml", "suite-default.yaml", "suite-quick.yaml"):
+        assert resources.files("devicelab.data").joinpath(name).is_file(), name
+
+
+def test_tests_import_the_installed_package_not_the_source_tree() -> None:
+    source = Path(__file__).resolve().parent.parent / "devicelab"
+    # An editable install maps to the source tree on purpose; a regular install must not.
+    if "site-packages" in devicelab.__file__:
+        assert Path(devicelab.__file__).resolve().parent != source
+        assert (Path(devicelab.__file__).parent / "runners" / "host.py").is_file()

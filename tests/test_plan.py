@@ -1,0 +1,82 @@
+"""Plan expansion as specs: pure data in, configs and unsupported rows out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devicelab.config import parse_suite
+from devicelab.devices.base import Cluster, DeviceFacts
+from devicelab.engines.base import EngineInfo
+from devicelab.plan import affinity_set, expand, parse_cpu_list, resolve_cpus
+from devicelab.zoo import ModelFile
+
+HOST = DeviceFacts("host", "host", "cpu", "Linux", "x86_64", (0, 1), (Cluster((0, 1), 1024),))
+PHONE = DeviceFacts("phone", "host", "soc", "Linux", "arm64", tuple(range(8)),
+                    (Cluster((0, 1, 2, 3), 400, 1800000), Cluster((4, 5, 6), 870, 2400000), Cluster((7,), 1024, 3000000)))
+ORT = EngineInfo("onnxruntime", "1.0", True, None, ("onnx",), ("fp32",), ("cpu",), ("host",))
+MISSING = EngineInfo("onnxruntime", None, False, "not installed", ("onnx",), ("fp32",), ("cpu",), ("host",))
+MODELS = {n: ModelFile(n, Path(f"/zoo/{n}.onnx"), n * 4, 100, "zoo") for n in ("mobilenet_v2", "resnet18")}
+
+
+def suite(**raw: object):
+    base = {"models": ["mobilenet_v2", "resnet18"], "engines": ["onnxruntime"], "threads": [1, "all"]}
+    base.update(raw)
+    return parse_suite(base, "test")
+
+
+def test_expands_the_cross_product() -> None:
+    rows = expand(suite(), [HOST], {"onnxruntime": ORT}, MODELS, seed=1)
+    assert len(rows) == 4 and all(r.runnable for r in rows)
+    assert sorted((r.config.model, r.config.threads, r.config.cpus) for r in rows) == [
+        ("mobilenet_v2", 1, (1,)), ("mobilenet_v2", 2, (0, 1)), ("resnet18", 1, (1,)), ("resnet18", 2, (0, 1))]
+
+
+def test_impossible_combinations_become_unsupported_rows_with_reasons() -> None:
+    rows = expand(suite(precisions=["fp32", "int8"], threads=[1, 4]), [HOST], {"onnxruntime": ORT}, MODELS, 1)
+    assert len(rows) == 8
+    unsupported = [r for r in rows if not r.runnable]
+    assert len(unsupported) == 6 and rows[:6] == unsupported  # unsupported rows come first
+    reasons = {r.unsupported for r in unsupported}
+    assert "onnxruntime supports precisions fp32, not int8" in reasons
+    assert any("4 threads > 2 CPUs" in r for r in reasons)
+
+
+def test_missing_engine_is_unsupported_not_an_error() -> None:
+    rows = expand(suite(), [HOST], {"onnxruntime": MISSING}, MODELS, 1)
+    assert all(r.unsupported and "not installed" in r.unsupported for r in rows)
+
+
+def test_threads_all_and_duplicates_collapse() -> None:
+    one_cpu = DeviceFacts("tiny", "host", "cpu", "Linux", "x86_64", (0,), (Cluster((0,), None),))
+    rows = expand(suite(threads=[1, "all"]), [one_cpu], {"onnxruntime": ORT}, MODELS, 1)
+    assert len(rows) == 2 and {r.config.threads for r in rows} == {1}
+
+
+def test_seeded_order_is_recorded_and_reproducible() -> None:
+    s = suite(models=["mobilenet_v2", "resnet18"], threads=[1, 2])
+    order = lambda seed: [r.config.identity_key() for r in expand(s, [HOST], {"onnxruntime": ORT}, MODELS, seed)]
+    assert order(5) == order(5)
+    assert len({tuple(order(seed)) for seed in range(10)}) > 1
+
+
+def test_affinity_on_big_little() -> None:
+    assert affinity_set(PHONE, "big") == (7,)
+    assert affinity_set(PHONE, "little") == (0, 1, 2, 3)
+    assert affinity_set(PHONE, "all") == tuple(range(8))
+    assert resolve_cpus(PHONE, "little", 2) == (2, (2, 3))  # the highest-numbered cores of the set
+    assert resolve_cpus(PHONE, "little", "all") == (4, (0, 1, 2, 3))
+    assert resolve_cpus(PHONE, "4-6", 2) == (2, (4, 5, 6))  # explicit lists are used as given
+    assert "oversubscribe" in resolve_cpus(PHONE, "big", 2)
+    assert "no little cores" in affinity_set(HOST, "little")
+    assert "CPU 9 does not exist" in affinity_set(PHONE, "8,9".replace("8,", ""))
+    assert parse_cpu_list("0,2-4,2") == (0, 2, 3, 4)
+
+
+def test_identity_and_series_keys() -> None:
+    a = expand(suite(threads=[1]), [HOST], {"onnxruntime": ORT}, MODELS, 1)[0].config
+    newer = EngineInfo("onnxruntime", "2.0", True, None, ("onnx",), ("fp32",), ("cpu",), ("host",))
+    b = expand(suite(threads=[1]), [HOST], {"onnxruntime": newer}, MODELS, 1)[0].config
+    assert a.model == b.model and a.identity_key() != b.identity_key()  # a new build is a new config...
+    assert a.series_key() == b.series_key()  # ...continuing the same series

@@ -1,0 +1,99 @@
+"""The stopping rule as specs, and the controller's protocol driver against a scripted runner."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from devicelab.protocol import (ChannelClosedError, ProtocolSettings, RunnerError, measure, next_batch,
+                                settings_from_dict, stop_reason)
+
+S = ProtocolSettings()
+
+
+def test_minimums_come_first() -> None:
+    assert stop_reason([0.01] * 9, S) is None  # 9 < 10 iterations, even though the CI is perfect
+    assert stop_reason([0.05] * 19, S) is None  # 0.95 s < 1 s
+    assert stop_reason([0.05] * 20, S) == "ci"  # both minimums met, zero spread
+
+
+def test_caps_apply_only_after_the_minimums() -> None:
+    noisy = [0.001 * (1 + (i % 7) * 0.2) for i in range(199)]
+    assert stop_reason(noisy, S) is None  # 0.2 s < 1 s: the 200 cap is not yet reachable
+    many = [0.006 * (1 + (i % 7) * 0.2) for i in range(400)]
+    assert stop_reason(many, S) == "max_iterations"
+    slow = [1.1 * (1 + (i % 2) * 0.5) for i in range(10)]
+    assert stop_reason(slow, S) == "max_seconds"
+
+
+def test_ci_rule_needs_precision() -> None:
+    rng = __import__("numpy").random.default_rng(0)
+    wide = list(0.01 * rng.lognormal(0, 0.3, 150))
+    assert stop_reason(wide, S) is None
+    tight = list(0.01 * rng.lognormal(0, 0.005, 150))
+    assert stop_reason(tight, S) == "ci"
+
+
+def test_next_batch_reaches_both_minimums_then_grows_by_a_tenth() -> None:
+    assert next_batch([], S, estimate_s=0.01) == 100  # 1 s / 10 ms
+    assert next_batch([], S, estimate_s=0.5) == 10  # 10 iterations dominate
+    assert next_batch([0.01] * 100, S, 0.01) == 10
+    assert next_batch([0.01] * 195, S, 0.01) == 5  # never past max_iterations
+    assert next_batch([0.9] * 10, S, 0.9) == 1  # never far past max_seconds
+
+
+def test_settings_validation_lists_every_problem() -> None:
+    problems: list[str] = []
+    settings_from_dict({"min_iterations": "ten", "target_ci": 2, "warmup_sec": 1}, "protocol", problems)
+    assert len(problems) == 3
+    assert any("protocol.warmup_sec: unknown key" in p for p in problems)
+    assert any("protocol.min_iterations" in p for p in problems)
+    ok: list[str] = []
+    s = settings_from_dict({"min_iterations": 3, "max_seconds": 2.5}, "protocol", ok)
+    assert not ok and s.min_iterations == 3 and s.max_seconds == 2.5
+
+
+class ScriptedRunner:
+    """Plays the runner side of protocol v1 in memory: every iteration takes `seconds`."""
+
+    def __init__(self, seconds: float = 0.01, fail_after: int | None = None, protocol: int = 1) -> None:
+        self.seconds, self.fail_after, self.protocol = seconds, fail_after, protocol
+        self.queue: list[dict[str, Any]] = [{"event": "ready", "protocol": protocol, "load_s": 0.1,
+                                             "first_s": 0.02, "warmups": 50, "warmup_s": 0.5}]
+        self.asked: list[int] = []
+        self.total = 0
+
+    def send(self, message: dict[str, Any]) -> None:
+        if message["cmd"] == "run":
+            n = message["iterations"]
+            self.asked.append(n)
+            for _ in range(n):
+                self.total += 1
+                if self.fail_after is not None and self.total > self.fail_after:
+                    self.queue.append({"event": "error", "message": "engine exploded"})
+                    return
+                self.queue.append({"event": "iter", "s": self.seconds})
+            self.queue.append({"event": "batch"})
+        elif message["cmd"] == "stop":
+            self.queue.append({"event": "done", "peak_rss_bytes": 123})
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        if not self.queue:
+            raise ChannelClosedError("no more output")
+        return self.queue.pop(0)
+
+
+def test_measure_drives_the_runner_to_the_stopping_rule() -> None:
+    runner = ScriptedRunner(seconds=0.01)
+    m = measure(runner, S, time.monotonic() + 10)
+    assert m.stop_reason == "ci" and len(m.samples_s) == 100 == sum(runner.asked)
+    assert m.done["peak_rss_bytes"] == 123 and m.ready["load_s"] == 0.1
+
+
+def test_measure_reports_runner_errors_and_protocol_mismatch() -> None:
+    with pytest.raises(RunnerError, match="engine exploded"):
+        measure(ScriptedRunner(fail_after=30), S, time.monotonic() + 10)
+    with pytest.raises(RunnerError, match="protocol 2"):
+        measure(ScriptedRunner(protocol=2), S, time.monotonic() + 10)
