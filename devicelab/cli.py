@@ -194,7 +194,7 @@ class _RunProgress:
         elif kind == "start":
             c = obj.config
             self.progress.update(self.task, description=f"{c.device} {c.engine} {c.model} {c.precision} {c.threads}t")
-        elif kind == "result":
+        elif kind == "result" and obj.status != "unsupported":  # those take no time: keep them out of the ETA
             self.progress.advance(self.task)
 
 

@@ -31,7 +31,7 @@ class ProtocolSettings:
     target_ci: float = 0.01  # stop once the 95 % CI of the median is within ±1 % of it
     confidence: float = 0.95
     timeout_seconds: float = 300.0  # the whole runner process, load to exit; then it is killed
-    cooldown_seconds: float = 0.25  # fixed pause between configs where no temperature sensor exists
+    cooldown_seconds: float = 0.1  # fixed pause between configs where no temperature sensor exists
     cooldown_tolerance_c: float = 2.0  # where sensors exist: wait until within this of the idle baseline
     cooldown_timeout_seconds: float = 120.0
 

@@ -118,7 +118,7 @@ class Executor:
         baselines = {dev_id: dev.idle_baseline() for dev_id, dev in self.p.devices.items()}
         finished = False
         out: list[Result] = []
-        self.progress("planned", len(todo))
+        self.progress("planned", sum(pc.runnable for pc in todo))
         try:
             for pc in todo:
                 self.progress("start", pc)

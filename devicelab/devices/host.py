@@ -258,7 +258,7 @@ class HostDevice(Device):
             "peak_rss_bytes": done.get("peak_rss_bytes"),
             "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
                              "(RSS before load: its VmRSS after the engine import, before the model loads)",
-            "protocol": {"stop_reason": m.stop_reason, "batches": m.batches,
+            "protocol": {"stop_reason": m.stop_reason, "batches": m.batches, "warmup_s": ready.get("warmup_s"),
                          "outputs_sha256": done.get("outputs_sha256")},
         }
 
