@@ -19,7 +19,7 @@ import devicelab
 from devicelab import paths, zoo
 from devicelab.config import ConfigError, Inventory, Suite, parse_suite
 from devicelab.devices import Device, Job, open_device
-from devicelab.engines import EngineInfo, PreparedModel, get_engine
+from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.errors import DevicelabError
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Result
@@ -109,7 +109,7 @@ class Executor:
         self.store, self.run_id, self.p = store, run_id, prepared
         self.progress = progress or (lambda kind, obj: None)
         self._converted: dict[tuple[str, str, str], PreparedModel | str] = {}
-        self._inputs: dict[str, list[dict[str, Any]]] = {}
+        self._sources: dict[str, SourceModel] = {}
 
     def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> list[Result]:
         """Run every planned config not in `skip`. Ctrl-C propagates after the current runner is killed;
@@ -140,16 +140,13 @@ class Executor:
     def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
         cfg = pc.config
         device = self.p.devices[cfg.device]
-        model = self.p.models[cfg.model]
-        converted = self._convert(cfg.engine, model, cfg.precision)
+        source = self._source(cfg.model)
+        converted = self._convert(cfg.engine, source, cfg.precision)
         if isinstance(converted, str):
             return Result.for_config(self.run_id, cfg, FAILED, reason=converted, started_at=utc_now(),
                                      finished_at=utc_now())
-        spec = next(m for m in self.p.suite.models if m.name == cfg.model)
-        if model.name not in self._inputs:
-            self._inputs[model.name] = zoo.onnx_inputs(model.path, spec.input_shapes)
         cooldown = device.cooldown(baseline, self.p.suite.protocol)
-        job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=tuple(self._inputs[model.name]),
+        job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
                   seed=self.p.seed, settings=self.p.suite.protocol,
                   options={**converted.options, **pc.engine_options}, notes=converted.notes)
         try:
@@ -159,11 +156,19 @@ class Executor:
                                      started_at=utc_now(), finished_at=utc_now())
         return dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown})
 
-    def _convert(self, engine: str, model: zoo.ModelFile, precision: str) -> PreparedModel | str:
+    def _source(self, name: str) -> SourceModel:
+        if name not in self._sources:
+            model = self.p.models[name]
+            spec = next(m for m in self.p.suite.models if m.name == name)
+            self._sources[name] = SourceModel(name, model.path, model.sha256,
+                                              tuple(zoo.onnx_inputs(model.path, spec.input_shapes)))
+        return self._sources[name]
+
+    def _convert(self, engine: str, model: SourceModel, precision: str) -> PreparedModel | str:
         key = (engine, model.sha256, precision)
         if key not in self._converted:
             try:
-                self._converted[key] = get_engine(engine).prepare(model.path, precision,
+                self._converted[key] = get_engine(engine).prepare(model, precision,
                                                                   paths.data_dir() / "converted" / engine)
             except Exception as e:  # noqa: BLE001 - a converter failure is a failed row with its message
                 self._converted[key] = f"conversion for {engine} ({precision}) failed: {type(e).__name__}: {e}"

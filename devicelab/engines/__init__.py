@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import importlib
 
-from devicelab.engines.base import Engine, EngineInfo, InputSpec, PreparedModel, make_inputs
+from devicelab.engines.base import Engine, EngineInfo, InputSpec, PreparedModel, SourceModel, make_inputs
 from devicelab.errors import UnknownNameError
 
 # name -> module; registered explicitly (style.md): a new engine is one file and one line here.
 ENGINE_MODULES: dict[str, str] = {
     "onnxruntime": "devicelab.engines.onnxruntime",
+    "ncnn": "devicelab.engines.ncnn",
 }
 
 
@@ -24,5 +25,5 @@ def get_engine(name: str) -> Engine:
     return importlib.import_module(ENGINE_MODULES[name]).ENGINE
 
 
-__all__ = ["Engine", "EngineInfo", "InputSpec", "PreparedModel", "make_inputs", "ENGINE_MODULES",
+__all__ = ["Engine", "EngineInfo", "InputSpec", "PreparedModel", "SourceModel", "make_inputs", "ENGINE_MODULES",
            "engine_names", "get_engine"]

@@ -44,6 +44,20 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class SourceModel:
+    """The ONNX model a config names (zoo or user file), as engines receive it for conversion."""
+
+    name: str
+    path: Path
+    sha256: str
+    inputs: tuple[dict[str, Any], ...]  # name, shape, dtype: what the runner feeds
+
+    @property
+    def shapes(self) -> list[list[int]]:
+        return [list(i["shape"]) for i in self.inputs]
+
+
+@dataclass(frozen=True)
 class PreparedModel:
     """A model in the engine's own format, ready to hand to a runner."""
 
@@ -86,7 +100,7 @@ class Engine:
         return EngineInfo(self.name, self.version(), available, reason, self.formats, self.precisions,
                           self.backends, self.device_kinds)
 
-    def prepare(self, model: Path, precision: str, cache_dir: Path) -> PreparedModel:
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         """Convert (and cache by content) the source ONNX model into what the runner loads."""
         raise NotImplementedError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, Session
+from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel
 
 
 class OnnxRuntimeEngine(Engine):
@@ -17,9 +17,9 @@ class OnnxRuntimeEngine(Engine):
     backends = ("cpu",)
     device_kinds = ("host",)
 
-    def prepare(self, model: Path, precision: str, cache_dir: Path) -> PreparedModel:
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         # fp32 ONNX runs as is; ORT's CPU provider has no lower-precision switch that fp32 must turn off.
-        return PreparedModel(model)
+        return PreparedModel(model.path)
 
     def open_session(self, config: dict[str, Any]) -> Session:
         import onnxruntime as ort

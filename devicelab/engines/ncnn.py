@@ -1,0 +1,127 @@
+"""ncnn (pip ncnn), CPU. ONNX reaches ncnn's .param/.bin through the pnnx binary (pip install --no-deps pnnx:
+its dependencies pull a CUDA torch of several GB, and the binary needs none of them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel
+
+
+def pnnx_binary() -> Path | None:
+    spec = importlib.util.find_spec("pnnx")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "pnnx"
+    return path if path.is_file() else None
+
+
+def convert_onnx(onnx_path: Path, sha256: str, shapes: list[list[int]], cache_dir: Path) -> tuple[Path, Path]:
+    """ONNX → ncnn (.param, .bin) with fp32 weights, cached by the source's content hash and input shapes.
+
+    pnnx writes fp16 weights unless told `fp16=0`; devicelab converts in fp32 and lets the runtime switches
+    decide the precision, so one converted file serves fp32, fp16 and bf16.
+    """
+    key = sha256[:16] + "-" + "_".join("x".join(map(str, s)) for s in shapes)
+    final = cache_dir / key
+    param, weights = final / "model.ncnn.param", final / "model.ncnn.bin"
+    if param.is_file() and weights.is_file():
+        return param, weights
+    binary = pnnx_binary()
+    if binary is None:
+        raise RuntimeError("the pnnx converter is not installed (pip install --no-deps pnnx)")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
+        src = Path(tmp) / "model.onnx"
+        os.symlink(onnx_path.resolve(), src)
+        shape_arg = ",".join("[" + ",".join(map(str, s)) + "]" for s in shapes)
+        p = subprocess.run([str(binary), src.name, f"inputshape={shape_arg}", "fp16=0"], cwd=tmp,
+                           capture_output=True, text=True, timeout=600)
+        out_param, out_bin = Path(tmp) / "model.ncnn.param", Path(tmp) / "model.ncnn.bin"
+        if p.returncode != 0 or not out_param.is_file():
+            tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+            raise RuntimeError(f"pnnx exited with {p.returncode}: {' | '.join(tail)}")
+        staged = Path(tmp) / "out"
+        staged.mkdir()
+        shutil.move(out_param, staged / param.name)
+        shutil.move(out_bin, staged / weights.name)
+        try:
+            os.rename(staged, final)  # atomic: a concurrent or interrupted conversion never leaves half a model
+        except OSError:
+            if not param.is_file():
+                raise
+    return param, weights
+
+
+class NcnnEngine(Engine):
+    name = "ncnn"
+    package = "ncnn"
+    module = "ncnn"
+    formats = ("onnx",)  # converted to .param/.bin on the way
+    precisions = ("fp32", "fp16", "bf16")  # int8 needs ncnn2table/ncnn2int8, in neither the wheel nor the sdist
+    backends = ("cpu",)
+    device_kinds = ("host",)
+
+    def availability(self) -> tuple[bool, str | None]:
+        ok, reason = super().availability()
+        if ok and pnnx_binary() is None:
+            return False, "the pnnx converter is not installed (pip install --no-deps pnnx)"
+        return ok, reason
+
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
+        param, weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir)
+        notes: list[str] = []
+        if precision == "fp16":
+            notes.append("fp16 storage; fp16 arithmetic only where the CPU has it (not on x86)")
+        return PreparedModel(param, tuple(notes), {"weights": str(weights)})
+
+    def open_session(self, config: dict[str, Any]) -> Session:
+        import ncnn
+
+        net = ncnn.Net()
+        opt = net.opt
+        precision = config["precision"]
+        # Set before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off.
+        fp16, bf16 = precision == "fp16", precision == "bf16"
+        opt.num_threads = int(config["threads"])
+        opt.use_vulkan_compute = False
+        opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16
+        opt.use_bf16_storage = opt.use_bf16_packed = bf16
+        opt.use_int8_inference = opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
+        if net.load_param(config["model"]) != 0:
+            raise RuntimeError(f"ncnn could not load {config['model']}")
+        if net.load_model(config["options"]["weights"]) != 0:
+            raise RuntimeError(f"ncnn could not load {config['options']['weights']}")
+        return _NcnnSession(net, ncnn, [i["name"] for i in config["inputs"]])
+
+
+class _NcnnSession:
+    def __init__(self, net: Any, ncnn: Any, input_names: list[str]) -> None:
+        self._net, self._ncnn = net, ncnn
+        self._names = input_names
+        self._mats: list[Any] | None = None
+        self._keep: list[Any] = []
+
+    def run(self, feeds: dict[str, Any]) -> list[Any]:
+        import numpy as np
+
+        if self._mats is None:
+            # pnnx names blobs in0, in1, ... in graph order; one batch -> a (c, h, w) Mat.
+            self._keep = [np.ascontiguousarray(feeds[n][0] if feeds[n].ndim == 4 else feeds[n]) for n in self._names]
+            self._mats = [self._ncnn.Mat(a) for a in self._keep]
+        ex = self._net.create_extractor()
+        for i, mat in enumerate(self._mats):
+            ex.input(f"in{i}", mat)
+        ret, out = ex.extract("out0")
+        if ret != 0:
+            raise RuntimeError(f"ncnn extract failed with {ret}")
+        return [np.array(out).reshape(1, -1)]
+
+
+ENGINE = NcnnEngine()
