@@ -73,20 +73,32 @@ def engines(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     """List engines: version, availability, formats, precisions, backends, and which devices can run them."""
     from devicelab.config import load_inventory
     from devicelab.engines import engine_names, get_engine
+    from devicelab.plan import capability_reason
 
     inventory = load_inventory(devices_file)
+    kinds = {e.id: e.kind for e in inventory.devices}
     rows = []
     for name in engine_names():
-        info = get_engine(name).info().to_dict()
-        info["devices"] = [d.id for d in inventory.devices if d.kind in info["device_kinds"]]
-        rows.append(info)
+        engine = get_engine(name)
+        combos = [(p, b) for p in engine.precisions for b in engine.backends]
+        info = engine.info(combos)
+        row = info.to_dict()
+        # Per device: which of the engine's declared precision/backend pairs can run there, and why not.
+        row["devices"] = []
+        for dev_id, kind in kinds.items():
+            runs = {f"{p}/{b}": capability_reason(info, kind, p, b, info.formats) for p, b in combos}
+            row["devices"].append({"id": dev_id, "kind": kind, "available": kind in info.device_kinds and info.available,
+                                   "runs": [k for k, why in runs.items() if why is None],
+                                   "unsupported": {k: why for k, why in runs.items() if why}})
+        rows.append(row)
     if as_json:
         _print_json(rows)
         return
-    table = Table("engine", "version", "available", "precisions", "backends", "devices", "reason")
+    table = Table("engine", "version", "available", "formats", "runs here (precision/backend)", "reason")
     for r in rows:
-        table.add_row(r["name"], r["version"] or "—", "yes" if r["available"] else "no", ",".join(r["precisions"]),
-                      ",".join(r["backends"]), ",".join(r["devices"]), r["reason"] or "")
+        here = next((d for d in r["devices"] if d["kind"] == "host"), None)
+        table.add_row(r["name"], r["version"] or "—", "yes" if r["available"] else "no", ",".join(r["formats"]),
+                      " ".join(here["runs"]) if here else "", r["reason"] or "")
     out.print(table)
 
 
@@ -205,7 +217,7 @@ def _render_tables(results: list[Any]) -> None:
         table = Table(*t.columns, title=f"{t.model} on {t.device}", title_justify="left")
         for row in t.rows:
             table.add_row(row.name, *[row.cells[n].text() if n in row.cells else "—" for n in t.threads],
-                          format_bytes(row.peak_rss_bytes))
+                          format_bytes(row.peak_rss_bytes), row.agreement_text())
         out.print(table)
 
 

@@ -137,13 +137,16 @@ class ModelSpec:
     name: str
     path: str | None = None  # None: a zoo model
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    calibration: str | None = None  # a folder of .npz/.npy inputs for int8 calibration
 
     def to_dict(self) -> dict[str, Any]:
-        if self.path is None and not self.input_shapes:
-            return {"name": self.name}
-        d: dict[str, Any] = {"name": self.name, "path": self.path}
+        d: dict[str, Any] = {"name": self.name}
+        if self.path is not None:
+            d["path"] = self.path
         if self.input_shapes:
             d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
+        if self.calibration:
+            d["calibration"] = self.calibration
         return d
 
 
@@ -206,8 +209,9 @@ def load_suite_file(path: Path) -> dict[str, Any]:
     for i, m in enumerate(models if isinstance(models, list) else []):
         if isinstance(m, str) and _is_model_path(m):
             m = models[i] = {"path": m}
-        if isinstance(m, dict) and isinstance(m.get("path"), str) and not Path(m["path"]).expanduser().is_absolute():
-            m["path"] = str(base_dir / m["path"])
+        for key in ("path", "calibration"):
+            if isinstance(m, dict) and isinstance(m.get(key), str) and not Path(m[key]).expanduser().is_absolute():
+                m[key] = str(base_dir / m[key])
     raw.setdefault("name", path.stem)
     return raw
 
@@ -240,8 +244,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             problems.append(f"{where}: must be a zoo name, an .onnx path, or a mapping with name/path")
             continue
         for key in m:
-            if key not in ("name", "path", "input_shapes"):
-                problems.append(f"{where}.{key}: unknown key; allowed: name, path, input_shapes")
+            if key not in ("name", "path", "input_shapes", "calibration"):
+                problems.append(f"{where}.{key}: unknown key; allowed: name, path, input_shapes, calibration")
+        calibration = m.get("calibration")
+        if calibration is not None:
+            folder = Path(str(calibration)).expanduser()
+            if not folder.is_dir() or not any(f.suffix in (".npy", ".npz") for f in folder.iterdir()):
+                problems.append(f"{where}.calibration: {folder} is not a folder of .npy/.npz inputs")
+                calibration = None
+            else:
+                calibration = str(folder.resolve())
         shapes: dict[str, tuple[int, ...]] = {}
         for input_name, shape in (m.get("input_shapes") or {}).items():
             if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d > 0 for d in shape)):
@@ -257,14 +269,14 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             if p.suffix.lower() != ".onnx":
                 problems.append(f"{where}.path: {p.name} is not an .onnx file (formats read: onnx)")
                 continue
-            models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes))
+            models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes, calibration))
         else:
             name = m.get("name")
             if name not in ZOO:
                 problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), ZOO)
                                 + " (or give a path to an .onnx file)")
                 continue
-            models.append(ModelSpec(str(name), None, shapes))
+            models.append(ModelSpec(str(name), None, shapes, calibration))
     if not models and not any(p.startswith("models[") for p in problems):
         problems.append("models: must list at least one model")
     names = [m.name for m in models]

@@ -77,17 +77,23 @@ def resolve_cpus(facts: DeviceFacts, affinity: str, threads: int | str) -> tuple
     return n, cpus
 
 
-def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str, model_format: str) -> str | None:
+def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
+                      model_formats: tuple[str, ...]) -> str | None:
     if not info.available:
         return f"{info.name} is not available: {info.reason}"
     if kind not in info.device_kinds:
         return f"{info.name} does not run on {kind} devices (runs on: {', '.join(info.device_kinds)})"
     if precision not in info.precisions:
-        return f"{info.name} supports precisions {', '.join(info.precisions)}, not {precision}"
+        return info.unsupported.get(precision) or \
+            f"{info.name} supports precisions {', '.join(info.precisions)}, not {precision}"
     if backend not in info.backends:
-        return f"{info.name} supports backends {', '.join(info.backends)}, not {backend}"
-    if model_format not in info.formats:
-        return f"{info.name} reads {', '.join(info.formats)}, not {model_format}"
+        return info.unsupported.get(backend) or \
+            f"{info.name} supports backends {', '.join(info.backends)}, not {backend}"
+    if not set(info.formats) & set(model_formats):
+        return (f"{info.name} reads {', '.join(info.formats)}; this model is {', '.join(model_formats)}"
+                + (" (devicelab writes TFLite for zoo models only)" if "tflite" in info.formats else ""))
+    if kind == "host" and f"{precision}/{backend}" in info.probes:
+        return f"{info.name} {precision} on {backend}: {info.probes[f'{precision}/{backend}']}"
     return None
 
 
@@ -119,7 +125,7 @@ def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFil
         n, cpus, reason = (threads if isinstance(threads, int) else 0), (), resolved
     else:
         (n, cpus), reason = resolved, None
-    reason = capability_reason(info, facts.kind, precision, backend, "onnx") or reason
+    reason = capability_reason(info, facts.kind, precision, backend, model.formats) or reason
     config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=info.version or "",
                     model=model.name, model_sha256=model.sha256, model_bytes=model.bytes, precision=precision,
                     backend=backend, threads=n, cpus=cpus, affinity=affinity)

@@ -34,6 +34,7 @@ class ProtocolSettings:
     cooldown_seconds: float = 0.1  # fixed pause between configs where no temperature sensor exists
     cooldown_tolerance_c: float = 2.0  # where sensors exist: wait until within this of the idle baseline
     cooldown_timeout_seconds: float = 120.0
+    accuracy_inputs: int = 16  # seeded inputs run after timing to compare outputs with the fp32 reference
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

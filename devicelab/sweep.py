@@ -9,6 +9,7 @@ import platform
 import secrets
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,12 +18,13 @@ from typing import Any
 
 import devicelab
 from devicelab import paths, zoo
+from devicelab.analysis import accuracy
 from devicelab.config import ConfigError, Inventory, Suite, parse_suite
 from devicelab.devices import Device, Job, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.errors import DevicelabError
 from devicelab.plan import PlannedConfig, expand
-from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Result
+from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import FINISHED, INTERRUPTED, RunRecord, SqliteStore, utc_now
 
 
@@ -76,7 +78,10 @@ def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
     models = resolve_models(suite)
     devices = {e.id: open_device(e) for e in entries}
     facts = [d.facts() for d in devices.values()]
-    engines = {spec.name: get_engine(spec.name).info() for spec in suite.engines}
+    # Probe the host only for what the suite asks (probing may import an engine, e.g. OpenVINO).
+    wanted = [(p, b) for p in suite.precisions for b in suite.backends]
+    probe = wanted if any(f.kind == "host" for f in facts) else []
+    engines = {spec.name: get_engine(spec.name).info(probe) for spec in suite.engines}
     planned = expand(suite, facts, engines, models, seed)
     return Prepared(suite, seed, devices, models, engines, planned)
 
@@ -145,23 +150,49 @@ class Executor:
         if isinstance(converted, str):
             return Result.for_config(self.run_id, cfg, FAILED, reason=converted, started_at=utc_now(),
                                      finished_at=utc_now())
-        cooldown = device.cooldown(baseline, self.p.suite.protocol)
-        job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
-                  seed=self.p.seed, settings=self.p.suite.protocol,
-                  options={**converted.options, **pc.engine_options}, notes=converted.notes)
+        settings = self.p.suite.protocol
+        cooldown = device.cooldown(baseline, settings)
+        with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
+            outputs = Path(tmp) / "outputs.npz" if settings.accuracy_inputs else None
+            job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
+                      seed=self.p.seed, settings=settings, options={**converted.options, **pc.engine_options},
+                      notes=converted.notes, outputs_path=outputs)
+            try:
+                result = device.run(job)
+            except OSError as e:
+                return Result.for_config(self.run_id, cfg, INFRA_FAILED, reason=f"device {cfg.device}: {e}",
+                                         started_at=utc_now(), finished_at=utc_now())
+            result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown})
+            if result.status == OK and outputs is not None and outputs.is_file():
+                result = self._with_accuracy(result, source, outputs, settings.accuracy_inputs)
+        return result
+
+    def _with_accuracy(self, result: Result, source: SourceModel, outputs: Path, count: int) -> Result:
+        import numpy as np
+
+        from devicelab.engines.onnxruntime import reference_outputs
+
+        reference = reference_outputs(source, self.p.seed, count, paths.data_dir() / "reference")
+        with np.load(outputs) as data:
+            got = [data[f"arr_{k}"] for k in range(len(data.files))]
         try:
-            result = device.run(job)
-        except OSError as e:
-            return Result.for_config(self.run_id, cfg, INFRA_FAILED, reason=f"device {cfg.device}: {e}",
-                                     started_at=utc_now(), finished_at=utc_now())
-        return dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown})
+            acc = accuracy.agreement(reference, got)
+        except ValueError as e:
+            return dataclasses.replace(result, notes=result.notes + (f"accuracy not compared: {e}",))
+        notes = result.notes
+        if result.precision in ("fp16", "bf16") and acc["max_abs_diff"] < accuracy.NO_EFFECT_MAX_ABS_DIFF:
+            notes += (f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {result.precision} "
+                      "setting changed no arithmetic on this CPU",)
+        return dataclasses.replace(result, accuracy=acc, notes=notes)
 
     def _source(self, name: str) -> SourceModel:
         if name not in self._sources:
             model = self.p.models[name]
             spec = next(m for m in self.p.suite.models if m.name == name)
             self._sources[name] = SourceModel(name, model.path, model.sha256,
-                                              tuple(zoo.onnx_inputs(model.path, spec.input_shapes)))
+                                              tuple(zoo.onnx_inputs(model.path, spec.input_shapes)),
+                                              zoo=model.source == "zoo",
+                                              calibration=Path(spec.calibration) if spec.calibration else None)
         return self._sources[name]
 
     def _convert(self, engine: str, model: SourceModel, precision: str) -> PreparedModel | str:

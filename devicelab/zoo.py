@@ -16,15 +16,16 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from devicelab.errors import DevicelabError, UnknownNameError
 
 # Bump when a builder changes the graph it writes: the index then rebuilds instead of reusing files.
-ZOO_VERSION = 1
+ZOO_VERSION = 2
 OPSET = 13
 IR_VERSION = 8  # what ONNX Runtime, OpenVINO, MNN and pnnx all read
 SEED = 20261122
@@ -63,37 +64,52 @@ class ModelFile:
     bytes: int
     source: str  # "zoo" or "user"
 
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """Formats devicelab can hand engines: zoo models are also written as TFLite (zoo_tflite)."""
+        return ("onnx", "tflite") if self.source == "zoo" else ("onnx",)
+
 
 # --------------------------------------------------------------------------------------------------
-# Graph building
+# Graph building: builders record a small layer-level graph (NCHW semantics, weights as arrays); emitters
+# write it as ONNX here and as TFLite in zoo_tflite.py, so every engine runs the very same weights.
+
+
+@dataclass
+class Op:
+    kind: str  # conv, add, maxpool, gap, gemm, concat, shuffle, split
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    name: str
+    ops: list[Op]
+    input_shape: tuple[int, int, int, int]  # NCHW
+    output: str
+    classes: int = 1000
 
 
 class _Net:
-    """Accumulates nodes and initializers; tracks the channel count so builders read like the papers."""
+    """Records ops and tracks names so the builders read like the papers."""
 
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
-        self.nodes: list = []
-        self.inits: list = []
+        self.ops: list[Op] = []
         self.n = 0
 
     def _name(self, kind: str) -> str:
         self.n += 1
         return f"{kind}_{self.n}"
 
-    def _const(self, base: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
-        name = f"{base}"
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(self, op: str, inputs: list[str], **attrs: object) -> str:
-        from onnx import helper
-
-        out = self._name(op.lower())
-        self.nodes.append(helper.make_node(op, inputs, [out], name=out, **attrs))
-        return out
+    def _op(self, kind: str, inputs: list[str], n_out: int = 1, **attrs: Any) -> list[str]:
+        outs = [self._name(kind) for _ in range(n_out)]
+        arrays = attrs.pop("arrays", {})
+        self.ops.append(Op(kind, inputs, outs, attrs, arrays))
+        return outs
 
     def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None,
              group: int = 1, act: str | None = "relu", gain: float = 1.0) -> str:
@@ -103,48 +119,101 @@ class _Net:
         std = gain * float(np.sqrt((2.0 if act else 1.0) / fan_in))
         w = self.rng.normal(0.0, std, size=(cout, cin // group, k, k)).astype(np.float32)
         b = self.rng.normal(0.0, 0.01, size=(cout,)).astype(np.float32)  # the folded BatchNorm shift
-        name = self._name("conv")
-        y = self.node("Conv", [x, self._const(name + ".weight", w), self._const(name + ".bias", b)],
-                      kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, group=group)
-        return self.act(y, act)
+        return self._op("conv", [x], k=k, stride=stride, pad=pad, group=group, act=act,
+                        arrays={"weight": w, "bias": b})[0]
 
-    def act(self, x: str, act: str | None) -> str:
-        if act is None:
-            return x
-        if act == "relu":
-            return self.node("Relu", [x])
-        if act == "relu6":
-            lo = self._const(self._name("c") + ".min", np.array(0.0, np.float32))
-            hi = self._const(self._name("c") + ".max", np.array(6.0, np.float32))
-            return self.node("Clip", [x, lo, hi])
-        raise ValueError(act)
+    def add(self, a: str, b: str, act: str | None = None) -> str:
+        return self._op("add", [a, b], act=act)[0]
 
     def maxpool(self, x: str, k: int, stride: int, pad: int) -> str:
-        return self.node("MaxPool", [x], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
+        return self._op("maxpool", [x], k=k, stride=stride, pad=pad)[0]
+
+    def gap(self, x: str) -> str:
+        """Global average pooling to a (1, C) tensor."""
+        return self._op("gap", [x])[0]
 
     def head(self, x: str, cin: int, classes: int = 1000) -> str:
-        x = self.node("GlobalAveragePool", [x])
-        x = self.node("Flatten", [x], axis=1)
         w = self.rng.normal(0.0, float(np.sqrt(1.0 / cin)), size=(classes, cin)).astype(np.float32)
         b = self.rng.normal(0.0, 0.01, size=(classes,)).astype(np.float32)
-        name = self._name("fc")
-        return self.node("Gemm", [x, self._const(name + ".weight", w), self._const(name + ".bias", b)],
-                         transB=1)
+        return self._op("gemm", [self.gap(x)], arrays={"weight": w, "bias": b})[0]
 
-    def finish(self, name: str, y: str, classes: int = 1000) -> bytes:
-        from onnx import TensorProto, helper
+    def concat(self, xs: list[str]) -> str:
+        return self._op("concat", xs)[0]
 
-        self.nodes.append(helper.make_node("Identity", [y], [OUTPUT_NAME], name="output"))
-        graph = helper.make_graph(
-            self.nodes, name,
-            [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, 224, 224])],
-            [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, classes])],
-            initializer=self.inits,
-        )
-        model = helper.make_model(graph, producer_name="devicelab.zoo", producer_version=str(ZOO_VERSION),
-                                  opset_imports=[helper.make_opsetid("", OPSET)])
-        model.ir_version = IR_VERSION
-        return model.SerializeToString()
+    def shuffle(self, x: str, channels: int, hw: int) -> str:
+        """ShuffleNet's channel shuffle with 2 groups."""
+        return self._op("shuffle", [x], channels=channels, hw=hw)[0]
+
+    def split(self, x: str, half: int) -> tuple[str, str]:
+        a, b = self._op("split", [x], n_out=2, half=half)
+        return a, b
+
+
+def to_onnx(graph: Graph) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes: list[Any] = []
+    inits: list[Any] = []
+    counter = [0]
+
+    def const(array: np.ndarray, hint: str) -> str:
+        counter[0] += 1
+        name = f"{hint}:{counter[0]}"  # ":" keeps constants apart from op outputs (op_N)
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> None:
+        nodes.append(helper.make_node(op, inputs, outputs, name=outputs[0], **attrs))
+
+    def act(y: str, kind: str | None, out: str) -> None:
+        if kind == "relu":
+            node("Relu", [y], [out])
+        elif kind == "relu6":
+            node("Clip", [y, const(np.array(0.0, np.float32), "min"), const(np.array(6.0, np.float32), "max")], [out])
+        else:
+            raise ValueError(kind)
+
+    for op in graph.ops:
+        a, (out, *_) = op.attrs, op.outputs
+        pre = out + "_pre" if a.get("act") else out
+        if op.kind == "conv":
+            k, p = a["k"], a["pad"]
+            node("Conv", [op.inputs[0], const(op.arrays["weight"], out + ".weight"), const(op.arrays["bias"], out + ".bias")],
+                 [pre], kernel_shape=[k, k], strides=[a["stride"]] * 2, pads=[p] * 4, group=a["group"])
+        elif op.kind == "add":
+            node("Add", op.inputs, [pre])
+        elif op.kind == "maxpool":
+            node("MaxPool", op.inputs, [out], kernel_shape=[a["k"]] * 2, strides=[a["stride"]] * 2, pads=[a["pad"]] * 4)
+        elif op.kind == "gap":
+            node("GlobalAveragePool", op.inputs, [out + "_pool"])
+            node("Flatten", [out + "_pool"], [out], axis=1)
+        elif op.kind == "gemm":
+            node("Gemm", [op.inputs[0], const(op.arrays["weight"], out + ".weight"), const(op.arrays["bias"], out + ".bias")],
+                 [out], transB=1)
+        elif op.kind == "concat":
+            node("Concat", op.inputs, [out], axis=1)
+        elif op.kind == "shuffle":
+            c, hw = a["channels"], a["hw"]
+            node("Reshape", [op.inputs[0], const(np.array([1, 2, c // 2, hw, hw], np.int64), "shape")], [out + "_r"])
+            node("Transpose", [out + "_r"], [out + "_t"], perm=[0, 2, 1, 3, 4])
+            node("Reshape", [out + "_t", const(np.array([1, c, hw, hw], np.int64), "shape")], [out])
+        elif op.kind == "split":
+            node("Split", [op.inputs[0], const(np.array([a["half"]] * 2, np.int64), "split")], op.outputs, axis=1)
+        else:
+            raise ValueError(op.kind)
+        if a.get("act"):
+            act(pre, a["act"], out)
+    node("Identity", [graph.output], [OUTPUT_NAME])
+    onnx_graph = helper.make_graph(
+        nodes, graph.name,
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, list(graph.input_shape))],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, graph.classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(onnx_graph, producer_name="devicelab.zoo", producer_version=str(ZOO_VERSION),
+                              opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = IR_VERSION
+    return model.SerializeToString()
 
 
 def _mobilenet_v1(net: _Net) -> str:
@@ -172,7 +241,7 @@ def _mobilenet_v2(net: _Net) -> str:
             y = net.conv(y, hidden, hidden, 3, stride=stride, group=hidden, act="relu6")
             residual = stride == 1 and cin == c
             y = net.conv(y, hidden, c, 1, act=None, gain=0.5 if residual else 1.0)  # linear bottleneck
-            x = net.node("Add", [x, y]) if residual else y
+            x = net.add(x, y) if residual else y
             cin = c
     x = net.conv(x, cin, 1280, 1, act="relu6")
     return net.head(x, 1280)
@@ -183,7 +252,7 @@ def _squeezenet1_1(net: _Net) -> str:
         s = net.conv(x, cin, squeeze, 1)
         a = net.conv(s, squeeze, e1, 1)
         b = net.conv(s, squeeze, e3, 3)
-        return net.node("Concat", [a, b], axis=1), e1 + e3
+        return net.concat([a, b]), e1 + e3
 
     x = net.conv(INPUT_NAME, 3, 64, 3, stride=2, pad=0)
     x = net.maxpool(x, 3, 2, 0)
@@ -196,19 +265,10 @@ def _squeezenet1_1(net: _Net) -> str:
     for squeeze, expand in [(48, 192), (48, 192), (64, 256), (64, 256)]:
         x, c = fire(x, c, squeeze, expand, expand)
     # SqueezeNet classifies with a 1x1 conv + ReLU + global pooling, no fully connected layer.
-    x = net.conv(x, c, 1000, 1)
-    x = net.node("GlobalAveragePool", [x])
-    return net.node("Flatten", [x], axis=1)
+    return net.gap(net.conv(x, c, 1000, 1))
 
 
 def _shufflenet_v2_x1_0(net: _Net) -> str:
-    def shuffle(x: str, channels: int, hw: int) -> str:
-        shape1 = net._const(net._name("shape"), np.array([1, 2, channels // 2, hw, hw], np.int64))
-        shape2 = net._const(net._name("shape"), np.array([1, channels, hw, hw], np.int64))
-        x = net.node("Reshape", [x, shape1])
-        x = net.node("Transpose", [x], perm=[0, 2, 1, 3, 4])
-        return net.node("Reshape", [x, shape2])
-
     x = net.conv(INPUT_NAME, 3, 24, 3, stride=2)
     x = net.maxpool(x, 3, 2, 1)
     cin, hw = 24, 56
@@ -222,18 +282,14 @@ def _shufflenet_v2_x1_0(net: _Net) -> str:
                 b2 = net.conv(x, cin, half, 1)
                 b2 = net.conv(b2, half, half, 3, stride=2, group=half, act=None)
                 b2 = net.conv(b2, half, half, 1)
-                x = net.node("Concat", [b1, b2], axis=1)
+                x = net.concat([b1, b2])
             else:
-                split = net._const(net._name("split"), np.array([half, half], np.int64))
-                from onnx import helper
-
-                x1, x2 = net._name("split_a"), net._name("split_b")
-                net.nodes.append(helper.make_node("Split", [x, split], [x1, x2], name=x1, axis=1))
+                x1, x2 = net.split(x, half)
                 b2 = net.conv(x2, half, half, 1)
                 b2 = net.conv(b2, half, half, 3, group=half, act=None)
                 b2 = net.conv(b2, half, half, 1)
-                x = net.node("Concat", [x1, b2], axis=1)
-            x = shuffle(x, cout, hw)
+                x = net.concat([x1, b2])
+            x = net.shuffle(x, cout, hw)
             cin = cout
     x = net.conv(x, cin, 1024, 1)
     return net.head(x, 1024)
@@ -250,7 +306,7 @@ def _resnet18(net: _Net) -> str:
             # Scaled-down last conv keeps the residual stream's variance from doubling every block.
             y = net.conv(y, cout, cout, 3, act=None, gain=0.5)
             shortcut = net.conv(x, cin, cout, 1, stride=s, pad=0, act=None) if (s != 1 or cin != cout) else x
-            x = net.node("Relu", [net.node("Add", [shortcut, y])])
+            x = net.add(shortcut, y, act="relu")
             cin = cout
     return net.head(x, cin)
 
@@ -264,12 +320,17 @@ _BUILDERS: dict[str, Callable[[_Net], str]] = {
 }
 
 
-def build_bytes(name: str, seed: int = SEED) -> bytes:
-    """The serialized ONNX model. Deterministic for a given name, seed and zoo version."""
+def build_graph(name: str, seed: int = SEED) -> Graph:
     if name not in _BUILDERS:
         raise UnknownNameError("zoo model", name, _BUILDERS)
     net = _Net(seed + sum(name.encode()))  # each model draws from its own stream
-    return net.finish(name, _BUILDERS[name](net))
+    output = _BUILDERS[name](net)
+    return Graph(name, net.ops, (1, 3, 224, 224), output)
+
+
+def build_bytes(name: str, seed: int = SEED) -> bytes:
+    """The serialized ONNX model. Deterministic for a given name, seed and zoo version."""
+    return to_onnx(build_graph(name, seed))
 
 
 # --------------------------------------------------------------------------------------------------

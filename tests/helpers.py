@@ -12,7 +12,8 @@ import yaml
 
 # Short protocol settings keep CI fast; the numbers are recorded with each Result like any others.
 FAST_PROTOCOL = {"warmup_iterations": 1, "warmup_seconds": 0.0, "min_iterations": 5, "min_seconds": 0.0,
-                 "max_iterations": 8, "max_seconds": 2.0, "cooldown_seconds": 0.0, "timeout_seconds": 60}
+                 "max_iterations": 8, "max_seconds": 2.0, "cooldown_seconds": 0.0, "timeout_seconds": 120,
+                 "accuracy_inputs": 4}
 
 
 def write_suite(path: Path, **fields: Any) -> Path:

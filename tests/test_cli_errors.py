@@ -20,7 +20,8 @@ def assert_bad_input(p, *expected: str, db: Path) -> None:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--engine", "onnxrt"], ["unknown engine 'onnxrt' (did you mean 'onnxruntime'?)", "allowed: onnxruntime"]),
+    (["--engine", "onnxrt"], ["unknown engine 'onnxrt' (did you mean 'onnxruntime'?)",
+                              "allowed: litert, mnn, ncnn, onnxruntime, openvino"]),
     (["--threads", "0"], ["threads[0]: 0 is not allowed; allowed: a positive integer or 'all'"]),
     (["--threads", "four"], ["threads[0]: 'four' is not allowed"]),
     (["--precision", "fp8"], ["precisions[0]: 'fp8' is not allowed; allowed: fp32, fp16, bf16, int8"]),

@@ -24,7 +24,7 @@ JSON_FIELDS = ("run_id device engine label engine_version model model_sha256 mod
 
 def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", models=["squeezenet1_1", "shufflenet_v2_x1_0"], threads=[1, "all"],
-                        precisions=["fp32", "int8"], protocol={"min_iterations": 6, "max_iterations": 6})
+                        precisions=["fp32", "bf16"], protocol={"min_iterations": 6, "max_iterations": 6})
     code, out, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 0, err
     results = out["results"]
@@ -32,7 +32,7 @@ def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: P
     ok = [r for r in results if r["status"] == "ok"]
     unsupported = [r for r in results if r["status"] == "unsupported"]
     assert len(ok) == 4 and len(unsupported) == 4
-    assert all("not int8" in r["reason"] for r in unsupported)
+    assert all("no bf16 inference mode" in r["reason"] for r in unsupported)
     ncpu = len(os.sched_getaffinity(0))
     assert {(r["threads"], len(r["cpus"])) for r in ok} == {(1, 1), (ncpu, ncpu)}
     for r in ok:
@@ -44,6 +44,7 @@ def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: P
         assert "VmHWM" in r["memory_method"] and r["energy_j_per_inference"] is None and r["energy_reason"]
         assert r["state_before"]["loadavg"] and r["state_after"]["at"] >= r["state_before"]["at"]
         assert len(r["model_sha256"]) == 64 and r["model_bytes"] > 0
+        assert r["accuracy"]["inputs"] == 4 and r["accuracy"]["max_abs_diff"] < 1e-3  # ORT fp32 vs its reference
     # the human output: the slides' table and the report path
     report = Path(out["report"])
     html = report.read_text()

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from devicelab.result import OK, UNSUPPORTED, Result
+from devicelab.result import OK, PRECISIONS, UNSUPPORTED, Result
+
+_PRECISION_ORDER = {p: i for i, p in enumerate(PRECISIONS)}
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,12 @@ class Row:
     name: str
     cells: dict[int, Cell] = field(default_factory=dict)
     peak_rss_bytes: int | None = None
+    accuracy: dict[str, Any] | None = None  # the least agreeing of the row's results
+
+    def agreement_text(self) -> str:
+        if not self.accuracy:
+            return "—"
+        return f"top-1 {self.accuracy['top1_agreement']:.0%} · cos {self.accuracy['cosine']:.4f}"
 
 
 @dataclass
@@ -36,7 +45,8 @@ class SlidesTable:
 
     @property
     def columns(self) -> list[str]:
-        return ["engine"] + [f"{t} thread" + ("s" if t != 1 else "") for t in self.threads] + ["peak memory"]
+        return (["engine"] + [f"{t} thread" + ("s" if t != 1 else "") for t in self.threads]
+                + ["peak memory", "vs fp32 reference"])
 
 
 def row_name(r: Result, with_affinity: bool) -> str:
@@ -59,12 +69,14 @@ def slides_tables(results: Sequence[Result]) -> list[SlidesTable]:
         several_affinities = len({r.affinity for r in rs}) > 1
         threads = sorted({r.threads for r in rs if r.threads > 0})
         rows: dict[str, Row] = {}
-        for r in sorted(rs, key=lambda r: (r.engine, r.label, r.precision, r.backend, r.affinity)):
+        for r in sorted(rs, key=lambda r: (r.engine, r.label, _PRECISION_ORDER.get(r.precision, 9), r.backend, r.affinity)):
             row = rows.setdefault(row_name(r, several_affinities), Row(row_name(r, several_affinities)))
             if r.threads > 0:
                 row.cells[r.threads] = Cell(r.status, r.median_s, r.reason)
             if r.status == OK and r.peak_rss_bytes:
                 row.peak_rss_bytes = max(row.peak_rss_bytes or 0, r.peak_rss_bytes)
+            if r.status == OK and r.accuracy and (row.accuracy is None or r.accuracy["cosine"] < row.accuracy["cosine"]):
+                row.accuracy = r.accuracy
         tables[(device, model)] = SlidesTable(device, model, threads, list(rows.values()))
     return [tables[k] for k in sorted(tables)]
 

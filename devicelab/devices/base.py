@@ -63,6 +63,8 @@ class Job:
     settings: ProtocolSettings
     options: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    # Where the device must leave the outputs of the accuracy inputs (an .npz, on the controller's disk).
+    outputs_path: Path | None = None
 
 
 class Device:

@@ -198,7 +198,9 @@ class HostDevice(Device):
         runner_cfg = {"engine": cfg.engine, "model": str(job.model_path), "inputs": list(job.inputs),
                       "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision,
                       "backend": cfg.backend, "seed": job.seed, "options": job.options,
-                      "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds}}
+                      "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds},
+                      "accuracy_inputs": s.accuracy_inputs if job.outputs_path else 0,
+                      "outputs_file": str(job.outputs_path) if job.outputs_path else None}
         env = dict(os.environ)
         # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
         env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),

@@ -12,6 +12,9 @@ from devicelab.errors import UnknownNameError
 ENGINE_MODULES: dict[str, str] = {
     "onnxruntime": "devicelab.engines.onnxruntime",
     "ncnn": "devicelab.engines.ncnn",
+    "mnn": "devicelab.engines.mnn",
+    "litert": "devicelab.engines.litert",
+    "openvino": "devicelab.engines.openvino",
 }
 
 

@@ -1,17 +1,24 @@
 """The Engine seam: what an engine can do (declared), how a model reaches its format, and how the
 runner drives it inside the measured process.
 
-This module is imported by the host runner inside the measured process: keep it light.
+This module is imported by the host runner inside the measured process: keep it light (numpy and the
+engine's own library are imported lazily, after the runner has pinned itself).
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import importlib.metadata
 import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
+
+# Deterministic data sets: timing uses input 0 of INPUT_SEED's stream; accuracy inputs 1..N of the same
+# stream; calibration draws from its own stream so no variant is judged on the data it was calibrated on.
+CALIBRATION_SEED = 7_000_001
+CALIBRATION_SAMPLES = 16
 
 
 @dataclass(frozen=True)
@@ -36,11 +43,16 @@ class EngineInfo:
     precisions: tuple[str, ...]
     backends: tuple[str, ...]
     device_kinds: tuple[str, ...]
+    # Why a declared-but-missing combination can't run, e.g. {"int8": "needs ncnn2int8..."}, and what a
+    # probe of this host found, e.g. {"fp16/cpu": "the CPU has no fp16 arithmetic"}.
+    unsupported: dict[str, str] = field(default_factory=dict)
+    probes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "available": self.available, "reason": self.reason,
                 "formats": list(self.formats), "precisions": list(self.precisions),
-                "backends": list(self.backends), "device_kinds": list(self.device_kinds)}
+                "backends": list(self.backends), "device_kinds": list(self.device_kinds),
+                "unsupported": dict(self.unsupported), "host_probes": dict(self.probes)}
 
 
 @dataclass(frozen=True)
@@ -50,7 +62,9 @@ class SourceModel:
     name: str
     path: Path
     sha256: str
-    inputs: tuple[dict[str, Any], ...]  # name, shape, dtype: what the runner feeds
+    inputs: tuple[dict[str, Any], ...]  # name, shape (NCHW for images), dtype: what the runner feeds
+    zoo: bool = False  # zoo models can also be written natively (TFLite) from the zoo's graph
+    calibration: Path | None = None  # the user's folder of .npy/.npz inputs for int8 calibration
 
     @property
     def shapes(self) -> list[list[int]]:
@@ -67,9 +81,14 @@ class PreparedModel:
 
 
 class Session(Protocol):
-    """One loaded model inside the runner."""
+    """One loaded model inside the runner. Only `run` is timed: input conversion (layouts, engine
+    tensor types) happens once in `prepare`, output conversion in `outputs`."""
 
-    def run(self, feeds: dict[str, Any]) -> Sequence[Any]: ...
+    def prepare(self, feeds: dict[str, Any]) -> Any: ...
+
+    def run(self, prepared: Any) -> Any: ...
+
+    def outputs(self, raw: Any) -> list[Any]: ...
 
 
 class Engine:
@@ -82,6 +101,8 @@ class Engine:
     precisions: ClassVar[tuple[str, ...]]
     backends: ClassVar[tuple[str, ...]]
     device_kinds: ClassVar[tuple[str, ...]] = ("host",)
+    # Precisions or backends this engine cannot do, with the reason a user should read.
+    unsupported: ClassVar[dict[str, str]] = {}
 
     def version(self) -> str | None:
         try:
@@ -95,13 +116,25 @@ class Engine:
             return False, f"Python package '{self.package}' is not installed (pip install {self.package})"
         return True, None
 
-    def info(self) -> EngineInfo:
+    def probe_host(self, precision: str, backend: str) -> str | None:
+        """Why this precision/backend cannot run on this host (e.g. no GPU, no bf16 in the CPU), or None.
+        Called in the controller, only for combinations a suite asks for."""
+        return None
+
+    def info(self, probe: Sequence[tuple[str, str]] = ()) -> EngineInfo:
         available, reason = self.availability()
+        probes: dict[str, str] = {}
+        if available:
+            for precision, backend in probe:
+                if precision in self.precisions and backend in self.backends:
+                    why = self.probe_host(precision, backend)
+                    if why:
+                        probes[f"{precision}/{backend}"] = why
         return EngineInfo(self.name, self.version(), available, reason, self.formats, self.precisions,
-                          self.backends, self.device_kinds)
+                          self.backends, self.device_kinds, dict(self.unsupported), probes)
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
-        """Convert (and cache by content) the source ONNX model into what the runner loads."""
+        """Convert (and cache by content) the source model into what the runner loads."""
         raise NotImplementedError
 
     # ---- runner side (inside the measured process) ----
@@ -110,11 +143,24 @@ class Engine:
         raise NotImplementedError
 
 
-def make_inputs(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:
-    """Seeded inputs, identical across engines and processes, so outputs can be compared."""
+class SimpleSession:
+    """A Session whose engine takes numpy feeds as they are and returns numpy outputs."""
+
+    def prepare(self, feeds: dict[str, Any]) -> Any:
+        return feeds
+
+    def run(self, prepared: Any) -> Any:
+        raise NotImplementedError
+
+    def outputs(self, raw: Any) -> list[Any]:
+        return list(raw)
+
+
+def make_inputs(specs: Sequence[dict[str, Any]], seed: int, index: int = 0) -> dict[str, Any]:
+    """Input `index` of the seeded stream, identical across engines and processes, so outputs compare."""
     import numpy as np
 
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, index])
     feeds: dict[str, Any] = {}
     for spec in specs:
         dtype = np.dtype(spec.get("dtype", "float32"))
@@ -124,3 +170,43 @@ def make_inputs(specs: Sequence[dict[str, Any]], seed: int) -> dict[str, Any]:
         else:
             feeds[spec["name"]] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
+
+
+def calibration_inputs(model: SourceModel, count: int = CALIBRATION_SAMPLES) -> list[dict[str, Any]]:
+    """The int8 calibration set: the user's folder of inputs when given, else a deterministic draw.
+
+    A folder holds .npz files (arrays named like the model's inputs) or, for single-input models, .npy files.
+    """
+    import numpy as np
+
+    if model.calibration is None:
+        return [make_inputs(model.inputs, CALIBRATION_SEED, i) for i in range(count)]
+    names = [i["name"] for i in model.inputs]
+    samples: list[dict[str, Any]] = []
+    for path in sorted(model.calibration.iterdir()):
+        if path.suffix == ".npz":
+            with np.load(path) as data:
+                samples.append({n: np.asarray(data[n], np.float32).reshape(s["shape"]) for n, s in zip(names, model.inputs)})
+        elif path.suffix == ".npy" and len(names) == 1:
+            samples.append({names[0]: np.load(path).astype(np.float32).reshape(model.inputs[0]["shape"])})
+    if not samples:
+        raise ValueError(f"no .npz/.npy calibration inputs in {model.calibration}")
+    return samples
+
+
+def calibration_key(model: SourceModel) -> str:
+    """Names the calibration set in cache keys: 'seeded', or a hash of the user's files."""
+    if model.calibration is None:
+        return f"seeded{CALIBRATION_SAMPLES}"
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(model.calibration.iterdir()):
+        if path.suffix in (".npy", ".npz"):
+            h.update(path.name.encode() + path.read_bytes())
+    return "user" + h.hexdigest()[:12]
+
+
+def has_library(name: str) -> bool:
+    """Whether a shared library (e.g. the Vulkan loader or OpenCL ICD loader) can be found on this host."""
+    return ctypes.util.find_library(name) is not None

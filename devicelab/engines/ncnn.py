@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel
+from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel, has_library
 
 
 def pnnx_binary() -> Path | None:
@@ -64,9 +64,15 @@ class NcnnEngine(Engine):
     package = "ncnn"
     module = "ncnn"
     formats = ("onnx",)  # converted to .param/.bin on the way
-    precisions = ("fp32", "fp16", "bf16")  # int8 needs ncnn2table/ncnn2int8, in neither the wheel nor the sdist
-    backends = ("cpu",)
+    precisions = ("fp32", "fp16", "bf16")
+    backends = ("cpu", "vulkan")
     device_kinds = ("host",)
+    unsupported = {"int8": "ncnn int8 models need ncnn2table/ncnn2int8, which neither the ncnn wheel nor its sdist ships"}
+
+    def probe_host(self, precision: str, backend: str) -> str | None:
+        if backend == "vulkan" and not has_library("vulkan"):
+            return "no Vulkan loader (libvulkan) on this host"
+        return None
 
     def availability(self) -> tuple[bool, str | None]:
         ok, reason = super().availability()
@@ -78,7 +84,7 @@ class NcnnEngine(Engine):
         param, weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir)
         notes: list[str] = []
         if precision == "fp16":
-            notes.append("fp16 storage; fp16 arithmetic only where the CPU has it (not on x86)")
+            notes.append("fp16 storage and arithmetic switches on; ncnn uses fp16 arithmetic only where the CPU has it")
         return PreparedModel(param, tuple(notes), {"weights": str(weights)})
 
     def open_session(self, config: dict[str, Any]) -> Session:
@@ -90,7 +96,7 @@ class NcnnEngine(Engine):
         # Set before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off.
         fp16, bf16 = precision == "fp16", precision == "bf16"
         opt.num_threads = int(config["threads"])
-        opt.use_vulkan_compute = False
+        opt.use_vulkan_compute = config["backend"] == "vulkan"
         opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16
         opt.use_bf16_storage = opt.use_bf16_packed = bf16
         opt.use_int8_inference = opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
@@ -105,23 +111,28 @@ class _NcnnSession:
     def __init__(self, net: Any, ncnn: Any, input_names: list[str]) -> None:
         self._net, self._ncnn = net, ncnn
         self._names = input_names
-        self._mats: list[Any] | None = None
-        self._keep: list[Any] = []
 
-    def run(self, feeds: dict[str, Any]) -> list[Any]:
+    def prepare(self, feeds: dict[str, Any]) -> Any:
         import numpy as np
 
-        if self._mats is None:
-            # pnnx names blobs in0, in1, ... in graph order; one batch -> a (c, h, w) Mat.
-            self._keep = [np.ascontiguousarray(feeds[n][0] if feeds[n].ndim == 4 else feeds[n]) for n in self._names]
-            self._mats = [self._ncnn.Mat(a) for a in self._keep]
+        # pnnx names blobs in0, in1, ... in graph order; one image of a batch is a (c, h, w) Mat. The arrays
+        # are kept next to the Mats, which borrow their memory.
+        arrays = [np.ascontiguousarray(feeds[n][0] if feeds[n].ndim == 4 else feeds[n]) for n in self._names]
+        return arrays, [self._ncnn.Mat(a) for a in arrays]
+
+    def run(self, prepared: Any) -> Any:
         ex = self._net.create_extractor()
-        for i, mat in enumerate(self._mats):
+        for i, mat in enumerate(prepared[1]):
             ex.input(f"in{i}", mat)
         ret, out = ex.extract("out0")
         if ret != 0:
             raise RuntimeError(f"ncnn extract failed with {ret}")
-        return [np.array(out).reshape(1, -1)]
+        return out
+
+    def outputs(self, raw: Any) -> list[Any]:
+        import numpy as np
+
+        return [np.array(raw).reshape(1, -1)]
 
 
 ENGINE = NcnnEngine()

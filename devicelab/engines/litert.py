@@ -1,0 +1,93 @@
+"""LiteRT (pip ai-edge-litert: TFLite's runtime, no TensorFlow), CPU with its default XNNPACK delegate.
+
+LiteRT reads .tflite only and ships no ONNX converter, so the zoo's models are written as TFLite directly
+from the zoo's graph (devicelab/zoo_tflite.py); a user's own ONNX file cannot reach it (unsupported).
+fp16 = float16 weights + DEQUANTIZE (TFLite's fp16 format); int8 = full-integer post-training quantization.
+Inputs are NHWC: the session transposes once, outside the timed loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key)
+
+
+class LiteRtEngine(Engine):
+    name = "litert"
+    package = "ai-edge-litert"
+    module = "ai_edge_litert"
+    formats = ("tflite",)
+    precisions = ("fp32", "fp16", "int8")
+    backends = ("cpu",)
+    device_kinds = ("host",)
+    unsupported = {"bf16": "LiteRT's CPU kernels have no bf16 mode"}
+
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
+        from devicelab import zoo
+        from devicelab.zoo_tflite import quantize_int8, to_tflite
+
+        if not model.zoo:
+            raise RuntimeError("LiteRT needs a .tflite model; devicelab writes TFLite for zoo models only")
+        graph = zoo.build_graph(model.name)
+        if hashlib.sha256(zoo.to_onnx(graph)).hexdigest() != model.sha256:
+            raise RuntimeError(f"zoo model {model.name} changed under its cache; rebuild the zoo")
+        key = {"fp32": "fp32", "fp16": "fp16w", "int8": f"int8-{calibration_key(model)}"}[precision]
+        final = cache_dir / f"{model.sha256[:16]}-{key}.tflite"
+        if not final.is_file():
+            if precision == "int8":
+                nhwc = [[s[n].transpose(0, 2, 3, 1).copy() for n in (i["name"] for i in model.inputs)]
+                        for s in calibration_inputs(model)]
+                data = quantize_int8(to_tflite(graph), nhwc)
+            else:
+                data = to_tflite(graph, fp16_weights=precision == "fp16")
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".build-")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, final)
+        notes = {"fp16": ("float16 weights dequantized to float32 at load; arithmetic stays fp32 on this CPU",),
+                 "int8": ("full-integer int8 (weights and activations), float32 interface",)}.get(precision, ())
+        return PreparedModel(final, notes)
+
+    def open_session(self, config: dict[str, Any]) -> Session:
+        from ai_edge_litert.interpreter import Interpreter
+
+        interpreter = Interpreter(model_path=config["model"], num_threads=int(config["threads"]))
+        interpreter.allocate_tensors()
+        return _LiteRtSession(interpreter)
+
+
+class _LiteRtSession:
+    def __init__(self, interpreter: Any) -> None:
+        self._it = interpreter
+        self._inputs = interpreter.get_input_details()
+        self._outputs = interpreter.get_output_details()
+
+    def prepare(self, feeds: dict[str, Any]) -> Any:
+        import numpy as np
+
+        # The zoo's TFLite inputs keep the ONNX names; fall back to graph order.
+        by_name = {d["name"]: d for d in self._inputs}
+        prepared = []
+        for i, (name, array) in enumerate(feeds.items()):
+            detail = by_name.get(name, self._inputs[i])
+            value = array.transpose(0, 2, 3, 1) if array.ndim == 4 else array
+            prepared.append((detail["index"], np.ascontiguousarray(value, dtype=detail["dtype"])))
+        return prepared
+
+    def run(self, prepared: Any) -> Any:
+        for index, value in prepared:
+            self._it.set_tensor(index, value)
+        self._it.invoke()
+        return None
+
+    def outputs(self, raw: Any) -> list[Any]:
+        return [self._it.get_tensor(d["index"]).copy() for d in self._outputs]
+
+
+ENGINE = LiteRtEngine()

@@ -1,0 +1,154 @@
+"""MNN (pip MNN), CPU (OpenCL/Vulkan where the host has them).
+
+Conversion and quantization go through MNN's C extension `_tools` in a subprocess, NEVER through the
+`mnn`/`mnnconvert`/`mnnquant` console scripts: those import a module that pip-installs a package and uploads
+usage logs with /etc/machine-id. PIP_NO_INDEX=1 is set as a guard all the same.
+
+MNN's quantizer calibrates from image files only, so the calibration set is written as binary PPM images
+(which its stb_image loader reads) with mean/normal chosen so the decoded pixels reproduce the seeded
+N(0, 1) inputs, clipped at ±3σ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key,
+                                    has_library)
+
+_PIXEL_SCALE = 42.5  # 255 / 6: ±3σ of a standard normal spans the 8-bit range
+
+# The child runs only MNN's C entry points; its return value is not an exit status, so success is judged
+# by the output file and the converter's own message.
+_TOOL = "import sys, _tools\nfn = getattr(_tools, sys.argv[1])\nfn(sys.argv[1:])\n"
+
+
+def _run_tool(args: list[str], cwd: str) -> str:
+    env = {**os.environ, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    p = subprocess.run([sys.executable, "-c", _TOOL, *args], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=900)
+    return (p.stdout or "") + (p.stderr or "")
+
+
+def _atomic_output(cache_dir: Path, key: str, produce: Any) -> Path:
+    final = cache_dir / key
+    if final.is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
+        out = Path(tmp) / "model.mnn"
+        log = produce(out, tmp)
+        if not out.is_file() or out.stat().st_size == 0:
+            lines = [line for line in log.strip().splitlines() if line.strip()][-3:]
+            raise RuntimeError("MNN converter produced no model: " + " | ".join(lines))
+        os.replace(out, final)
+    return final
+
+
+def convert(model: SourceModel, cache_dir: Path, fp16_weights: bool = False) -> Path:
+    def produce(out: Path, tmp: str) -> str:
+        args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(model.path.resolve()), "--MNNModel", str(out),
+                "--bizCode", "devicelab"]
+        return _run_tool(args + (["--fp16"] if fp16_weights else []), tmp)
+
+    return _atomic_output(cache_dir, f"{model.sha256[:16]}{'-fp16w' if fp16_weights else ''}.mnn", produce)
+
+
+def quantize(model: SourceModel, cache_dir: Path) -> Path:
+    import numpy as np
+
+    if len(model.inputs) != 1 or len(model.shapes[0]) != 4 or model.shapes[0][1] not in (1, 3):
+        raise RuntimeError("MNN's quantizer calibrates from images: it needs one NCHW input with 1 or 3 channels")
+    float_model = convert(model, cache_dir)
+    _, channels, height, width = model.shapes[0]
+
+    def produce(out: Path, tmp: str) -> str:
+        images = Path(tmp) / "calibration"
+        images.mkdir()
+        name = model.inputs[0]["name"]
+        for i, sample in enumerate(calibration_inputs(model)):
+            chw = sample[name][0]
+            pixels = np.clip(np.rint(chw * _PIXEL_SCALE + 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
+            if channels == 1:
+                pixels = np.repeat(pixels, 3, axis=2)
+            (images / f"{i:04d}.ppm").write_bytes(f"P6\n{width} {height}\n255\n".encode() + pixels.tobytes())
+        config = {"format": "RGB" if channels == 3 else "GRAY", "mean": [127.5] * 3,
+                  "normal": [1.0 / _PIXEL_SCALE] * 3, "width": width, "height": height, "path": str(images),
+                  "used_image_num": len(list(images.iterdir())), "feature_quantize_method": "KL",
+                  "weight_quantize_method": "MAX_ABS"}
+        (Path(tmp) / "quant.json").write_text(json.dumps(config))
+        log = _run_tool(["mnnquant", str(float_model), str(out), str(Path(tmp) / "quant.json")], tmp)
+        shutil.rmtree(images)
+        return log
+
+    return _atomic_output(cache_dir, f"{model.sha256[:16]}-int8-{calibration_key(model)}.mnn", produce)
+
+
+# MNN's precision modes, as its Python runtime manager spells them.
+_PRECISION = {"fp32": "high", "fp16": "low", "bf16": "Low_BF16", "int8": "high"}
+_BACKEND = {"cpu": "CPU", "opencl": "OPENCL", "vulkan": "VULKAN"}
+
+
+class MnnEngine(Engine):
+    name = "mnn"
+    package = "MNN"
+    module = "MNN"
+    formats = ("onnx",)
+    precisions = ("fp32", "fp16", "bf16", "int8")
+    backends = ("cpu", "opencl", "vulkan")
+    device_kinds = ("host",)
+
+    def probe_host(self, precision: str, backend: str) -> str | None:
+        if backend == "opencl" and not has_library("OpenCL"):
+            return "no OpenCL ICD loader (libOpenCL) on this host"
+        if backend == "vulkan" and not has_library("vulkan"):
+            return "no Vulkan loader (libvulkan) on this host"
+        return None
+
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
+        if precision == "int8":
+            return PreparedModel(quantize(model, cache_dir), ("MNN quantizer: KL activations, MAX_ABS weights",))
+        notes = {"fp16": ("precision 'low': fp16 arithmetic where the CPU has it",),
+                 "bf16": ("precision 'Low_BF16': bf16 where this MNN build and CPU support it",)}.get(precision, ())
+        return PreparedModel(convert(model, cache_dir), notes)
+
+    def open_session(self, config: dict[str, Any]) -> Session:
+        import MNN
+
+        rt = MNN.nn.create_runtime_manager(({"backend": _BACKEND[config["backend"]], "numThread": int(config["threads"]),
+                                              "precision": _PRECISION[config["precision"]]},))
+        names = [i["name"] for i in config["inputs"]]
+        module = MNN.nn.load_module_from_file(config["model"], names, [], runtime_manager=rt)
+        if module is None:
+            raise RuntimeError(f"MNN could not load {config['model']}")
+        return _MnnSession(MNN, module, config["inputs"])
+
+
+class _MnnSession:
+    def __init__(self, mnn: Any, module: Any, inputs: list[dict[str, Any]]) -> None:
+        self._mnn, self._module, self._inputs = mnn, module, inputs
+
+    def prepare(self, feeds: dict[str, Any]) -> Any:
+        F = self._mnn.expr
+        return [F.const(feeds[i["name"]], list(i["shape"]), F.NCHW) for i in self._inputs]
+
+    def run(self, prepared: Any) -> Any:
+        outs = self._module.onForward(prepared)
+        for o in outs:
+            o.read()  # MNN evaluates lazily: reading the output is what runs the graph
+        return outs
+
+    def outputs(self, raw: Any) -> list[Any]:
+        import numpy as np
+
+        return [np.array(o.read()).reshape(o.shape) for o in raw]
+
+
+ENGINE = MnnEngine()
