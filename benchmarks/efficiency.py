@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -21,15 +20,16 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-
-def devicelab_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "devicelab"
-    return [str(exe)] if exe.exists() else [shutil.which("devicelab") or "devicelab"]
+from _common import devicelab_cmd, machine
 
 
 def main() -> None:
     repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     subprocess.run([*devicelab_cmd(), "models"], check=True, capture_output=True)
+    # One warm-up run converts and quantizes every model, so the measured runs time only measurement.
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([*devicelab_cmd(), "run", "--quick", "--json"], capture_output=True,
+                       env={**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})
     ratios = []
     for i in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -50,7 +50,8 @@ def main() -> None:
               f"efficiency {timed / wall:.3f}")
         print(f"  warmup {warm:.2f} s, runner start+load+first+exit {other_in_runner:.2f} s, cooldown {cool:.2f} s, "
               f"controller start/plan/report {wall - spans - cool:.2f} s")
-    print(f"\nmedian efficiency over {repeats} runs: {statistics.median(ratios):.3f} (goal >= 0.7)")
+    print(f"\nmachine: {machine()}")
+    print(f"median efficiency over {repeats} runs: {statistics.median(ratios):.3f} (goal >= 0.7)")
 
 
 if __name__ == "__main__":

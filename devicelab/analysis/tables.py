@@ -33,7 +33,7 @@ class Row:
     def agreement_text(self) -> str:
         if not self.accuracy:
             return "—"
-        return f"top-1 {self.accuracy['top1_agreement']:.0%} · cos {self.accuracy['cosine']:.4f}"
+        return f"{self.accuracy['top1_agreement']:.0%} / {self.accuracy['cosine']:.4f}"
 
 
 @dataclass
@@ -46,7 +46,7 @@ class SlidesTable:
     @property
     def columns(self) -> list[str]:
         return (["engine"] + [f"{t} thread" + ("s" if t != 1 else "") for t in self.threads]
-                + ["peak memory", "vs fp32 reference"])
+                + ["peak memory", "top-1 / cos vs fp32"])
 
 
 def row_name(r: Result, with_affinity: bool) -> str:
