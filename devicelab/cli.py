@@ -221,6 +221,124 @@ def _render_tables(results: list[Any]) -> None:
         out.print(table)
 
 
+ThresholdOpt = typer.Option("2%", "--threshold", help="smallest change that counts: 2% or 0.02")
+JunitOpt = typer.Option(None, "--junit", help="write a JUnit XML file for CI systems")
+MarkdownOpt = typer.Option(None, "--markdown", help="write a markdown summary")
+
+
+@app.command()
+def compare(
+    base: str = typer.Argument(..., metavar="BASE", help="RUN_ID or RUN_ID:LABEL"),
+    candidate: str = typer.Argument(..., metavar="CANDIDATE", help="RUN_ID or RUN_ID:LABEL"),
+    threshold: str = ThresholdOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+    junit: Optional[str] = JunitOpt, markdown: Optional[str] = MarkdownOpt,
+) -> None:
+    """Faster / slower / same / unknown per matched config. Exit 1 if anything is slower."""
+    from devicelab import verdicts
+    from devicelab.analysis.compare import summarize
+    from devicelab.store import open_store
+
+    t = verdicts.parse_threshold(threshold)
+    store = open_store(db, create=False)
+    b, c = verdicts.resolve_side(store, base), verdicts.resolve_side(store, candidate)
+    comparisons = verdicts.compare_sides(store, b, c, t)
+    title = f"devicelab compare {base} → {candidate}"
+    verdicts.write(junit, verdicts.junit_compare(comparisons, title))
+    verdicts.write(markdown, verdicts.markdown_compare(comparisons, title))
+    counts = summarize(comparisons)
+    if as_json:
+        _print_json({"base": base, "candidate": candidate, "threshold": t, "summary": counts,
+                     "comparisons": [x.to_dict() for x in comparisons]})
+    else:
+        table = Table("config", "verdict", "base", "candidate", "ratio", "95% CI", "notes", title=title,
+                      title_justify="left")
+        for x in comparisons:
+            v = x.verdict
+            table.add_row(x.name, v.verdict, _ms(x.base_median_s), _ms(x.candidate_median_s),
+                          f"{v.ratio:.3f}" if v.ratio else "—", f"{v.ci[0]:.3f}–{v.ci[1]:.3f}" if v.ci else "—",
+                          "; ".join(list(v.reasons) + x.warnings))
+        out.print(table)
+        out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+    raise typer.Exit(1 if counts["slower"] else 0)
+
+
+def _ms(seconds: float | None) -> str:
+    return f"{seconds * 1e3:.3f} ms" if seconds else "—"
+
+
+@app.command()
+def noise(
+    device: str = typer.Argument(..., metavar="DEVICE"),
+    model: str = typer.Option("mobilenet_v2", "--model"), engine: str = typer.Option("onnxruntime", "--engine"),
+    threads: int = typer.Option(1, "--threads", min=1), repeats: int = typer.Option(3, "--repeats", min=3),
+    devices_file: Optional[str] = DevicesOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Measure DEVICE's A/A noise floor: one config against itself, interleaved, and store it."""
+    from devicelab import sweep, verdicts
+    from devicelab.config import load_inventory
+    from devicelab.store import open_store
+
+    inventory = load_inventory(devices_file)
+    raw = {"name": f"noise-{device}", "models": [model], "threads": [threads], "precisions": ["fp32"],
+           "engines": [{"name": engine, "label": "A"}, {"name": engine, "label": "B"}], "devices": [device],
+           "repeats": repeats}
+    suite = sweep.validate(raw, "noise", inventory)
+    store = open_store(db)
+    with _RunProgress(enabled=not as_json or err.is_terminal) as progress:
+        run_id, results = sweep.start_run(store, suite, inventory, sys.argv, progress.event)
+    if sweep.exit_code(results):
+        raise DevicelabError(f"the A/A run {run_id} had failures: see devicelab show {run_id}")
+    comparisons = verdicts.compare_sides(store, verdicts.resolve_side(store, f"{run_id}:A"),
+                                         verdicts.resolve_side(store, f"{run_id}:B"), 0.02)
+    floor, detail = verdicts.noise_floor_from(comparisons)
+    store.add_noise_floor(device, comparisons[0].key, floor, run_id, detail)
+    if as_json:
+        _print_json({"device": device, "run_id": run_id, "noise_floor": floor, "detail": detail})
+    else:
+        out.print(f"{device}: A/A noise floor {floor:.2%} ({detail['config']}, run {run_id}); "
+                  "compare will not call smaller changes on this device")
+
+
+@app.command()
+def regress(
+    device: Optional[str] = typer.Option(None, "--device"), threshold: str = ThresholdOpt,
+    strict: bool = typer.Option(False, "--strict", help="exit 1 on suspected regressions too"),
+    reset_baseline: Optional[str] = typer.Option(None, "--reset-baseline", metavar="RUN_ID",
+                                                 help="history of the series in RUN_ID starts there (intended change)"),
+    series: Optional[str] = typer.Option(None, "--series", help="with --reset-baseline: only series whose name contains this"),
+    note: Optional[str] = typer.Option(None, "--note", help="with --reset-baseline: why"),
+    db: Optional[str] = DbOpt, as_json: bool = JsonOpt, junit: Optional[str] = JunitOpt,
+    markdown: Optional[str] = MarkdownOpt,
+) -> None:
+    """Change points per series over the stored history, and the newest run checked at once.
+    Exit 1 on a confirmed regression (--strict: also on a suspected one)."""
+    from devicelab import verdicts
+    from devicelab.store import open_store
+
+    t = verdicts.parse_threshold(threshold)
+    store = open_store(db, create=False)
+    if reset_baseline:
+        names = verdicts.reset_baseline(store, reset_baseline, series, note)
+        if as_json:
+            _print_json({"reset": reset_baseline, "series": names})
+        else:
+            out.print(f"history starts at run {reset_baseline} for {len(names)} series")
+        return
+    reports = verdicts.regress(store, t, device)
+    verdicts.write(junit, verdicts.junit_regress(reports, strict))
+    verdicts.write(markdown, verdicts.markdown_regress(reports))
+    bad = ("confirmed", "suspected") if strict else ("confirmed",)
+    if as_json:
+        _print_json({"threshold": t, "series": [r.to_dict() for r in reports]})
+    else:
+        table = Table("series", "status", "runs", "change points", "notes", title="devicelab regress", title_justify="left")
+        for r in reports:
+            cps = ", ".join(f"{c['run_id']} ({c['ratio'] - 1:+.1%})" for c in r.change_points) or "—"
+            table.add_row(r.series, r.status, str(r.points), cps, "; ".join(r.notes))
+        out.print(table)
+    raise typer.Exit(1 if any(r.status in bad for r in reports) else 0)
+
+
 @app.command()
 def runs(db: Optional[str] = DbOpt, limit: int = typer.Option(20, "--limit", min=1), as_json: bool = JsonOpt) -> None:
     """List stored runs, newest first."""

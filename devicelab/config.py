@@ -172,6 +172,7 @@ class Suite:
     devices: tuple[str, ...] | None  # None: every device in the inventory
     protocol: ProtocolSettings
     seed: int | None = None
+    repeats: int = 1  # processes per config, interleaved in rounds (A/B comparisons want >= 3)
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized suite, as stored with the Run (and re-read by --resume)."""
@@ -186,11 +187,12 @@ class Suite:
             "devices": list(self.devices) if self.devices is not None else None,
             "protocol": self.protocol.to_dict(),
             "seed": self.seed,
+            "repeats": self.repeats,
         }
 
 
 SUITE_KEYS = ("name", "models", "engines", "threads", "precisions", "backends", "affinity", "devices",
-              "protocol", "seed")
+              "protocol", "seed", "repeats")
 
 BUILTIN_SUITES = ("default", "quick")
 
@@ -364,11 +366,24 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         problems.append(f"seed: {seed!r} is not a non-negative integer")
         seed = None
 
+    repeats = raw.get("repeats", 1)
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        problems.append(f"repeats: {repeats!r} is not allowed; allowed: an integer from 1 to 100")
+        repeats = 1
+
+    labels = [(e.name, e.label) for e in engines]
+    for dup in sorted({x for x in labels if labels.count(x) > 1}):
+        problems.append(f"engines: '{dup[0]}' is listed twice with label '{dup[1]}'; give each build its own label")
+    for i, e in enumerate(engines):
+        python = e.options.get("python")
+        if python is not None and not (isinstance(python, str) and Path(python).expanduser().is_file()):
+            problems.append(f"engines[{i}].options.python: {python!r} is not a Python interpreter on this machine")
+
     name = raw.get("name") or "suite"
     if problems:
         raise ConfigError(source, problems)
     return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
-                 tuple(affinities), device_ids, settings, seed)
+                 tuple(affinities), device_ids, settings, seed, repeats)
 
 
 def split_values(values: list[str] | None) -> list[str] | None:

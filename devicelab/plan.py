@@ -6,6 +6,7 @@ order of runnable configs is shuffled with a recorded seed so drift and heat fav
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -97,13 +98,15 @@ def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
     return None
 
 
-def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[str, EngineInfo],
+def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[tuple[str, str], EngineInfo],
            models: Mapping[str, ModelFile], seed: int) -> list[PlannedConfig]:
-    """Every config of the suite on every device; unsupported rows first, then runnable ones shuffled."""
+    """Every config of the suite on every device (engines keyed by (name, label)); unsupported rows first,
+    then the runnable ones in `suite.repeats` rounds, each round shuffled with the seed: labels and variants
+    interleave, so drift and heat favour nobody, and every round holds one process of each config."""
     rows: dict[str, PlannedConfig] = {}
     for facts in devices:
         for spec in suite.engines:
-            info = engines[spec.name]
+            info = engines[(spec.name, spec.label)]
             for model_spec in suite.models:
                 model = models[model_spec.name]
                 for precision in suite.precisions:
@@ -114,8 +117,13 @@ def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[str, E
                                 rows.setdefault(row.config.identity_key(), row)
     unsupported = [r for r in rows.values() if not r.runnable]
     runnable = [r for r in rows.values() if r.runnable]
-    random.Random(seed).shuffle(runnable)
-    return unsupported + runnable
+    rng = random.Random(seed)
+    ordered: list[PlannedConfig] = []
+    for repeat in range(suite.repeats):
+        round_ = [dataclasses.replace(r, config=dataclasses.replace(r.config, repeat=repeat)) for r in runnable]
+        rng.shuffle(round_)
+        ordered.extend(round_)
+    return unsupported + ordered
 
 
 def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFile, precision: str,

@@ -40,10 +40,11 @@ class Config:
     threads: int
     cpus: tuple[int, ...]  # the resolved affinity: what the runner is pinned to
     affinity: str  # as the suite asked: big, little, all, or an explicit list
+    repeat: int = 0  # which process of the config (suites may ask for several, e.g. A/B needs >= 3 per side)
 
     def identity_key(self) -> str:
         return _key(self.device, self.engine, self.label, self.engine_version, self.model_sha256,
-                    self.precision, self.backend, self.threads, self.cpus)
+                    self.precision, self.backend, self.threads, self.cpus, self.repeat)
 
     def series_key(self) -> str:
         return _key(self.device, self.engine, self.label, self.model, self.precision, self.backend,
@@ -94,6 +95,7 @@ class Result:
     finished_at: str | None = None
     # Beyond the contract's list, still v1 (added before any v1 data existed; see README):
     affinity: str = "all"
+    repeat: int = 0
     protocol: dict[str, Any] | None = None  # the measurement settings used and why sampling stopped
     stderr_tail: str | None = None
     schema_version: int = SCHEMA_VERSION
@@ -102,7 +104,7 @@ class Result:
     def config(self) -> Config:
         return Config(self.device, self.engine, self.label, self.engine_version, self.model,
                       self.model_sha256, self.model_bytes, self.precision, self.backend, self.threads,
-                      tuple(self.cpus), self.affinity)
+                      tuple(self.cpus), self.affinity, self.repeat)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -130,7 +132,7 @@ class Result:
                    engine_version=config.engine_version, model=config.model,
                    model_sha256=config.model_sha256, model_bytes=config.model_bytes,
                    precision=config.precision, backend=config.backend, threads=config.threads,
-                   cpus=tuple(config.cpus), affinity=config.affinity, status=status, **fields)
+                   cpus=tuple(config.cpus), affinity=config.affinity, repeat=config.repeat, status=status, **fields)
 
 
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))

@@ -47,6 +47,12 @@ class Store(Protocol):
     def runs(self, limit: int = 50) -> list[RunRecord]: ...
     def add_result(self, result: Result) -> None: ...
     def results(self, run_id: str) -> list[Result]: ...
+    def done_keys(self, run_id: str) -> set[str]: ...
+    def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]: ...
+    def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None: ...
+    def noise_floor(self, device: str) -> tuple[float, str] | None: ...
+    def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None: ...
+    def baselines(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -84,7 +90,24 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE INDEX IF NOT EXISTS results_series ON results(series_key, run_id);
 """
-_USER_VERSION = 1
+# v2: the device noise floors (devicelab noise) and baseline resets (devicelab regress --reset-baseline).
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS noise_floors (
+    device TEXT NOT NULL,
+    series_key TEXT NOT NULL,
+    floor REAL NOT NULL,
+    run_id TEXT NOT NULL,
+    measured_at TEXT NOT NULL,
+    detail_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS baselines (
+    series_key TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    note TEXT
+);
+"""
+_USER_VERSION = 2
 
 
 class SqliteStore:
@@ -102,8 +125,12 @@ class SqliteStore:
         if version > _USER_VERSION:
             raise DevicelabError(f"{path} was written by a newer devicelab (store schema {version}); upgrade devicelab")
         if version < _USER_VERSION:
+            # Migrations run step by step, each idempotent, so any older file reaches the current schema.
             with self._db:
-                self._db.executescript(_SCHEMA)
+                if version < 1:
+                    self._db.executescript(_SCHEMA)
+                if version < 2:
+                    self._db.executescript(_SCHEMA_V2)
                 self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
 
     def close(self) -> None:
@@ -158,6 +185,36 @@ class SqliteStore:
     def results(self, run_id: str) -> list[Result]:
         rows = self._db.execute("SELECT result_json FROM results WHERE run_id=? ORDER BY seq", (run_id,))
         return [Result.from_dict(json.loads(r[0])) for r in rows]
+
+    def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]:
+        """Every ok Result by series key, oldest run first: (run_id, run created_at, result)."""
+        query = ("SELECT r.series_key, r.run_id, runs.created_at, r.result_json FROM results r JOIN runs USING (run_id) "
+                 "WHERE r.status = 'ok'" + (" AND r.device = ?" if device else "") +
+                 " ORDER BY runs.created_at, r.run_id, r.seq")
+        out: dict[str, list[tuple[str, str, Result]]] = {}
+        for key, run_id, created, data in self._db.execute(query, (device,) if device else ()):
+            out.setdefault(key, []).append((run_id, created, Result.from_dict(json.loads(data))))
+        return out
+
+    def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None:
+        with self._db:
+            self._db.execute("INSERT INTO noise_floors VALUES (?,?,?,?,?,?)",
+                             (device, series_key, floor, run_id, utc_now(), json.dumps(detail)))
+
+    def noise_floor(self, device: str) -> tuple[float, str] | None:
+        """The device's latest A/A noise floor (relative) and the run that measured it."""
+        row = self._db.execute("SELECT floor, run_id FROM noise_floors WHERE device=? ORDER BY measured_at DESC "
+                               "LIMIT 1", (device,)).fetchone()
+        return (float(row[0]), row[1]) if row else None
+
+    def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None:
+        with self._db:
+            self._db.execute("INSERT INTO baselines VALUES (?,?,?,?)", (series_key, run_id, utc_now(), note))
+
+    def baselines(self) -> dict[str, str]:
+        """Series key ('*' for all) → the run from which history counts, latest reset wins."""
+        rows = self._db.execute("SELECT series_key, run_id FROM baselines ORDER BY created_at")
+        return {k: r for k, r in rows}
 
     def done_keys(self, run_id: str) -> set[str]:
         """Identity keys that --resume must not run again: everything but infra failures."""

@@ -19,7 +19,7 @@ from typing import Any
 import devicelab
 from devicelab import paths, zoo
 from devicelab.analysis import accuracy
-from devicelab.config import ConfigError, Inventory, Suite, parse_suite
+from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Device, Job, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.errors import DevicelabError
@@ -36,7 +36,7 @@ class Prepared:
     seed: int
     devices: dict[str, Device]
     models: dict[str, zoo.ModelFile]
-    engines: dict[str, EngineInfo]
+    engines: dict[tuple[str, str], EngineInfo]
     planned: list[PlannedConfig]
 
 
@@ -81,9 +81,29 @@ def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
     # Probe the host only for what the suite asks (probing may import an engine, e.g. OpenVINO).
     wanted = [(p, b) for p in suite.precisions for b in suite.backends]
     probe = wanted if any(f.kind == "host" for f in facts) else []
-    engines = {spec.name: get_engine(spec.name).info(probe) for spec in suite.engines}
+    engines = {(spec.name, spec.label): engine_info(spec, probe) for spec in suite.engines}
     planned = expand(suite, facts, engines, models, seed)
     return Prepared(suite, seed, devices, models, engines, planned)
+
+
+def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
+    """An engine's info; for a label whose build lives in another Python environment (options.python), its
+    version and availability as that interpreter sees them."""
+    engine = get_engine(spec.name)
+    info = engine.info(probe)
+    python = spec.options.get("python")
+    if not python:
+        return info
+    script = ("import importlib.metadata as m, importlib.util as u, sys\n"
+              "print(m.version(sys.argv[2]) if u.find_spec(sys.argv[1]) else '')")
+    try:
+        p = subprocess.run([python, "-c", script, engine.module, engine.package], capture_output=True, text=True,
+                           timeout=60)
+        version = p.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        version = None
+    reason = None if version else f"{engine.package} is not importable by {python}"
+    return dataclasses.replace(info, version=version, available=version is not None, reason=reason)
 
 
 def host_facts() -> dict[str, Any]:

@@ -27,14 +27,14 @@ def suite(**raw: object):
 
 
 def test_expands_the_cross_product() -> None:
-    rows = expand(suite(), [HOST], {"onnxruntime": ORT}, MODELS, seed=1)
+    rows = expand(suite(), [HOST], {("onnxruntime", ""): ORT}, MODELS, seed=1)
     assert len(rows) == 4 and all(r.runnable for r in rows)
     assert sorted((r.config.model, r.config.threads, r.config.cpus) for r in rows) == [
         ("mobilenet_v2", 1, (1,)), ("mobilenet_v2", 2, (0, 1)), ("resnet18", 1, (1,)), ("resnet18", 2, (0, 1))]
 
 
 def test_impossible_combinations_become_unsupported_rows_with_reasons() -> None:
-    rows = expand(suite(precisions=["fp32", "int8"], threads=[1, 4]), [HOST], {"onnxruntime": ORT}, MODELS, 1)
+    rows = expand(suite(precisions=["fp32", "int8"], threads=[1, 4]), [HOST], {("onnxruntime", ""): ORT}, MODELS, 1)
     assert len(rows) == 8
     unsupported = [r for r in rows if not r.runnable]
     assert len(unsupported) == 6 and rows[:6] == unsupported  # unsupported rows come first
@@ -44,19 +44,19 @@ def test_impossible_combinations_become_unsupported_rows_with_reasons() -> None:
 
 
 def test_missing_engine_is_unsupported_not_an_error() -> None:
-    rows = expand(suite(), [HOST], {"onnxruntime": MISSING}, MODELS, 1)
+    rows = expand(suite(), [HOST], {("onnxruntime", ""): MISSING}, MODELS, 1)
     assert all(r.unsupported and "not installed" in r.unsupported for r in rows)
 
 
 def test_threads_all_and_duplicates_collapse() -> None:
     one_cpu = DeviceFacts("tiny", "host", "cpu", "Linux", "x86_64", (0,), (Cluster((0,), None),))
-    rows = expand(suite(threads=[1, "all"]), [one_cpu], {"onnxruntime": ORT}, MODELS, 1)
+    rows = expand(suite(threads=[1, "all"]), [one_cpu], {("onnxruntime", ""): ORT}, MODELS, 1)
     assert len(rows) == 2 and {r.config.threads for r in rows} == {1}
 
 
 def test_seeded_order_is_recorded_and_reproducible() -> None:
     s = suite(models=["mobilenet_v2", "resnet18"], threads=[1, 2])
-    order = lambda seed: [r.config.identity_key() for r in expand(s, [HOST], {"onnxruntime": ORT}, MODELS, seed)]
+    order = lambda seed: [r.config.identity_key() for r in expand(s, [HOST], {("onnxruntime", ""): ORT}, MODELS, seed)]
     assert order(5) == order(5)
     assert len({tuple(order(seed)) for seed in range(10)}) > 1
 
@@ -75,8 +75,8 @@ def test_affinity_on_big_little() -> None:
 
 
 def test_identity_and_series_keys() -> None:
-    a = expand(suite(threads=[1]), [HOST], {"onnxruntime": ORT}, MODELS, 1)[0].config
+    a = expand(suite(threads=[1]), [HOST], {("onnxruntime", ""): ORT}, MODELS, 1)[0].config
     newer = EngineInfo("onnxruntime", "2.0", True, None, ("onnx",), ("fp32",), ("cpu",), ("host",))
-    b = expand(suite(threads=[1]), [HOST], {"onnxruntime": newer}, MODELS, 1)[0].config
+    b = expand(suite(threads=[1]), [HOST], {("onnxruntime", ""): newer}, MODELS, 1)[0].config
     assert a.model == b.model and a.identity_key() != b.identity_key()  # a new build is a new config...
     assert a.series_key() == b.series_key()  # ...continuing the same series

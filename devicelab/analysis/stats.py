@@ -67,6 +67,63 @@ def relative_ci_halfwidth(samples: Sequence[float], confidence: float = 0.95) ->
     return max(m - ci[0], ci[1] - m) / m
 
 
+def mad(samples: Sequence[float]) -> float | None:
+    """Median absolute deviation (unscaled)."""
+    if not len(samples):
+        return None
+    a = np.asarray(samples, dtype=float)
+    return float(np.median(np.abs(a - np.median(a))))
+
+
+def cv(samples: Sequence[float]) -> float | None:
+    """Coefficient of variation: standard deviation / mean."""
+    if len(samples) < 2:
+        return None
+    a = np.asarray(samples, dtype=float)
+    return float(a.std(ddof=1) / a.mean()) if a.mean() > 0 else None
+
+
+def median_bootstrap_ci(samples: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> tuple[float, float] | None:
+    """Percentile bootstrap CI of the median (for reports; the stopping rule uses the exact median_ci)."""
+    if len(samples) < 2:
+        return None
+    a = np.asarray(samples, dtype=float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(a[rng.integers(0, len(a), size=(resamples, len(a)))], axis=1)
+    alpha = (1 - confidence) / 2
+    return float(np.quantile(meds, alpha)), float(np.quantile(meds, 1 - alpha))
+
+
+def summary(samples: Sequence[float]) -> dict[str, float | int | None]:
+    return {"n": len(samples), "median": median(samples), "p90": percentile(samples, 90),
+            "p99": percentile(samples, 99), "min": float(min(samples)) if len(samples) else None,
+            "max": float(max(samples)) if len(samples) else None, "mad": mad(samples), "cv": cv(samples)}
+
+
+def stability_warnings(samples: Sequence[float], throttled: bool | None = None, min_samples: int = 10) -> list[str]:
+    """Reasons to distrust a result, in the style of pyperf's checks."""
+    out: list[str] = []
+    n = len(samples)
+    if n == 0:
+        return out
+    if n < min_samples:
+        out.append(f"only {n} samples: too few to trust the median's precision")
+    c = cv(samples)
+    if c is not None and c >= 0.10:
+        out.append(f"spread too wide: the standard deviation is {c:.0%} of the mean")
+    m = float(np.median(samples))
+    if m > 0:
+        lo, hi = (m - min(samples)) / m, (max(samples) - m) / m
+        if lo >= 0.5:
+            out.append(f"the minimum is {lo:.0%} below the median")
+        if hi >= 0.5:
+            out.append(f"the maximum is {hi:.0%} above the median")
+    if throttled:
+        out.append("the device throttled during the measurement (frequency cap below maximum)")
+    return out
+
+
 def ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float = 0.95,
              resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
     """Median ratio cand/base with a percentile bootstrap CI (scipy.stats.bootstrap, independent samples)."""

@@ -187,8 +187,8 @@ class HostDevice(Device):
 
     # ---- running -------------------------------------------------------------------------------------
 
-    def runner_command(self, config_path: str) -> list[str]:
-        return [sys.executable, "-m", "devicelab.runners.host", config_path]
+    def runner_command(self, config_path: str, python: str | None = None) -> list[str]:
+        return [python or sys.executable, "-m", "devicelab.runners.host", config_path]
 
     def run(self, job: Job) -> Result:
         cfg = job.config
@@ -205,6 +205,7 @@ class HostDevice(Device):
         # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
         env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),
                     "PYTHONUNBUFFERED": "1"})
+        python = job.options.get("python")
         notes = list(job.notes)
         fields: dict[str, Any] = {}
         status, reason = OK, None
@@ -213,7 +214,10 @@ class HostDevice(Device):
             config_path = os.path.join(tmp, "config.json")
             with open(config_path, "w") as f:
                 json.dump(runner_cfg, f)
-            proc = subprocess.Popen(self.runner_command(config_path), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            if python:
+                # Another environment holds this label's engine build: lend it devicelab's runner code only.
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_shim(tmp), env.get("PYTHONPATH")]))
+            proc = subprocess.Popen(self.runner_command(config_path, python), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=err, env=env, start_new_session=True, cwd=tmp)
             try:
                 m = measure(_PipeChannel(proc), s, now_deadline(s.timeout_seconds))
@@ -238,9 +242,11 @@ class HostDevice(Device):
                     proc.wait()
             stderr_tail = _tail(err)
         state_after = self.state()
+        throttled = _throttled(state_before, state_after, cfg.cpus)
+        notes.extend(stats.stability_warnings(fields.get("samples_s", ()), throttled))
         return Result.for_config(
             job.run_id, cfg, status, reason=reason, notes=tuple(notes), state_before=state_before,
-            state_after=state_after, throttled=_throttled(state_before, state_after, cfg.cpus),
+            state_after=state_after, throttled=throttled,
             started_at=started, finished_at=utc_now(), stderr_tail=stderr_tail or None,
             energy_reason="no energy source on this host (RAPL is not readable in /sys/class/powercap)"
             if not glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") else "host energy is not measured yet",
@@ -263,6 +269,28 @@ class HostDevice(Device):
             "protocol": {"stop_reason": m.stop_reason, "batches": m.batches, "warmup_s": ready.get("warmup_s"),
                          "outputs_sha256": done.get("outputs_sha256")},
         }
+
+
+def _package_shim(tmp: str) -> str:
+    """A folder holding just the `devicelab` package (runners included), for another interpreter's
+    PYTHONPATH: adding our whole site-packages would shadow that environment's own engine build."""
+    import importlib.util
+
+    import devicelab
+
+    root = Path(tmp) / "shim"
+    pkg = root / "devicelab"
+    pkg.mkdir(parents=True)
+    source = Path(devicelab.__file__).resolve().parent
+    for entry in source.iterdir():
+        if entry.name not in ("runners", "reports", "__pycache__"):
+            (pkg / entry.name).symlink_to(entry)
+    # Editable installs map runners/ and reports/ from the repository root; installed ones keep them inside.
+    for sub in ("runners", "reports"):
+        spec = importlib.util.find_spec(f"devicelab.{sub}")
+        if spec and spec.submodule_search_locations:
+            (pkg / sub).symlink_to(Path(list(spec.submodule_search_locations)[0]))
+    return str(root)
 
 
 def _throttled(before: dict[str, Any], after: dict[str, Any], cpus: tuple[int, ...]) -> bool | None:

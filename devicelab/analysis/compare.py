@@ -1,0 +1,145 @@
+"""A/B verdicts (pure): is the candidate faster, slower, the same, or unknown?
+
+Rules (design.md), threshold t (default 2 %):
+  slower  — one-sided Mann-Whitney U p < 0.01 and the CI of the median ratio cand/base lies above 1 + t
+  faster  — p < 0.01 the other way and the CI lies below 1 − t
+  same    — the whole CI inside [1 − t, 1 + t]
+  unknown — anything else: collect more samples rather than guess.
+
+The CI comes from a two-level bootstrap: processes are resampled, then samples within each process, so the
+process-to-process noise (1–3 % on these VMs) widens the interval instead of being mistaken for a change.
+Only MWU is used for p (no KS), so no multiple-testing correction is needed. A device's A/A noise floor,
+when known, raises t: a change smaller than the floor is never called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+ALPHA = 0.01
+DEFAULT_THRESHOLD = 0.02
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # faster, slower, same, unknown
+    ratio: float | None  # median(candidate) / median(base)
+    ci: tuple[float, float] | None
+    p_slower: float | None
+    p_faster: float | None
+    threshold: float  # the one applied (max of the asked threshold and the noise floor)
+    n_base: int
+    n_candidate: int
+    processes_base: int
+    processes_candidate: int
+    reasons: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "ratio": self.ratio, "ci": list(self.ci) if self.ci else None,
+                "p_slower": self.p_slower, "p_faster": self.p_faster, "threshold": self.threshold,
+                "n_base": self.n_base, "n_candidate": self.n_candidate, "processes_base": self.processes_base,
+                "processes_candidate": self.processes_candidate, "reasons": list(self.reasons)}
+
+
+def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
+                          resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of median(cand)/median(base), resampling processes and then samples within them."""
+    rng = np.random.default_rng(seed)
+    sides = [[np.asarray(p, float) for p in side if len(p)] for side in (base, cand)]
+
+    def draw(side: list[np.ndarray]) -> np.ndarray:
+        picks = rng.integers(0, len(side), size=len(side))
+        return np.concatenate([side[i][rng.integers(0, len(side[i]), size=len(side[i]))] for i in picks])
+
+    ratios = np.empty(resamples)
+    for k in range(resamples):
+        ratios[k] = np.median(draw(sides[1])) / np.median(draw(sides[0]))
+    a = (1 - confidence) / 2
+    return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
+
+
+def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], threshold: float = DEFAULT_THRESHOLD,
+            noise_floor: float | None = None, confidence: float = 0.95, seed: int = 0) -> Verdict:
+    """base and cand hold one list of samples per process (per Result)."""
+    from scipy.stats import mannwhitneyu
+
+    b = np.concatenate([np.asarray(p, float) for p in base]) if base else np.array([])
+    c = np.concatenate([np.asarray(p, float) for p in cand]) if cand else np.array([])
+    t = max(threshold, noise_floor or 0.0)
+    reasons: list[str] = []
+    if noise_floor and noise_floor > threshold:
+        reasons.append(f"threshold raised to the device's A/A noise floor, {noise_floor:.1%}")
+    counts = dict(n_base=len(b), n_candidate=len(c), processes_base=sum(1 for p in base if len(p)),
+                  processes_candidate=sum(1 for p in cand if len(p)))
+    if len(b) < 5 or len(c) < 5:
+        return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
+                       **counts)
+    ratio = float(np.median(c) / np.median(b))
+    lo, hi = hierarchical_ratio_ci(base, cand, confidence, seed=seed)
+    p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)
+    p_faster = float(mannwhitneyu(c, b, alternative="less").pvalue)
+    if min(counts["processes_base"], counts["processes_candidate"]) < 3:
+        reasons.append("fewer than 3 processes on a side: process-to-process noise is not fully in the CI")
+    if p_slower < ALPHA and lo > 1 + t:
+        v = "slower"
+    elif p_faster < ALPHA and hi < 1 - t:
+        v = "faster"
+    elif 1 - t <= lo and hi <= 1 + t:
+        v = "same"
+    else:
+        v = "unknown"
+        reasons.append("the CI crosses the threshold or p is not below 0.01: collect more samples")
+    return Verdict(v, ratio, (lo, hi), p_slower, p_faster, t, reasons=tuple(reasons), **counts)
+
+
+@dataclass
+class Comparison:
+    """One matched config: its key, the verdict, and warnings about how the two sides were measured."""
+
+    name: str
+    key: str
+    verdict: Verdict
+    base_median_s: float | None
+    candidate_median_s: float | None
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, **self.verdict.to_dict(), "base_median_s": self.base_median_s,
+                "candidate_median_s": self.candidate_median_s, "warnings": self.warnings}
+
+
+def state_warnings(base: Sequence[Any], cand: Sequence[Any]) -> list[str]:
+    """What differed between the sides' measurement conditions (Results of each side)."""
+    out: list[str] = []
+
+    def temps(results: Sequence[Any]) -> list[float]:
+        return [t for r in results for s in (r.state_before, r.state_after) if s
+                for t in (s.get("temperatures_c") or {}).values()]
+
+    tb, tc = temps(base), temps(cand)
+    if tb and tc and abs(max(tc) - max(tb)) > 5:
+        out.append(f"temperatures differ: max {max(tb):.0f} °C (base) vs {max(tc):.0f} °C (candidate)")
+    if any(r.throttled for r in base) != any(r.throttled for r in cand):
+        out.append("one side was throttled (frequency cap below maximum)")
+
+    def charging(results: Sequence[Any]) -> set[Any]:
+        return {(r.state_before or {}).get("charging") for r in results}
+
+    if charging(base) != charging(cand):
+        out.append("charging state differs")
+    for field_name, what in (("engine_version", "engine version"), ("model_sha256", "model file")):
+        vb, vc = {getattr(r, field_name) for r in base}, {getattr(r, field_name) for r in cand}
+        if vb != vc:
+            out.append(f"{what} differs: {', '.join(sorted(x[:12] for x in vb))} vs {', '.join(sorted(x[:12] for x in vc))}")
+    return out
+
+
+def summarize(comparisons: Sequence[Comparison]) -> dict[str, int]:
+    counts = {"slower": 0, "faster": 0, "same": 0, "unknown": 0}
+    for c in comparisons:
+        counts[c.verdict.verdict] += 1
+    return counts

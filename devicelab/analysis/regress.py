@@ -1,0 +1,140 @@
+"""Regression detection over history (pure).
+
+Per series, the history is one point per run: that run's median. Change points come from E-divisive means
+(the energy statistic picks where to split, as in MongoDB's and Apache Otava's detectors) with Otava's
+replacement of the permutation test by a Welch t-test (deterministic and fast), applied by binary
+segmentation with ≥ 5 points per segment and a magnitude gate (2 % default).
+
+The newest run cannot wait for five more nights: it is compared at once, per-iteration samples against the
+samples of the stable segment before it, with the A/B rules (analysis.compare). Slower → `suspected`; a
+second slower run in a row (a re-run, or the next night) → `confirmed`, as is a change point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from devicelab.analysis.compare import DEFAULT_THRESHOLD, Verdict, verdict
+
+MIN_SEGMENT = 5
+P_VALUE = 0.001
+
+
+def energy_statistic(x: np.ndarray, y: np.ndarray) -> float:
+    """E-divisive means (alpha = 1): scaled distance between the two samples' distributions."""
+    n, m = len(x), len(y)
+    between = np.abs(x[:, None] - y[None, :]).mean()
+    within_x = np.abs(x[:, None] - x[None, :]).sum() / (n * n)
+    within_y = np.abs(y[:, None] - y[None, :]).sum() / (m * m)
+    return float(n * m / (n + m) * (2 * between - within_x - within_y))
+
+
+def welch_p(x: np.ndarray, y: np.ndarray) -> float:
+    """Two-sided Welch t-test p; exact steps in noise-free data (zero variance) count as certain."""
+    from scipy.stats import ttest_ind
+
+    if x.var() == 0 and y.var() == 0:
+        return 0.0 if x.mean() != y.mean() else 1.0
+    return float(ttest_ind(x, y, equal_var=False).pvalue)
+
+
+def change_points(values: Sequence[float], min_segment: int = MIN_SEGMENT, p_value: float = P_VALUE,
+                  magnitude: float = DEFAULT_THRESHOLD) -> list[int]:
+    """Indices i where a new segment starts (values[i] is the first point after the step)."""
+    x = np.asarray(values, dtype=float)
+    found: list[int] = []
+
+    def split(lo: int, hi: int) -> None:
+        if hi - lo < 2 * min_segment:
+            return
+        candidates = range(lo + min_segment, hi - min_segment + 1)
+        best = max(candidates, key=lambda t: energy_statistic(x[lo:t], x[t:hi]))
+        left, right = x[lo:best], x[best:hi]
+        step = abs(right.mean() / left.mean() - 1) if left.mean() else float("inf")
+        if welch_p(left, right) < p_value and step >= magnitude:
+            found.append(best)
+            split(lo, best)
+            split(best, hi)
+
+    split(0, len(x))
+    return sorted(found)
+
+
+@dataclass
+class RunPoint:
+    """One run of a series: its id, when, and the samples of each process (Result) it holds."""
+
+    run_id: str
+    created_at: str
+    processes: list[list[float]]
+
+    @property
+    def median(self) -> float:
+        return float(np.median(np.concatenate([np.asarray(p, float) for p in self.processes])))
+
+
+@dataclass
+class SeriesReport:
+    series: str
+    status: str  # ok, improved, suspected, confirmed, insufficient
+    points: int
+    change_points: list[dict[str, Any]] = field(default_factory=list)
+    newest: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"series": self.series, "status": self.status, "points": self.points,
+                "change_points": self.change_points, "newest": self.newest, "notes": self.notes}
+
+
+def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_THRESHOLD,
+            noise_floor: float | None = None, min_segment: int = MIN_SEGMENT) -> SeriesReport:
+    if not points:
+        return SeriesReport(series, "insufficient", 0)
+    medians = [p.median for p in points]
+    cps = change_points(medians, min_segment, magnitude=threshold)
+    report = SeriesReport(series, "ok", len(points))
+    bounds = [0, *cps, len(points)]
+    for i, cp in enumerate(cps):
+        before = float(np.mean(medians[bounds[i]:cp]))
+        after = float(np.mean(medians[cp:bounds[i + 2]]))
+        report.change_points.append({"index": cp, "run_id": points[cp].run_id, "before_s": before, "after_s": after,
+                                     "ratio": after / before, "direction": "slower" if after > before else "faster"})
+    last_cp = cps[-1] if cps else 0
+    if report.change_points and report.change_points[-1]["direction"] == "slower":
+        report.status = "confirmed"
+        report.notes.append(f"step at run {report.change_points[-1]['run_id']} "
+                            f"({report.change_points[-1]['ratio'] - 1:+.1%})")
+    elif report.change_points:
+        report.status = "improved"
+
+    # The tail: how many of the newest runs are slower than the stable segment before them.
+    tail: list[Verdict] = []
+    for k in range(1, len(points) - last_cp):
+        start = len(points) - k
+        baseline = points[last_cp:start]
+        if len(baseline) < 2:
+            break
+        v = verdict([p for run in baseline for p in run.processes], points[start].processes, threshold, noise_floor)
+        if k == 1:
+            report.newest = {"run_id": points[-1].run_id, **v.to_dict(), "baseline_runs": len(baseline)}
+        if v.verdict != "slower":
+            break
+        tail.append(v)
+        if len(tail) >= 2:
+            break
+    if report.newest is None:
+        report.notes.append("fewer than 2 stable runs before the newest: it cannot be checked yet")
+        if report.status == "ok" and len(points) < 3:
+            report.status = "insufficient"
+    if len(tail) >= 2:
+        report.status = "confirmed"
+        report.notes.append("the two newest runs are both slower than the stable segment before them")
+    elif len(tail) == 1 and report.status != "confirmed":
+        report.status = "suspected"
+        report.notes.append("the newest run is slower than the stable segment before it: re-run to confirm")
+    return report

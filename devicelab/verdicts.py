@@ -1,0 +1,204 @@
+"""compare, noise and regress: the stored history through the pure analysis (analysis.compare,
+analysis.regress), plus the JUnit and markdown files CI systems read. No printing here."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devicelab.analysis import compare as cmp
+from devicelab.analysis import regress as rg
+from devicelab.analysis.stats import median
+from devicelab.errors import DevicelabError
+from devicelab.result import OK, Result
+from devicelab.store import SqliteStore
+
+
+def parse_threshold(text: str) -> float:
+    """'2%' or '0.02' → 0.02."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise DevicelabError(f"--threshold: {text!r} is not allowed; allowed: a percentage like 2% or a fraction like 0.02")
+    return value
+
+
+def display_name(r: Result, with_label: bool = True) -> str:
+    label = f" [{r.label}]" if with_label and r.label else ""
+    return f"{r.device} {r.engine}{label} {r.model} {r.precision} {r.backend} {r.threads}t"
+
+
+@dataclass(frozen=True)
+class Side:
+    run_id: str
+    label: str | None
+    results: list[Result]
+
+
+def resolve_side(store: SqliteStore, spec: str) -> Side:
+    """RUN_ID, RUN_ID:LABEL, or several runs pooled as one side: RUN_A,RUN_B[:LABEL] (more samples when a
+    verdict was unknown)."""
+    runs, _, label = spec.partition(":")
+    run_ids = [r.strip() for r in runs.split(",") if r.strip()]
+    results: list[Result] = []
+    for run_id in run_ids:
+        store.get_run(run_id)  # unknown ids are a one-line error naming the close ones
+        results.extend(r for r in store.results(run_id) if r.status == OK)
+    if label:
+        labels = sorted({r.label for r in results})
+        results = [r for r in results if r.label == label]
+        if not results:
+            raise DevicelabError(f"{runs} has no ok results with label '{label}'; labels there: "
+                                 f"{', '.join(repr(x) for x in labels)}")
+    return Side(",".join(run_ids), label or None, results)
+
+
+def _series_without_label(r: Result) -> str:
+    return json.dumps([r.device, r.engine, r.model, r.precision, r.backend, r.threads, list(r.cpus)])
+
+
+def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float) -> list[cmp.Comparison]:
+    by_label = base.label is not None or cand.label is not None
+    key: Callable[[Result], str] = _series_without_label if by_label else (lambda r: r.config.series_key())
+    groups_b: dict[str, list[Result]] = {}
+    groups_c: dict[str, list[Result]] = {}
+    for r in base.results:
+        groups_b.setdefault(key(r), []).append(r)
+    for r in cand.results:
+        groups_c.setdefault(key(r), []).append(r)
+    out: list[cmp.Comparison] = []
+    for k in sorted(set(groups_b) & set(groups_c)):
+        rb, rc = groups_b[k], groups_c[k]
+        floor = store.noise_floor(rb[0].device)
+        v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
+                        floor[0] if floor else None)
+        pooled = lambda rs: [s for r in rs for s in r.samples_s]  # noqa: E731
+        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, median(pooled(rb)), median(pooled(rc)),
+                                  cmp.state_warnings(rb, rc)))
+    if not out:
+        raise DevicelabError(f"no configuration of {base.run_id}{':' + base.label if base.label else ''} matches one of "
+                             f"{cand.run_id}{':' + cand.label if cand.label else ''} (same device, engine, model, "
+                             "precision, backend, threads and CPUs)")
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# regress
+
+
+def regress(store: SqliteStore, threshold: float, device: str | None = None) -> list[rg.SeriesReport]:
+    resets = store.baselines()
+    runs_order = {r.run_id: i for i, r in enumerate(reversed(store.runs(limit=1_000_000)))}
+    reports: list[rg.SeriesReport] = []
+    for key, rows in store.history(device).items():
+        start = resets.get(key) or resets.get("*")
+        points: list[rg.RunPoint] = []
+        for run_id, created, result in rows:
+            if start and runs_order.get(run_id, 0) < runs_order.get(start, 0):
+                continue  # before the baseline reset: an intended change, not a regression
+            if points and points[-1].run_id == run_id:
+                points[-1].processes.append(list(result.samples_s))
+            else:
+                points.append(rg.RunPoint(run_id, created, [list(result.samples_s)]))
+        first = rows[0][2]
+        floor = store.noise_floor(first.device)
+        report = rg.analyze(display_name(first), points, threshold, floor[0] if floor else None)
+        reports.append(report)
+    return sorted(reports, key=lambda r: r.series)
+
+
+def reset_baseline(store: SqliteStore, run_id: str, pattern: str | None, note: str | None) -> list[str]:
+    """Make `run_id` the start of history for every series it holds whose name contains `pattern`."""
+    store.get_run(run_id)
+    names = {}
+    for r in store.results(run_id):
+        if r.status == OK and (pattern is None or pattern in display_name(r)):
+            names[r.config.series_key()] = display_name(r)
+    if not names:
+        raise DevicelabError(f"run {run_id} holds no ok series" + (f" matching '{pattern}'" if pattern else ""))
+    for key in names:
+        store.reset_baseline(key, run_id, note)
+    return sorted(names.values())
+
+
+# --------------------------------------------------------------------------------------------------
+# files for CI systems
+
+
+def junit_compare(comparisons: Sequence[cmp.Comparison], title: str) -> str:
+    suite = ET.Element("testsuite", name=title, tests=str(len(comparisons)),
+                       failures=str(sum(c.verdict.verdict == "slower" for c in comparisons)),
+                       skipped=str(sum(c.verdict.verdict == "unknown" for c in comparisons)))
+    for c in comparisons:
+        case = ET.SubElement(suite, "testcase", classname="devicelab.compare", name=c.name)
+        v = c.verdict
+        text = _verdict_text(v)
+        if v.verdict == "slower":
+            ET.SubElement(case, "failure", message=f"slower: {text}").text = "\n".join(v.reasons + tuple(c.warnings))
+        elif v.verdict == "unknown":
+            ET.SubElement(case, "skipped", message=f"unknown: {text}")
+        ET.SubElement(case, "system-out").text = f"{v.verdict}: {text}"
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
+    bad = ("confirmed", "suspected") if strict else ("confirmed",)
+    suite = ET.Element("testsuite", name="devicelab regress", tests=str(len(reports)),
+                       failures=str(sum(r.status in bad for r in reports)))
+    for r in reports:
+        case = ET.SubElement(suite, "testcase", classname="devicelab.regress", name=r.series)
+        if r.status in bad:
+            ET.SubElement(case, "failure", message=f"{r.status} regression").text = "\n".join(r.notes)
+        ET.SubElement(case, "system-out").text = f"{r.status}: " + "; ".join(r.notes)
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def _verdict_text(v: cmp.Verdict) -> str:
+    if v.ratio is None or v.ci is None:
+        return "no ratio"
+    return f"ratio {v.ratio:.4f} [{v.ci[0]:.4f}, {v.ci[1]:.4f}], threshold ±{v.threshold:.1%}"
+
+
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def markdown_compare(comparisons: Sequence[cmp.Comparison], title: str) -> str:
+    lines = [f"### {_md(title)}", "", "| config | verdict | base | candidate | ratio | 95 % CI | notes |",
+             "|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        v = c.verdict
+        ci = f"{v.ci[0]:.3f}–{v.ci[1]:.3f}" if v.ci else "—"
+        ms = lambda s: f"{s * 1e3:.3f} ms" if s else "—"  # noqa: E731
+        notes = "; ".join(list(v.reasons) + c.warnings)
+        lines.append(f"| {_md(c.name)} | **{v.verdict}** | {ms(c.base_median_s)} | {ms(c.candidate_median_s)} | "
+                     f"{v.ratio:.3f} | {ci} | {_md(notes)} |" if v.ratio else
+                     f"| {_md(c.name)} | **{v.verdict}** | — | — | — | — | {_md(notes)} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_regress(reports: Sequence[rg.SeriesReport]) -> str:
+    lines = ["### devicelab regress", "", "| series | status | runs | change points | notes |", "|---|---|---|---|---|"]
+    for r in reports:
+        cps = ", ".join(f"{c['run_id']} ({c['ratio'] - 1:+.1%})" for c in r.change_points) or "—"
+        lines.append(f"| {_md(r.series)} | **{r.status}** | {r.points} | {_md(cps)} | {_md('; '.join(r.notes))} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(path: str | None, text: str) -> None:
+    if path:
+        Path(path).expanduser().write_text(text)
+
+
+def noise_floor_from(comparisons: Sequence[cmp.Comparison]) -> tuple[float, dict[str, Any]]:
+    """The A/A noise floor: how far from 1 the CI of a config against itself reaches (the widest one)."""
+    widest = max((c for c in comparisons if c.verdict.ci), key=lambda c: max(1 - c.verdict.ci[0], c.verdict.ci[1] - 1))
+    lo, hi = widest.verdict.ci  # type: ignore[misc]
+    return max(1 - lo, hi - 1), {"config": widest.name, **widest.verdict.to_dict()}

@@ -1,0 +1,142 @@
+"""A/B verdicts and regression detection as specs (pure), then the commands on stored and real runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from devicelab.analysis.compare import hierarchical_ratio_ci, verdict
+from devicelab.analysis.regress import RunPoint, analyze, change_points
+from devicelab.result import OK, Config, Result
+from devicelab.store import RunRecord, SqliteStore
+from helpers import devicelab, run_json, write_suite
+
+RNG = np.random.default_rng(2026)
+
+
+def processes(n: int, median: float, cv: float = 0.01, per_process: float = 0.0, size: int = 150) -> list[list[float]]:
+    """n processes of lognormal samples; each process offset by N(0, per_process)."""
+    return [list(median * (1 + RNG.normal(0, per_process)) * RNG.lognormal(0, cv, size)) for _ in range(n)]
+
+
+def test_aa_is_same() -> None:
+    v = verdict(processes(3, 0.01), processes(3, 0.01))
+    assert v.verdict == "same" and 0.98 < v.ci[0] <= v.ci[1] < 1.02
+
+
+def test_ten_percent_slower_and_faster() -> None:
+    assert verdict(processes(3, 0.01), processes(3, 0.011)).verdict == "slower"
+    assert verdict(processes(3, 0.011), processes(3, 0.01)).verdict == "faster"
+
+
+def test_unknown_rather_than_a_guess() -> None:
+    v = verdict(processes(3, 0.01), processes(3, 0.0102))  # +2 %: right at the threshold
+    assert v.verdict == "unknown" and any("collect more samples" in r for r in v.reasons)
+    assert verdict([[0.01] * 3], [[0.02] * 3]).verdict == "unknown"  # too few samples
+
+
+def test_noise_floor_raises_the_threshold() -> None:
+    base, cand = processes(4, 0.01), processes(4, 0.0104)  # +4 %
+    assert verdict(base, cand).verdict == "slower"
+    v = verdict(base, cand, noise_floor=0.06)
+    assert v.verdict != "slower" and v.threshold == 0.06
+
+
+def test_process_noise_widens_the_ci() -> None:
+    noisy_b, noisy_c = processes(3, 0.01, per_process=0.03), processes(3, 0.01, per_process=0.03)
+    pooled = hierarchical_ratio_ci([sum(noisy_b, [])], [sum(noisy_c, [])])
+    hier = hierarchical_ratio_ci(noisy_b, noisy_c)
+    assert hier[1] - hier[0] > 2 * (pooled[1] - pooled[0])
+
+
+def test_change_point_specs() -> None:
+    assert change_points(5 * [1.0] + 5 * [1.1]) == [5]
+    assert change_points(list(RNG.normal(1.0, 0.01, 40))) == []
+    assert change_points(4 * [1.0] + 4 * [1.1]) == []  # fewer than 5 points a side
+    assert change_points(10 * [1.0] + 10 * [1.01]) == []  # below the 2 % magnitude gate
+    assert change_points(list(RNG.normal(1, 0.005, 20)) + list(RNG.normal(1.1, 0.005, 20))
+                         + list(RNG.normal(0.95, 0.005, 10))) == [20, 40]
+
+
+def test_newest_run_is_suspected_then_confirmed() -> None:
+    history = [RunPoint(f"r{i}", f"t{i}", processes(1, 0.01)) for i in range(6)]
+    assert analyze("s", history).status == "ok"
+    suspect = history + [RunPoint("new", "t6", processes(1, 0.011))]
+    report = analyze("s", suspect)
+    assert report.status == "suspected" and report.newest["run_id"] == "new"
+    assert analyze("s", suspect + [RunPoint("rerun", "t7", processes(1, 0.011))]).status == "confirmed"
+    stepped = history + [RunPoint(f"n{i}", f"u{i}", processes(1, 0.011)) for i in range(5)]
+    report = analyze("s", stepped)
+    assert report.status == "confirmed" and report.change_points[0]["run_id"] == "n0"
+
+
+# ---- the commands -----------------------------------------------------------------------------------
+
+
+def _store_run(store: SqliteStore, run_id: str, created: str, median: float, repeats: int = 3) -> None:
+    store.create_run(RunRecord(run_id, created, {"name": "synthetic"}, 1, {}, "0.1.0"))
+    for rep, samples in enumerate(processes(repeats, median)):
+        cfg = Config("host", "onnxruntime", "", "1.0", "mobilenet_v2", "ab" * 32, 1, "fp32", "cpu", 1, (1,), "big", rep)
+        store.add_result(Result.for_config(run_id, cfg, OK, samples_s=tuple(samples), median_s=float(np.median(samples))))
+
+
+def test_compare_command_exit_codes_and_ci_files(env: dict[str, str], tmp_path: Path) -> None:
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    _store_run(store, "base", "2026-11-01T00:00:00", 0.010)
+    _store_run(store, "same", "2026-11-02T00:00:00", 0.010)
+    _store_run(store, "slow", "2026-11-03T00:00:00", 0.011)
+    code, out, err = run_json("compare", "base", "same", env=env)
+    assert code == 0 and out["comparisons"][0]["verdict"] == "same", err
+    junit, md = tmp_path / "r.xml", tmp_path / "r.md"
+    code, out, err = run_json("compare", "base", "slow", "--threshold", "2%", "--junit", str(junit),
+                              "--markdown", str(md), env=env)
+    assert code == 1 and out["summary"]["slower"] == 1 and out["threshold"] == 0.02
+    assert 'failures="1"' in junit.read_text() and "**slower**" in md.read_text()
+    p = devicelab("compare", "base", "slow", "--threshold", "two", env=env)
+    assert p.returncode == 2 and p.stderr.strip().startswith("error: --threshold: 'two' is not allowed")
+    p = devicelab("compare", "base", "nope", env=env)
+    assert p.returncode == 2 and "unknown run id 'nope'" in p.stderr
+
+
+def test_regress_command_and_baseline_reset(env: dict[str, str]) -> None:
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    for i in range(6):
+        _store_run(store, f"night{i}", f"2026-11-0{i + 1}T00:00:00", 0.010, repeats=1)
+    code, out, err = run_json("regress", env=env)
+    assert code == 0 and out["series"][0]["status"] == "ok", err
+    _store_run(store, "night6", "2026-11-07T00:00:00", 0.011, repeats=1)
+    code, out, _ = run_json("regress", env=env)
+    assert code == 0 and out["series"][0]["status"] == "suspected"
+    assert run_json("regress", "--strict", env=env)[0] == 1
+    _store_run(store, "night7", "2026-11-08T00:00:00", 0.011, repeats=1)
+    code, out, _ = run_json("regress", env=env)
+    assert code == 1 and out["series"][0]["status"] == "confirmed"
+    # The slowdown was intended: history restarts at night6, and the series is clean again.
+    assert devicelab("regress", "--reset-baseline", "night6", "--note", "new default", env=env).returncode == 0
+    code, out, _ = run_json("regress", env=env)
+    assert code == 0 and out["series"][0]["status"] in ("ok", "insufficient")
+
+
+def test_two_real_runs_of_the_same_suite_are_the_same(env: dict[str, str], tmp_path: Path) -> None:
+    """Real host runs, interleaved processes: never a false slower/faster; 'unknown' is answered the way
+    the protocol says, with more samples (another run per side, pooled), until the verdict is 'same'."""
+    suite = write_suite(tmp_path / "s.yaml", repeats=3,
+                        protocol={"min_seconds": 0.5, "max_iterations": 200, "max_seconds": 3, "min_iterations": 10,
+                                  "warmup_seconds": 0.2, "accuracy_inputs": 0})
+    sides: list[list[str]] = [[], []]
+    verdicts = []
+    for _ in range(3):
+        for side in sides:
+            code, out, err = run_json("run", "--suite", str(suite), env=env)
+            assert code == 0, err
+            side.append(out["run_id"])
+        code, out, err = run_json("compare", ",".join(sides[0]), ",".join(sides[1]), env=env)
+        (c,) = out["comparisons"]
+        verdicts.append((c["verdict"], c["ci"]))
+        assert code == 0 and c["verdict"] in ("same", "unknown"), verdicts
+        if c["verdict"] == "same":
+            break
+    assert verdicts[-1][0] == "same", verdicts
