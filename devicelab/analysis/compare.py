@@ -63,7 +63,8 @@ def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequen
 
 
 def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], threshold: float = DEFAULT_THRESHOLD,
-            noise_floor: float | None = None, confidence: float = 0.95, seed: int = 0) -> Verdict:
+            noise_floor: float | None = None, confidence: float = 0.95, seed: int = 0,
+            resamples: int = 2000) -> Verdict:
     """base and cand hold one list of samples per process (per Result)."""
     from scipy.stats import mannwhitneyu
 
@@ -79,7 +80,7 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
         return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
                        **counts)
     ratio = float(np.median(c) / np.median(b))
-    lo, hi = hierarchical_ratio_ci(base, cand, confidence, seed=seed)
+    lo, hi = hierarchical_ratio_ci(base, cand, confidence, resamples=resamples, seed=seed)
     p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)
     p_faster = float(mannwhitneyu(c, b, alternative="less").pvalue)
     if min(counts["processes_base"], counts["processes_candidate"]) < 3:
