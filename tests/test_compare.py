@@ -140,3 +140,35 @@ def test_two_real_runs_of_the_same_suite_are_the_same(env: dict[str, str], tmp_p
         if c["verdict"] == "same":
             break
     assert verdicts[-1][0] == "same", verdicts
+
+
+def test_ab_labels_with_another_python_environment(env: dict[str, str], tmp_path: Path) -> None:
+    """A label's build lives in another virtual environment that has the engine but not devicelab: the
+    runner is lent to it, the version is read from it, and the two labels interleave in rounds."""
+    import subprocess
+    import sys
+    from importlib.metadata import version
+
+    other = tmp_path / "other-env"
+    subprocess.run([sys.executable, "-m", "venv", str(other)], check=True)
+    pip = subprocess.run([str(other / "bin" / "python"), "-m", "pip", "install", "-q",
+                          f"onnxruntime=={version('onnxruntime')}", f"numpy=={version('numpy')}"],
+                         capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    python = str(other / "bin" / "python")
+    assert subprocess.run([python, "-c", "import devicelab"], capture_output=True, cwd=tmp_path).returncode != 0
+    suite = write_suite(tmp_path / "s.yaml", repeats=3, seed=5,
+                        engines=[{"name": "onnxruntime", "label": "base"},
+                                 {"name": "onnxruntime", "label": "cand", "options": {"python": python}}])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    results = out["results"]
+    assert [r["label"] for r in results].count("cand") == 3 and all(r["status"] == "ok" for r in results)
+    assert {r["engine_version"] for r in results} == {version("onnxruntime")}
+    order = [(r["repeat"], r["label"]) for r in results]
+    assert [rep for rep, _ in order] == [0, 0, 1, 1, 2, 2]  # rounds: each holds one process of each label
+    code, out, err = run_json("compare", f"{out['run_id']}:base", f"{out['run_id']}:cand", env=env)
+    assert code == 0 and out["comparisons"][0]["verdict"] in ("same", "unknown"), out
+    p = devicelab("run", "--suite", str(write_suite(tmp_path / "bad.yaml", engines=[
+        {"name": "onnxruntime", "label": "x", "options": {"python": "/no/such/python"}}])), env=env)
+    assert p.returncode == 2 and "engines[0].options.python" in p.stderr
