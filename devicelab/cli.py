@@ -340,6 +340,47 @@ def regress(
 
 
 @app.command()
+def report(
+    run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", help="one or more runs, side by side"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the HTML file"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Write the offline HTML review report of one or more runs."""
+    from devicelab import paths
+    from devicelab import report as report_module
+    from devicelab.store import open_store
+
+    store = open_store(db, create=False)
+    records = [store.get_run(r) for r in run_ids]
+    results = [x for r in run_ids for x in store.results(r)]
+    path = Path(output).expanduser() if output else paths.reports_dir() / f"{'+'.join(run_ids)}.html"
+    report_module.write(path, records, results)
+    out.print(f"report: {path}")
+
+
+@app.command()
+def export(
+    run_id: str = typer.Argument(..., metavar="RUN_ID"),
+    fmt: str = typer.Option("csv", "--format", help="csv, json or parquet"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout for csv/json)"),
+    db: Optional[str] = DbOpt,
+) -> None:
+    """Every sample of a run: csv and parquet one row per sample, json one object per result."""
+    from devicelab import export as export_module
+    from devicelab.store import open_store
+
+    if fmt not in export_module.FORMATS:
+        raise DevicelabError(f"--format: '{fmt}' is not allowed; allowed: {', '.join(export_module.FORMATS)}")
+    if fmt == "parquet" and not output:
+        raise DevicelabError("--format parquet needs -o PATH (parquet is binary)")
+    store = open_store(db, create=False)
+    store.get_run(run_id)
+    written = export_module.export(store.results(run_id), fmt, Path(output).expanduser() if output else None)
+    if written is not None:
+        sys.stdout.write(written)
+
+
+@app.command()
 def runs(db: Optional[str] = DbOpt, limit: int = typer.Option(20, "--limit", min=1), as_json: bool = JsonOpt) -> None:
     """List stored runs, newest first."""
     from devicelab.store import open_store

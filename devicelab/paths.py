@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import platformdirs
@@ -26,3 +27,20 @@ def reports_dir() -> Path:
 
 def zoo_dir() -> Path:
     return data_dir() / "zoo"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary file and rename: readers see the old file or the new one, never half of one.
+    Permissions follow the umask like a plain open() (mkstemp alone would leave 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,41 +1,352 @@
-"""The HTML report: one self-contained file (inline CSS, no network), autoescaped everywhere."""
+"""The review report: one self-contained HTML file (inline CSS, SVG charts drawn here, one small inline script
+for downloads; no network, no server), autoescaped everywhere.
+
+Sections follow the slides: engines (engine rows × 1 thread, N threads, peak memory), precision (float vs
+int8/fp16/bf16 with speed-up and drift), backends (GPU vs CPU on one device), charts (thread scaling,
+latency distributions, the latency / drift / memory trade-off with the best configurations ringed), the model
+variants scorecard (with the compression contest's weighting), device facts and state, and every row with
+its status and reason. Every sample is inside, compressed, downloadable as CSV or JSON.
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import base64
+import hashlib
+import json
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import jinja2
+import numpy as np
 
 import devicelab
+from devicelab import charts
 from devicelab.analysis.tables import format_bytes, slides_tables
-from devicelab.result import Result
+from devicelab.result import OK, PRECISIONS, Result
 from devicelab.store import RunRecord
+
+_PRECISION_ORDER = {p: i for i, p in enumerate(PRECISIONS)}
 
 
 def _ms(seconds: float | None) -> str:
     return "—" if seconds is None else f"{seconds * 1e3:.2f} ms"
 
 
+# --------------------------------------------------------------------------------------------------
+# Scorecard (pure)
+
+
+def accuracy_gate(agreement: float | None) -> float:
+    """The compression contest's A: 1 if agreement ≥ 0.97, 0.9 if ≥ 0.965, else 0."""
+    if agreement is None:
+        return 0.0
+    return 1.0 if agreement >= 0.97 else 0.9 if agreement >= 0.965 else 0.0
+
+
+def size_gate(size_mb: float) -> float:
+    """The compression contest's B: 1 if s ≤ 40 MB, 0.9 if ≤ 50 MB, 0.8 if ≤ 63 MB, else 0."""
+    return 1.0 if size_mb <= 40 else 0.9 if size_mb <= 50 else 0.8 if size_mb <= 63 else 0.0
+
+
+def contest_score(t: float, t0: float, s_mb: float, s0_mb: float, agreement: float | None) -> float:
+    """score = (T0 − t)/T0 × 20 + (S0 − s)/s × 80, times the accuracy gate A and the size gate B."""
+    return ((t0 - t) / t0 * 20 + (s0_mb - s_mb) / s_mb * 80) * accuracy_gate(agreement) * size_gate(s_mb)
+
+
+# --------------------------------------------------------------------------------------------------
+# Building the page's data
+
+
+@dataclass
+class ReportData:
+    runs: list[dict[str, Any]]
+    results: list[Result]
+    several_runs: bool
+    warnings: list[str] = field(default_factory=list)
+    engines: list[Any] = field(default_factory=list)
+    precision: list[dict[str, Any]] = field(default_factory=list)
+    backends: list[dict[str, Any]] = field(default_factory=list)
+    charts: list[dict[str, str]] = field(default_factory=list)
+    scorecards: list[dict[str, Any]] = field(default_factory=list)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _run_tag(r: Result, several: bool) -> str:
+    return f" · {r.run_id}" if several else ""
+
+
+def _variant(r: Result, several: bool, with_precision: bool = True) -> str:
+    name = r.engine + (f" [{r.label}]" if r.label else "")
+    if with_precision:
+        name += f" {r.precision}"
+    if r.backend != "cpu":
+        name += f" {r.backend}"
+    return name + _run_tag(r, several)
+
+
+def _ok(results: Sequence[Result]) -> list[Result]:
+    return [r for r in results if r.status == OK and r.samples_s]
+
+
+def _groups(results: Sequence[Result]) -> dict[tuple[str, str], list[Result]]:
+    out: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        out.setdefault((r.device, r.model), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _median_of(rs: Sequence[Result]) -> float | None:
+    samples = [s for r in rs for s in r.samples_s]
+    return float(np.median(samples)) if samples else None
+
+
+def _artifact_mb(r: Result) -> float | None:
+    b = (r.protocol or {}).get("artifact_bytes")
+    return b / 1e6 if b else None
+
+
+def precision_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """Per device, model and engine: precision rows with latency per thread count, speed-up and drift."""
+    out = []
+    for (device, model), rs in _groups(_ok(results)).items():
+        by_engine: dict[str, list[Result]] = {}
+        for r in rs:
+            by_engine.setdefault(f"{r.engine}{' [' + r.label + ']' if r.label else ''} {r.backend}{_run_tag(r, several)}",
+                                 []).append(r)
+        for engine, ers in sorted(by_engine.items()):
+            if len({r.precision for r in ers}) < 2:
+                continue
+            threads = sorted({r.threads for r in ers})
+            base = {t: _median_of([r for r in ers if r.precision == "fp32" and r.threads == t]) for t in threads}
+            rows = []
+            for p in sorted({r.precision for r in ers}, key=lambda p: _PRECISION_ORDER.get(p, 9)):
+                prs = [r for r in ers if r.precision == p]
+                cells = []
+                for t in threads:
+                    m = _median_of([r for r in prs if r.threads == t])
+                    speed = base[t] / m if (m and base[t]) else None
+                    cells.append({"median": _ms(m), "speedup": f"{speed:.2f}×" if speed and p != "fp32" else ""})
+                acc = min((r.accuracy for r in prs if r.accuracy), key=lambda a: a["cosine"], default=None)
+                mb = _artifact_mb(prs[0])
+                rows.append({"precision": p, "cells": cells, "accuracy": acc, "size": f"{mb:.1f} MB" if mb else "—",
+                             "notes": sorted({n for r in prs for n in r.notes if "precision" in n or "arithmetic" in n
+                                              or "int8" in n or "float16" in n})})
+            out.append({"device": device, "model": model, "engine": engine, "threads": threads, "rows": rows})
+    return out
+
+
+def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """GPU (or other non-CPU) backends next to the CPU engines on the same device, when any ran."""
+    ok = _ok(results)
+    if not any(r.backend != "cpu" for r in ok):
+        return []
+    out = []
+    for (device, model), rs in _groups(ok).items():
+        if not any(r.backend != "cpu" for r in rs):
+            continue
+        threads = sorted({r.threads for r in rs})
+        rows: dict[str, dict[int, str]] = {}
+        for r in sorted(rs, key=lambda r: (r.backend == "cpu", r.engine)):
+            rows.setdefault(_variant(r, several), {})[r.threads] = _ms(r.median_s)
+        out.append({"device": device, "model": model, "threads": threads,
+                    "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})
+    return out
+
+
+def _box_stats(samples: Sequence[float]) -> dict[str, float]:
+    a = np.asarray(samples) * 1e3
+    q = np.percentile(a, [5, 25, 50, 75, 95])
+    return {"min": float(a.min()), "p5": q[0], "p25": q[1], "median": q[2], "p75": q[3], "p95": q[4],
+            "max": float(a.max()), "n": len(a)}
+
+
+def pareto(points: Sequence[Sequence[float]]) -> list[bool]:
+    """True where no other point is at least as good on every axis (lower is better) and better on one."""
+    best = []
+    for i, p in enumerate(points):
+        dominated = any(all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p))
+                        for j, q in enumerate(points) if j != i)
+        best.append(not dominated)
+    return best
+
+
+def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, str]]:
+    ok = _ok(results)
+    out: list[dict[str, str]] = []
+    for (device, model), rs in _groups(ok).items():
+        series: dict[str, list[tuple[float, float]]] = {}
+        for r in rs:
+            series.setdefault(_variant(r, several), []).append((r.threads, (r.median_s or 0) * 1e3))
+        if any(len(v) > 1 for v in series.values()):
+            out.append({"kind": "threads", "title": f"{model} on {device}",
+                        "svg": charts.line_chart(f"Thread scaling: {model} on {device}", series, "threads",
+                                                 "median latency (ms)")})
+        boxes = [(f"{_variant(r, several)} {r.threads}t" + (f" #{r.repeat}" if r.repeat else ""), _box_stats(r.samples_s))
+                 for r in sorted(rs, key=lambda r: (r.engine, _PRECISION_ORDER.get(r.precision, 9), r.threads, r.repeat))]
+        out.append({"kind": "distribution", "title": f"{model} on {device}",
+                    "svg": charts.box_chart(f"Latency distributions: {model} on {device}", boxes)})
+    by_device: dict[str, list[Result]] = {}
+    for r in ok:
+        if r.accuracy:
+            by_device.setdefault(r.device, []).append(r)
+    for device, rs in sorted(by_device.items()):
+        for model in sorted({r.model for r in rs}):
+            mrs = [r for r in rs if r.model == model]
+            # Best: nothing else is both faster and closer to the fp32 outputs (memory is the point's size and
+            # breaks exact ties); a 3-axis front rings almost everything and tells a reviewer nothing.
+            best = pareto([((r.median_s or 0), max(1 - r.accuracy["cosine"], 1e-8), float(r.peak_rss_bytes or 0) / 1e12)  # type: ignore[index]
+                           for r in mrs])
+            points = [{"x": (r.median_s or 0) * 1e3, "y": 1 - r.accuracy["cosine"], "size": r.peak_rss_bytes or 0,  # type: ignore[index]
+                       "group": _variant(r, several, with_precision=False).split(" · ")[0], "best": b,
+                       "label": f"{_variant(r, several)} {r.threads}t: {_ms(r.median_s)}, 1−cos "
+                                f"{1 - r.accuracy['cosine']:.1e}, {format_bytes(r.peak_rss_bytes)}"}  # type: ignore[index]
+                      for r, b in zip(mrs, best)]
+            out.append({"kind": "tradeoff", "title": f"{model} on {device}",
+                        "svg": charts.scatter_chart(f"Latency / drift / memory: {model} on {device}",
+                                                    points, "median latency (ms)", "1 − cosine vs fp32 reference"),
+                        "best": ", ".join(p["label"].split(":")[0] for p in points if p["best"])})
+    return out
+
+
+WEIGHTINGS = {
+    "contest": "compression contest: (T0−t)/T0×20 + (S0−s)/s×80, × accuracy gate A × size gate B",
+    "latency": "latency only: speed-up over fp32",
+    "size": "size only: fp32 size / variant size",
+}
+
+
+def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """Model variants (engine × precision) against the same engine's fp32 at the same threads."""
+    out = []
+    for (device, model), rs in _groups(_ok(results)).items():
+        rows = []
+        for r in rs:
+            if r.precision == "fp32":
+                continue
+            ref = [x for x in rs if x.precision == "fp32" and x.engine == r.engine and x.label == r.label
+                   and x.threads == r.threads and x.backend == r.backend and x.run_id == r.run_id]
+            s, s0 = _artifact_mb(r), (_artifact_mb(ref[0]) if ref else None)
+            if not ref or not s or not s0 or not r.median_s or not ref[0].median_s:
+                continue
+            t, t0 = r.median_s, ref[0].median_s
+            agreement = r.accuracy["top1_agreement"] if r.accuracy else None
+            rows.append({"name": f"{_variant(r, several)} {r.threads}t", "size": f"{s:.1f}", "size0": f"{s0:.1f}",
+                         "latency": _ms(t), "latency0": _ms(t0),
+                         "drift": f"{agreement:.0%} / {r.accuracy['cosine']:.4f}" if r.accuracy else "—",
+                         "gates": f"A {accuracy_gate(agreement):g} · B {size_gate(s):g}",
+                         "contest": contest_score(t, t0, s, s0, agreement), "latency_score": t0 / t,
+                         "size_score": s0 / s})
+        if rows:
+            sorted_by = {k: sorted(rows, key=lambda row, k=k: -row[f"{k}_score" if k != "contest" else "contest"])
+                         for k in WEIGHTINGS}
+            out.append({"device": device, "model": model, "by": sorted_by})
+    return out
+
+
+def _max_temp(state: dict[str, Any] | None) -> float | None:
+    temps = (state or {}).get("temperatures_c") or {}
+    return max(temps.values()) if temps else None
+
+
+def state_warnings(results: Sequence[Result]) -> list[str]:
+    """Visible when results compared side by side were taken in different device states."""
+    out = []
+    for (device, model), rs in _groups(_ok(results)).items():
+        temps = [t for t in (_max_temp(r.state_before) for r in rs) if t is not None]
+        if temps and max(temps) - min(temps) > 5:
+            out.append(f"{model} on {device}: results started at temperatures from {min(temps):.0f} to {max(temps):.0f} °C")
+        if len({bool(r.throttled) for r in rs}) > 1:
+            out.append(f"{model} on {device}: some results were throttled, others not")
+        charging = {(r.state_before or {}).get("charging") for r in rs}
+        if len(charging) > 1:
+            out.append(f"{model} on {device}: charging state differs between results")
+        loads = [(r.state_before or {}).get("loadavg", [0])[0] for r in rs]
+        if loads and max(loads) - min(loads) > 1.0:
+            out.append(f"{model} on {device}: the 1-minute load average ranged {min(loads):.1f}–{max(loads):.1f} "
+                       "(something else was running for some results)")
+    return out
+
+
+def device_facts(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    facts: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        for dev_id, f in (run.host.get("devices") or {}).items():
+            facts[f"{dev_id}{' · ' + run.run_id if len(runs) > 1 else ''}"] = f
+    return [{"id": k, **v} for k, v in facts.items()]
+
+
+def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
+    several = len(runs) > 1
+    data = ReportData([r.to_dict() for r in runs], list(results), several)
+    fp32 = [r for r in results if r.precision == "fp32" and r.backend == "cpu"]
+    data.engines = slides_tables([r for r in fp32] if fp32 else list(results))
+    if several:  # the same config from two runs: keep them apart in the engines tables
+        from dataclasses import replace
+
+        data.engines = slides_tables([replace(r, label=(r.label + " " if r.label else "") + r.run_id) for r in fp32])
+    data.precision = precision_tables(results, several)
+    data.backends = backend_tables(results, several)
+    data.charts = chart_sections(results, several)
+    data.scorecards = scorecards(results, several)
+    data.warnings = state_warnings(results)
+    data.devices = device_facts(runs)
+    return data
+
+
+# --------------------------------------------------------------------------------------------------
+# Raw data for downloads
+
+
+def raw_payload(results: Sequence[Result]) -> tuple[str, str]:
+    """(metadata JSON, base64 of the deflated float32 samples). Float32 keeps 7 significant digits: ~1 ns at
+    10 ms; `devicelab export` gives the stored float64 values."""
+    meta, arrays, offset = [], [], 0
+    keep = ("run_id", "device", "engine", "label", "engine_version", "model", "model_sha256", "precision", "backend",
+            "threads", "cpus", "repeat", "status", "reason", "median_s", "p90_s", "load_s", "first_s",
+            "rss_before_load_bytes", "peak_rss_bytes", "warmups", "accuracy", "started_at", "finished_at")
+    for r in results:
+        d = {k: getattr(r, k) for k in keep}
+        d["cpus"] = list(r.cpus)
+        d["samples"] = [offset, len(r.samples_s)]
+        offset += len(r.samples_s)
+        arrays.append(np.asarray(r.samples_s, dtype=np.float32))
+        meta.append(d)
+    values = np.concatenate(arrays) if arrays else np.zeros(0, np.float32)
+    # Byte-shuffled (all first bytes, then all second bytes...): exponents and high mantissa bytes repeat,
+    # so deflate shrinks 1 M samples to ~2.6 MB instead of ~3.2 MB. The page's script un-shuffles.
+    shuffled = values.view(np.uint8).reshape(-1, 4).T.copy().tobytes()
+    blob = base64.b64encode(zlib.compress(shuffled, 6)).decode()
+    # "<" escaped so no value (a hostile model name) can close the data block's <script> element.
+    text = json.dumps(meta, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e")
+    return text, blob
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
 def render(runs: Sequence[RunRecord], results: Sequence[Result]) -> str:
     assets = resources.files("devicelab.reports")
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined,
                              loader=jinja2.FunctionLoader(lambda name: assets.joinpath(name).read_text()))
-    methods = sorted({r.memory_method.split(";")[0] for r in results if r.memory_method})
+    script = assets.joinpath("report.js").read_text()
+    csp_hash = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    meta, blob = raw_payload(results)
+    data = build(runs, results)
     return env.get_template("report.html.j2").render(
-        runs=[r.to_dict() for r in runs], results=results, tables=slides_tables(results),
-        css=assets.joinpath("report.css").read_text(), ms=_ms, format_bytes=format_bytes,
-        memory_method=", ".join(methods) or "not measured", version=devicelab.__version__)
+        d=data, runs=data.runs, results=results, css=assets.joinpath("report.css").read_text(), script=script,
+        csp_hash=csp_hash, raw_meta=jinja2.utils.markupsafe.Markup(meta), raw_blob=blob, ms=_ms,
+        format_bytes=format_bytes, weightings=WEIGHTINGS, version=devicelab.__version__,
+        sample_count=sum(len(r.samples_s) for r in results),
+        svg=lambda s: jinja2.utils.markupsafe.Markup(s))  # charts escape their own text (charts.esc)
 
 
 def write(path: Path, runs: Sequence[RunRecord], results: Sequence[Result]) -> Path:
-    html = render(runs, results)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report-")
-    with os.fdopen(fd, "w") as f:
-        f.write(html)
-    os.replace(tmp, path)  # a reader never sees half a report
+    from devicelab.paths import write_atomic
+
+    write_atomic(path, render(runs, results).encode())  # a reader never sees half a report
     return path

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ class Prepared:
     models: dict[str, zoo.ModelFile]
     engines: dict[tuple[str, str], EngineInfo]
     planned: list[PlannedConfig]
+    facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -83,7 +84,7 @@ def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
     probe = wanted if any(f.kind == "host" for f in facts) else []
     engines = {(spec.name, spec.label): engine_info(spec, probe) for spec in suite.engines}
     planned = expand(suite, facts, engines, models, seed)
-    return Prepared(suite, seed, devices, models, engines, planned)
+    return Prepared(suite, seed, devices, models, engines, planned, {f.id: f.to_dict() for f in facts})
 
 
 def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
@@ -182,7 +183,10 @@ class Executor:
             except OSError as e:
                 return Result.for_config(self.run_id, cfg, INFRA_FAILED, reason=f"device {cfg.device}: {e}",
                                          started_at=utc_now(), finished_at=utc_now())
-            result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown})
+            artifact = converted.path.stat().st_size + sum(
+                Path(v).stat().st_size for k, v in converted.options.items() if k == "weights")
+            result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown,
+                                                           "artifact_bytes": artifact})
             if result.status == OK and outputs is not None and outputs.is_file():
                 result = self._with_accuracy(result, source, outputs, settings.accuracy_inputs)
         return result
@@ -231,8 +235,8 @@ def start_run(store: SqliteStore, suite: Suite, inventory: Inventory, argv: list
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
     prepared = prepare(suite, inventory, seed)
     run_id = new_run_id()
-    store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed, host_facts(), devicelab.__version__,
-                               git_state(), argv))
+    store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed, {**host_facts(), "devices": prepared.facts},
+                               devicelab.__version__, git_state(), argv))
     if progress:
         progress("run", run_id)
     Executor(store, run_id, prepared, progress).execute()

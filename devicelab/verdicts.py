@@ -12,7 +12,6 @@ from typing import Any
 
 from devicelab.analysis import compare as cmp
 from devicelab.analysis import regress as rg
-from devicelab.analysis.stats import median
 from devicelab.errors import DevicelabError
 from devicelab.result import OK, Result
 from devicelab.store import SqliteStore
@@ -79,9 +78,8 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float) 
         floor = store.noise_floor(rb[0].device)
         v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
                         floor[0] if floor else None)
-        pooled = lambda rs: [s for r in rs for s in r.samples_s]  # noqa: E731
-        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, median(pooled(rb)), median(pooled(rc)),
-                                  cmp.state_warnings(rb, rc)))
+        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, cmp.center([r.samples_s for r in rb]),
+                                  cmp.center([r.samples_s for r in rc]), cmp.state_warnings(rb, rc)))
     if not out:
         raise DevicelabError(f"no configuration of {base.run_id}{':' + base.label if base.label else ''} matches one of "
                              f"{cand.run_id}{':' + cand.label if cand.label else ''} (same device, engine, model, "

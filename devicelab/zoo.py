@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from devicelab.errors import DevicelabError, UnknownNameError
+from devicelab.paths import write_atomic
 
 # Bump when a builder changes the graph it writes: the index then rebuilds instead of reusing files.
 ZOO_VERSION = 2
@@ -345,18 +344,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def zoo_model(name: str, cache_dir: Path, seed: int = SEED) -> ModelFile:
     """The zoo model's file, built on first use and then found by its recipe in the cache index."""
     if name not in _BUILDERS:
@@ -379,9 +366,9 @@ def zoo_model(name: str, cache_dir: Path, seed: int = SEED) -> ModelFile:
     digest = hashlib.sha256(data).hexdigest()
     path = cache_dir / f"{name}-{digest[:16]}.onnx"
     if not path.exists():
-        _write_atomic(path, data)
+        write_atomic(path, data)
     index[recipe] = digest
-    _write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
+    write_atomic(index_path, json.dumps(index, indent=1, sort_keys=True).encode())
     return ModelFile(name, path, digest, len(data), "zoo")
 
 

@@ -45,6 +45,12 @@ def test_noise_floor_raises_the_threshold() -> None:
     assert v.verdict != "slower" and v.threshold == 0.06
 
 
+def test_one_odd_process_cannot_make_a_change() -> None:
+    base = processes(3, 0.01)
+    cand = processes(2, 0.01) + processes(1, 0.012, size=400)  # a noisy process the protocol sampled longer
+    assert verdict(base, cand).verdict in ("same", "unknown") and verdict(base, cand).ratio < 1.01
+
+
 def test_process_noise_widens_the_ci() -> None:
     noisy_b, noisy_c = processes(3, 0.01, per_process=0.03), processes(3, 0.01, per_process=0.03)
     pooled = hierarchical_ratio_ci([sum(noisy_b, [])], [sum(noisy_c, [])])
@@ -128,7 +134,7 @@ def test_two_real_runs_of_the_same_suite_are_the_same(env: dict[str, str], tmp_p
                                   "warmup_seconds": 0.2, "accuracy_inputs": 0})
     sides: list[list[str]] = [[], []]
     verdicts = []
-    for _ in range(3):
+    for _ in range(6):
         for side in sides:
             code, out, err = run_json("run", "--suite", str(suite), env=env)
             assert code == 0, err

@@ -13,6 +13,7 @@ def test_installed_package_carries_runners_templates_and_data() -> None:
     assert importlib.util.find_spec("devicelab.runners.host") is not None
     assert resources.files("devicelab.reports").joinpath("report.html.j2").is_file()
     assert resources.files("devicelab.reports").joinpath("report.css").is_file()
+    assert resources.files("devicelab.reports").joinpath("report.js").is_file()
     for name in ("devices.yaml", "suite-default.yaml", "suite-quick.yaml"):
         assert resources.files("devicelab.data").joinpath(name).is_file(), name
 

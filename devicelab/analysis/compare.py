@@ -6,8 +6,11 @@ Rules (design.md), threshold t (default 2 %):
   same    — the whole CI inside [1 − t, 1 + t]
   unknown — anything else: collect more samples rather than guess.
 
-The CI comes from a two-level bootstrap: processes are resampled, then samples within each process, so the
-process-to-process noise (1–3 % on these VMs) widens the interval instead of being mistaken for a change.
+The statistic is the ratio of the medians of per-process medians: every process weighs the same (the adaptive
+protocol samples a noisy process longer, which would otherwise let it dominate a pooled median), and one
+odd process among three cannot move it. Its CI comes from a two-level bootstrap — processes resampled, then
+samples within each — so process-to-process noise (1–3 % on these VMs, more while something else runs)
+widens the interval instead of being mistaken for a change.
 Only MWU is used for p (no KS), so no multiple-testing correction is needed. A device's A/A noise floor,
 when known, raises t: a change smaller than the floor is never called.
 """
@@ -27,7 +30,7 @@ DEFAULT_THRESHOLD = 0.02
 @dataclass(frozen=True)
 class Verdict:
     verdict: str  # faster, slower, same, unknown
-    ratio: float | None  # median(candidate) / median(base)
+    ratio: float | None  # center(candidate) / center(base): medians of per-process medians
     ci: tuple[float, float] | None
     p_slower: float | None
     p_faster: float | None
@@ -45,19 +48,24 @@ class Verdict:
                 "processes_candidate": self.processes_candidate, "reasons": list(self.reasons)}
 
 
+def center(processes: Sequence[Sequence[float]]) -> float:
+    """The median of the per-process medians."""
+    return float(np.median([np.median(p) for p in processes if len(p)]))
+
+
 def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
                           resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile CI of median(cand)/median(base), resampling processes and then samples within them."""
+    """Percentile CI of center(cand)/center(base), resampling processes and then samples within them."""
     rng = np.random.default_rng(seed)
     sides = [[np.asarray(p, float) for p in side if len(p)] for side in (base, cand)]
 
-    def draw(side: list[np.ndarray]) -> np.ndarray:
+    def draw(side: list[np.ndarray]) -> float:
         picks = rng.integers(0, len(side), size=len(side))
-        return np.concatenate([side[i][rng.integers(0, len(side[i]), size=len(side[i]))] for i in picks])
+        return float(np.median([np.median(side[i][rng.integers(0, len(side[i]), size=len(side[i]))]) for i in picks]))
 
     ratios = np.empty(resamples)
     for k in range(resamples):
-        ratios[k] = np.median(draw(sides[1])) / np.median(draw(sides[0]))
+        ratios[k] = draw(sides[1]) / draw(sides[0])
     a = (1 - confidence) / 2
     return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
 
@@ -79,7 +87,7 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
     if len(b) < 5 or len(c) < 5:
         return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
                        **counts)
-    ratio = float(np.median(c) / np.median(b))
+    ratio = center(cand) / center(base)
     lo, hi = hierarchical_ratio_ci(base, cand, confidence, resamples=resamples, seed=seed)
     p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)
     p_faster = float(mannwhitneyu(c, b, alternative="less").pvalue)

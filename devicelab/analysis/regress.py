@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from devicelab.analysis.compare import DEFAULT_THRESHOLD, Verdict, verdict
+from devicelab.analysis.compare import DEFAULT_THRESHOLD, Verdict, center, verdict
 
 MIN_SEGMENT = 5
 P_VALUE = 0.001
@@ -74,7 +74,7 @@ class RunPoint:
 
     @property
     def median(self) -> float:
-        return float(np.median(np.concatenate([np.asarray(p, float) for p in self.processes])))
+        return center(self.processes)
 
 
 @dataclass

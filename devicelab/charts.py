@@ -1,0 +1,208 @@
+"""Charts as inline SVG, drawn in Python: no JavaScript library, no CDN, nothing to load, and the page's
+size does not grow with the number of samples (charts draw summaries, never every point).
+
+Every label passes through `esc`: model, engine and device names come from users.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from html import escape
+
+PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
+           "#bcbd22")
+
+
+def esc(text: object) -> str:
+    return escape(str(text), quote=True)
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=10 * mag)
+    start = math.floor(lo / step) * step
+    ticks = []
+    t = start
+    while t <= hi + step * 0.5:
+        ticks.append(round(t, 12))
+        t += step
+    return ticks
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.3g}"
+
+
+@dataclass(frozen=True)
+class Frame:
+    width: int = 640
+    height: int = 300
+    left: int = 64
+    right: int = 170  # legend
+    top: int = 28
+    bottom: int = 44
+
+    @property
+    def plot_w(self) -> int:
+        return self.width - self.left - self.right
+
+    @property
+    def plot_h(self) -> int:
+        return self.height - self.top - self.bottom
+
+
+def _open(frame: Frame, title: str, kind: str) -> list[str]:
+    return [f'<svg class="chart" data-chart="{esc(kind)}" xmlns="http://www.w3.org/2000/svg" role="img" '
+            f'viewBox="0 0 {frame.width} {frame.height}" width="{frame.width}" height="{frame.height}">',
+            f"<title>{esc(title)}</title>",
+            f'<rect x="0" y="0" width="{frame.width}" height="{frame.height}" fill="#fff"/>',
+            f'<text x="{frame.left}" y="18" font-size="13" font-weight="bold">{esc(title)}</text>']
+
+
+def _axes(frame: Frame, xticks: Sequence[tuple[float, str]], yticks: Sequence[tuple[float, str]], xlabel: str,
+          ylabel: str) -> list[str]:
+    out = [f'<rect x="{frame.left}" y="{frame.top}" width="{frame.plot_w}" height="{frame.plot_h}" fill="none" '
+           'stroke="#999"/>']
+    for x, label in xticks:
+        out.append(f'<line x1="{x:.1f}" y1="{frame.top + frame.plot_h}" x2="{x:.1f}" y2="{frame.top + frame.plot_h + 4}" '
+                   'stroke="#999"/>')
+        out.append(f'<text x="{x:.1f}" y="{frame.top + frame.plot_h + 16}" font-size="11" text-anchor="middle">'
+                   f"{esc(label)}</text>")
+    for y, label in yticks:
+        out.append(f'<line x1="{frame.left}" y1="{y:.1f}" x2="{frame.left + frame.plot_w}" y2="{y:.1f}" stroke="#eee"/>')
+        out.append(f'<text x="{frame.left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{esc(label)}</text>')
+    out.append(f'<text x="{frame.left + frame.plot_w / 2:.1f}" y="{frame.height - 8}" font-size="11" '
+               f'text-anchor="middle">{esc(xlabel)}</text>')
+    out.append(f'<text x="14" y="{frame.top + frame.plot_h / 2:.1f}" font-size="11" text-anchor="middle" '
+               f'transform="rotate(-90 14 {frame.top + frame.plot_h / 2:.1f})">{esc(ylabel)}</text>')
+    return out
+
+
+def _legend(frame: Frame, names: Sequence[str]) -> list[str]:
+    out = []
+    x = frame.left + frame.plot_w + 12
+    for i, name in enumerate(names[:14]):
+        y = frame.top + 8 + i * 16
+        out.append(f'<rect x="{x}" y="{y - 8}" width="10" height="10" fill="{color(i)}"/>')
+        out.append(f'<text x="{x + 14}" y="{y + 1}" font-size="11">{esc(name[:24])}</text>')
+    if len(names) > 14:
+        out.append(f'<text x="{x}" y="{frame.top + 8 + 14 * 16}" font-size="11">+{len(names) - 14} more</text>')
+    return out
+
+
+def line_chart(title: str, series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str) -> str:
+    """Lines through (x, y) points per series, e.g. median latency against threads."""
+    f = Frame()
+    pts = [p for s in series.values() for p in s]
+    if not pts:
+        return ""
+    xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+    xt = sorted(set(xs))
+    x0, x1 = min(xs), max(xs)
+    yt = _nice_ticks(0.0, max(ys) * 1.05)
+    y1 = yt[-1]
+
+    def sx(x: float) -> float:
+        return f.left + (0.5 if x1 == x0 else (x - x0) / (x1 - x0)) * f.plot_w
+
+    def sy(y: float) -> float:
+        return f.top + f.plot_h - (y / y1) * f.plot_h
+
+    out = _open(f, title, "line") + _axes(f, [(sx(x), _fmt(x)) for x in xt], [(sy(y), _fmt(y)) for y in yt], xlabel,
+                                          ylabel)
+    for i, (name, points) in enumerate(series.items()):
+        points = sorted(points)
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
+        out.append(f'<polyline points="{path}" fill="none" stroke="{color(i)}" stroke-width="2"/>')
+        for x, y in points:
+            out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3.5" fill="{color(i)}">'
+                       f"<title>{esc(name)}: {_fmt(y)} at {_fmt(x)}</title></circle>")
+    out += _legend(f, list(series))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def box_chart(title: str, boxes: Sequence[tuple[str, dict[str, float]]], unit: str = "ms") -> str:
+    """Horizontal box plots (whiskers p5–p95, box p25–p75, median line, min/max ticks), one row each."""
+    if not boxes:
+        return ""
+    row = 22
+    f = Frame(height=44 + 28 + row * len(boxes), left=230, right=20)
+    lo = min(b["min"] for _, b in boxes)
+    hi = max(b["p95"] for _, b in boxes) * 1.05
+    xt = _nice_ticks(max(0.0, lo * 0.95), hi)
+    x0, x1 = xt[0], xt[-1]
+
+    def sx(v: float) -> float:
+        return f.left + min(max((v - x0) / (x1 - x0), 0.0), 1.0) * f.plot_w
+
+    out = _open(f, title, "box") + _axes(f, [(sx(x), _fmt(x)) for x in xt], [], f"latency ({unit})", "")
+    for i, (name, b) in enumerate(boxes):
+        y = f.top + 6 + i * row
+        mid = y + row / 2 - 3
+        c = color(i)
+        out.append(f'<text x="{f.left - 6}" y="{mid + 4:.1f}" font-size="11" text-anchor="end">{esc(name[:38])}</text>')
+        out.append(f'<line x1="{sx(b["p5"]):.1f}" y1="{mid:.1f}" x2="{sx(b["p95"]):.1f}" y2="{mid:.1f}" stroke="{c}"/>')
+        out.append(f'<rect x="{sx(b["p25"]):.1f}" y="{mid - 6:.1f}" width="{max(sx(b["p75"]) - sx(b["p25"]), 1):.1f}" '
+                   f'height="12" fill="{c}" fill-opacity="0.35" stroke="{c}"><title>{esc(name)}: median '
+                   f'{_fmt(b["median"])} {unit}, p25–p75 {_fmt(b["p25"])}–{_fmt(b["p75"])}, n={int(b["n"])}</title></rect>')
+        out.append(f'<line x1="{sx(b["median"]):.1f}" y1="{mid - 7:.1f}" x2="{sx(b["median"]):.1f}" y2="{mid + 7:.1f}" '
+                   f'stroke="{c}" stroke-width="2.5"/>')
+        if b["max"] > x1:
+            out.append(f'<text x="{f.left + f.plot_w - 2}" y="{mid + 4:.1f}" font-size="10" text-anchor="end">'
+                       f"max {_fmt(b['max'])}</text>")
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def scatter_chart(title: str, points: Sequence[dict[str, object]], xlabel: str, ylabel: str, log_y: bool = True) -> str:
+    """Trade-off scatter: x, y, a radius from `size`, a ring around the `best` points, colored by `group`."""
+    if not points:
+        return ""
+    f = Frame(height=340)
+    xs = [float(p["x"]) for p in points]  # type: ignore[arg-type]
+    floor = 1e-8
+    ys = [max(float(p["y"]), floor) for p in points]  # type: ignore[arg-type]
+    xt = _nice_ticks(0.0, max(xs) * 1.05)
+    if log_y:
+        e0, e1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys))) or 1
+        if e1 <= e0:
+            e1 = e0 + 1
+        yt = [10.0 ** e for e in range(e0, e1 + 1)]
+        fy = lambda v: (math.log10(max(v, floor)) - e0) / (e1 - e0)  # noqa: E731
+    else:
+        yt = _nice_ticks(0.0, max(ys))
+        fy = lambda v: v / yt[-1]  # noqa: E731
+
+    def sx(v: float) -> float:
+        return f.left + v / xt[-1] * f.plot_w
+
+    def sy(v: float) -> float:
+        return f.top + f.plot_h - fy(v) * f.plot_h
+
+    sizes = [float(p.get("size") or 0) for p in points]  # type: ignore[arg-type]
+    smax = max(sizes) or 1.0
+    groups = list(dict.fromkeys(str(p["group"]) for p in points))
+    out = _open(f, title, "scatter") + _axes(f, [(sx(x), _fmt(x)) for x in xt],
+                                             [(sy(y), f"{y:.0e}" if log_y else _fmt(y)) for y in yt], xlabel, ylabel)
+    for p, y, s in zip(points, ys, sizes):
+        c = color(groups.index(str(p["group"])))
+        r = 4 + 8 * math.sqrt(s / smax)
+        cx, cy = sx(float(p["x"])), sy(y)  # type: ignore[arg-type]
+        out.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="{r:.1f}" fill="{c}" fill-opacity="0.55" stroke="{c}">'
+                   f"<title>{esc(p['label'])}</title></circle>")
+        if p.get("best"):
+            out.append(f'<circle class="best" cx="{cx:.1f}" cy="{cy:.1f}" r="{r + 4:.1f}" fill="none" stroke="#000" '
+                       'stroke-width="1.5"/>')
+    out += _legend(f, groups)
+    out.append("</svg>")
+    return "\n".join(out)

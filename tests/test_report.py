@@ -1,0 +1,166 @@
+"""The review report: scorecard math and escaping as specs, then a real host run's report in headless
+Chromium (Debian's chromium, driven by Playwright): no console errors, charts that draw, the expected
+cells, a hostile name that stays text, downloads of the raw samples, and no network request."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devicelab import charts
+from devicelab.report import accuracy_gate, contest_score, pareto, size_gate
+from helpers import devicelab, run_json, write_suite
+
+HOSTILE = "<script>alert(1)</script>"
+
+
+def test_contest_gates_and_score() -> None:
+    assert [accuracy_gate(a) for a in (0.99, 0.97, 0.968, 0.965, 0.96, None)] == [1, 1, 0.9, 0.9, 0, 0]
+    assert [size_gate(s) for s in (10, 40, 45, 50, 60, 63, 64)] == [1, 1, 0.9, 0.9, 0.8, 0.8, 0]
+    # 2× faster and 4× smaller than fp32, agreement 0.99, 3.5 MB: 0.5 × 20 + 3 × 80 = 250
+    assert contest_score(t=5.0, t0=10.0, s_mb=3.5, s0_mb=14.0, agreement=0.99) == pytest.approx(250.0)
+    assert contest_score(t=5.0, t0=10.0, s_mb=45.0, s0_mb=90.0, agreement=0.966) == pytest.approx(
+        (10 + 80) * 0.9 * 0.9)
+    assert contest_score(t=5.0, t0=10.0, s_mb=3.5, s0_mb=14.0, agreement=0.5) == 0.0
+
+
+def test_pareto_front() -> None:
+    assert pareto([(1, 3), (2, 2), (3, 1), (3, 3), (2, 2.5)]) == [True, True, True, False, False]
+
+
+def test_chart_text_is_escaped() -> None:
+    svg = charts.line_chart(HOSTILE, {HOSTILE: [(1, 2.0), (2, 1.0)]}, "x", "y")
+    assert HOSTILE not in svg and "&lt;script&gt;" in svg
+
+
+@pytest.fixture(scope="module")
+def report_page(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    import os
+
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from devicelab import zoo
+
+    base = tmp_path_factory.mktemp("report")
+    env = {**os.environ, "DEVICELAB_DATA": str(base / "data"), "DEVICELAB_DB": str(base / "db.sqlite"),
+           "HOME": str(base / "home")}
+    hostile = base / "model.onnx"
+    hostile.write_bytes(zoo.build_bytes("squeezenet1_1"))
+    suite = write_suite(base / "s.yaml", models=["mobilenet_v2", {"path": str(hostile), "name": HOSTILE}],
+                        engines=["onnxruntime", "litert"], precisions=["fp32", "int8"], threads=[1, "all"], seed=1)
+    code, out, err = run_json("run", "--suite", str(suite), "--report", str(base / "report.html"), env=env)
+    assert code == 0, err
+    page_data: dict[str, Any] = {"results": out["results"], "run_id": out["run_id"], "path": base / "report.html"}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        console: list[str] = []
+        requests: list[str] = []
+        dialogs: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.goto(page_data["path"].as_uri())
+        page.wait_for_load_state("load")
+        page_data["text"] = page.inner_text("body")
+        page_data["engines_rows"] = page.locator('h3:has-text("mobilenet_v2 on host") + table.engines tr').all_inner_texts()
+        page_data["hostile_engines_rows"] = page.locator("table.engines").first.locator("tr").all_inner_texts()
+        page_data["precision_rows"] = page.locator("table.precision tr").all_inner_texts()
+        page_data["charts"] = {}
+        for kind in ("line", "box", "scatter"):
+            loc = page.locator(f'svg.chart[data-chart="{kind}"]')
+            page_data["charts"][kind] = (loc.count(), loc.first.screenshot() if loc.count() else b"")
+        scorecards = {}
+        for key in ("contest", "latency", "size"):
+            page.locator(f"label[for=w-{key}]").click()
+            scorecards[key] = page.locator(f".w-{key}").first.is_visible()
+        page_data["scorecard_toggle"] = scorecards
+        for fmt in ("csv", "json"):
+            with page.expect_download() as info:
+                page.locator(f"button[data-download={fmt}]").click()
+            page_data[fmt] = Path(info.value.path()).read_text()
+        page_data.update(console=console, requests=requests, dialogs=dialogs)
+        browser.close()
+    return page_data
+
+
+def test_opens_without_errors_or_network(report_page: dict[str, Any]) -> None:
+    assert report_page["console"] == []
+    assert report_page["dialogs"] == []  # the hostile model name did not execute
+    others = [u for u in report_page["requests"] if not u.startswith(("file://", "blob:", "data:"))]
+    assert others == [] and report_page["requests"][0] == report_page["path"].as_uri()
+
+
+def test_hostile_name_renders_as_text(report_page: dict[str, Any]) -> None:
+    assert f"{HOSTILE} on host" in report_page["text"]
+    assert "<script>alert" not in report_page["path"].read_text().split("<script>")[0]
+
+
+def test_tables_hold_the_expected_cells(report_page: dict[str, Any]) -> None:
+    rows = report_page["engines_rows"]
+    assert any(r.startswith("engine\t1 thread\t") and "peak memory" in r for r in rows)
+    for engine in ("onnxruntime", "litert"):
+        row = next(r for r in rows if r.startswith(engine + "\t"))
+        assert row.count(" ms") == 2 and "MiB" in row
+    # The user's model (named like a script) cannot reach LiteRT: its row says so rather than vanishing.
+    assert any(r.startswith("litert\tn/a\tn/a") for r in report_page["hostile_engines_rows"])
+    int8 = [r for r in report_page["precision_rows"] if r.startswith("int8")]
+    assert len(int8) == 3 and all(r.count("×") == 2 for r in int8)  # speed-up over fp32 at each thread count
+    assert report_page["scorecard_toggle"] == {"contest": True, "latency": True, "size": True}
+    for section in ("Engines", "Precision", "Charts", "Model variants scorecard", "Devices", "All results", "Raw data"):
+        assert section in report_page["text"]
+
+
+def test_charts_draw(report_page: dict[str, Any]) -> None:
+    from PIL import Image
+
+    for kind, (count, png) in report_page["charts"].items():
+        assert count >= 1, kind
+        image = Image.open(io.BytesIO(png)).convert("RGB")
+        colors = image.getcolors(maxcolors=1 << 20)
+        # A drawn chart has its series' colors, not just the white background, grid and text.
+        palette = {tuple(int(c[i:i + 2], 16) for i in (1, 3, 5)) for c in charts.PALETTE}
+        near = [n for n, rgb in colors if any(sum(abs(a - b) for a, b in zip(rgb, p)) < 60 for p in palette)]
+        assert sum(near) > 200, (kind, len(colors))
+
+
+def test_raw_samples_download(report_page: dict[str, Any]) -> None:
+    results = [r for r in report_page["results"] if r["samples_s"]]
+    rows = list(csv.DictReader(io.StringIO(report_page["csv"])))
+    assert len(rows) == sum(len(r["samples_s"]) for r in results)
+    first = results[0]
+    mine = [r for r in rows if r["engine"] == first["engine"] and r["model"] == first["model"]
+            and r["precision"] == first["precision"] and int(r["threads"]) == first["threads"]]
+    assert [float(r["seconds"]) for r in mine] == pytest.approx(first["samples_s"], rel=1e-6)
+    data = json.loads(report_page["json"])
+    assert sum(len(r["samples_s"]) for r in data) == len(rows) and data[0]["run_id"] == report_page["run_id"]
+
+
+def test_report_and_export_commands(env: dict[str, str], tmp_path: Path) -> None:
+    import pandas as pd
+
+    code, out, err = run_json("run", "--suite", str(write_suite(tmp_path / "s.yaml")), env=env)
+    assert code == 0, err
+    run_id = out["run_id"]
+    p = devicelab("report", run_id, run_id, "-o", str(tmp_path / "two.html"), env=env)
+    assert p.returncode == 0 and (tmp_path / "two.html").stat().st_size > 0
+    n = len(out["results"][0]["samples_s"])
+    assert len(devicelab("export", run_id, env=env).stdout.strip().splitlines()) == n + 1
+    assert devicelab("export", run_id, "--format", "parquet", "-o", str(tmp_path / "s.parquet"), env=env).returncode == 0
+    df = pd.read_parquet(tmp_path / "s.parquet")
+    assert len(df) == n and list(df["seconds"]) == out["results"][0]["samples_s"]
+    assert json.loads(devicelab("export", run_id, "--format", "json", env=env).stdout)[0]["run_id"] == run_id
+    p = devicelab("export", run_id, "--format", "xlsx", env=env)
+    assert p.returncode == 2 and "allowed: csv, json, parquet" in p.stderr
