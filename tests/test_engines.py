@@ -143,3 +143,29 @@ def test_user_onnx_model_cannot_reach_litert(env: dict[str, str], tmp_path: Path
     assert code == 0, err
     r = _by(out["results"])[("litert", "fp32")]
     assert r["status"] == "unsupported" and "writes TFLite for zoo models only" in r["reason"]
+
+
+def test_gpu_backends_are_detected_or_unsupported_with_the_reason(env: dict[str, str]) -> None:
+    from devicelab.engines.base import has_library
+
+    rows = {r["name"]: r for r in json.loads(devicelab("engines", "--json", env=env).stdout)}
+    (ncnn,) = rows["ncnn"]["devices"]
+    (mnn,) = rows["mnn"]["devices"]
+    if has_library("vulkan"):
+        assert "fp32/vulkan" in ncnn["runs"]
+    else:
+        assert "no Vulkan loader" in ncnn["unsupported"]["fp32/vulkan"]
+    if has_library("OpenCL"):
+        assert "fp32/opencl" in mnn["runs"]
+    else:
+        assert "no OpenCL ICD loader" in mnn["unsupported"]["fp32/opencl"]
+    (ov,) = rows["openvino"]["devices"]
+    assert "fp32/gpu" in ov["runs"] or "finds no GPU" in ov["unsupported"]["fp32/gpu"]
+    # and in a run, as rows with the reason
+    code, out, err = run_json("run", "--quick", "--engine", "ncnn", "--model", "squeezenet1_1", "--threads", "1",
+                              "--precision", "fp32", "--backend", "vulkan", env=env)
+    (r,) = out["results"]
+    if has_library("vulkan"):
+        assert r["status"] in ("ok", "failed"), r  # it was attempted, not planned away
+    else:
+        assert r["status"] == "unsupported" and "no Vulkan loader" in r["reason"] and code == 0
