@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import platformdirs
@@ -44,3 +45,23 @@ def write_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def cached_file(cache_dir: Path, key: str, build: Callable[[Path], None]) -> Path:
+    """The cache's file named `key`, built once by build(tmp_path) and renamed into place, so a crash or a
+    concurrent build never leaves half a file under the final name. Used for every converted model."""
+    final = cache_dir / key
+    if final.is_file():
+        return final
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".build-", suffix=final.suffix)
+    os.close(fd)
+    try:
+        build(Path(tmp))
+        if os.path.getsize(tmp) == 0:
+            raise RuntimeError(f"building {key} produced an empty file")
+        os.replace(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return final

@@ -9,12 +9,11 @@ Inputs are NHWC: the session transposes once, outside the timed loop.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key)
+from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key
+from devicelab.paths import cached_file
 
 
 class LiteRtEngine(Engine):
@@ -37,19 +36,16 @@ class LiteRtEngine(Engine):
         if hashlib.sha256(zoo.to_onnx(graph)).hexdigest() != model.sha256:
             raise RuntimeError(f"zoo model {model.name} changed under its cache; rebuild the zoo")
         key = {"fp32": "fp32", "fp16": "fp16w", "int8": f"int8-{calibration_key(model)}"}[precision]
-        final = cache_dir / f"{model.sha256[:16]}-{key}.tflite"
-        if not final.is_file():
+
+        def build(out: Path) -> None:
             if precision == "int8":
-                nhwc = [[s[n].transpose(0, 2, 3, 1).copy() for n in (i["name"] for i in model.inputs)]
+                nhwc = [[s[i["name"]].transpose(0, 2, 3, 1).copy() for i in model.inputs]
                         for s in calibration_inputs(model)]
-                data = quantize_int8(to_tflite(graph), nhwc)
+                out.write_bytes(quantize_int8(to_tflite(graph), nhwc))
             else:
-                data = to_tflite(graph, fp16_weights=precision == "fp16")
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".build-")
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, final)
+                out.write_bytes(to_tflite(graph, fp16_weights=precision == "fp16"))
+
+        final = cached_file(cache_dir, f"{model.sha256[:16]}-{key}.tflite", build)
         notes = {"fp16": ("float16 weights dequantized to float32 at load; arithmetic stays fp32 on this CPU",),
                  "int8": ("full-integer int8 (weights and activations), float32 interface",)}.get(precision, ())
         return PreparedModel(final, notes)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from typing import Any
 
 from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key,
                                     has_library)
+from devicelab.paths import cached_file
 
 _PIXEL_SCALE = 42.5  # 255 / 6: ±3σ of a standard normal spans the 8-bit range
 
@@ -37,28 +37,20 @@ def _run_tool(args: list[str], cwd: str) -> str:
     return (p.stdout or "") + (p.stderr or "")
 
 
-def _atomic_output(cache_dir: Path, key: str, produce: Any) -> Path:
-    final = cache_dir / key
-    if final.is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".convert-") as tmp:
-        out = Path(tmp) / "model.mnn"
-        log = produce(out, tmp)
-        if not out.is_file() or out.stat().st_size == 0:
-            lines = [line for line in log.strip().splitlines() if line.strip()][-3:]
-            raise RuntimeError("MNN converter produced no model: " + " | ".join(lines))
-        os.replace(out, final)
-    return final
+def _check(out: Path, log: str) -> None:
+    if not out.is_file() or out.stat().st_size == 0:
+        lines = [line for line in log.strip().splitlines() if line.strip()][-3:]
+        raise RuntimeError("MNN converter produced no model: " + " | ".join(lines))
 
 
 def convert(model: SourceModel, cache_dir: Path, fp16_weights: bool = False) -> Path:
-    def produce(out: Path, tmp: str) -> str:
+    def build(out: Path) -> None:
         args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(model.path.resolve()), "--MNNModel", str(out),
                 "--bizCode", "devicelab"]
-        return _run_tool(args + (["--fp16"] if fp16_weights else []), tmp)
+        with tempfile.TemporaryDirectory() as tmp:
+            _check(out, _run_tool(args + (["--fp16"] if fp16_weights else []), tmp))
 
-    return _atomic_output(cache_dir, f"{model.sha256[:16]}{'-fp16w' if fp16_weights else ''}.mnn", produce)
+    return cached_file(cache_dir, f"{model.sha256[:16]}{'-fp16w' if fp16_weights else ''}.mnn", build)
 
 
 def quantize(model: SourceModel, cache_dir: Path) -> Path:
@@ -69,7 +61,11 @@ def quantize(model: SourceModel, cache_dir: Path) -> Path:
     float_model = convert(model, cache_dir)
     _, channels, height, width = model.shapes[0]
 
-    def produce(out: Path, tmp: str) -> str:
+    def build(out: Path) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            _check(out, calibrate(out, tmp))
+
+    def calibrate(out: Path, tmp: str) -> str:
         images = Path(tmp) / "calibration"
         images.mkdir()
         name = model.inputs[0]["name"]
@@ -84,11 +80,9 @@ def quantize(model: SourceModel, cache_dir: Path) -> Path:
                   "used_image_num": len(list(images.iterdir())), "feature_quantize_method": "KL",
                   "weight_quantize_method": "MAX_ABS"}
         (Path(tmp) / "quant.json").write_text(json.dumps(config))
-        log = _run_tool(["mnnquant", str(float_model), str(out), str(Path(tmp) / "quant.json")], tmp)
-        shutil.rmtree(images)
-        return log
+        return _run_tool(["mnnquant", str(float_model), str(out), str(Path(tmp) / "quant.json")], tmp)
 
-    return _atomic_output(cache_dir, f"{model.sha256[:16]}-int8-{calibration_key(model)}.mnn", produce)
+    return cached_file(cache_dir, f"{model.sha256[:16]}-int8-{calibration_key(model)}.mnn", build)
 
 
 # MNN's precision modes, as its Python runtime manager spells them.

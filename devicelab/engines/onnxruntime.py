@@ -7,7 +7,6 @@ quantize_dynamic: on CNNs it makes ConvInteger graphs several times slower than 
 
 from __future__ import annotations
 
-import os
 import platform
 import tempfile
 from pathlib import Path
@@ -15,23 +14,7 @@ from typing import Any
 
 from devicelab.engines.base import (Engine, PreparedModel, Session, SimpleSession, SourceModel, calibration_inputs,
                                     calibration_key)
-
-
-def _cached(cache_dir: Path, key: str, build: Any) -> Path:
-    """The file for `key` in the cache, built once (atomically) by build(tmp_path)."""
-    final = cache_dir / key
-    if final.is_file():
-        return final
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".build-", suffix=final.suffix)
-    os.close(fd)
-    try:
-        build(Path(tmp))
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return final
+from devicelab.paths import cached_file
 
 
 def qdq_int8(model: SourceModel, cache_dir: Path) -> Path:
@@ -57,7 +40,7 @@ def qdq_int8(model: SourceModel, cache_dir: Path) -> Path:
             quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
 
-    return _cached(cache_dir, f"{model.sha256[:16]}-int8-qdq-{calib}.onnx", build)
+    return cached_file(cache_dir, f"{model.sha256[:16]}-int8-qdq-{calib}.onnx", build)
 
 
 def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
@@ -68,7 +51,7 @@ def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
         converted = convert_float_to_float16(onnx.load(str(model.path)), keep_io_types=True)
         onnx.save(converted, str(out))
 
-    return _cached(cache_dir, f"{model.sha256[:16]}-fp16.onnx", build)
+    return cached_file(cache_dir, f"{model.sha256[:16]}-fp16.onnx", build)
 
 
 class OnnxRuntimeEngine(Engine):
@@ -138,6 +121,6 @@ def reference_outputs(model: SourceModel, seed: int, count: int, cache_dir: Path
         with open(out, "wb") as f:
             np.savez(f, *[np.stack([r[k] for r in runs]).astype(np.float32) for k in range(len(runs[0]))])
 
-    path = _cached(cache_dir, f"{model.sha256[:16]}-seed{seed}-n{count}.npz", build)
+    path = cached_file(cache_dir, f"{model.sha256[:16]}-seed{seed}-n{count}.npz", build)
     with np.load(path) as data:
         return [data[f"arr_{k}"] for k in range(len(data.files))]
