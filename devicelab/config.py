@@ -218,6 +218,19 @@ def load_suite_file(path: Path) -> dict[str, Any]:
     return raw
 
 
+def _onnx_problem(path: Path) -> str | None:
+    """Why the file is not a loadable ONNX model, or None. Only the graph is parsed (no external data)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse failure is the user's file, reported in one line
+        return str(e).splitlines()[0][:160] or type(e).__name__
+    if not model.graph.node:
+        return "the graph has no nodes"
+    return None
+
+
 def _as_list(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -270,6 +283,10 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
                 continue
             if p.suffix.lower() != ".onnx":
                 problems.append(f"{where}.path: {p.name} is not an .onnx file (formats read: onnx)")
+                continue
+            invalid = _onnx_problem(p)
+            if invalid:
+                problems.append(f"{where}.path: {p} is not a valid ONNX model ({invalid})")
                 continue
             models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes, calibration))
         else:

@@ -169,3 +169,31 @@ def test_gpu_backends_are_detected_or_unsupported_with_the_reason(env: dict[str,
         assert r["status"] in ("ok", "failed"), r  # it was attempted, not planned away
     else:
         assert r["status"] == "unsupported" and "no Vulkan loader" in r["reason"] and code == 0
+
+
+def test_engine_failures_are_rows_with_the_engines_message(env: dict[str, str], tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Det", ["x"], ["y"])], "det",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "det.onnx"))
+    suite = write_suite(tmp_path / "s.yaml", models=[str(tmp_path / "det.onnx")],
+                        engines=["onnxruntime", "ncnn", "openvino"])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 1, err  # finished, but something failed
+    rows = {r["engine"]: r for r in out["results"]}
+    assert rows["onnxruntime"]["status"] == "ok"
+    for engine in ("ncnn", "openvino"):
+        assert rows[engine]["status"] == "failed" and rows[engine]["reason"], engine
+    assert "Det" in rows["openvino"]["reason"] + (rows["openvino"]["stderr_tail"] or "")
+
+
+def test_a_file_that_is_not_onnx_is_bad_input(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "junk.onnx").write_bytes(b"\x00not a model")
+    p = devicelab("run", "--quick", "--model", str(tmp_path / "junk.onnx"), env=env)
+    assert p.returncode == 2 and "models[0].path" in p.stderr and "not a valid ONNX model" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
