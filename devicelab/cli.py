@@ -209,6 +209,30 @@ def _render_tables(results: list[Any]) -> None:
         out.print(table)
 
 
+@app.command("build-native")
+def build_native(
+    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler) or "
+                               "android-arm64 (needs ANDROID_NDK_HOME)"),
+    ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="ncnn sdist version to build "
+                                               "(default: the installed pip ncnn's)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
+    from devicelab import native
+
+    record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False))
+    if as_json:
+        _print_json(record.to_dict())
+        return
+    table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version}",
+                  title_justify="left")
+    for name, a in record.artifacts.items():
+        table.add_row(name, str(a.path), f"{a.bytes / 2**20:.1f} MiB", a.sha256[:12])
+    out.print(table)
+    out.print(f"registered in {native.registry_path()}")
+
+
 @app.command()
 def runs(db: Optional[str] = DbOpt, limit: int = typer.Option(20, "--limit", min=1), as_json: bool = JsonOpt) -> None:
     """List stored runs, newest first."""

@@ -12,6 +12,7 @@ from devicelab.errors import UnknownNameError
 ENGINE_MODULES: dict[str, str] = {
     "onnxruntime": "devicelab.engines.onnxruntime",
     "ncnn": "devicelab.engines.ncnn",
+    "dlbench": "devicelab.engines.dlbench",
 }
 
 
