@@ -220,6 +220,7 @@ def build_native(
 ) -> None:
     """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
     from devicelab import native
+    from devicelab.analysis.tables import format_bytes
 
     record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False))
     if as_json:
@@ -228,7 +229,7 @@ def build_native(
     table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version}",
                   title_justify="left")
     for name, a in record.artifacts.items():
-        table.add_row(name, str(a.path), f"{a.bytes / 2**20:.1f} MiB", a.sha256[:12])
+        table.add_row(name, str(a.path), format_bytes(a.bytes), a.sha256[:12])
     out.print(table)
     out.print(f"registered in {native.registry_path()}")
 

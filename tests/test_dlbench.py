@@ -32,12 +32,12 @@ def model(data_dir: Path) -> dict[str, Any]:
     return {"param": str(param), "weights": str(weights), "inputs": inputs, "onnx": mf.path}
 
 
-def _config(folder: Path, model: dict[str, Any], **extra: Any) -> Path:
+def _config(folder: Path, source: dict[str, Any], /, **extra: Any) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = {"engine": "dlbench", "model": model["param"], "threads": 1, "cpus": [max(os.sched_getaffinity(0))],
+    cfg = {"engine": "dlbench", "model": source["param"], "threads": 1, "cpus": [max(os.sched_getaffinity(0))],
            "precision": "fp32", "backend": "cpu", "seed": SEED,
-           "inputs": write_inputs(list(model["inputs"]), SEED, folder),
-           "options": {"weights": model["weights"]}, "warmup": {"min_iterations": 1, "min_seconds": 0},
+           "inputs": write_inputs(list(source["inputs"]), SEED, folder),
+           "options": {"weights": source["weights"]}, "warmup": {"min_iterations": 1, "min_seconds": 0},
            "outputs_file": "outputs.npz"}
     options = extra.pop("options", {})
     cfg["options"].update(options)
