@@ -216,17 +216,22 @@ def build_native(
     ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="ncnn sdist version to build "
                                                "(default: the installed pip ncnn's)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
+    with_: Optional[list[str]] = typer.Option(None, "--with", help="extra dlbench backend: openvino (host only, "
+                                              "links the installed openvino wheel)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
     from devicelab import native
     from devicelab.analysis.tables import format_bytes
+    from devicelab.config import split_values
 
-    record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False))
+    record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False),
+                          extra_backends=split_values(with_) or ())
     if as_json:
         _print_json(record.to_dict())
         return
-    table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version}",
+    table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version} "
+                  f"(backends: {', '.join(record.backends)})",
                   title_justify="left")
     for name, a in record.artifacts.items():
         table.add_row(name, str(a.path), format_bytes(a.bytes), a.sha256[:12])

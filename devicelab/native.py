@@ -334,10 +334,41 @@ class BuildRecord:
                    d.get("built_at", ""), tuple(d.get("backends", ("ncnn",))), d.get("seconds", {}))
 
 
-def build(target: str, *, ncnn: str | None = None, jobs: int | None = None, log: Log | None = None) -> BuildRecord:
-    """Build (or reuse from the cache) everything for `target` and register it in the data folder."""
+OPTIONAL_BACKENDS = ("openvino",)
+
+
+def openvino_cmake_dir() -> tuple[Path, str]:
+    """The openvino wheel's CMake config folder and version: it ships headers, libraries and OpenVINOConfig.cmake."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("openvino")
+    if spec is None or not spec.submodule_search_locations:
+        raise DevicelabError("--with openvino needs the openvino wheel in this environment (pip install openvino)")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "cmake"
+    if not (folder / "OpenVINOConfig.cmake").is_file():
+        raise DevicelabError(f"--with openvino: {folder} has no OpenVINOConfig.cmake (a wheel without the C++ SDK?)")
+    return folder, importlib.metadata.version("openvino")
+
+
+def build(target: str, *, ncnn: str | None = None, jobs: int | None = None, log: Log | None = None,
+          extra_backends: Sequence[str] = ()) -> BuildRecord:
+    """Build (or reuse from the cache) everything for `target` and register it in the data folder.
+
+    `extra_backends`: dlbench backends besides ncnn; "openvino" links the openvino wheel's libraries
+    (host only: the binary then needs that wheel installed to start).
+    """
     say = log or (lambda _msg: None)
     chain = toolchain(target)
+    extra_args: list[str] = []
+    suffix = ""
+    for name in dict.fromkeys(extra_backends):
+        if name not in OPTIONAL_BACKENDS:
+            raise DevicelabError("--with: " + unknown_name_message("backend", name, OPTIONAL_BACKENDS))
+        if target != "host":
+            raise DevicelabError(f"--with {name}: only for --target host (the wheel's libraries are host libraries)")
+        folder, ov_version = openvino_cmake_dir()
+        extra_args += ["-DDLBENCH_WITH_OPENVINO=ON", f"-DOpenVINO_DIR={folder}"]
+        suffix += f"-openvino-{ov_version}"
     if shutil.which("cmake") is None:
         raise DevicelabError("build-native needs cmake (apt-get install cmake ninja-build)")
     version = check_ncnn_version(ncnn, "--ncnn-version") if ncnn else ncnn_version()
@@ -346,7 +377,7 @@ def build(target: str, *, ncnn: str | None = None, jobs: int | None = None, log:
     prefix = build_ncnn(version, chain, say, jobs)
     seconds["ncnn"] = round(time.monotonic() - t0, 1)
     digest = sources_sha256()
-    out = cache_dir() / f"native-{digest[:16]}-{target}-ncnn-{version}"
+    out = cache_dir() / f"native-{digest[:16]}-{target}-ncnn-{version}{suffix}"
     t0 = time.monotonic()
     with _locked(cache_dir() / f".native-{target}.lock"):
         if not all((out / "bin" / name).is_file() for name in ARTIFACTS):
@@ -359,17 +390,23 @@ def build(target: str, *, ncnn: str | None = None, jobs: int | None = None, log:
             _run(["cmake", "-S", str(sources_dir()), "-B", str(build_dir), *_cmake_generator(),
                   "-DCMAKE_BUILD_TYPE=Release", f"-DCMAKE_INSTALL_PREFIX={out}", *chain.cmake_args,
                   f"-Dncnn_DIR={prefix / 'lib' / 'cmake' / 'ncnn'}", f"-DDEVICELAB_STATIC={'ON' if chain.static else 'OFF'}",
-                  f"-DDLBENCH_VERSION=dlbench-{digest[:12]}+ncnn-{version}"], log_path,
+                  f"-DDLBENCH_VERSION=dlbench-{digest[:12]}+ncnn-{version}", *extra_args], log_path,
                  f"configuring dlprobe/dlbench for {target}")
             _run(["cmake", "--build", str(build_dir), "--target", "install", "--parallel", str(_jobs(jobs))], log_path,
                  f"building dlprobe/dlbench for {target}")
             shutil.rmtree(build_dir, ignore_errors=True)
+            # Builds of older sources for this target are never used again (registries hold copies);
+            # every build of a target takes this lock, so none is in progress.
+            for old in cache_dir().glob(f"native-*-{target}-ncnn-*"):
+                if not old.name.startswith(f"native-{digest[:16]}-"):
+                    shutil.rmtree(old, ignore_errors=True)
     seconds["native"] = round(time.monotonic() - t0, 1)
-    return register(target, out / "bin", version, digest, chain, seconds)
+    backends = ("ncnn", *dict.fromkeys(extra_backends))
+    return register(target, out / "bin", version, digest, chain, seconds, backends)
 
 
 def register(target: str, bin_dir: Path, version: str, digest: str, chain: Toolchain,
-             seconds: dict[str, float]) -> BuildRecord:
+             seconds: dict[str, float], backends: tuple[str, ...] = ("ncnn",)) -> BuildRecord:
     """Copy the artifacts into the data folder and record them (path, sha256) for the devices to use."""
     dest = paths.data_dir() / "native" / target
     dest.mkdir(parents=True, exist_ok=True)
@@ -380,7 +417,7 @@ def register(target: str, bin_dir: Path, version: str, digest: str, chain: Toolc
         shutil.copy2(src, tmp)
         os.replace(tmp, dest / name)  # atomic: a runner starting now sees the old or the new binary, never half
         artifacts[name] = Artifact(name, dest / name, sha256_file(dest / name), (dest / name).stat().st_size)
-    record = BuildRecord(target, artifacts, version, digest, chain.to_dict(), _now(), ("ncnn",), seconds)
+    record = BuildRecord(target, artifacts, version, digest, chain.to_dict(), _now(), backends, seconds)
     with _locked(registry_path().with_suffix(".lock")):
         data = read_registry()
         data["targets"][target] = record.to_dict()

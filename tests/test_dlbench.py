@@ -204,3 +204,34 @@ def test_arm64_dlbench_under_qemu_matches_the_host(native_arm64: dict[str, Any],
     assert int(np.argmax(arm)) == int(np.argmax(host))
     doc = json.loads((tmp_path / "arm64-probe.json").read_text())
     assert doc["exit"]["code"] == 0 and doc["peak"]["ru_maxrss_bytes"] > 0
+
+
+def test_openvino_backend_from_the_wheel(native_host: dict[str, Any], model: dict[str, Any], env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    """The second backend, built against the openvino wheel's headers and OpenVINOConfig.cmake: fp32 (every
+    lower-precision hint off) matches ONNX Runtime on the same ONNX file and inputs; per-layer times come from
+    OpenVINO's performance counters."""
+    pytest.importorskip("openvino", reason="the openvino wheel is not installed (pip install openvino)")
+    from helpers import devicelab
+
+    build_env = dict(env, DEVICELAB_DATA=str(tmp_path / "ov-data"))
+    p = devicelab("build-native", "--target", "host", "--with", "openvino", "--json", env=build_env, timeout=1800)
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads(p.stdout)
+    assert record["backends"] == ["ncnn", "openvino"]
+    config = _config(tmp_path / "ov", model, model=str(model["onnx"]), options={"library": "openvino", "layer_times": 1},
+                     iterations=3)
+    p = subprocess.run([record["artifacts"]["dlbench"]["path"], str(config)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = _events(p.stdout)
+    assert events[0]["library"] == "openvino" and events[-1]["event"] == "done"
+    ops = [e for e in events if e["event"] == "op"]
+    assert ops and "Convolution" in {o["type"] for o in ops}
+    with np.load(events[-1]["outputs_file"]) as npz:
+        out = npz["arr_0"]
+    from devicelab.engines import get_engine
+
+    session = get_engine("onnxruntime").open_session({"threads": 1, "model": str(model["onnx"])})
+    reference = np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
