@@ -77,6 +77,8 @@ def test_unknown_option_is_one_line(env: dict[str, str]) -> None:
     (["--target", "riscv"], [], ["--target: unknown target 'riscv'", "allowed: android-arm64, arm64, host"]),
     (["--target", "android-arm64"], ["ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"], ["needs ANDROID_NDK_HOME"]),
     (["--jobs", "0"], [], ["--jobs"]),
+    (["--with", "tflite"], [], ["--with: unknown backend 'tflite'", "allowed: openvino"]),
+    (["--target", "arm64", "--with", "openvino"], [], ["--with openvino: only for --target host"]),
 ])
 def test_bad_build_native_arguments(env: dict[str, str], tmp_path: Path, args: list[str], env_drop: list[str],
                                     expected: list[str]) -> None:

@@ -235,3 +235,24 @@ def test_openvino_backend_from_the_wheel(native_host: dict[str, Any], model: dic
     session = get_engine("onnxruntime").open_session({"threads": 1, "model": str(model["onnx"])})
     reference = np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
     np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_staged_folder_is_self_contained(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    """The seam for drivers that push to a device: after stage(), the folder holds everything dlbench reads,
+    referenced relatively, so a copy of it anywhere (symlinks read as their targets, as a push does) runs."""
+    from devicelab.engines import get_engine
+
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    cfg = get_engine("dlbench").stage({
+        "engine": "dlbench", "model": model["param"], "options": {"weights": model["weights"], "library": "ncnn"},
+        "inputs": list(model["inputs"]), "seed": SEED, "threads": 1, "cpus": [], "precision": "fp32",
+        "backend": "cpu", "warmup": {"min_iterations": 0, "min_seconds": 0}, "iterations": 2}, folder)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert not any(str(v).startswith("/") for v in (cfg["model"], cfg["options"]["weights"], cfg["inputs"][0]["file"]))
+    pushed = tmp_path / "device" / "data" / "local" / "tmp" / "run"
+    shutil.copytree(folder, pushed)  # copies what the links point at
+    p = subprocess.run([native_host["artifacts"]["dlbench"]["path"], "run/config.json"], cwd=pushed.parent,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert _events(p.stdout)[-1]["event"] == "done"

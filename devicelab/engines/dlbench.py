@@ -77,8 +77,18 @@ class DlbenchEngine(Engine):
         return PreparedModel(param, tuple(notes), {"weights": str(weights), "library": "ncnn"})
 
     def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Make `folder` self-contained: the seeded inputs as files, and the model files linked in, every path
+        in the config relative to it (dlbench resolves paths against its config's folder). A driver can push
+        the folder as it is (symlinks read as their targets) and run dlbench on the config there."""
         inputs = write_inputs(list(runner_config["inputs"]), int(runner_config.get("seed", 0)), folder)
-        return {**runner_config, "inputs": inputs}
+        options = dict(runner_config.get("options") or {})
+        links = {"model.param": Path(runner_config["model"])}
+        if options.get("weights"):
+            links["model.bin"] = Path(options["weights"])
+            options["weights"] = "model.bin"
+        for name, target in links.items():
+            (folder / name).symlink_to(target.resolve())
+        return {**runner_config, "model": "model.param", "options": options, "inputs": inputs}
 
 
 ENGINE = DlbenchEngine()
