@@ -89,6 +89,16 @@ def test_killed_child_and_forwarded_signal(dlprobe: str, tmp_path: Path) -> None
     assert doc["wall_s"] < 10
 
 
+def test_killing_dlprobe_kills_the_child(dlprobe: str, tmp_path: Path) -> None:
+    marker = tmp_path / "still-alive"
+    proc = subprocess.Popen([dlprobe, "--", "sh", "-c", f"sleep 2; touch {marker}"], stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    proc.kill()
+    proc.wait(timeout=10)
+    time.sleep(2.5)
+    assert not marker.exists(), "the child outlived dlprobe"
+
+
 @pytest.mark.parametrize("args, field", [
     (["--interval-ms", "0", "--", "true"], "--interval-ms"),
     (["--cpus", "x", "--", "true"], "--cpus"),

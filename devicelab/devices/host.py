@@ -222,6 +222,7 @@ class HostDevice(Device):
         notes = list(job.notes)
         fields: dict[str, Any] = {}
         status, reason = OK, None
+        closed = False
         with tempfile.TemporaryDirectory(prefix="devicelab-run-") as tmp, \
                 open(os.path.join(tmp, "stderr"), "w+b") as err:
             config_path = os.path.join(tmp, "config.json")
@@ -247,6 +248,7 @@ class HostDevice(Device):
             except ChannelClosedError:
                 code = _wait(proc, 5.0)
                 status, reason = FAILED, f"runner ended before finishing ({_describe_exit(code)})"
+                closed = True
             except RunnerError as e:
                 status, reason = FAILED, str(e)
             finally:
@@ -261,7 +263,11 @@ class HostDevice(Device):
                     proc.wait()
             stderr_tail = _tail(err)
             if command is not runner:
-                fields = self._probe_fields(native.ProbeReport.read(Path(probe_path)), fields, notes)
+                report = native.ProbeReport.read(Path(probe_path))
+                if closed and report is not None and report.exit_signal:
+                    # dlprobe exits 128 + signal; say what happened to the runner itself
+                    reason = f"runner ended before finishing ({_describe_exit(-report.exit_signal)})"
+                fields = self._probe_fields(report, fields, notes)
             else:
                 fields.pop("_runner_peak", None)
         state_after = self.state()

@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -340,6 +341,7 @@ int main(int argc, char **argv) {
     double t0 = now_s();
     struct timeval wall0;
     gettimeofday(&wall0, NULL);
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
         perror("dlprobe: fork");
@@ -347,6 +349,9 @@ int main(int argc, char **argv) {
     }
     if (pid == 0) {
         close(errpipe[0]);
+        /* If dlprobe is killed (a controller's timeout, a test), the runner must not live on unobserved. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent) _exit(127);
         sigprocmask(SIG_SETMASK, &oldset, NULL);
         if (pin && sched_setaffinity(0, sizeof pinned, &pinned) != 0) {
             int err = errno;
