@@ -225,8 +225,12 @@ def build_native(
     from devicelab.analysis.tables import format_bytes
     from devicelab.config import split_values
 
-    record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False),
-                          extra_backends=split_values(with_) or ())
+    try:
+        record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False),
+                              extra_backends=split_values(with_) or ())
+    except native.NativeBuildError as e:  # not bad input: a step failed (exit 1), the message names its log
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
     if as_json:
         _print_json(record.to_dict())
         return
