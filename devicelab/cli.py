@@ -380,6 +380,40 @@ def export(
         sys.stdout.write(written)
 
 
+@app.command("build-native")
+def build_native(
+    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler) or "
+                               "android-arm64 (needs ANDROID_NDK_HOME)"),
+    ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="ncnn sdist version to build "
+                                               "(default: the installed pip ncnn's)"),
+    jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
+    with_: Optional[list[str]] = typer.Option(None, "--with", help="extra dlbench backend: openvino (host only, "
+                                              "links the installed openvino wheel)"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
+    from devicelab import native
+    from devicelab.analysis.tables import format_bytes
+    from devicelab.config import split_values
+
+    try:
+        record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False),
+                              extra_backends=split_values(with_) or ())
+    except native.NativeBuildError as e:  # not bad input: a step failed (exit 1), the message names its log
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(record.to_dict())
+        return
+    table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version} "
+                  f"(backends: {', '.join(record.backends)})",
+                  title_justify="left")
+    for name, a in record.artifacts.items():
+        table.add_row(name, str(a.path), format_bytes(a.bytes), a.sha256[:12])
+    out.print(table)
+    out.print(f"registered in {native.registry_path()}")
+
+
 @app.command()
 def runs(db: Optional[str] = DbOpt, limit: int = typer.Option(20, "--limit", min=1), as_json: bool = JsonOpt) -> None:
     """List stored runs, newest first."""

@@ -3,9 +3,13 @@ test gets its own database, while the zoo cache is shared per session (building 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,12 +23,41 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("devicelab-data")
 
 
+# Native builds (ncnn per version and target) are cached for the machine, not per test: the tests change
+# HOME, so they pin the cache to the one the session started with.
+BUILD_CACHE = os.environ.get("DEVICELAB_CACHE") or str(Path.home() / ".cache" / "devicelab")
+
+
 @pytest.fixture
 def env(data_dir: Path, tmp_path: Path) -> dict[str, str]:
     e = dict(os.environ)
     e.update({"DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": str(tmp_path / "db.sqlite"),
-              "HOME": str(tmp_path / "home"), "COLUMNS": "200"})
+              "HOME": str(tmp_path / "home"), "COLUMNS": "200", "DEVICELAB_CACHE": BUILD_CACHE})
     e.pop("DEVICELAB_DEVICES", None)
     return e
 
 
+
+
+def _build_native(target: str, data_dir: Path) -> dict[str, Any]:
+    """`devicelab build-native --target TARGET` into the session's data folder, as a user runs it. The first
+    run on a machine builds ncnn (minutes, cached under the build cache); later ones reuse it."""
+    from helpers import DEVICELAB
+
+    env = dict(os.environ, DEVICELAB_DATA=str(data_dir), DEVICELAB_CACHE=BUILD_CACHE)
+    p = subprocess.run([DEVICELAB, "build-native", "--target", target, "--json"], env=env, capture_output=True,
+                       text=True, timeout=3600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="session")
+def native_host(data_dir: Path) -> dict[str, Any]:
+    return _build_native("host", data_dir)
+
+
+@pytest.fixture(scope="session")
+def native_arm64(data_dir: Path) -> dict[str, Any]:
+    if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("needs Debian's g++-aarch64-linux-gnu and qemu-user-static (scripts/test installs them as root)")
+    return _build_native("arm64", data_dir)

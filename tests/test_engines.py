@@ -20,7 +20,7 @@ ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
 
 
 def test_every_engine_declares_its_capabilities() -> None:
-    assert engine_names() == ENGINES
+    assert engine_names() == ENGINES + ["dlbench"]  # dlbench: ncnn through devicelab's C++ runner (tests/test_dlbench)
     for name in ENGINES:
         e = get_engine(name)
         assert e.name == name and e.formats and set(e.precisions) <= set(PRECISIONS) and "fp32" in e.precisions
@@ -45,8 +45,8 @@ def test_engines_json_per_device(env: dict[str, str]) -> None:
     p = devicelab("engines", "--json", env=env)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
-    assert set(rows) == set(ENGINES)
-    for r in rows.values():
+    assert set(rows) == set(ENGINES) | {"dlbench"}
+    for r in (rows[name] for name in ENGINES):
         (host,) = r["devices"]
         assert host["id"] == "host" and host["available"] and "fp32/cpu" in host["runs"]
     assert rows["ncnn"]["unsupported"]["int8"].startswith("ncnn int8 models need ncnn2table")

@@ -24,3 +24,12 @@ def test_tests_import_the_installed_package_not_the_source_tree() -> None:
     if "site-packages" in devicelab.__file__:
         assert Path(devicelab.__file__).resolve().parent != source
         assert (Path(devicelab.__file__).parent / "runners" / "host.py").is_file()
+
+
+def test_native_sources_ship_as_package_data() -> None:
+    """`devicelab build-native` builds from the installed package, so the C/C++ sources must be in it."""
+    root = resources.files("devicelab.native_src")
+    for name in ("CMakeLists.txt", "README.md", "cmake/aarch64-linux-gnu.cmake", "dlprobe/dlprobe.c",
+                 "dlbench/main.cpp", "dlbench/backend.hpp", "dlbench/backends.cpp", "dlbench/backend_ncnn.cpp",
+                 "dlbench/json.hpp", "dlbench/digest.hpp"):
+        assert root.joinpath(name).is_file(), name

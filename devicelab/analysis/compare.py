@@ -135,6 +135,14 @@ def state_warnings(base: Sequence[Any], cand: Sequence[Any]) -> list[str]:
     if any(r.throttled for r in base) != any(r.throttled for r in cand):
         out.append("one side was throttled (frequency cap below maximum)")
 
+    def load(results: Sequence[Any]) -> list[float]:
+        return [s["loadavg"][0] for r in results for s in (r.state_before, r.state_after) if s and s.get("loadavg")]
+
+    lb, lc = load(base), load(cand)
+    if lb and lc and abs(max(lc) - max(lb)) > 0.75:
+        out.append(f"something else was running: 1-minute load average up to {max(lb):.1f} (base) vs "
+                   f"{max(lc):.1f} (candidate)")
+
     def charging(results: Sequence[Any]) -> set[Any]:
         return {(r.state_before or {}).get("charging") for r in results}
 

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from devicelab import native
 from devicelab.analysis import stats
 from devicelab.devices.base import Cluster, Device, DeviceFacts, Job
+from devicelab.engines import Engine, get_engine
 from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, ProtocolSettings, RunnerError, measure,
                                 now_deadline)
 from devicelab.result import FAILED, OK, Result
@@ -187,8 +189,23 @@ class HostDevice(Device):
 
     # ---- running -------------------------------------------------------------------------------------
 
-    def runner_command(self, config_path: str, python: str | None = None) -> list[str]:
+    def runner_command(self, config_path: str, engine: Engine, python: str | None = None) -> list[str]:
+        """The runner for this engine: its native binary from `devicelab build-native --target host`, or the
+        Python host runner (in another interpreter for a label whose build lives there). Raises
+        FileNotFoundError naming the build command when the binary is missing."""
+        if engine.native_runner:
+            binary = native.artifact("host", engine.native_runner)
+            if binary is None:
+                raise FileNotFoundError(f"{engine.native_runner} is not built for the host: run "
+                                        "`devicelab build-native --target host`")
+            return [str(binary), config_path]
         return [python or sys.executable, "-m", "devicelab.runners.host", config_path]
+
+    def probe_command(self, command: list[str], cpus: tuple[int, ...], out: str) -> list[str]:
+        """`command` under dlprobe when it is built for the host (pinned by dlprobe before exec, sampled from
+        a free core, peak memory from wait4); the command unchanged otherwise."""
+        dlprobe = native.artifact("host", "dlprobe")
+        return native.probe_argv(str(dlprobe), command, cpus, out) if dlprobe else command
 
     def run(self, job: Job) -> Result:
         cfg = job.config
@@ -209,15 +226,25 @@ class HostDevice(Device):
         notes = list(job.notes)
         fields: dict[str, Any] = {}
         status, reason = OK, None
+        closed = False
         with tempfile.TemporaryDirectory(prefix="devicelab-run-") as tmp, \
                 open(os.path.join(tmp, "stderr"), "w+b") as err:
             config_path = os.path.join(tmp, "config.json")
+            probe_path = os.path.join(tmp, "dlprobe.json")
+            engine = get_engine(cfg.engine)
+            try:
+                runner_cfg = engine.stage(runner_cfg, Path(tmp))
+                runner = self.runner_command(config_path, engine, python)
+                command = self.probe_command(runner, cfg.cpus, probe_path)
+            except (OSError, ValueError) as e:
+                return Result.for_config(job.run_id, cfg, FAILED, reason=str(e), notes=tuple(notes),
+                                         state_before=state_before, started_at=started, finished_at=utc_now())
             with open(config_path, "w") as f:
                 json.dump(runner_cfg, f)
             if python:
                 # Another environment holds this label's engine build: lend it devicelab's runner code only.
                 env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_shim(tmp), env.get("PYTHONPATH")]))
-            proc = subprocess.Popen(self.runner_command(config_path, python), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=err, env=env, start_new_session=True, cwd=tmp)
             try:
                 m = measure(_PipeChannel(proc), s, now_deadline(s.timeout_seconds))
@@ -228,6 +255,7 @@ class HostDevice(Device):
             except ChannelClosedError:
                 code = _wait(proc, 5.0)
                 status, reason = FAILED, f"runner ended before finishing ({_describe_exit(code)})"
+                closed = True
             except RunnerError as e:
                 status, reason = FAILED, str(e)
             finally:
@@ -241,6 +269,14 @@ class HostDevice(Device):
                     _killpg(proc)
                     proc.wait()
             stderr_tail = _tail(err)
+            if command is not runner:
+                report = native.ProbeReport.read(Path(probe_path))
+                if closed and report is not None and report.exit_signal:
+                    # dlprobe exits 128 + signal; say what happened to the runner itself
+                    reason = f"runner ended before finishing ({_describe_exit(-report.exit_signal)})"
+                fields = self._probe_fields(report, fields, notes)
+            else:
+                fields.pop("_runner_peak", None)
         state_after = self.state()
         throttled = _throttled(state_before, state_after, cfg.cpus)
         notes.extend(stats.stability_warnings(fields.get("samples_s", ()), throttled))
@@ -267,8 +303,29 @@ class HostDevice(Device):
             "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
                              "(RSS before load: its VmRSS after the engine import, before the model loads)",
             "protocol": {"stop_reason": m.stop_reason, "batches": m.batches, "warmup_s": ready.get("warmup_s"),
-                         "outputs_sha256": done.get("outputs_sha256")},
+                         "outputs_sha256": done.get("outputs_sha256"),
+                         **({"runner_version": ready["runner_version"]} if ready.get("runner_version") else {}),
+                         # per-layer times (op events), when the runner offers them: dlbench options.layer_times
+                         **({"ops": m.ops} if m.ops else {})},
+            "_runner_peak": (done.get("peak_rss_bytes"), done.get("peak_rss_method")),
         }
+
+    @staticmethod
+    def _probe_fields(report: native.ProbeReport | None, fields: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+        """Peak memory from dlprobe's wait4 ru_maxrss cross-checked with the runner's own VmHWM; dlprobe's
+        summary (frequencies, temperatures, its own cost) goes with the protocol record."""
+        if report is None:
+            notes.append("dlprobe wrote no report (the runner was killed or never started)")
+            fields.pop("_runner_peak", None)
+            return fields
+        if not fields:  # the runner failed: keep what dlprobe saw for the record, nothing else
+            return {"protocol": {"dlprobe": report.summary()}}
+        runner_peak, runner_method = fields.pop("_runner_peak", (None, None))
+        peak, method, note = native.peak_memory(report, runner_peak, runner_method)
+        if note:
+            notes.append(note)
+        return {**fields, "peak_rss_bytes": peak, "memory_method": method + " (RSS before load: the runner's VmRSS "
+                "before the model loads)", "protocol": {**fields.get("protocol", {}), "dlprobe": report.summary()}}
 
 
 def _package_shim(tmp: str) -> str:

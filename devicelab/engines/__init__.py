@@ -15,6 +15,7 @@ ENGINE_MODULES: dict[str, str] = {
     "mnn": "devicelab.engines.mnn",
     "litert": "devicelab.engines.litert",
     "openvino": "devicelab.engines.openvino",
+    "dlbench": "devicelab.engines.dlbench",
 }
 
 

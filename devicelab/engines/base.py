@@ -103,6 +103,10 @@ class Engine:
     device_kinds: ClassVar[tuple[str, ...]] = ("host",)
     # Precisions or backends this engine cannot do, with the reason a user should read.
     unsupported: ClassVar[dict[str, str]] = {}
+    # How the runner starts. None: devicelab's Python runner (devicelab.runners.host) imports this engine in the
+    # measured process. Otherwise the name of a native artifact from `devicelab build-native` (devicelab.native's
+    # registry, per target) that speaks runner protocol v1 itself, e.g. "dlbench".
+    native_runner: ClassVar[str | None] = None
 
     def version(self) -> str | None:
         try:
@@ -136,6 +140,11 @@ class Engine:
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         """Convert (and cache by content) the source model into what the runner loads."""
         raise NotImplementedError
+
+    def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Write what the runner reads besides the model into `folder` (the runner's working folder, the one
+        pushed to a phone) and return the config to hand it. The Python runner makes its own inputs."""
+        return runner_config
 
     # ---- runner side (inside the measured process) ----
 

@@ -1,0 +1,95 @@
+"""dlbench: ncnn through devicelab's own C++ runner (native/dlbench), built by `devicelab build-native`.
+
+The same ncnn as the pip engine (built from its sdist at the installed version), the same pnnx-converted
+model and the same seeded inputs (written to files for the runner), but timed by a C++ loop speaking runner
+protocol v1, with no Python in the measured process — and the same binary runs on an arm64 phone.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inputs
+
+# Which registered build serves which device kind, best first: a phone runs the NDK build, else the static
+# arm64 Linux build (static binaries need no bionic).
+TARGETS_BY_KIND: dict[str, tuple[str, ...]] = {"host": ("host",), "android": ("android-arm64", "arm64")}
+
+
+def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path) -> list[dict[str, Any]]:
+    """The seeded inputs the Python engines feed (make_inputs), as raw little-endian float32 files in C order,
+    named relative to `folder`; returns the specs with a "file" key each."""
+    import numpy as np
+
+    feeds = make_inputs(specs, seed)
+    out: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs):
+        array = np.ascontiguousarray(feeds[spec["name"]], dtype="<f4")
+        name = f"input{i}.f32"
+        array.tofile(folder / name)
+        out.append({**spec, "dtype": "float32", "file": name})
+    return out
+
+
+class DlbenchEngine(Engine):
+    name = "dlbench"
+    package = "ncnn"  # not used for the version: see version()
+    module = "ncnn"
+    formats = ("onnx",)  # converted to ncnn .param/.bin with pnnx, like the pip ncnn engine
+    precisions = ("fp32", "fp16", "bf16")
+    unsupported = {"int8": "dlbench runs ncnn int8 models, but making one needs ncnn2table/ncnn2int8, which no "
+                           "pip package ships"}
+    backends = ("cpu",)
+    device_kinds = ("host", "android")
+    native_runner = "dlbench"
+
+    def _record(self) -> Any:
+        from devicelab import native
+
+        for targets in TARGETS_BY_KIND.values():
+            for target in targets:
+                record = native.registered(target)
+                if record is not None:
+                    return record
+        return None
+
+    def version(self) -> str | None:
+        record = self._record()
+        return record.dlbench_version if record else None
+
+    def availability(self) -> tuple[bool, str | None]:
+        from devicelab.engines.ncnn import pnnx_binary
+
+        if self._record() is None:
+            return False, "dlbench is not built: run `devicelab build-native --target host` (or arm64, android-arm64)"
+        if pnnx_binary() is None:
+            return False, "the pnnx converter is not installed (pip install --no-deps pnnx)"
+        return True, None
+
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
+        from devicelab.engines.ncnn import convert_onnx
+
+        # The pip ncnn engine's cache: one conversion serves both engines (same files, same hash).
+        param, weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir.parent / "ncnn")
+        notes: list[str] = []
+        if precision == "fp16":
+            notes.append("fp16 storage; fp16 arithmetic only where the CPU has it (not on x86)")
+        return PreparedModel(param, tuple(notes), {"weights": str(weights), "library": "ncnn"})
+
+    def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Make `folder` self-contained: the seeded inputs as files, and the model files linked in, every path
+        in the config relative to it (dlbench resolves paths against its config's folder). A driver can push
+        the folder as it is (symlinks read as their targets) and run dlbench on the config there."""
+        inputs = write_inputs(list(runner_config["inputs"]), int(runner_config.get("seed", 0)), folder)
+        options = dict(runner_config.get("options") or {})
+        links = {"model.param": Path(runner_config["model"])}
+        if options.get("weights"):
+            links["model.bin"] = Path(options["weights"])
+            options["weights"] = "model.bin"
+        for name, target in links.items():
+            (folder / name).symlink_to(target.resolve())
+        return {**runner_config, "model": "model.param", "options": options, "inputs": inputs}
+
+
+ENGINE = DlbenchEngine()

@@ -1,0 +1,258 @@
+"""dlbench, the C++ runner: protocol v1 against the real binary (host build, and the arm64 build under
+qemu-aarch64), outputs compared with the pip ncnn engine on the same seeded inputs, and `devicelab run
+--engine dlbench` end to end. qemu proves correctness only: its timings are never looked at."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from devicelab import zoo
+from devicelab.engines.base import make_inputs
+from devicelab.engines.dlbench import write_inputs
+from devicelab.engines.ncnn import convert_onnx
+from helpers import run_json, write_suite
+
+SEED = 1234
+MODEL = "squeezenet1_1"  # the fastest zoo model under qemu that still has every common layer type
+
+
+@pytest.fixture(scope="module")
+def model(data_dir: Path) -> dict[str, Any]:
+    mf = zoo.zoo_model(MODEL, data_dir / "zoo")
+    inputs = zoo.onnx_inputs(mf.path, {})
+    param, weights = convert_onnx(mf.path, mf.sha256, [list(i["shape"]) for i in inputs], data_dir / "converted" / "ncnn")
+    return {"param": str(param), "weights": str(weights), "inputs": inputs, "onnx": mf.path}
+
+
+def _config(folder: Path, source: dict[str, Any], /, **extra: Any) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cfg = {"engine": "dlbench", "model": source["param"], "threads": 1, "cpus": [max(os.sched_getaffinity(0))],
+           "precision": "fp32", "backend": "cpu", "seed": SEED,
+           "inputs": write_inputs(list(source["inputs"]), SEED, folder),
+           "options": {"weights": source["weights"]}, "warmup": {"min_iterations": 1, "min_seconds": 0},
+           "outputs_file": "outputs.npz"}
+    options = extra.pop("options", {})
+    cfg["options"].update(options)
+    cfg.update(extra)
+    path = folder / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _events(stdout: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def _pip_ncnn_outputs(model: dict[str, Any], threads: int = 1) -> np.ndarray:
+    from devicelab.engines import get_engine
+
+    session = get_engine("ncnn").open_session({"threads": threads, "precision": "fp32", "model": model["param"],
+                                                "options": {"weights": model["weights"]},
+                                                "inputs": list(model["inputs"])})
+    return np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
+
+
+def test_protocol_v1_over_stdin(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    dlbench = native_host["artifacts"]["dlbench"]["path"]
+    config = _config(tmp_path / "run", model, options={"layer_times": 2})
+    commands = '{"cmd":"run","iterations":3}\n{"cmd":"run","iterations":2}\n{"cmd":"stop"}\n'
+    p = subprocess.run([dlbench, str(config)], input=commands, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    events = _events(p.stdout)
+    ready = events[0]
+    assert ready["event"] == "ready" and ready["protocol"] == 1 and ready["warmups"] >= 1
+    assert ready["load_s"] > 0 and ready["first_s"] > 0 and ready["rss_before_load_bytes"] > 0
+    assert ready["cpus"] == [max(os.sched_getaffinity(0))] and ready["library"] == "ncnn"
+    assert ready["library_version"] and ready["runner_version"] == native_host["dlbench_version"]
+    kinds = [e["event"] for e in events[1:]]
+    assert kinds[:8] == ["iter"] * 3 + ["batch"] + ["iter"] * 2 + ["batch", "op"]
+    assert all(e["s"] > 0 for e in events if e["event"] == "iter")
+    ops = [e for e in events if e["event"] == "op"]
+    assert len(ops) > 20 and {"Convolution", "Pooling"} <= {o["type"] for o in ops} and all(o["s"] >= 0 for o in ops)
+    done = events[-1]
+    assert done["event"] == "done" and kinds[-1] == "done"
+    assert done["peak_rss_bytes"] > ready["rss_before_load_bytes"] and done["peak_rss_method"] == "VmHWM"
+    # Outputs: a numpy-readable .npz, the digest convention of the Python runner, and the pip engine's values.
+    with np.load(done["outputs_file"]) as npz:
+        out = npz["arr_0"]
+    assert out.shape == (1, 1000) and out.dtype == np.float32
+    import hashlib
+
+    assert done["outputs_sha256"] == hashlib.sha256(b"float32" + str(out.shape).encode() + out.tobytes()).hexdigest()
+    reference = _pip_ncnn_outputs(model)
+    np.testing.assert_allclose(out, reference.reshape(1, -1), rtol=1e-5, atol=1e-5)
+
+
+def test_fixed_iterations_without_stdin(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    dlbench = native_host["artifacts"]["dlbench"]["path"]
+    config = _config(tmp_path / "fixed", model, iterations=4)
+    p = subprocess.run([dlbench, str(config)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    kinds = [e["event"] for e in _events(p.stdout)]
+    assert kinds == ["ready"] + ["iter"] * 4 + ["batch", "done"]
+
+
+@pytest.mark.parametrize("change, code, words", [
+    ({"precision": "fp8"}, 2, ["precision", "'fp8'", "allowed: fp32, fp16, bf16, int8"]),
+    ({"threads": 0}, 2, ["threads", ">= 1"]),
+    ({"backend": "metal"}, 2, ["backend", "allowed: cpu"]),
+    ({"options": {"library": "tflite"}}, 2, ["options.library", "allowed: ncnn"]),
+    ({"model": "/nonexistent.param"}, 1, ["could not load", "/nonexistent.param"]),
+])
+def test_bad_config_is_an_error_event(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path,
+                                      change: dict[str, Any], code: int, words: list[str]) -> None:
+    dlbench = native_host["artifacts"]["dlbench"]["path"]
+    config = _config(tmp_path / "bad", model, **change)
+    p = subprocess.run([dlbench, str(config)], input="", capture_output=True, text=True, timeout=60)
+    assert p.returncode == code
+    (event,) = _events(p.stdout)
+    assert event["event"] == "error" and all(w in event["message"] for w in words), event
+
+
+def test_short_input_file_and_stdin_closed(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    dlbench = native_host["artifacts"]["dlbench"]["path"]
+    config = _config(tmp_path / "short", model)
+    (tmp_path / "short" / "input0.f32").write_bytes(b"\0" * 16)
+    p = subprocess.run([dlbench, str(config)], input="", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "inputs[0].file" in _events(p.stdout)[0]["message"]
+    config = _config(tmp_path / "closed", model)
+    p = subprocess.run([dlbench, str(config)], input="", capture_output=True, text=True, timeout=60)
+    assert p.returncode == 3 and _events(p.stdout)[-1] == {"event": "error", "message": "stdin closed before 'stop'"}
+
+
+def test_devicelab_run_engine_dlbench_under_dlprobe(native_host: dict[str, Any], env: dict[str, str],
+                                                   tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", models=[MODEL], engines=["dlbench", "ncnn", "onnxruntime"], threads=[1])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    by_engine = {r["engine"]: r for r in out["results"]}
+    assert set(by_engine) == {"dlbench", "ncnn", "onnxruntime"}
+    for r in by_engine.values():
+        assert r["status"] == "ok", r["reason"]
+        # Every runner ran under dlprobe: peak from wait4 ru_maxrss, cross-checked with the runner's VmHWM.
+        assert "ru_maxrss" in r["memory_method"] and "cross-checked" in r["memory_method"], r["memory_method"]
+        probe = r["protocol"]["dlprobe"]
+        assert probe["ru_maxrss_bytes"] == r["peak_rss_bytes"] and probe["cpus"] == r["cpus"]
+        assert probe["exit"]["code"] == 0 and probe["samples"] >= 1
+    d = by_engine["dlbench"]
+    assert d["engine_version"] == native_host["dlbench_version"] and len(d["samples_s"]) >= 5
+    assert d["protocol"]["runner_version"] == native_host["dlbench_version"]
+    # no Python interpreter in the measured process: far smaller than the pip engine's runner
+    assert d["peak_rss_bytes"] < by_engine["ncnn"]["peak_rss_bytes"]
+
+
+def test_dlbench_not_built_is_unsupported(env: dict[str, str], tmp_path: Path) -> None:
+    env = dict(env, DEVICELAB_DATA=str(tmp_path / "empty-data"))
+    suite = write_suite(tmp_path / "s.yaml", engines=["dlbench"])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    (r,) = out["results"]
+    assert r["status"] == "unsupported" and "devicelab build-native --target host" in r["reason"]
+
+
+# ---- arm64 --------------------------------------------------------------------------------------------
+
+
+def _elf_machine_and_static(path: str) -> tuple[int, bool]:
+    data = Path(path).read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 2  # 64-bit
+    machine = int.from_bytes(data[18:20], "little")
+    phoff = int.from_bytes(data[32:40], "little")
+    phentsize, phnum = int.from_bytes(data[54:56], "little"), int.from_bytes(data[56:58], "little")
+    types = [int.from_bytes(data[phoff + i * phentsize:phoff + i * phentsize + 4], "little") for i in range(phnum)]
+    return machine, 3 not in types  # PT_INTERP = 3: a dynamic executable names its loader
+
+
+def test_arm64_build_is_static_aarch64(native_arm64: dict[str, Any]) -> None:
+    for name in ("dlprobe", "dlbench"):
+        machine, static = _elf_machine_and_static(native_arm64["artifacts"][name]["path"])
+        assert machine == 183 and static, name  # EM_AARCH64
+
+
+def test_arm64_dlbench_under_qemu_matches_the_host(native_arm64: dict[str, Any], native_host: dict[str, Any],
+                                                   model: dict[str, Any], tmp_path: Path) -> None:
+    qemu = shutil.which("qemu-aarch64-static")
+    assert qemu
+    # fp32 with every lower-precision switch off: the emulated CPU has fp16, which ncnn would otherwise use.
+    results = {}
+    for target, art in (("host", native_host), ("arm64", native_arm64)):
+        config = _config(tmp_path / target, model, iterations=1, warmup={"min_iterations": 0, "min_seconds": 0})
+        dlbench = art["artifacts"]["dlbench"]["path"]
+        probe_out = tmp_path / f"{target}-probe.json"
+        if target == "arm64":
+            # the arm64 dlprobe under qemu, launching the arm64 dlbench under qemu (no binfmt_misc needed)
+            cmd = [qemu, art["artifacts"]["dlprobe"]["path"], "--out", str(probe_out), "--", qemu, dlbench, str(config)]
+        else:
+            cmd = [dlbench, str(config)]
+        p = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 0, (target, p.stdout[-2000:], p.stderr[-2000:])
+        done = _events(p.stdout)[-1]
+        assert done["event"] == "done"
+        with np.load(done["outputs_file"]) as npz:
+            results[target] = npz["arr_0"]
+    host, arm = results["host"], results["arm64"]
+    # NEON and AVX kernels sum in different orders: equal to float32 rounding, far inside this bound.
+    np.testing.assert_allclose(arm, host, rtol=1e-4, atol=1e-4 * float(np.abs(host).max()))
+    assert int(np.argmax(arm)) == int(np.argmax(host))
+    doc = json.loads((tmp_path / "arm64-probe.json").read_text())
+    assert doc["exit"]["code"] == 0 and doc["peak"]["ru_maxrss_bytes"] > 0
+
+
+def test_openvino_backend_from_the_wheel(native_host: dict[str, Any], model: dict[str, Any], env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    """The second backend, built against the openvino wheel's headers and OpenVINOConfig.cmake: fp32 (every
+    lower-precision hint off) matches ONNX Runtime on the same ONNX file and inputs; per-layer times come from
+    OpenVINO's performance counters."""
+    pytest.importorskip("openvino", reason="the openvino wheel is not installed (pip install openvino)")
+    from helpers import devicelab
+
+    build_env = dict(env, DEVICELAB_DATA=str(tmp_path / "ov-data"))
+    p = devicelab("build-native", "--target", "host", "--with", "openvino", "--json", env=build_env, timeout=1800)
+    assert p.returncode == 0, p.stderr[-2000:]
+    record = json.loads(p.stdout)
+    assert record["backends"] == ["ncnn", "openvino"]
+    config = _config(tmp_path / "ov", model, model=str(model["onnx"]), options={"library": "openvino", "layer_times": 1},
+                     iterations=3)
+    p = subprocess.run([record["artifacts"]["dlbench"]["path"], str(config)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    events = _events(p.stdout)
+    assert events[0]["library"] == "openvino" and events[-1]["event"] == "done"
+    ops = [e for e in events if e["event"] == "op"]
+    assert ops and "Convolution" in {o["type"] for o in ops}
+    with np.load(events[-1]["outputs_file"]) as npz:
+        out = npz["arr_0"]
+    from devicelab.engines import get_engine
+
+    session = get_engine("onnxruntime").open_session({"threads": 1, "model": str(model["onnx"])})
+    reference = np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
+    np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_staged_folder_is_self_contained(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    """The seam for drivers that push to a device: after stage(), the folder holds everything dlbench reads,
+    referenced relatively, so a copy of it anywhere (symlinks read as their targets, as a push does) runs."""
+    from devicelab.engines import get_engine
+
+    folder = tmp_path / "stage"
+    folder.mkdir()
+    cfg = get_engine("dlbench").stage({
+        "engine": "dlbench", "model": model["param"], "options": {"weights": model["weights"], "library": "ncnn"},
+        "inputs": list(model["inputs"]), "seed": SEED, "threads": 1, "cpus": [], "precision": "fp32",
+        "backend": "cpu", "warmup": {"min_iterations": 0, "min_seconds": 0}, "iterations": 2}, folder)
+    (folder / "config.json").write_text(json.dumps(cfg))
+    assert not any(str(v).startswith("/") for v in (cfg["model"], cfg["options"]["weights"], cfg["inputs"][0]["file"]))
+    pushed = tmp_path / "device" / "data" / "local" / "tmp" / "run"
+    shutil.copytree(folder, pushed)  # copies what the links point at
+    p = subprocess.run([native_host["artifacts"]["dlbench"]["path"], "run/config.json"], cwd=pushed.parent,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert _events(p.stdout)[-1]["event"] == "done"
