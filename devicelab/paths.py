@@ -7,13 +7,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import platformdirs
 
 
 def data_dir() -> Path:
     """The data folder: zoo cache, converted models, reports, and the default SQLite store."""
     override = os.environ.get("DEVICELAB_DATA")
-    path = Path(override) if override else Path(platformdirs.user_data_dir("devicelab"))
+    if override:
+        return Path(override).expanduser()
+    import platformdirs  # lazily: engine modules import this module inside runners, whose env may lack it
+
+    path = Path(platformdirs.user_data_dir("devicelab"))
     return path.expanduser()
 
 

@@ -167,7 +167,7 @@ def test_ab_labels_with_another_python_environment(env: dict[str, str], tmp_path
                         engines=[{"name": "onnxruntime", "label": "base"},
                                  {"name": "onnxruntime", "label": "cand", "options": {"python": python}}])
     code, out, err = run_json("run", "--suite", str(suite), env=env)
-    assert code == 0, err
+    assert code == 0, [(r["label"], r["status"], r["reason"], r["stderr_tail"]) for r in out["results"]]
     results = out["results"]
     assert [r["label"] for r in results].count("cand") == 3 and all(r["status"] == "ok" for r in results)
     assert {r["engine_version"] for r in results} == {version("onnxruntime")}

@@ -38,7 +38,9 @@ def test_defaults_and_normalization() -> None:
 
 def test_suite_file_paths_are_relative_to_the_suite(tmp_path: Path) -> None:
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "m.onnx").write_bytes(b"x")
+    from devicelab import zoo
+
+    (tmp_path / "models" / "m.onnx").write_bytes(zoo.build_bytes("squeezenet1_1"))
     (tmp_path / "s.yaml").write_text("models: [models/m.onnx]\nengines: [onnxruntime]\n")
     s = parse_suite(load_suite_file(tmp_path / "s.yaml"), "s.yaml")
     assert s.models[0].name == "m" and Path(s.models[0].path) == tmp_path / "models" / "m.onnx"

@@ -57,7 +57,7 @@ def _pip_ncnn_outputs(model: dict[str, Any], threads: int = 1) -> np.ndarray:
     session = get_engine("ncnn").open_session({"threads": threads, "precision": "fp32", "model": model["param"],
                                                 "options": {"weights": model["weights"]},
                                                 "inputs": list(model["inputs"])})
-    return np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
+    return np.asarray(session.outputs(session.run(session.prepare(make_inputs(list(model["inputs"]), SEED))))[0])
 
 
 def test_protocol_v1_over_stdin(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
@@ -233,7 +233,7 @@ def test_openvino_backend_from_the_wheel(native_host: dict[str, Any], model: dic
     from devicelab.engines import get_engine
 
     session = get_engine("onnxruntime").open_session({"threads": 1, "model": str(model["onnx"])})
-    reference = np.asarray(session.run(make_inputs(list(model["inputs"]), SEED))[0])
+    reference = np.asarray(session.outputs(session.run(session.prepare(make_inputs(list(model["inputs"]), SEED))))[0])
     np.testing.assert_allclose(out, reference, rtol=1e-4, atol=1e-4)
 
 

@@ -7,7 +7,6 @@ engine's own library are imported lazily, after the runner has pinned itself).
 
 from __future__ import annotations
 
-import ctypes.util
 import importlib.metadata
 import importlib.util
 from collections.abc import Sequence
@@ -218,4 +217,6 @@ def calibration_key(model: SourceModel) -> str:
 
 def has_library(name: str) -> bool:
     """Whether a shared library (e.g. the Vulkan loader or OpenCL ICD loader) can be found on this host."""
+    import ctypes.util
+
     return ctypes.util.find_library(name) is not None

@@ -96,7 +96,7 @@ class NcnnEngine(Engine):
         # Set before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off.
         fp16, bf16 = precision == "fp16", precision == "bf16"
         opt.num_threads = int(config["threads"])
-        opt.use_vulkan_compute = config["backend"] == "vulkan"
+        opt.use_vulkan_compute = config.get("backend", "cpu") == "vulkan"
         opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16
         opt.use_bf16_storage = opt.use_bf16_packed = bf16
         opt.use_int8_inference = opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
