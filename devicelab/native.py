@@ -40,6 +40,7 @@ import platformdirs
 
 from devicelab import paths
 from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.zoo import sha256_file
 
 TARGETS = ("host", "arm64", "android-arm64")
 # The ncnn the pip engine uses when it is installed (so dlbench and the Python engine compare like for like);
@@ -111,14 +112,6 @@ def check_ncnn_version(version: str, field: str) -> str:
         raise DevicelabError(f"{field}: ncnn version {version!r} is not allowed; allowed: versions like "
                              f"{DEFAULT_NCNN_VERSION} (1.0.YYYYMMDD, the sdists on PyPI)")
     return version
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @contextlib.contextmanager

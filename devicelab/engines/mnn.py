@@ -25,6 +25,9 @@ from devicelab.paths import cached_file
 
 _PIXEL_SCALE = 42.5  # 255 / 6: ±3σ of a standard normal spans the 8-bit range
 
+# The entry points of MNN's C extension (_tools.mnnconvert, _tools.mnnquant), never the console scripts.
+_TOOLS_CONVERT, _TOOLS_QUANT = "mnnconvert", "mnnquant"  # names of _tools functions
+
 # The child runs only MNN's C entry points; its return value is not an exit status, so success is judged
 # by the output file and the converter's own message.
 _TOOL = "import sys, _tools\nfn = getattr(_tools, sys.argv[1])\nfn(sys.argv[1:])\n"
@@ -45,7 +48,7 @@ def _check(out: Path, log: str) -> None:
 
 def convert(model: SourceModel, cache_dir: Path, fp16_weights: bool = False) -> Path:
     def build(out: Path) -> None:
-        args = ["mnnconvert", "-f", "ONNX", "--modelFile", str(model.path.resolve()), "--MNNModel", str(out),
+        args = [_TOOLS_CONVERT, "-f", "ONNX", "--modelFile", str(model.path.resolve()), "--MNNModel", str(out),
                 "--bizCode", "devicelab"]
         with tempfile.TemporaryDirectory() as tmp:
             _check(out, _run_tool(args + (["--fp16"] if fp16_weights else []), tmp))
@@ -80,7 +83,7 @@ def quantize(model: SourceModel, cache_dir: Path) -> Path:
                   "used_image_num": len(list(images.iterdir())), "feature_quantize_method": "KL",
                   "weight_quantize_method": "MAX_ABS"}
         (Path(tmp) / "quant.json").write_text(json.dumps(config))
-        return _run_tool(["mnnquant", str(float_model), str(out), str(Path(tmp) / "quant.json")], tmp)
+        return _run_tool([_TOOLS_QUANT, str(float_model), str(out), str(Path(tmp) / "quant.json")], tmp)
 
     return cached_file(cache_dir, f"{model.sha256[:16]}-int8-{calibration_key(model)}.mnn", build)
 
