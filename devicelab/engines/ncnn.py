@@ -1,5 +1,6 @@
 """ncnn (pip ncnn), CPU. ONNX reaches ncnn's .param/.bin through the pnnx binary (pip install --no-deps pnnx:
-its dependencies pull a CUDA torch of several GB, and the binary needs none of them)."""
+its dependencies pull a CUDA torch of several GB, and the binary needs none of them). int8 models are written
+by devicelab.engines.ncnn_int8 (ncnn2table + ncnn2int8 in numpy: neither tool ships in the wheel or sdist)."""
 
 from __future__ import annotations
 
@@ -64,10 +65,9 @@ class NcnnEngine(Engine):
     package = "ncnn"
     module = "ncnn"
     formats = ("onnx",)  # converted to .param/.bin on the way
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = ("fp32", "fp16", "bf16", "int8")
     backends = ("cpu", "vulkan")
     device_kinds = ("host",)
-    unsupported = {"int8": "ncnn int8 models need ncnn2table/ncnn2int8, which neither the ncnn wheel nor its sdist ships"}
 
     def probe_host(self, precision: str, backend: str) -> str | None:
         if backend == "vulkan" and not has_library("vulkan"):
@@ -83,6 +83,11 @@ class NcnnEngine(Engine):
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         param, weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir)
         notes: list[str] = []
+        if precision == "int8":
+            from devicelab.engines.ncnn_int8 import INT8_NOTE, int8_model  # the controller only, never the runner
+
+            param, weights = int8_model(model, param, weights)
+            notes.append(INT8_NOTE)
         if precision == "fp16":
             notes.append("fp16 storage and arithmetic switches on; ncnn uses fp16 arithmetic only where the CPU has it")
         return PreparedModel(param, tuple(notes), {"weights": str(weights)})
@@ -93,13 +98,16 @@ class NcnnEngine(Engine):
         net = ncnn.Net()
         opt = net.opt
         precision = config["precision"]
-        # Set before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off.
-        fp16, bf16 = precision == "fp16", precision == "bf16"
+        # Set before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off. int8 turns on
+        # int8 inference alone (fp16/bf16 stay off), so only the quantized layers differ from fp32; the other int8
+        # switches are Vulkan storage options, off as in dlbench's backend.
+        fp16, bf16, int8 = precision == "fp16", precision == "bf16", precision == "int8"
         opt.num_threads = int(config["threads"])
         opt.use_vulkan_compute = config.get("backend", "cpu") == "vulkan"
         opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16
         opt.use_bf16_storage = opt.use_bf16_packed = bf16
-        opt.use_int8_inference = opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
+        opt.use_int8_inference = int8
+        opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
         if net.load_param(config["model"]) != 0:
             raise RuntimeError(f"ncnn could not load {config['model']}")
         if net.load_model(config["options"]["weights"]) != 0:
