@@ -30,20 +30,97 @@ def _print_json(data: Any) -> None:
 
 @app.command()
 def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -> None:
-    """List the devices in the inventory with their facts."""
+    """List the inventory's devices and the phones attached to this machine (adb), with their facts."""
     from devicelab.config import load_inventory
-    from devicelab.devices import open_device
+    from devicelab.devices import discovered, open_device
 
-    facts = [open_device(e).facts() for e in load_inventory(devices_file).devices]
+    inventory = load_inventory(devices_file)
+    found, notes = discovered({str(e.options.get("serial") or e.id) for e in inventory.devices})
+    rows: list[dict[str, Any]] = []
+    for entry in [*inventory.devices, *found]:
+        try:
+            row = open_device(entry).facts().to_dict()
+        except DevicelabError as e:
+            row = {"id": entry.id, "kind": entry.kind, "error": str(e)}
+        row["source"] = "discovered" if entry in found else "inventory"
+        rows.append(row)
     if as_json:
-        _print_json([f.to_dict() for f in facts])
+        _print_json(rows)
         return
-    table = Table("id", "kind", "model", "os", "abi", "cpus", "clusters")
-    for f in facts:
-        clusters = " ".join(f"[{','.join(map(str, c.cpus))}]" + (f"@{c.max_khz // 1000}MHz" if c.max_khz else "")
-                            for c in f.clusters)
-        table.add_row(f.id, f.kind, f.model, f.os, f.abi, str(len(f.cpu_ids)), clusters)
+    table = Table("id", "kind", "model", "os", "abi", "soc", "cpus", "clusters", "battery")
+    for f in rows:
+        if "error" in f:
+            table.add_row(f["id"], f["kind"], f"unreachable: {f['error']}", "", "", "", "", "", "")
+            continue
+        clusters = " ".join(f"[{','.join(map(str, c['cpus']))}]" + (f"@{c['max_khz'] // 1000}MHz" if c["max_khz"] else "")
+                            + (f" cap {c['capacity']}" if c["capacity"] else "") for c in f["clusters"])
+        battery = ""
+        if f.get("battery_percent") is not None:
+            battery = f"{f['battery_percent']} % {f.get('battery_status') or ''}".strip()
+            battery += " (charging)" if f.get("charging") else ""
+        table.add_row(f["id"], f["kind"], " ".join(x for x in (f.get("manufacturer"), f["model"]) if x), f["os"],
+                      f["abi"], f.get("soc") or "", str(f["cpus"]), clusters, battery)
     out.print(table)
+    for note in notes:
+        err.print(f"note: {note}", markup=False)
+
+
+@app.command()
+def clean(device: str = typer.Argument(..., metavar="DEVICE", help="a device id or an adb serial"),
+          devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -> None:
+    """Remove devicelab's folder on DEVICE (/data/local/tmp/devicelab on a phone) and nothing else."""
+    from devicelab.config import ConfigError, load_inventory
+    from devicelab.devices import open_device
+    from devicelab.sweep import select_devices
+
+    entries, problems = select_devices([device], load_inventory(devices_file))
+    if problems:
+        raise ConfigError("clean", problems)
+    try:
+        removed = open_device(entries[0]).clean()
+    except OSError as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if as_json:
+        _print_json(removed)
+    elif removed["removed"]:
+        out.print(f"{device}: removed {removed['removed']} ({removed['bytes'] / 2**20:.1f} MiB)")
+    else:
+        out.print(f"{device}: nothing to remove")
+
+
+@app.command("calibrate-energy")
+def calibrate_energy(
+    device: str = typer.Argument(..., metavar="DEVICE", help="a phone: device id or adb serial"),
+    seconds: float = typer.Option(60.0, "--seconds", min=5.0, help="length of the discharge window"),
+    no_load: bool = typer.Option(False, "--no-load", help="discharge idle (the charge moves slower)"),
+    allow_charging: bool = typer.Option(False, "--allow-charging", help="calibrate even with a charger attached"),
+    devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Calibrate a phone's battery sensor (sign and scale of current_now) against charge_counter, for energy runs."""
+    from devicelab.config import ConfigError, load_inventory
+    from devicelab.devices import open_device
+    from devicelab.sweep import select_devices
+
+    entries, problems = select_devices([device], load_inventory(devices_file))
+    if problems:
+        raise ConfigError("calibrate-energy", problems)
+    phone = open_device(entries[0])
+    if not hasattr(phone, "calibrate_energy"):
+        raise DevicelabError(f"calibrate-energy: {device} is a {entries[0].kind} device; only phones (android) have "
+                             "a battery sensor to calibrate")
+    err.print(f"{device}: discharging for {seconds:g} s{'' if no_load else ' with every CPU busy'}...", markup=False)
+    try:
+        calibration, path = phone.calibrate_energy(seconds, load=not no_load, allow_charging=allow_charging)
+    except OSError as e:
+        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+    if as_json:
+        _print_json({"device": device, "profile": str(path), "energy": calibration.to_dict()})
+        return
+    out.print(f"{device}: {calibration.describe()}; charge {calibration.charge_delta_uah:+.0f} µAh over "
+              f"{calibration.window_s:.0f} s ({calibration.mean_discharge_ma:.0f} mA), ratio "
+              f"{calibration.measured_ratio:+.4g} µA per unit; stored in {path}", markup=False)
 
 
 @app.command()
@@ -139,7 +216,7 @@ def run(
         store = open_store(db)
 
     state: dict[str, Any] = {"run_id": resume}
-    with _RunProgress(enabled=not as_json or err.is_terminal) as progress:
+    with _RunProgress(enabled=err.is_terminal) as progress:
         def on_event(kind: str, obj: Any) -> None:
             if kind == "run":
                 state["run_id"] = obj
@@ -160,6 +237,8 @@ def run(
                       f"resume with: devicelab run --resume {rid}")
             raise typer.Exit(130)
 
+    for line in progress.push_summary():
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
     record = store.get_run(run_id)
     path = Path(report_path).expanduser() if report_path else paths.reports_dir() / f"{run_id}.html"
     report.write(path, [record], results)
@@ -189,6 +268,7 @@ class _RunProgress:
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
                                  disable=not enabled, transient=False)
         self.task = self.progress.add_task("preparing", total=None)
+        self.pushed: dict[str, dict[str, float]] = {}  # per device: files, pushed_files, bytes, seconds
 
     def __enter__(self) -> _RunProgress:
         self.progress.start()
@@ -208,6 +288,20 @@ class _RunProgress:
             self.progress.update(self.task, description=f"{c.device} {c.engine} {c.model} {c.precision} {c.threads}t")
         elif kind == "result" and obj.status != "unsupported":  # those take no time: keep them out of the ETA
             self.progress.advance(self.task)
+        elif kind == "push":
+            total = self.pushed.setdefault(obj["device"], {"files": 0, "pushed_files": 0, "bytes": 0, "seconds": 0.0})
+            for key in total:
+                total[key] += obj[key]
+            if obj["pushed_files"]:
+                self.progress.console.print(f"pushed {obj['pushed_files']} of {obj['files']} files "
+                                            f"({obj['bytes'] / 2**20:.1f} MiB) to {obj['device']} in "
+                                            f"{obj['seconds']:.1f} s", markup=False)
+
+    def push_summary(self) -> list[str]:
+        """One line per device that received files: what a second run should show as 0 bytes."""
+        return [f"{device}: pushed {int(t['bytes'])} bytes ({int(t['pushed_files'])} files) in {t['seconds']:.1f} s; "
+                f"{int(t['files'] - t['pushed_files'])} file pushes skipped (already on the device)"
+                for device, t in self.pushed.items()]
 
 
 def _render_tables(results: list[Any]) -> None:
@@ -284,7 +378,7 @@ def noise(
            "repeats": repeats}
     suite = sweep.validate(raw, "noise", inventory)
     store = open_store(db)
-    with _RunProgress(enabled=not as_json or err.is_terminal) as progress:
+    with _RunProgress(enabled=err.is_terminal) as progress:
         run_id, results = sweep.start_run(store, suite, inventory, sys.argv, progress.event)
     if sweep.exit_code(results):
         raise DevicelabError(f"the A/A run {run_id} had failures: see devicelab show {run_id}")

@@ -66,6 +66,13 @@ class Inventory:
                 return d
         raise DevicelabError(unknown_name_message("device", device_id, [d.id for d in self.devices]))
 
+    def find(self, name: str) -> DeviceEntry | None:
+        """The entry with this id, or the phone entry whose adb serial or address it is."""
+        for d in self.devices:
+            if name in (d.id, d.options.get("serial"), d.options.get("address")):
+                return d
+        return None
+
 
 def inventory_path(explicit: str | None) -> Path | None:
     """--devices, else DEVICELAB_DEVICES, else ./devices.yaml, else None for the built-in inventory."""
@@ -122,6 +129,7 @@ def parse_inventory(raw: Any, source: str) -> Inventory:
             problems.append(f"{where}.id: '{dev_id}' appears twice")
         seen.add(dev_id)
         options = {k: v for k, v in item.items() if k not in ("id", "kind")}
+        problems.extend(f"{where}.{p}" for p in device_class(kind).check_entry(options))
         entries.append(DeviceEntry(dev_id, kind, options))
     if problems:
         raise ConfigError(source, problems)
@@ -214,6 +222,18 @@ def load_suite_file(path: Path) -> dict[str, Any]:
         for key in ("path", "calibration"):
             if isinstance(m, dict) and isinstance(m.get(key), str) and not Path(m[key]).expanduser().is_absolute():
                 m[key] = str(base_dir / m[key])
+    # So are the programs an engine entry names (the protocol engine's runner, an engine tool's binary).
+    for e in raw.get("engines") if isinstance(raw.get("engines"), list) else []:
+        options = e.get("options") if isinstance(e, dict) else None
+        if not isinstance(options, dict):
+            continue
+        for key in ("binary", "libraries"):
+            value = options.get(key)
+            if isinstance(value, str) and not Path(value).expanduser().is_absolute():
+                options[key] = str(base_dir / value)
+            elif isinstance(value, list):
+                options[key] = [str(base_dir / v) if isinstance(v, str) and not Path(v).expanduser().is_absolute()
+                                else v for v in value]
     raw.setdefault("name", path.stem)
     return raw
 
@@ -325,6 +345,9 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         if not isinstance(options, dict):
             problems.append(f"{where}.options: must be a mapping")
             continue
+        from devicelab.engines import get_engine
+
+        problems.extend(f"{where}.{p}" for p in get_engine(name).check_options(options))
         engines.append(EngineSpec(name, label, options))
     if not engines and not any(p.startswith("engines[") for p in problems):
         problems.append(f"engines: must list at least one engine; allowed: {', '.join(ENGINE_MODULES)}")

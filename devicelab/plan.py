@@ -84,6 +84,8 @@ def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
         return f"{info.name} is not available: {info.reason}"
     if kind not in info.device_kinds:
         return f"{info.name} does not run on {kind} devices (runs on: {', '.join(info.device_kinds)})"
+    if kind in info.kind_reasons:
+        return info.kind_reasons[kind]
     if precision not in info.precisions:
         return info.unsupported.get(precision) or \
             f"{info.name} supports precisions {', '.join(info.precisions)}, not {precision}"

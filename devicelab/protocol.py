@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +35,14 @@ class ProtocolSettings:
     cooldown_tolerance_c: float = 2.0  # where sensors exist: wait until within this of the idle baseline
     cooldown_timeout_seconds: float = 120.0
     accuracy_inputs: int = 16  # seeded inputs run after timing to compare outputs with the fp32 reference
+    tool_iterations: int = 50  # timed runs asked of an engine's own tool (tool:*), which has no stopping rule
+    # Energy (phones): after timing, an idle window then a window of continuous inference, battery sampled on the
+    # device; windows shorter than energy_min_window_seconds give None (the fuel gauge averages over seconds).
+    energy: bool = False
+    energy_window_seconds: float = 30.0
+    energy_min_window_seconds: float = 30.0
+    energy_idle_seconds: float = 10.0
+    energy_allow_charging: bool = False  # measure even when a charger feeds the phone (the figure is then wrong)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -54,6 +62,12 @@ def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSet
     for key, value in raw.items():
         if key not in _FIELDS:
             problems.append(f"{where}.{key}: unknown key; allowed: {', '.join(_FIELDS)}")
+            continue
+        if _FIELDS[key].type in (bool, "bool"):
+            if not isinstance(value, bool):
+                problems.append(f"{where}.{key}: {value!r} is not allowed; allowed: true, false")
+            else:
+                values[key] = value
             continue
         want_int = _FIELDS[key].type in (int, "int")
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -145,6 +159,7 @@ class Measurement:
     ops: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = ""
     batches: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -161,7 +176,35 @@ def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, An
         raise RunnerError(f"runner protocol: expected '{want}' event, got {event!r:.200}")
 
 
-def measure(channel: Channel, s: ProtocolSettings, deadline: float) -> Measurement:
+def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]]) -> list[float]:
+    """Ask for n iterations; their times."""
+    channel.send({"cmd": "run", "iterations": n})
+    got: list[float] = []
+    while True:
+        event = channel.receive(deadline)
+        kind = event.get("event")
+        if kind == "iter":
+            got.append(float(event["s"]))
+        elif kind == "batch":
+            break
+        elif kind == "op":
+            ops.append(event)
+        elif kind == "error":
+            raise RunnerError(str(event.get("message", "runner error")))
+        else:
+            raise RunnerError(f"runner protocol: unexpected event {event!r:.200} during a batch")
+    if len(got) != n:
+        raise RunnerError(f"runner protocol: asked for {n} iterations, got {len(got)}")
+    return got
+
+
+# Called once timing has stopped, before "stop", with the channel and the timed samples: what a device measures
+# with the runner still warm and loaded (e.g. an energy window); its answer is kept in Measurement.extra.
+BeforeStop = Callable[[Channel, list[float]], dict[str, Any]]
+
+
+def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop: BeforeStop | None = None
+            ) -> Measurement:
     """Drive one runner from 'ready' to 'done' under the stopping rule."""
     ops: list[dict[str, Any]] = []
     ready = _expect(channel, deadline, "ready", ops)
@@ -172,30 +215,15 @@ def measure(channel: Channel, s: ProtocolSettings, deadline: float) -> Measureme
     samples: list[float] = []
     batches = 0
     while (reason := stop_reason(samples, s)) is None:
-        n = next_batch(samples, s, estimate)
-        channel.send({"cmd": "run", "iterations": n})
+        got = run_batch(channel, next_batch(samples, s, estimate), deadline, ops)
+        samples.extend(got)
         batches += 1
-        got = 0
-        while True:
-            event = channel.receive(deadline)
-            kind = event.get("event")
-            if kind == "iter":
-                samples.append(float(event["s"]))
-                got += 1
-            elif kind == "batch":
-                break
-            elif kind == "op":
-                ops.append(event)
-            elif kind == "error":
-                raise RunnerError(str(event.get("message", "runner error")))
-            else:
-                raise RunnerError(f"runner protocol: unexpected event {event!r:.200} during a batch")
-        if got != n:
-            raise RunnerError(f"runner protocol: asked for {n} iterations, got {got}")
-        estimate = float(stats.median(samples[-got:]) or estimate)
+        estimate = float(stats.median(got) or estimate)
+    extra = before_stop(channel, samples) if before_stop is not None else {}
     channel.send({"cmd": "stop"})
-    done = _expect(channel, deadline, "done", ops)
-    return Measurement(ready=ready, done=done, samples_s=samples, ops=ops, stop_reason=reason, batches=batches)
+    done = _expect(channel, max(deadline, time.monotonic() + 60) if extra else deadline, "done", ops)
+    return Measurement(ready=ready, done=done, samples_s=samples, ops=ops, stop_reason=reason, batches=batches,
+                       extra=extra)
 
 
 def now_deadline(seconds: float) -> float:

@@ -20,9 +20,9 @@ import devicelab
 from devicelab import paths, zoo
 from devicelab.analysis import accuracy
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
-from devicelab.devices import Device, Job, open_device
+from devicelab.devices import Device, DeviceEntry, Job, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
-from devicelab.errors import DevicelabError
+from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import FINISHED, INTERRUPTED, RunRecord, SqliteStore, utc_now
@@ -46,24 +46,58 @@ def new_run_id() -> str:
 
 
 def validate(raw_suite: dict[str, Any], source: str, inventory: Inventory) -> Suite:
-    """The whole suite at once, devices included: one ConfigError naming every problem."""
+    """The whole suite at once, devices included: one ConfigError naming every problem. The suite that comes back
+    names its devices (the inventory's, ANDROID_SERIAL's, or the phones it asked for), so --resume runs the same."""
     problems: list[str] = []
     try:
         suite = parse_suite(raw_suite, source)
     except ConfigError as e:
         problems.extend(e.problems)
         suite = None
-    known = [d.id for d in inventory.devices]
     wanted = raw_suite.get("devices")
-    for i, dev in enumerate(wanted if isinstance(wanted, list) else [wanted] if wanted else []):
-        if dev not in known:
-            from devicelab.errors import unknown_name_message
-
-            problems.append(f"devices[{i}]: " + unknown_name_message("device", str(dev), known)
-                            + f" (inventory: {inventory.source})")
+    wanted = wanted if isinstance(wanted, list) else [wanted] if wanted else None
+    entries, device_problems = select_devices([str(d) for d in wanted] if wanted else None, inventory)
+    problems.extend(device_problems)
     if problems or suite is None:
         raise ConfigError(source, problems)
-    return suite
+    return dataclasses.replace(suite, devices=tuple(e.id for e in entries))
+
+
+def select_devices(wanted: list[str] | None, inventory: Inventory) -> tuple[list[DeviceEntry], list[str]]:
+    """The devices a run uses: those asked for by id (inventory ids, or adb serials of attached phones), else the
+    phone ANDROID_SERIAL names, else every inventory device. Phones are discovered only when a name is not in
+    the inventory, so a host-only run never talks to adb."""
+    if wanted is None and os.environ.get("ANDROID_SERIAL"):
+        wanted, where = [os.environ["ANDROID_SERIAL"]], "ANDROID_SERIAL"
+    else:
+        where = "devices"
+    if wanted is None:
+        return list(inventory.devices), []
+    entries: list[DeviceEntry] = []
+    missing: list[tuple[int, str]] = []
+    for i, name in enumerate(wanted):
+        entry = inventory.find(name)
+        if entry is None:
+            missing.append((i, name))
+        elif entry not in entries:
+            entries.append(entry)
+    problems: list[str] = []
+    if missing:
+        from devicelab.devices import discovered
+
+        known = {str(d.options.get("serial") or d.id) for d in inventory.devices}
+        found, notes = discovered(known)
+        by_id = {e.id: e for e in found}
+        allowed = [d.id for d in inventory.devices] + list(by_id)
+        for i, name in missing:
+            if name in by_id:
+                entries.append(by_id[name])
+                continue
+            label = f"{where}[{i}]" if where == "devices" else where
+            extra = f"; adb: {'; '.join(notes)}" if notes else ""
+            problems.append(f"{label}: " + unknown_name_message("device", name, allowed)
+                            + f" (inventory: {inventory.source}; attached phones are found with adb{extra})")
+    return entries, problems
 
 
 def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
@@ -75,7 +109,9 @@ def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
 
 
 def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
-    entries = [inventory.get(d) for d in suite.devices] if suite.devices else list(inventory.devices)
+    entries, problems = select_devices(list(suite.devices) if suite.devices is not None else None, inventory)
+    if problems:
+        raise ConfigError("devices", problems)
     models = resolve_models(suite)
     devices = {e.id: open_device(e) for e in entries}
     facts = [d.facts() for d in devices.values()]
@@ -92,6 +128,9 @@ def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
     version and availability as that interpreter sees them."""
     engine = get_engine(spec.name)
     info = engine.info(probe)
+    version = engine.version_for(spec.options)
+    if version != info.version:
+        info = dataclasses.replace(info, version=version)
     python = spec.options.get("python")
     if not python:
         return info
@@ -134,6 +173,8 @@ class Executor:
     def __init__(self, store: SqliteStore, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
         self.store, self.run_id, self.p = store, run_id, prepared
         self.progress = progress or (lambda kind, obj: None)
+        for device in prepared.devices.values():
+            device.on_event = self.progress  # e.g. ("push", {device, files, pushed_files, bytes, seconds})
         self._converted: dict[tuple[str, str, str], PreparedModel | str] = {}
         self._sources: dict[str, SourceModel] = {}
 
@@ -177,7 +218,7 @@ class Executor:
             outputs = Path(tmp) / "outputs.npz" if settings.accuracy_inputs else None
             job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
                       seed=self.p.seed, settings=settings, options={**converted.options, **pc.engine_options},
-                      notes=converted.notes, outputs_path=outputs)
+                      notes=converted.notes, outputs_path=outputs, prepared=converted)
             try:
                 result = device.run(job)
             except OSError as e:

@@ -18,6 +18,33 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+def _free_port() -> int:
+    import socket
+
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port != 5037 and not 5555 <= port <= 5585:  # adb's default server port and its emulator range
+            return port
+
+
+# No test may talk to (or start) the machine's own adb server on 5037: every process of this session, the
+# devicelab CLI's included, reads this port; whatever server a test started there is killed at the end.
+os.environ["ANDROID_ADB_SERVER_PORT"] = str(_free_port())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_adb_server() -> Any:
+    yield
+    try:
+        import adbutils
+
+        adbutils.AdbClient(port=int(os.environ["ANDROID_ADB_SERVER_PORT"])).server_kill()
+    except Exception:  # noqa: BLE001 - nothing was started there, or it is gone already
+        pass
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("devicelab-data")
@@ -34,6 +61,7 @@ def env(data_dir: Path, tmp_path: Path) -> dict[str, str]:
     e.update({"DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": str(tmp_path / "db.sqlite"),
               "HOME": str(tmp_path / "home"), "COLUMNS": "200", "DEVICELAB_CACHE": BUILD_CACHE})
     e.pop("DEVICELAB_DEVICES", None)
+    (tmp_path / "home").mkdir(exist_ok=True)  # adb keeps its keys there
     return e
 
 

@@ -17,10 +17,13 @@ from devicelab.result import PRECISIONS
 from helpers import devicelab, run_json, write_suite
 
 ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
+TOOLS = ["tool:benchncnn", "tool:benchmark_model", "tool:mnn-benchmark", "tool:onnxruntime_perf_test"]
 
 
 def test_every_engine_declares_its_capabilities() -> None:
-    assert engine_names() == ENGINES + ["dlbench"]  # dlbench: ncnn through devicelab's C++ runner (tests/test_dlbench)
+    # dlbench: ncnn through devicelab's C++ runner (tests/test_dlbench); protocol: any runner-protocol program;
+    # tool:*: the engines' own benchmark binaries (tests/test_tools)
+    assert engine_names() == ENGINES + ["dlbench", "protocol", *TOOLS]
     for name in ENGINES:
         e = get_engine(name)
         assert e.name == name and e.formats and set(e.precisions) <= set(PRECISIONS) and "fp32" in e.precisions
@@ -45,11 +48,11 @@ def test_engines_json_per_device(env: dict[str, str]) -> None:
     p = devicelab("engines", "--json", env=env)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
-    assert set(rows) == set(ENGINES) | {"dlbench"}
+    assert set(rows) == set(ENGINES) | {"dlbench", "protocol", *TOOLS}
     for r in (rows[name] for name in ENGINES):
         (host,) = r["devices"]
         assert host["id"] == "host" and host["available"] and "fp32/cpu" in host["runs"]
-    assert rows["ncnn"]["unsupported"]["int8"].startswith("ncnn int8 models need ncnn2table")
+    assert "int8" in rows["ncnn"]["precisions"] and "int8" not in rows["ncnn"]["unsupported"]  # devicelab's ncnn_int8
 
 
 def test_tflite_writer_matches_onnx_on_every_zoo_model() -> None:
@@ -109,11 +112,10 @@ def test_fp32_of_every_engine_agrees_with_the_reference(engine_runs: dict[str, A
 
 def test_precision_variants(engine_runs: dict[str, Any]) -> None:
     results = _by(engine_runs["first"])
-    for name in ("onnxruntime", "litert", "openvino", "mnn"):  # static int8 of each
+    for name in ("onnxruntime", "litert", "openvino", "mnn", "ncnn"):  # static int8 of each
         r = results[(name, "int8")]
         assert r["status"] == "ok", (name, r["reason"], r["stderr_tail"])
         assert 0.99 < r["accuracy"]["cosine"] < 1.0 and r["accuracy"]["max_abs_diff"] > 1e-3, name
-    assert results[("ncnn", "int8")]["status"] == "unsupported"
     assert results[("onnxruntime", "bf16")]["status"] == "unsupported"
     assert results[("litert", "bf16")]["reason"] == "LiteRT's CPU kernels have no bf16 mode"
     for key in [("ncnn", "fp16"), ("ncnn", "bf16"), ("litert", "fp16"), ("onnxruntime", "fp16")]:

@@ -19,11 +19,13 @@ from typing import Any, BinaryIO
 
 from devicelab import native
 from devicelab.analysis import stats
-from devicelab.devices.base import Cluster, Device, DeviceFacts, Job
+from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measurement_fields, probe_fields, throttled,
+                                    tool_fields, tool_settings)
 from devicelab.engines import Engine, get_engine
-from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, ProtocolSettings, RunnerError, measure,
+from devicelab.engines.tool_base import ToolEngine
+from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, RunnerError, measure,
                                 now_deadline)
-from devicelab.result import FAILED, OK, Result
+from devicelab.result import FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
 STDERR_TAIL_BYTES = 4000
@@ -170,29 +172,16 @@ class HostDevice(Device):
             state["unavailable"] = [f"{u}: no sensor readable in /sys on this host" for u in unavailable]
         return state
 
-    def cooldown(self, baseline: dict[str, Any], settings: ProtocolSettings) -> dict[str, Any]:
-        base = baseline.get("temperatures_c") or {}
-        if not base:
-            time.sleep(settings.cooldown_seconds)
-            return {"method": "fixed pause (no temperature sensor)", "waited_s": settings.cooldown_seconds}
-        start = time.monotonic()
-        while True:
-            now = self.state().get("temperatures_c") or {}
-            over = {k: now[k] - base[k] for k in base if k in now and now[k] - base[k] > settings.cooldown_tolerance_c}
-            waited = time.monotonic() - start
-            if not over:
-                return {"method": "temperature", "waited_s": round(waited, 3), "reached": True}
-            if waited >= settings.cooldown_timeout_seconds:
-                return {"method": "temperature", "waited_s": round(waited, 3), "reached": False,
-                        "still_above_baseline_c": over}
-            time.sleep(0.5)
-
     # ---- running -------------------------------------------------------------------------------------
 
-    def runner_command(self, config_path: str, engine: Engine, python: str | None = None) -> list[str]:
-        """The runner for this engine: its native binary from `devicelab build-native --target host`, or the
-        Python host runner (in another interpreter for a label whose build lives there). Raises
-        FileNotFoundError naming the build command when the binary is missing."""
+    def runner_command(self, config_path: str, engine: Engine, python: str | None = None,
+                       options: dict[str, Any] | None = None) -> list[str]:
+        """The runner for this engine: the user's program (the protocol engine), its native binary from
+        `devicelab build-native --target host`, or the Python host runner (in another interpreter for a label
+        whose build lives there). Raises FileNotFoundError naming the build command when the binary is missing."""
+        user = engine.user_runner(options or {})
+        if user is not None:
+            return [str(user[0].resolve()), config_path]
         if engine.native_runner:
             binary = native.artifact("host", engine.native_runner)
             if binary is None:
@@ -212,6 +201,9 @@ class HostDevice(Device):
         s = job.settings
         started = utc_now()
         state_before = self.state()
+        engine = get_engine(cfg.engine)
+        if isinstance(engine, ToolEngine):
+            return self._run_tool(job, engine, state_before, started)
         runner_cfg = {"engine": cfg.engine, "model": str(job.model_path), "inputs": list(job.inputs),
                       "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision,
                       "backend": cfg.backend, "seed": job.seed, "options": job.options,
@@ -234,7 +226,11 @@ class HostDevice(Device):
             engine = get_engine(cfg.engine)
             try:
                 runner_cfg = engine.stage(runner_cfg, Path(tmp))
-                runner = self.runner_command(config_path, engine, python)
+                runner = self.runner_command(config_path, engine, python, job.options)
+                user = engine.user_runner(job.options)
+                if user and user[1]:  # the user's shared libraries, found where they lie
+                    env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                        [*dict.fromkeys(str(p.resolve().parent) for p in user[1]), env.get("LD_LIBRARY_PATH", "")])
                 command = self.probe_command(runner, cfg.cpus, probe_path)
             except (OSError, ValueError) as e:
                 return Result.for_config(job.run_id, cfg, FAILED, reason=str(e), notes=tuple(notes),
@@ -248,7 +244,7 @@ class HostDevice(Device):
                                     stderr=err, env=env, start_new_session=True, cwd=tmp)
             try:
                 m = measure(_PipeChannel(proc), s, now_deadline(s.timeout_seconds))
-                fields = self._fields(m, cfg.cpus, notes)
+                fields = measurement_fields(m, cfg.cpus, notes)
             except ChannelTimeoutError:
                 _killpg(proc)
                 status, reason = FAILED, f"timeout: no answer within timeout_seconds={s.timeout_seconds:g}; runner process group killed"
@@ -274,58 +270,78 @@ class HostDevice(Device):
                 if closed and report is not None and report.exit_signal:
                     # dlprobe exits 128 + signal; say what happened to the runner itself
                     reason = f"runner ended before finishing ({_describe_exit(-report.exit_signal)})"
-                fields = self._probe_fields(report, fields, notes)
+                fields = probe_fields(report, fields, notes)
             else:
                 fields.pop("_runner_peak", None)
         state_after = self.state()
-        throttled = _throttled(state_before, state_after, cfg.cpus)
-        notes.extend(stats.stability_warnings(fields.get("samples_s", ()), throttled))
+        was_throttled = throttled(state_before, state_after, cfg.cpus)
+        notes.extend(stats.stability_warnings(fields.get("samples_s", ()), was_throttled))
         return Result.for_config(
             job.run_id, cfg, status, reason=reason, notes=tuple(notes), state_before=state_before,
-            state_after=state_after, throttled=throttled,
+            state_after=state_after, throttled=was_throttled,
             started_at=started, finished_at=utc_now(), stderr_tail=stderr_tail or None,
             energy_reason="no energy source on this host (RAPL is not readable in /sys/class/powercap)"
             if not glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") else "host energy is not measured yet",
             protocol={**s.to_dict(), **fields.pop("protocol", {})}, **fields)
 
-    @staticmethod
-    def _fields(m: Any, cpus: tuple[int, ...], notes: list[str]) -> dict[str, Any]:
-        ready, done = m.ready, m.done
-        pinned = ready.get("cpus")
-        if pinned is not None and cpus and sorted(pinned) != sorted(cpus):
-            notes.append(f"runner reports affinity {pinned}, asked for {list(cpus)}")
-        return {
-            "samples_s": tuple(m.samples_s), "warmups": ready.get("warmups"),
-            "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
-            "load_s": ready.get("load_s"), "first_s": ready.get("first_s"),
-            "rss_before_load_bytes": ready.get("rss_before_load_bytes"),
-            "peak_rss_bytes": done.get("peak_rss_bytes"),
-            "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
-                             "(RSS before load: its VmRSS after the engine import, before the model loads)",
-            "protocol": {"stop_reason": m.stop_reason, "batches": m.batches, "warmup_s": ready.get("warmup_s"),
-                         "outputs_sha256": done.get("outputs_sha256"),
-                         **({"runner_version": ready["runner_version"]} if ready.get("runner_version") else {}),
-                         # per-layer times (op events), when the runner offers them: dlbench options.layer_times
-                         **({"ops": m.ops} if m.ops else {})},
-            "_runner_peak": (done.get("peak_rss_bytes"), done.get("peak_rss_method")),
-        }
-
-    @staticmethod
-    def _probe_fields(report: native.ProbeReport | None, fields: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-        """Peak memory from dlprobe's wait4 ru_maxrss cross-checked with the runner's own VmHWM; dlprobe's
-        summary (frequencies, temperatures, its own cost) goes with the protocol record."""
-        if report is None:
-            notes.append("dlprobe wrote no report (the runner was killed or never started)")
-            fields.pop("_runner_peak", None)
-            return fields
-        if not fields:  # the runner failed: keep what dlprobe saw for the record, nothing else
-            return {"protocol": {"dlprobe": report.summary()}}
-        runner_peak, runner_method = fields.pop("_runner_peak", (None, None))
-        peak, method, note = native.peak_memory(report, runner_peak, runner_method)
-        if note:
-            notes.append(note)
-        return {**fields, "peak_rss_bytes": peak, "memory_method": method + " (RSS before load: the runner's VmRSS "
-                "before the model loads)", "protocol": {**fields.get("protocol", {}), "dlprobe": report.summary()}}
+    def _run_tool(self, job: Job, engine: ToolEngine, state_before: dict[str, Any], started: str) -> Result:
+        """An engine's own benchmark binary built for the host: its model laid out in a run folder, run once pinned
+        (under dlprobe when built, which also gives the peak memory), its output parsed."""
+        cfg = job.config
+        notes = list(job.notes)
+        s = tool_settings(job, self.facts(), engine)
+        why = engine.unsupported_reason(s)
+        if why:
+            return Result.for_config(job.run_id, cfg, UNSUPPORTED, reason=why, notes=tuple(notes),
+                                     started_at=started, finished_at=utc_now())
+        binary, libraries = engine.user_runner(job.options) or (None, ())
+        assert binary is not None and job.prepared is not None
+        env = dict(os.environ)
+        if libraries:
+            env["LD_LIBRARY_PATH"] = os.pathsep.join([*dict.fromkeys(str(p.resolve().parent) for p in libraries),
+                                                      env.get("LD_LIBRARY_PATH", "")])
+        with tempfile.TemporaryDirectory(prefix="devicelab-tool-") as tmp:
+            for rel, local in engine.model_layout(job.prepared).items():
+                (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
+                (Path(tmp) / rel).symlink_to(Path(local).resolve())
+            argv = engine.argv(str(binary.resolve()), tmp, s)
+            probe_path = os.path.join(tmp, ".dlprobe.json")
+            command = self.probe_command(argv, cfg.cpus, probe_path)
+            probed = command is not argv
+            # Without dlprobe the tool is pinned before exec here (the tools that re-pin themselves then narrow it).
+            pin = None if probed or not cfg.cpus else (lambda: os.sched_setaffinity(0, cfg.cpus))
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                    env=env, cwd=tmp, start_new_session=True, preexec_fn=pin)
+            try:
+                out, err = proc.communicate(timeout=job.settings.timeout_seconds)
+            except subprocess.TimeoutExpired:
+                _killpg(proc)
+                out, err = proc.communicate()
+                return Result.for_config(job.run_id, cfg, FAILED, notes=tuple(notes), state_before=state_before,
+                                         reason=f"timeout: {engine.tool} did not finish within timeout_seconds="
+                                                f"{job.settings.timeout_seconds:g}; its process group was killed",
+                                         stderr_tail=err.decode(errors="replace")[-STDERR_TAIL_BYTES:] or None,
+                                         started_at=started, finished_at=utc_now())
+            except BaseException:
+                _killpg(proc)
+                proc.wait()
+                raise
+            files = {name: (Path(tmp) / name).read_text(errors="replace")
+                     for name in engine.output_files if (Path(tmp) / name).is_file()}
+            report = native.ProbeReport.read(Path(probe_path)) if probed else None
+        code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        if report is not None and report.exit_code is not None:
+            code = report.exit_code  # dlprobe exits with the tool's status (128 + signal)
+        stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace")
+        status, reason, fields = tool_fields(engine, s, argv, stdout, stderr, code, files, report, probed, notes)
+        state_after = self.state()
+        was_throttled = throttled(state_before, state_after, cfg.cpus)
+        return Result.for_config(
+            job.run_id, cfg, status, reason=reason, notes=tuple(notes), state_before=state_before,
+            state_after=state_after, throttled=was_throttled, started_at=started, finished_at=utc_now(),
+            stderr_tail=stderr[-STDERR_TAIL_BYTES:] or None,
+            energy_reason="engine tools are not measured for energy (load, warmup and timing share one process)",
+            protocol={**job.settings.to_dict(), **fields.pop("protocol", {})}, **fields)
 
 
 def _package_shim(tmp: str) -> str:
@@ -348,20 +364,6 @@ def _package_shim(tmp: str) -> str:
         if spec and spec.submodule_search_locations:
             (pkg / sub).symlink_to(Path(list(spec.submodule_search_locations)[0]))
     return str(root)
-
-
-def _throttled(before: dict[str, Any], after: dict[str, Any], cpus: tuple[int, ...]) -> bool | None:
-    seen = False
-    for state in (before, after):
-        for cpu in cpus:
-            f = (state.get("cpufreq") or {}).get(str(cpu))
-            if not f or not f.get("hw_max_khz"):
-                continue
-            seen = True
-            cap = min(x for x in (f.get("max_khz"), f.get("hw_max_khz")) if x)
-            if cap < f["hw_max_khz"]:
-                return True
-    return False if seen else None
 
 
 def _killpg(proc: subprocess.Popen[bytes]) -> None:

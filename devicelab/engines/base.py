@@ -46,12 +46,15 @@ class EngineInfo:
     # probe of this host found, e.g. {"fp16/cpu": "the CPU has no fp16 arithmetic"}.
     unsupported: dict[str, str] = field(default_factory=dict)
     probes: dict[str, str] = field(default_factory=dict)
+    # Why the engine cannot run on a device kind it declares, here and now (e.g. dlbench not built for arm64).
+    kind_reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "available": self.available, "reason": self.reason,
                 "formats": list(self.formats), "precisions": list(self.precisions),
                 "backends": list(self.backends), "device_kinds": list(self.device_kinds),
-                "unsupported": dict(self.unsupported), "host_probes": dict(self.probes)}
+                "unsupported": dict(self.unsupported), "host_probes": dict(self.probes),
+                "device_kind_reasons": dict(self.kind_reasons)}
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,10 @@ class Engine:
             return False, f"Python package '{self.package}' is not installed (pip install {self.package})"
         return True, None
 
+    def kind_reason(self, kind: str) -> str | None:
+        """Why this engine cannot run on devices of `kind` (one it declares) on this machine now, or None."""
+        return None
+
     def probe_host(self, precision: str, backend: str) -> str | None:
         """Why this precision/backend cannot run on this host (e.g. no GPU, no bf16 in the CPU), or None.
         Called in the controller, only for combinations a suite asks for."""
@@ -133,12 +140,26 @@ class Engine:
                     why = self.probe_host(precision, backend)
                     if why:
                         probes[f"{precision}/{backend}"] = why
+        kind_reasons = {k: why for k in self.device_kinds if (why := self.kind_reason(k))} if available else {}
         return EngineInfo(self.name, self.version(), available, reason, self.formats, self.precisions,
-                          self.backends, self.device_kinds, dict(self.unsupported), probes)
+                          self.backends, self.device_kinds, dict(self.unsupported), probes, kind_reasons)
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         """Convert (and cache by content) the source model into what the runner loads."""
         raise NotImplementedError
+
+    def version_for(self, options: dict[str, Any]) -> str | None:
+        """The version a suite's engine entry runs (the protocol engine: its binary's content hash)."""
+        return self.version()
+
+    def check_options(self, options: dict[str, Any]) -> list[str]:
+        """Problems with a suite's `options` for this engine (each names the key and what is allowed)."""
+        return []
+
+    def user_runner(self, options: dict[str, Any]) -> tuple[Path, tuple[Path, ...]] | None:
+        """A runner binary the user supplies (and the shared libraries it needs), for engines whose program is
+        not devicelab's own: the `protocol` engine, the engines' own tools. None: devicelab's runner."""
+        return None
 
     def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
         """Write what the runner reads besides the model into `folder` (the runner's working folder, the one

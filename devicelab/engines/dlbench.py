@@ -17,16 +17,17 @@ from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inpu
 TARGETS_BY_KIND: dict[str, tuple[str, ...]] = {"host": ("host",), "android": ("android-arm64", "arm64")}
 
 
-def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path) -> list[dict[str, Any]]:
-    """The seeded inputs the Python engines feed (make_inputs), as raw little-endian float32 files in C order,
-    named relative to `folder`; returns the specs with a "file" key each."""
+def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path, index: int = 0) -> list[dict[str, Any]]:
+    """Input `index` of the seeded stream the Python engines feed (make_inputs: 0 times, 1..N are the accuracy
+    inputs), as raw little-endian float32 files in C order, named relative to `folder`; returns the specs with a
+    "file" key each."""
     import numpy as np
 
-    feeds = make_inputs(specs, seed)
+    feeds = make_inputs(specs, seed, index)
     out: list[dict[str, Any]] = []
     for i, spec in enumerate(specs):
         array = np.ascontiguousarray(feeds[spec["name"]], dtype="<f4")
-        name = f"input{i}.f32"
+        name = f"input{i}.f32" if index == 0 else f"accuracy{index}-input{i}.f32"
         array.tofile(folder / name)
         out.append({**spec, "dtype": "float32", "file": name})
     return out
@@ -37,9 +38,7 @@ class DlbenchEngine(Engine):
     package = "ncnn"  # not used for the version: see version()
     module = "ncnn"
     formats = ("onnx",)  # converted to ncnn .param/.bin with pnnx, like the pip ncnn engine
-    precisions = ("fp32", "fp16", "bf16")
-    unsupported = {"int8": "dlbench runs ncnn int8 models, but making one needs ncnn2table/ncnn2int8, which no "
-                           "pip package ships"}
+    precisions = ("fp32", "fp16", "bf16", "int8")  # int8: the pip engine's quantized files (ncnn_int8)
     backends = ("cpu",)
     device_kinds = ("host", "android")
     native_runner = "dlbench"
@@ -53,6 +52,15 @@ class DlbenchEngine(Engine):
                 if record is not None:
                     return record
         return None
+
+    def kind_reason(self, kind: str) -> str | None:
+        from devicelab import native
+
+        targets = TARGETS_BY_KIND.get(kind, ())
+        if any(native.registered(t) for t in targets):
+            return None
+        return (f"dlbench is not built for {kind} devices: run `devicelab build-native --target {targets[-1]}`"
+                if targets else f"dlbench has no build for {kind} devices")
 
     def version(self) -> str | None:
         record = self._record()
@@ -73,6 +81,13 @@ class DlbenchEngine(Engine):
         # The pip ncnn engine's cache: one conversion serves both engines (same files, same hash).
         param, weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir.parent / "ncnn")
         notes: list[str] = []
+        if precision == "int8":
+            # Calibrated in this (controller) process with pip ncnn, the same library version dlbench is built
+            # from; the backend then runs it with use_int8_inference on.
+            from devicelab.engines.ncnn_int8 import INT8_NOTE, int8_model
+
+            param, weights = int8_model(model, param, weights)
+            notes.append(INT8_NOTE)
         if precision == "fp16":
             notes.append("fp16 storage; fp16 arithmetic only where the CPU has it (not on x86)")
         return PreparedModel(param, tuple(notes), {"weights": str(weights), "library": "ncnn"})
@@ -81,7 +96,10 @@ class DlbenchEngine(Engine):
         """Make `folder` self-contained: the seeded inputs as files, and the model files linked in, every path
         in the config relative to it (dlbench resolves paths against its config's folder). A driver can push
         the folder as it is (symlinks read as their targets) and run dlbench on the config there."""
-        inputs = write_inputs(list(runner_config["inputs"]), int(runner_config.get("seed", 0)), folder)
+        seed = int(runner_config.get("seed", 0))
+        inputs = write_inputs(list(runner_config["inputs"]), seed, folder)
+        count = int(runner_config.get("accuracy_inputs") or 0) if runner_config.get("outputs_file") else 0
+        accuracy = [write_inputs(list(runner_config["inputs"]), seed, folder, k) for k in range(1, count + 1)]
         options = dict(runner_config.get("options") or {})
         links = {"model.param": Path(runner_config["model"])}
         if options.get("weights"):
@@ -89,7 +107,8 @@ class DlbenchEngine(Engine):
             options["weights"] = "model.bin"
         for name, target in links.items():
             (folder / name).symlink_to(target.resolve())
-        return {**runner_config, "model": "model.param", "options": options, "inputs": inputs}
+        return {**runner_config, "model": "model.param", "options": options, "inputs": inputs,
+                "accuracy_files": accuracy or None}
 
 
 ENGINE = DlbenchEngine()

@@ -126,6 +126,31 @@ std::string outputs_digest(const std::vector<dl::Tensor>& outputs) {
     return h.hexdigest();
 }
 
+// Each accuracy input run once (after timing, so never timed); every output stacked over them: shape [N, ...].
+std::vector<dl::Tensor> stacked_outputs(dl::Backend& backend, const std::vector<std::vector<dl::Tensor>>& sets) {
+    std::vector<dl::Tensor> stacked;
+    for (const auto& inputs : sets) {
+        backend.set_inputs(inputs);
+        backend.run();
+        std::vector<dl::Tensor> outs = backend.outputs();
+        if (stacked.empty()) {
+            for (const auto& o : outs) {
+                dl::Tensor t;
+                t.name = o.name;
+                t.shape.push_back(0);
+                t.shape.insert(t.shape.end(), o.shape.begin(), o.shape.end());
+                stacked.push_back(std::move(t));
+            }
+        }
+        if (outs.size() != stacked.size()) throw dl::BackendError("accuracy inputs: the number of outputs changed", false);
+        for (size_t k = 0; k < outs.size(); k++) {
+            stacked[k].shape[0]++;
+            stacked[k].data.insert(stacked[k].data.end(), outs[k].data.begin(), outs[k].data.end());
+        }
+    }
+    return stacked;
+}
+
 // Outputs as an uncompressed .npz (arr_0, arr_1, ... as numpy.savez names them), readable with numpy.load.
 void write_npz(const std::string& path, const std::vector<dl::Tensor>& outputs) {
     std::string zip, central;
@@ -271,6 +296,14 @@ int run(const std::string& config_path) {
     const int layer_passes = as_int(options["layer_times"], "options.layer_times", 0, 0);
     std::string outputs_file;
     if (cfg["outputs_file"].is_string()) outputs_file = resolve(base_dir, cfg["outputs_file"].as_string());
+    // accuracy_files: one list of input specs (with files) per accuracy input. After "stop" each is run once,
+    // untimed, and the outputs file holds every output stacked over them (what the controller compares with the
+    // fp32 reference); without them it holds the timing input's outputs.
+    std::vector<std::vector<dl::Tensor>> accuracy_sets;
+    if (cfg["accuracy_files"].is_array())
+        for (const auto& set : cfg["accuracy_files"].items()) accuracy_sets.push_back(read_input_specs(set, true, base_dir));
+    else if (!cfg["accuracy_files"].is_null())
+        throw BadInput("accuracy_files: must be a list of input lists");
 
     const long long rss_before = status_bytes("VmRSS");
     auto t0 = Clock::now();
@@ -370,6 +403,7 @@ int run(const std::string& config_path) {
                              .str());
                 }
             }
+            if (!accuracy_sets.empty()) outputs = stacked_outputs(*backend, accuracy_sets);
             dl::JsonObject done;
             done.add("event", "done").add("peak_rss_bytes", peak.first).add("peak_rss_method", peak.second);
             done.add("outputs_sha256", outputs_digest(outputs));

@@ -1,0 +1,91 @@
+"""`protocol`: any program that speaks runner protocol v1 (design.md; README "Runner protocol"), named by the user.
+
+This is how an in-house engine is benchmarked without changing devicelab: the suite names the binary (built for
+the host, or for the phone's ABI), and devicelab runs it exactly as it runs its own runners — a fresh process per
+config, pinned, under dlprobe where it is built, with the same stopping rule, cooldown, state and storage.
+
+    engines:
+      - name: protocol
+        label: mogu
+        options:
+          binary: ./build/arm64/mogu_runner      # relative to the suite file
+          libraries: [./build/arm64/libmogu.so]  # pushed beside it; LD_LIBRARY_PATH points at them
+          formats: [onnx]                         # what the program reads (default: onnx)
+
+The program gets the model file as the suite gives it (the zoo's or the user's ONNX), in its run folder under its
+own file name; precisions and backends are passed through, and a program that cannot do one answers with an
+error event, which becomes a failed row with its message.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from devicelab.engines.base import Engine, PreparedModel, SourceModel
+from devicelab.result import BACKENDS, PRECISIONS
+
+OPTION_KEYS = ("binary", "libraries", "formats")
+
+
+class ProtocolEngine(Engine):
+    name = "protocol"
+    package = ""
+    module = ""
+    formats = ("onnx",)
+    precisions = PRECISIONS
+    backends = BACKENDS
+    device_kinds = ("host", "android")
+
+    def version(self) -> str | None:
+        return None
+
+    def version_for(self, options: dict[str, Any]) -> str | None:
+        """The binary's content hash: a rebuilt program is a new version of the same series (its ready event's
+        runner_version, when it sends one, is kept with each Result too)."""
+        from devicelab.zoo import sha256_file
+
+        binary = options.get("binary")
+        return f"sha256:{sha256_file(Path(binary))[:12]}" if binary and Path(binary).is_file() else None
+
+    def availability(self) -> tuple[bool, str | None]:
+        return True, None
+
+    def check_options(self, options: dict[str, Any]) -> list[str]:
+        problems = [f"options.{k}: unknown key for engine 'protocol'; allowed: {', '.join(OPTION_KEYS)}"
+                    for k in options if k not in OPTION_KEYS]
+        binary = options.get("binary")
+        if not isinstance(binary, str) or not binary:
+            problems.append("options.binary: the runner program's path is required for engine 'protocol'")
+        elif not Path(binary).is_file():
+            problems.append(f"options.binary: {binary} is not a file")
+        elif not os.access(binary, os.X_OK):
+            problems.append(f"options.binary: {binary} is not executable (chmod +x)")
+        libraries = options.get("libraries", [])
+        if not isinstance(libraries, list) or not all(isinstance(x, str) for x in libraries):
+            problems.append("options.libraries: must be a list of shared library paths")
+        else:
+            problems += [f"options.libraries: {x} is not a file" for x in libraries if not Path(x).is_file()]
+        formats = options.get("formats", ["onnx"])
+        if formats != ["onnx"]:
+            problems.append(f"options.formats: {formats!r} is not allowed; allowed: [onnx] (devicelab hands the "
+                            "program the suite's ONNX file)")
+        return problems
+
+    def user_runner(self, options: dict[str, Any]) -> tuple[Path, tuple[Path, ...]] | None:
+        return Path(options["binary"]), tuple(Path(x) for x in options.get("libraries", []))
+
+    def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
+        return PreparedModel(model.path)
+
+    def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """The model linked into the run folder under its own file name, the config pointing at it relatively
+        (the folder is what a phone receives)."""
+        model = Path(runner_config["model"])
+        (folder / model.name).symlink_to(model.resolve())
+        options = {k: v for k, v in (runner_config.get("options") or {}).items() if k not in OPTION_KEYS}
+        return {**runner_config, "model": model.name, "options": options}
+
+
+ENGINE = ProtocolEngine()
