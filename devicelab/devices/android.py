@@ -613,6 +613,8 @@ class AndroidDevice(Device):
                        "battery_percent": power.get("battery_percent"), "battery_status": power.get("battery_status"),
                        "charging": state.get("charging"), "plugged": power.get("plugged"),
                        "screen": state.get("screen")})
+            calibration = self.energy_calibration()
+            self._facts.extra["energy_calibration"] = calibration.describe() if calibration else None
         return self._facts
 
     def state(self) -> dict[str, Any]:

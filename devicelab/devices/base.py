@@ -236,11 +236,11 @@ def tool_fields(engine: Any, s: Any, argv: list[str], stdout: str, stderr: str, 
     tool = fields.pop("tool")
     notes.extend(fields.pop("notes"))
     fields["protocol"] = {"tool": {**tool, "argv": argv, "exit_code": exit_code, "iterations_asked": s.iterations}}
-    if run.error is not None:
-        fields = {"protocol": fields["protocol"]}
-        if probed:
-            fields = {**fields, **probe_fields(report, {}, notes).get("protocol", {})} if report else fields
-        return FAILED, f"{engine.tool}: {run.error}", fields
+    if run.error is not None:  # keep what dlprobe saw for the record, nothing else
+        protocol = fields["protocol"]
+        if probed and report is not None:
+            protocol.update(probe_fields(report, {}, notes)["protocol"])
+        return FAILED, f"{engine.tool}: {run.error}", {"protocol": protocol}
     fields["_runner_peak"] = (fields.pop("peak_rss_bytes"), fields.pop("memory_method"))
     if probed:
         fields = probe_fields(report, fields, notes)
