@@ -22,6 +22,7 @@ from devicelab.analysis import accuracy
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Device, DeviceEntry, Job, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
+from devicelab.engines.base import INPUT_SEED
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
@@ -217,7 +218,7 @@ class Executor:
         with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
             outputs = Path(tmp) / "outputs.npz" if settings.accuracy_inputs else None
             job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
-                      seed=self.p.seed, settings=settings, options={**converted.options, **pc.engine_options},
+                      seed=INPUT_SEED, settings=settings, options={**converted.options, **pc.engine_options},
                       notes=converted.notes, outputs_path=outputs, prepared=converted)
             try:
                 result = device.run(job)
@@ -237,7 +238,7 @@ class Executor:
 
         from devicelab.engines.onnxruntime import reference_outputs
 
-        reference = reference_outputs(source, self.p.seed, count, paths.data_dir() / "reference")
+        reference = reference_outputs(source, INPUT_SEED, count, paths.data_dir() / "reference")
         with np.load(outputs) as data:
             got = [data[f"arr_{k}"] for k in range(len(data.files))]
         try:

@@ -101,6 +101,9 @@ DEFAULT_PROPS: dict[str, str] = {
     "ro.soc.model": "EMU8000",
     "ro.board.platform": "emu",
     "ro.hardware": "emu",
+    # As Android's own emulators say it: drivers can tell that timings here are not a phone's.
+    "ro.kernel.qemu": "1",
+    "ro.boot.qemu": "1",
     "ro.product.cpu.abi": "arm64-v8a",
     "ro.product.cpu.abilist": "arm64-v8a",
     "ro.build.version.release": "14",
