@@ -8,10 +8,13 @@
 3. Simulates trials: each side draws P processes, each = a drawn offset × residuals resampled to a drawn
    sample size; the candidate is multiplied by (1 + effect). analysis.compare.verdict decides.
 Prints the false-positive rate (A/A trials called slower or faster), the power for +3 % and +5 %, the
-smallest change detected with 0.9 power, and the same for an A/B mode that samples to a tighter CI
-(suite `repeats: 8`, `protocol: {target_ci: 0.005, max_iterations: 400}`: 8 processes a side, 2× the samples). Goals: FP ≤ 1 %; power ≥ 0.9 at +5 % by default; ≥ 0.9 at +3 % in A/B mode.
+smallest change detected with 0.9 power, and the same for the A/B modes:
+* fixed: suite `repeats: 8`, `protocol: {target_ci: 0.005, max_iterations: 400}` (8 processes a side, 2× samples);
+* adaptive: suite `repeats: {min: 3, max: MAX}` — a round (one more process a side) at a time until compare
+  decides (faster / slower / same), at most MAX rounds: what devicelab's sweep does with two labels.
+Goals: FP ≤ 1 %; power ≥ 0.9 at +5 % by default; ≥ 0.9 at +3 % in an A/B mode.
 
-usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS]   (defaults 300, 8)
+usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS] [MAX]   (defaults 300, 8, 24)
 """
 
 from __future__ import annotations
@@ -62,9 +65,31 @@ def rate(rng: np.random.Generator, data: tuple[np.ndarray, np.ndarray, list[int]
     return slower / trials, faster / trials
 
 
+def adaptive(rng: np.random.Generator, data: tuple[np.ndarray, np.ndarray, list[int]], effect: float, trials: int,
+             most: int, least: int = 3) -> tuple[float, float, float]:
+    """The sweep's adaptive A/B rounds: (fraction called slower, fraction called faster, mean rounds used)."""
+    slower = faster = rounds = 0
+    for t in range(trials):
+        base: list[np.ndarray] = []
+        cand: list[np.ndarray] = []
+        for r in range(1, most + 1):
+            base += side(rng, *data, 1, 1, 0.0)
+            cand += side(rng, *data, 1, 1, effect)
+            if r < least:
+                continue
+            v = verdict(base, cand, seed=t * 1000 + r, resamples=400)
+            if v.verdict != "unknown":
+                break
+        slower += v.verdict == "slower"
+        faster += v.verdict == "faster"
+        rounds += r
+    return slower / trials, faster / trials, rounds / trials
+
+
 def main() -> None:
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    most = int(sys.argv[3]) if len(sys.argv) > 3 else 24
     data = measure(repeats)
     offsets, residuals, sizes = data
     print(f"measured: {len(offsets)} processes; process-to-process offsets sd {offsets.std():.2%} "
@@ -82,6 +107,17 @@ def main() -> None:
             if smallest is None and power >= 0.9:
                 smallest = effect
         print(f"  smallest change detected with 0.9 power: {'+' + format(smallest, '.0%') if smallest else '> +10%'}")
+    print(f"\nadaptive A/B mode (repeats: {{min: 3, max: {most}}}: one more process a side per round until decided):")
+    s, f, used = adaptive(rng, data, 0.0, trials, most)
+    print(f"  A/A false positives: {s + f:.1%} (slower {s:.1%}, faster {f:.1%}) over {trials} trials; "
+          f"{used:.1f} rounds on average")
+    smallest = None
+    for effect in (0.02, 0.03, 0.04, 0.05):
+        power, _, used = adaptive(rng, data, effect, trials, most)
+        print(f"  power at +{effect:.0%}: {power:.2f} ({used:.1f} rounds on average)")
+        if smallest is None and power >= 0.9:
+            smallest = effect
+    print(f"  smallest change detected with 0.9 power: {'+' + format(smallest, '.0%') if smallest else '> +5%'}")
     print(f"\nmachine: {machine()}; threshold 2 %, p < 0.01, two-level bootstrap CI (400 resamples in simulation)")
 
 

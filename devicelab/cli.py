@@ -288,6 +288,13 @@ class _RunProgress:
             self.progress.update(self.task, description=f"{c.device} {c.engine} {c.model} {c.precision} {c.threads}t")
         elif kind == "result" and obj.status != "unsupported":  # those take no time: keep them out of the ETA
             self.progress.advance(self.task)
+        elif kind == "ab":
+            said = ", ".join(f"{n} {k}" for k, n in obj["verdicts"].items() if n)
+            if obj["decided"]:
+                self.progress.console.print(f"A/B: every pair decided after {obj['rounds']} rounds ({said}); "
+                                            "the rest of the rounds are not needed", markup=False)
+            else:
+                self.progress.console.print(f"A/B after {obj['rounds']} rounds: {said}: another round", markup=False)
         elif kind == "push":
             total = self.pushed.setdefault(obj["device"], {"files": 0, "pushed_files": 0, "bytes": 0, "seconds": 0.0})
             for key in total:

@@ -180,7 +180,10 @@ class Suite:
     devices: tuple[str, ...] | None  # None: every device in the inventory
     protocol: ProtocolSettings
     seed: int | None = None
-    repeats: int = 1  # processes per config, interleaved in rounds (A/B comparisons want >= 3)
+    repeats: int = 1  # processes per config, interleaved in rounds (A/B comparisons want >= 3); the most, when adaptive
+    # Adaptive A/B: rounds go on past this many until compare decides every label pair (faster / slower / same),
+    # at most `repeats` rounds. None: exactly `repeats` rounds.
+    min_repeats: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized suite, as stored with the Run (and re-read by --resume)."""
@@ -195,7 +198,7 @@ class Suite:
             "devices": list(self.devices) if self.devices is not None else None,
             "protocol": self.protocol.to_dict(),
             "seed": self.seed,
-            "repeats": self.repeats,
+            "repeats": {"min": self.min_repeats, "max": self.repeats} if self.min_repeats else self.repeats,
         }
 
 
@@ -407,11 +410,25 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         seed = None
 
     repeats = raw.get("repeats", 1)
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
-        problems.append(f"repeats: {repeats!r} is not allowed; allowed: an integer from 1 to 100")
+    min_repeats: int | None = None
+    if isinstance(repeats, dict):
+        lo, hi = repeats.get("min", 3), repeats.get("max")
+        extra = sorted(set(repeats) - {"min", "max"})
+        if extra or not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)) or not 3 <= lo <= hi <= 100:
+            problems.append(f"repeats: {repeats!r} is not allowed; allowed: {{min: 3 or more, max: up to 100}} "
+                            "(adaptive A/B rounds) or an integer from 1 to 100")
+            repeats = 1
+        else:
+            min_repeats, repeats = lo, hi
+    elif isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        problems.append(f"repeats: {repeats!r} is not allowed; allowed: an integer from 1 to 100, or {{min, max}} "
+                        "for adaptive A/B rounds")
         repeats = 1
 
     labels = [(e.name, e.label) for e in engines]
+    if min_repeats and not ab_pairs(engines):
+        problems.append("repeats: adaptive rounds ({min, max}) go on until compare decides each A/B pair: list one "
+                        "engine twice, under two labels")
     for dup in sorted({x for x in labels if labels.count(x) > 1}):
         problems.append(f"engines: '{dup[0]}' is listed twice with label '{dup[1]}'; give each build its own label")
     for i, e in enumerate(engines):
@@ -423,7 +440,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     if problems:
         raise ConfigError(source, problems)
     return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
-                 tuple(affinities), device_ids, settings, seed, repeats)
+                 tuple(affinities), device_ids, settings, seed, repeats, min_repeats)
+
+
+def ab_pairs(engines: tuple[EngineSpec, ...] | list[EngineSpec]) -> list[tuple[str, str, str]]:
+    """(engine, base label, candidate label) for every engine listed under several labels: the first is the base."""
+    pairs = []
+    for name in dict.fromkeys(e.name for e in engines):
+        labels = [e.label for e in engines if e.name == name]
+        pairs += [(name, labels[0], other) for other in labels[1:]]
+    return pairs
 
 
 def split_values(values: list[str] | None) -> list[str] | None:

@@ -187,8 +187,16 @@ class Executor:
         finished = False
         out: list[Result] = []
         self.progress("planned", sum(pc.runnable for pc in todo))
+        adaptive = self.p.suite.min_repeats
+        checked = -1
         try:
             for pc in todo:
+                if adaptive and pc.runnable and pc.config.repeat >= adaptive and pc.config.repeat != checked:
+                    checked = pc.config.repeat  # a new round: are the A/B pairs decided already?
+                    decision = self._ab_decision(checked)
+                    self.progress("ab", decision)
+                    if decision["decided"]:
+                        break
                 self.progress("start", pc)
                 if not pc.runnable:
                     result = Result.for_config(self.run_id, pc.config, UNSUPPORTED, reason=pc.unsupported,
@@ -204,6 +212,26 @@ class Executor:
             for dev in self.p.devices.values():
                 dev.close()
         return out
+
+    def _ab_decision(self, rounds: int) -> dict[str, Any]:
+        """After `rounds` rounds: compare's verdict for every A/B pair (engine under two labels) and config, from
+        what the run has stored (a resumed run included). Decided when none is unknown."""
+        from devicelab import verdicts
+        from devicelab.analysis.compare import DEFAULT_THRESHOLD, summarize
+        from devicelab.config import ab_pairs
+
+        counts = {"slower": 0, "faster": 0, "same": 0, "unknown": 0}
+        for _engine, base, cand in ab_pairs(self.p.suite.engines):
+            try:
+                found = verdicts.compare_sides(self.store, verdicts.resolve_side(self.store, f"{self.run_id}:{base}"),
+                                               verdicts.resolve_side(self.store, f"{self.run_id}:{cand}"),
+                                               DEFAULT_THRESHOLD)
+            except DevicelabError:  # a side with no ok result yet: nothing to decide on
+                counts["unknown"] += 1
+                continue
+            for k, n in summarize(found).items():
+                counts[k] += n
+        return {"rounds": rounds, "decided": counts["unknown"] == 0 and sum(counts.values()) > 0, "verdicts": counts}
 
     def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
         cfg = pc.config
