@@ -31,6 +31,19 @@ from devicelab.analysis.compare import verdict
 
 
 def measure(repeats: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Measured here, or read from STATS_VALIDATION_DATA (an .npz this script wrote), to rerun the simulation on the
+    same distributions."""
+    saved = os.environ.get("STATS_VALIDATION_DATA")
+    if saved and Path(saved).is_file():
+        with np.load(saved) as d:
+            return d["offsets"], d["residuals"], [int(x) for x in d["sizes"]]
+    data = _measure(repeats)
+    if saved:
+        np.savez(saved, offsets=data[0], residuals=data[1], sizes=np.asarray(data[2]))
+    return data
+
+
+def _measure(repeats: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "s.yaml"
         suite.write_text(f"name: validation\nmodels: [squeezenet1_1, mobilenet_v2]\nengines: [onnxruntime]\n"

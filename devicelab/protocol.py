@@ -151,6 +151,33 @@ class Channel(Protocol):
         ...
 
 
+class EventQueue:
+    """Runner events handed from a reader thread to `receive` (None marks the end of the runner's output), so that
+    a silent runner is timed out instead of blocking the controller forever."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._empty = queue.Empty
+
+    def put(self, event: dict[str, Any] | None) -> None:
+        self._queue.put(event)
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeoutError()
+        try:
+            event = self._queue.get(timeout=remaining)
+        except self._empty:
+            raise ChannelTimeoutError() from None
+        if event is None:
+            self._queue.put(None)  # stay closed for later calls
+            raise ChannelClosedError("runner output ended")
+        return event
+
+
 @dataclass
 class Measurement:
     ready: dict[str, Any]

@@ -279,3 +279,17 @@ class EmulatedPhone:
                 proc.wait()
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+EXAMPLE_RUNNER = Path(__file__).resolve().parent.parent / "examples" / "protocol_runner.c"
+
+
+def build_example_runner(out: Path) -> Path:
+    """The README's example runner (runner protocol v1 in C), built static for arm64 as for a phone."""
+    subprocess.run([CROSS_CC, "-O2", "-static", "-o", str(out), str(EXAMPLE_RUNNER)], check=True, capture_output=True)
+    return out
+
+
+def cli_env(env: dict[str, str], server: AdbServer) -> dict[str, str]:
+    """A test's devicelab environment, talking to this adb server (its port, HOME and adb binary)."""
+    return {**env, **{k: server.env[k] for k in ("HOME", "ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}}

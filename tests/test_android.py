@@ -7,29 +7,33 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from android_env import CROSS_CC, AdbServer, EmulatedPhone, adb_binaries, needs_adb, needs_namespace, needs_qemu
+from android_env import (
+    AdbServer,
+    EmulatedPhone,
+    adb_binaries,
+    build_example_runner,
+    cli_env,
+    needs_adb,
+    needs_namespace,
+    needs_qemu,
+)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
 pytestmark = [needs_adb(), needs_namespace(), needs_qemu()]
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "protocol_runner.c"
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}
 
 
 @pytest.fixture(scope="module")
 def runner_arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The README's example runner (runner protocol v1 in C), built static for arm64 as for a phone."""
-    out = tmp_path_factory.mktemp("arm64") / "protocol_runner"
-    subprocess.run([CROSS_CC, "-O2", "-static", "-o", str(out), str(EXAMPLE)], check=True, capture_output=True)
-    return out
+    return build_example_runner(tmp_path_factory.mktemp("arm64") / "protocol_runner")
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def phone(server: AdbServer, tmp_path: Path) -> Iterator[EmulatedPhone]:
 
 
 def _env(env: dict[str, str], server: AdbServer, data: Path | None = None) -> dict[str, str]:
-    e = {**env, **{k: server.env[k] for k in ("HOME", "ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}}
+    e = cli_env(env, server)
     if data is not None:  # a data folder of its own: no native builds registered in it
         e["DEVICELAB_DATA"] = str(data)
     return e

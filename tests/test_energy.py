@@ -4,19 +4,32 @@ sign/unit conventions vendors use."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
-from android_env import CROSS_CC, AdbServer, EmulatedPhone, adb_binaries, needs_adb, needs_namespace, needs_qemu
-from devicelab.energy.battery import Calibration, Sample, calibrate, energy_per_inference, parse_sample, sampler_script
+from android_env import (
+    AdbServer,
+    EmulatedPhone,
+    adb_binaries,
+    build_example_runner,
+    cli_env,
+    needs_adb,
+    needs_namespace,
+    needs_qemu,
+)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "protocol_runner.c"
+from devicelab.energy.battery import (
+    Calibration,
+    Sample,
+    calibrate,
+    energy_per_inference,
+    parse_sample,
+    sampler_script,
+)
 
 
 def discharge(seconds: float, amps: float, sign: int, ua_per_unit: float, volts: float = 3.9) -> list[Sample]:
@@ -69,9 +82,7 @@ def test_sampler_lines() -> None:
 
 @pytest.fixture(scope="module")
 def runner_arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("arm64") / "protocol_runner"
-    subprocess.run([CROSS_CC, "-O2", "-static", "-o", str(out), str(EXAMPLE)], check=True, capture_output=True)
-    return out
+    return build_example_runner(tmp_path_factory.mktemp("arm64") / "protocol_runner")
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +91,7 @@ def server() -> Iterator[AdbServer]:
         yield s
 
 
-def _env(env: dict[str, str], server: AdbServer) -> dict[str, str]:
-    return {**env, **{k: server.env[k] for k in ("HOME", "ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}}
+_env = cli_env
 
 
 def _energy_suite(path: Path, serial: str, binary: Path, **protocol: Any) -> Path:

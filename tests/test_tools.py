@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 import yaml
-
-from android_env import AdbServer, EmulatedPhone, adb_binaries, needs_adb, needs_namespace
+from android_env import (
+    AdbServer,
+    EmulatedPhone,
+    adb_binaries,
+    cli_env,
+    needs_adb,
+    needs_namespace,
+)
 from helpers import FAST_PROTOCOL, run_json
 
 GOLDEN = Path(__file__).parent / "golden" / "tools"
@@ -118,7 +124,7 @@ def test_a_tool_binary_is_required_and_must_exist(env: dict[str, str], tmp_path:
 @needs_namespace()
 def test_tools_on_the_phone(env: dict[str, str], tmp_path: Path) -> None:
     with AdbServer(adb_binaries()[0][1]) as server, EmulatedPhone(server, tmp_path / "phone") as phone:
-        e = {**env, **{k: server.env[k] for k in ("HOME", "ANDROID_ADB_SERVER_PORT", "ADBUTILS_ADB_PATH")}}
+        e = cli_env(env, server)
         for engine in TOOLS:
             name = engine.split(":")[1]
             args_on_phone = f"/data/local/tmp/argv-{name}"

@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import queue
 import re
 import secrets
 import shlex
@@ -40,7 +39,8 @@ from devicelab.energy import EnergyResult, battery, unmeasured
 from devicelab.engines import get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError
-from devicelab.protocol import ChannelClosedError, ChannelTimeoutError, RunnerError, measure, now_deadline, run_batch
+from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, EventQueue, RunnerError, measure, now_deadline,
+                                run_batch)
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
@@ -221,7 +221,7 @@ class _RunnerChannel:
     def __init__(self, stream: _ShellV2, sentinel: str) -> None:
         self._stream = stream
         self._sentinel = sentinel
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._events = EventQueue()
         self._stderr = bytearray()
         self.exit_code: int | None = None
         self.sentinel_code: int | None = None
@@ -271,17 +271,7 @@ class _RunnerChannel:
             raise ChannelClosedError("the device stream closed") from None
 
     def receive(self, deadline: float) -> dict[str, Any]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ChannelTimeoutError()
-        try:
-            event = self._events.get(timeout=remaining)
-        except queue.Empty:
-            raise ChannelTimeoutError() from None
-        if event is None:
-            self._events.put(None)  # stay closed for later calls
-            raise ChannelClosedError("runner output ended")
-        return event
+        return self._events.receive(deadline)
 
     def wait_end(self, timeout: float) -> bool:
         return self._ended.wait(timeout)
@@ -934,7 +924,7 @@ class AndroidDevice(Device):
         calibration = self.energy_calibration()
         supply = str((state.get("power") or {}).get("battery_supply"))
         median = float(stats.median(samples) or 0.01)
-        iterations = max(1, math.ceil(s.energy_window_seconds / median))
+        iterations = 1
         got: list[battery.Sample] = []
         stream = self._open(battery.sampler_script(supply), None)
 
@@ -956,7 +946,13 @@ class AndroidDevice(Device):
             idle_start = time.monotonic()
             time.sleep(s.energy_idle_seconds)
             window_start = time.monotonic()
-            times = run_batch(channel, iterations, window_start + s.energy_window_seconds * 5 + 120, [])
+            deadline = window_start + s.energy_window_seconds * 5 + 120
+            times: list[float] = []
+            # Batches until the inference time reaches the window: the timed phase's median only estimates it.
+            while sum(times) < s.energy_window_seconds:
+                estimate = float(stats.median(times[-iterations:]) or median) if times else median
+                iterations = max(1, math.ceil((s.energy_window_seconds - sum(times)) / estimate))
+                times += run_batch(channel, iterations, deadline, [])
             window_end = time.monotonic()
         finally:
             stream.close()
@@ -966,7 +962,7 @@ class AndroidDevice(Device):
         settle = min(1.0, 0.1 * (window_end - window_start))
         idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
         window = [x for x in got if window_start + settle <= x.at_s <= window_end]
-        result = battery.energy_per_inference(idle, window, float(sum(times)), iterations, calibration,
+        result = battery.energy_per_inference(idle, window, float(sum(times)), len(times), calibration,
                                               s.energy_min_window_seconds)
         result.detail.update({"idle_s": round(window_start - idle_start, 3),
                               "median_window_iteration_s": stats.median(times)})

@@ -7,13 +7,11 @@ import glob
 import json
 import os
 import platform
-import queue
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -23,7 +21,7 @@ from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measureme
                                     tool_fields, tool_settings)
 from devicelab.engines import Engine, get_engine
 from devicelab.engines.tool_base import ToolEngine
-from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, RunnerError, measure,
+from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, EventQueue, RunnerError, measure,
                                 now_deadline)
 from devicelab.result import FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
@@ -53,7 +51,7 @@ class _PipeChannel:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self._proc = proc
-        self._events: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._events = EventQueue()
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -76,16 +74,7 @@ class _PipeChannel:
             raise ChannelClosedError("runner closed its input") from None
 
     def receive(self, deadline: float) -> dict[str, Any]:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise ChannelTimeoutError()
-        try:
-            event = self._events.get(timeout=remaining)
-        except queue.Empty:
-            raise ChannelTimeoutError() from None
-        if event is None:
-            raise ChannelClosedError("runner output ended")
-        return event
+        return self._events.receive(deadline)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -239,6 +239,36 @@ def calibration_key(model: SourceModel) -> str:
     return "user" + h.hexdigest()[:12]
 
 
+def binary_option_problems(options: dict[str, Any], allowed: tuple[str, ...], engine: str, missing: str) -> list[str]:
+    """Problems with a suite's options for an engine that runs the user's program (`protocol`, `tool:*`): the keys,
+    `binary` (an executable file) and `libraries` (files). `missing` says what the binary is, for its error."""
+    import os
+
+    problems = [f"options.{k}: unknown key for engine '{engine}'; allowed: {', '.join(allowed)}"
+                for k in options if k not in allowed]
+    binary = options.get("binary")
+    if not isinstance(binary, str) or not binary:
+        problems.append(f"options.binary: {missing} is required for engine '{engine}'")
+    elif not Path(binary).is_file():
+        problems.append(f"options.binary: {binary} is not a file")
+    elif not os.access(binary, os.X_OK):
+        problems.append(f"options.binary: {binary} is not executable (chmod +x)")
+    libraries = options.get("libraries", [])
+    if not isinstance(libraries, list) or not all(isinstance(x, str) for x in libraries):
+        problems.append("options.libraries: must be a list of shared library paths")
+    else:
+        problems += [f"options.libraries: {x} is not a file" for x in libraries if not Path(x).is_file()]
+    return problems
+
+
+def binary_version(options: dict[str, Any]) -> str | None:
+    """A user's program's version: its content hash (a rebuilt binary continues the same series)."""
+    from devicelab.zoo import sha256_file
+
+    binary = options.get("binary")
+    return f"sha256:{sha256_file(Path(binary))[:12]}" if binary and Path(binary).is_file() else None
+
+
 def has_library(name: str) -> bool:
     """Whether a shared library (e.g. the Vulkan loader or OpenCL ICD loader) can be found on this host."""
     import ctypes.util

@@ -19,11 +19,10 @@ error event, which becomes a failed row with its message.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, SourceModel
+from devicelab.engines.base import Engine, PreparedModel, SourceModel, binary_option_problems, binary_version
 from devicelab.result import BACKENDS, PRECISIONS
 
 OPTION_KEYS = ("binary", "libraries", "formats")
@@ -42,31 +41,14 @@ class ProtocolEngine(Engine):
         return None
 
     def version_for(self, options: dict[str, Any]) -> str | None:
-        """The binary's content hash: a rebuilt program is a new version of the same series (its ready event's
-        runner_version, when it sends one, is kept with each Result too)."""
-        from devicelab.zoo import sha256_file
-
-        binary = options.get("binary")
-        return f"sha256:{sha256_file(Path(binary))[:12]}" if binary and Path(binary).is_file() else None
+        # the binary's hash; its ready event's runner_version, when it sends one, is kept with each Result too
+        return binary_version(options)
 
     def availability(self) -> tuple[bool, str | None]:
         return True, None
 
     def check_options(self, options: dict[str, Any]) -> list[str]:
-        problems = [f"options.{k}: unknown key for engine 'protocol'; allowed: {', '.join(OPTION_KEYS)}"
-                    for k in options if k not in OPTION_KEYS]
-        binary = options.get("binary")
-        if not isinstance(binary, str) or not binary:
-            problems.append("options.binary: the runner program's path is required for engine 'protocol'")
-        elif not Path(binary).is_file():
-            problems.append(f"options.binary: {binary} is not a file")
-        elif not os.access(binary, os.X_OK):
-            problems.append(f"options.binary: {binary} is not executable (chmod +x)")
-        libraries = options.get("libraries", [])
-        if not isinstance(libraries, list) or not all(isinstance(x, str) for x in libraries):
-            problems.append("options.libraries: must be a list of shared library paths")
-        else:
-            problems += [f"options.libraries: {x} is not a file" for x in libraries if not Path(x).is_file()]
+        problems = binary_option_problems(options, OPTION_KEYS, self.name, "the runner program's path")
         formats = options.get("formats", ["onnx"])
         if formats != ["onnx"]:
             problems.append(f"options.formats: {formats!r} is not allowed; allowed: [onnx] (devicelab hands the "

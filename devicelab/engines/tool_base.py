@@ -9,7 +9,6 @@ job. Every output format was read from the tool's own source; tests/golden/tools
 
 from __future__ import annotations
 
-import os
 import posixpath
 import re
 from collections.abc import Iterable, Mapping
@@ -18,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, ClassVar
 
-from devicelab.engines.base import Engine, PreparedModel, Session
+from devicelab.engines.base import Engine, PreparedModel, Session, binary_option_problems, binary_version
 
 # A suite's `options:` for a tool engine, as for the `protocol` engine: the user's binary (built for the target), the
 # shared libraries it needs (pushed beside it), and extra argv items appended verbatim (ToolSettings.extra_args).
@@ -173,31 +172,13 @@ class ToolEngine(Engine):
         return None
 
     def version_for(self, options: dict[str, Any]) -> str | None:
-        """The binary's content hash (the tools print no version): a rebuilt tool continues the series."""
-        from devicelab.zoo import sha256_file
-
-        binary = options.get("binary")
-        return f"sha256:{sha256_file(Path(binary))[:12]}" if binary and Path(binary).is_file() else None
+        return binary_version(options)  # the tools print no version: a rebuilt tool continues the series
 
     def availability(self) -> tuple[bool, str | None]:
         return True, None
 
     def check_options(self, options: dict[str, Any]) -> list[str]:
-        problems = [f"options.{k}: unknown key for engine '{self.name}'; allowed: {', '.join(OPTION_KEYS)}"
-                    for k in options if k not in OPTION_KEYS]
-        binary = options.get("binary")
-        if not isinstance(binary, str) or not binary:
-            problems.append(f"options.binary: the path of your {self.tool} build is required for engine "
-                            f"'{self.name}'")
-        elif not Path(binary).is_file():
-            problems.append(f"options.binary: {binary} is not a file")
-        elif not os.access(binary, os.X_OK):
-            problems.append(f"options.binary: {binary} is not executable (chmod +x)")
-        libraries = options.get("libraries", [])
-        if not isinstance(libraries, list) or not all(isinstance(x, str) for x in libraries):
-            problems.append("options.libraries: must be a list of shared library paths")
-        else:
-            problems += [f"options.libraries: {x} is not a file" for x in libraries if not Path(x).is_file()]
+        problems = binary_option_problems(options, OPTION_KEYS, self.name, f"the path of your {self.tool} build")
         args = options.get("args", [])
         if not isinstance(args, list) or not all(isinstance(x, str) for x in args):
             problems.append(f"options.args: must be a list of strings (extra {self.tool} arguments, one per item)")
