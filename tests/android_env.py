@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-# 5037 is the default adb server; every adb server on the machine auto-attaches 5555-5585 (emulator ports).
-RESERVED_PORTS = frozenset({5037, *range(5555, 5586)})
-QEMU = "/usr/bin/qemu-aarch64-static"
+from devicelab.testing.emulated_adb import RESERVED_PORTS  # 5037 and 5555-5585: the daemon refuses them too
+from devicelab.testing.emulated_device import QEMU_AARCH64 as QEMU
 CROSS_CC = "aarch64-linux-gnu-gcc"
 
 

@@ -13,16 +13,8 @@ from typing import Any
 
 import pytest
 import yaml
-from android_env import (
-    AdbServer,
-    EmulatedPhone,
-    adb_binaries,
-    build_example_runner,
-    cli_env,
-    needs_adb,
-    needs_namespace,
-    needs_qemu,
-)
+from android_env import (AdbServer, EmulatedPhone, adb_binaries, build_example_runner, cli_env, needs_adb,
+                         needs_namespace, needs_qemu)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
 pytestmark = [needs_adb(), needs_namespace(), needs_qemu()]

@@ -15,9 +15,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import android_env
 import pytest
-from android_env import (CROSS_CC, AdbServer, EmulatedPhone, adb_binaries, free_port, needs_adb, needs_namespace,
-                         needs_qemu, process_gone)
+from android_env import (CROSS_CC, AdbServer, EmulatedPhone, adb_binaries, free_port, namespace_support, needs_adb,
+                         needs_namespace, needs_qemu, process_gone)
 
 from devicelab.testing.emulated_adb import EmulatedDevice
 from devicelab.testing.emulated_device import (ClusterSpec, Profile, ProfileError, Sandbox, default_clusters,
@@ -142,7 +143,8 @@ def test_connect_and_devices_l(adb_server: AdbServer, phone: EmulatedPhone, dev:
     assert "device" in line.split() and "model:devicelab_emulated_phone" in line and "product:dlemu" in line
     assert dev.get_state() == "device"
     assert dev.prop.model == "devicelab emulated phone"
-    assert "namespace on" in phone.stderr or "namespace off" in phone.stderr
+    # the summary says which mode runs, as the device found it
+    assert f"namespace {'on' if namespace_support() is None else 'off'}" in phone.stderr
 
 
 @needs_adb()
@@ -330,11 +332,9 @@ def test_drop_mid_command_then_restart_on_same_root(adb_server: AdbServer, tmp_p
     with EmulatedPhone(adb_server, tmp_path / "root", drop_on=["DROPME@0.5"]) as p:
         d = p.device()
         d.sync.push(b"still here\n", "/data/local/tmp/keep.txt")
-        t0 = time.monotonic()
         r = adb_server.run("-s", p.serial, "shell", "echo DROPME-start; sleep 5; echo END-$((40+2))", timeout=30)
         record_property("adb_rc_on_drop", r.returncode)  # Debian's adb 29 says 0, adb 36 says 255: use a sentinel
         assert "DROPME-start" in r.stdout and "END-42" not in r.stdout, r
-        assert time.monotonic() - t0 < 5
         # the phone is gone until it restarts: the server no longer has it as a device
         assert wait_for(lambda: adb_server.state(p.serial) != "device", timeout=10)
         p.restart(drop_on=[])  # same port, same root: the phone coming back
@@ -378,7 +378,11 @@ def test_battery_sign_unit_and_energy_log(adb_server: AdbServer, tmp_path: Path)
                 amps = sign * cur1 / scale
                 assert 0.1 < amps < 1.0 and q2 < q1 and status == "Discharging", (battery, cur1)
         log = read_energy_log(tmp_path / f"root{i}")
-        assert log and all(s.power_w >= 0.4 and abs(s.energy_j - s.power_w * s.dt_s) < 1e-9 for s in log)
+        assert log and all(s.power_w >= 0.4 for s in log)
+        # the log's true current, integrated, is what charge_counter moved by (µAh) over the same ticks
+        moved_uah = sum(s.battery_current_a * s.dt_s for s in log) / 3600 * 1e6
+        final = int((tmp_path / f"root{i}/sys/class/power_supply/battery/charge_counter").read_text())
+        assert final - 3_000_000 == pytest.approx(moved_uah, abs=1.0), (moved_uah, final)
 
 
 @needs_adb()
@@ -433,7 +437,7 @@ def test_in_process_api(tmp_path: Path) -> None:
         assert (d.root / "sys/class/thermal/thermal_zone0/type").exists()
         time.sleep(0.35)
         log = d.energy_log()
-        assert log and abs(sum(s.energy_j for s in log) - sum(s.power_w * s.dt_s for s in log)) < 1e-9
+        assert log and all(s.busy_cpus >= 0 and s.power_w >= Profile().battery.idle_power_w for s in log)
         d.drop(down_for=0.3)
         host, port = d.address.split(":")
         with pytest.raises(ConnectionRefusedError):
@@ -449,5 +453,13 @@ def _can_connect(host: str, port: int) -> bool:
         return False
 
 
-def test_free_port_avoids_adb_ports() -> None:
-    assert all(free_port() not in (5037, *range(5555, 5586)) for _ in range(20))
+def test_free_port_avoids_adb_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The kernel's ephemeral range here never hands out 5037 or 5555-5585: make it do so, first.
+    given = iter([5037, 5555, 5585, 40123])
+
+    class Sock(socket.socket):
+        def getsockname(self) -> tuple[str, int]:
+            return ("127.0.0.1", next(given))
+
+    monkeypatch.setattr(android_env.socket, "socket", Sock)
+    assert free_port() == 40123

@@ -10,26 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from android_env import (
-    AdbServer,
-    EmulatedPhone,
-    adb_binaries,
-    build_example_runner,
-    cli_env,
-    needs_adb,
-    needs_namespace,
-    needs_qemu,
-)
+from android_env import (AdbServer, EmulatedPhone, adb_binaries, build_example_runner, cli_env, needs_adb,
+                         needs_namespace, needs_qemu)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
-from devicelab.energy.battery import (
-    Calibration,
-    Sample,
-    calibrate,
-    energy_per_inference,
-    parse_sample,
-    sampler_script,
-)
+from devicelab.energy.battery import (Calibration, Sample, calibrate, energy_per_inference, parse_sample,
+                                      sampler_script)
 
 
 def discharge(seconds: float, amps: float, sign: int, ua_per_unit: float, volts: float = 3.9) -> list[Sample]:
@@ -137,6 +123,10 @@ def test_calibrate_then_joules_per_inference(sign: str, unit: str, server: AdbSe
     assert r["energy_j_per_inference"] == pytest.approx(1.5 * per_iteration_s, rel=0.3)
     assert energy["window_w"] - energy["idle_w"] == pytest.approx(1.5, rel=0.3)
     assert "calibrated" in r["energy_source"]
+    print(f"\nenergy [{sign}, {unit}]: {r['energy_j_per_inference'] * 1e3:.2f} mJ/inference, expected "
+          f"{1.5 * per_iteration_s * 1e3:.2f}; window {energy['window_w']:.3f} W - idle {energy['idle_w']:.3f} W over "
+          f"{energy['window_s']:.1f} s, {energy['iterations']} iterations, {energy['samples']} samples; calibration "
+          f"{cal['energy']['measured_ratio']:+.4g} per unit over {cal['energy']['window_s']:.1f} s")
 
 
 @needs_adb()

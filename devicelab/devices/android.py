@@ -34,7 +34,7 @@ from adbutils import AdbError
 from devicelab import native, profiles
 from devicelab.analysis import stats
 from devicelab.devices.base import Cluster, Device, DeviceEntry, DeviceFacts, Job, measurement_fields, \
-    probe_fields, throttled, tool_fields, tool_settings
+    probe_fields, runner_config, throttled, tool_fields, tool_settings
 from devicelab.energy import EnergyResult, battery, unmeasured
 from devicelab.engines import get_engine
 from devicelab.engines.tool_base import ToolEngine
@@ -770,7 +770,7 @@ class AndroidDevice(Device):
                     assert job.prepared is not None
                     files = [(rel, Path(local)) for rel, local in tool.model_layout(job.prepared).items()]
                 else:
-                    runner_cfg = engine.stage(self._runner_config(job), Path(tmp))
+                    runner_cfg = engine.stage(runner_config(job, "outputs.npz" if job.outputs_path else None), Path(tmp))
                     files = [(p.name, p) for p in sorted(Path(tmp).iterdir()) if p.is_file()]
             except (OSError, ValueError) as e:
                 return row(FAILED, str(e), state_before=state_before)
@@ -838,16 +838,6 @@ class AndroidDevice(Device):
             state_after=state_after, throttled=was_throttled, started_at=started, finished_at=utc_now(),
             stderr_tail=stderr_tail, protocol={**record, **fields.pop("protocol", {})},
             **energy_result.result_fields(), **fields)
-
-    @staticmethod
-    def _runner_config(job: Job) -> dict[str, Any]:
-        cfg, s = job.config, job.settings
-        return {"engine": cfg.engine, "inputs": list(job.inputs), "threads": cfg.threads, "cpus": list(cfg.cpus),
-                "precision": cfg.precision, "backend": cfg.backend, "seed": job.seed, "model": str(job.model_path),
-                "options": job.options,
-                "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds},
-                "accuracy_inputs": s.accuracy_inputs if job.outputs_path else 0,
-                "outputs_file": "outputs.npz" if job.outputs_path else None}
 
     def _lay_out(self, run_dir: str, files: list[tuple[str, Path]], libraries: Sequence[Path],
                  programs: dict[str, Path]) -> tuple[dict[str, str], PushReport]:

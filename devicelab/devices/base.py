@@ -145,7 +145,17 @@ class Device:
 
 
 # --------------------------------------------------------------------------------------------------
-# Shared by the device kinds: what a Result holds from the runner protocol and from dlprobe
+# Shared by the device kinds: the runner's config, what a Result holds from the runner protocol and from dlprobe
+
+
+def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
+    """The config a runner-protocol program is started with (before the engine's `stage`); `outputs_file` as the
+    target sees it (None: no accuracy pass)."""
+    cfg, s = job.config, job.settings
+    return {"engine": cfg.engine, "model": str(job.model_path), "inputs": list(job.inputs), "threads": cfg.threads,
+            "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend, "seed": job.seed,
+            "options": job.options, "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds},
+            "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
 
 
 def measurement_fields(m: Measurement, cpus: tuple[int, ...], notes: list[str]) -> dict[str, Any]:
@@ -247,7 +257,4 @@ def tool_fields(engine: Any, s: Any, argv: list[str], stdout: str, stderr: str, 
     else:
         peak, method = fields.pop("_runner_peak")
         fields.update({"peak_rss_bytes": peak, "memory_method": method})
-    if fields.get("summary_only"):
-        notes.append(f"{engine.tool} prints only summaries (min/max/avg): no per-iteration samples are stored, and "
-                     "statistics that need them (CIs, compare verdicts) are unknown for this row")
-    return OK, None, fields
+    return OK, None, fields  # a summary-only tool says so in its own notes

@@ -17,8 +17,8 @@ from typing import Any, BinaryIO
 
 from devicelab import native
 from devicelab.analysis import stats
-from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measurement_fields, probe_fields, throttled,
-                                    tool_fields, tool_settings)
+from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measurement_fields, probe_fields, runner_config,
+                                    throttled, tool_fields, tool_settings)
 from devicelab.engines import Engine, get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, EventQueue, RunnerError, measure,
@@ -163,12 +163,12 @@ class HostDevice(Device):
 
     # ---- running -------------------------------------------------------------------------------------
 
-    def runner_command(self, config_path: str, engine: Engine, python: str | None = None,
-                       options: dict[str, Any] | None = None) -> list[str]:
+    def runner_command(self, config_path: str, engine: Engine, options: dict[str, Any]) -> list[str]:
         """The runner for this engine: the user's program (the protocol engine), its native binary from
-        `devicelab build-native --target host`, or the Python host runner (in another interpreter for a label
-        whose build lives there). Raises FileNotFoundError naming the build command when the binary is missing."""
-        user = engine.user_runner(options or {})
+        `devicelab build-native --target host`, or the Python host runner (in the interpreter options.python names,
+        for a label whose build lives there). Raises FileNotFoundError naming the build command when the binary is
+        missing."""
+        user = engine.user_runner(options)
         if user is not None:
             return [str(user[0].resolve()), config_path]
         if engine.native_runner:
@@ -177,7 +177,7 @@ class HostDevice(Device):
                 raise FileNotFoundError(f"{engine.native_runner} is not built for the host: run "
                                         "`devicelab build-native --target host`")
             return [str(binary), config_path]
-        return [python or sys.executable, "-m", "devicelab.runners.host", config_path]
+        return [options.get("python") or sys.executable, "-m", "devicelab.runners.host", config_path]
 
     def probe_command(self, command: list[str], cpus: tuple[int, ...], out: str) -> list[str]:
         """`command` under dlprobe when it is built for the host (pinned by dlprobe before exec, sampled from
@@ -193,12 +193,7 @@ class HostDevice(Device):
         engine = get_engine(cfg.engine)
         if isinstance(engine, ToolEngine):
             return self._run_tool(job, engine, state_before, started)
-        runner_cfg = {"engine": cfg.engine, "model": str(job.model_path), "inputs": list(job.inputs),
-                      "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision,
-                      "backend": cfg.backend, "seed": job.seed, "options": job.options,
-                      "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds},
-                      "accuracy_inputs": s.accuracy_inputs if job.outputs_path else 0,
-                      "outputs_file": str(job.outputs_path) if job.outputs_path else None}
+        runner_cfg = runner_config(job, str(job.outputs_path) if job.outputs_path else None)
         env = dict(os.environ)
         # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
         env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),
@@ -212,14 +207,10 @@ class HostDevice(Device):
                 open(os.path.join(tmp, "stderr"), "w+b") as err:
             config_path = os.path.join(tmp, "config.json")
             probe_path = os.path.join(tmp, "dlprobe.json")
-            engine = get_engine(cfg.engine)
             try:
                 runner_cfg = engine.stage(runner_cfg, Path(tmp))
-                runner = self.runner_command(config_path, engine, python, job.options)
-                user = engine.user_runner(job.options)
-                if user and user[1]:  # the user's shared libraries, found where they lie
-                    env["LD_LIBRARY_PATH"] = os.pathsep.join(
-                        [*dict.fromkeys(str(p.resolve().parent) for p in user[1]), env.get("LD_LIBRARY_PATH", "")])
+                runner = self.runner_command(config_path, engine, job.options)
+                _add_libraries(env, (engine.user_runner(job.options) or (None, ()))[1])
                 command = self.probe_command(runner, cfg.cpus, probe_path)
             except (OSError, ValueError) as e:
                 return Result.for_config(job.run_id, cfg, FAILED, reason=str(e), notes=tuple(notes),
@@ -286,9 +277,7 @@ class HostDevice(Device):
         binary, libraries = engine.user_runner(job.options) or (None, ())
         assert binary is not None and job.prepared is not None
         env = dict(os.environ)
-        if libraries:
-            env["LD_LIBRARY_PATH"] = os.pathsep.join([*dict.fromkeys(str(p.resolve().parent) for p in libraries),
-                                                      env.get("LD_LIBRARY_PATH", "")])
+        _add_libraries(env, libraries)
         with tempfile.TemporaryDirectory(prefix="devicelab-tool-") as tmp:
             for rel, local in engine.model_layout(job.prepared).items():
                 (Path(tmp) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +320,14 @@ class HostDevice(Device):
             stderr_tail=stderr[-STDERR_TAIL_BYTES:] or None,
             energy_reason="engine tools are not measured for energy (load, warmup and timing share one process)",
             protocol={**job.settings.to_dict(), **fields.pop("protocol", {})}, **fields)
+
+
+def _add_libraries(env: dict[str, str], libraries: tuple[Path, ...]) -> None:
+    """The user's shared libraries (protocol and tool engines), found where they lie: their folders on
+    LD_LIBRARY_PATH."""
+    if libraries:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([*dict.fromkeys(str(p.resolve().parent) for p in libraries),
+                                                  env.get("LD_LIBRARY_PATH", "")])
 
 
 def _package_shim(tmp: str) -> str:

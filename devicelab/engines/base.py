@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,8 +243,6 @@ def calibration_key(model: SourceModel) -> str:
 def binary_option_problems(options: dict[str, Any], allowed: tuple[str, ...], engine: str, missing: str) -> list[str]:
     """Problems with a suite's options for an engine that runs the user's program (`protocol`, `tool:*`): the keys,
     `binary` (an executable file) and `libraries` (files). `missing` says what the binary is, for its error."""
-    import os
-
     problems = [f"options.{k}: unknown key for engine '{engine}'; allowed: {', '.join(allowed)}"
                 for k in options if k not in allowed]
     binary = options.get("binary")

@@ -488,7 +488,7 @@ def quantize(param_text: str, weights: bytes, table: CalibrationTable, requantiz
 
 # ---- the cached pair the engines load ----
 
-def int8_model(model: SourceModel, param: Path, weights: Path, threads: int = 1) -> tuple[Path, Path]:
+def int8_model(model: SourceModel, param: Path, weights: Path) -> tuple[Path, Path]:
     """The int8 .param/.bin for a converted fp32 pair, calibrated on `calibration_inputs(model)` and cached next
     to the fp32 files (whose folder is keyed by the source's content hash and input shapes) under a name that
     carries the calibration set and QUANTIZER_VERSION. Both engines (pip ncnn, dlbench) load the same files."""
@@ -501,7 +501,7 @@ def int8_model(model: SourceModel, param: Path, weights: Path, threads: int = 1)
         # one still gives a matching pair; the .param depends only on the graph anyway.
         if not built:
             samples = [[s[n][0] if s[n].ndim == 4 else s[n] for n in names] for s in calibration_inputs(model)]
-            text, data = quantize(param.read_text(), weights.read_bytes(), calibrate(param, weights, samples, threads))
+            text, data = quantize(param.read_text(), weights.read_bytes(), calibrate(param, weights, samples))
             built.update(param=text.encode(), bin=data)
         return built
 

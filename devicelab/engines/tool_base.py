@@ -71,6 +71,12 @@ def last_words(lines: Iterable[str], limit: int = 200) -> str | None:
     return kept[-1][:limit] if kept else None
 
 
+def exit_error(tool: str, exit_code: int, lines: Iterable[str], what: str = "") -> str:
+    """A tool that failed without its own error line: its exit status, what it did not print, its last words."""
+    tail = last_words(lines)
+    return f"{tool} exited with {exit_code}" + (f" and printed no {what}" if what else "") + (f": {tail}" if tail else "")
+
+
 def nchw_to_ncnn_shape(shape: tuple[int, ...]) -> list[int]:
     """An NCHW-born input shape as ncnn writes it: batch dropped, the rest reversed (w, h, [d,] c)."""
     dims = list(shape)
@@ -84,8 +90,8 @@ class ToolSettings:
     """What devicelab asks the tool for, per config."""
 
     threads: int
-    cpus: tuple[int, ...]  # the CPUs devicelab pins the tool to (the device pins with taskset/dlprobe; tools
-    # that pin themselves, like benchncnn's powersave, get the matching value)
+    cpus: tuple[int, ...]  # the CPUs the device pins the tool to (taskset/dlprobe); tools that re-pin their own
+    # threads (benchncnn's powersave, MNN) are told `affinity`/`big_cores` instead, the only sets they can express
     precision: str  # fp32 | fp16 | bf16 | int8
     backend: str  # cpu | gpu | opencl | vulkan | metal | nnapi | coreml
     iterations: int  # exact timed runs to force (devicelab's cooldown replaces the tools' own sleeps)
@@ -105,7 +111,6 @@ class ToolRun:
     did not print stays None (`reconcile` may add figures fixed by the tool's source, and says so in a note)."""
 
     samples_s: tuple[float, ...] = ()  # per-iteration times only when the tool printed them
-    summary_only: bool = True  # True when samples_s is empty because the tool prints only min/max/avg...
     count: int | None = None  # timed iterations the tool reports having run
     min_s: float | None = None
     max_s: float | None = None
@@ -124,6 +129,11 @@ class ToolRun:
     notes: tuple[str, ...] = ()  # e.g. delegate partially applied, "Unconsumed cmdline flags: …"
     error: str | None = None  # the tool's own error line, when it failed
     raw: dict[str, Any] = field(default_factory=dict)  # every parsed figure by the tool's own name
+
+    @property
+    def summary_only(self) -> bool:
+        """The tool printed summaries (min/max/avg...) but no per-iteration times: the Result stores no samples."""
+        return not self.samples_s
 
     @property
     def ok(self) -> bool:
@@ -147,9 +157,7 @@ class ToolRun:
 
 
 def build_run(samples: Iterable[float] = (), **fields: Any) -> ToolRun:
-    samples_s = tuple(samples)
-    fields.setdefault("summary_only", not samples_s)
-    return ToolRun(samples_s=samples_s, **fields)
+    return ToolRun(samples_s=tuple(samples), **fields)
 
 
 class ToolEngine(Engine):

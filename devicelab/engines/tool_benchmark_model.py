@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from devicelab.engines.base import PreparedModel, SourceModel
-from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, last_words, lines_of,
+from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, exit_error, lines_of,
                                          number, seconds, target_path)
 
 MODEL = "model.tflite"
@@ -94,12 +94,9 @@ class BenchmarkModelTool(ToolEngine):
     }
 
     def availability(self) -> tuple[bool, str | None]:
-        import importlib.util
+        from devicelab.engines.litert import ENGINE as LITERT
 
-        if importlib.util.find_spec("ai_edge_litert") is None:
-            return False, ("devicelab writes the zoo's .tflite with ai-edge-litert's schema: pip install "
-                           "ai-edge-litert")
-        return True, None
+        return LITERT.availability()  # devicelab writes the zoo's .tflite with ai-edge-litert's schema
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         from devicelab.engines.litert import ENGINE as LITERT
@@ -317,8 +314,7 @@ class BenchmarkModelTool(ToolEngine):
         if failed and errors:
             error = (causes or errors)[0]
         elif failed and exit_code != 0:
-            tail = last_words(err_lines)
-            error = f"benchmark_model exited with {exit_code}" + (f": {tail}" if tail else "")
+            error = exit_error("benchmark_model", exit_code, err_lines)
         elif failed:
             error = "benchmark_model printed no stats for the timed runs"
         else:

@@ -4,8 +4,7 @@
 
 What the source fixes and devicelab cannot change (each becomes a note):
 * benchncnn loads only the .param: weights are zero-filled (DataReaderFromEmpty), inputs filled with 0.01, so the
-  run folder holds the .param alone. int8 is not a flag but a model: the ncnn engine's int8 .param (ncnn_int8), or
-  with an ncnn engine that has none, `int8_param`'s rewrite (what benchncnn's own *_int8.param files are).
+  run folder holds the .param alone. int8 is not a flag but a model: the ncnn engine's int8 .param (ncnn_int8).
 * fp16 packed/storage/arithmetic and int8 inference are switched on unconditionally (`opt.use_fp16_*` = true): fp32
   cannot be asked for, and bf16 storage is never switched on.
 * warmup is a fixed 8 forwards (10 on Vulkan) and is not printed; only min/max/avg of the timed loops are printed.
@@ -24,15 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from devicelab.engines.base import PreparedModel, SourceModel
-from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, first_line, last_words,
+from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, exit_error, first_line,
                                          lines_of, nchw_to_ncnn_shape, seconds, target_path)
 
 PARAM, PARAM_INT8 = "model.param", "model_int8.param"
 WARMUP_CPU, WARMUP_GPU = 8, 10  # benchncnn.cpp: g_warmup_loop_count, and 10 when a GPU device is given
 POWERSAVE = {"all": 0, "little": 1, "big": 2}
-
-# int8_scale_term as tools/quantize/ncnn2int8.cpp sets it, without its requantize fusion (+100).
-INT8_SCALE_TERM = {"Convolution": 2, "ConvolutionDepthWise": 1, "InnerProduct": 2}
 
 _HEADER = re.compile(r"^(loop_count|num_threads|powersave|gpu_device|cooling_down) = (-?\d+)\s*$")
 _RESULT = re.compile(rf"^\s*(?P<name>.*?)\s+min =\s*(?P<min>{NUMBER})\s+max =\s*(?P<max>{NUMBER})"
@@ -58,19 +54,6 @@ _ERRORS = [re.compile(p) for p in (
     r"^load vulkan driver failed",
     r"^Usage: benchncnn",
 )]
-
-
-def int8_param(text: str) -> str:
-    """An fp32 .param turned into benchncnn's kind of *_int8.param: int8_scale_term on every Convolution,
-    ConvolutionDepthWise and InnerProduct, as ncnn2int8 sets it (without its requantize fusion). benchncnn
-    zero-fills weights and scales from the param alone, exactly as it does for its built-in *_int8 models."""
-    out: list[str] = []
-    for line in text.splitlines():
-        fields = line.split()
-        if fields and fields[0] in INT8_SCALE_TERM and not any(f.startswith("8=") for f in fields[4:]):
-            line = f"{line.rstrip()} 8={INT8_SCALE_TERM[fields[0]]}"
-        out.append(line)
-    return "\n".join(out) + "\n"
 
 
 def profile_ops(lines: list[str], loop_count: int | None) -> tuple[tuple[dict[str, Any], ...], int]:
@@ -117,26 +100,13 @@ class BenchncnnTool(ToolEngine):
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         from devicelab.engines.ncnn import ENGINE as NCNN
-        from devicelab.engines.ncnn import convert_onnx
-        from devicelab.paths import cached_file
 
+        # The ncnn engine's conversions and cache: benchncnn times the same .param as ncnn and dlbench (for int8
+        # its calibrated .param, whose weights and scales benchncnn zero-fills).
+        prepared = NCNN.prepare(model, "int8" if precision == "int8" else "fp32", cache_dir.parent / "ncnn")
         notes = ["benchncnn loads only the .param: weights are zero-filled and inputs filled with 0.01 by the tool"]
-        if precision == "int8" and "int8" in NCNN.precisions:
-            # The ncnn engine's int8 model (its cache), so tool:benchncnn times the same .param as ncnn and dlbench;
-            # its calibrated weights and scales stay behind: benchncnn zero-fills them.
-            prepared = NCNN.prepare(model, "int8", cache_dir.parent / "ncnn")
-            return PreparedModel(prepared.path, (*notes, *prepared.notes), {"param_name": PARAM_INT8})
-        # The ncnn engine's cache: the same pnnx conversion serves ncnn, dlbench and benchncnn.
-        param, _weights = convert_onnx(model.path, model.sha256, model.shapes, cache_dir.parent / "ncnn")
-        if precision == "int8":  # an ncnn engine without int8: benchncnn's own kind of *_int8.param
-            def build(out: Path) -> None:
-                out.write_text(int8_param(param.read_text()))
-
-            param = cached_file(cache_dir, f"{param.parent.name}-int8.param", build)
-            notes.append("int8: the .param with ncnn2int8's int8_scale_term on Convolution/ConvolutionDepthWise/"
-                         "InnerProduct (no requantize fusion); benchncnn zero-fills weights and scales, as for its "
-                         "own *_int8 models")
-        return PreparedModel(param, tuple(notes), {"param_name": PARAM_INT8 if precision == "int8" else PARAM})
+        return PreparedModel(prepared.path, (*notes, *(prepared.notes if precision == "int8" else ())),
+                             {"param_name": PARAM_INT8 if precision == "int8" else PARAM})
 
     def model_layout(self, prepared: PreparedModel) -> dict[str, Path]:
         return {str(prepared.options.get("param_name", PARAM)): prepared.path}
@@ -207,8 +177,7 @@ class BenchncnnTool(ToolEngine):
             notes.append("benchncnn prints only min/max/avg of its timed loops (ms, 2 decimals): no per-iteration "
                          "times")
         elif error is None:
-            error = (f"benchncnn exited with {exit_code} and printed no result line"
-                     + (f": {last_words(lines)}" if last_words(lines) else ""))
+            error = exit_error("benchncnn", exit_code, lines, "result line")
         if error is None and exit_code != 0:
             error = f"benchncnn exited with {exit_code}"
         return build_run(**fields, notes=tuple(notes), error=error)

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from devicelab.engines.base import PreparedModel, SourceModel
-from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, last_words,
-                                         lines_of, seconds, target_path)
+from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, exit_error, lines_of,
+                                         seconds, target_path)
 
 MODELS_DIR, MODEL = "models", "model.mnn"
 
@@ -69,20 +69,15 @@ class MnnBenchmarkTool(ToolEngine):
     }
 
     def availability(self) -> tuple[bool, str | None]:
-        import importlib.util
+        from devicelab.engines import mnn
 
-        if importlib.util.find_spec("MNN") is None:
-            return False, "devicelab converts to .mnn with MNN's converter: pip install MNN"
-        return True, None
+        return mnn.ENGINE.availability()  # devicelab converts to .mnn with MNN's converter
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         from devicelab.engines import mnn
 
-        # The mnn engine's cache and conversions (its C extension, never the console scripts).
-        cache = cache_dir.parent / "mnn"
-        if precision == "int8":
-            return PreparedModel(mnn.quantize(model, cache), ("MNN quantizer: KL activations, MAX_ABS weights",))
-        return PreparedModel(mnn.convert(model, cache))
+        # The mnn engine's conversions and cache: the fp32 .mnn (the tool's precision is a flag) or its int8 one.
+        return mnn.ENGINE.prepare(model, "int8" if precision == "int8" else "fp32", cache_dir.parent / "mnn")
 
     def model_layout(self, prepared: PreparedModel) -> dict[str, Path]:
         return {f"{MODELS_DIR}/{MODEL}": prepared.path}
@@ -162,8 +157,7 @@ class MnnBenchmarkTool(ToolEngine):
         elif error_lines:
             error = error_lines[0]
         else:
-            error = f"benchmark.out exited with {exit_code} and printed no result line" + (
-                f": {last_words(lines)}" if last_words(lines) else "")
+            error = exit_error("benchmark.out", exit_code, lines, "result line")
         if error is None and exit_code != 0:
             error = f"benchmark.out exited with {exit_code}"
         return build_run(**fields, notes=tuple(notes), error=error)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from devicelab.engines.base import PreparedModel, SourceModel
-from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, last_words, lines_of,
+from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, exit_error, lines_of,
                                          number, seconds, target_path)
 
 MODEL, RESULT_FILE = "model.onnx", "perf_test_result.txt"
@@ -175,8 +175,7 @@ class OnnxRuntimePerfTestTool(ToolEngine):
         if not finished and (causes or log_errors):
             error = (causes + log_errors)[0]
         elif not finished and exit_code != 0:
-            tail = last_words(lines)
-            error = f"onnxruntime_perf_test exited with {exit_code}" + (f": {tail}" if tail else "")
+            error = exit_error("onnxruntime_perf_test", exit_code, lines)
         elif not finished:
             error = "onnxruntime_perf_test printed no results"
         else:

@@ -41,7 +41,6 @@ A_OPEN = 0x4E45504F
 A_OKAY = 0x59414B4F
 A_WRTE = 0x45545257
 A_CLSE = 0x45534C43
-A_AUTH = 0x48545541
 A_VERSION = 0x01000001  # skips checksums both ways; neither adb 29 nor 36 checks them
 MAX_PAYLOAD = 1 << 20
 HEADER = struct.Struct("<6I")
@@ -282,6 +281,7 @@ class EmulatedDevice:
         self._stream_id = 0
         self._restore_handle: asyncio.TimerHandle | None = None
         self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()  # fire-and-forget tasks, referenced until done (asyncio keeps weak refs)
 
     # -- facts the runner found at start
     @property
@@ -291,10 +291,6 @@ class EmulatedDevice:
     @property
     def namespace_reason(self) -> str:
         return self.runner.namespace_reason
-
-    @property
-    def arm64(self) -> bool:
-        return self.runner.arm64
 
     @property
     def arm64_reason(self) -> str:
@@ -363,9 +359,15 @@ class EmulatedDevice:
         """Listen again (on the same port) after drop()."""
         self._call(self._restore())
 
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def energy_log(self) -> list[EnergySample]:
         """The model's true energy, one sample per ~100 ms tick, since this start (see read_energy_log)."""
-        return self.model.energy_log() if self.model is not None else []
+        model = self.model  # stop() may clear it from another thread
+        return model.energy_log() if model is not None else []
 
     def __enter__(self) -> EmulatedDevice:
         self.start()
@@ -407,7 +409,7 @@ class EmulatedDevice:
             self._restore_handle = None
         if down_for is not None:
             loop = asyncio.get_running_loop()
-            self._restore_handle = loop.call_later(down_for, lambda: loop.create_task(self._restore()))
+            self._restore_handle = loop.call_later(down_for, lambda: self._background(self._restore()))
 
     async def _restore(self) -> None:
         if self._server is None:
@@ -513,7 +515,7 @@ class EmulatedDevice:
                 self._forget_session(sid)
             else:
                 # Background children outlive the command (as on a phone); they still heat it, and stop() kills them.
-                asyncio.get_running_loop().create_task(self._reap_session_later(sid))
+                self._background(self._reap_session_later(sid))
 
     async def _finish_exec(self, proc: asyncio.subprocess.Process, stdin_task: asyncio.Task[None]) -> None:
         """`adb exec-in` ends its input by closing the stream (raw exec has no close-stdin packet): as adbd's
@@ -600,7 +602,7 @@ class EmulatedDevice:
                         self._drop_rules.remove(rule)
                         print(f"emulated_adb: --drop-on {rule.text!r}: dropping the transport for good",
                               file=sys.stderr, flush=True)
-                        loop.create_task(self._drop(None))
+                        self._background(self._drop(None))
                 loop.call_later(rule.seconds, fire)
 
     # -- sync
@@ -779,16 +781,6 @@ def _stat_triple(path: Path | None) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------------------------- CLI
 
 
-def _adb_path() -> str:
-    if os.environ.get("ADBUTILS_ADB_PATH"):
-        return os.environ["ADBUTILS_ADB_PATH"]
-    try:
-        import adbutils
-    except ImportError:
-        raise EmulatorError("--connect needs adb: set ADBUTILS_ADB_PATH or install adbutils") from None
-    return str(adbutils.adb_path())
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m devicelab.testing.emulated_adb",
                                 description="An emulated Android phone speaking the device side of the ADB protocol.")
@@ -833,10 +825,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "to the root; paths inside files and programs are not", file=err)
     err.flush()
     if args.connect:
+        from devicelab.devices.android import connect  # the driver's own `adb connect` (the server it starts)
+
         try:
-            p = subprocess.run([_adb_path(), "connect", address], capture_output=True, text=True, timeout=30)
-            print(f"emulated_adb: adb connect: {(p.stdout + p.stderr).strip()}", file=err, flush=True)
-        except (DevicelabError, OSError, subprocess.TimeoutExpired) as e:
+            print(f"emulated_adb: adb connect: {connect(address).strip()}", file=err, flush=True)
+        except OSError as e:
             print(f"emulated_adb: adb connect failed: {e}", file=err, flush=True)
     try:
         while True:

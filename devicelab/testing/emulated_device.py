@@ -114,14 +114,13 @@ DEFAULT_PROPS: dict[str, str] = {
 }
 
 
-def default_clusters(cpus: Iterable[int] | None = None, capacity: bool = True) -> tuple[ClusterSpec, ...]:
+def default_clusters(cpus: Iterable[int] | None = None) -> tuple[ClusterSpec, ...]:
     """big.LITTLE over the host's usable CPUs: the lower half little, the upper half big; one CPU, one cluster."""
     ids = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
     if len(ids) == 1:
-        return (ClusterSpec(tuple(ids), 1024 if capacity else None, 2_800_000),)
+        return (ClusterSpec(tuple(ids), 1024, 2_800_000),)
     half = len(ids) // 2
-    return (ClusterSpec(tuple(ids[:half]), 512 if capacity else None, 1_800_000),
-            ClusterSpec(tuple(ids[half:]), 1024 if capacity else None, 2_800_000))
+    return (ClusterSpec(tuple(ids[:half]), 512, 1_800_000), ClusterSpec(tuple(ids[half:]), 1024, 2_800_000))
 
 
 def default_zones(clusters: Iterable[ClusterSpec]) -> tuple[ZoneSpec, ...]:
@@ -182,12 +181,6 @@ class Profile:
     def properties(self) -> dict[str, str]:
         """Every getprop key: the defaults, the serial, then the profile's overrides."""
         return {**DEFAULT_PROPS, "ro.serialno": self.serial, **{str(k): str(v) for k, v in self.props.items()}}
-
-    def replace(self, **changes: Any) -> Profile:
-        """A copy with some fields changed; new clusters without new zones get the default zones again."""
-        if "clusters" in changes and "thermal" not in changes:
-            changes["thermal"] = None
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], where: str = "profile") -> Profile:
@@ -719,11 +712,11 @@ class Runner:
                 return "the namespace holder did not start within 10 s"
             chunk = os.read(self._holder.stdout.fileno(), 4096)
             if not chunk:
-                self._holder.wait()
+                code = self._holder.wait()
                 errors.seek(0)
                 lines = errors.read().decode(errors="replace").strip().splitlines()
                 self._stop_holder()
-                why = lines[-1] if lines else f"exit status {self._holder.returncode}"
+                why = lines[-1] if lines else f"exit status {code}"
                 return f"unshare -Urm failed: {why}"
             buf += chunk
             while b"\n" in buf:
@@ -939,13 +932,6 @@ class Model:
     def energy_log(self) -> list[EnergySample]:
         with self._lock:
             return list(self._log)
-
-    def snapshot(self) -> dict[str, Any]:
-        """The model's true state, for tests: temperatures by zone type, busy CPUs, throttled clusters, charge."""
-        with self._lock:
-            return {"temps_c": {z.type: t for z, t in zip(self.zones, self.temps_c, strict=True)},
-                    "busy": dict(self.busy),
-                    "throttled": list(self.throttled), "charge_uah": self.charge_uah}
 
     def _run(self) -> None:
         last = time.monotonic()
