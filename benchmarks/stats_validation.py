@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Are compare's verdicts right? False-positive rate and power, from sample distributions measured here.
 
-1. Measures real distributions on the host: `devicelab run` of SqueezeNet-1.1 and MobileNet-v2 (ONNX Runtime,
-   1 thread, default adaptive protocol), REPEATS processes each.
-2. Splits them into process-to-process offsets (process median / config median) and within-process
-   residuals (sample / process median), and records the sample sizes the adaptive protocol picked.
-3. Simulates trials: each side draws P processes, each = a drawn offset × residuals resampled to a drawn
-   sample size; the candidate is multiplied by (1 + effect). analysis.compare.verdict decides.
-Prints the false-positive rate (A/A trials called slower or faster), the power for +3 % and +5 %, the
-smallest change detected with 0.9 power, and the same for the A/B modes:
-* fixed: suite `repeats: 8`, `protocol: {target_ci: 0.005, max_iterations: 400}` (8 processes a side, 2× samples);
-* adaptive: suite `repeats: {min: 3, max: MAX}` — a round (one more process a side) at a time until compare
-  decides (faster / slower / same), at most MAX rounds: what devicelab's sweep does with two labels.
-Goals: FP ≤ 1 %; power ≥ 0.9 at +5 % by default; ≥ 0.9 at +3 % in an A/B mode.
+1. Measures real distributions on the host, as a user runs an A/B: `devicelab run` of one engine under two
+   labels (ONNX Runtime 1 thread, SqueezeNet-1.1 and MobileNet-v2, default adaptive protocol), REPEATS rounds —
+   an A/A, so every round is two real processes that ran next to each other, with the machine's drift in them.
+2. Simulates trials by drawing measured rounds (with replacement; which label plays base is a coin flip), the
+   candidate's samples multiplied by (1 + effect); analysis.compare.verdict decides:
+   * default: two runs of 3 processes each, compared unpaired (rounds drawn independently per side);
+   * A/B, `repeats: 8`: one run of 8 rounds, paired by round as `compare RUN:a RUN:b` pairs them;
+   * adaptive A/B, `repeats: {min: 3, max: MAX}`: a round at a time until compare decides (what the sweep does).
+Prints the false-positive rate (A/A trials called slower or faster), the power per effect and the smallest
+change detected with 0.9 power. Goals: FP ≤ 1 %; power ≥ 0.9 at +5 % by default; ≥ 0.9 at +3 % in an A/B mode.
+The simulation resamples a pool of measured rounds, so it is only as representative as the time it was measured
+in: the figures it prints say how noisy that was.
 
-usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS] [MAX]   (defaults 300, 8, 24)
+usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS] [MAX]   (defaults 300, 40, 48)
+env: STATS_VALIDATION_DATA=F.npz keeps the measured rounds (written once, then read), to rerun on the same data.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,67 +32,87 @@ from _common import devicelab_run, machine
 from devicelab.analysis.compare import verdict
 
 
-def measure(repeats: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+Rounds = list[tuple[int, np.ndarray, np.ndarray]]  # (model index, label a's samples, label b's samples), one per round
+
+
+def measure(repeats: int) -> Rounds:
     """Measured here, or read from STATS_VALIDATION_DATA (an .npz this script wrote), to rerun the simulation on the
     same distributions."""
     saved = os.environ.get("STATS_VALIDATION_DATA")
     if saved and Path(saved).is_file():
         with np.load(saved) as d:
-            return d["offsets"], d["residuals"], [int(x) for x in d["sizes"]]
-    data = _measure(repeats)
+            if "lengths" in d:
+                parts = np.split(d["samples"], np.cumsum(d["lengths"])[:-1])
+                return [(int(m), parts[2 * i], parts[2 * i + 1]) for i, m in enumerate(d["models"])]
+    rounds = _measure(repeats)
     if saved:
-        np.savez(saved, offsets=data[0], residuals=data[1], sizes=np.asarray(data[2]))
-    return data
+        flat = [x for _, a, b in rounds for x in (a, b)]
+        np.savez(saved, samples=np.concatenate(flat), lengths=np.asarray([len(x) for x in flat]),
+                 models=np.asarray([m for m, _, _ in rounds]))
+    return rounds
 
 
-def _measure(repeats: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+def _measure(repeats: int) -> Rounds:
+    """An A/A run as a user would run an A/B: one engine under two labels, interleaved in `repeats` rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "s.yaml"
-        suite.write_text(f"name: validation\nmodels: [squeezenet1_1, mobilenet_v2]\nengines: [onnxruntime]\n"
+        suite.write_text("name: validation\nmodels: [squeezenet1_1, mobilenet_v2]\n"
+                         "engines: [{name: onnxruntime, label: a}, {name: onnxruntime, label: b}]\n"
                          f"threads: [1]\nrepeats: {repeats}\nprotocol: {{accuracy_inputs: 0}}\n")
         results = devicelab_run(suite, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})["results"]
-    offsets, residuals, sizes = [], [], []
-    for model in {r["model"] for r in results}:
-        runs = [np.asarray(r["samples_s"]) for r in results if r["model"] == model and r["status"] == "ok"]
-        overall = np.median(np.concatenate(runs))
-        for s in runs:
-            offsets.append(np.median(s) / overall)
-            residuals.extend(s / np.median(s))
-            sizes.append(len(s))
-    return np.asarray(offsets), np.asarray(residuals), sizes
+    models = sorted({r["model"] for r in results})
+    by: dict[tuple[str, int], dict[str, np.ndarray]] = {}
+    for r in results:
+        if r["status"] == "ok":
+            by.setdefault((r["model"], r["repeat"]), {})[r["label"]] = np.asarray(r["samples_s"])
+    return [(models.index(m), pair["a"], pair["b"]) for (m, _), pair in sorted(by.items()) if len(pair) == 2]
 
 
-def side(rng: np.random.Generator, offsets: np.ndarray, residuals: np.ndarray, sizes: list[int], processes: int,
-         scale: int, effect: float) -> list[np.ndarray]:
-    return [rng.choice(offsets) * (1 + effect) * rng.choice(residuals, size=rng.choice(sizes) * scale)
-            for _ in range(processes)]
+def draw(rng: np.random.Generator, pool: Rounds, n: int, effect: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """n measured rounds of one model (with replacement; which label plays base is a coin flip, so A/A stays
+    symmetric); the candidate's samples are multiplied by (1 + effect)."""
+    base, cand = [], []
+    for i in rng.integers(0, len(pool), size=n):
+        _, a, b = pool[i]
+        if rng.random() < 0.5:
+            a, b = b, a
+        base.append(a)
+        cand.append(b * (1 + effect))
+    return base, cand
 
 
-def rate(rng: np.random.Generator, data: tuple[np.ndarray, np.ndarray, list[int]], effect: float, trials: int,
-         processes: int = 3, scale: int = 1) -> tuple[float, float]:
-    """(fraction called slower, fraction called faster)."""
+def fixed(rng: np.random.Generator, pools: list[Rounds], effect: float, trials: int, n: int, paired: bool
+          ) -> tuple[float, float]:
+    """(fraction called slower, fraction called faster). Unpaired: two runs, n processes each, at different
+    times (rounds drawn independently for each side); paired: one run of n rounds."""
     slower = faster = 0
     for t in range(trials):
-        v = verdict(side(rng, *data, processes, scale, 0.0), side(rng, *data, processes, scale, effect),
-                    seed=t, resamples=400)
+        pool = pools[t % len(pools)]
+        if paired:
+            base, cand = draw(rng, pool, n, effect)
+        else:
+            base, cand = draw(rng, pool, n, 0.0)[0], draw(rng, pool, n, effect)[1]
+        v = verdict(base, cand, seed=t, resamples=400, paired=paired)
         slower += v.verdict == "slower"
         faster += v.verdict == "faster"
     return slower / trials, faster / trials
 
 
-def adaptive(rng: np.random.Generator, data: tuple[np.ndarray, np.ndarray, list[int]], effect: float, trials: int,
-             most: int, least: int = 3) -> tuple[float, float, float]:
-    """The sweep's adaptive A/B rounds: (fraction called slower, fraction called faster, mean rounds used)."""
+def adaptive(rng: np.random.Generator, pools: list[Rounds], effect: float, trials: int, most: int, least: int = 3
+             ) -> tuple[float, float, float]:
+    """The sweep's adaptive A/B rounds, paired as compare pairs them: (slower, faster, mean rounds used)."""
     slower = faster = rounds = 0
     for t in range(trials):
+        pool = pools[t % len(pools)]
         base: list[np.ndarray] = []
         cand: list[np.ndarray] = []
         for r in range(1, most + 1):
-            base += side(rng, *data, 1, 1, 0.0)
-            cand += side(rng, *data, 1, 1, effect)
+            b, c = draw(rng, pool, 1, effect)
+            base += b
+            cand += c
             if r < least:
                 continue
-            v = verdict(base, cand, seed=t * 1000 + r, resamples=400)
+            v = verdict(base, cand, seed=t * 1000 + r, resamples=400, paired=True)
             if v.verdict != "unknown":
                 break
         slower += v.verdict == "slower"
@@ -99,39 +121,50 @@ def adaptive(rng: np.random.Generator, data: tuple[np.ndarray, np.ndarray, list[
     return slower / trials, faster / trials, rounds / trials
 
 
+def report(name: str, run: Callable[[float], tuple[float, ...]], effects: tuple[float, ...], trials: int) -> None:
+    out = run(0.0)
+    extra = f"; {out[2]:.1f} rounds on average" if len(out) > 2 else ""
+    print(f"\n{name}:\n  A/A false positives: {out[0] + out[1]:.1%} (slower {out[0]:.1%}, faster {out[1]:.1%}) "
+          f"over {trials} trials{extra}")
+    smallest = None
+    for effect in effects:
+        out = run(effect)
+        extra = f" ({out[2]:.1f} rounds on average)" if len(out) > 2 else ""
+        print(f"  power at +{effect:.0%}: {out[0]:.2f}{extra}")
+        if smallest is None and out[0] >= 0.9:
+            smallest = effect
+    print(f"  smallest change detected with 0.9 power: "
+          f"{'+' + format(smallest, '.0%') if smallest else '> +' + format(effects[-1], '.0%')}")
+
+
+def describe(pools: list[Rounds]) -> None:
+    for k, pool in enumerate(pools):
+        logs = np.log([[np.median(a), np.median(b)] for _, a, b in pool])
+        unpaired = logs.std(ddof=1)
+        paired = np.std(logs[:, 1] - logs[:, 0], ddof=1) / np.sqrt(2)
+        series = logs.mean(axis=1) - logs.mean()
+        lag1 = float(np.corrcoef(series[:-1], series[1:])[0, 1])
+        sizes = [len(x) for _, a, b in pool for x in (a, b)]
+        print(f"model {k}: {len(pool)} rounds; process-to-process sd {unpaired:.2%}, within a round (paired) "
+              f"{paired:.2%}; lag-1 autocorrelation of round medians {lag1:.2f}; samples per process "
+              f"{min(sizes)}–{max(sizes)} (median {int(np.median(sizes))})")
+
+
 def main() -> None:
     trials = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    most = int(sys.argv[3]) if len(sys.argv) > 3 else 24
-    data = measure(repeats)
-    offsets, residuals, sizes = data
-    print(f"measured: {len(offsets)} processes; process-to-process offsets sd {offsets.std():.2%} "
-          f"(range {offsets.min():.3f}–{offsets.max():.3f}); within-process residual sd {residuals.std():.2%}; "
-          f"samples per process {min(sizes)}–{max(sizes)} (median {int(np.median(sizes))})")
+    repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    most = int(sys.argv[3]) if len(sys.argv) > 3 else 48
+    rounds = measure(repeats)
+    pools = [[r for r in rounds if r[0] == m] for m in sorted({r[0] for r in rounds})]
+    describe(pools)
     rng = np.random.default_rng(1)
-    for mode, processes, scale in (("default (3 processes a side)", 3, 1),
-                                   ("A/B mode (repeats: 8, target_ci 0.5 %, max_iterations 400: 8 a side, 2x samples)", 8, 2)):
-        s, f = rate(rng, data, 0.0, trials, processes, scale)
-        print(f"\n{mode}:\n  A/A false positives: {s + f:.1%} (slower {s:.1%}, faster {f:.1%}) over {trials} trials")
-        smallest = None
-        for effect in (0.02, 0.03, 0.04, 0.05, 0.07, 0.10):
-            power, _ = rate(rng, data, effect, trials, processes, scale)
-            print(f"  power at +{effect:.0%}: {power:.2f}")
-            if smallest is None and power >= 0.9:
-                smallest = effect
-        print(f"  smallest change detected with 0.9 power: {'+' + format(smallest, '.0%') if smallest else '> +10%'}")
-    print(f"\nadaptive A/B mode (repeats: {{min: 3, max: {most}}}: one more process a side per round until decided):")
-    s, f, used = adaptive(rng, data, 0.0, trials, most)
-    print(f"  A/A false positives: {s + f:.1%} (slower {s:.1%}, faster {f:.1%}) over {trials} trials; "
-          f"{used:.1f} rounds on average")
-    smallest = None
-    for effect in (0.02, 0.03, 0.04, 0.05):
-        power, _, used = adaptive(rng, data, effect, trials, most)
-        print(f"  power at +{effect:.0%}: {power:.2f} ({used:.1f} rounds on average)")
-        if smallest is None and power >= 0.9:
-            smallest = effect
-    print(f"  smallest change detected with 0.9 power: {'+' + format(smallest, '.0%') if smallest else '> +5%'}")
-    print(f"\nmachine: {machine()}; threshold 2 %, p < 0.01, two-level bootstrap CI (400 resamples in simulation)")
+    effects = (0.02, 0.03, 0.04, 0.05, 0.07, 0.10)
+    report("default (two runs, 3 processes each)", lambda e: fixed(rng, pools, e, trials, 3, False), effects, trials)
+    report("A/B, repeats: 8 (one run, paired by round)", lambda e: fixed(rng, pools, e, trials, 8, True), effects,
+           trials)
+    report(f"adaptive A/B, repeats: {{min: 3, max: {most}}} (a round at a time until decided, paired)",
+           lambda e: adaptive(rng, pools, e, trials, most), (0.02, 0.03, 0.04, 0.05), trials)
+    print(f"\nmachine: {machine()}; threshold 2 %, p < 0.01, bootstrap CIs with 400 resamples in simulation")
 
 
 if __name__ == "__main__":

@@ -382,7 +382,10 @@ def noise(
     inventory = load_inventory(devices_file)
     raw = {"name": f"noise-{device}", "models": [model], "threads": [threads], "precisions": ["fp32"],
            "engines": [{"name": engine, "label": "A"}, {"name": engine, "label": "B"}], "devices": [device],
-           "repeats": repeats}
+           "repeats": repeats,
+           # The floor guards comparisons of separate runs too, so it is measured as they see the device: processes
+           # one after another, compared unpaired (lockstep and pairing would hide the drift between them).
+           "protocol": {"lockstep": False}}
     suite = sweep.validate(raw, "noise", inventory)
     store = open_store(db)
     with _RunProgress(enabled=err.is_terminal) as progress:
@@ -390,7 +393,7 @@ def noise(
     if sweep.exit_code(results):
         raise DevicelabError(f"the A/A run {run_id} had failures: see devicelab show {run_id}")
     comparisons = verdicts.compare_sides(store, verdicts.resolve_side(store, f"{run_id}:A"),
-                                         verdicts.resolve_side(store, f"{run_id}:B"), 0.02)
+                                         verdicts.resolve_side(store, f"{run_id}:B"), 0.02, pair=False)
     floor, detail = verdicts.noise_floor_from(comparisons)
     store.add_noise_floor(device, comparisons[0].key, floor, run_id, detail)
     if as_json:

@@ -43,6 +43,9 @@ class ProtocolSettings:
     energy_min_window_seconds: float = 30.0
     energy_idle_seconds: float = 10.0
     energy_allow_charging: bool = False  # measure even when a charger feeds the phone (the figure is then wrong)
+    # A/B labels of one config (same round, device, CPUs) alive together and timed in alternating ~0.1 s slices,
+    # where the device can (the host): the machine's drift then falls on both sides alike.
+    lockstep: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -230,27 +233,84 @@ def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any
 BeforeStop = Callable[[Channel, list[float]], dict[str, Any]]
 
 
+class Driver:
+    """One runner under the stopping rule, a batch at a time: `measure` drives one alone, `lockstep` several."""
+
+    def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float) -> None:
+        self.channel, self.s, self.deadline = channel, s, deadline
+        self.ops: list[dict[str, Any]] = []
+        self.samples: list[float] = []
+        self.batches = 0
+        self.ready: dict[str, Any] = {}
+        self.estimate = 0.01
+
+    def start(self) -> None:
+        """Wait for 'ready' (the runner has loaded and warmed up)."""
+        self.ready = _expect(self.channel, self.deadline, "ready", self.ops)
+        if self.ready.get("protocol") != RUNNER_PROTOCOL:
+            raise RunnerError(f"runner speaks protocol {self.ready.get('protocol')!r}; devicelab speaks "
+                              f"{RUNNER_PROTOCOL}")
+        warmups = int(self.ready.get("warmups") or 0)
+        self.estimate = (float(self.ready.get("warmup_s") or 0) / warmups) if warmups \
+            else float(self.ready.get("first_s") or 0.01)
+
+    def reason(self) -> str | None:
+        return stop_reason(self.samples, self.s)
+
+    def capped(self) -> bool:
+        """At an iteration or time cap: no more batches, whatever the others need."""
+        return len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds
+
+    def step(self, most: int | None = None) -> None:
+        n = next_batch(self.samples, self.s, self.estimate)
+        got = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+        self.samples.extend(got)
+        self.batches += 1
+        self.estimate = float(stats.median(got) or self.estimate)
+
+    def finish(self, before_stop: BeforeStop | None = None, reason: str | None = None) -> Measurement:
+        extra = before_stop(self.channel, self.samples) if before_stop is not None else {}
+        self.channel.send({"cmd": "stop"})
+        done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
+                       self.ops)
+        return Measurement(ready=self.ready, done=done, samples_s=self.samples, ops=self.ops,
+                           stop_reason=reason or self.reason() or "", batches=self.batches, extra=extra)
+
+
 def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop: BeforeStop | None = None
             ) -> Measurement:
     """Drive one runner from 'ready' to 'done' under the stopping rule."""
-    ops: list[dict[str, Any]] = []
-    ready = _expect(channel, deadline, "ready", ops)
-    if ready.get("protocol") != RUNNER_PROTOCOL:
-        raise RunnerError(f"runner speaks protocol {ready.get('protocol')!r}; devicelab speaks {RUNNER_PROTOCOL}")
-    warmups = int(ready.get("warmups") or 0)
-    estimate = (float(ready.get("warmup_s") or 0) / warmups) if warmups else float(ready.get("first_s") or 0.01)
-    samples: list[float] = []
-    batches = 0
-    while (reason := stop_reason(samples, s)) is None:
-        got = run_batch(channel, next_batch(samples, s, estimate), deadline, ops)
-        samples.extend(got)
-        batches += 1
-        estimate = float(stats.median(got) or estimate)
-    extra = before_stop(channel, samples) if before_stop is not None else {}
-    channel.send({"cmd": "stop"})
-    done = _expect(channel, max(deadline, time.monotonic() + 60) if extra else deadline, "done", ops)
-    return Measurement(ready=ready, done=done, samples_s=samples, ops=ops, stop_reason=reason, batches=batches,
-                       extra=extra)
+    d = Driver(channel, s, deadline)
+    d.start()
+    while d.reason() is None:
+        d.step()
+    return d.finish(before_stop)
+
+
+# Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every
+# runner of a slice cycle, long enough that a switch (the other process's caches) touches few iterations.
+LOCKSTEP_SLICE_S = 0.1
+
+
+def lockstep(drivers: Sequence[Driver], failed: Callable[[Driver, Exception], None],
+             slice_s: float = LOCKSTEP_SLICE_S) -> None:
+    """Time several started runners (the labels of one A/B config, pinned to the same CPUs) in alternating slices
+    of about `slice_s` each, the order reversed every cycle, until every one's stopping rule holds (one that is
+    done keeps pace with the others until its caps, so all samples stay interleaved). A runner that fails is
+    handed to `failed` and dropped; the others go on."""
+    live = list(drivers)
+    cycle = 0
+    while live and any(d.reason() is None for d in live):
+        stepping = [d for d in live if not d.capped()]
+        if not stepping:
+            break
+        for d in stepping if cycle % 2 == 0 else reversed(stepping):
+            try:
+                d.step(max(1, math.ceil(slice_s / max(d.estimate, 1e-6))))
+            except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+                live.remove(d)
+                failed(d, e)
+        cycle += 1
 
 
 def now_deadline(seconds: float) -> float:

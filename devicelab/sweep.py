@@ -23,6 +23,7 @@ from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_su
 from devicelab.devices import Device, DeviceEntry, Job, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
+from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
@@ -189,23 +190,33 @@ class Executor:
         self.progress("planned", sum(pc.runnable for pc in todo))
         adaptive = self.p.suite.min_repeats
         checked = -1
+        groups = self._lockstep_groups(todo)
+        done: set[str] = set()
         try:
             for pc in todo:
+                if pc.config.identity_key() in done:
+                    continue  # ran in lockstep with an earlier label of its round
                 if adaptive and pc.runnable and pc.config.repeat >= adaptive and pc.config.repeat != checked:
                     checked = pc.config.repeat  # a new round: are the A/B pairs decided already?
                     decision = self._ab_decision(checked)
                     self.progress("ab", decision)
                     if decision["decided"]:
                         break
-                self.progress("start", pc)
+                group = groups.get(pc.config.identity_key(), [pc])
+                for member in group:
+                    self.progress("start", member)
                 if not pc.runnable:
-                    result = Result.for_config(self.run_id, pc.config, UNSUPPORTED, reason=pc.unsupported,
-                                               started_at=utc_now(), finished_at=utc_now())
+                    results = [Result.for_config(self.run_id, pc.config, UNSUPPORTED, reason=pc.unsupported,
+                                                 started_at=utc_now(), finished_at=utc_now())]
+                elif len(group) > 1:
+                    results = self._run_group(group, baselines[pc.config.device])
                 else:
-                    result = self._run_one(pc, baselines[pc.config.device])
-                self.store.add_result(result)
-                out.append(result)
-                self.progress("result", result)
+                    results = [self._run_one(pc, baselines[pc.config.device])]
+                for member, result in zip(group, results, strict=True):
+                    done.add(member.config.identity_key())
+                    self.store.add_result(result)
+                    out.append(result)
+                    self.progress("result", result)
             finished = True
         finally:
             self.store.set_run_status(self.run_id, FINISHED if finished else INTERRUPTED)
@@ -233,33 +244,69 @@ class Executor:
                 counts[k] += n
         return {"rounds": rounds, "decided": counts["unknown"] == 0 and sum(counts.values()) > 0, "verdicts": counts}
 
-    def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
+    def _lockstep_groups(self, todo: list[PlannedConfig]) -> dict[str, list[PlannedConfig]]:
+        """identity key → the labels of its A/B config in the same round (in plan order), for devices that time
+        them in lockstep; runner-protocol engines only (a tool times itself in one go) and not while energy is
+        measured (its window wants the device to itself)."""
+        from devicelab.config import ab_pairs
+
+        if not self.p.suite.protocol.lockstep or self.p.suite.protocol.energy:
+            return {}
+        paired = {engine for engine, _, _ in ab_pairs(self.p.suite.engines)}
+        by_config: dict[tuple[Any, ...], list[PlannedConfig]] = {}
+        for pc in todo:
+            c = pc.config
+            if (pc.runnable and c.engine in paired and self.p.devices[c.device].lockstep
+                    and not isinstance(get_engine(c.engine), ToolEngine)):
+                key = (c.device, c.engine, c.model, c.precision, c.backend, c.threads, tuple(c.cpus), c.affinity,
+                       c.repeat)
+                by_config.setdefault(key, []).append(pc)
+        return {pc.config.identity_key(): group for group in by_config.values() if len(group) > 1 for pc in group}
+
+    def _job(self, pc: PlannedConfig, outputs_path: Path) -> tuple[Job, SourceModel, PreparedModel] | str:
         cfg = pc.config
-        device = self.p.devices[cfg.device]
         source = self._source(cfg.model)
         converted = self._convert(cfg.engine, source, cfg.precision)
         if isinstance(converted, str):
-            return Result.for_config(self.run_id, cfg, FAILED, reason=converted, started_at=utc_now(),
-                                     finished_at=utc_now())
+            return converted
         settings = self.p.suite.protocol
-        cooldown = device.cooldown(baseline, settings)
-        with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
-            outputs = Path(tmp) / "outputs.npz" if settings.accuracy_inputs else None
-            job = Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
-                      seed=INPUT_SEED, settings=settings, options={**converted.options, **pc.engine_options},
-                      notes=converted.notes, outputs_path=outputs, prepared=converted)
-            try:
-                result = device.run(job)
-            except OSError as e:
-                return Result.for_config(self.run_id, cfg, INFRA_FAILED, reason=f"device {cfg.device}: {e}",
-                                         started_at=utc_now(), finished_at=utc_now())
-            artifact = converted.path.stat().st_size + sum(
-                Path(v).stat().st_size for k, v in converted.options.items() if k == "weights")
-            result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown,
-                                                           "artifact_bytes": artifact})
-            if result.status == OK and outputs is not None and outputs.is_file():
-                result = self._with_accuracy(result, source, outputs, settings.accuracy_inputs)
+        outputs = outputs_path if settings.accuracy_inputs else None
+        return (Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
+                    seed=INPUT_SEED, settings=settings, options={**converted.options, **pc.engine_options},
+                    notes=converted.notes, outputs_path=outputs, prepared=converted), source, converted)
+
+    def _finish(self, result: Result, job: Job, source: SourceModel, converted: PreparedModel,
+                cooldown: dict[str, Any]) -> Result:
+        artifact = converted.path.stat().st_size + sum(
+            Path(v).stat().st_size for k, v in converted.options.items() if k == "weights")
+        result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown,
+                                                       "artifact_bytes": artifact})
+        outputs = job.outputs_path
+        if result.status == OK and outputs is not None and outputs.is_file():
+            result = self._with_accuracy(result, source, outputs, job.settings.accuracy_inputs)
         return result
+
+    def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
+        return self._run_group([pc], baseline)[0]
+
+    def _run_group(self, group: list[PlannedConfig], baseline: dict[str, Any]) -> list[Result]:
+        """One config (or the A/B labels of one, run together by the device) to Results, after one cooldown."""
+        device = self.p.devices[group[0].config.device]
+        cooldown = device.cooldown(baseline, self.p.suite.protocol)
+        with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
+            made = [self._job(pc, Path(tmp) / f"outputs-{k}.npz") for k, pc in enumerate(group)]
+            jobs = [m for m in made if not isinstance(m, str)]
+            try:
+                ran = (device.run_together([j for j, _, _ in jobs]) if len(jobs) > 1
+                       else [device.run(j) for j, _, _ in jobs])
+                finished = iter([self._finish(r, *m, cooldown) for r, m in zip(ran, jobs, strict=True)])
+            except OSError as e:
+                finished = iter([Result.for_config(self.run_id, j.config, INFRA_FAILED,
+                                                   reason=f"device {j.config.device}: {e}", started_at=utc_now(),
+                                                   finished_at=utc_now()) for j, _, _ in jobs])
+            return [Result.for_config(self.run_id, pc.config, FAILED, reason=m, started_at=utc_now(),
+                                      finished_at=utc_now()) if isinstance(m, str) else next(finished)
+                    for pc, m in zip(group, made, strict=True)]
 
     def _with_accuracy(self, result: Result, source: SourceModel, outputs: Path, count: int) -> Result:
         import numpy as np

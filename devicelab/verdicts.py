@@ -63,7 +63,22 @@ def _series_without_label(r: Result) -> str:
     return json.dumps([r.device, r.engine, r.model, r.precision, r.backend, r.threads, list(r.cpus)])
 
 
-def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float) -> list[cmp.Comparison]:
+def _rounds(base: Side, cand: Side, rb: list[Result], rc: list[Result]) -> list[tuple[Result, Result]] | None:
+    """Two labels of one run: their processes paired by round (the sweep ran each round's processes next to each
+    other, so a round shares the machine's drift). None when the sides are different runs (nothing ran together)
+    or when fewer than 3 rounds have both."""
+    if "," in base.run_id or base.run_id != cand.run_id or base.label == cand.label:
+        return None
+    by_b, by_c = {r.repeat: r for r in rb}, {r.repeat: r for r in rc}
+    common = sorted(set(by_b) & set(by_c))
+    if len(common) < 3 or len(by_b) != len(rb) or len(by_c) != len(rc):
+        return None
+    return [(by_b[i], by_c[i]) for i in common]
+
+
+def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, pair: bool = True
+                  ) -> list[cmp.Comparison]:
+    """Matched configs and their verdicts; two labels of one run are paired by round unless `pair` is False."""
     by_label = base.label is not None or cand.label is not None
     key: Callable[[Result], str] = _series_without_label if by_label else (lambda r: r.config.series_key())
     groups_b: dict[str, list[Result]] = {}
@@ -76,8 +91,13 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float) 
     for k in sorted(set(groups_b) & set(groups_c)):
         rb, rc = groups_b[k], groups_c[k]
         floor = store.noise_floor(rb[0].device)
-        v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
-                        floor[0] if floor else None)
+        pairs = _rounds(base, cand, rb, rc) if pair else None
+        if pairs is not None:
+            v = cmp.verdict([list(b.samples_s) for b, _ in pairs], [list(c.samples_s) for _, c in pairs], threshold,
+                            floor[0] if floor else None, paired=True)
+        else:
+            v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
+                            floor[0] if floor else None)
         out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, cmp.center([r.samples_s for r in rb]),
                                   cmp.center([r.samples_s for r in rc]), cmp.state_warnings(rb, rc)))
     if not out:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from devicelab.protocol import (ChannelClosedError, ProtocolSettings, RunnerError, measure, next_batch,
-                                settings_from_dict, stop_reason)
+from devicelab.protocol import (ChannelClosedError, Driver, ProtocolSettings, RunnerError, lockstep, measure,
+                                next_batch, settings_from_dict, stop_reason)
 
 S = ProtocolSettings()
 
@@ -97,3 +97,43 @@ def test_measure_reports_runner_errors_and_protocol_mismatch() -> None:
         measure(ScriptedRunner(fail_after=30), S, time.monotonic() + 10)
     with pytest.raises(RunnerError, match="protocol 2"):
         measure(ScriptedRunner(protocol=2), S, time.monotonic() + 10)
+
+
+class LoggedRunner(ScriptedRunner):
+    """A ScriptedRunner that writes its name to a shared log per batch asked; `jitter` alternates its iteration
+    times by ±jitter, so the CI rule is never met and only the caps stop it."""
+
+    def __init__(self, name: str, log: list[str], jitter: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.name, self.log, self.jitter = name, log, jitter
+
+    def send(self, message: dict[str, Any]) -> None:
+        if message["cmd"] == "run":
+            self.log.append(self.name)
+        before = len(self.queue)
+        super().send(message)
+        if self.jitter:
+            for k, event in enumerate(self.queue[before:], start=before):
+                if event.get("event") == "iter":
+                    self.queue[k] = {"event": "iter", "s": self.seconds + (self.jitter if k % 2 else -self.jitter)}
+
+
+def test_lockstep_alternates_slices_until_every_runner_may_stop() -> None:
+    log: list[str] = []
+    noisy, steady, broken = (LoggedRunner("a", log, jitter=0.005), LoggedRunner("b", log),
+                             LoggedRunner("c", log, fail_after=30))
+    drivers = [Driver(r, S, time.monotonic() + 10) for r in (noisy, steady, broken)]
+    for d in drivers:
+        d.start()
+    failed: list[tuple[Driver, Exception]] = []
+    lockstep(drivers, lambda d, e: failed.append((d, e)), slice_s=0.1)
+    # slices of ~0.1 s (10 iterations of 10 ms), the order reversed every cycle; c drops out when it fails
+    assert log[:6] == ["a", "b", "c", "c", "b", "a"] and noisy.asked[:3] == [10, 10, 10]
+    assert [d for d, _ in failed] == [drivers[2]] and "engine exploded" in str(failed[0][1])
+    assert log.count("c") == 4  # 10 + 10 + 10, then the batch it failed in
+    # a never meets the CI rule, so it runs to max_iterations; b, done at 100 alone, keeps pace with it
+    a, b = drivers[0], drivers[1]
+    assert len(a.samples) == S.max_iterations and a.reason() == "max_iterations"
+    assert len(b.samples) == S.max_iterations
+    assert measure(ScriptedRunner(), S, time.monotonic() + 10).samples_s.__len__() == 100  # alone it stops at 100
+    assert b.finish().done["peak_rss_bytes"] == 123

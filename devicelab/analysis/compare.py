@@ -13,6 +13,11 @@ samples within each — so process-to-process noise (1–3 % on these VMs, more 
 widens the interval instead of being mistaken for a change; and never narrower than a Welch t interval over the
 processes (the bootstrap alone undercovers with 3 processes: measured, 2.7 % A/A false positives at 4.5 %
 process-to-process noise).
+Paired (A/B labels of one run, matched by round): the machine drifts over minutes (measured here: lag-1
+autocorrelation 0.73 between 6-second processes, ±5 % swings), and the two labels' processes of one round ran
+next to each other, so the statistic becomes the median of the per-round ratios and its CI comes from rounds
+resampled whole, never narrower than a paired t interval of the per-round log ratios (n − 1 degrees of freedom).
+Drift shared by a round then cancels instead of widening the interval.
 Only MWU is used for p (no KS), so no multiple-testing correction is needed. A device's A/A noise floor,
 when known, raises t: a change smaller than the floor is never called.
 """
@@ -77,6 +82,36 @@ def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequen
     return float(np.quantile(ratios, a)), float(np.quantile(ratios, 1 - a))
 
 
+def paired_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
+                    resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile CI of the median per-round ratio: rounds (base[i], cand[i]) resampled whole, then samples within
+    each process, so what a round's two processes shared (the machine's state then) stays shared."""
+    rng = np.random.default_rng(seed)
+
+    def medians(side: Sequence[Sequence[float]]) -> np.ndarray:  # [replicate, round]
+        return np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
+                                for p in (np.asarray(x, float) for x in side)])
+
+    ratios = medians(cand) / medians(base)
+    picks = rng.integers(0, len(base), size=(resamples, len(base)))
+    stats = np.median(np.take_along_axis(ratios, picks, axis=1), axis=1)
+    a = (1 - confidence) / 2
+    return float(np.quantile(stats, a)), float(np.quantile(stats, 1 - a))
+
+
+def paired_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95
+                ) -> tuple[float, float] | None:
+    """t interval of the mean per-round log ratio of process medians (None below 2 rounds)."""
+    from scipy.stats import t as student
+
+    d = np.log([np.median(c) / np.median(b) for b, c in zip(base, cand, strict=True)])
+    if len(d) < 2:
+        return None
+    se = float(np.std(d, ddof=1) / np.sqrt(len(d)))
+    q = float(student.ppf(0.5 + confidence / 2, len(d) - 1))
+    return float(np.exp(d.mean() - q * se)), float(np.exp(d.mean() + q * se))
+
+
 def process_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95
                  ) -> tuple[float, float] | None:
     """Welch t interval of the ratio of geometric means of per-process medians (None below 2 processes a side)."""
@@ -97,9 +132,16 @@ def process_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]
 
 def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], threshold: float = DEFAULT_THRESHOLD,
             noise_floor: float | None = None, confidence: float = 0.95, seed: int = 0,
-            resamples: int = 2000) -> Verdict:
-    """base and cand hold one list of samples per process (per Result)."""
+            resamples: int = 2000, paired: bool = False) -> Verdict:
+    """base and cand hold one list of samples per process (per Result). paired: base[i] and cand[i] ran in the
+    same round of one run (an A/B of labels); a round where either side has no samples is left out."""
     from scipy.stats import mannwhitneyu
+
+    if paired:
+        if len(base) != len(cand):
+            raise ValueError("paired verdict: base and candidate need one process per round each")
+        rounds = [(b, c) for b, c in zip(base, cand, strict=True) if len(b) and len(c)]
+        base, cand = [b for b, _ in rounds], [c for _, c in rounds]
 
     b = np.concatenate([np.asarray(p, float) for p in base]) if base else np.array([])
     c = np.concatenate([np.asarray(p, float) for p in cand]) if cand else np.array([])
@@ -112,12 +154,18 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
     if len(b) < 5 or len(c) < 5:
         return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
                        **counts)
-    ratio = center(cand) / center(base)
-    lo, hi = hierarchical_ratio_ci(base, cand, confidence, resamples=resamples, seed=seed)
-    # With few processes a bootstrap over them undercovers (three values have ten resamples), and the pooled MWU
-    # treats samples of one process as independent; so the CI is widened to at least a Welch t interval over the
-    # processes' log medians, which sees process-to-process noise with its honest degrees of freedom.
-    t_ci = process_t_ci(base, cand, confidence)
+    if paired:
+        ratio = float(np.median([np.median(c) / np.median(b) for b, c in zip(base, cand, strict=True)]))
+        lo, hi = paired_ratio_ci(base, cand, confidence, resamples=resamples, seed=seed)
+        t_ci = paired_t_ci(base, cand, confidence)
+        reasons.append(f"paired by round ({len(base)} rounds)")
+    else:
+        ratio = center(cand) / center(base)
+        lo, hi = hierarchical_ratio_ci(base, cand, confidence, resamples=resamples, seed=seed)
+        # With few processes a bootstrap over them undercovers (three values have ten resamples), and the pooled
+        # MWU treats samples of one process as independent; so the CI is widened to at least a Welch t interval over
+        # the processes' log medians, which sees process-to-process noise with its honest degrees of freedom.
+        t_ci = process_t_ci(base, cand, confidence)
     if t_ci is not None:
         lo, hi = min(lo, t_ci[0]), max(hi, t_ci[1])
     p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)

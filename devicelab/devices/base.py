@@ -134,6 +134,14 @@ class Device:
         """Run one config to a Result. Never raises for engine or device faults: they become rows."""
         raise NotImplementedError
 
+    # True when run_together times several runner-protocol jobs in lockstep (alternating slices, all alive).
+    lockstep = False
+
+    def run_together(self, jobs: list[Job]) -> list[Result]:
+        """The A/B labels of one config, one Result each; where the device cannot time them in lockstep, one after
+        another (the sweep's rounds still interleave them)."""
+        return [self.run(job) for job in jobs]
+
     def clean(self) -> dict[str, Any]:
         """Remove what devicelab left on the device, and nothing else; says what was removed."""
         from devicelab.errors import DevicelabError

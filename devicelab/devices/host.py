@@ -3,6 +3,7 @@ pinned before the model loads, in its own process group so a hung runner can be 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -21,8 +22,8 @@ from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measureme
                                     throttled, tool_fields, tool_settings)
 from devicelab.engines import Engine, get_engine
 from devicelab.engines.tool_base import ToolEngine
-from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, EventQueue, RunnerError, measure,
-                                now_deadline)
+from devicelab.protocol import (LOCKSTEP_SLICE_S, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue,
+                                RunnerError, lockstep, now_deadline)
 from devicelab.result import FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
@@ -185,84 +186,34 @@ class HostDevice(Device):
         dlprobe = native.artifact("host", "dlprobe")
         return native.probe_argv(str(dlprobe), command, cpus, out) if dlprobe else command
 
+    # Several runners alive at once, their timing in alternating slices: the A/B labels of one config (sweep).
+    lockstep = True
+
     def run(self, job: Job) -> Result:
-        cfg = job.config
-        s = job.settings
-        started = utc_now()
-        state_before = self.state()
-        engine = get_engine(cfg.engine)
+        engine = get_engine(job.config.engine)
         if isinstance(engine, ToolEngine):
-            return self._run_tool(job, engine, state_before, started)
-        runner_cfg = runner_config(job, str(job.outputs_path) if job.outputs_path else None)
-        env = dict(os.environ)
-        # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
-        env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),
-                    "PYTHONUNBUFFERED": "1"})
-        python = job.options.get("python")
-        notes = list(job.notes)
-        fields: dict[str, Any] = {}
-        status, reason = OK, None
-        closed = False
-        with tempfile.TemporaryDirectory(prefix="devicelab-run-") as tmp, \
-                open(os.path.join(tmp, "stderr"), "w+b") as err:
-            config_path = os.path.join(tmp, "config.json")
-            probe_path = os.path.join(tmp, "dlprobe.json")
-            try:
-                runner_cfg = engine.stage(runner_cfg, Path(tmp))
-                runner = self.runner_command(config_path, engine, job.options)
-                _add_libraries(env, (engine.user_runner(job.options) or (None, ()))[1])
-                command = self.probe_command(runner, cfg.cpus, probe_path)
-            except (OSError, ValueError) as e:
-                return Result.for_config(job.run_id, cfg, FAILED, reason=str(e), notes=tuple(notes),
-                                         state_before=state_before, started_at=started, finished_at=utc_now())
-            with open(config_path, "w") as f:
-                json.dump(runner_cfg, f)
-            if python:
-                # Another environment holds this label's engine build: lend it devicelab's runner code only.
-                env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_shim(tmp), env.get("PYTHONPATH")]))
-            proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=err, env=env, start_new_session=True, cwd=tmp)
-            try:
-                m = measure(_PipeChannel(proc), s, now_deadline(s.timeout_seconds))
-                fields = measurement_fields(m, cfg.cpus, notes)
-            except ChannelTimeoutError:
-                _killpg(proc)
-                status, reason = FAILED, f"timeout: no answer within timeout_seconds={s.timeout_seconds:g}; runner process group killed"
-            except ChannelClosedError:
-                code = _wait(proc, 5.0)
-                status, reason = FAILED, f"runner ended before finishing ({_describe_exit(code)})"
-                closed = True
-            except RunnerError as e:
-                status, reason = FAILED, str(e)
-            finally:
-                # Also on KeyboardInterrupt: never leave a runner behind.
-                if proc.stdin:
-                    try:
-                        proc.stdin.close()
-                    except OSError:
-                        pass
-                if _wait(proc, 5.0) is None:
-                    _killpg(proc)
-                    proc.wait()
-            stderr_tail = _tail(err)
-            if command is not runner:
-                report = native.ProbeReport.read(Path(probe_path))
-                if closed and report is not None and report.exit_signal:
-                    # dlprobe exits 128 + signal; say what happened to the runner itself
-                    reason = f"runner ended before finishing ({_describe_exit(-report.exit_signal)})"
-                fields = probe_fields(report, fields, notes)
-            else:
-                fields.pop("_runner_peak", None)
-        state_after = self.state()
-        was_throttled = throttled(state_before, state_after, cfg.cpus)
-        notes.extend(stats.stability_warnings(fields.get("samples_s", ()), was_throttled))
-        return Result.for_config(
-            job.run_id, cfg, status, reason=reason, notes=tuple(notes), state_before=state_before,
-            state_after=state_after, throttled=was_throttled,
-            started_at=started, finished_at=utc_now(), stderr_tail=stderr_tail or None,
-            energy_reason="no energy source on this host (RAPL is not readable in /sys/class/powercap)"
-            if not glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") else "host energy is not measured yet",
-            protocol={**s.to_dict(), **fields.pop("protocol", {})}, **fields)
+            return self._run_tool(job, engine, self.state(), utc_now())
+        return self.run_together([job])[0]
+
+    def run_together(self, jobs: list[Job]) -> list[Result]:
+        """Runner-protocol jobs on the same CPUs: started one after another (loads never contend), then timed in
+        lockstep (protocol.lockstep) so what the machine does meanwhile falls on all of them alike; one alone is
+        timed as usual. A runner that fails leaves the others running."""
+        with contextlib.ExitStack() as stack:
+            runs = [stack.enter_context(_HostRun(self, job)) for job in jobs]
+            live = [r for r in runs if r.spawn()]
+            if len(live) == 1:
+                live[0].time_alone()
+            elif live:
+                by_driver = {id(r.driver): r for r in live}
+                lockstep([r.driver for r in live if r.driver is not None],
+                         lambda d, e: by_driver[id(d)].fail(e))
+                labels = [r.job.config.label for r in live]
+                for r in live:
+                    r.lockstep = {"with": [x for x in labels if x != r.job.config.label], "slice_s": LOCKSTEP_SLICE_S}
+            for r in runs:
+                r.finish()
+            return [r.result() for r in runs]
 
     def _run_tool(self, job: Job, engine: ToolEngine, state_before: dict[str, Any], started: str) -> Result:
         """An engine's own benchmark binary built for the host: its model laid out in a run folder, run once pinned
@@ -321,6 +272,146 @@ class HostDevice(Device):
             energy_reason="engine tools are not measured for energy (load, warmup and timing share one process)",
             protocol={**job.settings.to_dict(), **fields.pop("protocol", {})}, **fields)
 
+
+
+class _HostRun:
+    """One runner process on the host, from staging to its Result (HostDevice.run_together drives several)."""
+
+    def __init__(self, device: HostDevice, job: Job) -> None:
+        self.device, self.job, self.cfg = device, job, job.config
+        self.engine = get_engine(job.config.engine)
+        self.notes = list(job.notes)
+        self.fields: dict[str, Any] = {}
+        self.status: str = OK
+        self.reason: str | None = None
+        self.closed = False
+        self.early: Result | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.driver: Driver | None = None
+        self.lockstep: dict[str, Any] | None = None
+        self.started = utc_now()
+        self.state_before: dict[str, Any] = {}
+
+    def __enter__(self) -> _HostRun:
+        self._tmp = tempfile.TemporaryDirectory(prefix="devicelab-run-")
+        self.tmp = self._tmp.name
+        self._err = open(os.path.join(self.tmp, "stderr"), "w+b")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._reap()  # also on KeyboardInterrupt: never leave a runner behind
+        self._err.close()
+        self._tmp.cleanup()
+
+    def spawn(self) -> bool:
+        """Stage, start the runner and wait until it has loaded and warmed up; False when it did not (the
+        Result says why)."""
+        job, cfg, s = self.job, self.cfg, self.job.settings
+        self.started, self.state_before = utc_now(), self.device.state()
+        runner_cfg = runner_config(job, str(job.outputs_path) if job.outputs_path else None)
+        env = dict(os.environ)
+        # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
+        env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OMP_NUM_THREADS": str(cfg.threads),
+                    "PYTHONUNBUFFERED": "1"})
+        config_path = os.path.join(self.tmp, "config.json")
+        self.probe_path = os.path.join(self.tmp, "dlprobe.json")
+        try:
+            runner_cfg = self.engine.stage(runner_cfg, Path(self.tmp))
+            self.runner = self.device.runner_command(config_path, self.engine, job.options)
+            _add_libraries(env, (self.engine.user_runner(job.options) or (None, ()))[1])
+            self.command = self.device.probe_command(self.runner, cfg.cpus, self.probe_path)
+        except (OSError, ValueError) as e:
+            self.early = Result.for_config(job.run_id, cfg, FAILED, reason=str(e), notes=tuple(self.notes),
+                                           state_before=self.state_before, started_at=self.started,
+                                           finished_at=utc_now())
+            return False
+        with open(config_path, "w") as f:
+            json.dump(runner_cfg, f)
+        if job.options.get("python"):
+            # Another environment holds this label's engine build: lend it devicelab's runner code only.
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_shim(self.tmp), env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err,
+                                     env=env, start_new_session=True, cwd=self.tmp)
+        self.driver = Driver(_PipeChannel(self.proc), s, now_deadline(s.timeout_seconds))
+        try:
+            self.driver.start()
+        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+            self.fail(e)
+            return False
+        return True
+
+    def time_alone(self) -> None:
+        assert self.driver is not None
+        try:
+            while self.driver.reason() is None:
+                self.driver.step()
+        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+            self.fail(e)
+
+    def fail(self, e: Exception) -> None:
+        assert self.proc is not None
+        s = self.job.settings
+        if isinstance(e, ChannelTimeoutError):
+            _killpg(self.proc)
+            self.reason = f"timeout: no answer within timeout_seconds={s.timeout_seconds:g}; runner process group killed"
+        elif isinstance(e, ChannelClosedError):
+            code = _wait(self.proc, 5.0)
+            self.reason = f"runner ended before finishing ({_describe_exit(code)})"
+            self.closed = True
+        else:
+            self.reason = str(e)
+        self.status, self.driver = FAILED, None
+
+    def finish(self) -> None:
+        """Stop a runner that is still timing and keep what it measured."""
+        if self.driver is None:
+            return
+        try:
+            m = self.driver.finish()
+            self.fields = measurement_fields(m, self.cfg.cpus, self.notes)
+            if self.lockstep:
+                self.fields["protocol"]["lockstep_run"] = self.lockstep
+        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+            self.fail(e)
+
+    def _reap(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        if proc.stdin:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        if _wait(proc, 5.0) is None:
+            _killpg(proc)
+            proc.wait()
+
+    def result(self) -> Result:
+        if self.early is not None:
+            return self.early
+        job, cfg, s = self.job, self.cfg, self.job.settings
+        notes, fields = self.notes, self.fields
+        self._reap()
+        stderr_tail = _tail(self._err)
+        if self.command is not self.runner:
+            report = native.ProbeReport.read(Path(self.probe_path))
+            if self.closed and report is not None and report.exit_signal:
+                # dlprobe exits 128 + signal; say what happened to the runner itself
+                self.reason = f"runner ended before finishing ({_describe_exit(-report.exit_signal)})"
+            fields = probe_fields(report, fields, notes)
+        else:
+            fields.pop("_runner_peak", None)
+        state_after = self.device.state()
+        was_throttled = throttled(self.state_before, state_after, cfg.cpus)
+        notes.extend(stats.stability_warnings(fields.get("samples_s", ()), was_throttled))
+        return Result.for_config(
+            job.run_id, cfg, self.status, reason=self.reason, notes=tuple(notes), state_before=self.state_before,
+            state_after=state_after, throttled=was_throttled,
+            started_at=self.started, finished_at=utc_now(), stderr_tail=stderr_tail or None,
+            energy_reason="no energy source on this host (RAPL is not readable in /sys/class/powercap)"
+            if not glob.glob("/sys/class/powercap/intel-rapl:*/energy_uj") else "host energy is not measured yet",
+            protocol={**s.to_dict(), **fields.pop("protocol", {})}, **fields)
 
 def _add_libraries(env: dict[str, str], libraries: tuple[Path, ...]) -> None:
     """The user's shared libraries (protocol and tool engines), found where they lie: their folders on
