@@ -6,15 +6,17 @@
    an A/A, so every round is two real processes that ran next to each other, with the machine's drift in them.
 2. Simulates trials by drawing measured rounds (with replacement; which label plays base is a coin flip), the
    candidate's samples multiplied by (1 + effect); analysis.compare.verdict decides:
-   * default: two runs of 3 processes each, compared unpaired (rounds drawn independently per side);
-   * A/B, `repeats: 8`: one run of 8 rounds, paired by round as `compare RUN:a RUN:b` pairs them;
-   * adaptive A/B, `repeats: {min: 3, max: MAX}`: a round at a time until compare decides (what the sweep does).
+   * A/B with default settings: a suite with labels and no `repeats` runs adaptive rounds, {min: 3, max: 24}: a
+     round at a time until compare (paired by round, as `compare RUN:a RUN:b` pairs them) decides;
+   * A/B, `repeats: 3`: one run of exactly 3 rounds, paired;
+   * two separate runs of 3, 5 and 8 processes each, compared unpaired (rounds drawn independently per side);
+   * A/B sampled to a tighter CI: rounds measured with the TIGHT protocol, adaptive up to MAX rounds.
 Prints the false-positive rate (A/A trials called slower or faster), the power per effect and the smallest
 change detected with 0.9 power. Goals: FP ≤ 1 %; power ≥ 0.9 at +5 % by default; ≥ 0.9 at +3 % in an A/B mode.
 The simulation resamples a pool of measured rounds, so it is only as representative as the time it was measured
 in: the figures it prints say how noisy that was.
 
-usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS] [MAX]   (defaults 300, 40, 48)
+usage: python benchmarks/stats_validation.py [TRIALS] [REPEATS] [MAX]   (defaults 200, 40, 48)
 env: STATS_VALIDATION_DATA=F.npz keeps the measured rounds (written once, then read), to rerun on the same data.
 """
 
@@ -30,21 +32,30 @@ import numpy as np
 from _common import devicelab_run, machine
 
 from devicelab.analysis.compare import verdict
+from devicelab.config import AB_DEFAULT_REPEATS
 
 
 Rounds = list[tuple[int, np.ndarray, np.ndarray]]  # (model index, label a's samples, label b's samples), one per round
 
 
-def measure(repeats: int) -> Rounds:
-    """Measured here, or read from STATS_VALIDATION_DATA (an .npz this script wrote), to rerun the simulation on the
-    same distributions."""
+# The A/B mode that samples each process to a tighter CI (under lockstep, what is left of the noise within a round
+# is mostly each process's own sampling error).
+TIGHT = "{accuracy_inputs: 0, target_ci: 0.004, max_iterations: 1000, max_seconds: 12}"
+DEFAULT = "{accuracy_inputs: 0}"
+
+
+def measure(repeats: int, protocol: str = DEFAULT) -> Rounds:
+    """Measured here, or read from STATS_VALIDATION_DATA (an .npz this script wrote; the tight protocol's rounds go
+    next to it as F.tight.npz), to rerun the simulation on the same distributions."""
     saved = os.environ.get("STATS_VALIDATION_DATA")
+    if saved and protocol != DEFAULT:
+        saved = str(Path(saved).with_suffix(".tight.npz"))
     if saved and Path(saved).is_file():
         with np.load(saved) as d:
             if "lengths" in d:
                 parts = np.split(d["samples"], np.cumsum(d["lengths"])[:-1])
                 return [(int(m), parts[2 * i], parts[2 * i + 1]) for i, m in enumerate(d["models"])]
-    rounds = _measure(repeats)
+    rounds = _measure(repeats, protocol)
     if saved:
         flat = [x for _, a, b in rounds for x in (a, b)]
         np.savez(saved, samples=np.concatenate(flat), lengths=np.asarray([len(x) for x in flat]),
@@ -52,13 +63,13 @@ def measure(repeats: int) -> Rounds:
     return rounds
 
 
-def _measure(repeats: int) -> Rounds:
+def _measure(repeats: int, protocol: str) -> Rounds:
     """An A/A run as a user would run an A/B: one engine under two labels, interleaved in `repeats` rounds."""
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "s.yaml"
         suite.write_text("name: validation\nmodels: [squeezenet1_1, mobilenet_v2]\n"
                          "engines: [{name: onnxruntime, label: a}, {name: onnxruntime, label: b}]\n"
-                         f"threads: [1]\nrepeats: {repeats}\nprotocol: {{accuracy_inputs: 0}}\n")
+                         f"threads: [1]\nrepeats: {repeats}\nprotocol: {protocol}\n")
         results = devicelab_run(suite, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})["results"]
     models = sorted({r["model"] for r in results})
     by: dict[tuple[str, int], dict[str, np.ndarray]] = {}
@@ -151,20 +162,32 @@ def describe(pools: list[Rounds]) -> None:
 
 
 def main() -> None:
-    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    trials = int(sys.argv[1]) if len(sys.argv) > 1 else 200
     repeats = int(sys.argv[2]) if len(sys.argv) > 2 else 40
     most = int(sys.argv[3]) if len(sys.argv) > 3 else 48
-    rounds = measure(repeats)
-    pools = [[r for r in rounds if r[0] == m] for m in sorted({r[0] for r in rounds})]
-    describe(pools)
     rng = np.random.default_rng(1)
-    effects = (0.02, 0.03, 0.04, 0.05, 0.07, 0.10)
-    report("default (two runs, 3 processes each)", lambda e: fixed(rng, pools, e, trials, 3, False), effects, trials)
-    report("A/B, repeats: 8 (one run, paired by round)", lambda e: fixed(rng, pools, e, trials, 8, True), effects,
-           trials)
-    report(f"adaptive A/B, repeats: {{min: 3, max: {most}}} (a round at a time until decided, paired)",
-           lambda e: adaptive(rng, pools, e, trials, most), (0.02, 0.03, 0.04, 0.05), trials)
+    fixed_effects, adaptive_effects = (0.02, 0.03, 0.04, 0.05, 0.07, 0.10), (0.02, 0.03, 0.04, 0.05)
+    print("rounds measured with the default protocol:")
+    pools = pools_of(measure(repeats))
+    describe(pools)
+    default = AB_DEFAULT_REPEATS["max"]
+    report(f"A/B with default settings (labels, no `repeats`: adaptive {{min: 3, max: {default}}}, paired)",
+           lambda e: adaptive(rng, pools, e, trials, default), adaptive_effects, trials)
+    report("A/B, repeats: 3 (one run, paired by round)", lambda e: fixed(rng, pools, e, trials, 3, True),
+           fixed_effects, trials)
+    for n in (3, 5, 8):
+        report(f"two separate runs of {n} processes each (unpaired: nothing ran together)",
+               lambda e, n=n: fixed(rng, pools, e, trials, n, False), fixed_effects, trials)
+    print(f"\nrounds measured with the tight protocol {TIGHT}:")
+    tight = pools_of(measure(repeats, TIGHT))
+    describe(tight)
+    report(f"A/B sampled to a tighter CI (that protocol, adaptive {{min: 3, max: {most}}}, paired)",
+           lambda e: adaptive(rng, tight, e, trials, most), adaptive_effects, trials)
     print(f"\nmachine: {machine()}; threshold 2 %, p < 0.01, bootstrap CIs with 400 resamples in simulation")
+
+
+def pools_of(rounds: Rounds) -> list[Rounds]:
+    return [[r for r in rounds if r[0] == m] for m in sorted({r[0] for r in rounds})]
 
 
 if __name__ == "__main__":

@@ -149,6 +149,31 @@ def test_disconnect_mid_config_is_infra_failed_others_continue_resume_finishes(
         assert sorted(r["status"] for r in data["results"]) == ["ok"] * 4
 
 
+def test_ab_labels_run_in_lockstep_on_the_phone(phone: EmulatedPhone, server: AdbServer, runner_arm64: Path,
+                                                env: dict[str, str], tmp_path: Path) -> None:
+    """Two labels of one runner: each round's two runners are alive together on their own shell v2 streams, timed
+    in alternating slices; compare pairs them by round; the run folders are gone afterwards."""
+    suite = _suite(tmp_path / "s.yaml", [phone.serial], runner_arm64, repeats=3, seed=1,
+                   protocol={"min_seconds": 0.5, "max_seconds": 1.0, "max_iterations": 400},
+                   engines=[{"name": "protocol", "label": "a", "options": {"binary": str(runner_arm64)}},
+                            {"name": "protocol", "label": "b", "options": {"binary": str(runner_arm64)}}])
+    e = _env(env, server)
+    code, data, err = run_json("run", "--suite", str(suite), env=e)
+    assert code == 0, err
+    results = data["results"]
+    assert len(results) == 6 and all(r["status"] == "ok" for r in results), results
+    for r in results:
+        assert r["protocol"]["lockstep_run"] == {"with": ["b" if r["label"] == "a" else "a"], "slice_s": 0.1}
+        assert r["protocol"]["batches"] >= 4  # slices, not one long batch
+    for k in range(3):
+        a, b = (next(r for r in results if r["repeat"] == k and r["label"] == x) for x in ("a", "b"))
+        assert a["started_at"] < b["finished_at"] and b["started_at"] < a["finished_at"]
+    code, out, err = run_json("compare", f"{data['run_id']}:a", f"{data['run_id']}:b", env=e)
+    assert code in (0, 1), err
+    assert "paired by round (3 rounds)" in out["comparisons"][0]["reasons"]
+    assert not list((phone.root / "data/local/tmp/devicelab/run").iterdir())
+
+
 def test_clean_removes_devicelab_folder_and_nothing_else(phone: EmulatedPhone, server: AdbServer, runner_arm64: Path,
                                                          env: dict[str, str], tmp_path: Path) -> None:
     e = _env(env, server)

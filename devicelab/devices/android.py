@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -39,8 +39,8 @@ from devicelab.energy import EnergyResult, battery, unmeasured
 from devicelab.engines import get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError
-from devicelab.protocol import (ChannelClosedError, ChannelTimeoutError, EventQueue, RunnerError, measure, now_deadline,
-                                run_batch)
+from devicelab.protocol import (LOCKSTEP_SLICE_S, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue,
+                                RunnerError, lockstep, now_deadline, run_batch)
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
@@ -214,6 +214,19 @@ class ShellResult:
     stderr: str
 
 
+@dataclass
+class _Ready:
+    """A runner command ready to be driven (AndroidDevice._session yields it)."""
+
+    command: str
+    sentinel: str
+    settings: Any
+    cpus: tuple[int, ...]
+    notes: list[str]
+    energy: Any  # the before-stop hook (an energy window), or None
+    label: str
+
+
 class _RunnerChannel:
     """Runner protocol v1 over a shell v2 stream: JSON lines from stdout become events; the sentinel line the
     wrapping shell prints after the runner exits is recorded apart; stderr is kept as a bounded tail."""
@@ -302,6 +315,9 @@ for c in /sys/devices/system/cpu/cpu[0-9]*; do cap=; mx=; rel=; read -r cap < "$
 o=; read -r o < /sys/devices/system/cpu/online 2>/dev/null; printf 'O\t%s\n' "$o"
 m=$(grep -m1 MemTotal /proc/meminfo 2>/dev/null); printf 'M\t%s\n' "$m"
 """
+
+# What driving a runner gave: status, reason, Result fields, and its channel (for the exit and stderr).
+_Driven = tuple[str, str | None, dict[str, Any], _RunnerChannel | None]
 
 
 def _int(text: str) -> int | None:
@@ -718,10 +734,38 @@ class AndroidDevice(Device):
         return (f"{', '.join(names)} not built for {abi}: run `devicelab build-native --target {targets[-1]}` "
                 f"(or --target {targets[0]} with ANDROID_NDK_HOME)")
 
+    lockstep = True
+
     def run(self, job: Job) -> Result:
         """One config: push what it needs (content-addressed), link a run folder, run the program pinned (under
         dlprobe when built for this ABI, else taskset), bring back what it wrote, remove the run folder. A runner-
         protocol program (dlbench, protocol) is driven over shell v2's stdin; an engine's own tool runs once."""
+        return self.run_together([job])[0]
+
+    def run_together(self, jobs: list[Job]) -> list[Result]:
+        """Each job laid out and prepared in turn; runner-protocol ones then started one after another on their own
+        shell v2 streams and, when more than one is ready, timed in lockstep (protocol.lockstep), so the phone's
+        heat and clocks fall on all of them alike."""
+        with contextlib.ExitStack() as stack:
+            sessions, results = [], {}
+            for k, job in enumerate(jobs):
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-android-"))
+                gen = self._session(job, tmp)
+                try:
+                    sessions.append((k, gen, next(gen)))
+                except StopIteration as done:
+                    results[k] = done.value
+            driven = self._drive_together([ready for _, _, ready in sessions])
+            for (k, gen, _), outcome in zip(sessions, driven, strict=True):
+                try:
+                    gen.send(outcome)
+                except StopIteration as done:
+                    results[k] = done.value
+            return [results[k] for k in range(len(jobs))]
+
+    def _session(self, job: Job, tmp: str) -> Generator[_Ready, _Driven, Result]:
+        """One job's life: everything up to the command (yields it, to be driven alone or in lockstep), then from
+        the driver's outcome to its Result. A job that ends early (a fault, a tool) returns without yielding."""
         cfg = job.config
         s = job.settings
         started = utc_now()
@@ -763,62 +807,62 @@ class AndroidDevice(Device):
         token = secrets.token_hex(4)
         run_dir = f"{RUNS}/{job.run_id}-{token}"
         sentinel = f"__devicelab_exit_{token}__"
-        with tempfile.TemporaryDirectory(prefix="devicelab-android-") as tmp:
-            # The run folder's files as (path relative to it, local file); the config is written after staging.
-            try:
-                if tool:
-                    assert job.prepared is not None
-                    files = [(rel, Path(local)) for rel, local in tool.model_layout(job.prepared).items()]
-                else:
-                    runner_cfg = engine.stage(runner_config(job, "outputs.npz" if job.outputs_path else None), Path(tmp))
-                    files = [(p.name, p) for p in sorted(Path(tmp).iterdir()) if p.is_file()]
-            except (OSError, ValueError) as e:
-                return row(FAILED, str(e), state_before=state_before)
-            try:
-                at, push_report = self._lay_out(run_dir, files, libraries, programs)
-                if not tool:
-                    config_path = Path(tmp) / "config.json"
-                    config_path.write_text(json.dumps(runner_cfg))
-                    self.push_file(config_path, f"{run_dir}/config.json")
-            except DeviceGoneError as e:
-                return row(INFRA_FAILED, self._lost(f"device disconnected: {e}"), state_before=state_before)
-            except (OSError, ValueError) as e:
-                return row(FAILED, str(e), state_before=state_before)
-
-            target = tool.argv(at[program], run_dir, tool_s) if tool else [at[program], f"{run_dir}/config.json"]
-            mask = format(sum(1 << c for c in cfg.cpus), "x") if cfg.cpus else None
-            if "dlprobe" in programs:
-                # dlprobe pins the program (sched_setaffinity before exec, so every thread it starts inherits it),
-                # samples it from a core outside the set, and reports wait4's ru_maxrss.
-                argv = native.probe_argv(at["dlprobe"], target, cfg.cpus, f"{run_dir}/dlprobe.json")
-                method = "dlprobe (sched_setaffinity before exec)"
-            else:
-                argv = (["taskset", mask] if mask else []) + target
-                method = "taskset" if mask else "none (no CPUs chosen)"
-            env = f"LD_LIBRARY_PATH={quote([run_dir + '/lib'])} " if libraries else ""
-            command = f"cd {quote([run_dir])} || exit 97; {env}{quote(argv)}; echo {sentinel} $?"
-            record = {**s.to_dict(), "push": push_report.to_dict(),
-                      "pinning": {"cpus": list(cfg.cpus), "mask": f"0x{mask}" if mask else None,
-                                  "affinity": cfg.affinity, "method": method,
-                                  "clusters": [c.to_dict() for c in self.facts().clusters]}}
-            energy_result: EnergyResult | None = None
-            stderr_tail: str | None = None
+        # The run folder's files as (path relative to it, local file); the config is written after staging.
+        try:
             if tool:
-                status, reason, fields, stderr_tail = self._run_tool(tool, tool_s, target, command, sentinel, run_dir,
-                                                                     "dlprobe" in programs, notes, s.timeout_seconds)
-                energy_result = unmeasured("engine tools are not measured for energy (load, warmup and timing share "
-                                           "one process): use a runner-protocol engine (dlbench, protocol)")
+                assert job.prepared is not None
+                files = [(rel, Path(local)) for rel, local in tool.model_layout(job.prepared).items()]
             else:
-                hook = None
-                if s.energy:
-                    energy_result = self._energy_preconditions(s, state_before)
-                    if energy_result is None:  # the window runs with the runner warm, before "stop"
-                        hook = lambda ch, samples: {"energy": self._energy_window(ch, samples, s, state_before)}  # noqa: E731
-                status, reason, fields, channel = self._drive(command, sentinel, s, cfg.cpus, notes, hook)
-                energy_result = fields.pop("_energy", None) or energy_result
-                if status != INFRA_FAILED:
-                    status, reason, fields = self._collect(job, run_dir, channel, status, reason, fields, notes)
-                stderr_tail = (channel.stderr_tail() if channel else "") or None
+                runner_cfg = engine.stage(runner_config(job, "outputs.npz" if job.outputs_path else None), Path(tmp))
+                files = [(p.name, p) for p in sorted(Path(tmp).iterdir()) if p.is_file()]
+        except (OSError, ValueError) as e:
+            return row(FAILED, str(e), state_before=state_before)
+        try:
+            at, push_report = self._lay_out(run_dir, files, libraries, programs)
+            if not tool:
+                config_path = Path(tmp) / "config.json"
+                config_path.write_text(json.dumps(runner_cfg))
+                self.push_file(config_path, f"{run_dir}/config.json")
+        except DeviceGoneError as e:
+            return row(INFRA_FAILED, self._lost(f"device disconnected: {e}"), state_before=state_before)
+        except (OSError, ValueError) as e:
+            return row(FAILED, str(e), state_before=state_before)
+
+        target = tool.argv(at[program], run_dir, tool_s) if tool else [at[program], f"{run_dir}/config.json"]
+        mask = format(sum(1 << c for c in cfg.cpus), "x") if cfg.cpus else None
+        if "dlprobe" in programs:
+            # dlprobe pins the program (sched_setaffinity before exec, so every thread it starts inherits it),
+            # samples it from a core outside the set, and reports wait4's ru_maxrss.
+            argv = native.probe_argv(at["dlprobe"], target, cfg.cpus, f"{run_dir}/dlprobe.json")
+            method = "dlprobe (sched_setaffinity before exec)"
+        else:
+            argv = (["taskset", mask] if mask else []) + target
+            method = "taskset" if mask else "none (no CPUs chosen)"
+        env = f"LD_LIBRARY_PATH={quote([run_dir + '/lib'])} " if libraries else ""
+        command = f"cd {quote([run_dir])} || exit 97; {env}{quote(argv)}; echo {sentinel} $?"
+        record = {**s.to_dict(), "push": push_report.to_dict(),
+                  "pinning": {"cpus": list(cfg.cpus), "mask": f"0x{mask}" if mask else None,
+                              "affinity": cfg.affinity, "method": method,
+                              "clusters": [c.to_dict() for c in self.facts().clusters]}}
+        energy_result: EnergyResult | None = None
+        stderr_tail: str | None = None
+        if tool:
+            status, reason, fields, stderr_tail = self._run_tool(tool, tool_s, target, command, sentinel, run_dir,
+                                                                 "dlprobe" in programs, notes, s.timeout_seconds)
+            energy_result = unmeasured("engine tools are not measured for energy (load, warmup and timing share "
+                                       "one process): use a runner-protocol engine (dlbench, protocol)")
+        else:
+            hook = None
+            if s.energy:
+                energy_result = self._energy_preconditions(s, state_before)
+                if energy_result is None:  # the window runs with the runner warm, before "stop"
+                    hook = lambda ch, samples: {"energy": self._energy_window(ch, samples, s, state_before)}  # noqa: E731
+            status, reason, fields, channel = yield _Ready(command, sentinel, s, cfg.cpus, notes, hook,
+                                                           cfg.label)
+            energy_result = fields.pop("_energy", None) or energy_result
+            if status != INFRA_FAILED:
+                status, reason, fields = self._collect(job, run_dir, channel, status, reason, fields, notes)
+            stderr_tail = (channel.stderr_tail() if channel else "") or None
         if status == INFRA_FAILED:
             self._lost(str(reason))
             return row(INFRA_FAILED, str(reason), state_before=state_before, stderr_tail=stderr_tail, protocol=record)
@@ -980,38 +1024,74 @@ class AndroidDevice(Device):
             raise DevicelabError(f"{self.id}: energy calibration failed: {calibration}")
         return calibration, profiles.update(self.profile_key(), "energy", calibration.to_dict())
 
-    def _drive(self, command: str, sentinel: str, s: Any, cpus: tuple[int, ...], notes: list[str],
-               energy: Any = None) -> tuple[str, str | None, dict[str, Any], _RunnerChannel | None]:
-        """Run the runner command and speak the protocol with it. Ctrl-C closes the stream (adbd then kills the
-        runner's process group) and propagates."""
-        channel: _RunnerChannel | None = None
-        stream: _ShellV2 | None = None
+    def _drive_together(self, ready: list[_Ready]) -> list[_Driven]:
+        """Open each runner's stream and wait until it is ready, one after another; time one alone, or several in
+        lockstep; stop each and wait for its exit. Ctrl-C closes the streams (adbd then kills the runners' process
+        groups) and propagates."""
+        outcomes: dict[int, _Driven] = {}
+        live: list[tuple[int, Driver, _RunnerChannel]] = []
+        streams: list[_ShellV2] = []
+        channels: dict[int, _RunnerChannel] = {}
+
+        def failed(k: int, e: Exception) -> None:
+            outcomes[k] = self._fault(e, ready[k].settings, channels.get(k))
+
         try:
-            stream = self._open(command, None)
-            channel = _RunnerChannel(stream, sentinel)
-            m = measure(channel, s, now_deadline(s.timeout_seconds), before_stop=energy)
-            fields = measurement_fields(m, cpus, notes)
-            if "energy" in m.extra:
-                fields["_energy"] = m.extra["energy"]
-            channel.wait_end(60.0)  # after "done" the runner writes its outputs and exits
-            return OK, None, fields, channel
-        except ChannelTimeoutError:
+            for k, r in enumerate(ready):
+                try:
+                    stream = self._open(r.command, None)
+                    streams.append(stream)
+                    channels[k] = _RunnerChannel(stream, r.sentinel)
+                    driver = Driver(channels[k], r.settings, now_deadline(r.settings.timeout_seconds))
+                    driver.start()
+                    live.append((k, driver, channels[k]))
+                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                    failed(k, e)
+            index = {id(d): k for k, d, _ in live}
+            if len(live) == 1:
+                k, d, _ = live[0]
+                try:
+                    while d.reason() is None:
+                        d.step()
+                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                    failed(k, e)
+            elif live:
+                lockstep([d for _, d, _ in live], lambda d, e: failed(index[id(d)], e))
+            labels = [ready[k].label for k, _, _ in live]
+            for k, d, channel in live:
+                if k in outcomes:
+                    continue
+                try:
+                    m = d.finish(ready[k].energy)
+                    fields = measurement_fields(m, ready[k].cpus, ready[k].notes)
+                    if len(live) > 1:
+                        fields["protocol"]["lockstep_run"] = {"with": [x for x in labels if x != ready[k].label],
+                                                              "slice_s": LOCKSTEP_SLICE_S}
+                    if "energy" in m.extra:
+                        fields["_energy"] = m.extra["energy"]
+                    channel.wait_end(60.0)  # after "done" the runner writes its outputs and exits
+                    outcomes[k] = (OK, None, fields, channel)
+                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                    failed(k, e)
+        finally:
+            for stream in streams:
+                stream.close()
+        return [outcomes[k] for k in range(len(ready))]
+
+    def _fault(self, e: Exception, s: Any, channel: _RunnerChannel | None) -> _Driven:
+        if isinstance(e, ChannelTimeoutError):
             return FAILED, (f"timeout: no answer within timeout_seconds={s.timeout_seconds:g}; the device stream "
                             "was closed (adbd kills the runner's process group)"), {}, channel
-        except ChannelClosedError:
+        if isinstance(e, ChannelClosedError):
             assert channel is not None
             channel.wait_end(5.0)
             if channel.dropped:
                 return INFRA_FAILED, f"device disconnected ({self._why_gone(channel)})", {}, channel
             code = channel.sentinel_code if channel.sentinel_code is not None else channel.exit_code
             return FAILED, f"runner ended before finishing ({_describe_exit(code)})", {}, channel
-        except DeviceGoneError as e:
+        if isinstance(e, DeviceGoneError):
             return INFRA_FAILED, f"device disconnected ({e})", {}, channel
-        except RunnerError as e:
-            return FAILED, str(e), {}, channel
-        finally:
-            if stream is not None:
-                stream.close()
+        return FAILED, str(e), {}, channel
 
     def _collect(self, job: Job, run_dir: str, channel: _RunnerChannel | None, status: str, reason: str | None,
                  fields: dict[str, Any], notes: list[str]) -> tuple[str, str | None, dict[str, Any]]:
