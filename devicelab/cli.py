@@ -16,8 +16,9 @@ from devicelab.errors import DevicelabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Benchmark and profile inference engines on devices and the host.")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+# No markup: names from users (labels, models, suites) are printed as they are; "[base]" would be read as a style.
+out = Console(highlight=False, soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, markup=False)
 
 DbOpt = typer.Option(None, "--db", help="SQLite database (default: DEVICELAB_DB or the data folder)")
 DevicesOpt = typer.Option(None, "--devices", help="inventory YAML (default: DEVICELAB_DEVICES, ./devices.yaml, built-in)")
@@ -264,7 +265,7 @@ class _RunProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
                                  disable=not enabled, transient=False)
         self.task = self.progress.add_task("preparing", total=None)

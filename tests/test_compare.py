@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -224,6 +225,7 @@ def test_adaptive_ab_stops_once_every_pair_is_decided(env: dict[str, str], tmp_p
                                   "accuracy_inputs": 0})
     p = devicelab("run", "--suite", str(suite), env=env, timeout=600)
     assert p.returncode == 0, p.stderr
+    assert "onnxruntime [a]" in p.stdout and "onnxruntime [b]" in p.stdout  # labels are not read as rich markup
     run_id = json.loads(devicelab("runs", "--json", env=env).stdout)[0]["run_id"]
     results = json.loads(devicelab("show", run_id, "--json", env=env).stdout)["results"]
     per_label = {label: sum(r["label"] == label for r in results) for label in ("a", "b")}
@@ -322,3 +324,16 @@ def test_one_process_a_side_is_unknown_but_one_against_history_is_decided() -> N
     assert v.verdict == "unknown" and any("one process a side" in r for r in v.reasons)
     assert verdict(processes(4, 0.01, per_process=0.005), processes(1, 0.011)).verdict == "slower"
     assert verdict(processes(4, 0.01, per_process=0.005), processes(1, 0.01)).verdict in ("same", "unknown")
+
+
+def test_a_config_run_in_several_processes_is_one_cell_their_median() -> None:
+    """The run table's cell for a config with repeats is the median of its processes' medians (compare's centre),
+    not whichever process came last."""
+    from devicelab.analysis.tables import slides_tables
+
+    cfg = Config("host", "onnxruntime", "a", "1.0", "m", "ab" * 32, 1, "fp32", "cpu", 1, (1,), "big", 0)
+    rows = [Result.for_config("r", dataclasses.replace(cfg, repeat=k), OK, median_s=m, samples_s=(m,))
+            for k, m in enumerate((0.002, 0.010, 0.001))]
+    (table,) = slides_tables(rows)
+    (row,) = table.rows
+    assert row.name == "onnxruntime [a]" and row.cells[1].text() == "2.00 ms"

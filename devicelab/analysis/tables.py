@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,10 +70,16 @@ def slides_tables(results: Sequence[Result]) -> list[SlidesTable]:
         several_affinities = len({r.affinity for r in rs}) > 1
         threads = sorted({r.threads for r in rs if r.threads > 0})
         rows: dict[str, Row] = {}
+        # A config run in several processes (repeats, A/B rounds) is one cell: the median of its processes'
+        # medians, as compare's centre; its status ok when any process is.
+        processes: dict[tuple[str, int], list[Result]] = {}
         for r in sorted(rs, key=lambda r: (r.engine, r.label, _PRECISION_ORDER.get(r.precision, 9), r.backend, r.affinity)):
             row = rows.setdefault(row_name(r, several_affinities), Row(row_name(r, several_affinities)))
             if r.threads > 0:
-                row.cells[r.threads] = Cell(r.status, r.median_s, r.reason)
+                same = processes.setdefault((row.name, r.threads), [])
+                same.append(r)
+                ok = [x.median_s for x in same if x.status == OK and x.median_s is not None]
+                row.cells[r.threads] = Cell(OK, float(statistics.median(ok))) if ok else Cell(r.status, None, r.reason)
             if r.status == OK and r.peak_rss_bytes:
                 row.peak_rss_bytes = max(row.peak_rss_bytes or 0, r.peak_rss_bytes)
             if r.status == OK and r.accuracy and (row.accuracy is None or r.accuracy["cosine"] < row.accuracy["cosine"]):
