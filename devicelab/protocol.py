@@ -268,13 +268,18 @@ class Driver:
         self.batches += 1
         self.estimate = float(stats.median(got) or self.estimate)
 
-    def finish(self, before_stop: BeforeStop | None = None, reason: str | None = None) -> Measurement:
+    def time_alone(self) -> None:
+        """Batches until the stopping rule holds (no other runner to keep pace with)."""
+        while self.reason() is None:
+            self.step()
+
+    def finish(self, before_stop: BeforeStop | None = None) -> Measurement:
         extra = before_stop(self.channel, self.samples) if before_stop is not None else {}
         self.channel.send({"cmd": "stop"})
         done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
                        self.ops)
         return Measurement(ready=self.ready, done=done, samples_s=self.samples, ops=self.ops,
-                           stop_reason=reason or self.reason() or "", batches=self.batches, extra=extra)
+                           stop_reason=self.reason() or "", batches=self.batches, extra=extra)
 
 
 def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop: BeforeStop | None = None
@@ -282,8 +287,7 @@ def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop:
     """Drive one runner from 'ready' to 'done' under the stopping rule."""
     d = Driver(channel, s, deadline)
     d.start()
-    while d.reason() is None:
-        d.step()
+    d.time_alone()
     return d.finish(before_stop)
 
 

@@ -1051,8 +1051,7 @@ class AndroidDevice(Device):
             if len(live) == 1:
                 k, d, _ = live[0]
                 try:
-                    while d.reason() is None:
-                        d.step()
+                    d.time_alone()
                 except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
                     failed(k, e)
             elif live:

@@ -343,8 +343,7 @@ class _HostRun:
     def time_alone(self) -> None:
         assert self.driver is not None
         try:
-            while self.driver.reason() is None:
-                self.driver.step()
+            self.driver.time_alone()
         except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
             self.fail(e)
 
