@@ -411,9 +411,9 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         problems.append(f"seed: {seed!r} is not a non-negative integer")
         seed = None
 
-    # A suite that lists an A/B pair wants a verdict, so without `repeats` it gets adaptive rounds (at this noise a
-    # fixed 3 rounds decide +5 % in about 4 of 10 A/Bs; adaptive ones in all, 6 rounds on average:
-    # benchmarks/stats_validation.py); otherwise one process per config.
+    # A suite that lists an A/B pair wants a verdict, so without `repeats` it gets adaptive rounds (measured on a
+    # noisy day: a fixed 3 rounds called +5 % slower in 33 % of simulated A/Bs, adaptive ones in all, 5.7 rounds on
+    # average: benchmarks/stats_validation.py); otherwise one process per config.
     repeats = raw.get("repeats", dict(AB_DEFAULT_REPEATS) if ab_pairs(engines) else 1)
     min_repeats: int | None = None
     if isinstance(repeats, dict):

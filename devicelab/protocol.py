@@ -296,25 +296,35 @@ def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop:
 LOCKSTEP_SLICE_S = 0.1
 
 
-def lockstep(drivers: Sequence[Driver], failed: Callable[[Driver, Exception], None],
-             slice_s: float = LOCKSTEP_SLICE_S) -> None:
+# What a runner can do wrong while it is driven (a device kind adds its own, e.g. the phone going away).
+RUNNER_FAULTS: tuple[type[Exception], ...] = (RunnerError, ChannelClosedError, ChannelTimeoutError)
+
+
+def lockstep(drivers: Sequence[Driver], failed: Callable[[int, Exception], None],
+             slice_s: float = LOCKSTEP_SLICE_S, faults: tuple[type[Exception], ...] = RUNNER_FAULTS) -> None:
     """Time several started runners (the labels of one A/B config, pinned to the same CPUs) in alternating slices
     of about `slice_s` each, the order reversed every cycle, until every one's stopping rule holds (one that is
-    done keeps pace with the others until its caps, so all samples stay interleaved). A runner that fails is
-    handed to `failed` and dropped; the others go on."""
-    live = list(drivers)
+    done keeps pace with the others until its caps, so all samples stay interleaved). A runner that raises one of
+    `faults` is handed to `failed` (by its index) and dropped; the others go on."""
+    live = list(range(len(drivers)))
     cycle = 0
-    while live and any(d.reason() is None for d in live):
-        stepping = [d for d in live if not d.capped()]
+    while live and any(drivers[i].reason() is None for i in live):
+        stepping = [i for i in live if not drivers[i].capped()]
         if not stepping:
             break
-        for d in stepping if cycle % 2 == 0 else reversed(stepping):
+        for i in stepping if cycle % 2 == 0 else reversed(stepping):
+            d = drivers[i]
             try:
                 d.step(max(1, math.ceil(slice_s / max(d.estimate, 1e-6))))
-            except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
-                live.remove(d)
-                failed(d, e)
+            except faults as e:
+                live.remove(i)
+                failed(i, e)
         cycle += 1
+
+
+def lockstep_record(labels: Sequence[str], own: str) -> dict[str, Any]:
+    """What a Result of a lockstep group records (protocol.lockstep_run)."""
+    return {"with": [x for x in labels if x != own], "slice_s": LOCKSTEP_SLICE_S}
 
 
 def now_deadline(seconds: float) -> float:

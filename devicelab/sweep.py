@@ -295,18 +295,22 @@ class Executor:
         cooldown = device.cooldown(baseline, self.p.suite.protocol)
         with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
             made = [self._job(pc, Path(tmp) / f"outputs-{k}.npz") for k, pc in enumerate(group)]
-            jobs = [m for m in made if not isinstance(m, str)]
+            # A conversion that failed is a failed row; the others run (together when there are several).
+            results: list[Result | None] = [
+                Result.for_config(self.run_id, pc.config, FAILED, reason=m, started_at=utc_now(), finished_at=utc_now())
+                if isinstance(m, str) else None for pc, m in zip(group, made, strict=True)]
+            ready = [(k, m) for k, m in enumerate(made) if not isinstance(m, str)]
+            jobs = [job for _, (job, _, _) in ready]
             try:
-                ran = (device.run_together([j for j, _, _ in jobs]) if len(jobs) > 1
-                       else [device.run(j) for j, _, _ in jobs])
-                finished = iter([self._finish(r, *m, cooldown) for r, m in zip(ran, jobs, strict=True)])
+                ran = device.run_together(jobs) if len(jobs) > 1 else [device.run(job) for job in jobs]
+                for (k, m), r in zip(ready, ran, strict=True):
+                    results[k] = self._finish(r, *m, cooldown)
             except OSError as e:
-                finished = iter([Result.for_config(self.run_id, j.config, INFRA_FAILED,
-                                                   reason=f"device {j.config.device}: {e}", started_at=utc_now(),
-                                                   finished_at=utc_now()) for j, _, _ in jobs])
-            return [Result.for_config(self.run_id, pc.config, FAILED, reason=m, started_at=utc_now(),
-                                      finished_at=utc_now()) if isinstance(m, str) else next(finished)
-                    for pc, m in zip(group, made, strict=True)]
+                for k, (job, _, _) in ready:
+                    results[k] = Result.for_config(self.run_id, job.config, INFRA_FAILED, reason=f"device "
+                                                   f"{job.config.device}: {e}", started_at=utc_now(),
+                                                   finished_at=utc_now())
+            return [r for r in results if r is not None]  # every slot is filled above
 
     def _with_accuracy(self, result: Result, source: SourceModel, outputs: Path, count: int) -> Result:
         import numpy as np

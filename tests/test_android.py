@@ -174,6 +174,27 @@ def test_ab_labels_run_in_lockstep_on_the_phone(phone: EmulatedPhone, server: Ad
     assert not list((phone.root / "data/local/tmp/devicelab/run").iterdir())
 
 
+def test_a_phone_lost_during_lockstep_fails_its_rows_as_infra_and_resume_finishes(
+        server: AdbServer, runner_arm64: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """The phone drops while two labels are timed together: both rows are infra-failed (device disconnected), not
+    an error out of the sweep, and --resume runs them once the phone is back."""
+    with EmulatedPhone(server, tmp_path / "a", drop_on=["protocol_runner@0.5"]) as a:
+        suite = _suite(tmp_path / "s.yaml", [a.serial], runner_arm64, repeats=1,
+                       protocol={"min_seconds": 2.0, "max_seconds": 3.0},
+                       engines=[{"name": "protocol", "label": x, "options": {"binary": str(runner_arm64)}}
+                                for x in ("a", "b")])
+        e = _env(env, server)
+        code, data, err = run_json("run", "--suite", str(suite), env=e)
+        assert code == 1, err
+        assert [r["status"] for r in data["results"]] == ["infra-failed"] * 2, data["results"]
+        assert all("device disconnected" in r["reason"] for r in data["results"])
+        a.restart(drop_on=[])
+        code, data, err = run_json("run", "--resume", data["run_id"], env=e)
+        assert code == 0, err
+        assert sorted(r["status"] for r in data["results"]) == ["ok"] * 2
+        assert all("lockstep_run" in r["protocol"] for r in data["results"])
+
+
 def test_clean_removes_devicelab_folder_and_nothing_else(phone: EmulatedPhone, server: AdbServer, runner_arm64: Path,
                                                          env: dict[str, str], tmp_path: Path) -> None:
     e = _env(env, server)

@@ -62,6 +62,13 @@ def center(processes: Sequence[Sequence[float]]) -> float:
     return float(np.median([np.median(p) for p in processes if len(p)]))
 
 
+def _resampled_medians(side: Sequence[Sequence[float]], rng: np.random.Generator, resamples: int) -> np.ndarray:
+    """[replicate k, process j]: the median of process j's samples resampled with replacement (one numpy call per
+    process)."""
+    return np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
+                            for p in (np.asarray(x, float) for x in side)])
+
+
 def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
                           resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
     """Percentile CI of center(cand)/center(base), resampling processes and then samples within them.
@@ -73,9 +80,7 @@ def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequen
     sides = [[np.asarray(p, float) for p in side if len(p)] for side in (base, cand)]
 
     def replicates(side: list[np.ndarray]) -> np.ndarray:
-        # medians[k, j]: replicate k's resampled median of process j
-        medians = np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
-                                   for p in side])
+        medians = _resampled_medians(side, rng, resamples)
         picks = rng.integers(0, len(side), size=(resamples, len(side)))
         return np.median(np.take_along_axis(medians, picks, axis=1), axis=1)
 
@@ -89,12 +94,7 @@ def paired_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[flo
     """Percentile CI of the median per-round ratio: rounds (base[i], cand[i]) resampled whole, then samples within
     each process, so what a round's two processes shared (the machine's state then) stays shared."""
     rng = np.random.default_rng(seed)
-
-    def medians(side: Sequence[Sequence[float]]) -> np.ndarray:  # [replicate, round]
-        return np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
-                                for p in (np.asarray(x, float) for x in side)])
-
-    ratios = medians(cand) / medians(base)
+    ratios = _resampled_medians(cand, rng, resamples) / _resampled_medians(base, rng, resamples)
     picks = rng.integers(0, len(base), size=(resamples, len(base)))
     stats = np.median(np.take_along_axis(ratios, picks, axis=1), axis=1)
     a = (1 - confidence) / 2

@@ -39,8 +39,8 @@ from devicelab.energy import EnergyResult, battery, unmeasured
 from devicelab.engines import get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError
-from devicelab.protocol import (LOCKSTEP_SLICE_S, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue,
-                                RunnerError, lockstep, now_deadline, run_batch)
+from devicelab.protocol import (RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue, lockstep,
+                                lockstep_record, now_deadline, run_batch)
 from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
@@ -315,6 +315,9 @@ for c in /sys/devices/system/cpu/cpu[0-9]*; do cap=; mx=; rel=; read -r cap < "$
 o=; read -r o < /sys/devices/system/cpu/online 2>/dev/null; printf 'O\t%s\n' "$o"
 m=$(grep -m1 MemTotal /proc/meminfo 2>/dev/null); printf 'M\t%s\n' "$m"
 """
+
+# A runner's faults on a phone: the protocol's, and the phone going away mid-run.
+_FAULTS = (*RUNNER_FAULTS, DeviceGoneError)
 
 # What driving a runner gave: status, reason, Result fields, and its channel (for the exit and stderr).
 _Driven = tuple[str, str | None, dict[str, Any], _RunnerChannel | None]
@@ -1045,17 +1048,16 @@ class AndroidDevice(Device):
                     driver = Driver(channels[k], r.settings, now_deadline(r.settings.timeout_seconds))
                     driver.start()
                     live.append((k, driver, channels[k]))
-                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                except _FAULTS as e:
                     failed(k, e)
-            index = {id(d): k for k, d, _ in live}
             if len(live) == 1:
                 k, d, _ = live[0]
                 try:
                     d.time_alone()
-                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                except _FAULTS as e:
                     failed(k, e)
             elif live:
-                lockstep([d for _, d, _ in live], lambda d, e: failed(index[id(d)], e))
+                lockstep([d for _, d, _ in live], lambda i, e: failed(live[i][0], e), faults=_FAULTS)
             labels = [ready[k].label for k, _, _ in live]
             for k, d, channel in live:
                 if k in outcomes:
@@ -1064,13 +1066,12 @@ class AndroidDevice(Device):
                     m = d.finish(ready[k].energy)
                     fields = measurement_fields(m, ready[k].cpus, ready[k].notes)
                     if len(live) > 1:
-                        fields["protocol"]["lockstep_run"] = {"with": [x for x in labels if x != ready[k].label],
-                                                              "slice_s": LOCKSTEP_SLICE_S}
+                        fields["protocol"]["lockstep_run"] = lockstep_record(labels, ready[k].label)
                     if "energy" in m.extra:
                         fields["_energy"] = m.extra["energy"]
                     channel.wait_end(60.0)  # after "done" the runner writes its outputs and exits
                     outcomes[k] = (OK, None, fields, channel)
-                except (ChannelTimeoutError, ChannelClosedError, DeviceGoneError, RunnerError) as e:
+                except _FAULTS as e:
                     failed(k, e)
         finally:
             for stream in streams:

@@ -22,8 +22,8 @@ from devicelab.devices.base import (Cluster, Device, DeviceFacts, Job, measureme
                                     throttled, tool_fields, tool_settings)
 from devicelab.engines import Engine, get_engine
 from devicelab.engines.tool_base import ToolEngine
-from devicelab.protocol import (LOCKSTEP_SLICE_S, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue,
-                                RunnerError, lockstep, now_deadline)
+from devicelab.protocol import (RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver, EventQueue,
+                                lockstep, lockstep_record, now_deadline)
 from devicelab.result import FAILED, OK, UNSUPPORTED, Result
 from devicelab.store import utc_now
 
@@ -205,12 +205,10 @@ class HostDevice(Device):
             if len(live) == 1:
                 live[0].time_alone()
             elif live:
-                by_driver = {id(r.driver): r for r in live}
-                lockstep([r.driver for r in live if r.driver is not None],
-                         lambda d, e: by_driver[id(d)].fail(e))
+                lockstep([r.driver for r in live if r.driver is not None], lambda i, e: live[i].fail(e))
                 labels = [r.job.config.label for r in live]
                 for r in live:
-                    r.lockstep = {"with": [x for x in labels if x != r.job.config.label], "slice_s": LOCKSTEP_SLICE_S}
+                    r.lockstep = lockstep_record(labels, r.job.config.label)
             for r in runs:
                 r.finish()
             return [r.result() for r in runs]
@@ -335,7 +333,7 @@ class _HostRun:
         self.driver = Driver(_PipeChannel(self.proc), s, now_deadline(s.timeout_seconds))
         try:
             self.driver.start()
-        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+        except RUNNER_FAULTS as e:
             self.fail(e)
             return False
         return True
@@ -344,7 +342,7 @@ class _HostRun:
         assert self.driver is not None
         try:
             self.driver.time_alone()
-        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+        except RUNNER_FAULTS as e:
             self.fail(e)
 
     def fail(self, e: Exception) -> None:
@@ -370,7 +368,7 @@ class _HostRun:
             self.fields = measurement_fields(m, self.cfg.cpus, self.notes)
             if self.lockstep:
                 self.fields["protocol"]["lockstep_run"] = self.lockstep
-        except (RunnerError, ChannelClosedError, ChannelTimeoutError) as e:
+        except RUNNER_FAULTS as e:
             self.fail(e)
 
     def _reap(self) -> None:
