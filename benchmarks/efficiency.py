@@ -40,7 +40,7 @@ def main() -> None:
             wall = time.perf_counter() - t0
         results = json.loads(p.stdout)["results"]
         timed = sum(sum(r["samples_s"]) for r in results)
-        warm = sum(r["protocol"].get("warmup_s") or 0 for r in results if r["protocol"])
+        warm = sum((r["protocol"].get("warmup") or {}).get("seconds") or 0 for r in results if r["protocol"])
         cool = sum(r["protocol"].get("cooldown", {}).get("waited_s", 0) for r in results if r["protocol"])
         spans = sum((datetime.fromisoformat(r["finished_at"]) - datetime.fromisoformat(r["started_at"])).total_seconds()
                     for r in results)

@@ -1,4 +1,4 @@
-"""The command line: parse, call, render. No device I/O and no SQL here (style.md)."""
+"""The command line: parse, call, render. No device I/O and no SQL here (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -106,13 +106,15 @@ def calibrate_energy(
     entries, problems = select_devices([device], load_inventory(devices_file))
     if problems:
         raise ConfigError("calibrate-energy", problems)
+    from devicelab.energy import battery
+
     phone = open_device(entries[0])
-    if not hasattr(phone, "calibrate_energy"):
+    if not isinstance(phone.energy_source(), battery.BatterySource):
         raise DevicelabError(f"calibrate-energy: {device} is a {entries[0].kind} device; only phones (android) have "
                              "a battery sensor to calibrate")
     err.print(f"{device}: discharging for {seconds:g} s{'' if no_load else ' with every CPU busy'}...", markup=False)
     try:
-        calibration, path = phone.calibrate_energy(seconds, load=not no_load, allow_charging=allow_charging)
+        calibration, path = battery.calibrate_device(phone, seconds, load=not no_load, allow_charging=allow_charging)
     except OSError as e:
         err.print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
@@ -234,7 +236,7 @@ def run(
             progress.stop()
             rid = state.get("run_id")
             kept = len(store.results(rid)) if rid else 0
-            err.print(f"interrupted: {kept} finished results kept in {store.path}; "
+            err.print(f"interrupted: {kept} finished results kept in {store.location}; "
                       f"resume with: devicelab run --resume {rid}")
             raise typer.Exit(130)
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import yaml
 
-from devicelab.devices import DEVICE_KINDS, DeviceEntry, device_class
 from devicelab.engines import ENGINE_MODULES
 from devicelab.errors import DevicelabError, unknown_name_message
-from devicelab.protocol import ProtocolSettings, settings_from_dict
+from devicelab.facts import KINDS, DeviceEntry
+from devicelab.measure import ProtocolSettings, settings_from_dict
 from devicelab.result import BACKENDS, PRECISIONS
 from devicelab.zoo import ZOO
 
@@ -114,10 +114,10 @@ def parse_inventory(raw: Any, source: str) -> Inventory:
             problems.append(f"{where}: must be a mapping with id and kind")
             continue
         kind = item.get("kind")
-        if kind not in DEVICE_KINDS:
-            problems.append(f"{where}.kind: " + unknown_name_message("device kind", str(kind), DEVICE_KINDS))
+        if not isinstance(kind, str) or kind not in KINDS:
+            problems.append(f"{where}.kind: " + unknown_name_message("device kind", str(kind), KINDS))
             continue
-        allowed = _ENTRY_KEYS + device_class(kind).inventory_keys
+        allowed = _ENTRY_KEYS + tuple(KINDS[kind].keys)
         for key in item:
             if key not in allowed:
                 problems.append(f"{where}.{key}: unknown key for kind '{kind}'; allowed: {', '.join(allowed)}")
@@ -129,7 +129,7 @@ def parse_inventory(raw: Any, source: str) -> Inventory:
             problems.append(f"{where}.id: '{dev_id}' appears twice")
         seen.add(dev_id)
         options = {k: v for k, v in item.items() if k not in ("id", "kind")}
-        problems.extend(f"{where}.{p}" for p in device_class(kind).check_entry(options))
+        problems.extend(f"{where}.{p}" for p in KINDS[kind].problems(options))
         entries.append(DeviceEntry(dev_id, kind, options))
     if problems:
         raise ConfigError(source, problems)

@@ -1,4 +1,4 @@
-"""The one user-facing error type: caught in the CLI, printed as one line, exit 2 (design.md: exit codes)."""
+"""The one user-facing error type: caught in the CLI, printed as one line, exit 2 (README: exit codes)."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ import platformdirs
 
 from devicelab import paths
 from devicelab.errors import DevicelabError, unknown_name_message
-from devicelab.zoo import sha256_file
+from devicelab.paths import sha256_file
 
 TARGETS = ("host", "arm64", "android-arm64")
 # The ncnn the pip engine uses when it is installed (so dlbench and the Python engine compare like for like);
@@ -277,7 +277,7 @@ def build_ncnn(version: str, chain: Toolchain, log: Log, jobs: int | None = None
 
 
 def _now() -> str:
-    from devicelab.store import utc_now
+    from devicelab.result import utc_now
 
     return utc_now()
 

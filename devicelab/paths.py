@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
 
 
 def data_dir() -> Path:
@@ -68,3 +68,20 @@ def cached_file(cache_dir: Path, key: str, build: Callable[[Path], None]) -> Pat
         if os.path.exists(tmp):
             os.unlink(tmp)
     return final
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def sha256_file(path: Path) -> str:
+    """A file's content hash, remembered per (path, size, mtime): the same model or runner is hashed for many
+    configs (content-addressed pushes, model identity), and re-reading it each time costs seconds on big models."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicelab.config import EngineSpec, Suite
-from devicelab.devices.base import DeviceFacts
+from devicelab.facts import DeviceFacts, parse_cpu_list
 from devicelab.engines.base import EngineInfo
 from devicelab.result import Config
 from devicelab.zoo import ModelFile
@@ -28,14 +28,6 @@ class PlannedConfig:
     @property
     def runnable(self) -> bool:
         return self.unsupported is None
-
-
-def parse_cpu_list(text: str) -> tuple[int, ...]:
-    cpus: list[int] = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        cpus.extend(range(int(lo), int(hi or lo) + 1))
-    return tuple(sorted(set(cpus)))
 
 
 def affinity_set(facts: DeviceFacts, affinity: str) -> tuple[int, ...] | str:

@@ -105,7 +105,7 @@ def _median_of(rs: Sequence[Result]) -> float | None:
 
 
 def _artifact_mb(r: Result) -> float | None:
-    b = (r.protocol or {}).get("artifact_bytes")
+    b = r.protocol.artifact_bytes if r.protocol else None
     return b / 1e6 if b else None
 
 
@@ -283,11 +283,8 @@ def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
     several = len(runs) > 1
     data = ReportData([r.to_dict() for r in runs], list(results), several)
     fp32 = [r for r in results if r.precision == "fp32" and r.backend == "cpu"]
-    data.engines = slides_tables([r for r in fp32] if fp32 else list(results))
-    if several:  # the same config from two runs: keep them apart in the engines tables
-        from dataclasses import replace
-
-        data.engines = slides_tables([replace(r, label=(r.label + " " if r.label else "") + r.run_id) for r in fp32])
+    # The same config from two runs is kept apart in the engines tables (its rows name their run).
+    data.engines = slides_tables(fp32 if fp32 else list(results), by_run=several)
     data.precision = precision_tables(results, several)
     data.backends = backend_tables(results, several)
     data.charts = chart_sections(results, several)

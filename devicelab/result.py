@@ -1,32 +1,57 @@
-"""Result schema v1: one frozen record per configuration (design.md, Contract v1).
+"""Result schema v2: one frozen, validated record per configuration (docs/results.md).
 
-Every config of a run ends as exactly one Result, whatever happened to it: a failed config is a row,
-never a gap. Units are in the field names (_s seconds, _bytes bytes, _j joules).
+Every config of a run ends as exactly one Result, whatever happened to it: a failed config is a row, never a gap.
+Units are in the field names (_s seconds, _bytes bytes, _j joules). A Result is created in two places only —
+devicelab.session (everything that ran on a device) and devicelab.rows (rows that never reached one) — plus the
+store's reader (`from_dict`), and it is never changed after birth (tests/test_layering.py checks both).
+
+v2 over v1: the Result embeds its `Config`; `protocol` is typed (`RunProtocol`); `ext` is the typed extension
+point later issues add fields to without another schema bump (`EXTENSIONS`); rows validate on construction.
+Stored v1 rows are migrated by `migrate` (on open by the store, and by `from_dict`). The JSON form stays flat:
+the config's fields sit at the top level under the same names as in v1.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 OK = "ok"
 FAILED = "failed"  # the engine or the model failed: reason + stderr tail
-INFRA_FAILED = "infra-failed"  # device gone, transport timeout, store unreachable
-UNSUPPORTED = "unsupported"  # the plan knows this combination cannot run
+INFRA_FAILED = "infra-failed"  # device gone, transport timeout, store unreachable, a lost farm worker
+UNSUPPORTED = "unsupported"  # this combination cannot run here: reason
 STATUSES = (OK, FAILED, INFRA_FAILED, UNSUPPORTED)
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BACKENDS = ("cpu", "gpu", "opencl", "vulkan", "metal", "nnapi", "coreml")
+# v2 adds CoreML's compute units as backends of their own (the iPhone issue): "coreml" lets CoreML choose.
+BACKENDS = ("cpu", "gpu", "opencl", "vulkan", "metal", "nnapi", "coreml", "coreml-cpu", "coreml-gpu", "coreml-ane")
+
+
+def utc_now() -> str:
+    """A timestamp as every record stores it: ISO 8601, UTC, milliseconds."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+# --------------------------------------------------------------------------------------------------
+# What is measured, and its two keys
 
 
 @dataclass(frozen=True)
 class Config:
-    """What is measured. Two keys derive from it (Contract v1): identity (resume, de-duplication) and
-    series (compare, regress, history: a new engine build or model file continues the series)."""
+    """What is measured. Two keys derive from it (docs/results.md, "Keys"):
+
+    * identity — device, engine, label, engine version, model hash, precision, backend, threads, cpus, repeat:
+      one process of one config in one run (resume and de-duplication);
+    * series — device, engine, label, model name, precision, backend, threads, cpus: the identity without engine
+      version, model hash and repeat, with the model's *name* standing for the model (compare, regress, history:
+      a new engine build or a new file of the same model continues the series)."""
 
     device: str
     engine: str
@@ -40,7 +65,7 @@ class Config:
     threads: int
     cpus: tuple[int, ...]  # the resolved affinity: what the runner is pinned to
     affinity: str  # as the suite asked: big, little, all, or an explicit list
-    repeat: int = 0  # which process of the config (suites may ask for several, e.g. A/B needs >= 3 per side)
+    repeat: int = 0  # which process of the config (an A/B round runs one process of each config per label)
 
     def identity_key(self) -> str:
         return _key(self.device, self.engine, self.label, self.engine_version, self.model_sha256,
@@ -51,31 +76,227 @@ class Config:
                     self.threads, self.cpus)
 
 
+CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
+
+
 def _key(*parts: object) -> str:
     return json.dumps([list(p) if isinstance(p, tuple) else p for p in parts], separators=(",", ":"))
 
 
+# --------------------------------------------------------------------------------------------------
+# The measurement record (Result.protocol): the settings used and what happened
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """How the runner was warmed up: by itself (runner protocol v1, or a v2 runner told to), by the controller
+    (protocol v2's warmup command), or by an engine's own tool (its fixed count)."""
+
+    by: str  # "runner" | "controller" | "tool"
+    iterations: int | None = None
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Cooldown:
+    """The wait before the config (devicelab.session.cooldown)."""
+
+    method: str  # "temperature" | "fixed pause (no temperature sensor)"
+    waited_s: float | None = None
+    zones: tuple[str, ...] = ()
+    reached: bool | None = None  # within the tolerance of the idle baseline before the timeout
+    still_above_baseline_c: dict[str, float] | None = None
+    error: str | None = None  # the state could not be read (the device went)
+
+
+@dataclass(frozen=True)
+class Pinning:
+    """Which CPUs the runner ran on and how that was enforced (dlprobe, taskset, sched_setaffinity)."""
+
+    cpus: tuple[int, ...]
+    method: str
+    affinity: str
+    mask: str | None = None
+    clusters: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class Lockstep:
+    """The labels this runner was timed with in alternating slices (an A/B round)."""
+
+    with_: tuple[str, ...]  # JSON "with"
+    slice_s: float
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """What reaching the device cost: files placed (content-addressed), copied now, bytes, seconds."""
+
+    files: int = 0
+    pushed_files: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EnergyWindow:
+    """What an energy source measured around one config (the numbers behind energy_j_per_inference, or behind its
+    absence): the idle and inference windows, their samples and mean powers; anything source-specific in `detail`
+    (the battery source: its calibration)."""
+
+    window_s: float | None = None  # inference time in the window
+    iterations: int | None = None
+    samples: int | None = None  # power samples inside the window (after it settled)
+    idle_samples: int | None = None
+    idle_s: float | None = None
+    idle_w: float | None = None
+    window_w: float | None = None
+    median_window_iteration_s: float | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> EnergyWindow:
+        """An energy source's record: its named figures as fields, the rest as detail."""
+        names = {f.name for f in dataclasses.fields(cls)} - {"detail"}
+        return cls(**{k: v for k, v in record.items() if k in names},
+                   detail={**dict(record.get("detail") or {}), **{k: v for k, v in record.items()
+                                                                  if k not in names and k != "detail"}})
+
+
+@dataclass(frozen=True)
+class RunProtocol:
+    """Result.protocol: the measurement settings and what happened. Free-form parts (dicts) are the records of
+    other programs (dlprobe's summary, a tool's output, an energy source's window), kept as they reported them."""
+
+    settings: dict[str, Any]  # measure.ProtocolSettings as used (a plain dict: rows outlive the settings' fields)
+    stop_reason: str = ""  # "ci", "max_iterations", "max_seconds", "" when timing did not run to a stop
+    batches: int = 0
+    runner_protocol: int | None = None  # the runner protocol version the runner spoke (1 or 2)
+    runner_version: str | None = None
+    warmup: Warmup | None = None
+    cooldown: Cooldown | None = None
+    pinning: Pinning | None = None
+    lockstep: Lockstep | None = None
+    push: Transfer | None = None
+    artifact_bytes: int | None = None  # the converted model's files as the engine loads them
+    outputs_sha256: str | None = None
+    ops: tuple[dict[str, Any], ...] = ()  # per-layer times (runner protocol `op` events)
+    dlprobe: dict[str, Any] | None = None
+    tool: dict[str, Any] | None = None
+    energy: EnergyWindow | None = None
+    legacy: dict[str, Any] | None = None  # keys of a migrated v1 record that v2 does not name (kept, never dropped)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"settings": dict(self.settings), "stop_reason": self.stop_reason, "batches": self.batches}
+        for name in ("runner_protocol", "runner_version", "artifact_bytes", "outputs_sha256", "dlprobe", "tool",
+                     "legacy"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = value
+        for name in ("warmup", "cooldown", "pinning", "push", "energy"):
+            value = getattr(self, name)
+            if value is not None:
+                d[name] = _plain(dataclasses.asdict(value))
+        if self.lockstep is not None:
+            d["lockstep"] = {"with": list(self.lockstep.with_), "slice_s": self.lockstep.slice_s}
+        if self.ops:
+            d["ops"] = [dict(o) for o in self.ops]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunProtocol:
+        known = {f.name for f in dataclasses.fields(cls)} | {"lockstep"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"Result.protocol has unknown keys: {', '.join(unknown)}")
+        kw: dict[str, Any] = {k: v for k, v in d.items() if k not in ("warmup", "cooldown", "pinning", "push",
+                                                                       "lockstep", "ops", "energy")}
+        if d.get("warmup") is not None:
+            kw["warmup"] = Warmup(**d["warmup"])
+        if d.get("cooldown") is not None:
+            c = dict(d["cooldown"])
+            c["zones"] = tuple(c.get("zones") or ())
+            kw["cooldown"] = Cooldown(**c)
+        if d.get("pinning") is not None:
+            p = dict(d["pinning"])
+            p["cpus"] = tuple(p.get("cpus") or ())
+            p["clusters"] = tuple(p.get("clusters") or ())
+            kw["pinning"] = Pinning(**p)
+        if d.get("push") is not None:
+            kw["push"] = Transfer(**d["push"])
+        if d.get("energy") is not None:
+            kw["energy"] = EnergyWindow.from_record(d["energy"])
+        if d.get("lockstep") is not None:
+            kw["lockstep"] = Lockstep(tuple(d["lockstep"]["with"]), float(d["lockstep"]["slice_s"]))
+        kw["ops"] = tuple(d.get("ops") or ())
+        return cls(**kw)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: the JSON form."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# The extension point: typed keys that later issues add without a schema bump
+
+
+@dataclass(frozen=True)
+class ExtField:
+    check: Callable[[Any], bool]
+    unit: str | None
+    doc: str
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _numbers(x: Any) -> bool:
+    return isinstance(x, (list, tuple)) and all(_number(v) for v in x)
+
+
+# Reserved for the issues of this wave (docs/results.md lists who writes which). A key not listed here is refused
+# on construction, so a typo fails at once instead of landing in the database.
+EXTENSIONS: dict[str, ExtField] = {
+    "iter_t_s": ExtField(_numbers, "s", "start of each timed iteration on the runner's monotonic clock, relative to "
+                                        "the first (runner protocol v2's optional `t`), one per samples_s entry"),
+    "import_s": ExtField(_number, "s", "the engine's import in the runner, timed apart from load_s"),
+    "exec_path": ExtField(lambda x: x in ("exec", "zygote"), None, "how the runner process started"),
+    "thermal_status": ExtField(lambda x: isinstance(x, dict) and all(v is None or _int(v) for v in x.values()),
+                               None, "Android thermal status (0-6) {before, after}"),
+    "fixed_performance": ExtField(lambda x: isinstance(x, bool), None, "Android fixed performance mode was on"),
+    "ios_thermal_state": ExtField(lambda x: isinstance(x, dict), None, "ProcessInfo.thermalState {before, after}"),
+    "phys_footprint_bytes": ExtField(_int, "bytes", "peak physFootprint of the iOS runner app"),
+    "gpu_device": ExtField(lambda x: isinstance(x, dict), None, "the GPU a GPU backend ran on: {name, software}"),
+    "profile": ExtField(lambda x: isinstance(x, dict), None, "per-op profile (profiles issue)"),
+    "llm": ExtField(lambda x: isinstance(x, dict), None, "LLM workload and figures (quant, P, G, TTFT...)"),
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# The Result
+
+
 @dataclass(frozen=True)
 class Result:
-    """One configuration's outcome. Field names are the JSON contract; see README "Result schema"."""
+    """One configuration's outcome. `to_dict()` is the JSON contract (docs/results.md)."""
 
+    config: Config
     run_id: str
-    device: str
-    engine: str
-    label: str
-    engine_version: str
-    model: str
-    model_sha256: str
-    model_bytes: int
-    precision: str
-    backend: str
-    threads: int
-    cpus: tuple[int, ...]
     status: str
     reason: str | None = None
     notes: tuple[str, ...] = ()
     samples_s: tuple[float, ...] = ()  # every timed iteration, monotonic clock, seconds
-    summary_only: bool = False  # True when the tool printed only summaries: samples_s is then empty
+    summary_only: bool = False  # True when a tool printed only summaries: samples_s is then empty
     warmups: int | None = None
     median_s: float | None = None
     p90_s: float | None = None
@@ -93,46 +314,191 @@ class Result:
     throttled: bool | None = None  # None: the device has no frequency sensors to tell
     started_at: str | None = None  # ISO 8601 UTC
     finished_at: str | None = None
-    # Beyond the contract's list, still v1 (added before any v1 data existed; see README):
-    affinity: str = "all"
-    repeat: int = 0
-    protocol: dict[str, Any] | None = None  # the measurement settings used and why sampling stopped
+    protocol: RunProtocol | None = None  # the measurement settings used and what happened
     stderr_tail: str | None = None
+    ext: dict[str, Any] = field(default_factory=dict)  # typed extensions (EXTENSIONS)
     schema_version: int = SCHEMA_VERSION
 
-    @property
-    def config(self) -> Config:
-        return Config(self.device, self.engine, self.label, self.engine_version, self.model,
-                      self.model_sha256, self.model_bytes, self.precision, self.backend, self.threads,
-                      tuple(self.cpus), self.affinity, self.repeat)
+    def __post_init__(self) -> None:
+        # One canonical form, so that a row read back from the store equals the one written: sequences as tuples,
+        # extensions as their JSON values.
+        object.__setattr__(self, "samples_s", tuple(self.samples_s))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        object.__setattr__(self, "ext", _plain(dict(self.ext)))
+        problems = _problems(self)
+        if problems:
+            raise ValueError(f"invalid Result ({self.config.engine} {self.config.model} on {self.config.device}): "
+                             + "; ".join(problems))
+
+    # The config's fields read as the Result's own (they are its JSON fields).
+    device = property(lambda self: self.config.device)
+    engine = property(lambda self: self.config.engine)
+    label = property(lambda self: self.config.label)
+    engine_version = property(lambda self: self.config.engine_version)
+    model = property(lambda self: self.config.model)
+    model_sha256 = property(lambda self: self.config.model_sha256)
+    model_bytes = property(lambda self: self.config.model_bytes)
+    precision = property(lambda self: self.config.precision)
+    backend = property(lambda self: self.config.backend)
+    threads = property(lambda self: self.config.threads)
+    cpus = property(lambda self: self.config.cpus)
+    affinity = property(lambda self: self.config.affinity)
+    repeat = property(lambda self: self.config.repeat)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        for name in ("cpus", "notes", "samples_s"):
-            d[name] = list(d[name])
+        d: dict[str, Any] = {"schema_version": self.schema_version, "run_id": self.run_id}
+        d.update({name: getattr(self.config, name) for name in CONFIG_FIELDS})
+        d["cpus"] = list(self.config.cpus)
+        for f in dataclasses.fields(self):
+            if f.name in ("config", "run_id", "schema_version"):
+                continue
+            d[f.name] = getattr(self, f.name)
+        d["notes"] = list(self.notes)
+        d["samples_s"] = list(self.samples_s)
+        d["protocol"] = self.protocol.to_dict() if self.protocol is not None else None
+        d["ext"] = _plain(self.ext)
         return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Result:
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"Result schema_version {version} is not supported (this devicelab reads {SCHEMA_VERSION})")
-        known = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        for name in ("cpus", "notes", "samples_s"):
-            kwargs[name] = tuple(kwargs.get(name) or ())
-        return cls(**kwargs)
+    def from_dict(cls, data: Mapping[str, Any]) -> Result:
+        """A stored row: migrated to this schema first; unknown fields fail loudly (never dropped)."""
+        data = migrate(data)
+        unknown = sorted(set(data) - set(RESULT_FIELDS))
+        if unknown:
+            raise ValueError(f"Result row has fields schema v{SCHEMA_VERSION} does not know: {', '.join(unknown)} "
+                             "(written by a newer devicelab?)")
+        kw = {k: v for k, v in data.items() if k not in CONFIG_FIELDS}
+        config = Config(**{k: (tuple(data["cpus"]) if k == "cpus" else data[k]) for k in CONFIG_FIELDS if k in data})
+        kw["notes"] = tuple(kw.get("notes") or ())
+        kw["samples_s"] = tuple(kw.get("samples_s") or ())
+        kw["protocol"] = RunProtocol.from_dict(kw["protocol"]) if kw.get("protocol") is not None else None
+        kw["ext"] = dict(kw.get("ext") or {})
+        return cls(config=config, **kw)
 
     @classmethod
     def for_config(cls, run_id: str, config: Config, status: str, **fields: Any) -> Result:
-        return cls(run_id=run_id, device=config.device, engine=config.engine, label=config.label,
-                   engine_version=config.engine_version, model=config.model,
-                   model_sha256=config.model_sha256, model_bytes=config.model_bytes,
-                   precision=config.precision, backend=config.backend, threads=config.threads,
-                   cpus=tuple(config.cpus), affinity=config.affinity, repeat=config.repeat, status=status, **fields)
+        return cls(config=config, run_id=run_id, status=status, **fields)
 
 
-RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Result))
+RESULT_FIELDS: tuple[str, ...] = (
+    "schema_version", "run_id", *CONFIG_FIELDS,
+    *(f.name for f in dataclasses.fields(Result) if f.name not in ("config", "run_id", "schema_version")))
+
+
+def _problems(r: Result) -> list[str]:
+    """Why a Result is not a valid row (every problem, each naming its field)."""
+    problems: list[str] = []
+    c = r.config
+    if r.schema_version != SCHEMA_VERSION:
+        problems.append(f"schema_version: {r.schema_version} (this devicelab writes {SCHEMA_VERSION})")
+    if r.status not in STATUSES:
+        problems.append(f"status: {r.status!r} is not one of {', '.join(STATUSES)}")
+    if c.precision not in PRECISIONS:
+        problems.append(f"precision: {c.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if c.backend not in BACKENDS:
+        problems.append(f"backend: {c.backend!r} is not one of {', '.join(BACKENDS)}")
+    if not _int(c.threads) or c.threads < 0:
+        problems.append(f"threads: {c.threads!r} must be an integer >= 0")
+    if not _int(c.repeat) or c.repeat < 0:
+        problems.append(f"repeat: {c.repeat!r} must be an integer >= 0")
+    if not isinstance(r.run_id, str) or not r.run_id:
+        problems.append("run_id: must be a non-empty string")
+    bad = [s for s in r.samples_s if not (_number(s) and s > 0)]
+    if bad:
+        problems.append(f"samples_s: {len(bad)} sample(s) not a positive finite number of seconds (e.g. {bad[0]!r})")
+    if r.status == OK:
+        if r.reason is not None:
+            problems.append("reason: an ok row has no reason (notes say what to know)")
+        if not r.samples_s and not r.summary_only:
+            problems.append("samples_s: an ok row has samples (or summary_only, for a tool that printed none)")
+        if r.samples_s and r.summary_only:
+            problems.append("summary_only: true with samples")
+    elif not r.reason:
+        problems.append(f"reason: a row with status {r.status} says why")
+    for name in ("median_s", "p90_s", "load_s", "first_s", "energy_j_per_inference"):
+        value = getattr(r, name)
+        if value is not None and not (_number(value) and value >= 0):
+            problems.append(f"{name}: {value!r} must be a non-negative number")
+    for name in ("rss_before_load_bytes", "peak_rss_bytes", "warmups"):
+        value = getattr(r, name)
+        if value is not None and not (_int(value) and value >= 0):
+            problems.append(f"{name}: {value!r} must be a non-negative integer")
+    for key, value in r.ext.items():
+        spec = EXTENSIONS.get(key)
+        if spec is None:
+            problems.append(f"ext.{key}: unknown extension; known: {', '.join(EXTENSIONS)}")
+        elif not spec.check(value):
+            problems.append(f"ext.{key}: {value!r:.80} is not {spec.doc}")
+    if "iter_t_s" in r.ext and len(r.ext["iter_t_s"]) != len(r.samples_s):
+        problems.append("ext.iter_t_s: one timestamp per sample")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------------
+# Migrations of stored rows (pure: the SQLite store runs them on open, PostgreSQL will run the same)
+
+# The v1 measurement record was one flat dict: the settings' fields, then these keys.
+_V1_RECORD_KEYS = ("stop_reason", "batches", "warmup_s", "outputs_sha256", "runner_version", "ops", "lockstep_run",
+                   "dlprobe", "tool", "push", "pinning", "cooldown", "artifact_bytes")
+# ProtocolSettings' fields when v1 rows were written.
+_V1_SETTINGS = ("warmup_iterations", "warmup_seconds", "min_iterations", "min_seconds", "max_iterations",
+                "max_seconds", "target_ci", "confidence", "timeout_seconds", "cooldown_seconds",
+                "cooldown_tolerance_c", "cooldown_timeout_seconds", "accuracy_inputs", "tool_iterations", "energy",
+                "energy_window_seconds", "energy_min_window_seconds", "energy_idle_seconds",
+                "energy_allow_charging", "lockstep")
+
+
+def _v1_to_v2(row: dict[str, Any]) -> dict[str, Any]:
+    out = dict(row)
+    out["schema_version"] = 2
+    out.setdefault("ext", {})
+    old = row.get("protocol")
+    if old is None:
+        return out
+    settings = {k: v for k, v in old.items() if k in _V1_SETTINGS and not (k == "energy" and isinstance(v, dict))}
+    record: dict[str, Any] = {"settings": settings, "stop_reason": old.get("stop_reason", ""),
+                              "batches": old.get("batches", 0)}
+    if isinstance(old.get("energy"), dict):  # the energy window's record took the setting's key (it was on)
+        record["energy"] = old["energy"]
+        settings["energy"] = True
+    if "stop_reason" in old and old.get("tool") is None:
+        record["runner_protocol"] = 1  # v1 rows that ran the protocol driver spoke runner protocol 1: it was the only
+    for key in ("runner_version", "outputs_sha256", "dlprobe", "tool", "artifact_bytes", "ops"):
+        if old.get(key) is not None:
+            record[key] = old[key]
+    if old.get("tool") is not None:
+        record["warmup"] = {"by": "tool", "iterations": row.get("warmups"), "seconds": None}
+    elif "warmup_s" in old or row.get("warmups") is not None:
+        record["warmup"] = {"by": "runner", "iterations": row.get("warmups"), "seconds": old.get("warmup_s")}
+    if old.get("cooldown") is not None:
+        record["cooldown"] = old["cooldown"]
+    if old.get("pinning") is not None:
+        record["pinning"] = old["pinning"]
+    if old.get("push") is not None:
+        record["push"] = old["push"]
+    if old.get("lockstep_run") is not None:
+        record["lockstep"] = old["lockstep_run"]
+    legacy = {k: v for k, v in old.items() if k not in _V1_SETTINGS and k not in _V1_RECORD_KEYS and k != "energy"}
+    if legacy:
+        record["legacy"] = legacy
+    out["protocol"] = record
+    return out
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+
+
+def migrate(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored row brought to SCHEMA_VERSION, step by step; a row from a newer schema fails loudly."""
+    out = dict(row)
+    version = out.get("schema_version", 1)
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        raise ValueError(f"Result schema_version {version!r} is not supported (this devicelab reads up to "
+                         f"{SCHEMA_VERSION}); upgrade devicelab")
+    while version < SCHEMA_VERSION:
+        out = MIGRATIONS[version](out)
+        version = out["schema_version"]
+    return out

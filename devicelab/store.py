@@ -1,5 +1,6 @@
-"""Stores: where Runs and Results live. SQLite by default (embedded); PostgreSQL joins later with the same
-schema. Each Result is committed the moment it exists, so a crash or Ctrl-C loses no finished row."""
+"""Stores: where Runs and Results live. Callers are typed against the `Store` protocol; SQLite is the default
+(embedded) and PostgreSQL (the farm) implements the same protocol, schema and migrations. Each Result is committed
+the moment it exists, so a crash or Ctrl-C loses no finished row. Imports no device kind and no engine."""
 
 from __future__ import annotations
 
@@ -7,18 +8,13 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from devicelab.errors import DevicelabError, unknown_name_message
-from devicelab.result import INFRA_FAILED, Result
+from devicelab.result import INFRA_FAILED, SCHEMA_VERSION, Result, migrate, utc_now
 
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass
@@ -41,6 +37,13 @@ class RunRecord:
 
 
 class Store(Protocol):
+    """What every store offers (SQLite here; PostgreSQL for the farm)."""
+
+    @property
+    def location(self) -> str:
+        """Where the records are, for messages (a file path; a URL without its credentials)."""
+        ...
+
     def create_run(self, run: RunRecord) -> None: ...
     def set_run_status(self, run_id: str, status: str) -> None: ...
     def get_run(self, run_id: str) -> RunRecord: ...
@@ -107,7 +110,8 @@ CREATE TABLE IF NOT EXISTS baselines (
     note TEXT
 );
 """
-_USER_VERSION = 2
+# v3: every results row holds a Result of schema v2 (rows of v1 are migrated on open by result.migrate).
+_USER_VERSION = 3
 
 
 class SqliteStore:
@@ -131,7 +135,27 @@ class SqliteStore:
                     self._db.executescript(_SCHEMA)
                 if version < 2:
                     self._db.executescript(_SCHEMA_V2)
+                if version < 3:
+                    self._migrate_results()
                 self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+
+    def _migrate_results(self) -> None:
+        """Rows of an older Result schema, rewritten in the current one (in the open transaction: all or none). A
+        row that does not migrate stops the open with its run and error: nothing is dropped or half-written."""
+        rows = self._db.execute("SELECT run_id, identity_key, result_json FROM results WHERE schema_version < ?",
+                                (SCHEMA_VERSION,)).fetchall()
+        for run_id, key, data in rows:
+            try:
+                migrated = Result.from_dict(migrate(json.loads(data)))
+            except (ValueError, TypeError, KeyError) as e:
+                raise DevicelabError(f"{self.path}: a result of run {run_id} cannot be migrated to schema "
+                                     f"v{SCHEMA_VERSION}: {e}") from None
+            self._db.execute("UPDATE results SET schema_version=?, result_json=? WHERE run_id=? AND identity_key=?",
+                             (SCHEMA_VERSION, migrated.to_json(), run_id, key))
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     def close(self) -> None:
         self._db.close()
@@ -223,7 +247,7 @@ class SqliteStore:
         return {r[0] for r in rows}
 
 
-def open_store(db: str | None, create: bool = True) -> SqliteStore:
+def open_store(db: str | None, create: bool = True) -> Store:
     from devicelab.paths import default_db
 
     path = Path(db).expanduser() if db else default_db()

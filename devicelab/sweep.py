@@ -9,7 +9,6 @@ import platform
 import secrets
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,17 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import devicelab
-from devicelab import paths, zoo
-from devicelab.analysis import accuracy
+from devicelab import paths, rows, session, zoo
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
-from devicelab.devices import Device, DeviceEntry, Job, open_device
+from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
-from devicelab.engines.base import INPUT_SEED
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.facts import DeviceEntry
 from devicelab.plan import PlannedConfig, expand
-from devicelab.result import FAILED, INFRA_FAILED, OK, UNSUPPORTED, Result
-from devicelab.store import FINISHED, INTERRUPTED, RunRecord, SqliteStore, utc_now
+from devicelab.result import FAILED, INFRA_FAILED, Result, utc_now
+from devicelab.session import Job
+from devicelab.store import FINISHED, INTERRUPTED, RunRecord, Store
 
 
 @dataclass
@@ -36,7 +35,7 @@ class Prepared:
 
     suite: Suite
     seed: int
-    devices: dict[str, Device]
+    devices: dict[str, Transport]
     models: dict[str, zoo.ModelFile]
     engines: dict[tuple[str, str], EngineInfo]
     planned: list[PlannedConfig]
@@ -172,7 +171,7 @@ Progress = Callable[[str, Any], None]  # ("start", PlannedConfig) / ("result", R
 
 
 class Executor:
-    def __init__(self, store: SqliteStore, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
+    def __init__(self, store: Store, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
         self.store, self.run_id, self.p = store, run_id, prepared
         self.progress = progress or (lambda kind, obj: None)
         for device in prepared.devices.values():
@@ -184,7 +183,7 @@ class Executor:
         """Run every planned config not in `skip`. Ctrl-C propagates after the current runner is killed;
         every Result stored before it stays."""
         todo = [pc for pc in self.p.planned if pc.config.identity_key() not in skip]
-        baselines = {dev_id: dev.idle_baseline() for dev_id, dev in self.p.devices.items()}
+        baselines = {dev_id: session.idle_baseline(dev) for dev_id, dev in self.p.devices.items()}
         finished = False
         out: list[Result] = []
         self.progress("planned", sum(pc.runnable for pc in todo))
@@ -206,12 +205,9 @@ class Executor:
                 for member in group:
                     self.progress("start", member)
                 if not pc.runnable:
-                    results = [Result.for_config(self.run_id, pc.config, UNSUPPORTED, reason=pc.unsupported,
-                                                 started_at=utc_now(), finished_at=utc_now())]
-                elif len(group) > 1:
-                    results = self._run_group(group, baselines[pc.config.device])
+                    results = [rows.unsupported(self.run_id, pc.config, str(pc.unsupported))]
                 else:
-                    results = [self._run_one(pc, baselines[pc.config.device])]
+                    results = self._run_group(group, baselines[pc.config.device])
                 for member, result in zip(group, results, strict=True):
                     done.add(member.config.identity_key())
                     self.store.add_result(result)
@@ -263,72 +259,31 @@ class Executor:
                 by_config.setdefault(key, []).append(pc)
         return {pc.config.identity_key(): group for group in by_config.values() if len(group) > 1 for pc in group}
 
-    def _job(self, pc: PlannedConfig, outputs_path: Path) -> tuple[Job, SourceModel, PreparedModel] | str:
+    def _job(self, pc: PlannedConfig) -> Job | str:
+        """The config as a session runs it, or why its model could not be converted."""
         cfg = pc.config
         source = self._source(cfg.model)
         converted = self._convert(cfg.engine, source, cfg.precision)
         if isinstance(converted, str):
             return converted
-        settings = self.p.suite.protocol
-        outputs = outputs_path if settings.accuracy_inputs else None
-        return (Job(run_id=self.run_id, config=cfg, model_path=converted.path, inputs=source.inputs,
-                    seed=INPUT_SEED, settings=settings, options={**converted.options, **pc.engine_options},
-                    notes=converted.notes, outputs_path=outputs, prepared=converted), source, converted)
-
-    def _finish(self, result: Result, job: Job, source: SourceModel, converted: PreparedModel,
-                cooldown: dict[str, Any]) -> Result:
-        artifact = converted.path.stat().st_size + sum(
-            Path(v).stat().st_size for k, v in converted.options.items() if k == "weights")
-        result = dataclasses.replace(result, protocol={**(result.protocol or {}), "cooldown": cooldown,
-                                                       "artifact_bytes": artifact})
-        outputs = job.outputs_path
-        if result.status == OK and outputs is not None and outputs.is_file():
-            result = self._with_accuracy(result, source, outputs, job.settings.accuracy_inputs)
-        return result
-
-    def _run_one(self, pc: PlannedConfig, baseline: dict[str, Any]) -> Result:
-        return self._run_group([pc], baseline)[0]
+        return Job(run_id=self.run_id, config=cfg, source=source, prepared=converted, settings=self.p.suite.protocol,
+                   options={**converted.options, **pc.engine_options}, notes=converted.notes)
 
     def _run_group(self, group: list[PlannedConfig], baseline: dict[str, Any]) -> list[Result]:
-        """One config (or the A/B labels of one, run together by the device) to Results, after one cooldown."""
+        """One config (or the A/B labels of one, run together by the session) to Results, after one cooldown."""
         device = self.p.devices[group[0].config.device]
-        cooldown = device.cooldown(baseline, self.p.suite.protocol)
-        with tempfile.TemporaryDirectory(prefix="devicelab-outputs-") as tmp:
-            made = [self._job(pc, Path(tmp) / f"outputs-{k}.npz") for k, pc in enumerate(group)]
-            # A conversion that failed is a failed row; the others run (together when there are several).
-            results: list[Result | None] = [
-                Result.for_config(self.run_id, pc.config, FAILED, reason=m, started_at=utc_now(), finished_at=utc_now())
-                if isinstance(m, str) else None for pc, m in zip(group, made, strict=True)]
-            ready = [(k, m) for k, m in enumerate(made) if not isinstance(m, str)]
-            jobs = [job for _, (job, _, _) in ready]
-            try:
-                ran = device.run_together(jobs) if len(jobs) > 1 else [device.run(job) for job in jobs]
-                for (k, m), r in zip(ready, ran, strict=True):
-                    results[k] = self._finish(r, *m, cooldown)
-            except OSError as e:
-                for k, (job, _, _) in ready:
-                    results[k] = Result.for_config(self.run_id, job.config, INFRA_FAILED, reason=f"device "
-                                                   f"{job.config.device}: {e}", started_at=utc_now(),
-                                                   finished_at=utc_now())
-            return [r for r in results if r is not None]  # every slot is filled above
-
-    def _with_accuracy(self, result: Result, source: SourceModel, outputs: Path, count: int) -> Result:
-        import numpy as np
-
-        from devicelab.engines.onnxruntime import reference_outputs
-
-        reference = reference_outputs(source, INPUT_SEED, count, paths.data_dir() / "reference")
-        with np.load(outputs) as data:
-            got = [data[f"arr_{k}"] for k in range(len(data.files))]
+        cooldown = session.cooldown(device, baseline, self.p.suite.protocol)
+        made = [self._job(pc) for pc in group]
+        # A conversion that failed is a failed row; the others run (together when there are several).
+        results: dict[int, Result] = {k: rows.not_converted(self.run_id, pc.config, m)
+                                      for k, (pc, m) in enumerate(zip(group, made, strict=True)) if isinstance(m, str)}
+        ready = [(k, m) for k, m in enumerate(made) if not isinstance(m, str)]
         try:
-            acc = accuracy.agreement(reference, got)
-        except ValueError as e:
-            return dataclasses.replace(result, notes=result.notes + (f"accuracy not compared: {e}",))
-        notes = result.notes
-        if result.precision in ("fp16", "bf16") and acc["max_abs_diff"] < accuracy.NO_EFFECT_MAX_ABS_DIFF:
-            notes += (f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {result.precision} "
-                      "setting changed no arithmetic on this CPU",)
-        return dataclasses.replace(result, accuracy=acc, notes=notes)
+            ran = session.run_jobs(device, [job for _, job in ready], cooldown)
+        except OSError as e:  # the session makes rows of device faults; this is the device failing outside them
+            ran = [rows.device_gone(self.run_id, job.config, str(e)) for _, job in ready]
+        results.update({k: r for (k, _), r in zip(ready, ran, strict=True)})
+        return [results[k] for k in range(len(group))]
 
     def _source(self, name: str) -> SourceModel:
         if name not in self._sources:
@@ -351,7 +306,7 @@ class Executor:
         return self._converted[key]
 
 
-def start_run(store: SqliteStore, suite: Suite, inventory: Inventory, argv: list[str],
+def start_run(store: Store, suite: Suite, inventory: Inventory, argv: list[str],
               progress: Progress | None = None) -> tuple[str, list[Result]]:
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
     prepared = prepare(suite, inventory, seed)
@@ -364,7 +319,7 @@ def start_run(store: SqliteStore, suite: Suite, inventory: Inventory, argv: list
     return run_id, store.results(run_id)
 
 
-def resume_run(store: SqliteStore, run_id: str, inventory: Inventory, progress: Progress | None = None
+def resume_run(store: Store, run_id: str, inventory: Inventory, progress: Progress | None = None
                ) -> list[Result]:
     record = store.get_run(run_id)
     suite = validate(record.suite, f"run {run_id}", inventory)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from devicelab.errors import DevicelabError, UnknownNameError
-from devicelab.paths import write_atomic
+from devicelab.paths import sha256_file, write_atomic
 
 # Bump when a builder changes the graph it writes: the index then rebuilds instead of reusing files.
 ZOO_VERSION = 2
@@ -334,14 +334,6 @@ def build_bytes(name: str, seed: int = SEED) -> bytes:
 
 # --------------------------------------------------------------------------------------------------
 # Cache
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def zoo_model(name: str, cache_dir: Path, seed: int = SEED) -> ModelFile:

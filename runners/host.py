@@ -4,6 +4,10 @@ Order matters for honest numbers: pin to the chosen CPUs first (so every thread 
 create inherits the mask), then import the engine, read RSS, load, run once (first inference), warm up,
 and only then time iterations on command. Protocol lines go to the original stdout; anything the engine
 prints is redirected to stderr so it cannot corrupt the protocol.
+
+Runner protocol v2 (docs/runner-protocol.md): when the config says `warmup.by: controller`, the runner does not
+warm itself up; the controller sends `warmup` commands and decides when timing is steady. Each `iter` line carries
+`t`, the iteration's start on this process's monotonic clock.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-PROTOCOL = 1
+PROTOCOL = 2
 
 
 def _status_bytes(field: str) -> int | None:
@@ -89,13 +93,14 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
     first_s = time.perf_counter() - t0
 
     warm = config.get("warmup") or {}
-    min_iter, min_s = int(warm.get("min_iterations", 3)), float(warm.get("min_seconds", 0.5))
     warmups, warm_total = 0, 0.0
-    while warmups < min_iter or warm_total < min_s:
-        t0 = time.perf_counter()
-        session.run(feeds)
-        warm_total += time.perf_counter() - t0
-        warmups += 1
+    if warm.get("by") != "controller":  # a v1-style config: warm up here until both minimums hold
+        min_iter, min_s = int(warm.get("min_iterations", 3)), float(warm.get("min_seconds", 0.5))
+        while warmups < min_iter or warm_total < min_s:
+            t0 = time.perf_counter()
+            session.run(feeds)
+            warm_total += time.perf_counter() - t0
+            warmups += 1
 
     _emit(out, {"event": "ready", "protocol": PROTOCOL, "load_s": load_s, "first_s": first_s,
                 "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
@@ -109,15 +114,16 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
         if not line.strip():
             continue
         cmd = json.loads(line)
-        if cmd.get("cmd") == "run":
+        if cmd.get("cmd") in ("run", "warmup"):  # warmup iterations are timed and reported the same way
             n = int(cmd["iterations"])
-            samples = [0.0] * n
+            starts, samples = [0.0] * n, [0.0] * n
             for i in range(n):
                 t0 = perf()
                 run_once(feeds)
-                samples[i] = perf() - t0
+                starts[i], samples[i] = t0, perf() - t0
             # Printed after the batch, not between iterations: writing is not part of inference.
-            out.write("".join(f'{{"event":"iter","s":{s!r}}}\n' for s in samples) + '{"event":"batch"}\n')
+            out.write("".join(f'{{"event":"iter","s":{s!r},"t":{t!r}}}\n' for s, t in zip(samples, starts))
+                      + '{"event":"batch"}\n')
             out.flush()
         elif cmd.get("cmd") == "stop":
             # Peak first: the accuracy pass below is not part of the measured workload.

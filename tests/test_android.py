@@ -17,7 +17,7 @@ from android_env import (AdbServer, EmulatedPhone, adb_binaries, build_example_r
                          needs_namespace, needs_qemu)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
-pytestmark = [needs_adb(), needs_namespace(), needs_qemu()]
+pytestmark = [pytest.mark.slow, needs_adb(), needs_namespace(), needs_qemu()]
 
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}
 
@@ -163,7 +163,7 @@ def test_ab_labels_run_in_lockstep_on_the_phone(phone: EmulatedPhone, server: Ad
     results = data["results"]
     assert len(results) == 6 and all(r["status"] == "ok" for r in results), results
     for r in results:
-        assert r["protocol"]["lockstep_run"] == {"with": ["b" if r["label"] == "a" else "a"], "slice_s": 0.1}
+        assert r["protocol"]["lockstep"] == {"with": ["b" if r["label"] == "a" else "a"], "slice_s": 0.1}
         assert r["protocol"]["batches"] >= 4  # slices, not one long batch
     for k in range(3):
         a, b = (next(r for r in results if r["repeat"] == k and r["label"] == x) for x in ("a", "b"))
@@ -192,7 +192,7 @@ def test_a_phone_lost_during_lockstep_fails_its_rows_as_infra_and_resume_finishe
         code, data, err = run_json("run", "--resume", data["run_id"], env=e)
         assert code == 0, err
         assert sorted(r["status"] for r in data["results"]) == ["ok"] * 2
-        assert all("lockstep_run" in r["protocol"] for r in data["results"])
+        assert all("lockstep" in r["protocol"] for r in data["results"])
 
 
 def test_clean_removes_devicelab_folder_and_nothing_else(phone: EmulatedPhone, server: AdbServer, runner_arm64: Path,

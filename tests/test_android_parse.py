@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from devicelab.devices.android import blob_path, parse_cpu_list, parse_getprop, parse_state, parse_topology, quote
+from devicelab.devices.android import blob_path, parse_getprop, parse_state, parse_topology, quote
+from devicelab.facts import parse_cpu_list
 
 
 def test_getprop_lines() -> None:

@@ -7,7 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers import devicelab
+
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
 
 
 def test_registry_records_targets_with_hashes(native_host: dict[str, Any], data_dir: Path) -> None:

@@ -56,6 +56,7 @@ def test_inventory_with_unknown_key(env: dict[str, str], tmp_path: Path) -> None
     assert_bad_input(devicelab("run", "--quick", env=env), "colour", db=Path(env["DEVICELAB_DB"]))
 
 
+@pytest.mark.slow
 def test_resume_of_unknown_run(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml")
     assert devicelab("run", "--suite", str(suite), env=env).returncode == 0

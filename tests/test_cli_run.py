@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -57,6 +56,7 @@ def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: P
     assert runs[0]["seed"] is not None and runs[0]["suite"]["name"] == "test"
 
 
+@pytest.mark.slow
 def test_human_output_has_the_slides_table(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", threads=[1, "all"])
     p = devicelab("run", "--suite", str(suite), env=env)
@@ -68,6 +68,7 @@ def test_human_output_has_the_slides_table(env: dict[str, str], tmp_path: Path) 
     assert "report: " in p.stdout
 
 
+@pytest.mark.slow
 def test_user_model_path_and_narrowing(env: dict[str, str], tmp_path: Path) -> None:
     from devicelab import zoo
 
@@ -108,6 +109,7 @@ def _wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_killed_runner_becomes_a_failed_row(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", protocol={"min_seconds": 60, "max_seconds": 60, "max_iterations": 100000})
     proc = _start(env, "--suite", str(suite))
@@ -122,6 +124,7 @@ def test_killed_runner_becomes_a_failed_row(env: dict[str, str], tmp_path: Path)
     assert r["samples_s"] == []
 
 
+@pytest.mark.slow
 def test_hung_runner_is_killed_after_the_timeout(env: dict[str, str], tmp_path: Path) -> None:
     # A warmup far longer than the timeout: the runner never reports ready.
     suite = write_suite(tmp_path / "s.yaml", protocol={"warmup_seconds": 600, "timeout_seconds": 3})
@@ -134,6 +137,7 @@ def test_hung_runner_is_killed_after_the_timeout(env: dict[str, str], tmp_path: 
     assert not _runner_pids(os.getpid())
 
 
+@pytest.mark.slow
 def test_sigint_keeps_finished_results_and_resume_finishes(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", models=["squeezenet1_1", "shufflenet_v2_x1_0", "mobilenet_v2"],
                         threads=[1], protocol={"min_seconds": 1.0, "max_seconds": 1.0, "max_iterations": 100000})
@@ -170,6 +174,7 @@ def test_sigint_keeps_finished_results_and_resume_finishes(env: dict[str, str], 
     assert final["run"]["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_result_fields_are_the_schema(env: dict[str, str], tmp_path: Path) -> None:
     code, out, err = run_json("run", "--suite", str(write_suite(tmp_path / "s.yaml")), env=env)
     assert code == 0, err

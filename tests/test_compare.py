@@ -235,7 +235,7 @@ def test_adaptive_ab_stops_once_every_pair_is_decided(env: dict[str, str], tmp_p
     (c,) = out["comparisons"]
     assert c["verdict"] in ("same", "unknown")
     # each round's two labels were alive together and timed in alternating slices, and compare paired them
-    assert all(r["protocol"]["lockstep"] is True and r["protocol"]["lockstep_run"] == {
+    assert all(r["protocol"]["settings"]["lockstep"] is True and r["protocol"]["lockstep"] == {
         "with": ["b" if r["label"] == "a" else "a"], "slice_s": 0.1} for r in results)
     for k in range(per_label["a"]):
         a, b = (next(r for r in results if r["repeat"] == k and r["label"] == x) for x in ("a", "b"))
@@ -302,7 +302,7 @@ def test_noise_command_measures_unpaired_processes(env: dict[str, str]) -> None:
     assert code == 0, err
     assert 0 < out["noise_floor"] < 0.5 and not any(r.startswith("paired by round") for r in out["detail"]["reasons"])
     results = json.loads(devicelab("show", out["run_id"], "--json", env=env).stdout)["results"]
-    assert len(results) == 6 and all(r["protocol"]["lockstep"] is False and "lockstep_run" not in r["protocol"]
+    assert len(results) == 6 and all(r["protocol"]["settings"]["lockstep"] is False and "lockstep" not in r["protocol"]
                                      for r in results)
 
 

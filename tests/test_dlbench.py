@@ -20,6 +20,8 @@ from devicelab.engines.dlbench import write_inputs
 from devicelab.engines.ncnn import convert_onnx
 from helpers import run_json, write_suite
 
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
+
 SEED = 1234
 MODEL = "squeezenet1_1"  # the fastest zoo model under qemu that still has every common layer type
 

@@ -14,6 +14,8 @@ import pytest
 
 from devicelab import native
 
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
+
 MIB = 1 << 20
 HERE = Path(__file__).parent
 

@@ -89,6 +89,7 @@ def _energy_suite(path: Path, serial: str, binary: Path, **protocol: Any) -> Pat
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sign,unit", [("positive-charging", "uA"), ("positive-discharging", "mA")])
 @needs_adb()
 @needs_namespace()
@@ -129,6 +130,7 @@ def test_calibrate_then_joules_per_inference(sign: str, unit: str, server: AdbSe
           f"{cal['energy']['measured_ratio']:+.4g} per unit over {cal['energy']['window_s']:.1f} s")
 
 
+@pytest.mark.slow
 @needs_adb()
 @needs_namespace()
 @needs_qemu()

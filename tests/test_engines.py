@@ -55,6 +55,7 @@ def test_engines_json_per_device(env: dict[str, str]) -> None:
     assert "int8" in rows["ncnn"]["precisions"] and "int8" not in rows["ncnn"]["unsupported"]  # devicelab's ncnn_int8
 
 
+@pytest.mark.slow
 def test_tflite_writer_matches_onnx_on_every_zoo_model() -> None:
     import onnxruntime as ort
     from ai_edge_litert.interpreter import Interpreter
@@ -100,6 +101,7 @@ def _by(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
     return {(r["engine"], r["precision"]): r for r in results}
 
 
+@pytest.mark.slow
 def test_fp32_of_every_engine_agrees_with_the_reference(engine_runs: dict[str, Any]) -> None:
     results = _by(engine_runs["first"])
     for name in ENGINES:
@@ -110,6 +112,7 @@ def test_fp32_of_every_engine_agrees_with_the_reference(engine_runs: dict[str, A
         assert acc["max_abs_diff"] < FP32_MAX_ABS_DIFF and acc["cosine"] > FP32_MIN_COSINE, (name, acc)
 
 
+@pytest.mark.slow
 def test_precision_variants(engine_runs: dict[str, Any]) -> None:
     results = _by(engine_runs["first"])
     for name in ("onnxruntime", "litert", "openvino", "mnn", "ncnn"):  # static int8 of each
@@ -127,6 +130,7 @@ def test_precision_variants(engine_runs: dict[str, Any]) -> None:
             assert any("changed no arithmetic" in n for n in r["notes"]), (r["engine"], r["precision"])
 
 
+@pytest.mark.slow
 def test_second_run_converts_nothing(engine_runs: dict[str, Any]) -> None:
     assert engine_runs["before"], "the first run converted models"
     assert engine_runs["after"] == engine_runs["before"]
@@ -135,6 +139,7 @@ def test_second_run_converts_nothing(engine_runs: dict[str, Any]) -> None:
     assert ok_first == ok_second and len(ok_first) >= 13
 
 
+@pytest.mark.slow
 def test_user_onnx_model_cannot_reach_litert(env: dict[str, str], tmp_path: Path) -> None:
     from devicelab import zoo
 
@@ -147,6 +152,7 @@ def test_user_onnx_model_cannot_reach_litert(env: dict[str, str], tmp_path: Path
     assert r["status"] == "unsupported" and "writes TFLite for zoo models only" in r["reason"]
 
 
+@pytest.mark.slow
 def test_gpu_backends_are_detected_or_unsupported_with_the_reason(env: dict[str, str]) -> None:
     from devicelab.engines.base import has_library
 
@@ -173,6 +179,7 @@ def test_gpu_backends_are_detected_or_unsupported_with_the_reason(env: dict[str,
         assert r["status"] == "unsupported" and "no Vulkan loader" in r["reason"] and code == 0
 
 
+@pytest.mark.slow
 def test_engine_failures_are_rows_with_the_engines_message(env: dict[str, str], tmp_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper

@@ -153,6 +153,7 @@ def test_rewrite_follows_ncnn2int8_layout_and_scale_terms() -> None:
         "c1_param_0 1.500000 2.000000 \nc1 0.250000 \n"
 
 
+@pytest.mark.slow
 def test_every_rewritten_layer_kind_loads_and_runs_in_ncnn(tmp_path: Path) -> None:
     """The small graph above (requantize directly and through a Split, depthwise term 1 with ReLU6, a BinaryOp
     fed by int8 layers, InnerProduct), calibrated for real, loads in pip ncnn and tracks fp32."""
@@ -206,6 +207,7 @@ def _outputs(m: dict[str, Any], precision: str, param: Path, weights: Path, thre
                      for i in indices])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODELS)
 def test_int8_model_runs_int8_in_pip_ncnn_close_to_fp32(models: dict[str, dict[str, Any]], name: str) -> None:
     m = models[name]
@@ -234,6 +236,7 @@ def _broken(m: dict[str, Any], tmp: Path, table: q.CalibrationTable) -> np.ndarr
     return _outputs(m, "int8", tmp / "x.param", tmp / "x.bin", indices=range(1, 4))
 
 
+@pytest.mark.slow
 def test_ncnn_reads_the_int8_data(models: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     """The files are what int8_model caches (deterministic calibration), and ncnn uses both kinds of scale: with
     every weight scale ×100 (weights saturate) or every input scale ×100 (activations saturate) the output is
@@ -251,6 +254,7 @@ def test_ncnn_reads_the_int8_data(models: dict[str, dict[str, Any]], tmp_path: P
         assert agreement([fp32], [_broken(m, tmp_path, broken)])["cosine"] < 0.9
 
 
+@pytest.mark.slow
 def test_int8_files_are_cached_by_calibration_set(models: dict[str, dict[str, Any]], tmp_path: Path) -> None:
     m = models["squeezenet1_1"]
     before = m["int8_weights"].stat().st_mtime_ns
@@ -273,6 +277,7 @@ def test_engines_declare_int8() -> None:
         assert "int8" in engine.precisions and "int8" not in engine.unsupported, name
 
 
+@pytest.mark.slow
 def test_engine_prepare_gives_the_int8_pair(models: dict[str, dict[str, Any]], data_dir: Path) -> None:
     m = models["squeezenet1_1"]
     for name in ("ncnn", "dlbench"):
@@ -284,6 +289,7 @@ def test_engine_prepare_gives_the_int8_pair(models: dict[str, dict[str, Any]], d
 # ---- end to end ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_devicelab_run_ncnn_int8(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", models=["squeezenet1_1"], engines=["ncnn"], precisions=["int8"])
     code, out, err = run_json("run", "--suite", str(suite), env=env)
@@ -296,6 +302,7 @@ def test_devicelab_run_ncnn_int8(env: dict[str, str], tmp_path: Path) -> None:
     assert "int8" in ncnn["precisions"] and "int8" not in ncnn["unsupported"]
 
 
+@pytest.mark.slow
 def test_dlbench_int8_matches_pip_ncnn_int8(native_host: dict[str, Any], models: dict[str, dict[str, Any]],
                                             tmp_path: Path) -> None:
     m = models["squeezenet1_1"]
@@ -317,6 +324,7 @@ def test_dlbench_int8_matches_pip_ncnn_int8(native_host: dict[str, Any], models:
     assert np.abs(native - fp32).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_devicelab_run_dlbench_int8(native_host: dict[str, Any], env: dict[str, str], tmp_path: Path) -> None:
     """`devicelab run --engine dlbench --precision int8` runs the pip engine's quantized files. (dlbench writes the
     outputs of one input, not of the accuracy inputs, so its rows carry no accuracy: the numbers are compared

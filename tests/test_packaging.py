@@ -1,4 +1,4 @@
-"""`pip install .` ships everything `devicelab run` needs (design.md, Contract v1: packaging)."""
+"""`pip install .` ships everything `devicelab run` needs (README: packaging)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import devicelab
 
 def test_installed_package_carries_runners_templates_and_data() -> None:
     assert importlib.util.find_spec("devicelab.runners.host") is not None
+    assert importlib.util.find_spec("devicelab.devices.android.device") is not None  # subpackages are listed too
     assert resources.files("devicelab.reports").joinpath("report.html.j2").is_file()
     assert resources.files("devicelab.reports").joinpath("report.css").is_file()
     assert resources.files("devicelab.reports").joinpath("report.js").is_file()

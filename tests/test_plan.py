@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from devicelab.config import parse_suite
-from devicelab.devices.base import Cluster, DeviceFacts
+from devicelab.facts import Cluster, DeviceFacts, parse_cpu_list
 from devicelab.engines.base import EngineInfo
-from devicelab.plan import affinity_set, expand, parse_cpu_list, resolve_cpus
+from devicelab.plan import affinity_set, expand, resolve_cpus
 from devicelab.zoo import ModelFile
 
 HOST = DeviceFacts("host", "host", "cpu", "Linux", "x86_64", (0, 1), (Cluster((0, 1), 1024),))

@@ -17,6 +17,8 @@ from devicelab import charts
 from devicelab.report import accuracy_gate, contest_score, pareto, size_gate
 from helpers import devicelab, run_json, write_suite
 
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
+
 HOSTILE = "<script>alert(1)</script>"
 
 

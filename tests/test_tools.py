@@ -17,6 +17,8 @@ import yaml
 from android_env import AdbServer, EmulatedPhone, adb_binaries, cli_env, needs_adb, needs_namespace
 from helpers import FAST_PROTOCOL, run_json
 
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
+
 GOLDEN = Path(__file__).parent / "golden" / "tools"
 
 # tool: (golden folder, variant, precision, the shell test that the model is where the command line says)

@@ -50,8 +50,9 @@ class SlidesTable:
                 + ["peak memory", "top-1 / cos vs fp32"])
 
 
-def row_name(r: Result, with_affinity: bool) -> str:
-    name = r.engine + (f" [{r.label}]" if r.label else "")
+def row_name(r: Result, with_affinity: bool, with_run: bool = False) -> str:
+    label = " ".join(x for x in (r.label, r.run_id if with_run else "") if x)
+    name = r.engine + (f" [{label}]" if label else "")
     if r.precision != "fp32":
         name += f" {r.precision}"
     if r.backend != "cpu":
@@ -61,7 +62,8 @@ def row_name(r: Result, with_affinity: bool) -> str:
     return name
 
 
-def slides_tables(results: Sequence[Result]) -> list[SlidesTable]:
+def slides_tables(results: Sequence[Result], by_run: bool = False) -> list[SlidesTable]:
+    """Engine rows × thread counts per (device, model); `by_run` keeps the same config of several runs apart."""
     tables: dict[tuple[str, str], SlidesTable] = {}
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
@@ -74,7 +76,8 @@ def slides_tables(results: Sequence[Result]) -> list[SlidesTable]:
         # medians, as compare's centre; its status ok when any process is.
         processes: dict[tuple[str, int], list[Result]] = {}
         for r in sorted(rs, key=lambda r: (r.engine, r.label, _PRECISION_ORDER.get(r.precision, 9), r.backend, r.affinity)):
-            row = rows.setdefault(row_name(r, several_affinities), Row(row_name(r, several_affinities)))
+            name = row_name(r, several_affinities, by_run)
+            row = rows.setdefault(name, Row(name))
             if r.threads > 0:
                 same = processes.setdefault((row.name, r.threads), [])
                 same.append(r)

@@ -1,27 +1,29 @@
-"""Device kinds, registered explicitly. Only the android kind imports adbutils, only ios pymobiledevice3."""
+"""Device kinds, each a transport (docs/devices.md), registered explicitly. Only the android kind imports adbutils.
+The kinds' inventory keys are data in devicelab.facts.KINDS, so planning and configuration never import a kind."""
 
 from __future__ import annotations
 
 import importlib
 
-from devicelab.devices.base import Cluster, Device, DeviceEntry, DeviceFacts, Job
+from devicelab.devices.base import Exit, Placed, Process, Transport, TransportLostError
 from devicelab.errors import UnknownNameError
+from devicelab.facts import DeviceEntry
 
-DEVICE_KINDS: dict[str, str] = {
-    "host": "devicelab.devices.host:HostDevice",
-    "android": "devicelab.devices.android:AndroidDevice",
+TRANSPORTS: dict[str, str] = {
+    "host": "devicelab.devices.host:HostTransport",
+    "android": "devicelab.devices.android:AndroidTransport",
 }
 
 
-def device_class(kind: str) -> type[Device]:
-    if kind not in DEVICE_KINDS:
-        raise UnknownNameError("device kind", kind, DEVICE_KINDS)
-    module, _, cls = DEVICE_KINDS[kind].partition(":")
-    return getattr(importlib.import_module(module), cls)
+def transport_class(kind: str) -> type[Transport]:
+    if kind not in TRANSPORTS:
+        raise UnknownNameError("device kind", kind, TRANSPORTS)
+    module, _, cls = TRANSPORTS[kind].partition(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
 
 
-def open_device(entry: DeviceEntry) -> Device:
-    return device_class(entry.kind)(entry)
+def open_device(entry: DeviceEntry) -> Transport:
+    return transport_class(entry.kind)(entry)
 
 
 def discovered(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
@@ -32,5 +34,5 @@ def discovered(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
     return discovered_entries(known)
 
 
-__all__ = ["Cluster", "Device", "DeviceEntry", "DeviceFacts", "Job", "DEVICE_KINDS", "device_class", "open_device",
-           "discovered"]
+__all__ = ["Exit", "Placed", "Process", "Transport", "TransportLostError", "TRANSPORTS", "transport_class",
+           "open_device", "discovered"]

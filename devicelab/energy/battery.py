@@ -1,12 +1,13 @@
 """Energy from a phone's battery sensor: sysfs current_now × voltage_now, sampled on the device during a dedicated
-window of continuous inference, minus the idle power measured just before (android.md, "Energy").
+window of continuous inference, minus the idle power measured just before (docs/energy.md).
 
 Vendors differ in the **sign** of current_now (three conventions in the wild) and its **scale** (µA as documented,
 or mA), so each phone is calibrated once (`devicelab calibrate-energy DEVICE`): over a discharge window the change
 in charge_counter (µAh, the one unit vendors agree on) is compared with ∫current_now·dt, which gives both. The
 fuel gauge averages over seconds, so windows shorter than `energy_min_window_seconds` give None, with the reason.
 
-Everything here is pure: the device runs `sampler_script()` and hands back its lines.
+The arithmetic is pure; `BatterySource` (the window) and `calibrate_device` run `sampler_script()` on a device
+through its transport's spawn() and read its lines: no device kind is imported here.
 """
 
 from __future__ import annotations
@@ -14,11 +15,21 @@ from __future__ import annotations
 import math
 import re
 import shlex
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from devicelab import profiles
 from devicelab.energy import EnergyResult, unmeasured
+from devicelab.errors import DevicelabError
+from devicelab.measure import ChannelClosedError, ChannelTimeoutError
+
+if TYPE_CHECKING:
+    from devicelab.devices.base import Process, Transport
+    from devicelab.measure import ProtocolSettings
 
 NAME = "battery"
 SAMPLE_INTERVAL_S = 0.2
@@ -150,3 +161,126 @@ def energy_per_inference(idle: Sequence[Sample], window: Sequence[Sample], windo
         return unmeasured(f"the window drew no more than idle ({window_w:.3f} W vs {idle_w:.3f} W): below what the "
                           "fuel gauge resolves", source, **record)
     return EnergyResult((window_w - idle_w) * window_s / iterations, source, None, record)
+
+
+# --------------------------------------------------------------------------------------------------
+# On a device: the energy window and the calibration, through the transport's spawn()
+
+
+def _sampler(transport: Transport, script: str) -> Process:
+    return transport.spawn(["sh", "-c", script], {}, (), None)
+
+
+def stored_calibration(profile_key: str) -> Calibration | None:
+    data = profiles.load(profile_key).get("energy")
+    return Calibration.from_dict(data) if data else None
+
+
+class BatterySource:
+    """The phone's battery sensor as an energy source (a transport's energy_source())."""
+
+    name = NAME
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def calibration(self) -> Calibration | None:
+        return stored_calibration(self.transport.profile_key())
+
+    def unavailable(self, s: ProtocolSettings, state: dict[str, Any]) -> EnergyResult | None:
+        power = state.get("power") or {}
+        if not power.get("battery_supply"):
+            return unmeasured("this phone shows no battery in /sys/class/power_supply", NAME)
+        if power.get("plugged") and not s.energy_allow_charging:
+            return unmeasured(f"a charger feeds the phone ({', '.join(power['plugged'])} online): current flows into "
+                              "the battery, so its sensor does not see what inference costs; connect adb over "
+                              "Wi-Fi or use a hub that cuts port power (or set energy_allow_charging)", NAME)
+        if self.calibration() is None:
+            return energy_per_inference([], [], 0.0, 1, None, s.energy_min_window_seconds)
+        return None
+
+    def window(self, run_more: Callable[[int], list[float]], samples: list[float], s: ProtocolSettings,
+               state: dict[str, Any]) -> EnergyResult:
+        """Idle power, then a window of continuous inference, both with the battery sampled on the device by a
+        fork-free shell loop; samples are placed by when they arrive."""
+        from devicelab.analysis import stats
+
+        calibration = self.calibration()
+        supply = str((state.get("power") or {}).get("battery_supply"))
+        median = float(stats.median(samples) or 0.01)
+        iterations = 1
+        got: list[Sample] = []
+        sampler = _sampler(self.transport, sampler_script(supply))
+
+        def read() -> None:
+            while True:
+                try:
+                    line = sampler.read_line(time.monotonic() + 3600)
+                except (ChannelClosedError, ChannelTimeoutError):
+                    return
+                x = parse_sample(line.decode(errors="replace"), time.monotonic())
+                if x is not None:
+                    got.append(x)
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        try:
+            idle_start = time.monotonic()
+            time.sleep(s.energy_idle_seconds)
+            window_start = time.monotonic()
+            times: list[float] = []
+            # Batches until the inference time reaches the window: the timed phase's median only estimates it.
+            while sum(times) < s.energy_window_seconds:
+                estimate = float(stats.median(times[-iterations:]) or median) if times else median
+                iterations = max(1, math.ceil((s.energy_window_seconds - sum(times)) / estimate))
+                times += run_more(iterations)
+            window_end = time.monotonic()
+        finally:
+            sampler.kill()
+            reader.join(5)
+        # The first moments of each window still show the state before it: the gauge and the clocks settle.
+        settle_idle = min(1.0, 0.1 * s.energy_idle_seconds)
+        settle = min(1.0, 0.1 * (window_end - window_start))
+        idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
+        window = [x for x in got if window_start + settle <= x.at_s <= window_end]
+        result = energy_per_inference(idle, window, float(sum(times)), len(times), calibration,
+                                      s.energy_min_window_seconds)
+        result.detail.update({"idle_s": round(window_start - idle_start, 3),
+                              "median_window_iteration_s": stats.median(times)})
+        return result
+
+
+def calibrate_device(transport: Transport, seconds: float = 60.0, load: bool = True, allow_charging: bool = False
+                     ) -> tuple[Calibration, Path]:
+    """Discharge for `seconds` (with a busy loop on every CPU unless load is False, so the charge moves) while
+    sampling current_now and charge_counter; store the sign and scale in the device's profile."""
+    state = transport.state()
+    power = state.get("power") or {}
+    supply = power.get("battery_supply")
+    if not supply:
+        raise DevicelabError(f"{transport.id}: no battery in /sys/class/power_supply: nothing to calibrate")
+    if power.get("plugged") and not allow_charging:
+        raise DevicelabError(f"{transport.id}: a charger feeds the phone ({', '.join(power['plugged'])} online): "
+                             "unplug it and connect adb over Wi-Fi, or pass --allow-charging")
+    interval = 0.5
+    busy = " ".join('( while :; do :; done ) & L="$L $!";' for _ in transport.facts().cpu_ids) if load else ""
+    script = (f"L=; {busy} {sampler_script(str(supply), interval, math.ceil(seconds / interval))}; "
+              "[ -n \"$L\" ] && kill $L; true")
+    sampler = _sampler(transport, script)
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds * 2 + 60
+    try:
+        while True:
+            lines.append(sampler.read_line(deadline).decode(errors="replace"))
+    except ChannelClosedError:
+        pass
+    except ChannelTimeoutError:
+        sampler.kill()
+        raise DevicelabError(f"{transport.id}: the calibration sampler did not finish in {seconds * 2 + 60:g} s") \
+            from None
+    from devicelab.result import utc_now
+
+    calibration = calibrate(parse_samples("\n".join(lines)), utc_now())
+    if isinstance(calibration, str):
+        raise DevicelabError(f"{transport.id}: energy calibration failed: {calibration}")
+    return calibration, profiles.update(transport.profile_key(), "energy", calibration.to_dict())

@@ -8,7 +8,7 @@ import importlib
 from devicelab.engines.base import Engine, EngineInfo, InputSpec, PreparedModel, SourceModel, make_inputs
 from devicelab.errors import UnknownNameError
 
-# name -> module; registered explicitly (style.md): a new engine is one file and one line here.
+# name -> module; registered explicitly (docs/architecture.md): a new engine is one file and one line here.
 ENGINE_MODULES: dict[str, str] = {
     "onnxruntime": "devicelab.engines.onnxruntime",
     "ncnn": "devicelab.engines.ncnn",

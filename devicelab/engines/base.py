@@ -262,7 +262,7 @@ def binary_option_problems(options: dict[str, Any], allowed: tuple[str, ...], en
 
 def binary_version(options: dict[str, Any]) -> str | None:
     """A user's program's version: its content hash (a rebuilt binary continues the same series)."""
-    from devicelab.zoo import sha256_file
+    from devicelab.paths import sha256_file
 
     binary = options.get("binary")
     return f"sha256:{sha256_file(Path(binary))[:12]}" if binary and Path(binary).is_file() else None

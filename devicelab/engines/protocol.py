@@ -1,4 +1,4 @@
-"""`protocol`: any program that speaks runner protocol v1 (design.md; README "Runner protocol"), named by the user.
+"""`protocol`: any program that speaks the runner protocol (docs/runner-protocol.md; README "Runner protocol"), named by the user.
 
 This is how an in-house engine is benchmarked without changing devicelab: the suite names the binary (built for
 the host, or for the phone's ABI), and devicelab runs it exactly as it runs its own runners — a fresh process per

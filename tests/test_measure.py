@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from devicelab.protocol import (ChannelClosedError, Driver, ProtocolSettings, RunnerError, lockstep, measure,
+from devicelab.measure import (ChannelClosedError, Driver, ProtocolSettings, RunnerError, lockstep, measure,
                                 next_batch, settings_from_dict, stop_reason)
 
 S = ProtocolSettings()
@@ -95,8 +95,8 @@ def test_measure_drives_the_runner_to_the_stopping_rule() -> None:
 def test_measure_reports_runner_errors_and_protocol_mismatch() -> None:
     with pytest.raises(RunnerError, match="engine exploded"):
         measure(ScriptedRunner(fail_after=30), S, time.monotonic() + 10)
-    with pytest.raises(RunnerError, match="protocol 2"):
-        measure(ScriptedRunner(protocol=2), S, time.monotonic() + 10)
+    with pytest.raises(RunnerError, match="protocol 3"):
+        measure(ScriptedRunner(protocol=3), S, time.monotonic() + 10)
 
 
 class LoggedRunner(ScriptedRunner):
@@ -137,3 +137,77 @@ def test_lockstep_alternates_slices_until_every_runner_may_stop() -> None:
     assert len(b.samples) == S.max_iterations
     assert len(measure(ScriptedRunner(), S, time.monotonic() + 10).samples_s) == 100  # alone it stops at 100
     assert b.finish().done["peak_rss_bytes"] == 123
+
+
+class V2Runner(ScriptedRunner):
+    """Runner protocol v2: leaves warmup to the controller (warmups 0) and stamps each iteration with `t`."""
+
+    def __init__(self, seconds: float = 0.01, **kw: Any) -> None:
+        super().__init__(seconds=seconds, protocol=2, **kw)
+        self.queue[0] = {"event": "ready", "protocol": 2, "load_s": 0.1, "first_s": 0.02, "warmups": 0}
+        self.clock = 100.0
+        self.warmup_asked: list[int] = []
+
+    def send(self, message: dict[str, Any]) -> None:
+        if message["cmd"] == "warmup":
+            self.warmup_asked.append(message["iterations"])
+        if message["cmd"] in ("run", "warmup"):
+            for _ in range(message["iterations"]):
+                self.queue.append({"event": "iter", "s": self.seconds, "t": self.clock})
+                self.clock += self.seconds
+            self.queue.append({"event": "batch"})
+        elif message["cmd"] == "stop":
+            self.queue.append({"event": "done", "peak_rss_bytes": 123})
+
+
+def test_v2_warmup_is_driven_by_the_controller_until_both_minimums() -> None:
+    runner = V2Runner(seconds=0.01)
+    d = Driver(runner, S, time.monotonic() + 10, controller_warmup=True)
+    d.start()
+    # first batch from first_s (0.02 s): 0.5 s / 0.02 = 25 iterations = 0.25 s, then 25 more at the measured 0.01 s
+    assert runner.warmup_asked == [25, 25] and d.warmup_by == "controller"
+    d.time_alone()
+    m = d.finish()
+    assert (m.warmup_by, m.warmup_iterations, round(m.warmup_seconds or 0, 6)) == ("controller", 50, 0.5)
+    assert m.protocol == 2 and m.starts_s is not None and len(m.starts_s) == len(m.samples_s)
+    assert m.starts_s[0] == 0.0 and m.starts_s[1] == pytest.approx(0.01)  # relative to the first timed iteration
+
+
+def test_a_v1_runner_is_never_sent_a_warmup_command() -> None:
+    runner = ScriptedRunner()
+    d = Driver(runner, S, time.monotonic() + 10, controller_warmup=True)
+    d.start()
+    d.time_alone()
+    m = d.finish()
+    assert m.warmup_by == "runner" and m.warmup_iterations == 50 and m.warmup_seconds == 0.5
+    assert m.starts_s is None  # v1 sends no t
+
+
+@pytest.mark.parametrize("line, says", [
+    ({"event": "iter"}, "'s' must be a positive number"),
+    ({"event": "iter", "s": "fast"}, "'s' must be a positive number"),
+    ({"event": "iter", "s": 0}, "'s' must be a positive number"),
+    ({"event": "iter", "s": 0.01, "t": "now"}, "'t' must be a non-negative number"),
+    ({"event": "tick"}, "unexpected line"),
+])
+def test_a_malformed_line_is_a_runner_error_naming_it(line: dict[str, Any], says: str) -> None:
+    runner = ScriptedRunner()
+    runner.send = lambda message: runner.queue.extend([line, {"event": "batch"}])  # type: ignore[method-assign]
+    d = Driver(runner, S, time.monotonic() + 10)
+    d.start()
+    with pytest.raises(RunnerError, match=says) as e:
+        d.step()
+    assert str(line["event"]) in str(e.value)
+
+
+@pytest.mark.parametrize("ready, says", [
+    ({"event": "ready", "protocol": 1, "first_s": 0.01, "warmups": 3}, "'load_s'"),
+    ({"event": "ready", "protocol": 1, "load_s": 0.1, "warmups": 3}, "'first_s'"),
+    ({"event": "ready", "protocol": 1, "load_s": 0.1, "first_s": 0.01}, "'warmups'"),
+    ({"event": "ready", "protocol": 1, "load_s": 0.1, "first_s": 0.01, "warmups": -1}, "'warmups'"),
+])
+def test_the_ready_line_needs_its_required_fields(ready: dict[str, Any], says: str) -> None:
+    runner = ScriptedRunner()
+    runner.queue[0] = ready
+    with pytest.raises(RunnerError, match=says):
+        Driver(runner, S, time.monotonic() + 10).start()

@@ -1,0 +1,111 @@
+"""What the controller knows about a device before anything runs on it: inventory entries, facts (CPUs, clusters,
+OS, ABI) and each device kind's inventory keys, as data.
+
+Planning and configuration read these and nothing else of a device: they never import a device kind (whose
+modules pull in adbutils, pymobiledevice3...). Each kind's transport lives in devicelab/devices/ (docs/devices.md).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """CPUs that share a micro-architecture (big.LITTLE), ordered by capacity."""
+
+    cpus: tuple[int, ...]
+    capacity: int | None = None  # /sys/.../cpu_capacity, the biggest core = 1024
+    max_khz: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cpus": list(self.cpus), "capacity": self.capacity, "max_khz": self.max_khz}
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    id: str
+    kind: str
+    model: str
+    os: str
+    abi: str
+    cpu_ids: tuple[int, ...]
+    clusters: tuple[Cluster, ...]
+    manufacturer: str | None = None
+    memory_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "kind": self.kind, "model": self.model, "os": self.os, "abi": self.abi,
+                "cpus": len(self.cpu_ids), "cpu_ids": list(self.cpu_ids),
+                "clusters": [c.to_dict() for c in self.clusters], "manufacturer": self.manufacturer,
+                "memory_bytes": self.memory_bytes, **self.extra}
+
+    def biggest_cluster(self) -> tuple[int, ...]:
+        """The CPUs of the highest-capacity cluster (all CPUs when the device reports no clusters)."""
+        if not self.clusters:
+            return self.cpu_ids
+        return max(self.clusters, key=lambda c: ((c.capacity or 0), (c.max_khz or 0))).cpus
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One validated inventory entry from devices.yaml (or a phone adb discovered)."""
+
+    id: str
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_cpu_list(text: str) -> tuple[int, ...]:
+    """"0-3,6" → (0, 1, 2, 3, 6): a suite's CPU list, sysfs' online CPUs, related_cpus' space-separated lists."""
+    cpus: set[int] = set()
+    for part in re.split(r"[,\s]+", text.strip()):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        if lo.isdigit() and (not hi or hi.isdigit()):
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    return tuple(sorted(cpus))
+
+
+# --------------------------------------------------------------------------------------------------
+# Device kinds as data: the keys a devices.yaml entry of each kind may add, and how they are checked.
+
+
+def _check_android(options: dict[str, Any]) -> list[str]:
+    problems = []
+    serial = options.get("serial")
+    if serial is not None and not (isinstance(serial, str) and re.fullmatch(r"[^\s'\"]+", serial)):
+        problems.append(f"serial: {serial!r} must be an adb serial (as `adb devices` prints it)")
+    address = options.get("address")
+    if address is not None:
+        host, _, port = str(address).rpartition(":")
+        if not (isinstance(address, str) and host and port.isdigit() and 0 < int(port) < 65536
+                and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host)):
+            problems.append(f"address: {address!r} must be host:port (a phone on the network, for `adb connect`)")
+    return problems
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """A device kind as the inventory sees it."""
+
+    # Keys a devices.yaml entry of this kind may add to id/kind/name, with what each means.
+    keys: dict[str, str] = field(default_factory=dict)
+    check: Callable[[dict[str, Any]], list[str]] | None = None  # problems with those keys, each starting with the key
+
+    def problems(self, options: dict[str, Any]) -> list[str]:
+        return self.check(options) if self.check else []
+
+
+KINDS: dict[str, KindSpec] = {
+    "host": KindSpec(),
+    "android": KindSpec(
+        keys={"serial": "the adb serial (default: the entry's id)",
+              "address": "host:port of a phone on the network, connected with `adb connect` when not attached"},
+        check=_check_android),
+}

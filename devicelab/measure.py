@@ -1,0 +1,447 @@
+"""The measurement protocol: settings, the stopping rule, and the controller side of the runner protocol
+(docs/runner-protocol.md), whatever carries it (a host pipe, an adb shell stream, ...).
+
+The controller owns the stopping rule (and, with protocol v2 runners, the warmup); the runner only times.
+Everything here except the Driver's I/O is pure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import queue
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from devicelab.analysis import stats
+
+RUNNER_PROTOCOL = 2  # what this controller speaks; it also drives v1 runners (docs/runner-protocol.md)
+SUPPORTED_PROTOCOLS = (1, 2)
+
+
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Defaults are the measurement protocol's (docs/architecture.md); every field can be overridden in a suite."""
+
+    warmup_iterations: int = 3
+    warmup_seconds: float = 0.5
+    min_iterations: int = 10
+    min_seconds: float = 1.0
+    max_iterations: int = 200
+    max_seconds: float = 10.0
+    target_ci: float = 0.01  # stop once the 95 % CI of the median is within ±1 % of it
+    confidence: float = 0.95
+    timeout_seconds: float = 300.0  # the whole runner process, load to exit; then it is killed
+    cooldown_seconds: float = 0.1  # fixed pause between configs where no temperature sensor exists
+    cooldown_tolerance_c: float = 2.0  # where sensors exist: wait until within this of the idle baseline
+    cooldown_timeout_seconds: float = 120.0
+    accuracy_inputs: int = 16  # seeded inputs run after timing to compare outputs with the fp32 reference
+    tool_iterations: int = 50  # timed runs asked of an engine's own tool (tool:*), which has no stopping rule
+    # Energy (phones): after timing, an idle window then a window of continuous inference, battery sampled on the
+    # device; windows shorter than energy_min_window_seconds give None (the fuel gauge averages over seconds).
+    energy: bool = False
+    energy_window_seconds: float = 30.0
+    energy_min_window_seconds: float = 30.0
+    energy_idle_seconds: float = 10.0
+    energy_allow_charging: bool = False  # measure even when a charger feeds the phone (the figure is then wrong)
+    # A/B labels of one config (same round, device, CPUs) alive together and timed in alternating ~0.1 s slices:
+    # the machine's drift then falls on both sides alike.
+    lockstep: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ProtocolSettings)}
+
+
+def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSettings:
+    """Validate a suite's `protocol:` mapping; append every problem, return the defaults on error."""
+    if raw is None:
+        return ProtocolSettings()
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: must be a mapping of {', '.join(_FIELDS)}")
+        return ProtocolSettings()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in _FIELDS:
+            problems.append(f"{where}.{key}: unknown key; allowed: {', '.join(_FIELDS)}")
+            continue
+        if _FIELDS[key].type in (bool, "bool"):
+            if not isinstance(value, bool):
+                problems.append(f"{where}.{key}: {value!r} is not allowed; allowed: true, false")
+            else:
+                values[key] = value
+            continue
+        want_int = _FIELDS[key].type in (int, "int")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and want_int:
+            ok = float(value).is_integer()
+        if not ok or value < 0 or (key in ("target_ci", "confidence") and not 0 < value < 1):
+            kind = "a non-negative integer" if want_int else "a non-negative number"
+            if key in ("target_ci", "confidence"):
+                kind = "a number between 0 and 1"
+            problems.append(f"{where}.{key}: {value!r} is not {kind}")
+            continue
+        values[key] = int(value) if want_int else float(value)
+    result = dataclasses.replace(ProtocolSettings(), **values)
+    if result.max_iterations < 1:
+        problems.append(f"{where}.max_iterations: must be at least 1")
+    if result.timeout_seconds <= 0:
+        problems.append(f"{where}.timeout_seconds: must be above 0")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Stopping rule (pure)
+
+
+def minimums_met(samples: Sequence[float], s: ProtocolSettings) -> bool:
+    return len(samples) >= max(1, s.min_iterations) and float(sum(samples)) >= s.min_seconds
+
+
+def stop_reason(samples: Sequence[float], s: ProtocolSettings) -> str | None:
+    """Why timing may stop now, or None to keep sampling.
+
+    Both minimums come first (iterations and seconds); only then does the first of precision reached,
+    iteration cap or time cap apply.
+    """
+    if not minimums_met(samples, s):
+        return None
+    n, total = len(samples), float(sum(samples))
+    if n >= s.max_iterations:
+        return "max_iterations"
+    if total >= s.max_seconds:
+        return "max_seconds"
+    half = stats.relative_ci_halfwidth(samples, s.confidence)
+    if half is not None and half <= s.target_ci:
+        return "ci"
+    return None
+
+
+def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float | None) -> int:
+    """How many iterations to ask for next: enough to reach both minimums, then ~10 % more at a time (so the rule
+    is checked often without a round trip per iteration). Never more than the time cap allows at the estimated
+    speed, never past the iteration cap once the minimums hold; one iteration when there is no estimate yet."""
+    if estimate_s is None or estimate_s <= 0:
+        return 1
+    n, total = len(samples), float(sum(samples))
+    if not minimums_met(samples, s):
+        want = max(s.min_iterations - n, math.ceil((s.min_seconds - total) / estimate_s), 1)
+    else:
+        want = min(max(1, math.ceil(0.1 * n)), max(1, s.max_iterations - n))
+    return int(min(want, max(1, math.ceil((s.max_seconds - total) / estimate_s))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Controller side of the runner protocol
+
+
+class RunnerError(Exception):
+    """The runner reported an error event or broke the protocol."""
+
+
+class ChannelClosedError(Exception):
+    """The runner's output ended (exit, crash, device gone) before the protocol finished."""
+
+
+class ChannelTimeoutError(Exception):
+    """No complete answer before the deadline."""
+
+
+class Channel(Protocol):
+    """A line-oriented JSON link to one runner process."""
+
+    def send(self, message: dict[str, Any]) -> None: ...
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        """The next JSON event; raises ChannelClosedError at end of output, ChannelTimeoutError at the
+        deadline (time.monotonic())."""
+        ...
+
+
+class Lines(Protocol):
+    """A program's stdin and stdout as bytes and lines (a device kind's spawned Process)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def read_line(self, deadline: float) -> bytes: ...
+
+
+class LineQueue:
+    """Lines handed from a reader thread to `get` (None marks the end of the output), so that a silent program is
+    timed out instead of blocking the controller forever."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue()
+
+    def put(self, line: bytes | None) -> None:
+        self._queue.put(line)
+
+    def get(self, deadline: float) -> bytes:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ChannelTimeoutError()
+        try:
+            line = self._queue.get(timeout=remaining)
+        except queue.Empty:
+            raise ChannelTimeoutError() from None
+        if line is None:
+            self._queue.put(None)  # stay closed for later calls
+            raise ChannelClosedError("runner output ended")
+        return line
+
+
+class JsonLines:
+    """The runner protocol's framing over a program's stdin/stdout: one JSON object per line. Lines that are not
+    JSON objects are not protocol lines (a runner's stray prints): they are skipped."""
+
+    def __init__(self, lines: Lines) -> None:
+        self._lines = lines
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._lines.write(json.dumps(message).encode() + b"\n")
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        while True:
+            raw = self._lines.read_line(deadline)
+            try:
+                event = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                return event
+
+
+def _seconds(event: dict[str, Any], key: str, required: bool = True, positive: bool = False) -> float | None:
+    """A time field of an event: a finite number of seconds, >= 0 (> 0 for `positive`); RunnerError naming the line
+    otherwise, so a runner's bad line is its row's reason, never a crash of the sweep."""
+    value = event.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 \
+            or (positive and value == 0):
+        raise RunnerError(f"runner protocol: bad '{event.get('event')}' line {json.dumps(event)[:200]}: '{key}' "
+                          f"must be a {'positive' if positive else 'non-negative'} number of seconds")
+    return float(value)
+
+
+def byte_count(event: dict[str, Any], key: str) -> int | None:
+    """A memory field of an event: an integer number of bytes, or None when absent or negative (runners say -1 for
+    "could not read it"); RunnerError naming the line when it is not a number at all."""
+    value = event.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RunnerError(f"runner protocol: bad '{event.get('event')}' line {json.dumps(event)[:200]}: '{key}' "
+                          "must be a number of bytes")
+    return int(value) if value >= 0 else None
+
+
+@dataclass
+class Batch:
+    samples: list[float]
+    starts: list[float] | None  # protocol v2's `t` of each iteration, when every line carried one
+
+
+def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    while True:
+        event = channel.receive(deadline)
+        kind = event.get("event")
+        if kind == "error":
+            raise RunnerError(str(event.get("message", "runner error")))
+        if kind == "op":
+            ops.append(event)
+            continue
+        if kind == want:
+            return event
+        raise RunnerError(f"runner protocol: expected '{want}' event, got {json.dumps(event)[:200]}")
+
+
+def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]], cmd: str = "run") -> Batch:
+    """Ask for n iterations (`run`, or v2's `warmup`); their times and, when the runner sends them, their starts."""
+    channel.send({"cmd": cmd, "iterations": n})
+    got: list[float] = []
+    starts: list[float | None] = []
+    while True:
+        event = channel.receive(deadline)
+        kind = event.get("event")
+        if kind == "iter":
+            got.append(_seconds(event, "s", positive=True))  # type: ignore[arg-type]
+            starts.append(_seconds(event, "t", required=False))
+        elif kind == "batch":
+            break
+        elif kind == "op":
+            ops.append(event)
+        elif kind == "error":
+            raise RunnerError(str(event.get("message", "runner error")))
+        else:
+            raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a batch")
+    if len(got) != n:
+        raise RunnerError(f"runner protocol: asked for {n} iterations, got {len(got)}")
+    return Batch(got, None if any(t is None for t in starts) else [float(t) for t in starts])  # type: ignore[arg-type]
+
+
+@dataclass
+class Measurement:
+    ready: dict[str, Any]
+    done: dict[str, Any]
+    protocol: int
+    samples_s: list[float] = field(default_factory=list)
+    starts_s: list[float] | None = None  # iteration starts relative to the first timed one (v2 `t`)
+    ops: list[dict[str, Any]] = field(default_factory=list)
+    stop_reason: str = ""
+    batches: int = 0
+    warmup_by: str = "runner"
+    warmup_iterations: int | None = None
+    warmup_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# Called once timing has stopped, before "stop": what a device measures with the runner still warm and loaded
+# (an energy window). It gets a function that runs n more iterations and returns their times.
+RunMore = Callable[[int], list[float]]
+BeforeStop = Callable[[RunMore, list[float]], dict[str, Any]]
+
+
+class Driver:
+    """One runner under the stopping rule, a batch at a time: `time_alone` drives one, `lockstep` several."""
+
+    def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False
+                 ) -> None:
+        self.channel, self.s, self.deadline = channel, s, deadline
+        self.controller_warmup = controller_warmup  # the runner was told to leave warmup to us (if it speaks v2)
+        self.ops: list[dict[str, Any]] = []
+        self.samples: list[float] = []
+        self.starts: list[float] | None = []
+        self.batches = 0
+        self.ready: dict[str, Any] = {}
+        self.protocol = 1
+        self.estimate: float | None = None
+        self.warmup_by = "runner"
+        self.warmups: list[float] = []
+
+    def start(self) -> None:
+        """Wait for 'ready' (the runner has loaded; a v1 runner has warmed up too), then warm up a v2 runner that
+        left warmup to the controller."""
+        self.ready = _expect(self.channel, self.deadline, "ready", self.ops)
+        self.protocol = self.ready.get("protocol")  # type: ignore[assignment]
+        if self.protocol not in SUPPORTED_PROTOCOLS:
+            raise RunnerError(f"runner speaks protocol {self.protocol!r}; devicelab speaks "
+                              f"{', '.join(map(str, SUPPORTED_PROTOCOLS))}")
+        first = _seconds(self.ready, "first_s")
+        warmups = self.ready.get("warmups")
+        if not (isinstance(warmups, int) and not isinstance(warmups, bool) and warmups >= 0):
+            raise RunnerError(f"runner protocol: bad 'ready' line {json.dumps(self.ready)[:200]}: 'warmups' must be "
+                              "a non-negative integer")
+        _seconds(self.ready, "load_s")
+        warm_s = _seconds(self.ready, "warmup_s", required=False)
+        # The first batch is sized from what every runner sends: the warmup's mean when it reports one, else the
+        # first inference (slower than steady state, so the first batch errs short, never runs away).
+        self.estimate = (warm_s / warmups) if warmups and warm_s else (first or None)
+        if self.protocol >= 2 and self.controller_warmup and warmups == 0:
+            self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Protocol v2: warmup batches until both warmup minimums hold (iterations and seconds)."""
+        self.warmup_by = "controller"
+        s = self.s
+        while len(self.warmups) < s.warmup_iterations or sum(self.warmups) < s.warmup_seconds:
+            if self.estimate:
+                n = max(s.warmup_iterations - len(self.warmups),
+                        math.ceil((s.warmup_seconds - sum(self.warmups)) / self.estimate), 1)
+                n = min(n, max(1, math.ceil(s.max_seconds / self.estimate)))
+            else:
+                n = 1
+            got = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup").samples
+            self.warmups.extend(got)
+            self.estimate = float(stats.median(got) or 0) or self.estimate
+
+    def reason(self) -> str | None:
+        return stop_reason(self.samples, self.s)
+
+    def capped(self) -> bool:
+        """No more batches, whatever the others need: both minimums hold and an iteration or time cap is reached."""
+        return minimums_met(self.samples, self.s) and (
+            len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
+
+    def step(self, most: int | None = None) -> None:
+        n = next_batch(self.samples, self.s, self.estimate)
+        batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+        self.samples.extend(batch.samples)
+        if self.starts is not None and batch.starts is not None:
+            self.starts.extend(batch.starts)
+        else:
+            self.starts = None
+        self.batches += 1
+        self.estimate = float(stats.median(batch.samples) or 0) or self.estimate
+
+    def time_alone(self) -> None:
+        """Batches until the stopping rule holds (no other runner to keep pace with)."""
+        while self.reason() is None:
+            self.step()
+
+    def finish(self, before_stop: BeforeStop | None = None) -> Measurement:
+        extra: dict[str, Any] = {}
+        if before_stop is not None:
+            extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
+        self.channel.send({"cmd": "stop"})
+        done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
+                       self.ops)
+        starts = None
+        if self.starts and len(self.starts) == len(self.samples):
+            starts = [t - self.starts[0] for t in self.starts]
+        if self.warmup_by == "controller":
+            w_n, w_s = len(self.warmups), float(sum(self.warmups))
+        else:
+            w_n, w_s = self.ready.get("warmups"), _seconds(self.ready, "warmup_s", required=False)
+        return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
+                           starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
+                           warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s, extra=extra)
+
+
+def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop: BeforeStop | None = None
+            ) -> Measurement:
+    """Drive one runner from 'ready' to 'done' under the stopping rule."""
+    d = Driver(channel, s, deadline)
+    d.start()
+    d.time_alone()
+    return d.finish(before_stop)
+
+
+# Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every
+# runner of a slice cycle, long enough that a switch (the other process's caches) touches few iterations.
+LOCKSTEP_SLICE_S = 0.1
+
+
+# What a runner can do wrong while it is driven (a transport adds its own: the device going away).
+RUNNER_FAULTS: tuple[type[Exception], ...] = (RunnerError, ChannelClosedError, ChannelTimeoutError)
+
+
+def lockstep(drivers: Sequence[Driver], failed: Callable[[int, Exception], None],
+             slice_s: float = LOCKSTEP_SLICE_S, faults: tuple[type[Exception], ...] = RUNNER_FAULTS) -> None:
+    """Time several started runners (the labels of one A/B config, pinned to the same CPUs) in alternating slices
+    of about `slice_s` each, the order reversed every cycle, until every one's stopping rule holds (one that is
+    done keeps pace with the others until its caps, so all samples stay interleaved). A runner that raises one of
+    `faults` is handed to `failed` (by its index) and dropped; the others go on."""
+    live = list(range(len(drivers)))
+    cycle = 0
+    while live and any(drivers[i].reason() is None for i in live):
+        stepping = [i for i in live if not drivers[i].capped()]
+        if not stepping:
+            break
+        for i in stepping if cycle % 2 == 0 else reversed(stepping):
+            d = drivers[i]
+            try:
+                d.step(max(1, math.ceil(slice_s / d.estimate)) if d.estimate else 1)
+            except faults as e:
+                live.remove(i)
+                failed(i, e)
+        cycle += 1
+
+
+def now_deadline(seconds: float) -> float:
+    return time.monotonic() + seconds

@@ -1,0 +1,27 @@
+"""Rows for configs that never reached a device — the other place a Result is born (the session makes every row
+that ran on one). A failed config is a row, never a gap: the plan knows it cannot run (unsupported), its model did
+not convert (failed), its device was gone before it started or a farm worker was lost with it (infra-failed)."""
+
+from __future__ import annotations
+
+from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Config, Result, utc_now
+
+
+def _row(run_id: str, config: Config, status: str, reason: str) -> Result:
+    now = utc_now()
+    return Result.for_config(run_id, config, status, reason=reason, started_at=now, finished_at=now)
+
+
+def unsupported(run_id: str, config: Config, reason: str) -> Result:
+    """The plan knows this combination cannot run here (engine, precision, backend, affinity...)."""
+    return _row(run_id, config, UNSUPPORTED, reason)
+
+
+def not_converted(run_id: str, config: Config, reason: str) -> Result:
+    """The engine's converter failed on this model: the engine's message is the reason."""
+    return _row(run_id, config, FAILED, reason)
+
+
+def device_gone(run_id: str, config: Config, reason: str) -> Result:
+    """The device could not be reached before the config started (or its farm worker was lost with it)."""
+    return _row(run_id, config, INFRA_FAILED, f"device {config.device}: {reason}")

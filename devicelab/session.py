@@ -1,0 +1,649 @@
+"""One session turns Jobs into finished Results on any transport (docs/architecture.md): the runner's config and
+staging, placing files on the device, spawning pinned (under dlprobe where it is built), driving runner protocol
+v1/v2 alone or in lockstep, an engine's own tool, the energy window, throttling, the accuracy outputs — and then the
+Result, built once, whole. It is the only place (with devicelab.rows, for rows that never reached a device) where a
+Result is created. A device or engine fault becomes a row; only Ctrl-C and bugs propagate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devicelab import native
+from devicelab.analysis import accuracy, stats
+from devicelab.devices.base import (STDERR_TAIL_BYTES, Exit, Process, Transport, TransportLostError)
+from devicelab.energy import EnergyResult, unmeasured
+from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
+from devicelab.engines.base import INPUT_SEED
+from devicelab.engines.tool_base import ToolEngine, ToolSettings
+from devicelab.facts import DeviceFacts
+from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
+                               JsonLines, Measurement, ProtocolSettings, byte_count, lockstep,
+                               now_deadline)
+from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
+                              Pinning, Result, RunProtocol, Warmup, utc_now)
+
+# A runner's faults while it is driven: the protocol's, and the device going away.
+FAULTS: tuple[type[Exception], ...] = (*RUNNER_FAULTS, TransportLostError)
+
+PYTHON_RUNNER = "devicelab.runners.host"
+OUTPUTS_FILE = "outputs.npz"
+PROBE_FILE = "dlprobe.json"
+CONFIG_FILE = "config.json"
+EXIT_WAIT_S = 60.0  # after "done" the runner writes its accuracy outputs and exits
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a device needs to run one config (picklable: a farm worker receives it)."""
+
+    run_id: str
+    config: Config
+    source: SourceModel  # the suite's model as given (ONNX): the accuracy reference is computed from it
+    prepared: PreparedModel  # the model in the engine's own format
+    settings: ProtocolSettings
+    options: dict[str, Any] = field(default_factory=dict)  # engine options: the conversion's, then the suite's
+    notes: tuple[str, ...] = ()
+    seed: int = INPUT_SEED  # the inputs' seed (fixed: every run feeds the same data)
+
+    @property
+    def accuracy_wanted(self) -> bool:
+        return self.settings.accuracy_inputs > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Between configs: the idle baseline and the cooldown
+
+
+def idle_baseline(transport: Transport) -> dict[str, Any]:
+    """State at the start of a run, against which cooldown waits."""
+    try:
+        return transport.state()
+    except OSError as e:
+        return {"at": utc_now(), "unavailable": [f"state: {e}"]}
+
+
+def cooldown(transport: Transport, baseline: dict[str, Any], s: ProtocolSettings) -> Cooldown:
+    """Wait until the transport's cooldown zones are within `cooldown_tolerance_c` of the idle baseline (or the
+    timeout); a fixed pause where there is no sensor. What happened goes with the next Results."""
+    base = transport.cooldown_zones(baseline.get("temperatures_c") or {})
+    if not base:
+        time.sleep(s.cooldown_seconds)
+        return Cooldown("fixed pause (no temperature sensor)", s.cooldown_seconds)
+    start = time.monotonic()
+    zones = tuple(sorted(base))
+    while True:
+        try:
+            now = transport.state().get("temperatures_c") or {}
+        except OSError as e:  # the device went: the run goes on, and its config will say so
+            return Cooldown("temperature", round(time.monotonic() - start, 3), zones, error=str(e))
+        over = {k: round(now[k] - base[k], 2) for k in base
+                if k in now and now[k] - base[k] > s.cooldown_tolerance_c}
+        waited = round(time.monotonic() - start, 3)
+        if not over:
+            return Cooldown("temperature", waited, zones, reached=True)
+        if waited >= s.cooldown_timeout_seconds:
+            return Cooldown("temperature", waited, zones, reached=False, still_above_baseline_c=over)
+        time.sleep(transport.cooldown_poll_seconds)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure pieces: the runner's config, throttling, programs
+
+
+def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
+    """The config a runner-protocol program is started with (before the engine's `stage`); `outputs_file` as the
+    runner sees it (None: no accuracy pass). `warmup.by`: a protocol v2 runner leaves the warmup to the controller;
+    a v1 runner ignores the key and warms itself."""
+    cfg, s = job.config, job.settings
+    return {"engine": cfg.engine, "model": str(job.prepared.path), "inputs": list(job.source.inputs),
+            "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend,
+            "seed": job.seed, "options": job.options,
+            "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds, "by": "controller"},
+            "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
+
+
+def throttled(before: dict[str, Any] | None, after: dict[str, Any] | None, cpus: Sequence[int]) -> bool | None:
+    """True when a pinned core's frequency cap (or its current frequency's cap) was below its hardware maximum
+    before or after the config; None when the device has no cpufreq to tell."""
+    seen = False
+    for state in (before or {}, after or {}):
+        for cpu in cpus:
+            f = (state.get("cpufreq") or {}).get(str(cpu))
+            if not f or not f.get("hw_max_khz"):
+                continue
+            seen = True
+            cap = min(x for x in (f.get("max_khz"), f.get("hw_max_khz")) if x)
+            if cap < f["hw_max_khz"]:
+                return True
+    return False if seen else None
+
+
+def native_programs(transport: Transport, names: Sequence[str]) -> dict[str, Path] | str:
+    """devicelab's native programs (`devicelab build-native`) for this device, or why there are none."""
+    targets = transport.native_targets()
+    if isinstance(targets, str):
+        return targets
+    for target in targets:
+        record = native.registered(target)
+        if record and all(n in record.artifacts for n in names):
+            return {n: record.artifacts[n].path for n in names}
+    also = f" (or --target {targets[0]})" if len(targets) > 1 else ""
+    return (f"{', '.join(names)} not built for {transport.kind} devices ({transport.facts().abi}): run "
+            f"`devicelab build-native --target {targets[-1]}`{also}")
+
+
+def tool_settings(job: Job, facts: DeviceFacts, engine: ToolEngine) -> ToolSettings:
+    """What devicelab asks of an engine's own tool for this config: exact counts (`tool_iterations`; the tool has no
+    stopping rule), and the pinning expressed the way tools that re-pin themselves can understand it."""
+    cfg = job.config
+    return ToolSettings(threads=cfg.threads, cpus=tuple(cfg.cpus), precision=cfg.precision, backend=cfg.backend,
+                        iterations=job.settings.tool_iterations, warmups=job.settings.warmup_iterations,
+                        big_cores=bool(cfg.cpus) and set(cfg.cpus) <= set(facts.biggest_cluster()),
+                        input_shapes=tuple(tuple(int(d) for d in i["shape"]) for i in job.source.inputs),
+                        extra_args=engine.extra_args(job.options),
+                        affinity=cfg.affinity if cfg.affinity in ("big", "little", "all") else None)
+
+
+def artifact_bytes(prepared: PreparedModel) -> int | None:
+    try:
+        return prepared.path.stat().st_size + sum(Path(v).stat().st_size for k, v in prepared.options.items()
+                                                  if k == "weights")
+    except OSError:
+        return None
+
+
+def _package_shim(folder: Path) -> str:
+    """A folder holding just the `devicelab` package (runners included), for another interpreter's PYTHONPATH
+    (a label whose engine build lives in another environment): adding our whole site-packages would shadow that
+    environment's own engine build."""
+    import importlib.util
+
+    import devicelab
+
+    root = folder / "shim"
+    pkg = root / "devicelab"
+    pkg.mkdir(parents=True)
+    source = Path(devicelab.__file__).resolve().parent
+    for entry in source.iterdir():
+        if entry.name not in ("runners", "reports", "__pycache__"):
+            (pkg / entry.name).symlink_to(entry)
+    # Editable installs map runners/ and reports/ from the repository root; installed ones keep them inside.
+    for sub in ("runners", "reports"):
+        spec = importlib.util.find_spec(f"devicelab.{sub}")
+        if spec and spec.submodule_search_locations:
+            (pkg / sub).symlink_to(Path(list(spec.submodule_search_locations)[0]))
+    return str(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# One job's life on a device
+
+
+class _Ended(Exception):
+    """A job ended before its runner was driven (its status and reason are set)."""
+
+
+class _Attempt:
+    """One job from staging to its Result. The status stays OK until something says otherwise; the Result is made
+    once, in `result()`."""
+
+    def __init__(self, transport: Transport, job: Job, cooldown_record: Cooldown | None, stack: contextlib.ExitStack
+                 ) -> None:
+        self.t, self.job, self.cfg, self.s = transport, job, job.config, job.settings
+        self.cooldown = cooldown_record
+        self.stack = stack
+        self.engine: Engine = get_engine(job.config.engine)
+        self.tool = self.engine if isinstance(self.engine, ToolEngine) else None
+        self.notes = list(job.notes)
+        self.status, self.reason = OK, None  # type: tuple[str, str | None]
+        self.started = utc_now()
+        self.state_before: dict[str, Any] | None = None
+        self.fields: dict[str, Any] = {}
+        self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
+        self.ext: dict[str, Any] = {}
+        self.energy: EnergyResult | None = None
+        self.process: Process | None = None
+        self.driver: Driver | None = None
+        self.run_dir: str | None = None
+        self.probed = False
+        self.stderr = ""
+        self.spawned = False  # the program was started: the row then has a state after, energy and stderr
+        self.exit: Exit | None = None
+        self.hook: Any = None
+        self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-session-")))
+
+    def end(self, status: str, reason: str) -> None:
+        if self.status == OK or status == INFRA_FAILED:  # the device going away explains everything after it
+            self.status, self.reason = status, reason
+
+    # ---- before the runner starts
+
+    def prepare(self) -> None:
+        """Everything up to the command: raises _Ended when the job cannot run (the row says why)."""
+        t, cfg = self.t, self.cfg
+        facts = t.facts()
+        if facts.extra.get("emulated"):
+            self.notes.append("an emulated device (ro.kernel.qemu=1): its timings say nothing about a phone's speed")
+        self.tool_s = tool_settings(self.job, facts, self.tool) if self.tool else None
+        if self.tool and self.tool_s and (why := self.tool.unsupported_reason(self.tool_s)):
+            self._stop(UNSUPPORTED, why)
+        program, programs, libraries = self._program()
+        try:
+            self.state_before = t.state()
+        except OSError as e:
+            self._stop(INFRA_FAILED, f"device disconnected: {e}")
+        probe = native_programs(t, ["dlprobe"])
+        if isinstance(probe, str):
+            if t.missing_probe_note:
+                self.notes.append(f"pinned with {t.pin_method}; peak memory is the program's own report ({probe})")
+        else:
+            programs.update(probe)
+        try:
+            files = self._stage()
+            libs = [(p.name, p) for p in libraries]
+            placed = t.put([*files, *libs, *programs.items()])
+            if placed.transfer.files:  # a device that holds its own copies (not the host)
+                self.record["push"] = placed.transfer
+                t.on_event("push", {"device": t.id, **dataclasses.asdict(placed.transfer)})
+            at = dict(zip([*(rel for rel, _ in files), *(f"lib/{n}" for n, _ in libs), *programs], placed.paths))
+            self.run_dir = t.run_folder({k: v for k, v in at.items() if k not in programs})
+            self.stack.callback(self._remove_run_dir)
+        except TransportLostError as e:
+            self._stop(INFRA_FAILED, f"device disconnected: {e}")
+        except (OSError, ValueError) as e:
+            self._stop(FAILED, str(e))
+        run_dir = self.run_dir
+        assert run_dir is not None
+        if program is None:  # devicelab's Python runner, in the device's interpreter
+            target = [self.python, "-m", PYTHON_RUNNER, f"{run_dir}/{CONFIG_FILE}"]
+        elif self.tool:
+            assert self.tool_s is not None
+            target = self.tool.argv(at[program], run_dir, self.tool_s)
+        else:
+            target = [at[program], f"{run_dir}/{CONFIG_FILE}"]
+        self.target = target
+        env: dict[str, str] = {"OMP_NUM_THREADS": str(cfg.threads)}
+        if program is None:
+            # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
+            env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+            if self.job.options.get("python"):
+                env["PYTHONPATH"] = _package_shim(self.tmp)
+        if libraries:
+            env["LD_LIBRARY_PATH"] = f"{run_dir}/lib"
+        self.env = env
+        mask = f"0x{sum(1 << c for c in cfg.cpus):x}" if cfg.cpus else None
+        if "dlprobe" in programs:
+            # dlprobe pins the program (sched_setaffinity before exec, so every thread it starts inherits it),
+            # samples it from a core outside the set, and reports wait4's ru_maxrss.
+            self.argv = native.probe_argv(at["dlprobe"], target, cfg.cpus, f"{run_dir}/{PROBE_FILE}")
+            self.spawn_cpus: tuple[int, ...] = ()
+            self.probed = True
+            method = "dlprobe (sched_setaffinity before exec)"
+        else:
+            self.argv, self.spawn_cpus = target, tuple(cfg.cpus)
+            method = t.pin_method if cfg.cpus else "none (no CPUs chosen)"
+        self.record["pinning"] = Pinning(tuple(cfg.cpus), method, cfg.affinity, mask,
+                                         tuple(c.to_dict() for c in facts.clusters))
+
+    def _stop(self, status: str, reason: str) -> None:
+        self.end(status, reason)
+        raise _Ended()
+
+    def _program(self) -> tuple[str | None, dict[str, Path], tuple[Path, ...]]:
+        """(the program's name among `programs`, or None for the Python runner; programs to place; libraries)."""
+        user = self.engine.user_runner(self.job.options)
+        if user is not None:
+            binary, libraries = user
+            return binary.name, {binary.name: binary}, libraries
+        if self.engine.native_runner:
+            found = native_programs(self.t, [self.engine.native_runner])
+            if isinstance(found, str):
+                self._stop(FAILED, found)
+            return self.engine.native_runner, dict(found), ()  # type: ignore[arg-type]
+        python = self.job.options.get("python") or getattr(self.t, "python", None)
+        if not python:
+            self._stop(FAILED, f"{self.cfg.engine} has no runner that runs on {self.t.kind} devices")
+        self.python = str(python)
+        return None, {}, ()
+
+    def _stage(self) -> list[tuple[str, Path]]:
+        """The run folder's files as (name relative to it, local file): a tool's model layout, or what the engine
+        stages for its runner plus the runner's config."""
+        if self.tool:
+            return [(rel, Path(local)) for rel, local in self.tool.model_layout(self.job.prepared).items()]
+        staging = self.tmp / "stage"
+        staging.mkdir()
+        cfg = self.engine.stage(runner_config(self.job, OUTPUTS_FILE if self.job.accuracy_wanted else None), staging)
+        (staging / CONFIG_FILE).write_text(json.dumps(cfg))
+        return [(p.name, p) for p in sorted(staging.iterdir()) if p.is_file()]
+
+    def _remove_run_dir(self) -> None:
+        if self.run_dir is not None:
+            with contextlib.suppress(OSError):
+                self.t.remove(self.run_dir)
+            self.run_dir = None
+
+    # ---- the runner
+
+    def spawn(self) -> None:
+        """Start the program; for a runner, wait until it is ready (and warmed up)."""
+        try:
+            self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
+        except TransportLostError as e:
+            self._stop(INFRA_FAILED, f"device disconnected: {e}")
+        except (OSError, ValueError) as e:
+            self._stop(FAILED, f"could not start the runner: {e}")
+        self.spawned = True
+        self.stack.callback(self._reap)
+        self.hook = self.energy_hook()
+        if self.tool:
+            self.process.close_stdin()
+            return
+        self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
+                             controller_warmup=True)
+        try:
+            self.driver.start()
+        except FAULTS as e:
+            self.fail(e)
+            raise _Ended() from None
+
+    def fail(self, e: Exception) -> None:
+        """A fault while driving the runner: its row's status and reason."""
+        self.driver = None
+        assert self.process is not None
+        if isinstance(e, ChannelTimeoutError):
+            how = self.process.kill()
+            self.end(FAILED, f"timeout: no answer within timeout_seconds={self.s.timeout_seconds:g}; {how}")
+        elif isinstance(e, ChannelClosedError):
+            self.exit = self.process.wait(5.0)
+            if self.exit is not None and self.exit.lost:
+                self.end(INFRA_FAILED, f"device disconnected ({self.exit.lost})")
+            else:
+                self.end(FAILED, "runner ended before finishing ("
+                                 f"{self.exit.describe() if self.exit else 'still running'})")
+        elif isinstance(e, TransportLostError):
+            self.end(INFRA_FAILED, f"device disconnected ({e})")
+        else:
+            self.end(FAILED, str(e))
+
+    def energy_hook(self) -> Any:
+        """The before-stop hook that measures energy, or None (with self.energy saying why not)."""
+        if self.tool:
+            self.energy = unmeasured("engine tools are not measured for energy (load, warmup and timing share one "
+                                     "process): use a runner-protocol engine (dlbench, protocol)")
+            return None
+        source = self.t.energy_source()
+        if isinstance(source, str):
+            self.energy = unmeasured(source)
+            return None
+        if not self.s.energy:
+            self.energy = unmeasured("energy is off for this suite (protocol: energy: true measures it)")
+            return None
+        self.energy = source.unavailable(self.s, self.state_before or {})
+        if self.energy is not None:
+            return None
+        state = self.state_before or {}
+        return lambda run_more, samples: {"energy": source.window(run_more, samples, self.s, state)}
+
+    def finish(self, labels: Sequence[str]) -> None:
+        """Stop a runner that is still timing, keep what it measured, and see it exit cleanly."""
+        if self.driver is None or self.status != OK:
+            return
+        try:
+            m = self.driver.finish(self.hook)
+            self.fields = self._measurement_fields(m)
+        except FAULTS as e:
+            self.fail(e)
+            return
+        if "energy" in m.extra:
+            self.energy = m.extra["energy"]
+        if len(labels) > 1:
+            self.record["lockstep"] = Lockstep(tuple(x for x in labels if x != self.cfg.label), LOCKSTEP_SLICE_S)
+        assert self.process is not None
+        self.exit = self.process.wait(EXIT_WAIT_S)
+        if self.exit is None:
+            self.end(FAILED, f"runner did not exit within {EXIT_WAIT_S:g} s after 'done'")
+        elif self.exit.lost:
+            self.end(INFRA_FAILED, f"device disconnected after the runner finished ({self.exit.lost})")
+        elif self.exit.code != 0:
+            self.end(FAILED, f"runner {self.exit.describe()} after 'done'")
+
+    def _measurement_fields(self, m: Measurement) -> dict[str, Any]:
+        ready, done = m.ready, m.done
+        pinned = ready.get("cpus")
+        if isinstance(pinned, list) and self.cfg.cpus and sorted(map(str, pinned)) != sorted(map(str, self.cfg.cpus)):
+            self.notes.append(f"runner reports affinity {pinned}, asked for {list(self.cfg.cpus)}")
+        self.record.update(stop_reason=m.stop_reason, batches=m.batches, runner_protocol=m.protocol,
+                           outputs_sha256=done.get("outputs_sha256"), ops=tuple(m.ops),
+                           warmup=Warmup(m.warmup_by, m.warmup_iterations, m.warmup_seconds))
+        if ready.get("runner_version"):
+            self.record["runner_version"] = str(ready["runner_version"])
+        if m.starts_s is not None:
+            self.ext["iter_t_s"] = tuple(m.starts_s)
+        peak = byte_count(done, "peak_rss_bytes")
+        self.runner_peak = (peak, done.get("peak_rss_method"))
+        return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
+                "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
+                "load_s": ready.get("load_s"), "first_s": ready.get("first_s"),
+                "rss_before_load_bytes": byte_count(ready, "rss_before_load_bytes"), "peak_rss_bytes": peak,
+                "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
+                                 "(RSS before load: its VmRSS after the engine import, before the model loads)"}
+
+    # ---- an engine's own tool: once, to the end
+
+    def run_tool(self) -> None:
+        assert self.process is not None and self.tool is not None and self.tool_s is not None
+        lines: list[str] = []
+        deadline = now_deadline(self.s.timeout_seconds)
+        try:
+            while True:
+                lines.append(self.process.read_line(deadline).decode(errors="replace"))
+        except ChannelClosedError:
+            pass
+        except ChannelTimeoutError:
+            how = self.process.kill()
+            self.end(FAILED, f"timeout: {self.tool.tool} did not finish within timeout_seconds="
+                             f"{self.s.timeout_seconds:g}; {how}")
+            return
+        self.exit = self.process.wait(EXIT_WAIT_S)
+        if self.exit is None:
+            how = self.process.kill()
+            self.end(FAILED, f"{self.tool.tool} closed its output but did not exit; {how}")
+        elif self.exit.lost:
+            self.end(INFRA_FAILED, f"device disconnected ({self.exit.lost})")
+        elif self.exit.code is None:
+            self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
+        self.tool_stdout = "\n".join(lines) + "\n"
+
+    # ---- after the program
+
+    def collect(self) -> None:
+        """Bring back what the program wrote (dlprobe's report, the accuracy outputs or a tool's files) and make the
+        measurement fields; remove the run folder."""
+        if self.status == INFRA_FAILED or self.run_dir is None:
+            self._remove_run_dir()
+            return
+        report = None
+        files: dict[str, str] = {}
+        outputs: Path | None = None
+        try:
+            if self.probed and self.t.pull(f"{self.run_dir}/{PROBE_FILE}", self.tmp / PROBE_FILE):
+                report = native.ProbeReport.read(self.tmp / PROBE_FILE)
+            if self.status == OK and self.tool:
+                for name in self.tool.output_files:
+                    if self.t.pull(f"{self.run_dir}/{name}", self.tmp / name):
+                        files[name] = (self.tmp / name).read_text(errors="replace")
+            if self.status == OK and not self.tool and self.job.accuracy_wanted:
+                outputs = self.tmp / OUTPUTS_FILE
+                if not self.t.pull(f"{self.run_dir}/{OUTPUTS_FILE}", outputs):
+                    outputs = None
+                    self.notes.append("the runner wrote no outputs file: accuracy not compared")
+            self._remove_run_dir()
+        except TransportLostError as e:
+            self.end(INFRA_FAILED, f"device disconnected while collecting the results ({e})")
+            return
+        if self.probed and report is None:
+            self.notes.append("dlprobe wrote no report (the runner was killed or never started)")
+        if report is not None:
+            self.record["dlprobe"] = report.summary()
+            if self.status == FAILED and report.exit_signal and self.reason and "ended before" in self.reason:
+                # dlprobe exits 128 + signal; say what happened to the runner itself
+                self.reason = f"runner ended before finishing ({Exit(128 + report.exit_signal, report.exit_signal).describe()})"
+        if self.tool and self.status == OK:
+            self._tool_fields(report, files)
+        elif self.status == OK:
+            self._memory(report)
+        if self.status == OK and outputs is not None:
+            self._accuracy(outputs)
+        if self.status != OK:
+            self.fields = {}
+
+    def _memory(self, report: native.ProbeReport | None) -> None:
+        runner_peak, runner_method = getattr(self, "runner_peak", (None, None))
+        if report is None:
+            return
+        peak, method, note = native.peak_memory(report, runner_peak, runner_method)
+        if note:
+            self.notes.append(note)
+        self.fields.update(peak_rss_bytes=peak, memory_method=method + " (RSS before load: the runner's VmRSS "
+                                                                         "before the model loads)")
+
+    def _tool_fields(self, report: native.ProbeReport | None, files: dict[str, str]) -> None:
+        assert self.tool is not None and self.tool_s is not None and self.exit is not None
+        code = self.exit.code if self.exit.code is not None else 0
+        if report is not None and report.exit_code is not None:
+            code = report.exit_code  # dlprobe exits with the tool's status (128 + signal)
+        stderr = self.process.stderr() if self.process else ""
+        run = self.tool.reconcile(self.tool.parse(self.tool_stdout, stderr, code, files), self.tool_s)
+        fields = run.result_fields()
+        tool = fields.pop("tool")
+        self.notes.extend(fields.pop("notes"))
+        self.record["tool"] = {**tool, "argv": self.target, "exit_code": code, "iterations_asked": self.tool_s.iterations}
+        self.record["warmup"] = Warmup("tool", fields.get("warmups"), None)
+        if run.error is not None:
+            self.end(FAILED, f"{self.tool.tool}: {run.error}")
+            return
+        peak, method = fields.pop("peak_rss_bytes"), fields.pop("memory_method")
+        if report is not None:
+            peak, method, note = native.peak_memory(report, peak, method)
+            if note:
+                self.notes.append(note)
+            method += " (RSS before load: the runner's VmRSS before the model loads)"
+        fields["samples_s"] = tuple(fields["samples_s"])
+        self.fields = {**fields, "peak_rss_bytes": peak, "memory_method": method}
+
+    def _accuracy(self, outputs: Path) -> None:
+        import numpy as np
+
+        from devicelab import paths
+        from devicelab.engines.onnxruntime import reference_outputs
+
+        count = self.s.accuracy_inputs
+        reference = reference_outputs(self.job.source, INPUT_SEED, count, paths.data_dir() / "reference")
+        with np.load(outputs) as data:
+            got = [data[f"arr_{k}"] for k in range(len(data.files))]
+        try:
+            acc = accuracy.agreement(reference, got)
+        except ValueError as e:
+            self.notes.append(f"accuracy not compared: {e}")
+            return
+        if self.cfg.precision in ("fp16", "bf16") and acc["max_abs_diff"] < accuracy.NO_EFFECT_MAX_ABS_DIFF:
+            self.notes.append(f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {self.cfg.precision} "
+                              "setting changed no arithmetic on this CPU")
+        self.fields["accuracy"] = acc
+
+    def _reap(self) -> None:
+        """Never leave a runner behind (Ctrl-C included): close its input, give it a moment, then kill it."""
+        p = self.process
+        if p is None:
+            return
+        if self.exit is None:
+            p.close_stdin()
+            self.exit = p.wait(5.0)
+            if self.exit is None:
+                p.kill()
+        self.stderr = p.stderr()
+        self.process = None
+
+    # ---- the Result, once
+
+    def result(self) -> Result:
+        if self.process is not None:
+            self._reap()
+        # What a row carries depends on how far it got: one that never started its program has no state after,
+        # no energy record and no stderr; one that lost its device has no state after either.
+        state_after, was_throttled = None, None
+        if self.spawned and self.status != INFRA_FAILED:
+            try:
+                state_after = self.t.state()
+            except OSError as e:
+                self.notes.append(f"state after the run could not be read: {e}")
+            was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
+        if self.status == OK:
+            self.notes.extend(stats.stability_warnings(self.fields.get("samples_s", ()), was_throttled))
+        energy = self.energy.result_fields() if self.energy is not None and self.spawned else {}
+        if self.energy is not None and self.energy.detail:
+            self.record["energy"] = EnergyWindow.from_record(self.energy.detail)
+        protocol = RunProtocol(settings=self.s.to_dict(), cooldown=self.cooldown,
+                               artifact_bytes=artifact_bytes(self.job.prepared), **self.record)
+        ok = self.status == OK
+        return Result.for_config(
+            self.job.run_id, self.cfg, self.status, reason=self.reason, notes=tuple(self.notes),
+            state_before=self.state_before, state_after=state_after, throttled=was_throttled,
+            started_at=self.started, finished_at=utc_now(), stderr_tail=self.stderr[-STDERR_TAIL_BYTES:] or None,
+            protocol=protocol, ext=dict(self.ext) if ok else {}, **energy, **(self.fields if ok else {}))
+
+
+# --------------------------------------------------------------------------------------------------
+# The entry point
+
+
+def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldown | None = None) -> list[Result]:
+    """Results for `jobs` on `transport`, in order. Several runner-protocol jobs (the A/B labels of one config) are
+    started one after another (loads never contend) and timed in lockstep; tools run one at a time, to the end."""
+    with contextlib.ExitStack() as stack:
+        attempts = [_Attempt(transport, job, cooldown_record, stack) for job in jobs]
+        live: list[_Attempt] = []
+        for a in attempts:
+            try:
+                a.prepare()
+                a.spawn()
+            except _Ended:
+                if a.spawned:  # it started but failed before timing: what dlprobe saw still explains it
+                    a._reap()
+                    a.collect()
+                continue
+            if a.tool:
+                a.run_tool()
+                a.collect()
+                a._reap()
+            else:
+                live.append(a)
+        drivers = [a for a in live if a.driver is not None]
+        labels = [a.cfg.label for a in drivers]
+        if len(drivers) == 1:
+            try:
+                drivers[0].driver.time_alone()  # type: ignore[union-attr]
+            except FAULTS as e:
+                drivers[0].fail(e)
+        elif drivers:
+            lockstep([a.driver for a in drivers], lambda i, e: drivers[i].fail(e),  # type: ignore[misc]
+                     faults=FAULTS)
+        for a in live:
+            a.finish(labels)
+            a._reap()
+            a.collect()
+        return [a.result() for a in attempts]
+
+
+__all__ = ["Job", "run_jobs", "cooldown", "idle_baseline", "throttled", "runner_config", "native_programs",
+           "tool_settings", "OUTPUTS_FILE"]

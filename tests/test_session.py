@@ -1,0 +1,196 @@
+"""The session on a device kind written from docs/devices.md alone: a toy transport (a subprocess on the host posing as
+a device, with its own file system root) runs a config end to end through the contract and nothing else."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devicelab import zoo
+from devicelab.devices.base import Exit, Placed, Process, Transport
+from devicelab.engines import PreparedModel, SourceModel
+from devicelab.facts import DeviceEntry, DeviceFacts
+from devicelab.measure import ChannelClosedError, ProtocolSettings
+from devicelab.result import OK, Config, Result, Transfer, utc_now
+from devicelab.session import Job, run_jobs
+
+EXAMPLE_RUNNER = Path(__file__).resolve().parent.parent / "examples" / "protocol_runner.c"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "devices.md"
+
+
+class ToyProcess(Process):
+    def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> None:
+        super().__init__()
+        self.p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=env, cwd=cwd, start_new_session=True)
+        threading.Thread(target=self._pump_out, daemon=True).start()
+        threading.Thread(target=self._pump_err, daemon=True).start()
+
+    def _pump_out(self) -> None:
+        assert self.p.stdout is not None
+        for raw in self.p.stdout:
+            self._line(raw.rstrip(b"\n"))
+        self._ended()
+
+    def _pump_err(self) -> None:
+        assert self.p.stderr is not None
+        for chunk in iter(lambda: self.p.stderr.read(4096), b""):  # type: ignore[union-attr]
+            self._stderr(chunk)
+
+    def write(self, data: bytes) -> None:
+        try:
+            assert self.p.stdin is not None
+            self.p.stdin.write(data)
+            self.p.stdin.flush()
+        except OSError:
+            raise ChannelClosedError("stdin closed") from None
+
+    def close_stdin(self) -> None:
+        if self.p.stdin and not self.p.stdin.closed:
+            self.p.stdin.close()
+
+    def wait(self, timeout: float) -> Exit | None:
+        try:
+            code = self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return Exit(128 - code, -code) if code < 0 else Exit(code)
+
+    def kill(self) -> str:
+        os.killpg(self.p.pid, signal.SIGKILL)
+        self.p.wait()
+        return "killed"
+
+
+class ToyTransport(Transport):
+    """A "device" whose files live under its own root: put copies them there by content, run folders hold links."""
+
+    kind = "toy"
+    pin_method = "none (the toy does not pin)"
+    missing_probe_note = False
+
+    def __init__(self, entry: DeviceEntry, root: Path) -> None:
+        super().__init__(entry)
+        self.root = root
+
+    def facts(self) -> DeviceFacts:
+        return DeviceFacts(self.id, self.kind, "toy", "toy OS", platform.machine(), (0,), ())
+
+    def state(self) -> dict[str, Any]:
+        return {"at": utc_now(), "temperatures_c": {}, "cpufreq": {}, "unavailable": ["the toy has no sensors"]}
+
+    def put(self, files: Sequence[tuple[str, Path]]) -> Placed:
+        paths, copied, sent = [], 0, 0
+        for name, local in files:
+            digest = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+            dest = self.root / "blobs" / digest / Path(name).name
+            if not dest.exists():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(local, dest)
+                copied, sent = copied + 1, sent + dest.stat().st_size
+            paths.append(str(dest))
+        return Placed(paths, Transfer(len(files), copied, sent, 0.0))
+
+    def run_folder(self, links: Mapping[str, str]) -> str:
+        folder = self.root / "run" / str(len(list((self.root / "run").glob("*"))) if (self.root / "run").exists() else 0)
+        folder.mkdir(parents=True)
+        for name, target in links.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).symlink_to(target)
+        return str(folder)
+
+    def pull(self, path: str, local: Path) -> bool:
+        if not Path(path).is_file():
+            return False
+        shutil.copyfile(path, local)
+        return True
+
+    def remove(self, folder: str) -> None:
+        shutil.rmtree(folder)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
+        return ToyProcess(argv, {"PATH": os.environ.get("PATH", ""), **env}, cwd)
+
+    def clean(self) -> dict[str, Any]:
+        shutil.rmtree(self.root)
+        return {"device": self.id, "removed": str(self.root), "bytes": 0}
+
+    def native_targets(self) -> str:
+        return "the toy has no native builds"
+
+
+FAST = ProtocolSettings(warmup_iterations=2, warmup_seconds=0.0, min_iterations=5, min_seconds=0.0,
+                        max_iterations=8, max_seconds=2.0, cooldown_seconds=0.0, timeout_seconds=60,
+                        accuracy_inputs=0)
+
+
+@pytest.fixture(scope="module")
+def runner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runner") / "protocol_runner"
+    subprocess.run(["cc", "-O2", "-o", str(out), str(EXAMPLE_RUNNER)], check=True, capture_output=True)
+    return out
+
+
+def _job(tmp: Path, runner: Path, label: str = "", repeat: int = 0) -> Job:
+    model = zoo.zoo_model("squeezenet1_1", tmp / "zoo")
+    source = SourceModel(model.name, model.path, model.sha256, tuple(zoo.onnx_inputs(model.path)), zoo=True)
+    cfg = Config("toy-1", "protocol", label, "sha256:x", model.name, model.sha256, model.bytes, "fp32", "cpu", 1,
+                 (), "all", repeat)
+    return Job("run-1", cfg, source, PreparedModel(model.path), FAST, options={"binary": str(runner)})
+
+
+def test_a_toy_transport_runs_a_config_end_to_end(tmp_path: Path, runner: Path) -> None:
+    toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    first = run_jobs(toy, [_job(tmp_path, runner)])[0]
+    assert first.status == OK, (first.reason, first.stderr_tail)
+    assert len(first.samples_s) >= FAST.min_iterations and first.median_s and first.peak_rss_bytes
+    assert first.protocol is not None and first.protocol.stop_reason and first.protocol.runner_protocol == 1
+    assert first.protocol.warmup is not None and first.protocol.warmup.by == "runner"  # the example runner is v1
+    assert first.protocol.push is not None and first.protocol.push.pushed_files >= 3  # runner, model, config
+    assert first.protocol.pinning is not None and first.protocol.pinning.method.startswith("none")
+    # The run folder is gone, the blobs stay: a second run of the same config copies nothing.
+    assert list((tmp_path / "device" / "run").iterdir()) == []
+    second = run_jobs(toy, [_job(tmp_path, runner)])[0]
+    assert second.status == OK and second.protocol is not None and second.protocol.push is not None
+    assert second.protocol.push.pushed_files == 0 and second.protocol.push.bytes == 0
+    # The row survives the store's round trip unchanged.
+    assert Result.from_dict(first.to_dict()) == first
+
+
+def test_two_labels_on_the_toy_run_in_lockstep(tmp_path: Path, runner: Path) -> None:
+    toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    a, b = run_jobs(toy, [_job(tmp_path, runner, "a"), _job(tmp_path, runner, "b")])
+    assert a.status == b.status == OK
+    assert a.protocol and a.protocol.lockstep and a.protocol.lockstep.with_ == ("b",)
+    assert b.protocol and b.protocol.lockstep and b.protocol.lockstep.with_ == ("a",)
+    assert a.started_at and b.finished_at and a.started_at < b.finished_at and b.started_at < a.finished_at
+
+
+def test_a_runner_that_crashes_is_a_failed_row_with_its_exit(tmp_path: Path) -> None:
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\necho '{\"event\":\"ready\",\"protocol\":1,\"load_s\":0.1,\"first_s\":0.01,"
+                     "\"warmups\":1,\"rss_before_load_bytes\":1}'\nkill -SEGV $$\n")
+    crash.chmod(0o755)
+    toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    r = run_jobs(toy, [_job(tmp_path, crash)])[0]
+    assert r.status == "failed" and r.reason == "runner ended before finishing (killed by signal SIGSEGV)"
+
+
+def test_the_docs_page_names_every_method_of_the_contract() -> None:
+    text = DOCS.read_text()
+    for cls in (Transport, Process):
+        for name in sorted(getattr(cls, "__abstractmethods__")):
+            assert f"`{name}(" in text, f"docs/devices.md does not document {cls.__name__}.{name}"
+    for hook in ("cooldown_zones", "energy_source", "profile_key", "close", "pin_method", "lockstep",
+                 "missing_probe_note", "cooldown_poll_seconds"):
+        assert f"`{hook}" in text, hook
