@@ -95,7 +95,8 @@ def test_run_pushes_once_pins_to_big_and_records_state(phone: EmulatedPhone, ser
     assert r["cpus"] == [big] and r["protocol"]["pinning"]["method"] == "taskset"
     assert r["protocol"]["pinning"]["mask"] == hex(1 << big)
     assert not any("runner reports affinity" in n for n in r["notes"])  # the runner saw the mask it was given
-    assert r["protocol"]["push"]["bytes"] == 0 and r["protocol"]["push"]["files"] == 2  # second run: nothing new
+    # second run: nothing new (the runner, the model and the config are all content-addressed)
+    assert r["protocol"]["push"]["bytes"] == 0 and r["protocol"]["push"]["files"] == 3
     for state in (r["state_before"], r["state_after"]):
         assert any(k.startswith("cpu-") for k in state["temperatures_c"]) and str(big) in state["cpufreq"]
         assert state["charging"] is False and state["screen"] == "off" and state["power"]["battery_percent"] == 80
@@ -130,7 +131,8 @@ def test_names_with_shell_characters_arrive_as_literals(phone: EmulatedPhone, se
 
 def test_disconnect_mid_config_is_infra_failed_others_continue_resume_finishes(
         server: AdbServer, runner_arm64: Path, env: dict[str, str], tmp_path: Path) -> None:
-    with EmulatedPhone(server, tmp_path / "a", drop_on=["protocol_runner@0.5"]) as a, \
+    # Dropped at the second batch the runner is asked for: mid-config, the same way every time.
+    with EmulatedPhone(server, tmp_path / "a", drop_on=['protocol_runner@input="run"#2']) as a, \
             EmulatedPhone(server, tmp_path / "b") as b:
         suite = _suite(tmp_path / "s.yaml", [a.serial, b.serial], runner_arm64,
                        models=["squeezenet1_1", "mobilenet_v2"], seed=3,
@@ -178,7 +180,8 @@ def test_a_phone_lost_during_lockstep_fails_its_rows_as_infra_and_resume_finishe
         server: AdbServer, runner_arm64: Path, env: dict[str, str], tmp_path: Path) -> None:
     """The phone drops while two labels are timed together: both rows are infra-failed (device disconnected), not
     an error out of the sweep, and --resume runs them once the phone is back."""
-    with EmulatedPhone(server, tmp_path / "a", drop_on=["protocol_runner@0.5"]) as a:
+    # The second batch of the round: the first label's first slice has run, the second label's is under way.
+    with EmulatedPhone(server, tmp_path / "a", drop_on=['protocol_runner@input="run"#2']) as a:
         suite = _suite(tmp_path / "s.yaml", [a.serial], runner_arm64, repeats=1,
                        protocol={"min_seconds": 2.0, "max_seconds": 3.0},
                        engines=[{"name": "protocol", "label": x, "options": {"binary": str(runner_arm64)}}

@@ -24,6 +24,8 @@ from devicelab.testing.emulated_adb import EmulatedDevice
 from devicelab.testing.emulated_device import (ClusterSpec, Profile, ProfileError, Sandbox, default_clusters,
                                                read_energy_log)
 
+pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
+
 DEFAULT = Profile()
 BIG = DEFAULT.clusters[-1]
 BIG_CPU = BIG.cpus[0]
@@ -339,6 +341,33 @@ def test_drop_mid_command_then_restart_on_same_root(adb_server: AdbServer, tmp_p
         assert wait_for(lambda: adb_server.state(p.serial) != "device", timeout=10)
         p.restart(drop_on=[])  # same port, same root: the phone coming back
         assert p.device().shell("cat /data/local/tmp/keep.txt") == "still here"
+
+
+def test_drop_rules_parse() -> None:
+    from devicelab.testing.emulated_adb import DropRule, EmulatorError
+
+    assert DropRule.parse("runner") == DropRule("runner", 0.5)
+    assert DropRule.parse("runner@2") == DropRule("runner", 2.0)
+    assert DropRule.parse('runner@input="run"#2') == DropRule("runner", on_input='"run"', count=2)
+    assert DropRule.parse("runner@input=go") == DropRule("runner", on_input="go", count=1)
+    with pytest.raises(EmulatorError, match="N >= 1"):
+        DropRule.parse("runner@input=go#0")
+
+
+@needs_adb()
+def test_drop_tied_to_the_nth_input_fires_then_and_not_before(adb_server: AdbServer, tmp_path: Path) -> None:
+    """The event-tied rule: the second "go" a command receives drops the phone, the first does not (a timer can
+    miss a command that happens to be quick; an event cannot)."""
+    with EmulatedPhone(adb_server, tmp_path / "root", drop_on=["cat@input=go#2"]) as p:
+        sh = RawShellV2(p.device(), "cat")
+        sh.send(0, b"go 1\n")
+        assert sh.stdout_line() == b"go 1\n"  # the first one passes through: still connected
+        sh.send(0, b"go 2\n")
+        with pytest.raises((EOFError, OSError, AssertionError)):
+            while True:  # the stream ends without an exit packet (or the echo races the drop)
+                sh.packet()
+        sh.close()
+        assert wait_for(lambda: adb_server.state(p.serial) != "device", timeout=10)
 
 
 @needs_adb()

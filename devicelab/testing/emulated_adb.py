@@ -2,7 +2,7 @@
 real adb server (`adb connect 127.0.0.1:PORT`) and adbutils shell, push, pull and read exit codes end to end.
 
     python -m devicelab.testing.emulated_adb --port 0 [--root DIR] [--profile FILE.yaml] [--connect]
-                                             [--drop-on TEXT[@SECONDS]] [--no-namespace]
+                                             [--drop-on TEXT[@SECONDS] | TEXT@input=INPUT[#N]] [--no-namespace]
 
 The first line on stdout is the address (127.0.0.1:PORT); everything else goes to stderr. SIGUSR1 drops the
 transport (as a pulled USB cable does) until SIGUSR2; SIGTERM/SIGINT kill every command and exit 0.
@@ -69,13 +69,26 @@ class _ProtocolError(Exception):
 
 @dataclass(frozen=True)
 class DropRule:
-    """Drop the transport when a command containing `text` has been running `seconds` (fires once)."""
+    """Drop the transport once, while a command containing `text` runs: after it has run `seconds`, or — tied to an
+    event, so a test fails the same way every time — when the `count`-th stdin packet containing `on_input` reaches
+    such commands (e.g. the second `"run"` command a runner receives)."""
 
     text: str
     seconds: float = 0.5
+    on_input: str | None = None
+    count: int = 1
 
     @classmethod
     def parse(cls, spec: str) -> DropRule:
+        """`TEXT@SECONDS`, `TEXT` (0.5 s), or `TEXT@input=INPUT[#N]`."""
+        text, sep, rest = spec.partition("@input=")
+        if sep:
+            wanted, hash_, n = rest.rpartition("#")
+            if not hash_:
+                wanted, n = rest, "1"
+            if not text or not wanted or not n.isdigit() or int(n) < 1:
+                raise EmulatorError(f"--drop-on {spec!r}: expected TEXT@input=INPUT[#N] (N >= 1)")
+            return cls(text, on_input=wanted, count=int(n))
         text, sep, secs = spec.rpartition("@")
         try:
             seconds = float(secs) if sep else None
@@ -268,6 +281,7 @@ class EmulatedDevice:
         self.port = port
         self.address = ""
         self._drop_rules = list(drop_on)
+        self._inputs_seen: dict[DropRule, int] = {}  # stdin matches per event-tied rule
         self.sandbox = Sandbox(self.root, self.profile)
         self.runner = Runner(self.sandbox, namespace)
         self.model: Model | None = None
@@ -483,7 +497,7 @@ class EmulatedDevice:
         with self._sessions_lock:
             self._sessions.add(sid)
         self._arm_drop_rules(cmd, proc)
-        stdin_task = asyncio.get_running_loop().create_task(self._pump_stdin(stream, proc, v2))
+        stdin_task = asyncio.get_running_loop().create_task(self._pump_stdin(stream, proc, v2, cmd))
         finished = False
         try:
             if closed_early:
@@ -555,7 +569,7 @@ class EmulatedDevice:
             else:
                 await stream.write(SH_HEADER.pack(packet_id, len(data)) + data)
 
-    async def _pump_stdin(self, stream: _Stream, proc: asyncio.subprocess.Process, v2: bool) -> None:
+    async def _pump_stdin(self, stream: _Stream, proc: asyncio.subprocess.Process, v2: bool, cmd: str) -> None:
         assert proc.stdin is not None
         stdin: asyncio.StreamWriter | None = proc.stdin
         buf = bytearray()
@@ -587,16 +601,29 @@ class EmulatedDevice:
                 payload = bytes(buf[SH_HEADER.size:SH_HEADER.size + length])
                 del buf[:SH_HEADER.size + length]
                 if packet_id == SH_STDIN:
+                    self._input_event(cmd, payload)
                     await feed(payload)
                 elif packet_id == SH_CLOSE_STDIN and stdin is not None:
                     stdin.close()
                     stdin = None
                 # SH_WINDOW and others: no pty here, nothing to resize
 
+    def _input_event(self, cmd: str, payload: bytes) -> None:
+        """Event-tied drop rules: count the stdin packets that match, drop the transport at the rule's count."""
+        for rule in list(self._drop_rules):
+            if rule.on_input is None or rule.text not in cmd or rule.on_input.encode() not in payload:
+                continue
+            self._inputs_seen[rule] = self._inputs_seen.get(rule, 0) + 1
+            if self._inputs_seen[rule] == rule.count:
+                self._drop_rules.remove(rule)
+                print(f"emulated_adb: --drop-on {rule.text!r}@input={rule.on_input!r}#{rule.count}: dropping the "
+                      "transport for good", file=sys.stderr, flush=True)
+                self._background(self._drop(None))
+
     def _arm_drop_rules(self, cmd: str, proc: asyncio.subprocess.Process) -> None:
         loop = asyncio.get_running_loop()
         for rule in list(self._drop_rules):
-            if rule.text in cmd:
+            if rule.on_input is None and rule.text in cmd:
                 def fire(rule: DropRule = rule) -> None:
                     if proc.returncode is None and rule in self._drop_rules:
                         self._drop_rules.remove(rule)
@@ -789,8 +816,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="sandbox root, kept and reused (default: a temporary folder)")
     p.add_argument("--profile", type=Path, help="profile YAML (serial, props, clusters, thermal, battery...)")
     p.add_argument("--connect", action="store_true", help="run `adb connect` to the address once listening")
-    p.add_argument("--drop-on", action="append", default=[], metavar="TEXT[@SECONDS]",
-                   help="drop the transport for good when a command containing TEXT has run SECONDS (0.5)")
+    p.add_argument("--drop-on", action="append", default=[], metavar="TEXT[@SECONDS]|TEXT@input=INPUT[#N]",
+                   help="drop the transport for good when a command containing TEXT has run SECONDS (0.5), or when "
+                        "such commands have received INPUT on stdin for the N-th time (1)")
     p.add_argument("--no-namespace", action="store_true", help="run commands with the host's /bin/sh, paths rewritten")
     return p
 
