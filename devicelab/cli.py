@@ -25,6 +25,17 @@ DevicesOpt = typer.Option(None, "--devices", help="inventory YAML (default: DEVI
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
 
 
+def _output_file(value: Optional[str]) -> Optional[str]:
+    """An output path option, checked before any work: its folder must exist (nothing half-done, nothing written)."""
+    if value:
+        path = Path(value).expanduser()
+        if path.is_dir():
+            raise typer.BadParameter(f"{path} is a folder; give a file name")
+        if not path.parent.is_dir():
+            raise typer.BadParameter(f"folder {path.parent} does not exist (create it first)")
+    return value
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=1, default=str) + "\n")
 
@@ -196,7 +207,8 @@ def run(
     affinity: Optional[list[str]] = typer.Option(None, "--affinity", help="big, little, all, or a CPU list"),
     devices_file: Optional[str] = DevicesOpt,
     db: Optional[str] = DbOpt,
-    report_path: Optional[str] = typer.Option(None, "--report", help="where to write the HTML report"),
+    report_path: Optional[str] = typer.Option(None, "--report", help="where to write the HTML report",
+                                              callback=_output_file),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a suite (or --resume one) and store every Result. Exit 1 if any config failed."""
@@ -293,7 +305,10 @@ class _RunProgress:
             self.progress.advance(self.task)
         elif kind == "ab":
             said = ", ".join(f"{n} {k}" for k, n in obj["verdicts"].items() if n)
-            if obj["decided"]:
+            if obj.get("stopped"):
+                self.progress.console.print(f"A/B stopped after round {obj['rounds']}: {obj['stopped']}",
+                                            markup=False)
+            elif obj["decided"]:
                 self.progress.console.print(f"A/B: every pair decided after {obj['rounds']} rounds ({said}); "
                                             "the rest of the rounds are not needed", markup=False)
             else:
@@ -326,8 +341,8 @@ def _render_tables(results: list[Any]) -> None:
 
 
 ThresholdOpt = typer.Option("2%", "--threshold", help="smallest change that counts: 2% or 0.02")
-JunitOpt = typer.Option(None, "--junit", help="write a JUnit XML file for CI systems")
-MarkdownOpt = typer.Option(None, "--markdown", help="write a markdown summary")
+JunitOpt = typer.Option(None, "--junit", help="write a JUnit XML file for CI systems", callback=_output_file)
+MarkdownOpt = typer.Option(None, "--markdown", help="write a markdown summary", callback=_output_file)
 
 
 @app.command()
@@ -449,7 +464,8 @@ def regress(
 @app.command()
 def report(
     run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", help="one or more runs, side by side"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the HTML file"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the HTML file",
+                                         callback=_output_file),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Write the offline HTML review report of one or more runs."""
@@ -469,7 +485,8 @@ def report(
 def export(
     run_id: str = typer.Argument(..., metavar="RUN_ID"),
     fmt: str = typer.Option("csv", "--format", help="csv, json or parquet"),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout for csv/json)"),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout for csv/json)",
+                                         callback=_output_file),
     db: Optional[str] = DbOpt,
 ) -> None:
     """Every sample of a run: csv and parquet one row per sample, json one object per result."""

@@ -141,7 +141,16 @@ def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float 
 
 
 class RunnerError(Exception):
-    """The runner reported an error event or broke the protocol."""
+    """The runner reported an error event or broke the protocol. `unsupported`: the runner said the engine cannot do
+    this config here (its error event carried `"unsupported": true`), which makes an `unsupported` row."""
+
+    def __init__(self, message: str, unsupported: bool = False) -> None:
+        super().__init__(message)
+        self.unsupported = unsupported
+
+
+def _error(event: dict[str, Any]) -> RunnerError:
+    return RunnerError(str(event.get("message", "runner error")), unsupported=event.get("unsupported") is True)
 
 
 class ChannelClosedError(Exception):
@@ -216,7 +225,7 @@ class JsonLines:
                 return event
 
 
-def _seconds(event: dict[str, Any], key: str, required: bool = True, positive: bool = False) -> float | None:
+def seconds_field(event: dict[str, Any], key: str, required: bool = True, positive: bool = False) -> float | None:
     """A time field of an event: a finite number of seconds, >= 0 (> 0 for `positive`); RunnerError naming the line
     otherwise, so a runner's bad line is its row's reason, never a crash of the sweep."""
     value = event.get(key)
@@ -252,7 +261,7 @@ def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, An
         event = channel.receive(deadline)
         kind = event.get("event")
         if kind == "error":
-            raise RunnerError(str(event.get("message", "runner error")))
+            raise _error(event)
         if kind == "op":
             ops.append(event)
             continue
@@ -270,14 +279,14 @@ def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any
         event = channel.receive(deadline)
         kind = event.get("event")
         if kind == "iter":
-            got.append(_seconds(event, "s", positive=True))  # type: ignore[arg-type]
-            starts.append(_seconds(event, "t", required=False))
+            got.append(seconds_field(event, "s", positive=True))  # type: ignore[arg-type]
+            starts.append(seconds_field(event, "t", required=False))
         elif kind == "batch":
             break
         elif kind == "op":
             ops.append(event)
         elif kind == "error":
-            raise RunnerError(str(event.get("message", "runner error")))
+            raise _error(event)
         else:
             raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a batch")
     if len(got) != n:
@@ -332,13 +341,13 @@ class Driver:
         if self.protocol not in SUPPORTED_PROTOCOLS:
             raise RunnerError(f"runner speaks protocol {self.protocol!r}; devicelab speaks "
                               f"{', '.join(map(str, SUPPORTED_PROTOCOLS))}")
-        first = _seconds(self.ready, "first_s")
+        first = seconds_field(self.ready, "first_s")
         warmups = self.ready.get("warmups")
         if not (isinstance(warmups, int) and not isinstance(warmups, bool) and warmups >= 0):
             raise RunnerError(f"runner protocol: bad 'ready' line {json.dumps(self.ready)[:200]}: 'warmups' must be "
                               "a non-negative integer")
-        _seconds(self.ready, "load_s")
-        warm_s = _seconds(self.ready, "warmup_s", required=False)
+        seconds_field(self.ready, "load_s")
+        warm_s = seconds_field(self.ready, "warmup_s", required=False)
         # The first batch is sized from what every runner sends: the warmup's mean when it reports one, else the
         # first inference (slower than steady state, so the first batch errs short, never runs away).
         self.estimate = (warm_s / warmups) if warmups and warm_s else (first or None)
@@ -397,7 +406,7 @@ class Driver:
         if self.warmup_by == "controller":
             w_n, w_s = len(self.warmups), float(sum(self.warmups))
         else:
-            w_n, w_s = self.ready.get("warmups"), _seconds(self.ready, "warmup_s", required=False)
+            w_n, w_s = self.ready.get("warmups"), seconds_field(self.ready, "warmup_s", required=False)
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
                            starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s, extra=extra)

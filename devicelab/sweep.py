@@ -195,12 +195,18 @@ class Executor:
             for pc in todo:
                 if pc.config.identity_key() in done:
                     continue  # ran in lockstep with an earlier label of its round
-                if adaptive and pc.runnable and pc.config.repeat >= adaptive and pc.config.repeat != checked:
-                    checked = pc.config.repeat  # a new round: are the A/B pairs decided already?
-                    decision = self._ab_decision(checked)
-                    self.progress("ab", decision)
-                    if decision["decided"]:
+                if adaptive and pc.runnable and pc.config.repeat != checked and pc.config.repeat > 0:
+                    checked = pc.config.repeat  # a new round: did the last one give each pair something to compare?
+                    broken = self._ab_without_ok(checked - 1)
+                    if broken:  # more rounds would fail the same way: stop, the failed rows say why
+                        self.progress("ab", {"rounds": checked, "decided": False, "stopped": broken,
+                                             "verdicts": {}})
                         break
+                    if checked >= adaptive:  # are the A/B pairs decided already?
+                        decision = self._ab_decision(checked)
+                        self.progress("ab", decision)
+                        if decision["decided"]:
+                            break
                 group = groups.get(pc.config.identity_key(), [pc])
                 for member in group:
                     self.progress("start", member)
@@ -219,6 +225,20 @@ class Executor:
             for dev in self.p.devices.values():
                 dev.close()
         return out
+
+    def _ab_without_ok(self, round_: int) -> str | None:
+        """Why an adaptive A/B cannot go on: a pair one of whose labels had no ok process in `round_` (every config
+        of it failed, e.g. a runner that always times out), or None. Read from the store: a resumed run included."""
+        from devicelab.config import ab_pairs
+
+        ran = [r for r in self.store.results(self.run_id) if r.repeat == round_ and r.status != "unsupported"]
+        for engine, base, cand in ab_pairs(self.p.suite.engines):
+            for label in (base, cand):
+                mine = [r for r in ran if r.engine == engine and r.label == label]
+                if mine and not any(r.status == "ok" for r in mine):
+                    return (f"no ok process of {engine} [{label}] in round {round_ + 1} ({len(mine)} failed: "
+                            f"{mine[0].reason}): more rounds would not decide the pair")
+        return None
 
     def _ab_decision(self, rounds: int) -> dict[str, Any]:
         """After `rounds` rounds: compare's verdict for every A/B pair (engine under two labels) and config, from

@@ -8,6 +8,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,13 @@ def test_run_stores_results_and_writes_a_report(env: dict[str, str], tmp_path: P
     unsupported = [r for r in results if r["status"] == "unsupported"]
     assert len(ok) == 4 and len(unsupported) == 4
     assert all("no bf16 inference mode" in r["reason"] for r in unsupported)
+    # The engine's import is timed apart, and the RSS before load is read after it: at least what a bare interpreter
+    # holds once numpy and onnxruntime are imported (the v1 runner read it before the import: ~22 of ~47 MB).
+    imported = subprocess.run([sys.executable, "-c", "import re, numpy, onnxruntime; print(re.search("
+                               r"r'VmRSS:\s+(\d+)', open('/proc/self/status').read()).group(1))"],
+                              capture_output=True, text=True, check=True)
+    for r in ok:
+        assert r["ext"]["import_s"] > 0 and r["rss_before_load_bytes"] >= 0.9 * int(imported.stdout) * 1024
     ncpu = len(os.sched_getaffinity(0))
     assert {(r["threads"], len(r["cpus"])) for r in ok} == {(1, 1), (ncpu, ncpu)}
     for r in ok:
@@ -179,3 +187,51 @@ def test_result_fields_are_the_schema(env: dict[str, str], tmp_path: Path) -> No
     code, out, err = run_json("run", "--suite", str(write_suite(tmp_path / "s.yaml")), env=env)
     assert code == 0, err
     assert list(out["results"][0]) == list(RESULT_FIELDS)
+
+
+def _script_runner(path: Path, body: str) -> Path:
+    """A runner-protocol program written as a user would from docs/runner-protocol.md (Python, v1)."""
+    import sys
+
+    path.write_text(f"#!{sys.executable}\nimport json, sys, time\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+@pytest.mark.slow
+def test_a_runner_without_warmup_s_is_timed_in_bounded_batches(env: dict[str, str], tmp_path: Path) -> None:
+    """Its ready line has the required fields only: the first batch is sized from first_s (v1 code: from 0 s per
+    iteration, a batch of 1,000,000 that ran into the timeout), so every config runs to the stopping rule."""
+    runner = _script_runner(tmp_path / "r.py", """
+print(json.dumps({"event": "ready", "protocol": 1, "load_s": 0.01, "first_s": 0.002, "warmups": 3}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] == "stop":
+        print(json.dumps({"event": "done"}), flush=True)
+        break
+    for _ in range(cmd["iterations"]):
+        t0 = time.perf_counter(); time.sleep(0.002); print(json.dumps({"event": "iter", "s": time.perf_counter() - t0}))
+    print(json.dumps({"event": "batch"}), flush=True)
+""")
+    engines = [{"name": "protocol", "label": x, "options": {"binary": str(runner)}} for x in ("a", "b")]
+    suite = write_suite(tmp_path / "s.yaml", engines=engines, repeats=2,
+                        protocol={"min_seconds": 0.2, "max_iterations": 400, "timeout_seconds": 60})
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    assert [r["status"] for r in out["results"]] == ["ok"] * 4
+    for r in out["results"]:
+        assert r["protocol"]["stop_reason"] and len(r["samples_s"]) <= 400 and sum(r["samples_s"]) >= 0.2
+
+
+@pytest.mark.slow
+def test_an_adaptive_ab_whose_label_never_runs_stops_after_a_round(env: dict[str, str], tmp_path: Path) -> None:
+    broken = _script_runner(tmp_path / "broken.py", """
+print(json.dumps({"event": "error", "message": "this build cannot load the model"}), flush=True)
+sys.exit(1)
+""")
+    engines = [{"name": "protocol", "label": x, "options": {"binary": str(broken)}} for x in ("a", "b")]
+    suite = write_suite(tmp_path / "s.yaml", engines=engines)  # labels without repeats: adaptive {3, 24}
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 1
+    assert len(out["results"]) == 2 and all("cannot load the model" in r["reason"] for r in out["results"])
+    assert "A/B stopped after round 1: no ok process of protocol [a] in round 1" in err

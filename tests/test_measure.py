@@ -211,3 +211,19 @@ def test_the_ready_line_needs_its_required_fields(ready: dict[str, Any], says: s
     runner.queue[0] = ready
     with pytest.raises(RunnerError, match=says):
         Driver(runner, S, time.monotonic() + 10).start()
+
+
+def test_lockstep_reaches_the_minimums_before_any_cap() -> None:
+    """At 3 ms an iteration, 200 iterations take 0.6 s: below min_seconds. Alone a runner goes on to 1 s; in lockstep
+    it must too (the cap counts only once both minimums hold), whatever the other runner does."""
+    alone = measure(ScriptedRunner(seconds=0.003), S, time.monotonic() + 10)
+    assert sum(alone.samples_s) >= S.min_seconds and alone.stop_reason == "max_iterations"
+    log: list[str] = []
+    drivers = [Driver(LoggedRunner(x, log, seconds=0.003, jitter=0.001), S, time.monotonic() + 10) for x in "ab"]
+    for d in drivers:
+        d.start()
+    lockstep(drivers, lambda i, e: None)
+    for d in drivers:
+        m = d.finish()
+        assert sum(m.samples_s) >= S.min_seconds, (len(m.samples_s), sum(m.samples_s))
+        assert m.stop_reason == "max_iterations" and len(m.samples_s) >= len(alone.samples_s)

@@ -194,3 +194,14 @@ def test_the_docs_page_names_every_method_of_the_contract() -> None:
     for hook in ("cooldown_zones", "energy_source", "profile_key", "close", "pin_method", "lockstep",
                  "missing_probe_note", "cooldown_poll_seconds"):
         assert f"`{hook}" in text, hook
+
+
+def test_a_malformed_runner_line_fails_its_row_naming_it_and_the_others_run(tmp_path: Path, runner: Path) -> None:
+    bad = tmp_path / "bad.sh"
+    bad.write_text("#!/bin/sh\necho '{\"event\":\"ready\",\"protocol\":1,\"load_s\":0.1,\"first_s\":0.01,\"warmups\":1}'\n"
+                   "read cmd\necho '{\"event\":\"iter\",\"s\":\"fast\"}'\necho '{\"event\":\"batch\"}'\nread cmd\n")
+    bad.chmod(0o755)
+    toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    broken, fine = run_jobs(toy, [_job(tmp_path, bad, "bad"), _job(tmp_path, runner, "fine")])
+    assert broken.status == "failed" and '"s": "fast"' in str(broken.reason) and "'s' must be" in str(broken.reason)
+    assert fine.status == OK
