@@ -144,7 +144,8 @@ class EnergyWindow:
     absence): the idle and inference windows, their samples and mean powers; anything source-specific in `detail`
     (the battery source: its calibration)."""
 
-    window_s: float | None = None  # inference time in the window
+    window_s: float | None = None  # the inference window's wall time
+    inference_s: float | None = None  # the iterations' own times in the window
     iterations: int | None = None
     samples: int | None = None  # power samples inside the window (after it settled)
     idle_samples: int | None = None
@@ -152,6 +153,9 @@ class EnergyWindow:
     idle_w: float | None = None
     window_w: float | None = None
     median_window_iteration_s: float | None = None
+    idle_start_unix_s: float | None = None  # when each window began and ended, on the controller's wall clock
+    window_start_unix_s: float | None = None
+    window_end_unix_s: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -141,7 +141,9 @@ def calibrate(samples: Sequence[Sample], when: str = "") -> Calibration | str:
 
 def energy_per_inference(idle: Sequence[Sample], window: Sequence[Sample], window_s: float, iterations: int,
                          calibration: Calibration | None, min_window_s: float) -> EnergyResult:
-    """(mean power in the window − mean idle power) × window / iterations, or None with the reason."""
+    """(mean power in the window − mean idle power) × window / iterations, or None with the reason. `window_s` is the
+    wall time the power was averaged over (the iterations' own times leave out the batches' round trips, and a
+    runner that gets less CPU than it asks for: using them would make the joules come out low)."""
     record: dict[str, Any] = {"window_s": round(window_s, 4), "iterations": iterations, "samples": len(window),
                               "idle_samples": len(idle)}
     if calibration is None:
@@ -225,16 +227,16 @@ class BatterySource:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         try:
-            idle_start = time.monotonic()
+            idle_start, idle_start_unix = time.monotonic(), time.time()
             time.sleep(s.energy_idle_seconds)
-            window_start = time.monotonic()
+            window_start, window_start_unix = time.monotonic(), time.time()
             times: list[float] = []
             # Batches until the inference time reaches the window: the timed phase's median only estimates it.
             while sum(times) < s.energy_window_seconds:
                 estimate = float(stats.median(times[-iterations:]) or median) if times else median
                 iterations = max(1, math.ceil((s.energy_window_seconds - sum(times)) / estimate))
                 times += run_more(iterations)
-            window_end = time.monotonic()
+            window_end, window_end_unix = time.monotonic(), time.time()
         finally:
             sampler.kill()
             reader.join(5)
@@ -243,10 +245,15 @@ class BatterySource:
         settle = min(1.0, 0.1 * (window_end - window_start))
         idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
         window = [x for x in got if window_start + settle <= x.at_s <= window_end]
-        result = energy_per_inference(idle, window, float(sum(times)), len(times), calibration,
+        # Energy = Δpower × the window's wall time (its mean power estimated from the part after it settled).
+        result = energy_per_inference(idle, window, window_end - window_start, len(times), calibration,
                                       s.energy_min_window_seconds)
-        result.detail.update({"idle_s": round(window_start - idle_start, 3),
-                              "median_window_iteration_s": stats.median(times)})
+        result.detail.update({"idle_s": round(window_start - idle_start, 3), "inference_s": round(sum(times), 4),
+                              "median_window_iteration_s": stats.median(times),
+                              # when, on the controller's clock: a power monitor's log can be cut to the same window
+                              "idle_start_unix_s": round(idle_start_unix, 3),
+                              "window_start_unix_s": round(window_start_unix, 3),
+                              "window_end_unix_s": round(window_end_unix, 3)})
         return result
 
 
