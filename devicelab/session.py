@@ -26,8 +26,8 @@ from devicelab.engines.base import INPUT_SEED
 from devicelab.engines.tool_base import ToolEngine, ToolSettings
 from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
-                               JsonLines, Measurement, ProtocolSettings, byte_count, lockstep,
-                               now_deadline)
+                               JsonLines, Measurement, ProtocolSettings, RunnerError, byte_count, lockstep,
+                               now_deadline, seconds_field)
 from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
                               Pinning, Result, RunProtocol, Warmup, utc_now)
 
@@ -372,6 +372,8 @@ class _Attempt:
                                  f"{self.exit.describe() if self.exit else 'still running'})")
         elif isinstance(e, TransportLostError):
             self.end(INFRA_FAILED, f"device disconnected ({e})")
+        elif isinstance(e, RunnerError) and e.unsupported:
+            self.end(UNSUPPORTED, str(e))
         else:
             self.end(FAILED, str(e))
 
@@ -429,6 +431,14 @@ class _Attempt:
             self.record["runner_version"] = str(ready["runner_version"])
         if m.starts_s is not None:
             self.ext["iter_t_s"] = tuple(m.starts_s)
+        if ready.get("import_s") is not None:
+            self.ext["import_s"] = seconds_field(ready, "import_s")
+        gpu = ready.get("gpu_device")
+        if isinstance(gpu, dict) and isinstance(gpu.get("name"), str):
+            self.ext["gpu_device"] = {"name": gpu["name"], "type": gpu.get("type"), "software": bool(gpu.get("software"))}
+            if gpu.get("software"):
+                self.notes.append(f"the {self.cfg.backend} device is a software rasterizer ({gpu['name']}, on the CPU): "
+                                  "these are not GPU timings")
         peak = byte_count(done, "peak_rss_bytes")
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,

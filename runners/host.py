@@ -1,7 +1,7 @@
 """Host runner: one config, one fresh process. `python -m devicelab.runners.host CONFIG.json`
 
 Order matters for honest numbers: pin to the chosen CPUs first (so every thread the engine and numpy
-create inherits the mask), then import the engine, read RSS, load, run once (first inference), warm up,
+create inherits the mask), then import the engine (timed as import_s), read RSS, load, run once (first inference), warm up,
 and only then time iterations on command. Protocol lines go to the original stdout; anything the engine
 prints is redirected to stderr so it cannot corrupt the protocol.
 
@@ -13,6 +13,7 @@ warm itself up; the controller sends `warmup` commands and decides when timing i
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import sys
@@ -82,6 +83,12 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
     from devicelab.engines import get_engine, make_inputs
 
     engine = get_engine(config["engine"])
+    # The engine's import is timed apart (import_s): it is the same for every model, and far heavier for some engines
+    # (OpenVINO) than others, so load_s stays comparable across engines. RSS before load comes after it.
+    t0 = time.perf_counter()
+    for name in ("numpy", *engine.imports()):
+        importlib.import_module(name)
+    import_s = time.perf_counter() - t0
     rss_before = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     session = engine.open_session(config)
@@ -102,7 +109,9 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
             warm_total += time.perf_counter() - t0
             warmups += 1
 
-    _emit(out, {"event": "ready", "protocol": PROTOCOL, "load_s": load_s, "first_s": first_s,
+    device = getattr(session, "device", lambda: None)()  # the GPU a GPU backend runs on, where the engine says
+    _emit(out, {"event": "ready", "protocol": PROTOCOL, "import_s": import_s, "load_s": load_s, "first_s": first_s,
+                **({"gpu_device": device} if device else {}),
                 "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
                 "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None})
 
@@ -152,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
             config = json.load(f)
         return run(config, out, sys.stdin)
     except Exception as e:  # noqa: BLE001 - every failure must reach the controller as an event
+        from devicelab.engines.base import UnsupportedError
+
+        if isinstance(e, UnsupportedError):  # the engine cannot do this here: an `unsupported` row, not a failure
+            _emit(out, {"event": "error", "message": str(e), "unsupported": True})
+            return 4
         _emit(out, {"event": "error", "message": f"{type(e).__name__}: {e}"})
         return 1
 

@@ -88,13 +88,55 @@ class PreparedModel:
 
 class Session(Protocol):
     """One loaded model inside the runner. Only `run` is timed: input conversion (layouts, engine
-    tensor types) happens once in `prepare`, output conversion in `outputs`."""
+    tensor types) happens once in `prepare`, output conversion in `outputs`. A session may also say which device it
+    runs on (`device()`: {"name", "type", "software"}, for GPU backends), read by the runner through getattr."""
 
     def prepare(self, feeds: dict[str, Any]) -> Any: ...
 
     def run(self, prepared: Any) -> Any: ...
 
     def outputs(self, raw: Any) -> list[Any]: ...
+
+
+class UnsupportedError(RuntimeError):
+    """Found while loading: this engine cannot do what the config asks here (e.g. a GPU backend the build lacks, which
+    the engine would silently replace by its CPU). The runner reports it as such; the row is `unsupported`, never a
+    CPU run filed as a GPU one."""
+
+
+# GPU drivers that run on the CPU (Debian's lavapipe/llvmpipe for Vulkan, pocl for OpenCL, SwiftShader): their timings
+# are not GPU timings, and every Result says so.
+SOFTWARE_GPUS = ("llvmpipe", "lavapipe", "swiftshader", "pocl", "softpipe")
+
+
+def is_software_gpu(name: str) -> bool:
+    return any(s in name.lower() for s in SOFTWARE_GPUS)
+
+
+def with_native_output(call: Any) -> tuple[Any, str]:
+    """call() with what native code prints on fds 1 and 2 captured (an engine's own word on what it did, e.g. MNN's
+    "Can't Find type=7 backend, use 0 instead"), and passed on to stderr afterwards so it still reaches the log."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            result = call()
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        f.seek(0)
+        text = f.read().decode(errors="replace")
+    sys.stderr.write(text)
+    sys.stderr.flush()
+    return result, text
 
 
 class Engine:
@@ -113,6 +155,12 @@ class Engine:
     # measured process. Otherwise the name of a native artifact from `devicelab build-native` (devicelab.native's
     # registry, per target) that speaks runner protocol v1 itself, e.g. "dlbench".
     native_runner: ClassVar[str | None] = None
+    # The modules open_session imports, which the Python runner imports (and times, as import_s) before it reads the
+    # RSS before load and starts the load clock. Empty: just `module`.
+    runtime_imports: ClassVar[tuple[str, ...]] = ()
+
+    def imports(self) -> tuple[str, ...]:
+        return self.runtime_imports or ((self.module,) if self.module else ())
 
     def version(self) -> str | None:
         try:

@@ -20,6 +20,7 @@ class LiteRtEngine(Engine):
     name = "litert"
     package = "ai-edge-litert"
     module = "ai_edge_litert"
+    runtime_imports = ("ai_edge_litert.interpreter",)
     formats = ("tflite",)
     precisions = ("fp32", "fp16", "int8")
     backends = ("cpu",)

@@ -1,4 +1,5 @@
-"""MNN (pip MNN), CPU (OpenCL/Vulkan where the host has them).
+"""MNN (pip MNN), CPU; OpenCL/Vulkan where the MNN build has those backends (the pip wheel does not: MNN then runs on
+its CPU and says so, and devicelab makes that config `unsupported` with MNN's words).
 
 Conversion and quantization go through MNN's C extension `_tools` in a subprocess, NEVER through the
 `mnn`/`mnnconvert`/`mnnquant` console scripts: those import a module that pip-installs a package and uploads
@@ -11,6 +12,7 @@ N(0, 1) inputs, clipped at ±3σ.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -19,8 +21,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key,
-                                    has_library)
+from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, UnsupportedError, calibration_inputs,
+                                    calibration_key, has_library, with_native_output)
 from devicelab.paths import cached_file
 
 _PIXEL_SCALE = 42.5  # 255 / 6: ±3σ of a standard normal spans the 8-bit range
@@ -93,6 +95,26 @@ _PRECISION = {"fp32": "high", "fp16": "low", "bf16": "Low_BF16", "int8": "high"}
 _BACKEND = {"cpu": "CPU", "opencl": "OPENCL", "vulkan": "VULKAN"}
 
 
+def _fallback_line(text: str) -> str | None:
+    """MNN's own word that a backend is missing: "Can't Find type=7 backend, use 0 instead"."""
+    return next((line.strip() for line in text.splitlines() if "Can't Find type=" in line), None)
+
+
+@functools.cache
+def _backend_missing(backend: str) -> str | None:
+    """Why this MNN build cannot run `backend`, asked of MNN itself in a subprocess (the pip wheel carries the backend
+    names but not the GPU backends: it falls back to the CPU and says so), or None."""
+    script = ("import MNN, sys; MNN.nn.create_runtime_manager(({'backend': sys.argv[1], 'numThread': 1, "
+              "'precision': 'normal'},))")
+    try:
+        p = subprocess.run([sys.executable, "-c", script, _BACKEND[backend]], capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PIP_NO_INDEX": "1"})
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"MNN could not be asked about its {backend} backend: {e}"
+    line = _fallback_line(p.stdout + p.stderr)
+    return f"this MNN build has no {backend} backend (MNN: {line})" if line else None
+
+
 class MnnEngine(Engine):
     name = "mnn"
     package = "MNN"
@@ -107,6 +129,8 @@ class MnnEngine(Engine):
             return "no OpenCL ICD loader (libOpenCL) on this host"
         if backend == "vulkan" and not has_library("vulkan"):
             return "no Vulkan loader (libvulkan) on this host"
+        if backend != "cpu":
+            return _backend_missing(backend)
         return None
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
@@ -119,8 +143,13 @@ class MnnEngine(Engine):
     def open_session(self, config: dict[str, Any]) -> Session:
         import MNN
 
-        rt = MNN.nn.create_runtime_manager(({"backend": _BACKEND[config["backend"]], "numThread": int(config["threads"]),
-                                              "precision": _PRECISION[config["precision"]]},))
+        rt, said = with_native_output(lambda: MNN.nn.create_runtime_manager((
+            {"backend": _BACKEND[config["backend"]], "numThread": int(config["threads"]),
+             "precision": _PRECISION[config["precision"]]},)))
+        fallback = _fallback_line(said)
+        if config["backend"] != "cpu" and fallback:
+            # MNN runs on its CPU backend instead and says so; that is not a GPU result.
+            raise UnsupportedError(f"this MNN build has no {config['backend']} backend (MNN: {fallback})")
         names = [i["name"] for i in config["inputs"]]
         module = MNN.nn.load_module_from_file(config["model"], names, [], runtime_manager=rt)
         if module is None:

@@ -12,7 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel, has_library
+from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, UnsupportedError, has_library,
+                                    is_software_gpu)
 
 
 def pnnx_binary() -> Path | None:
@@ -108,17 +109,31 @@ class NcnnEngine(Engine):
         opt.use_bf16_storage = opt.use_bf16_packed = bf16
         opt.use_int8_inference = int8
         opt.use_int8_storage = opt.use_int8_packed = opt.use_int8_arithmetic = False
+        device = None
+        if opt.use_vulkan_compute:
+            # Without a Vulkan device ncnn would quietly run on its CPU path: that is not a Vulkan result.
+            if ncnn.get_gpu_count() < 1:
+                raise UnsupportedError("ncnn finds no Vulkan device on this host (a Vulkan loader without a driver)")
+            info = ncnn.get_gpu_info(ncnn.get_default_gpu_index())
+            name, kind = info.device_name(), int(info.type())
+            kinds = {0: "discrete", 1: "integrated", 2: "virtual", 3: "cpu"}
+            device = {"name": name, "type": kinds.get(kind, str(kind)),
+                      "software": kind == 3 or is_software_gpu(name)}
         if net.load_param(config["model"]) != 0:
             raise RuntimeError(f"ncnn could not load {config['model']}")
         if net.load_model(config["options"]["weights"]) != 0:
             raise RuntimeError(f"ncnn could not load {config['options']['weights']}")
-        return _NcnnSession(net, ncnn, [i["name"] for i in config["inputs"]])
+        return _NcnnSession(net, ncnn, [i["name"] for i in config["inputs"]], device)
 
 
 class _NcnnSession:
-    def __init__(self, net: Any, ncnn: Any, input_names: list[str]) -> None:
+    def __init__(self, net: Any, ncnn: Any, input_names: list[str], device: dict[str, Any] | None) -> None:
         self._net, self._ncnn = net, ncnn
         self._names = input_names
+        self._device = device
+
+    def device(self) -> dict[str, Any] | None:
+        return self._device
 
     def prepare(self, feeds: dict[str, Any]) -> Any:
         import numpy as np
