@@ -30,7 +30,8 @@ class ConfigError(DevicelabError):
 
     def __init__(self, source: str, problems: list[str]) -> None:
         self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
+        # One line, whatever the user's file held (a key or a value with a newline in it is shown escaped).
+        super().__init__(f"{source}: " + "; ".join(p.replace("\n", "\\n").replace("\r", "\\r") for p in problems))
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -286,6 +287,14 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         for key in m:
             if key not in ("name", "path", "input_shapes", "calibration"):
                 problems.append(f"{where}.{key}: unknown key; allowed: name, path, input_shapes, calibration")
+        bad = [k for k in ("name", "path", "calibration") if m.get(k) is not None and not isinstance(m[k], str)]
+        if bad:
+            problems.extend(f"{where}.{k}: {m[k]!r} must be text" for k in bad)
+            continue
+        if not isinstance(m.get("input_shapes") or {}, dict):
+            problems.append(f"{where}.input_shapes: {m['input_shapes']!r} must be a mapping of input name to a list "
+                            "of positive integers, e.g. {input: [1, 3, 224, 224]}")
+            continue
         calibration = m.get("calibration")
         if calibration is not None:
             folder = Path(str(calibration)).expanduser()
@@ -339,7 +348,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             if key not in ("name", "label", "options"):
                 problems.append(f"{where}.{key}: unknown key; allowed: name, label, options")
         name = e.get("name")
-        if name not in ENGINE_MODULES:
+        if not isinstance(name, str) or name not in ENGINE_MODULES:
             problems.append(f"{where}: " + unknown_name_message("engine", str(name), ENGINE_MODULES))
             continue
         label = e.get("label") or ""
@@ -418,7 +427,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     min_repeats: int | None = None
     if isinstance(repeats, dict):
         lo, hi = repeats.get("min", 3), repeats.get("max")
-        extra = sorted(set(repeats) - {"min", "max"})
+        extra = sorted(str(k) for k in set(repeats) - {"min", "max"})
         if extra or not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi)) or not 3 <= lo <= hi <= 100:
             problems.append(f"repeats: {repeats!r} is not allowed; allowed: {{min: 3 or more, max: up to 100}} "
                             "(adaptive A/B rounds) or an integer from 1 to 100")
@@ -434,6 +443,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     if min_repeats and not ab_pairs(engines):
         problems.append("repeats: adaptive rounds ({min, max}) go on until compare decides each A/B pair: list one "
                         "engine twice, under two labels")
+    for engine in dict.fromkeys(name for name, _, _ in ab_pairs(engines)):
+        if engine.startswith("tool:"):
+            from devicelab.engines import get_engine
+
+            tool = get_engine(engine)
+            if not getattr(tool, "per_iteration_times", False):
+                problems.append(f"engines: {engine} is listed under several labels, but {getattr(tool, 'tool', engine)} "
+                                "prints only summaries (no per-iteration times), so an A/B of it can never get a "
+                                "verdict; list it once, or A/B a runner-protocol engine (dlbench, protocol) or "
+                                "tool:onnxruntime_perf_test")
     for dup in sorted({x for x in labels if labels.count(x) > 1}):
         problems.append(f"engines: '{dup[0]}' is listed twice with label '{dup[1]}'; give each build its own label")
     for i, e in enumerate(engines):

@@ -93,3 +93,27 @@ def test_bad_build_native_arguments(env: dict[str, str], tmp_path: Path, args: l
 def test_bad_ncnn_version(env: dict[str, str], tmp_path: Path) -> None:
     p = devicelab("build-native", "--ncnn-version", "latest", env=dict(env, DEVICELAB_DATA=str(tmp_path / "d")))
     assert_bad_input(p, "--ncnn-version: ncnn version 'latest' is not allowed", "1.0.YYYYMMDD", db=Path(env["DEVICELAB_DB"]))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["run", "--quick", "--report", "/nonexistent/dir/r.html"], ["--report", "folder /nonexistent/dir does not exist"]),
+    (["compare", "a", "b", "--junit", "/nonexistent/dir/j.xml"], ["--junit", "folder /nonexistent/dir does not exist"]),
+    (["regress", "--markdown", "/nonexistent/dir/m.md"], ["--markdown", "folder /nonexistent/dir does not exist"]),
+    (["report", "r", "-o", "/nonexistent/dir/r.html"], ["'-o'", "folder /nonexistent/dir does not exist"]),
+    (["export", "r", "-o", "/nonexistent/dir/x.csv"], ["'-o'", "folder /nonexistent/dir does not exist"]),
+])
+def test_an_output_into_a_missing_folder_is_one_line(env: dict[str, str], args: list[str], expected: list[str]) -> None:
+    """Checked before any work: the run does not start, nothing is written."""
+    assert_bad_input(devicelab(*args, env=env), *expected, db=Path(env["DEVICELAB_DB"]))
+
+
+def test_a_suite_with_input_shapes_as_a_list_or_a_name_as_a_list(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", models=[{"name": "squeezenet1_1", "input_shapes": [1, 3, 224, 224]},
+                                                     {"name": ["x"]}])
+    assert_bad_input(devicelab("run", "--suite", str(suite), env=env),
+                     "models[0].input_shapes: [1, 3, 224, 224] must be a mapping", "models[1].name: ['x'] must be text",
+                     db=Path(env["DEVICELAB_DB"]))
+    inv = tmp_path / "devices.yaml"
+    inv.write_text("devices:\n  - {id: h, kind: [host]}\n")
+    assert_bad_input(devicelab("devices", "--devices", str(inv), env=env), "devices[0].kind: unknown device kind",
+                     db=Path(env["DEVICELAB_DB"]))

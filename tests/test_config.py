@@ -84,3 +84,20 @@ def test_inventory_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 def test_repository_inventory_is_valid() -> None:
     repo = Path(__file__).resolve().parent.parent / "devices.yaml"
     assert load_inventory(str(repo)).devices[0].kind == "host"
+
+
+def test_an_ab_of_a_summary_only_tool_is_refused_up_front(tmp_path: Path) -> None:
+    """benchncnn and friends print min/max/avg only: no samples, so compare can never decide an A/B of them (and an
+    adaptive one would run all its rounds for nothing). onnxruntime_perf_test writes every run: allowed."""
+    binary = tmp_path / "tool"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+
+    def ab(engine: str) -> dict[str, object]:
+        return {"models": ["squeezenet1_1"], "engines": [{"name": engine, "label": x, "options": {"binary": str(binary)}}
+                                                         for x in ("a", "b")]}
+
+    with pytest.raises(ConfigError, match="tool:benchncnn is listed under several labels, but benchncnn prints only "
+                                          "summaries"):
+        parse_suite(ab("tool:benchncnn"), "s")
+    assert parse_suite(ab("tool:onnxruntime_perf_test"), "s").min_repeats == 3

@@ -175,6 +175,9 @@ class ToolEngine(Engine):
     # Files (relative to the run folder) the tool writes that `parse` reads when the device hands them back:
     # {name: what it holds}. Optional: without them parse still reads stdout/stderr.
     output_files: ClassVar[dict[str, str]] = {}
+    # Whether the tool reports every timed iteration (then its Results have samples, and an A/B of it can be decided);
+    # the others print only summaries (min/max/avg).
+    per_iteration_times: ClassVar[bool] = False
 
     def version(self) -> str | None:
         return None

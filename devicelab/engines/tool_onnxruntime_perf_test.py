@@ -70,6 +70,7 @@ class OnnxRuntimePerfTestTool(ToolEngine):
     backends = ("cpu", "nnapi")
     output_files = {RESULT_FILE: "one line per timed run: model,seconds,peak working set,cpu %,run index (the tool "
                                  "appends: the file must not exist before the run)"}
+    per_iteration_times = True  # its result file: one line per timed run
     unsupported = {
         "bf16": "onnxruntime_perf_test has no bf16 mode (ORT's CPU and NNAPI EPs have no bf16 switch)",
         "gpu": "this adapter maps ORT's cpu and nnapi execution providers only",
