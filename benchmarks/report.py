@@ -38,7 +38,7 @@ def synthetic(per_result: int) -> tuple[RunRecord, list[Result]]:
                         p90_s=float(np.percentile(samples, 90)), warmups=10, load_s=0.1, first_s=median * 2,
                         peak_rss_bytes=int(80e6 + 1e7 * e), rss_before_load_bytes=int(40e6),
                         accuracy={"cosine": 1 - 10 ** (-6 + 1.3 * p), "max_abs_diff": 1e-6 * 10 ** p,
-                                  "top1_agreement": 1.0 - 0.01 * p, "inputs": 16},
+                                  "top1_agreement": 1.0 - 0.01 * p, "top1_inputs": 16 - p, "inputs": 16},
                         state_before={"temperatures_c": {"cpu": 40.0}, "loadavg": [0.1]},
                         protocol={"artifact_bytes": int(14e6 / (1 + p))}))
     run = RunRecord("synthetic", "2026-11-22T00:00:00+00:00", {"name": "synthetic"}, 0, {"platform": "synthetic",

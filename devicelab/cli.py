@@ -330,13 +330,12 @@ class _RunProgress:
 
 
 def _render_tables(results: list[Any]) -> None:
-    from devicelab.analysis.tables import format_bytes, slides_tables
+    from devicelab.analysis.tables import slides_tables
 
     for t in slides_tables(results):
         table = Table(*t.columns, title=f"{t.model} on {t.device}", title_justify="left")
         for row in t.rows:
-            table.add_row(row.name, *[row.cells[n].text() if n in row.cells else "—" for n in t.threads],
-                          format_bytes(row.peak_rss_bytes), row.agreement_text())
+            table.add_row(row.name, *t.row_cells(row))
         out.print(table)
 
 

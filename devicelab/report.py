@@ -25,6 +25,7 @@ import numpy as np
 
 import devicelab
 from devicelab import charts
+from devicelab.analysis.accuracy import label_text, top1, top1_text
 from devicelab.analysis.tables import format_bytes, slides_tables
 from devicelab.result import OK, PRECISIONS, Result
 from devicelab.store import RunRecord
@@ -40,10 +41,11 @@ def _ms(seconds: float | None) -> str:
 # Scorecard (pure)
 
 
-def accuracy_gate(agreement: float | None) -> float:
-    """The compression contest's A: 1 if agreement ≥ 0.97, 0.9 if ≥ 0.965, else 0."""
+def accuracy_gate(agreement: float | None) -> float | None:
+    """The compression contest's A: 1 if agreement ≥ 0.97, 0.9 if ≥ 0.965, else 0; None (no score) without a
+    measure that means something (gate_measure)."""
     if agreement is None:
-        return 0.0
+        return None
     return 1.0 if agreement >= 0.97 else 0.9 if agreement >= 0.965 else 0.0
 
 
@@ -52,9 +54,34 @@ def size_gate(size_mb: float) -> float:
     return 1.0 if size_mb <= 40 else 0.9 if size_mb <= 50 else 0.8 if size_mb <= 63 else 0.0
 
 
-def contest_score(t: float, t0: float, s_mb: float, s0_mb: float, agreement: float | None) -> float:
-    """score = (T0 − t)/T0 × 20 + (S0 − s)/s × 80, times the accuracy gate A and the size gate B."""
-    return ((t0 - t) / t0 * 20 + (s0_mb - s_mb) / s_mb * 80) * accuracy_gate(agreement) * size_gate(s_mb)
+def contest_score(t: float, t0: float, s_mb: float, s0_mb: float, agreement: float | None) -> float | None:
+    """score = (T0 − t)/T0 × 20 + (S0 − s)/s × 80, times the accuracy gate A and the size gate B; None when gate A
+    has nothing to read."""
+    gate = accuracy_gate(agreement)
+    if gate is None:
+        return None
+    return ((t0 - t) / t0 * 20 + (s0_mb - s_mb) / s_mb * 80) * gate * size_gate(s_mb)
+
+
+def gate_measure(variant: dict[str, Any] | None, fp32: dict[str, Any] | None) -> tuple[float | None, str]:
+    """What gate A reads for a variant (accuracy dicts of the variant and of the same engine's fp32 row), and how
+    the scorecard names it.
+
+    Where the model has labels, the variant's accuracy on the data set's test split relative to the fp32 variant's
+    (the contest asks how much accuracy compression keeps); else the top-1 agreement with the fp32 reference over the
+    inputs whose fp32 margin exceeds the variant's error (accuracy.agreement); else None: on inputs where every
+    decision is a near tie, top-1 agreement is noise, and no score is better than a noise score."""
+    if variant and variant.get("label_accuracy") is not None:
+        base = (fp32 or {}).get("label_accuracy")
+        if base is None:
+            base = variant.get("reference_label_accuracy")  # the ONNX Runtime fp32 reference on the same split
+        if base:
+            ratio = float(variant["label_accuracy"]) / float(base)
+            return ratio, f"accuracy {variant['label_accuracy']:.1%} / fp32 {base:.1%} = {ratio:.3f}"
+    t = top1(variant)
+    if t is not None and t[0] is not None:
+        return t[0], f"top-1 {top1_text(variant)}"
+    return None, "no measure: " + ("top-1 " + top1_text(variant) if t is not None else "no margin-qualified top-1")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -135,7 +162,9 @@ def precision_tables(results: Sequence[Result], several: bool) -> list[dict[str,
                 rows.append({"precision": p, "cells": cells, "accuracy": acc, "size": f"{mb:.1f} MB" if mb else "—",
                              "notes": sorted({n for r in prs for n in r.notes if "precision" in n or "arithmetic" in n
                                               or "int8" in n or "float16" in n})})
-            out.append({"device": device, "model": model, "engine": engine, "threads": threads, "rows": rows})
+            out.append({"device": device, "model": model, "engine": engine, "threads": threads, "rows": rows,
+                        "labels": any(row["accuracy"] and row["accuracy"].get("label_accuracy") is not None
+                                      for row in rows)})
     return out
 
 
@@ -219,6 +248,19 @@ WEIGHTINGS = {
 }
 
 
+def _score_key(weighting: str) -> str:
+    return "contest" if weighting == "contest" else f"{weighting}_score"
+
+
+def drift_text(acc: dict[str, Any] | None) -> str:
+    """The drift cell of the scorecard and the result tables: label accuracy (where there are labels), margin-qualified
+    top-1, cosine."""
+    if not acc:
+        return "—"
+    labels = f"acc {label_text(acc)} · " if acc.get("label_accuracy") is not None else ""
+    return f"{labels}top-1 {top1_text(acc)} · cos {acc['cosine']:.4f}"
+
+
 def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
     """Model variants (engine × precision) against the same engine's fp32 at the same threads."""
     out = []
@@ -233,15 +275,16 @@ def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
             if not ref or not s or not s0 or not r.median_s or not ref[0].median_s:
                 continue
             t, t0 = r.median_s, ref[0].median_s
-            agreement = r.accuracy["top1_agreement"] if r.accuracy else None
+            measure, basis = gate_measure(r.accuracy, ref[0].accuracy)
+            gate = accuracy_gate(measure)
             rows.append({"name": f"{_variant(r, several)} {r.threads}t", "size": f"{s:.1f}", "size0": f"{s0:.1f}",
-                         "latency": _ms(t), "latency0": _ms(t0),
-                         "drift": f"{agreement:.0%} / {r.accuracy['cosine']:.4f}" if r.accuracy else "—",
-                         "gates": f"A {accuracy_gate(agreement):g} · B {size_gate(s):g}",
-                         "contest": contest_score(t, t0, s, s0, agreement), "latency_score": t0 / t,
+                         "latency": _ms(t), "latency0": _ms(t0), "drift": drift_text(r.accuracy),
+                         "gates": f"A {'—' if gate is None else f'{gate:g}'} ({basis}) · B {size_gate(s):g}",
+                         "contest": contest_score(t, t0, s, s0, measure), "latency_score": t0 / t,
                          "size_score": s0 / s})
         if rows:
-            sorted_by = {k: sorted(rows, key=lambda row, k=k: -row[f"{k}_score" if k != "contest" else "contest"])
+            # Rows without a contest score ("—") go last.
+            sorted_by = {k: sorted(rows, key=lambda row, k=k: (row[_score_key(k)] is None, -(row[_score_key(k)] or 0)))
                          for k in WEIGHTINGS}
             out.append({"device": device, "model": model, "by": sorted_by})
     return out
@@ -337,7 +380,8 @@ def render(runs: Sequence[RunRecord], results: Sequence[Result]) -> str:
     return env.get_template("report.html.j2").render(
         d=data, runs=data.runs, results=results, css=assets.joinpath("report.css").read_text(), script=script,
         csp_hash=csp_hash, raw_meta=jinja2.utils.markupsafe.Markup(meta), raw_blob=blob, ms=_ms,
-        format_bytes=format_bytes, weightings=WEIGHTINGS, version=devicelab.__version__,
+        format_bytes=format_bytes, weightings=WEIGHTINGS, version=devicelab.__version__, top1_text=top1_text,
+        label_text=label_text,
         sample_count=sum(len(r.samples_s) for r in results),
         svg=lambda s: jinja2.utils.markupsafe.Markup(s))  # charts escape their own text (charts.esc)
 

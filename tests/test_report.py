@@ -23,7 +23,7 @@ HOSTILE = "<script>alert(1)</script>"
 
 
 def test_contest_gates_and_score() -> None:
-    assert [accuracy_gate(a) for a in (0.99, 0.97, 0.968, 0.965, 0.96, None)] == [1, 1, 0.9, 0.9, 0, 0]
+    assert [accuracy_gate(a) for a in (0.99, 0.97, 0.968, 0.965, 0.96, None)] == [1, 1, 0.9, 0.9, 0, None]
     assert [size_gate(s) for s in (10, 40, 45, 50, 60, 63, 64)] == [1, 1, 0.9, 0.9, 0.8, 0.8, 0]
     # 2× faster and 4× smaller than fp32, agreement 0.99, 3.5 MB: 0.5 × 20 + 3 × 80 = 250
     assert contest_score(t=5.0, t0=10.0, s_mb=3.5, s0_mb=14.0, agreement=0.99) == pytest.approx(250.0)

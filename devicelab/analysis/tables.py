@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from devicelab.analysis.accuracy import label_text, top1_text
 from devicelab.result import OK, PRECISIONS, UNSUPPORTED, Result
 
 _PRECISION_ORDER = {p: i for i, p in enumerate(PRECISIONS)}
@@ -32,9 +33,13 @@ class Row:
     accuracy: dict[str, Any] | None = None  # the least agreeing of the row's results
 
     def agreement_text(self) -> str:
+        """Top-1 agreement over the inputs where it means something (accuracy.agreement), then the cosine."""
         if not self.accuracy:
             return "—"
-        return f"{self.accuracy['top1_agreement']:.0%} / {self.accuracy['cosine']:.4f}"
+        return f"{top1_text(self.accuracy)} · {self.accuracy['cosine']:.4f}"
+
+    def label_text(self) -> str:
+        return label_text(self.accuracy)
 
 
 @dataclass
@@ -45,9 +50,20 @@ class SlidesTable:
     rows: list[Row]
 
     @property
+    def has_labels(self) -> bool:
+        """The model has a labelled data set: its rows also show accuracy against the labels."""
+        return any(r.accuracy and r.accuracy.get("label_accuracy") is not None for r in self.rows)
+
+    @property
     def columns(self) -> list[str]:
         return (["engine"] + [f"{t} thread" + ("s" if t != 1 else "") for t in self.threads]
-                + ["peak memory", "top-1 / cos vs fp32"])
+                + ["peak memory", "top-1 · cos vs fp32"] + (["accuracy (labels)"] if self.has_labels else []))
+
+    def row_cells(self, row: Row) -> list[str]:
+        """The row's text cells after the engine's name, in the order of `columns`."""
+        return ([row.cells[n].text() if n in row.cells else "—" for n in self.threads]
+                + [format_bytes(row.peak_rss_bytes), row.agreement_text()]
+                + ([row.label_text()] if self.has_labels else []))
 
 
 def row_name(r: Result, with_affinity: bool, with_run: bool = False) -> str:
