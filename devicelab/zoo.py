@@ -1,9 +1,12 @@
 """The model zoo: classic mobile CNNs written as ONNX with onnx.helper, no downloads.
 
-Latency does not depend on trained weights, so the weights are seeded random (He-scaled so activations
-stay O(1) through the network, which keeps fp16/int8 variants meaningful). BatchNorm is folded into the
-convolutions' biases, as every mobile engine does at conversion time. Accuracy drift is measured as
-agreement with the fp32 reference on the same seeded inputs, never as ImageNet accuracy.
+Latency does not depend on trained weights, so the classic CNNs' weights are seeded random (He-scaled so
+activations stay O(1) through the network, which keeps fp16/int8 variants meaningful). BatchNorm is folded into the
+convolutions' biases, as every mobile engine does at conversion time. Their accuracy drift is measured as agreement
+with the fp32 reference on the same seeded inputs, never as ImageNet accuracy — and with level logits a top-1 flip
+is noise (analysis.accuracy). So the zoo also has one model with trained weights and labels: `digits_cnn`, a small
+CNN trained in numpy (zoo_digits) on scikit-learn's handwritten digits when the zoo is built, whose variants are
+measured against the labels of the data set's test split (datasets).
 
 Built models are cached by content hash in the data folder; an index maps each recipe (name, zoo
 version, seed) to its hash so a second run builds nothing.
@@ -36,9 +39,12 @@ OUTPUT_NAME = "logits"
 class ZooEntry:
     name: str
     description: str
-    # Published figures (torchvision / the papers), for the tests and for `devicelab models`.
+    # Published figures (torchvision / the papers; digits_cnn's own design), for the tests and `devicelab models`.
     params: float
     macs: float
+    input_shape: tuple[int, int, int, int] = (1, 3, 224, 224)  # NCHW
+    classes: int = 1000
+    dataset: str | None = None  # a labelled data set (datasets): accuracy is then measured against its labels
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -49,6 +55,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("squeezenet1_1", "SqueezeNet 1.1, 224x224", 1.235e6, 0.349e9),
         ZooEntry("shufflenet_v2_x1_0", "ShuffleNet-v2 x1.0, 224x224", 2.27e6, 0.145e9),
         ZooEntry("resnet18", "ResNet-18, 224x224", 11.69e6, 1.814e9),
+        # conv3x3 1->16, conv3x3/2 16->32, FC 512->10: 160 + 4640 + 5130 parameters; 9216 + 73728 + 5120 MACs.
+        ZooEntry("digits_cnn", "small CNN trained on scikit-learn's digits, 8x8 grey", 9930, 88064,
+                 input_shape=(1, 1, 8, 8), classes=10, dataset="digits"),
     )
 }
 
@@ -76,7 +85,7 @@ class ModelFile:
 
 @dataclass
 class Op:
-    kind: str  # conv, add, maxpool, gap, gemm, concat, shuffle, split
+    kind: str  # conv, add, maxpool, gap, flatten, gemm, concat, shuffle, split
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +105,7 @@ class _Net:
     """Records ops and tracks names so the builders read like the papers."""
 
     def __init__(self, seed: int) -> None:
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.ops: list[Op] = []
         self.n = 0
@@ -111,13 +121,17 @@ class _Net:
         return outs
 
     def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, pad: int | None = None,
-             group: int = 1, act: str | None = "relu", gain: float = 1.0) -> str:
+             group: int = 1, act: str | None = "relu", gain: float = 1.0,
+             trained: tuple[np.ndarray, np.ndarray] | None = None) -> str:
         pad = k // 2 if pad is None else pad
-        fan_in = (cin // group) * k * k
-        # He init for layers feeding a ReLU; plain 1/fan_in for linear outputs (bottlenecks, logits).
-        std = gain * float(np.sqrt((2.0 if act else 1.0) / fan_in))
-        w = self.rng.normal(0.0, std, size=(cout, cin // group, k, k)).astype(np.float32)
-        b = self.rng.normal(0.0, 0.01, size=(cout,)).astype(np.float32)  # the folded BatchNorm shift
+        if trained is not None:
+            w, b = trained
+        else:
+            fan_in = (cin // group) * k * k
+            # He init for layers feeding a ReLU; plain 1/fan_in for linear outputs (bottlenecks, logits).
+            std = gain * float(np.sqrt((2.0 if act else 1.0) / fan_in))
+            w = self.rng.normal(0.0, std, size=(cout, cin // group, k, k)).astype(np.float32)
+            b = self.rng.normal(0.0, 0.01, size=(cout,)).astype(np.float32)  # the folded BatchNorm shift
         return self._op("conv", [x], k=k, stride=stride, pad=pad, group=group, act=act,
                         arrays={"weight": w, "bias": b})[0]
 
@@ -130,6 +144,13 @@ class _Net:
     def gap(self, x: str) -> str:
         """Global average pooling to a (1, C) tensor."""
         return self._op("gap", [x])[0]
+
+    def flatten(self, x: str) -> str:
+        """(1, C, H, W) to (1, C·H·W) in C, H, W order (ONNX Flatten, axis 1)."""
+        return self._op("flatten", [x])[0]
+
+    def dense(self, x: str, weight: np.ndarray, bias: np.ndarray) -> str:
+        return self._op("gemm", [x], arrays={"weight": weight, "bias": bias})[0]
 
     def head(self, x: str, cin: int, classes: int = 1000) -> str:
         w = self.rng.normal(0.0, float(np.sqrt(1.0 / cin)), size=(classes, cin)).astype(np.float32)
@@ -186,6 +207,8 @@ def to_onnx(graph: Graph) -> bytes:
         elif op.kind == "gap":
             node("GlobalAveragePool", op.inputs, [out + "_pool"])
             node("Flatten", [out + "_pool"], [out], axis=1)
+        elif op.kind == "flatten":
+            node("Flatten", op.inputs, [out], axis=1)
         elif op.kind == "gemm":
             node("Gemm", [op.inputs[0], const(op.arrays["weight"], out + ".weight"), const(op.arrays["bias"], out + ".bias")],
                  [out], transB=1)
@@ -310,12 +333,22 @@ def _resnet18(net: _Net) -> str:
     return net.head(x, cin)
 
 
+def _digits_cnn(net: _Net) -> str:
+    from devicelab import zoo_digits
+
+    w = zoo_digits.train(net.seed).weights
+    x = net.conv(INPUT_NAME, 1, 16, 3, trained=(w["conv1.weight"], w["conv1.bias"]))
+    x = net.conv(x, 16, 32, 3, stride=2, trained=(w["conv2.weight"], w["conv2.bias"]))
+    return net.dense(net.flatten(x), w["fc.weight"], w["fc.bias"])
+
+
 _BUILDERS: dict[str, Callable[[_Net], str]] = {
     "mobilenet_v1": _mobilenet_v1,
     "mobilenet_v2": _mobilenet_v2,
     "squeezenet1_1": _squeezenet1_1,
     "shufflenet_v2_x1_0": _shufflenet_v2_x1_0,
     "resnet18": _resnet18,
+    "digits_cnn": _digits_cnn,
 }
 
 
@@ -324,7 +357,8 @@ def build_graph(name: str, seed: int = SEED) -> Graph:
         raise UnknownNameError("zoo model", name, _BUILDERS)
     net = _Net(seed + sum(name.encode()))  # each model draws from its own stream
     output = _BUILDERS[name](net)
-    return Graph(name, net.ops, (1, 3, 224, 224), output)
+    entry = ZOO[name]
+    return Graph(name, net.ops, entry.input_shape, output, entry.classes)
 
 
 def build_bytes(name: str, seed: int = SEED) -> bytes:

@@ -174,6 +174,19 @@ def to_tflite(graph: Graph, fp16_weights: bool = False) -> bytes:
             opts.keepDims = False
             w.op(B.MEAN, [w.tensors[x], w.constant(np.array([1, 2], np.int32), "axes")], [w.tensors[out]],
                  O.ReducerOptions, opts)
+        elif op.kind == "flatten":
+            # ONNX flattens NCHW in C, H, W order; TFLite holds NHWC, so transpose back to NCHW before the reshape and
+            # the fully connected weights stay as trained.
+            _, fh, fw, fc = w.shapes[x]
+            nchw = out + ":nchw"
+            w.activation(nchw, (1, fc, fh, fw))
+            w.op(B.TRANSPOSE, [w.tensors[x], w.constant(np.array([0, 3, 1, 2], np.int32), "perm")],
+                 [w.tensors[nchw]], O.TransposeOptions, fb.TransposeOptionsT())
+            w.activation(out, (1, fc * fh * fw))
+            opts = fb.ReshapeOptionsT()
+            opts.newShape = [1, fc * fh * fw]
+            w.op(B.RESHAPE, [w.tensors[nchw], w.constant(np.array([1, fc * fh * fw], np.int32), "shape")],
+                 [w.tensors[out]], O.ReshapeOptions, opts)
         elif op.kind == "gemm":
             weight, bias = op.arrays["weight"], op.arrays["bias"]
             w.activation(out, (1, weight.shape[0]))

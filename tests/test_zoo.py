@@ -33,11 +33,13 @@ def test_models_are_valid_and_run_on_onnxruntime(built: dict[str, bytes], name: 
     onnx.checker.check_model(model, full_check=True)
     assert model.opset_import[0].version == zoo.OPSET and model.ir_version == zoo.IR_VERSION
     sess = ort.InferenceSession(built[name], providers=["CPUExecutionProvider"])
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224), dtype=np.float32)
+    entry = zoo.ZOO[name]
+    x = np.random.default_rng(0).standard_normal(entry.input_shape, dtype=np.float32)
     (y,) = sess.run(None, {zoo.INPUT_NAME: x})
-    assert y.shape == (1, 1000)
+    assert y.shape == (1, entry.classes)
     # Seeded weights keep activations O(1): logits neither vanish nor blow up (fp16/int8 stay meaningful).
-    assert np.isfinite(y).all() and 0.1 < float(y.std()) < 10
+    # (A trained model's logits on noise say nothing: tests/test_digits.py runs it on its data.)
+    assert np.isfinite(y).all() and (entry.dataset is not None or 0.1 < float(y.std()) < 10)
 
 
 def test_build_is_deterministic() -> None:
