@@ -111,6 +111,17 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
             "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
 
 
+def stage_dataset(config: dict[str, Any], source: SourceModel, folder: Path) -> dict[str, Any]:
+    """A runner's config whose accuracy inputs are the model's data set's test split (no runner can make those from
+    the seed): each image written to `folder` as files (`accuracy_files`, one list of input specs per accuracy input,
+    docs/runner-protocol.md) and `accuracy_inputs` their count. The labels stay here: the session compares."""
+    from devicelab.engines.base import accuracy_feeds, write_feed_files
+
+    feeds = accuracy_feeds(source, int(config.get("seed", 0)), int(config.get("accuracy_inputs") or 0))
+    files = [write_feed_files(config["inputs"], f, folder, f"accuracy{k}-") for k, f in enumerate(feeds, start=1)]
+    return {**config, "accuracy_inputs": len(files), "accuracy_files": files}
+
+
 def throttled(before: dict[str, Any] | None, after: dict[str, Any] | None, cpus: Sequence[int]) -> bool | None:
     """True when a pinned core's frequency cap (or its current frequency's cap) was below its hardware maximum
     before or after the config; None when the device has no cpufreq to tell."""
@@ -322,7 +333,10 @@ class _Attempt:
             return [(rel, Path(local)) for rel, local in self.tool.model_layout(self.job.prepared).items()]
         staging = self.tmp / "stage"
         staging.mkdir()
-        cfg = self.engine.stage(runner_config(self.job, OUTPUTS_FILE if self.job.accuracy_wanted else None), staging)
+        cfg = runner_config(self.job, OUTPUTS_FILE if self.job.accuracy_wanted else None)
+        if self.job.accuracy_wanted and self.job.source.dataset is not None:
+            cfg = stage_dataset(cfg, self.job.source, staging)
+        cfg = self.engine.stage(cfg, staging)
         (staging / CONFIG_FILE).write_text(json.dumps(cfg))
         return [(p.name, p) for p in sorted(staging.iterdir()) if p.is_file()]
 
@@ -558,11 +572,19 @@ class _Attempt:
         from devicelab.engines.onnxruntime import reference_outputs
 
         count = self.s.accuracy_inputs
-        reference = reference_outputs(self.job.source, INPUT_SEED, count, paths.data_dir() / "reference")
+        source = self.job.source
+        reference = reference_outputs(source, INPUT_SEED, count, paths.data_dir() / "reference")
         with np.load(outputs) as data:
             got = [data[f"arr_{k}"] for k in range(len(data.files))]
         try:
             acc = accuracy.agreement(reference, got)
+            if source.dataset is not None:
+                from devicelab import datasets
+
+                labels = datasets.split(source.dataset, "test").labels
+                acc.update(label_accuracy=accuracy.label_accuracy(got, labels), label_inputs=int(labels.shape[0]),
+                           reference_label_accuracy=accuracy.label_accuracy(reference, labels),
+                           dataset=datasets.describe(source.dataset))
         except ValueError as e:
             self.notes.append(f"accuracy not compared: {e}")
             return
@@ -655,5 +677,6 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
         return [a.result() for a in attempts]
 
 
-__all__ = ["Job", "run_jobs", "cooldown", "idle_baseline", "throttled", "runner_config", "native_programs",
+__all__ = ["Job", "run_jobs", "cooldown", "idle_baseline", "throttled", "runner_config", "stage_dataset",
+           "native_programs",
            "tool_settings", "OUTPUTS_FILE"]

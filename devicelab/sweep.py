@@ -312,7 +312,8 @@ class Executor:
             self._sources[name] = SourceModel(name, model.path, model.sha256,
                                               tuple(zoo.onnx_inputs(model.path, spec.input_shapes)),
                                               zoo=model.source == "zoo",
-                                              calibration=Path(spec.calibration) if spec.calibration else None)
+                                              calibration=Path(spec.calibration) if spec.calibration else None,
+                                              dataset=zoo.ZOO[name].dataset if model.source == "zoo" else None)
         return self._sources[name]
 
     def _convert(self, engine: str, model: SourceModel, precision: str) -> PreparedModel | str:

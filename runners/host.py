@@ -52,16 +52,21 @@ def _emit(out: TextIO, event: dict[str, Any]) -> None:
 
 
 def _write_outputs(session: Any, config: dict[str, Any], make_inputs: Any) -> str | None:
-    """Run the accuracy inputs (1..N of the seeded stream, untimed) and save their outputs for the
-    controller to compare with the fp32 reference. Returns the digest of all outputs."""
+    """Run the accuracy inputs (untimed) and save their outputs for the controller to compare with the fp32
+    reference: the files in `accuracy_files` when the controller staged them (a data set's images), else inputs 1..N
+    of the seeded stream. Returns the digest of all outputs."""
     import numpy as np
+
+    from devicelab.engines.base import read_feed_files
 
     n, path = int(config.get("accuracy_inputs") or 0), config.get("outputs_file")
     if not n or not path:
         return None
+    files = config.get("accuracy_files")
     per_output: list[list[Any]] = []
     for i in range(1, n + 1):
-        outs = session.outputs(session.run(session.prepare(make_inputs(config["inputs"], int(config["seed"]), i))))
+        feeds = read_feed_files(files[i - 1]) if files else make_inputs(config["inputs"], int(config["seed"]), i)
+        outs = session.outputs(session.run(session.prepare(feeds)))
         for k, o in enumerate(outs):
             if k == len(per_output):
                 per_output.append([])

@@ -63,8 +63,8 @@ def test_tflite_writer_matches_onnx_on_every_zoo_model() -> None:
     from devicelab import zoo
     from devicelab.zoo_tflite import to_tflite
 
-    x = np.random.default_rng(3).standard_normal((1, 3, 224, 224), dtype=np.float32)
     for name in zoo.ZOO:
+        x = np.random.default_rng(3).standard_normal(zoo.ZOO[name].input_shape, dtype=np.float32)
         graph = zoo.build_graph(name)
         (ref,) = ort.InferenceSession(zoo.to_onnx(graph), providers=["CPUExecutionProvider"]).run(None, {"input": x})
         fp32, fp16 = to_tflite(graph), to_tflite(graph, fp16_weights=True)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 # Deterministic data sets: timing uses input 0 of INPUT_SEED's stream; accuracy inputs 1..N of the same
-# stream; calibration draws from its own stream so no variant is judged on the data it was calibrated on.
+# stream; calibration draws from its own stream so no variant is judged on the data it was calibrated on. A zoo model
+# with a labelled data set (devicelab.datasets) is judged on its test split and calibrated on its train split instead.
 # Fixed, not the run's seed (which orders configs): every run feeds the same inputs, so runs compare on identical
 # data, the fp32 reference is computed once per model, and a phone already holds the input files of a second run.
 INPUT_SEED = 1_000_003
@@ -71,6 +72,7 @@ class SourceModel:
     inputs: tuple[dict[str, Any], ...]  # name, shape (NCHW for images), dtype: what the runner feeds
     zoo: bool = False  # zoo models can also be written natively (TFLite) from the zoo's graph
     calibration: Path | None = None  # the user's folder of .npy/.npz inputs for int8 calibration
+    dataset: str | None = None  # a zoo model's labelled data set: accuracy on its test split, calibration on train
 
     @property
     def shapes(self) -> list[list[int]]:
@@ -260,6 +262,8 @@ def calibration_inputs(model: SourceModel, count: int = CALIBRATION_SAMPLES) -> 
     """
     import numpy as np
 
+    if model.calibration is None and model.dataset is not None:
+        return _dataset_feeds(model, "train")[:count]
     if model.calibration is None:
         return [make_inputs(model.inputs, CALIBRATION_SEED, i) for i in range(count)]
     names = [i["name"] for i in model.inputs]
@@ -277,6 +281,8 @@ def calibration_inputs(model: SourceModel, count: int = CALIBRATION_SAMPLES) -> 
 
 def calibration_key(model: SourceModel) -> str:
     """Names the calibration set in cache keys: 'seeded', or a hash of the user's files."""
+    if model.calibration is None and model.dataset is not None:
+        return f"{model.dataset}-train{CALIBRATION_SAMPLES}"
     if model.calibration is None:
         return f"seeded{CALIBRATION_SAMPLES}"
     import hashlib
@@ -286,6 +292,53 @@ def calibration_key(model: SourceModel) -> str:
         if path.suffix in (".npy", ".npz"):
             h.update(path.name.encode() + path.read_bytes())
     return "user" + h.hexdigest()[:12]
+
+
+def _dataset_feeds(model: SourceModel, part: str) -> list[dict[str, Any]]:
+    """A split of the model's data set as feeds for its single input, one image per feed."""
+    from devicelab import datasets
+
+    assert model.dataset is not None
+    if len(model.inputs) != 1:
+        raise ValueError(f"data set {model.dataset} feeds one input; {model.name} has {len(model.inputs)}")
+    name = model.inputs[0]["name"]
+    return [{name: image[None]} for image in datasets.split(model.dataset, part).images]
+
+
+def write_feed_files(specs: Sequence[dict[str, Any]], feeds: dict[str, Any], folder: Path, stem: str
+                     ) -> list[dict[str, Any]]:
+    """`feeds` as raw little-endian float32 files in C order (what dlbench and other file-reading runners read),
+    named `{stem}input{i}.f32` in `folder`; returns the specs with a "file" key each, relative to `folder`."""
+    import numpy as np
+
+    out: list[dict[str, Any]] = []
+    for i, spec in enumerate(specs):
+        name = f"{stem}input{i}.f32"
+        np.ascontiguousarray(feeds[spec["name"]], dtype="<f4").tofile(folder / name)
+        out.append({**spec, "dtype": "float32", "file": name})
+    return out
+
+
+def read_feed_files(specs: Sequence[dict[str, Any]], folder: Path | None = None) -> dict[str, Any]:
+    """The feeds `write_feed_files` wrote, from specs with a "file" key (relative to `folder`, else the working
+    folder)."""
+    import numpy as np
+
+    return {spec["name"]: np.fromfile((folder or Path()) / spec["file"], dtype="<f4").reshape(
+        [int(d) for d in spec["shape"]]) for spec in specs}
+
+
+def accuracy_feeds(model: SourceModel, seed: int, count: int) -> list[dict[str, Any]]:
+    """What the accuracy pass feeds, in order, and the fp32 reference too: a labelled data set's whole test split
+    (its labels stay with the controller), else inputs 1..count of the seeded stream. Controller side only."""
+    if model.dataset is not None:
+        return _dataset_feeds(model, "test")
+    return [make_inputs(model.inputs, seed, i) for i in range(1, count + 1)]
+
+
+def accuracy_key(model: SourceModel, seed: int, count: int) -> str:
+    """Names the accuracy inputs in cache keys (the fp32 reference's file)."""
+    return f"{model.dataset}-test" if model.dataset is not None else f"seed{seed}-n{count}"
 
 
 def binary_option_problems(options: dict[str, Any], allowed: tuple[str, ...], engine: str, missing: str) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inputs
+from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inputs, write_feed_files
 
 # Which registered build serves which device kind, best first: a phone runs the NDK build, else the static
 # arm64 Linux build (static binaries need no bionic).
@@ -21,16 +21,7 @@ def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path, index: in
     """Input `index` of the seeded stream the Python engines feed (make_inputs: 0 times, 1..N are the accuracy
     inputs), as raw little-endian float32 files in C order, named relative to `folder`; returns the specs with a
     "file" key each."""
-    import numpy as np
-
-    feeds = make_inputs(specs, seed, index)
-    out: list[dict[str, Any]] = []
-    for i, spec in enumerate(specs):
-        array = np.ascontiguousarray(feeds[spec["name"]], dtype="<f4")
-        name = f"input{i}.f32" if index == 0 else f"accuracy{index}-input{i}.f32"
-        array.tofile(folder / name)
-        out.append({**spec, "dtype": "float32", "file": name})
-    return out
+    return write_feed_files(specs, make_inputs(specs, seed, index), folder, "" if index == 0 else f"accuracy{index}-")
 
 
 class DlbenchEngine(Engine):
@@ -95,11 +86,13 @@ class DlbenchEngine(Engine):
     def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
         """Make `folder` self-contained: the seeded inputs as files, and the model files linked in, every path
         in the config relative to it (dlbench resolves paths against its config's folder). A driver can push
-        the folder as it is (symlinks read as their targets) and run dlbench on the config there."""
+        the folder as it is (symlinks read as their targets) and run dlbench on the config there. Accuracy inputs
+        the session already staged as files (a data set's images) are kept; otherwise the seeded ones are written."""
         seed = int(runner_config.get("seed", 0))
         inputs = write_inputs(list(runner_config["inputs"]), seed, folder)
         count = int(runner_config.get("accuracy_inputs") or 0) if runner_config.get("outputs_file") else 0
-        accuracy = [write_inputs(list(runner_config["inputs"]), seed, folder, k) for k in range(1, count + 1)]
+        accuracy = runner_config.get("accuracy_files") or [
+            write_inputs(list(runner_config["inputs"]), seed, folder, k) for k in range(1, count + 1)]
         options = dict(runner_config.get("options") or {})
         links = {"model.param": Path(runner_config["model"])}
         if options.get("weights"):

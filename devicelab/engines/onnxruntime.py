@@ -104,11 +104,12 @@ ENGINE = OnnxRuntimeEngine()
 
 
 def reference_outputs(model: SourceModel, seed: int, count: int, cache_dir: Path) -> list[Any]:
-    """fp32 outputs of ONNX Runtime on accuracy inputs 1..count: the reference every variant is held to.
-    Computed in the controller (one thread, between configs) and cached by model, seed and count."""
+    """fp32 outputs of ONNX Runtime on the accuracy inputs (`accuracy_feeds`: seeded inputs 1..count, or the model's
+    data set's test split): the reference every variant is held to. Computed in the controller (one thread, between
+    configs) and cached by model and inputs."""
     import numpy as np
 
-    from devicelab.engines.base import make_inputs
+    from devicelab.engines.base import accuracy_feeds, accuracy_key
 
     def build(out: Path) -> None:
         import onnxruntime as ort
@@ -117,10 +118,10 @@ def reference_outputs(model: SourceModel, seed: int, count: int, cache_dir: Path
         so.intra_op_num_threads = 1
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(model.path), so, providers=["CPUExecutionProvider"])
-        runs = [sess.run(None, make_inputs(model.inputs, seed, i)) for i in range(1, count + 1)]
+        runs = [sess.run(None, feeds) for feeds in accuracy_feeds(model, seed, count)]
         with open(out, "wb") as f:
             np.savez(f, *[np.stack([r[k] for r in runs]).astype(np.float32) for k in range(len(runs[0]))])
 
-    path = cached_file(cache_dir, f"{model.sha256[:16]}-seed{seed}-n{count}.npz", build)
+    path = cached_file(cache_dir, f"{model.sha256[:16]}-{accuracy_key(model, seed, count)}.npz", build)
     with np.load(path) as data:
         return [data[f"arr_{k}"] for k in range(len(data.files))]
