@@ -154,9 +154,17 @@ def models(as_json: bool = JsonOpt) -> None:
         return
     table = Table("model", "params", "MACs", "size", "sha256", "description")
     for r in rows:
-        table.add_row(r["name"], f"{r['params'] / 1e6:.3f} M", f"{r['macs'] / 1e9:.3f} G",
-                      f"{r['bytes'] / 2**20:.1f} MiB", r["sha256"][:12], r["description"])
+        size = f"{r['bytes'] / 2**20:.1f} MiB" if r["bytes"] >= 2**20 else f"{r['bytes'] / 2**10:.1f} KiB"
+        table.add_row(r["name"], _si(r["params"]), _si(r["macs"]), size, r["sha256"][:12], r["description"])
     out.print(table)
+
+
+def _si(n: float) -> str:
+    """4.221 M, 0.569 G, 88.064 k: the zoo spans ten thousand to ten billion."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3f} {unit}"
+    return f"{n:g}"
 
 
 @app.command()
