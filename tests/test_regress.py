@@ -7,7 +7,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from devicelab.analysis.regress import change_points, energy_statistic
+from devicelab.analysis.regress import RunPoint, analyze, change_points, energy_statistic
 
 
 def matteson_james_q(x: list[float], y: list[float]) -> float:
@@ -43,3 +43,16 @@ def test_change_point_is_where_the_published_statistic_peaks() -> None:
         cps = change_points(values, magnitude=0.0, p_value=1.0)
         best = max(range(5, len(values) - 4), key=lambda t: matteson_james_q(values[:t], values[t:]))
         assert best in cps, (trial, cps, best)
+
+
+def test_a_step_smaller_than_the_noise_floor_is_no_change_point() -> None:
+    """+3 % after 6 runs, on a device whose measured A/A floor is 5 %: no change point, nothing confirmed; the same
+    step with no floor (or a 2 % one) is a confirmed change point."""
+    rng = np.random.default_rng(8)
+    history = [RunPoint(f"r{i}", f"t{i}", [list(0.0100 * rng.lognormal(0, 0.001, 20))]) for i in range(6)]
+    history += [RunPoint(f"n{i}", f"u{i}", [list(0.0103 * rng.lognormal(0, 0.001, 20))]) for i in range(6)]
+    assert analyze("s", history).status == "confirmed"
+    assert analyze("s", history, noise_floor=0.02).change_points[0]["run_id"] == "n0"
+    report = analyze("s", history, noise_floor=0.05)
+    assert report.change_points == [] and report.status != "confirmed", report
+    assert change_points([p.median for p in history], magnitude=0.05) == []

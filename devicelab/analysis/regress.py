@@ -1,9 +1,10 @@
 """Regression detection over history (pure).
 
 Per series, the history is one point per run: that run's median. Change points come from E-divisive means
-(the energy statistic picks where to split, as in MongoDB's and Apache Otava's detectors) with Otava's
-replacement of the permutation test by a Welch t-test (deterministic and fast), applied by binary
-segmentation with ≥ 5 points per segment and a magnitude gate (2 % default).
+(Matteson & James's divergence picks where to split, with the split's right end at the segment's end, as in
+MongoDB's and Apache Otava's detectors) with Otava's replacement of the permutation test by a Welch t-test
+(deterministic and fast), applied by binary segmentation with ≥ 5 points per segment and a magnitude gate of
+max(threshold, the device's noise floor): a step the device cannot resolve is not a change point.
 
 The newest run cannot wait for five more nights: it is compared at once, per-iteration samples against the
 samples of the stable segment before it, with the A/B rules (analysis.compare). Slower → `suspected`; a
@@ -100,7 +101,7 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
     if not points:
         return SeriesReport(series, "insufficient", 0)
     medians = [p.median for p in points]
-    cps = change_points(medians, min_segment, magnitude=threshold)
+    cps = change_points(medians, min_segment, magnitude=max(threshold, noise_floor or 0.0))
     report = SeriesReport(series, "ok", len(points))
     bounds = [0, *cps, len(points)]
     for i, cp in enumerate(cps):
