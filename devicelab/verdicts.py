@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from devicelab.analysis import compare as cmp
 from devicelab.analysis import regress as rg
 from devicelab.errors import DevicelabError
@@ -76,6 +78,14 @@ def _rounds(base: Side, cand: Side, rb: list[Result], rc: list[Result]) -> list[
     return [(by_b[i], by_c[i]) for i in common]
 
 
+def _center(results: Sequence[Result]) -> float | None:
+    """The median of the processes' medians; a summary-only Result (no samples) counts with the median its tool
+    printed, and None when no process has either."""
+    medians = [float(np.median(r.samples_s)) if r.samples_s else r.median_s for r in results]
+    known = [m for m in medians if m is not None]
+    return float(np.median(known)) if known else None
+
+
 def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, pair: bool = True
                   ) -> list[cmp.Comparison]:
     """Matched configs and their verdicts; two labels of one run are paired by round unless `pair` is False."""
@@ -98,8 +108,8 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, 
         else:
             v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
                             floor[0] if floor else None)
-        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, cmp.center([r.samples_s for r in rb]),
-                                  cmp.center([r.samples_s for r in rc]), cmp.state_warnings(rb, rc)))
+        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, _center(rb), _center(rc),
+                                  cmp.state_warnings(rb, rc)))
     if not out:
         raise DevicelabError(f"no configuration of {base.run_id}{':' + base.label if base.label else ''} matches one of "
                              f"{cand.run_id}{':' + cand.label if cand.label else ''} (same device, engine, model, "
@@ -169,11 +179,14 @@ def junit_compare(comparisons: Sequence[cmp.Comparison], title: str) -> str:
 def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
     bad = ("confirmed", "suspected") if strict else ("confirmed",)
     suite = ET.Element("testsuite", name="devicelab regress", tests=str(len(reports)),
-                       failures=str(sum(r.status in bad for r in reports)))
+                       failures=str(sum(r.status in bad for r in reports)),
+                       skipped=str(sum(r.status == "no data" for r in reports)))
     for r in reports:
         case = ET.SubElement(suite, "testcase", classname="devicelab.regress", name=r.series)
         if r.status in bad:
             ET.SubElement(case, "failure", message=f"{r.status} regression").text = "\n".join(r.notes)
+        elif r.status == "no data":
+            ET.SubElement(case, "skipped", message="no data: " + "; ".join(r.notes))
         ET.SubElement(case, "system-out").text = f"{r.status}: " + "; ".join(r.notes)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 

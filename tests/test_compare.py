@@ -337,3 +337,28 @@ def test_a_config_run_in_several_processes_is_one_cell_their_median() -> None:
     (table,) = slides_tables(rows)
     (row,) = table.rows
     assert row.name == "onnxruntime [a]" and row.cells[1].text() == "2.00 ms"
+
+
+def test_summary_only_sides_say_why_there_is_no_verdict() -> None:
+    """A tool:* engine that prints only min/avg/max stores no samples: there is nothing a verdict can use, and the
+    verdict says so instead of 'fewer than 5 samples'."""
+    v = verdict([[], [], []], processes(3, 0.01))
+    assert v.verdict == "unknown" and v.ratio is None
+    assert any("base side has no per-iteration samples" in r and "summary" in r for r in v.reasons), v.reasons
+    v = verdict([[], []], [[], []])
+    assert any("no per-iteration samples" in r for r in v.reasons), v.reasons
+
+
+def test_compare_command_says_why_summary_only_runs_get_no_verdict(env: dict[str, str]) -> None:
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    for run_id in ("t1", "t2"):
+        store.create_run(RunRecord(run_id, f"2026-11-0{run_id[1]}T00:00:00", {"name": "synthetic"}, 1, {}, "0.1.0"))
+        for rep in range(5):
+            cfg = Config("host", "tool:benchncnn", "", "1.0", "mobilenet_v2", "ab" * 32, 1, "fp32", "cpu", 1, (1,),
+                         "big", rep)
+            store.add_result(Result.for_config(run_id, cfg, OK, samples_s=(), summary_only=True, median_s=0.01))
+    code, out, err = run_json("compare", "t1", "t2", env=env)
+    (c,) = out["comparisons"]
+    assert code == 0 and c["verdict"] == "unknown", err
+    assert any("no per-iteration samples" in r for r in c["reasons"]), c["reasons"]
+    assert c["base_median_s"] == c["candidate_median_s"] == 0.01  # the medians the tool printed (not NaN)

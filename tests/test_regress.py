@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from itertools import combinations
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from devicelab.analysis.regress import RunPoint, analyze, change_points, energy_statistic
+from devicelab.result import OK, Config, Result
+from devicelab.store import RunRecord, SqliteStore
+from helpers import run_json
 
 
 def matteson_james_q(x: list[float], y: list[float]) -> float:
@@ -56,3 +60,34 @@ def test_a_step_smaller_than_the_noise_floor_is_no_change_point() -> None:
     report = analyze("s", history, noise_floor=0.05)
     assert report.change_points == [] and report.status != "confirmed", report
     assert change_points([p.median for p in history], magnitude=0.05) == []
+
+
+def test_a_series_without_samples_is_no_data() -> None:
+    """A summary-only engine (tool:* without per-iteration times) stores no samples: its series has no centre, so
+    regress says so ('no data') instead of 'ok'."""
+    points = [RunPoint(f"r{i}", f"t{i}", [[]]) for i in range(8)]
+    report = analyze("s", points)
+    assert report.status == "no data" and report.change_points == [] and report.newest is None
+    assert any("no per-iteration samples" in n for n in report.notes), report.notes
+    # Runs without samples among runs with them are left out, and say so.
+    mixed = [RunPoint(f"r{i}", f"t{i}", [[0.01] * 10]) for i in range(6)] + [RunPoint("x", "tx", [[]])]
+    report = analyze("s", mixed)
+    assert report.status == "ok" and report.points == 7 and any("1 run without samples" in n for n in report.notes)
+
+
+def _store_summary_only(store: SqliteStore, run_id: str, created: str) -> None:
+    store.create_run(RunRecord(run_id, created, {"name": "synthetic"}, 1, {}, "0.1.0"))
+    cfg = Config("host", "tool:benchncnn", "", "1.0", "mobilenet_v2", "ab" * 32, 1, "fp32", "cpu", 1, (1,), "big", 0)
+    store.add_result(Result.for_config(run_id, cfg, OK, samples_s=(), summary_only=True, median_s=0.01))
+
+
+def test_regress_command_says_no_data_for_summary_only_series(env: dict[str, str]) -> None:
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    for i in range(6):
+        _store_summary_only(store, f"night{i}", f"2026-11-0{i + 1}T00:00:00")
+    junit = Path(env["DEVICELAB_DB"]).parent / "r.xml"
+    code, out, err = run_json("regress", "--junit", str(junit), env=env)
+    assert code == 0, err
+    (series,) = out["series"]
+    assert series["status"] == "no data" and series["points"] == 6, series
+    assert 'skipped="1"' in junit.read_text() and 'failures="0"' in junit.read_text()

@@ -179,6 +179,13 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
         reasons.append(f"threshold raised to the device's A/A noise floor, {noise_floor:.1%}")
     counts = dict(n_base=len(b), n_candidate=len(c), processes_base=sum(1 for p in base if len(p)),
                   processes_candidate=sum(1 for p in cand if len(p)))
+    empty = [name for name, side in (("base", b), ("candidate", c)) if not len(side)]
+    if empty:
+        # A summary-only engine (a tool:* engine that prints only min/avg/max) stores a figure per process, no samples.
+        return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + [
+            f"the {' and '.join(empty)} side{'s have' if len(empty) > 1 else ' has'} no per-iteration samples "
+            "(summary-only results, as tool:* engines that print only min/avg/max give): a verdict needs the "
+            "samples; use an engine that reports every iteration"]), **counts)
     if len(b) < 5 or len(c) < 5:
         return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
                        **counts)

@@ -85,7 +85,7 @@ class RunPoint:
 @dataclass
 class SeriesReport:
     series: str
-    status: str  # ok, improved, suspected, confirmed, insufficient
+    status: str  # ok, improved, suspected, confirmed, insufficient, no data
     points: int
     change_points: list[dict[str, Any]] = field(default_factory=list)
     newest: dict[str, Any] | None = None
@@ -100,9 +100,20 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
             noise_floor: float | None = None, min_segment: int = MIN_SEGMENT) -> SeriesReport:
     if not points:
         return SeriesReport(series, "insufficient", 0)
+    # A summary-only engine (tool:* printing min/avg/max) stores no samples: such a run has no centre to compare.
+    empty = sum(1 for p in points if not any(len(x) for x in p.processes))
+    if empty == len(points):
+        return SeriesReport(series, "no data", len(points), notes=[
+            f"no per-iteration samples in its {len(points)} run{'s' if len(points) != 1 else ''} (a summary-only "
+            "engine, such as a tool:* engine that prints only min/avg/max): nothing to analyze"])
+    total = len(points)
+    points = [RunPoint(p.run_id, p.created_at, [x for x in p.processes if len(x)]) for p in points
+              if any(len(x) for x in p.processes)]
     medians = [p.median for p in points]
     cps = change_points(medians, min_segment, magnitude=max(threshold, noise_floor or 0.0))
-    report = SeriesReport(series, "ok", len(points))
+    report = SeriesReport(series, "ok", total)
+    if empty:
+        report.notes.append(f"left out {empty} run{'' if empty == 1 else 's'} without samples")
     bounds = [0, *cps, len(points)]
     for i, cp in enumerate(cps):
         before = float(np.mean(medians[bounds[i]:cp]))
