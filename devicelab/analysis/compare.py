@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from devicelab.analysis.stats import resampled_medians
+
 ALPHA = 0.01
 DEFAULT_THRESHOLD = 0.02
 
@@ -63,10 +65,9 @@ def center(processes: Sequence[Sequence[float]]) -> float:
 
 
 def _resampled_medians(side: Sequence[Sequence[float]], rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """[replicate k, process j]: the median of process j's samples resampled with replacement (one numpy call per
-    process)."""
-    return np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
-                            for p in (np.asarray(x, float) for x in side)])
+    """[replicate k, process j]: the median of process j's samples resampled with replacement, drawn from order
+    statistics (stats.resampled_medians: memory O(samples + resamples), not resamples × samples)."""
+    return np.column_stack([resampled_medians(p, resamples, rng) for p in side])
 
 
 def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
