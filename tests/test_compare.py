@@ -362,3 +362,18 @@ def test_compare_command_says_why_summary_only_runs_get_no_verdict(env: dict[str
     assert code == 0 and c["verdict"] == "unknown", err
     assert any("no per-iteration samples" in r for r in c["reasons"]), c["reasons"]
     assert c["base_median_s"] == c["candidate_median_s"] == 0.01  # the medians the tool printed (not NaN)
+
+
+def test_one_process_against_a_history_prediction_interval_has_nominal_coverage() -> None:
+    """The interval for one new process against n history processes is a prediction interval: under normal log
+    medians it covers a new process from the same distribution in 95 % of trials (2000 a size; 3 sd: ±1.5 %)."""
+    from devicelab.analysis.compare import process_t_ci
+
+    rng = np.random.default_rng(70)
+    for n in (3, 5, 10, 30):
+        hits = 0
+        for _ in range(2000):
+            x = np.exp(rng.normal(0, 0.03, n + 1))
+            lo, hi = process_t_ci([[v] for v in x[:n]], [[x[n]]])
+            hits += lo <= 1.0 <= hi
+        assert 0.935 <= hits / 2000 <= 0.965, (n, hits / 2000)
