@@ -128,21 +128,25 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
     elif report.change_points:
         report.status = "improved"
 
-    # The tail: how many of the newest runs are slower than the stable segment before them.
-    tail: list[Verdict] = []
-    for k in range(1, len(points) - last_cp):
-        start = len(points) - k
-        baseline = points[last_cp:start]
+    # The tail: the newest runs against the stable segment before them. A run in question is never part of that
+    # segment: one slow night among the baseline runs would widen the prediction interval for the next night.
+    def check(k: int) -> tuple[int, list[Verdict]] | None:
+        """The k newest runs, each against the runs before all k of them (None below 2 such runs)."""
+        baseline = points[last_cp:len(points) - k]
         if len(baseline) < 2:
-            break
-        v = verdict([p for run in baseline for p in run.processes], points[start].processes, threshold, noise_floor)
-        if k == 1:
-            report.newest = {"run_id": points[-1].run_id, **v.to_dict(), "baseline_runs": len(baseline)}
-        if v.verdict != "slower":
-            break
-        tail.append(v)
-        if len(tail) >= 2:
-            break
+            return None
+        flat = [p for run in baseline for p in run.processes]
+        return len(baseline), [verdict(flat, points[-j].processes, threshold, noise_floor) for j in range(1, k + 1)]
+
+    one, two = check(1), check(2)
+    newest = one
+    if one and two and two[1][0].verdict == "slower" and one[1][0].verdict != "slower":
+        newest = two  # slower than the segment before a slow second-newest, which hid it
+    if newest:
+        report.newest = {"run_id": points[-1].run_id, **newest[1][0].to_dict(), "baseline_runs": newest[0]}
+    tail = two[1] if two and all(v.verdict == "slower" for v in two[1]) else []
+    if not tail and newest and newest[1][0].verdict == "slower":
+        tail = newest[1][:1]
     if report.newest is None:
         report.notes.append("fewer than 2 stable runs before the newest: it cannot be checked yet")
         if report.status == "ok" and len(points) < 3:
