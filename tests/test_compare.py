@@ -34,7 +34,9 @@ def test_ten_percent_slower_and_faster() -> None:
     # separate runs of 3 processes: the processes are the units, and 3 a side cannot reach p < 0.01
     v = verdict(processes(3, 0.01), processes(3, 0.011))
     assert v.verdict == "unknown" and any("need 5 a side" in r for r in v.reasons)
-    base, cand = drifting_rounds(np.random.default_rng(1), 3, 0.10, drift=0.0)  # as labels of one run: paired
+    # as labels of one run: paired, p from the rounds (4: a paired t over 3 rounds has 2 degrees of freedom and calls
+    # +10 % under 1 % noise of each process in 90 % of draws)
+    base, cand = drifting_rounds(np.random.default_rng(1), 4, 0.10, drift=0.0)
     assert verdict(base, cand, paired=True).verdict == "slower"
 
 
@@ -377,3 +379,42 @@ def test_one_process_against_a_history_prediction_interval_has_nominal_coverage(
             lo, hi = process_t_ci([[v] for v in x[:n]], [[x[n]]])
             hits += lo <= 1.0 <= hi
         assert 0.935 <= hits / 2000 <= 0.965, (n, hits / 2000)
+
+
+def _yuen_one_sample_p(d: np.ndarray) -> float:
+    """Yuen's 20 %-trimmed one-sample t-test, one-sided (mean > 0), from scipy's trimmed mean and winsorizing."""
+    from scipy.stats import mstats, t, trim_mean
+
+    n = len(d)
+    g = int(0.2 * n)
+    h = n - 2 * g
+    cut = (g + 0.5) / n  # both scipy functions cut int(cut · n) = g values a side
+    sw = np.var(np.asarray(mstats.winsorize(d, limits=(cut, cut))), ddof=1)
+    return float(t.sf(trim_mean(d, cut) / np.sqrt((n - 1) * sw / (h * (h - 1))), h - 1))
+
+
+def test_paired_p_is_a_trimmed_t_test_over_rounds() -> None:
+    """Paired by round, the unit is the round: p is the one-sided paired t-test of the per-round log ratios of process
+    medians (Yuen 20 %-trimmed from 5 rounds on), not a test over pooled samples."""
+    from scipy.stats import ttest_1samp
+
+    for n, seed in ((3, 1), (4, 2), (10, 3), (17, 4)):
+        base, cand = drifting_rounds(np.random.default_rng(seed), n, 0.01, per_process=0.01)
+        d = np.log([np.median(c) / np.median(b) for b, c in zip(base, cand)])
+        v = verdict(base, cand, paired=True)
+        want = ttest_1samp(d, 0, alternative="greater").pvalue if n < 5 else _yuen_one_sample_p(d)
+        assert v.p_slower == pytest.approx(want, rel=1e-9) and v.p_faster == pytest.approx(1 - want, rel=1e-9), n
+
+
+def test_paired_and_history_p_values_hold_their_level() -> None:
+    """A/A: p < 0.01 in about 1 % of trials, whatever the samples within a process look like — paired rounds with 2 %
+    noise of each process, and one process against a history of 8 (the samples of one process share its state, so a
+    test over samples gave p ≈ 1e-100 for a few percent between processes)."""
+    rng = np.random.default_rng(6)
+    paired = history = 0
+    for i in range(400):
+        base, cand = drifting_rounds(rng, 5, 0.0, per_process=0.02)
+        paired += verdict(base, cand, seed=i, resamples=100, paired=True).p_slower < 0.01
+        hist = processes(9, 0.01, cv=0.05, per_process=0.02)
+        history += verdict(hist[:8], hist[8:], seed=i, resamples=100).p_slower < 0.01
+    assert paired <= 10 and history <= 10, (paired, history)  # 4 expected of 400; P(more than 10) ≈ 0.003

@@ -1,7 +1,8 @@
 """A/B verdicts (pure): is the candidate faster, slower, the same, or unknown?
 
 Rules (design.md), threshold t (default 2 %):
-  slower  — one-sided Mann-Whitney U p < 0.01 and the CI of the median ratio cand/base lies above 1 + t
+  slower  — one-sided p < 0.01 (from a test whose unit is the process or the round, below) and the CI of the
+            median ratio cand/base lies above 1 + t
   faster  — p < 0.01 the other way and the CI lies below 1 − t
   same    — the whole CI inside [1 − t, 1 + t]
   unknown — anything else: collect more samples rather than guess.
@@ -12,16 +13,19 @@ odd process among three cannot move it. Its CI comes from a two-level bootstrap 
 samples within each — so process-to-process noise (1–3 % on these VMs, more while something else runs)
 widens the interval instead of being mistaken for a change; and never narrower than a Welch t interval over the
 processes (the bootstrap alone undercovers with 3 processes: measured, 2.7 % A/A false positives at 4.5 %
-process-to-process noise); from 5 processes on, Yuen's 20 %-trimmed version, so one odd run in a history cannot
-hide a step.
+process-to-process noise); from 5 processes on, Yuen's 20 %-trimmed version, so one odd process cannot hide a step.
+One process against a history (regress's newest run) gets the t prediction interval of a new process,
+s²(1 + 1/n) with n − 1 degrees of freedom: 95 % coverage under normality (Yuen's variance there gave 0.90).
 Paired (A/B labels of one run, matched by round): the machine drifts over minutes (measured here: lag-1
 autocorrelation 0.73 between 6-second processes, ±5 % swings), and the two labels' processes of one round ran
 next to each other, so the statistic becomes the median of the per-round ratios and its CI comes from rounds
 resampled whole, never narrower than a paired (Yuen 20 %-trimmed) t interval of the per-round log ratios.
 Drift shared by a round then cancels instead of widening the interval.
-Only MWU is used for p (no KS), so no multiple-testing correction is needed; for separate runs it is taken over
-process medians (the independent units), so it needs 5 processes a side. A device's A/A noise floor,
-when known, raises t: a change smaller than the floor is never called.
+p comes from one test per mode (no KS, so no multiple-testing correction), never from samples pooled over processes
+(the samples of one process share its machine state: p ≈ 1e-100 for a few percent between processes): separate runs,
+an exact MWU over process medians (so 5 processes a side are needed); paired rounds, the (Yuen-trimmed) paired
+t-test of the per-round log ratios, the CI's t floor; one process against a history, the t statistic of the
+prediction interval. A device's A/A noise floor, when known, raises t: a change smaller than the floor is never called.
 """
 
 from __future__ import annotations
@@ -126,6 +130,15 @@ def _interval(diff: float, se: float, df: float, confidence: float) -> tuple[flo
     return float(np.exp(diff - q * se)), float(np.exp(diff + q * se))
 
 
+def _t_p(diff: float, se: float, df: float) -> tuple[float, float]:
+    """One-sided p-values (cand slower, cand faster) of a t statistic diff/se with df degrees of freedom."""
+    from scipy.stats import t as student
+
+    if se == 0:
+        return (0.0 if diff > 0 else 1.0), (0.0 if diff < 0 else 1.0)
+    return float(student.sf(diff / se, df)), float(student.cdf(diff / se, df))
+
+
 def paired_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95
                 ) -> tuple[float, float] | None:
     """Yuen's trimmed t interval of the per-round log ratios of process medians (None below 2 rounds). One round
@@ -221,11 +234,17 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
             "runs per side (RUN_A,RUN_B)"]), **counts)
     lo, hi = min(lo, t_ci[0]), max(hi, t_ci[1])
     few = min(counts["processes_base"], counts["processes_candidate"])
-    if paired or few < 2:
-        # Paired: a round's two processes share the machine's state, and the CI is over rounds. One process against
-        # a history: the prediction interval carries the history's spread.
-        p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)
-        p_faster = float(mannwhitneyu(c, b, alternative="less").pvalue)
+    if paired:
+        # The unit is the round (samples of one process share its machine state, so a test over pooled samples
+        # gives p ≈ 1e-100 for a few percent between processes): the paired t-test of the per-round log ratios,
+        # Yuen-trimmed from 5 rounds on — the statistic of the CI's t floor. Unlike a sign or Wilcoxon test
+        # (smallest p 2⁻ⁿ: 7 rounds before p < 0.01 is possible) it can decide from 3 rounds.
+        d = np.log([np.median(y) / np.median(x) for x, y in zip(base, cand, strict=True)])
+        center_, var, h = _trimmed(d)
+        p_slower, p_faster = _t_p(center_, float(np.sqrt(var / h)), h - 1)
+    elif few < 2:
+        # One process against a history: the t statistic of its prediction interval, the history's spread for both.
+        p_slower, p_faster = _t_p(*_prediction(base, cand))
     else:
         # Unpaired runs: the processes are the independent units (samples of one process share its machine state,
         # so a test over samples gives p = 1e-100 for a 5 % difference between two sets of processes). Exact MWU over
