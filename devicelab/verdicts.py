@@ -78,6 +78,24 @@ def _rounds(base: Side, cand: Side, rb: list[Result], rc: list[Result]) -> list[
     return [(by_b[i], by_c[i]) for i in common]
 
 
+def device_noise_floor(store: SqliteStore, device: str, paired: bool) -> float | None:
+    """The device's latest A/A noise floor if it was measured the way the comparison is made, else None.
+
+    An unpaired floor (`devicelab noise`: processes one after another) measures the drift between separate processes,
+    which a paired comparison (lockstep rounds) cancels: applied there it hid real changes (issue 14: +3 % of work,
+    CI 1.021–1.039, was called same under a 5 % unpaired floor). So paired comparisons take only a floor measured
+    paired (`devicelab noise --paired`, a lockstep A/A), and separate runs only an unpaired one. How it was measured
+    is read from the floor's run (lockstep rounds or not; its detail also says `paired`). Only the latest floor is
+    read: one measured the other way leaves this comparison without a floor until it is measured again."""
+    found = store.noise_floor(device)
+    if found is None:
+        return None
+    floor, run_id = found
+    ok = [r for r in store.results(run_id) if r.status == OK]
+    measured_paired = bool(ok) and all((r.protocol or {}).get("lockstep_run") for r in ok)
+    return floor if measured_paired == paired else None
+
+
 def _center(results: Sequence[Result]) -> float | None:
     """The median of the processes' medians; a summary-only Result (no samples) counts with the median its tool
     printed, and None when no process has either."""
@@ -100,14 +118,13 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, 
     out: list[cmp.Comparison] = []
     for k in sorted(set(groups_b) & set(groups_c)):
         rb, rc = groups_b[k], groups_c[k]
-        floor = store.noise_floor(rb[0].device)
         pairs = _rounds(base, cand, rb, rc) if pair else None
+        floor = device_noise_floor(store, rb[0].device, paired=pairs is not None)
         if pairs is not None:
             v = cmp.verdict([list(b.samples_s) for b, _ in pairs], [list(c.samples_s) for _, c in pairs], threshold,
-                            floor[0] if floor else None, paired=True)
+                            floor, paired=True)
         else:
-            v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
-                            floor[0] if floor else None)
+            v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold, floor)
         out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, _center(rb), _center(rc),
                                   cmp.state_warnings(rb, rc)))
     if not out:
@@ -136,8 +153,8 @@ def regress(store: SqliteStore, threshold: float, device: str | None = None) -> 
             else:
                 points.append(rg.RunPoint(run_id, created, [list(result.samples_s)]))
         first = rows[0][2]
-        floor = store.noise_floor(first.device)
-        report = rg.analyze(display_name(first), points, threshold, floor[0] if floor else None)
+        # History compares separate runs: an unpaired floor.
+        report = rg.analyze(display_name(first), points, threshold, device_noise_floor(store, first.device, False))
         reports.append(report)
     return sorted(reports, key=lambda r: r.series)
 
@@ -194,7 +211,8 @@ def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
 def _verdict_text(v: cmp.Verdict) -> str:
     if v.ratio is None or v.ci is None:
         return "no ratio"
-    return f"ratio {v.ratio:.4f} [{v.ci[0]:.4f}, {v.ci[1]:.4f}], threshold ±{v.threshold:.1%}"
+    floor = f", noise floor ±{v.noise_floor:.1%}" if v.noise_floor else ""
+    return f"ratio {v.ratio:.4f} [{v.ci[0]:.4f}, {v.ci[1]:.4f}], threshold ±{v.threshold:.1%}{floor}"
 
 
 def _md(text: str) -> str:

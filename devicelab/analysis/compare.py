@@ -25,7 +25,11 @@ p comes from one test per mode (no KS, so no multiple-testing correction), never
 (the samples of one process share its machine state: p ≈ 1e-100 for a few percent between processes): separate runs,
 an exact MWU over process medians (so 5 processes a side are needed); paired rounds, the (Yuen-trimmed) paired
 t-test of the per-round log ratios, the CI's t floor; one process against a history, the t statistic of the
-prediction interval. A device's A/A noise floor, when known, raises t: a change smaller than the floor is never called.
+prediction interval.
+A device's A/A noise floor f, when known, can stop a call: slower/faster also need the CI beyond 1 ± f, else the
+verdict is unknown, "smaller than the device's noise floor". It never makes one 'same' (always the CI inside 1 ± t):
+a CI that excludes 1 ± t is not the same, whatever the floor. The caller passes a floor measured the way the
+comparison is made (verdicts.compare_sides: paired comparisons only a floor measured paired, or none).
 """
 
 from __future__ import annotations
@@ -49,16 +53,18 @@ class Verdict:
     ci: tuple[float, float] | None
     p_slower: float | None
     p_faster: float | None
-    threshold: float  # the one applied (max of the asked threshold and the noise floor)
+    threshold: float  # the asked threshold t: 'same' means the CI lies inside 1 ± t
     n_base: int
     n_candidate: int
     processes_base: int
     processes_candidate: int
     reasons: tuple[str, ...] = ()
+    noise_floor: float | None = None  # the device's A/A floor applied: slower/faster need the CI beyond 1 ± it too
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "ratio": self.ratio, "ci": list(self.ci) if self.ci else None,
                 "p_slower": self.p_slower, "p_faster": self.p_faster, "threshold": self.threshold,
+                "noise_floor": self.noise_floor,
                 "n_base": self.n_base, "n_candidate": self.n_candidate, "processes_base": self.processes_base,
                 "processes_candidate": self.processes_candidate, "reasons": list(self.reasons)}
 
@@ -198,12 +204,11 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
 
     b = np.concatenate([np.asarray(p, float) for p in base]) if base else np.array([])
     c = np.concatenate([np.asarray(p, float) for p in cand]) if cand else np.array([])
-    t = max(threshold, noise_floor or 0.0)
+    t = threshold
+    gate = max(threshold, noise_floor or 0.0)  # how far beyond 1 a CI must lie to be called slower or faster
     reasons: list[str] = []
-    if noise_floor and noise_floor > threshold:
-        reasons.append(f"threshold raised to the device's A/A noise floor, {noise_floor:.1%}")
     counts = dict(n_base=len(b), n_candidate=len(c), processes_base=sum(1 for p in base if len(p)),
-                  processes_candidate=sum(1 for p in cand if len(p)))
+                  processes_candidate=sum(1 for p in cand if len(p)), noise_floor=noise_floor or None)
     empty = [name for name, side in (("base", b), ("candidate", c)) if not len(side)]
     if empty:
         # A summary-only engine (a tool:* engine that prints only min/avg/max) stores a figure per process, no samples.
@@ -259,13 +264,18 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
                            "(pool runs: RUN_A,RUN_B), or run the two builds as labels of one run (paired)")
     if few < 3:
         reasons.append("fewer than 3 processes on a side: process-to-process noise is not fully in the CI")
+    # A floor can stop a change from being called, never make it 'same': 'same' is the CI inside 1 ± t, floor or not.
     if p_slower < ALPHA and lo > 1 + t:
-        v = "slower"
+        v = "slower" if lo > 1 + gate else "unknown"
     elif p_faster < ALPHA and hi < 1 - t:
-        v = "faster"
+        v = "faster" if hi < 1 - gate else "unknown"
     elif 1 - t <= lo and hi <= 1 + t:
         v = "same"
     else:
+        v = ""
+    if v == "unknown":
+        reasons.append(f"the change is smaller than the device's noise floor ({noise_floor:.1%}): not called")
+    elif not v:
         v = "unknown"
         reasons.append("the CI crosses the threshold or p is not below 0.01: collect more samples")
     return Verdict(v, ratio, (lo, hi), p_slower, p_faster, t, reasons=tuple(reasons), **counts)
