@@ -104,8 +104,12 @@ def test_opens_without_errors_or_network(report_page: dict[str, Any]) -> None:
 
 
 def test_hostile_name_renders_as_text(report_page: dict[str, Any]) -> None:
+    """The model named like a script is text where it is rendered — the section headings, escaped in the HTML — and
+    nowhere in the file as markup (the raw-data block escapes '<' as \\u003c)."""
+    html = report_page["path"].read_text()
     assert f"{HOSTILE} on host" in report_page["text"]
-    assert "<script>alert" not in report_page["path"].read_text().split("<script>")[0]
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h3>{escaped} on host</h3>" in html and HOSTILE not in html
 
 
 def test_tables_hold_the_expected_cells(report_page: dict[str, Any]) -> None:
