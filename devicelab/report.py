@@ -15,7 +15,7 @@ import hashlib
 import json
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -100,8 +100,19 @@ def _groups(results: Sequence[Result]) -> dict[tuple[str, str], list[Result]]:
 
 
 def _median_of(rs: Sequence[Result]) -> float | None:
-    samples = [s for r in rs for s in r.samples_s]
-    return float(np.median(samples)) if samples else None
+    """A config's latency wherever the report shows one: the median of its processes' medians, as compare's centre
+    and the CLI tables (a pooled median would let the process sampled longest decide; the last or first process
+    alone would ignore the others)."""
+    medians = [float(np.median(r.samples_s)) for r in rs if r.samples_s]
+    return float(np.median(medians)) if medians else None
+
+
+def _configs(rs: Sequence[Result], key: Any) -> dict[Any, list[Result]]:
+    """Results grouped by `key` (a config's processes together), in first-seen order."""
+    out: dict[Any, list[Result]] = {}
+    for r in rs:
+        out.setdefault(key(r), []).append(r)
+    return out
 
 
 def _artifact_mb(r: Result) -> float | None:
@@ -150,8 +161,9 @@ def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, A
             continue
         threads = sorted({r.threads for r in rs})
         rows: dict[str, dict[int, str]] = {}
-        for r in sorted(rs, key=lambda r: (r.backend == "cpu", r.engine)):
-            rows.setdefault(_variant(r, several), {})[r.threads] = _ms(r.median_s)
+        ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine))
+        for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several), r.threads)).items():
+            rows.setdefault(name, {})[t] = _ms(_median_of(processes))
         out.append({"device": device, "model": model, "threads": threads,
                     "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})
     return out
@@ -179,8 +191,8 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
     out: list[dict[str, str]] = []
     for (device, model), rs in _groups(ok).items():
         series: dict[str, list[tuple[float, float]]] = {}
-        for r in rs:
-            series.setdefault(_variant(r, several), []).append((r.threads, (r.median_s or 0) * 1e3))
+        for (name, t), processes in _configs(rs, lambda r: (_variant(r, several), r.threads)).items():
+            series.setdefault(name, []).append((t, (_median_of(processes) or 0) * 1e3))
         if any(len(v) > 1 for v in series.values()):
             out.append({"kind": "threads", "title": f"{model} on {device}",
                         "svg": charts.line_chart(f"Thread scaling: {model} on {device}", series, "threads",
@@ -195,7 +207,12 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
             by_device.setdefault(r.device, []).append(r)
     for device, rs in sorted(by_device.items()):
         for model in sorted({r.model for r in rs}):
-            mrs = [r for r in rs if r.model == model]
+            # One point per config: its processes' median of medians, least agreeing accuracy, highest peak memory.
+            mrs = [replace(ps[0], median_s=_median_of(ps),
+                                       accuracy=min((x.accuracy for x in ps), key=lambda a: a["cosine"]),  # type: ignore[index]
+                                       peak_rss_bytes=max((x.peak_rss_bytes or 0 for x in ps), default=0) or None)
+                   for ps in _configs([r for r in rs if r.model == model],
+                                      lambda r: (_variant(r, several), r.threads)).values()]
             # Best: nothing else is both faster and closer to the fp32 outputs (memory is the point's size and
             # breaks exact ties); a 3-axis front rings almost everything and tells a reviewer nothing.
             best = pareto([((r.median_s or 0), max(1 - r.accuracy["cosine"], 1e-8), float(r.peak_rss_bytes or 0) / 1e12)  # type: ignore[index]
@@ -224,19 +241,21 @@ def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
     out = []
     for (device, model), rs in _groups(_ok(results)).items():
         rows = []
-        for r in rs:
-            if r.precision == "fp32":
+        configs = _configs(rs, lambda r: (r.engine, r.label, r.precision, r.backend, r.threads, r.run_id))
+        for (engine, label, precision, backend, threads, run_id), processes in configs.items():
+            if precision == "fp32":
                 continue
-            ref = [x for x in rs if x.precision == "fp32" and x.engine == r.engine and x.label == r.label
-                   and x.threads == r.threads and x.backend == r.backend and x.run_id == r.run_id]
+            ref = configs.get((engine, label, "fp32", backend, threads, run_id), [])
+            r = processes[0]
             s, s0 = _artifact_mb(r), (_artifact_mb(ref[0]) if ref else None)
-            if not ref or not s or not s0 or not r.median_s or not ref[0].median_s:
+            t, t0 = _median_of(processes), _median_of(ref)
+            if not ref or not s or not s0 or not t or not t0:
                 continue
-            t, t0 = r.median_s, ref[0].median_s
-            agreement = r.accuracy["top1_agreement"] if r.accuracy else None
+            accuracy = min((x.accuracy for x in processes if x.accuracy), key=lambda a: a["cosine"], default=None)
+            agreement = accuracy["top1_agreement"] if accuracy else None
             rows.append({"name": f"{_variant(r, several)} {r.threads}t", "size": f"{s:.1f}", "size0": f"{s0:.1f}",
                          "latency": _ms(t), "latency0": _ms(t0),
-                         "drift": f"{agreement:.0%} / {r.accuracy['cosine']:.4f}" if r.accuracy else "—",
+                         "drift": f"{agreement:.0%} / {accuracy['cosine']:.4f}" if accuracy else "—",
                          "gates": f"A {accuracy_gate(agreement):g} · B {size_gate(s):g}",
                          "contest": contest_score(t, t0, s, s0, agreement), "latency_score": t0 / t,
                          "size_score": s0 / s})
@@ -285,8 +304,6 @@ def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
     fp32 = [r for r in results if r.precision == "fp32" and r.backend == "cpu"]
     data.engines = slides_tables([r for r in fp32] if fp32 else list(results))
     if several:  # the same config from two runs: keep them apart in the engines tables
-        from dataclasses import replace
-
         data.engines = slides_tables([replace(r, label=(r.label + " " if r.label else "") + r.run_id) for r in fp32])
     data.precision = precision_tables(results, several)
     data.backends = backend_tables(results, several)
