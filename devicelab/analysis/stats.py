@@ -139,21 +139,3 @@ def stability_warnings(samples: Sequence[float], throttled: bool | None = None, 
     if throttled:
         out.append("the device throttled during the measurement (frequency cap below maximum)")
     return out
-
-
-def ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float = 0.95,
-             resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
-    """Median ratio cand/base with a percentile bootstrap CI (scipy.stats.bootstrap, independent samples)."""
-    if len(base) < 2 or len(cand) < 2:
-        return None
-    from scipy import stats as _stats  # lazy: ~1 s to import, only analysis needs it
-
-    point = float(np.median(cand) / np.median(base))
-    res = _stats.bootstrap((np.asarray(cand, float), np.asarray(base, float)),
-                           lambda c, b, axis=-1: np.median(c, axis=axis) / np.median(b, axis=axis),
-                           confidence_level=confidence, n_resamples=resamples, method="percentile",
-                           vectorized=True, paired=False, rng=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if math.isnan(lo) or math.isnan(hi):
-        return None
-    return point, lo, hi
