@@ -265,17 +265,15 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
     if few < 3:
         reasons.append("fewer than 3 processes on a side: process-to-process noise is not fully in the CI")
     # A floor can stop a change from being called, never make it 'same': 'same' is the CI inside 1 ± t, floor or not.
-    if p_slower < ALPHA and lo > 1 + t:
-        v = "slower" if lo > 1 + gate else "unknown"
-    elif p_faster < ALPHA and hi < 1 - t:
-        v = "faster" if hi < 1 - gate else "unknown"
+    called = ("slower" if p_slower < ALPHA and lo > 1 + t else "faster" if p_faster < ALPHA and hi < 1 - t else None)
+    if called and (lo > 1 + gate if called == "slower" else hi < 1 - gate):
+        v = called
+    elif called:
+        v = "unknown"
+        reasons.append(f"the change is smaller than the device's noise floor ({noise_floor:.1%}): not called")
     elif 1 - t <= lo and hi <= 1 + t:
         v = "same"
     else:
-        v = ""
-    if v == "unknown":
-        reasons.append(f"the change is smaller than the device's noise floor ({noise_floor:.1%}): not called")
-    elif not v:
         v = "unknown"
         reasons.append("the CI crosses the threshold or p is not below 0.01: collect more samples")
     return Verdict(v, ratio, (lo, hi), p_slower, p_faster, t, reasons=tuple(reasons), **counts)
