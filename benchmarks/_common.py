@@ -48,3 +48,17 @@ def machine() -> str:
 
 def ms(samples: list[float]) -> str:
     return f"{statistics.median(samples) * 1e3:.3f} ms"
+
+
+def paired_ratio(base: list[list[float]], cand: list[list[float]]) -> tuple[float, tuple[float, float] | None]:
+    """cand/base with the round as the unit, as `compare` pairs two labels of one run: base[i] and cand[i] are the
+    samples of the two processes of round i (run back to back). The ratio is the median of the per-round ratios of
+    process medians; its 95 % CI comes from rounds resampled whole, never narrower than a paired t interval of the
+    per-round log ratios (analysis.compare.verdict, paired). Pooling every process's samples instead gives a CI as
+    narrow as one process's sampling error, however far the processes spread. The CI is None below 2 rounds."""
+    from devicelab.analysis.compare import verdict
+
+    v = verdict(base, cand, paired=True)
+    assert v.ratio is not None
+    return v.ratio, v.ci if len(base) >= 2 else None
+

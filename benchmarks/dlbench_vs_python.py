@@ -4,8 +4,8 @@
 Same ncnn version (dlbench is built from the installed pip ncnn's sdist), same pnnx-converted model, same
 seeded inputs, threads and pinning, the default measurement protocol; `devicelab run` one engine at a time,
 alternating, ROUNDS processes each, so drift and heat hit both alike. Prints per-process medians, both
-overall medians and the median ratio dlbench/pip with its 95 % bootstrap CI, and whether the outputs' digests
-are equal.
+medians (of process medians) and the ratio dlbench/pip with its 95 % CI, the round as the unit (as `compare` pairs
+labels of one run), and whether the outputs' digests are equal.
 
 usage: python benchmarks/dlbench_vs_python.py [ROUNDS] [MODEL] [THREADS]   (defaults 5, mobilenet_v2, 1)
 Needs `devicelab build-native --target host` first (same DEVICELAB_DATA). Run it on an otherwise idle machine.
@@ -22,8 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import paired_ratio
+
 from devicelab import native
-from devicelab.analysis.stats import ratio_ci
 
 
 def devicelab_cmd() -> list[str]:
@@ -59,17 +60,13 @@ def main() -> None:
                 line.append(f"{engine} {statistics.median(r['samples_s']) * 1e3:.3f} ms ({len(r['samples_s'])}, "
                             f"cpus {r['cpus']})")
             print(f"round {i + 1}: " + ", ".join(line), flush=True)
-    pip = [s for run in samples["ncnn"] for s in run]
-    ours = [s for run in samples["dlbench"] for s in run]
-    ci = ratio_ci(pip, ours)
-    assert ci is not None
-    point, lo, hi = ci
+    ratio, ci = paired_ratio(samples["ncnn"], samples["dlbench"])
+    ci_text = f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "no CI (one round)"
     print(f"\nmachine: {os.cpu_count()} CPUs; model {model}, {threads} thread(s)")
-    print(f"pip ncnn {versions['ncnn']:<40} median {statistics.median(pip) * 1e3:.3f} ms  "
-          f"({len(pip)} samples, {rounds} processes)")
-    print(f"dlbench  {versions['dlbench']:<40} median {statistics.median(ours) * 1e3:.3f} ms  "
-          f"({len(ours)} samples, {rounds} processes)")
-    print(f"ratio dlbench/pip {point:.4f}  95% CI [{lo:.4f}, {hi:.4f}]")
+    for engine, name in (("ncnn", "pip ncnn"), ("dlbench", "dlbench ")):
+        print(f"{name} {versions[engine]:<40} median {statistics.median(map(statistics.median, samples[engine])) * 1e3:.3f}"
+              f" ms  (median of {rounds} process medians)")
+    print(f"ratio dlbench/pip {ratio:.4f}  {ci_text}  (paired by round)")
     ratios = [statistics.median(x) / statistics.median(y) for x, y in zip(samples["dlbench"], samples["ncnn"])]
     print(f"per-pair median ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
     same = digests["ncnn"] == digests["dlbench"] and len(digests["ncnn"]) == 1

@@ -5,8 +5,8 @@
    battery every 500 ms), around a child that only sleeps: ROUNDS runs of 5 s, median.
 2. The change it causes in a 1-thread median: dlbench (ncnn, MODEL, 1 thread, pinned to the last CPU, fixed
    iterations) in alternating fresh processes, plain and under dlprobe at 10 ms (which moves itself to a
-   free core when there is one), ROUNDS processes each. Prints both medians and the ratio probed/plain with
-   its 95 % bootstrap CI. Goal: within 1 %.
+   free core when there is one), ROUNDS processes each. Prints both medians (of process medians) and the ratio
+   probed/plain with its 95 % CI, the round as the unit (as `compare` pairs labels of one run). Goal: within 1 %.
 
 usage: python benchmarks/probe_overhead.py [ROUNDS] [MODEL] [ITERATIONS]   (defaults 5, mobilenet_v2, 300)
 Needs `devicelab build-native --target host` first (same DEVICELAB_DATA). Run it on an otherwise idle machine.
@@ -22,8 +22,9 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import paired_ratio
+
 from devicelab import native, paths, zoo
-from devicelab.analysis.stats import ratio_ci
 from devicelab.engines.dlbench import write_inputs
 from devicelab.engines.ncnn import convert_onnx
 
@@ -80,15 +81,14 @@ def main() -> None:
                     probe_cpus.add(",".join(map(str, json.loads(out.read_text())["probe_cpus"])))
             print(f"   round {i + 1}: plain {statistics.median(plain[-1]) * 1e3:.3f} ms, "
                   f"probed {statistics.median(probed[-1]) * 1e3:.3f} ms", flush=True)
-    a = [s for run in plain for s in run]
-    b = [s for run in probed for s in run]
-    ci = ratio_ci(a, b)
-    assert ci is not None
-    point, lo, hi = ci
+    ratio, ci = paired_ratio(plain, probed)
+    ci_text = f"95% CI [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else "no CI (one round)"
     print(f"\nmachine: {os.cpu_count()} CPUs; probe ran on CPUs {sorted(probe_cpus)}, the runner on CPU {cpu}")
-    print(f"plain median   {statistics.median(a) * 1e3:.3f} ms ({len(a)} samples, {rounds} processes)")
-    print(f"probed median  {statistics.median(b) * 1e3:.3f} ms ({len(b)} samples, {rounds} processes)")
-    print(f"ratio probed/plain {point:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  (goal: within 1 %)")
+    print(f"plain median   {statistics.median(map(statistics.median, plain)) * 1e3:.3f} ms "
+          f"(median of {rounds} process medians)")
+    print(f"probed median  {statistics.median(map(statistics.median, probed)) * 1e3:.3f} ms "
+          f"(median of {rounds} process medians)")
+    print(f"ratio probed/plain {ratio:.4f}  {ci_text}  (paired by round; goal: within 1 %)")
     ratios = [statistics.median(x) / statistics.median(y) for x, y in zip(probed, plain)]
     print(f"per-process median ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
 

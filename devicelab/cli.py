@@ -397,6 +397,8 @@ def noise(
     device: str = typer.Argument(..., metavar="DEVICE"),
     model: str = typer.Option("mobilenet_v2", "--model"), engine: str = typer.Option("onnxruntime", "--engine"),
     threads: int = typer.Option(1, "--threads", min=1), repeats: int = typer.Option(3, "--repeats", min=3),
+    paired: bool = typer.Option(False, "--paired", help="lockstep rounds compared paired: the floor for A/B labels "
+                                                        "of one run (default: unpaired, for separate runs)"),
     devices_file: Optional[str] = DevicesOpt, db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
 ) -> None:
     """Measure DEVICE's A/A noise floor: one config against itself, interleaved, and store it."""
@@ -407,10 +409,12 @@ def noise(
     inventory = load_inventory(devices_file)
     raw = {"name": f"noise-{device}", "models": [model], "threads": [threads], "precisions": ["fp32"],
            "engines": [{"name": engine, "label": "A"}, {"name": engine, "label": "B"}], "devices": [device],
-           "repeats": repeats,
-           # The floor guards comparisons of separate runs too, so it is measured as they see the device: processes
-           # one after another, compared unpaired (lockstep and pairing would hide the drift between them).
-           "protocol": {"lockstep": False}}
+           "repeats": repeats}
+    if not paired:
+        # The unpaired floor guards comparisons of separate runs, so it is measured as they see the device: processes
+        # one after another, compared unpaired (lockstep and pairing would hide the drift between them). A paired
+        # comparison uses only a floor measured paired (verdicts.device_noise_floor).
+        raw["protocol"] = {"lockstep": False}
     suite = sweep.validate(raw, "noise", inventory)
     store = open_store(db)
     with _RunProgress(enabled=err.is_terminal) as progress:
@@ -418,14 +422,16 @@ def noise(
     if sweep.exit_code(results):
         raise DevicelabError(f"the A/A run {run_id} had failures: see devicelab show {run_id}")
     comparisons = verdicts.compare_sides(store, verdicts.resolve_side(store, f"{run_id}:A"),
-                                         verdicts.resolve_side(store, f"{run_id}:B"), 0.02, pair=False)
+                                         verdicts.resolve_side(store, f"{run_id}:B"), 0.02, pair=paired)
     floor, detail = verdicts.noise_floor_from(comparisons)
+    detail["paired"] = paired
     store.add_noise_floor(device, comparisons[0].key, floor, run_id, detail)
     if as_json:
-        _print_json({"device": device, "run_id": run_id, "noise_floor": floor, "detail": detail})
+        _print_json({"device": device, "run_id": run_id, "noise_floor": floor, "paired": paired, "detail": detail})
     else:
-        out.print(f"{device}: A/A noise floor {floor:.2%} ({detail['config']}, run {run_id}); "
-                  "compare will not call smaller changes on this device")
+        out.print(f"{device}: A/A noise floor {floor:.2%} ({'paired, lockstep rounds' if paired else 'unpaired'}; "
+                  f"{detail['config']}, run {run_id}); compare will not call smaller changes "
+                  f"{'between labels of one run' if paired else 'between separate runs'} on this device")
 
 
 @app.command()

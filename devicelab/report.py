@@ -127,8 +127,19 @@ def _groups(results: Sequence[Result]) -> dict[tuple[str, str], list[Result]]:
 
 
 def _median_of(rs: Sequence[Result]) -> float | None:
-    samples = [s for r in rs for s in r.samples_s]
-    return float(np.median(samples)) if samples else None
+    """A config's latency wherever the report shows one: the median of its processes' medians, as compare's centre
+    and the CLI tables (a pooled median would let the process sampled longest decide; the last or first process
+    alone would ignore the others)."""
+    medians = [float(np.median(r.samples_s)) for r in rs if r.samples_s]
+    return float(np.median(medians)) if medians else None
+
+
+def _configs(rs: Sequence[Result], key: Any) -> dict[Any, list[Result]]:
+    """Results grouped by `key` (a config's processes together), in first-seen order."""
+    out: dict[Any, list[Result]] = {}
+    for r in rs:
+        out.setdefault(key(r), []).append(r)
+    return out
 
 
 def _artifact_mb(r: Result) -> float | None:
@@ -179,8 +190,9 @@ def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, A
             continue
         threads = sorted({r.threads for r in rs})
         rows: dict[str, dict[int, str]] = {}
-        for r in sorted(rs, key=lambda r: (r.backend == "cpu", r.engine)):
-            rows.setdefault(_variant(r, several), {})[r.threads] = _ms(r.median_s)
+        ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine))
+        for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several), r.threads)).items():
+            rows.setdefault(name, {})[t] = _ms(_median_of(processes))
         out.append({"device": device, "model": model, "threads": threads,
                     "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})
     return out
@@ -208,8 +220,8 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
     out: list[dict[str, str]] = []
     for (device, model), rs in _groups(ok).items():
         series: dict[str, list[tuple[float, float]]] = {}
-        for r in rs:
-            series.setdefault(_variant(r, several), []).append((r.threads, (r.median_s or 0) * 1e3))
+        for (name, t), processes in _configs(rs, lambda r: (_variant(r, several), r.threads)).items():
+            series.setdefault(name, []).append((t, (_median_of(processes) or 0) * 1e3))
         if any(len(v) > 1 for v in series.values()):
             out.append({"kind": "threads", "title": f"{model} on {device}",
                         "svg": charts.line_chart(f"Thread scaling: {model} on {device}", series, "threads",
@@ -224,16 +236,18 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
             by_device.setdefault(r.device, []).append(r)
     for device, rs in sorted(by_device.items()):
         for model in sorted({r.model for r in rs}):
-            mrs = [r for r in rs if r.model == model]
+            # One point per config: its processes' median of medians, least agreeing accuracy, highest peak memory.
+            configs = _configs([r for r in rs if r.model == model], lambda r: (_variant(r, several), r.threads))
+            pts = [(ps[0], _median_of(ps), min((x.accuracy for x in ps if x.accuracy), key=lambda a: a["cosine"]),
+                    max((x.peak_rss_bytes or 0 for x in ps), default=0) or None) for ps in configs.values()]
             # Best: nothing else is both faster and closer to the fp32 outputs (memory is the point's size and
             # breaks exact ties); a 3-axis front rings almost everything and tells a reviewer nothing.
-            best = pareto([((r.median_s or 0), max(1 - r.accuracy["cosine"], 1e-8), float(r.peak_rss_bytes or 0) / 1e12)  # type: ignore[index]
-                           for r in mrs])
-            points = [{"x": (r.median_s or 0) * 1e3, "y": 1 - r.accuracy["cosine"], "size": r.peak_rss_bytes or 0,  # type: ignore[index]
+            best = pareto([((m or 0), max(1 - acc["cosine"], 1e-8), float(peak or 0) / 1e12) for _, m, acc, peak in pts])
+            points = [{"x": (m or 0) * 1e3, "y": 1 - acc["cosine"], "size": peak or 0,
                        "group": _variant(r, several, with_precision=False).split(" · ")[0], "best": b,
-                       "label": f"{_variant(r, several)} {r.threads}t: {_ms(r.median_s)}, 1−cos "
-                                f"{1 - r.accuracy['cosine']:.1e}, {format_bytes(r.peak_rss_bytes)}"}  # type: ignore[index]
-                      for r, b in zip(mrs, best)]
+                       "label": f"{_variant(r, several)} {r.threads}t: {_ms(m)}, 1−cos "
+                                f"{1 - acc['cosine']:.1e}, {format_bytes(peak)}"}
+                      for (r, m, acc, peak), b in zip(pts, best)]
             out.append({"kind": "tradeoff", "title": f"{model} on {device}",
                         "svg": charts.scatter_chart(f"Latency / drift / memory: {model} on {device}",
                                                     points, "median latency (ms)", "1 − cosine vs fp32 reference"),
@@ -266,19 +280,23 @@ def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
     out = []
     for (device, model), rs in _groups(_ok(results)).items():
         rows = []
-        for r in rs:
-            if r.precision == "fp32":
+        configs = _configs(rs, lambda r: (r.engine, r.label, r.precision, r.backend, r.threads, r.run_id))
+        for (engine, label, precision, backend, threads, run_id), processes in configs.items():
+            if precision == "fp32":
                 continue
-            ref = [x for x in rs if x.precision == "fp32" and x.engine == r.engine and x.label == r.label
-                   and x.threads == r.threads and x.backend == r.backend and x.run_id == r.run_id]
+            ref = configs.get((engine, label, "fp32", backend, threads, run_id), [])
+            r = processes[0]
             s, s0 = _artifact_mb(r), (_artifact_mb(ref[0]) if ref else None)
-            if not ref or not s or not s0 or not r.median_s or not ref[0].median_s:
+            t, t0 = _median_of(processes), _median_of(ref)
+            if not ref or not s or not s0 or not t or not t0:
                 continue
-            t, t0 = r.median_s, ref[0].median_s
-            measure, basis = gate_measure(r.accuracy, ref[0].accuracy)
+            # A config run in several processes is one row; its drift is its worst process's (lowest cosine).
+            accuracy = min((x.accuracy for x in processes if x.accuracy), key=lambda a: a["cosine"], default=None)
+            ref_accuracy = min((x.accuracy for x in ref if x.accuracy), key=lambda a: a["cosine"], default=None)
+            measure, basis = gate_measure(accuracy, ref_accuracy)
             gate = accuracy_gate(measure)
             rows.append({"name": f"{_variant(r, several)} {r.threads}t", "size": f"{s:.1f}", "size0": f"{s0:.1f}",
-                         "latency": _ms(t), "latency0": _ms(t0), "drift": drift_text(r.accuracy),
+                         "latency": _ms(t), "latency0": _ms(t0), "drift": drift_text(accuracy),
                          "gates": f"A {'—' if gate is None else f'{gate:g}'} ({basis}) · B {size_gate(s):g}",
                          "contest": contest_score(t, t0, s, s0, measure), "latency_score": t0 / t,
                          "size_score": s0 / s})

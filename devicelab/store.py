@@ -53,7 +53,7 @@ class Store(Protocol):
     def done_keys(self, run_id: str) -> set[str]: ...
     def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]: ...
     def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None: ...
-    def noise_floor(self, device: str) -> tuple[float, str] | None: ...
+    def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None: ...
     def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None: ...
     def baselines(self) -> dict[str, str]: ...
     def close(self) -> None: ...
@@ -225,11 +225,15 @@ class SqliteStore:
             self._db.execute("INSERT INTO noise_floors VALUES (?,?,?,?,?,?)",
                              (device, series_key, floor, run_id, utc_now(), json.dumps(detail)))
 
-    def noise_floor(self, device: str) -> tuple[float, str] | None:
-        """The device's latest A/A noise floor (relative) and the run that measured it."""
-        row = self._db.execute("SELECT floor, run_id FROM noise_floors WHERE device=? ORDER BY measured_at DESC "
-                               "LIMIT 1", (device,)).fetchone()
-        return (float(row[0]), row[1]) if row else None
+    def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None:
+        """The device's latest A/A noise floor (relative) measured paired (lockstep rounds) or unpaired (separate
+        processes), and the run that measured it. Floors stored before `paired` was recorded were unpaired."""
+        rows = self._db.execute("SELECT floor, run_id, detail_json FROM noise_floors WHERE device=? "
+                                "ORDER BY measured_at DESC", (device,))
+        for floor, run_id, detail in rows:
+            if bool(json.loads(detail or "{}").get("paired", False)) == paired:
+                return float(floor), run_id
+        return None
 
     def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None:
         with self._db:

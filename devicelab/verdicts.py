@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from devicelab.analysis import compare as cmp
 from devicelab.analysis import regress as rg
 from devicelab.errors import DevicelabError
 from devicelab.result import OK, Result
-from devicelab.store import SqliteStore
+from devicelab.store import Store
 
 
 def parse_threshold(text: str) -> float:
@@ -41,7 +43,7 @@ class Side:
     results: list[Result]
 
 
-def resolve_side(store: SqliteStore, spec: str) -> Side:
+def resolve_side(store: Store, spec: str) -> Side:
     """RUN_ID, RUN_ID:LABEL, or several runs pooled as one side: RUN_A,RUN_B[:LABEL] (more samples when a
     verdict was unknown)."""
     runs, _, label = spec.partition(":")
@@ -76,7 +78,27 @@ def _rounds(base: Side, cand: Side, rb: list[Result], rc: list[Result]) -> list[
     return [(by_b[i], by_c[i]) for i in common]
 
 
-def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, pair: bool = True
+def device_noise_floor(store: Store, device: str, paired: bool) -> float | None:
+    """The device's latest A/A noise floor if it was measured the way the comparison is made, else None.
+
+    An unpaired floor (`devicelab noise`: processes one after another) measures the drift between separate processes,
+    which a paired comparison (lockstep rounds) cancels: applied there it hid real changes (issue 14: +3 % of work,
+    CI 1.021–1.039, was called same under a 5 % unpaired floor). So paired comparisons take only a floor measured
+    paired (`devicelab noise --paired`, a lockstep A/A), and separate runs only an unpaired one. How it was measured
+    is stored with the floor (its detail's `paired`); the latest floor of the matching kind is used."""
+    found = store.noise_floor(device, paired)
+    return found[0] if found else None
+
+
+def _center(results: Sequence[Result]) -> float | None:
+    """The median of the processes' medians; a summary-only Result (no samples) counts with the median its tool
+    printed, and None when no process has either."""
+    medians = [float(np.median(r.samples_s)) if r.samples_s else r.median_s for r in results]
+    known = [m for m in medians if m is not None]
+    return float(np.median(known)) if known else None
+
+
+def compare_sides(store: Store, base: Side, cand: Side, threshold: float, pair: bool = True
                   ) -> list[cmp.Comparison]:
     """Matched configs and their verdicts; two labels of one run are paired by round unless `pair` is False."""
     by_label = base.label is not None or cand.label is not None
@@ -90,16 +112,15 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, 
     out: list[cmp.Comparison] = []
     for k in sorted(set(groups_b) & set(groups_c)):
         rb, rc = groups_b[k], groups_c[k]
-        floor = store.noise_floor(rb[0].device)
         pairs = _rounds(base, cand, rb, rc) if pair else None
+        floor = device_noise_floor(store, rb[0].device, paired=pairs is not None)
         if pairs is not None:
             v = cmp.verdict([list(b.samples_s) for b, _ in pairs], [list(c.samples_s) for _, c in pairs], threshold,
-                            floor[0] if floor else None, paired=True)
+                            floor, paired=True)
         else:
-            v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold,
-                            floor[0] if floor else None)
-        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, cmp.center([r.samples_s for r in rb]),
-                                  cmp.center([r.samples_s for r in rc]), cmp.state_warnings(rb, rc)))
+            v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold, floor)
+        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, _center(rb), _center(rc),
+                                  cmp.state_warnings(rb, rc)))
     if not out:
         raise DevicelabError(f"no configuration of {base.run_id}{':' + base.label if base.label else ''} matches one of "
                              f"{cand.run_id}{':' + cand.label if cand.label else ''} (same device, engine, model, "
@@ -111,7 +132,7 @@ def compare_sides(store: SqliteStore, base: Side, cand: Side, threshold: float, 
 # regress
 
 
-def regress(store: SqliteStore, threshold: float, device: str | None = None) -> list[rg.SeriesReport]:
+def regress(store: Store, threshold: float, device: str | None = None) -> list[rg.SeriesReport]:
     resets = store.baselines()
     runs_order = {r.run_id: i for i, r in enumerate(reversed(store.runs(limit=1_000_000)))}
     reports: list[rg.SeriesReport] = []
@@ -126,13 +147,13 @@ def regress(store: SqliteStore, threshold: float, device: str | None = None) -> 
             else:
                 points.append(rg.RunPoint(run_id, created, [list(result.samples_s)]))
         first = rows[0][2]
-        floor = store.noise_floor(first.device)
-        report = rg.analyze(display_name(first), points, threshold, floor[0] if floor else None)
+        # History compares separate runs: an unpaired floor.
+        report = rg.analyze(display_name(first), points, threshold, device_noise_floor(store, first.device, False))
         reports.append(report)
     return sorted(reports, key=lambda r: r.series)
 
 
-def reset_baseline(store: SqliteStore, run_id: str, pattern: str | None, note: str | None) -> list[str]:
+def reset_baseline(store: Store, run_id: str, pattern: str | None, note: str | None) -> list[str]:
     """Make `run_id` the start of history for every series it holds whose name contains `pattern`."""
     store.get_run(run_id)
     names = {}
@@ -169,11 +190,14 @@ def junit_compare(comparisons: Sequence[cmp.Comparison], title: str) -> str:
 def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
     bad = ("confirmed", "suspected") if strict else ("confirmed",)
     suite = ET.Element("testsuite", name="devicelab regress", tests=str(len(reports)),
-                       failures=str(sum(r.status in bad for r in reports)))
+                       failures=str(sum(r.status in bad for r in reports)),
+                       skipped=str(sum(r.status == "no data" for r in reports)))
     for r in reports:
         case = ET.SubElement(suite, "testcase", classname="devicelab.regress", name=r.series)
         if r.status in bad:
             ET.SubElement(case, "failure", message=f"{r.status} regression").text = "\n".join(r.notes)
+        elif r.status == "no data":
+            ET.SubElement(case, "skipped", message="no data: " + "; ".join(r.notes))
         ET.SubElement(case, "system-out").text = f"{r.status}: " + "; ".join(r.notes)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
@@ -181,7 +205,8 @@ def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
 def _verdict_text(v: cmp.Verdict) -> str:
     if v.ratio is None or v.ci is None:
         return "no ratio"
-    return f"ratio {v.ratio:.4f} [{v.ci[0]:.4f}, {v.ci[1]:.4f}], threshold ±{v.threshold:.1%}"
+    floor = f", noise floor ±{v.noise_floor:.1%}" if v.noise_floor else ""
+    return f"ratio {v.ratio:.4f} [{v.ci[0]:.4f}, {v.ci[1]:.4f}], threshold ±{v.threshold:.1%}{floor}"
 
 
 def _md(text: str) -> str:

@@ -11,7 +11,7 @@ import pytest
 
 from devicelab.analysis.compare import hierarchical_ratio_ci, verdict
 from devicelab.analysis.regress import RunPoint, analyze, change_points
-from devicelab.result import OK, Config, Result
+from devicelab.result import OK, Config, Lockstep, Result, RunProtocol
 from devicelab.store import RunRecord, SqliteStore
 from helpers import devicelab, run_json, write_suite
 
@@ -34,7 +34,9 @@ def test_ten_percent_slower_and_faster() -> None:
     # separate runs of 3 processes: the processes are the units, and 3 a side cannot reach p < 0.01
     v = verdict(processes(3, 0.01), processes(3, 0.011))
     assert v.verdict == "unknown" and any("need 5 a side" in r for r in v.reasons)
-    base, cand = drifting_rounds(np.random.default_rng(1), 3, 0.10, drift=0.0)  # as labels of one run: paired
+    # as labels of one run: paired, p from the rounds (4: a paired t over 3 rounds has 2 degrees of freedom and calls
+    # +10 % under 1 % noise of each process in 90 % of draws)
+    base, cand = drifting_rounds(np.random.default_rng(1), 4, 0.10, drift=0.0)
     assert verdict(base, cand, paired=True).verdict == "slower"
 
 
@@ -44,11 +46,23 @@ def test_unknown_rather_than_a_guess() -> None:
     assert verdict([[0.01] * 3], [[0.02] * 3]).verdict == "unknown"  # too few samples
 
 
-def test_noise_floor_raises_the_threshold() -> None:
-    base, cand = processes(5, 0.01), processes(5, 0.0104)  # +4 %
+def test_a_noise_floor_stops_a_call_but_never_makes_it_same() -> None:
+    """+4 %, CI clear of 1.02: slower. On a device whose floor is 6 % the change is smaller than the floor, so it is
+    not called — unknown, saying why — and never 'same' (the CI excludes [0.98, 1.02])."""
+    base, cand = processes(5, 0.01), processes(5, 0.0104)
     assert verdict(base, cand).verdict == "slower"
     v = verdict(base, cand, noise_floor=0.06)
-    assert v.verdict != "slower" and v.threshold == 0.06
+    assert v.ci[0] > 1.02 and v.verdict == "unknown" and v.threshold == 0.02 and v.noise_floor == 0.06, v
+    assert any("smaller than the device's noise floor" in r for r in v.reasons), v.reasons
+    # Lockstep rounds of a real 3 % more work (issue 14: ratio 1.029, CI 1.021–1.039, 8 rounds): slower without a
+    # floor; with an unpaired 5 % floor (were it applied) unknown, never same.
+    base, cand = drifting_rounds(np.random.default_rng(22), 8, 0.03, drift=0.03, per_process=0.002, cv=0.02)
+    assert verdict(base, cand, paired=True).verdict == "slower"
+    v = verdict(base, cand, paired=True, noise_floor=0.05)
+    assert v.verdict == "unknown" and any("smaller than the device's noise floor" in r for r in v.reasons), v
+    # The floor never widens 'same': a CI inside ±t is same with or without it.
+    aa = processes(5, 0.01), processes(5, 0.01)
+    assert verdict(*aa).verdict == verdict(*aa, noise_floor=0.06).verdict == "same"
 
 
 def test_one_odd_process_cannot_make_a_change() -> None:
@@ -132,37 +146,37 @@ def test_regress_command_and_baseline_reset(env: dict[str, str]) -> None:
     assert code == 0 and out["series"][0]["status"] in ("ok", "insufficient")
 
 
-STABLE_SPREAD = 0.01  # process-to-process sd of 1-thread medians on a quiet 2-vCPU VM: 0.7 % (see the README)
-
-
-def test_two_real_runs_of_the_same_suite_are_the_same(env: dict[str, str], tmp_path: Path) -> None:
-    """Real host runs, interleaved processes: never a false slower/faster; 'unknown' is answered the way
-    the protocol says, with more samples (another run per side, pooled), until the verdict is 'same'."""
+def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env: dict[str, str], tmp_path: Path
+                                                                          ) -> None:
+    """Real host runs. Two separate runs of one suite: their processes met different moments of a shared machine
+    (2–3 % apart back to back here), so 'same' is not promised — but they are never called slower or faster. The
+    same engine under two labels in one run is a lockstep A/A, paired by round: that is where 'same' is reachable,
+    and adaptive rounds go on until it is decided."""
     suite = write_suite(tmp_path / "s.yaml", repeats=3,
                         protocol={"min_seconds": 0.5, "max_iterations": 200, "max_seconds": 3, "min_iterations": 10,
                                   "warmup_seconds": 0.2, "accuracy_inputs": 0})
-    sides: list[list[str]] = [[], []]
-    verdicts = []
-    process_medians: list[float] = []
-    for _ in range(6):
-        for side in sides:
-            code, out, err = run_json("run", "--suite", str(suite), env=env)
-            assert code == 0, err
-            side.append(out["run_id"])
-            process_medians += [r["median_s"] for r in out["results"]]
-        code, out, err = run_json("compare", ",".join(sides[0]), ",".join(sides[1]), env=env)
-        (c,) = out["comparisons"]
-        verdicts.append((c["verdict"], c["ci"]))
-        assert code == 0 and c["verdict"] in ("same", "unknown"), verdicts  # never a false slower/faster
-        if c["verdict"] == "same":
-            break
-    spread = float(np.std(process_medians) / np.mean(process_medians))
-    if verdicts[-1][0] == "unknown" and spread > STABLE_SPREAD:
-        # 'unknown' is the right answer on a machine that is not quiet (these VMs are shared): what the spec
-        # promises is 'same' for stable configs, which this one was not while the test ran.
-        pytest.skip(f"this machine was too noisy for a 'same' verdict: process medians varied by {spread:.1%} "
-                    f"(stable: under {STABLE_SPREAD:.0%}); verdicts {verdicts}")
-    assert verdicts[-1][0] == "same", (verdicts, f"process spread {spread:.2%}")
+    runs = []
+    for _ in range(2):
+        code, out, err = run_json("run", "--suite", str(suite), env=env)
+        assert code == 0, err
+        runs.append(out["run_id"])
+    code, out, err = run_json("compare", *runs, env=env)
+    (c,) = out["comparisons"]
+    assert code == 0 and c["verdict"] in ("same", "unknown"), c  # never a false slower/faster
+    assert not any(r.startswith("paired by round") for r in c["reasons"])
+    # The default measurement protocol (the validation's A/A rounds under heavy load from another test session
+    # ended 'same' in 399 of 400 simulated adaptive runs); shorter processes left a round's pair 3-4 % apart at times,
+    # and 24 rounds then did not bring the CI inside ±2 %.
+    aa = write_suite(tmp_path / "aa.yaml", engines=[{"name": "onnxruntime", "label": "a"},
+                                                    {"name": "onnxruntime", "label": "b"}],
+                     repeats={"min": 3, "max": 32},
+                     protocol={"warmup_iterations": 3, "warmup_seconds": 0.5, "min_iterations": 10,
+                               "min_seconds": 1.0, "max_iterations": 200, "max_seconds": 10, "accuracy_inputs": 0})
+    code, out, err = run_json("run", "--suite", str(aa), env=env)
+    assert code == 0, err
+    code, cmp_out, err = run_json("compare", f"{out['run_id']}:a", f"{out['run_id']}:b", env=env)
+    (c,) = cmp_out["comparisons"]
+    assert code == 0 and c["verdict"] == "same", (c["verdict"], c["ci"], c["reasons"])
 
 
 def test_ab_labels_with_another_python_environment(env: dict[str, str], tmp_path: Path) -> None:
@@ -251,26 +265,38 @@ def test_adaptive_ab_stops_once_every_pair_is_decided(env: dict[str, str], tmp_p
 
 
 def test_noisy_processes_do_not_make_false_changes() -> None:
-    """A/A with 3 processes a side and 4.5 % process-to-process noise (as measured on this VM on a bad day): at
-    most 1 % of trials may be called slower or faster (the bootstrap over three processes alone gave 2.7 %)."""
-    rng = np.random.default_rng(11)
+    """A/A with 4.5 % process-to-process noise (as measured on this VM on a bad day). The CI must carry that noise,
+    whatever p says: it excludes 1 in at most 5 % of trials (its level) and lies beyond 1 ± t — a call, had p passed —
+    in at most 1 % (the bootstrap over 3 processes alone, without the t floor, excluded 1 in 7 %). With 3 processes a
+    side the exact MWU over process medians cannot reach p < 0.01 (its smallest one-sided p is 1/C(6, 3) = 0.05), so
+    the CI is tested directly; with 8 a side p < 0.01 happens in about 1 % of trials a side, and the CI must stop
+    those: at most 1 % of verdicts slower or faster."""
+    for k in (3, 8):
+        rng = np.random.default_rng(11)
 
-    def side() -> list[list[float]]:
-        return [list(0.01 * (1 + rng.normal(0, 0.045)) * rng.lognormal(0, 0.05, 140)) for _ in range(3)]
+        def side() -> list[list[float]]:
+            return [list(0.01 * (1 + rng.normal(0, 0.045)) * rng.lognormal(0, 0.05, 140)) for _ in range(k)]
 
-    calls = sum(verdict(side(), side(), seed=i, resamples=400).verdict in ("slower", "faster") for i in range(300))
-    assert calls <= 3, calls
+        verdicts = [verdict(side(), side(), seed=i, resamples=400) for i in range(300)]
+        excludes_1 = sum(v.ci[0] > 1 or v.ci[1] < 1 for v in verdicts)
+        beyond_t = sum(v.ci[0] > 1.02 or v.ci[1] < 0.98 for v in verdicts)
+        assert excludes_1 <= 15 and beyond_t <= 3, (k, excludes_1, beyond_t)
+        if k == 8:
+            passed_p = sum(min(v.p_slower, v.p_faster) < 0.01 for v in verdicts)
+            calls = sum(v.verdict in ("slower", "faster") for v in verdicts)
+            assert passed_p >= 3 and calls <= 3, (passed_p, calls)  # p let some through: the CI decided them
 
 
-def drifting_rounds(rng: np.random.Generator, n: int, effect: float, drift: float = 0.05, per_process: float = 0.01
-                    ) -> tuple[list[list[float]], list[list[float]]]:
+def drifting_rounds(rng: np.random.Generator, n: int, effect: float, drift: float = 0.05, per_process: float = 0.01,
+                    cv: float = 0.05) -> tuple[list[list[float]], list[list[float]]]:
     """n A/B rounds on a machine whose speed wanders by N(0, drift) from round to round (noisy neighbours over
-    minutes), shared by the round's two processes, plus N(0, per_process) of each process's own."""
+    minutes), shared by the round's two processes, plus N(0, per_process) of each process's own; 140 samples a
+    process, lognormal with sd cv."""
     base, cand = [], []
     for _ in range(n):
         level = 0.01 * (1 + rng.normal(0, drift))
-        base.append(list(level * (1 + rng.normal(0, per_process)) * rng.lognormal(0, 0.05, 140)))
-        cand.append(list(level * (1 + effect) * (1 + rng.normal(0, per_process)) * rng.lognormal(0, 0.05, 140)))
+        base.append(list(level * (1 + rng.normal(0, per_process)) * rng.lognormal(0, cv, 140)))
+        cand.append(list(level * (1 + effect) * (1 + rng.normal(0, per_process)) * rng.lognormal(0, cv, 140)))
     return base, cand
 
 
@@ -301,9 +327,21 @@ def test_noise_command_measures_unpaired_processes(env: dict[str, str]) -> None:
     code, out, err = run_json("noise", "host", "--model", "squeezenet1_1", "--repeats", "3", env=env)
     assert code == 0, err
     assert 0 < out["noise_floor"] < 0.5 and not any(r.startswith("paired by round") for r in out["detail"]["reasons"])
+    assert out["paired"] is False and out["detail"]["paired"] is False
     results = json.loads(devicelab("show", out["run_id"], "--json", env=env).stdout)["results"]
     assert len(results) == 6 and all(r["protocol"]["settings"]["lockstep"] is False and "lockstep" not in r["protocol"]
                                      for r in results)
+
+
+def test_noise_command_paired_measures_lockstep_rounds(env: dict[str, str]) -> None:
+    """`devicelab noise host --paired`: a lockstep A/A compared paired by round, stored as measured paired — the
+    floor a paired comparison (labels of one run) may use."""
+    code, out, err = run_json("noise", "host", "--model", "squeezenet1_1", "--repeats", "3", "--paired", env=env)
+    assert code == 0, err
+    assert 0 < out["noise_floor"] < 0.5 and out["paired"] is True and out["detail"]["paired"] is True
+    assert "paired by round (3 rounds)" in out["detail"]["reasons"]
+    results = json.loads(devicelab("show", out["run_id"], "--json", env=env).stdout)["results"]
+    assert len(results) == 6 and all(r["protocol"]["lockstep"] for r in results)
 
 
 def test_one_burst_round_cannot_hide_a_change() -> None:
@@ -337,3 +375,117 @@ def test_a_config_run_in_several_processes_is_one_cell_their_median() -> None:
     (table,) = slides_tables(rows)
     (row,) = table.rows
     assert row.name == "onnxruntime [a]" and row.cells[1].text() == "2.00 ms"
+
+
+def _yuen_one_sample_p(d: np.ndarray) -> float:
+    """Yuen's 20 %-trimmed one-sample t-test, one-sided (mean > 0), from scipy's trimmed mean and winsorizing."""
+    from scipy.stats import mstats, t, trim_mean
+
+    n = len(d)
+    g = int(0.2 * n)
+    h = n - 2 * g
+    cut = (g + 0.5) / n  # both scipy functions cut int(cut · n) = g values a side
+    sw = np.var(np.asarray(mstats.winsorize(d, limits=(cut, cut))), ddof=1)
+    return float(t.sf(trim_mean(d, cut) / np.sqrt((n - 1) * sw / (h * (h - 1))), h - 1))
+
+
+def test_paired_p_is_a_trimmed_t_test_over_rounds() -> None:
+    """Paired by round, the unit is the round: p is the one-sided paired t-test of the per-round log ratios of process
+    medians (Yuen 20 %-trimmed from 5 rounds on), not a test over pooled samples."""
+    from scipy.stats import ttest_1samp
+
+    for n, seed in ((3, 1), (4, 2), (10, 3), (17, 4)):
+        base, cand = drifting_rounds(np.random.default_rng(seed), n, 0.01, per_process=0.01)
+        d = np.log([np.median(c) / np.median(b) for b, c in zip(base, cand)])
+        v = verdict(base, cand, paired=True)
+        want = ttest_1samp(d, 0, alternative="greater").pvalue if n < 5 else _yuen_one_sample_p(d)
+        assert v.p_slower == pytest.approx(want, rel=1e-9) and v.p_faster == pytest.approx(1 - want, rel=1e-9), n
+
+
+def test_paired_and_history_p_values_hold_their_level() -> None:
+    """A/A: p < 0.01 in about 1 % of trials, whatever the samples within a process look like — paired rounds with 2 %
+    noise of each process, and one process against a history of 8 (the samples of one process share its state, so a
+    test over samples gave p ≈ 1e-100 for a few percent between processes)."""
+    rng = np.random.default_rng(6)
+    paired = history = 0
+    for i in range(400):
+        base, cand = drifting_rounds(rng, 5, 0.0, per_process=0.02)
+        paired += verdict(base, cand, seed=i, resamples=100, paired=True).p_slower < 0.01
+        hist = processes(9, 0.01, cv=0.05, per_process=0.02)
+        history += verdict(hist[:8], hist[8:], seed=i, resamples=100).p_slower < 0.01
+    assert paired <= 10 and history <= 10, (paired, history)  # 4 expected of 400; P(more than 10) ≈ 0.003
+
+
+def test_one_process_against_a_history_prediction_interval_has_nominal_coverage() -> None:
+    """The interval for one new process against n history processes is a prediction interval: under normal log
+    medians it covers a new process from the same distribution in 95 % of trials (2000 a size; 3 sd: ±1.5 %)."""
+    from devicelab.analysis.compare import process_t_ci
+
+    rng = np.random.default_rng(70)
+    for n in (3, 5, 10, 30):
+        hits = 0
+        for _ in range(2000):
+            x = np.exp(rng.normal(0, 0.03, n + 1))
+            lo, hi = process_t_ci([[v] for v in x[:n]], [[x[n]]])
+            hits += lo <= 1.0 <= hi
+        assert 0.935 <= hits / 2000 <= 0.965, (n, hits / 2000)
+
+
+def test_summary_only_sides_say_why_there_is_no_verdict() -> None:
+    """A tool:* engine that prints only min/avg/max stores no samples: there is nothing a verdict can use, and the
+    verdict says so instead of 'fewer than 5 samples'."""
+    v = verdict([[], [], []], processes(3, 0.01))
+    assert v.verdict == "unknown" and v.ratio is None
+    assert any("base side has no per-iteration samples" in r and "summary" in r for r in v.reasons), v.reasons
+    v = verdict([[], []], [[], []])
+    assert any("no per-iteration samples" in r for r in v.reasons), v.reasons
+
+
+def _store_labelled_run(store: SqliteStore, run_id: str, created: str, rounds: list[tuple[list[float], list[float]]],
+                        lockstep: bool, labels: tuple[str, str] = ("a", "b")) -> None:
+    store.create_run(RunRecord(run_id, created, {"name": "synthetic"}, 1, {}, "0.1.0"))
+    for rep, pair in enumerate(rounds):
+        for label, samples in zip(labels, pair):
+            cfg = Config("host", "onnxruntime", label, "1.0", "mobilenet_v2", "ab" * 32, 1, "fp32", "cpu", 1, (1,),
+                         "big", rep)
+            protocol = RunProtocol({"lockstep": lockstep},
+                                   lockstep=Lockstep(tuple(x for x in labels if x != label), 0.1) if lockstep else None)
+            store.add_result(Result.for_config(run_id, cfg, OK, samples_s=tuple(samples),
+                                               median_s=float(np.median(samples)), protocol=protocol))
+
+
+def test_a_paired_comparison_uses_only_a_floor_measured_paired(env: dict[str, str]) -> None:
+    """Issue 14: `devicelab noise` measured 5 % unpaired, and a lockstep A/B with a real 3 % more work was then
+    called same (exit 0). An unpaired floor says nothing about paired noise: the paired comparison ignores it
+    (slower, exit 1); a floor measured paired (lockstep A/A) of 5 % stops the call (unknown, exit 0), never same."""
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    base, cand = drifting_rounds(np.random.default_rng(22), 8, 0.03, drift=0.03, per_process=0.002, cv=0.02)
+    _store_labelled_run(store, "ab", "2026-11-02T00:00:00", list(zip(base, cand)), lockstep=True)
+    aa = [(processes(1, 0.01)[0], processes(1, 0.01)[0]) for _ in range(3)]
+    _store_labelled_run(store, "noise1", "2026-11-01T00:00:00", aa, lockstep=False, labels=("A", "B"))
+    key = json.dumps(["host", "onnxruntime", "mobilenet_v2", "fp32", "cpu", 1, [1]])
+    store.add_noise_floor("host", key, 0.05, "noise1", {"config": "x", "paired": False})
+    code, out, err = run_json("compare", "ab:a", "ab:b", env=env)
+    (c,) = out["comparisons"]
+    assert code == 1 and c["verdict"] == "slower" and c["noise_floor"] is None, (code, c)
+    _store_labelled_run(store, "noise2", "2026-11-01T01:00:00", aa, lockstep=True, labels=("A", "B"))
+    store.add_noise_floor("host", key, 0.05, "noise2", {"config": "x", "paired": True})
+    code, out, err = run_json("compare", "ab:a", "ab:b", env=env)
+    (c,) = out["comparisons"]
+    assert code == 0 and c["verdict"] == "unknown" and c["noise_floor"] == 0.05, (code, c)
+    assert any("smaller than the device's noise floor" in r for r in c["reasons"]), c["reasons"]
+
+
+def test_compare_command_says_why_summary_only_runs_get_no_verdict(env: dict[str, str]) -> None:
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    for run_id in ("t1", "t2"):
+        store.create_run(RunRecord(run_id, f"2026-11-0{run_id[1]}T00:00:00", {"name": "synthetic"}, 1, {}, "0.1.0"))
+        for rep in range(5):
+            cfg = Config("host", "tool:benchncnn", "", "1.0", "mobilenet_v2", "ab" * 32, 1, "fp32", "cpu", 1, (1,),
+                         "big", rep)
+            store.add_result(Result.for_config(run_id, cfg, OK, samples_s=(), summary_only=True, median_s=0.01))
+    code, out, err = run_json("compare", "t1", "t2", env=env)
+    (c,) = out["comparisons"]
+    assert code == 0 and c["verdict"] == "unknown", err
+    assert any("no per-iteration samples" in r for r in c["reasons"]), c["reasons"]
+    assert c["base_median_s"] == c["candidate_median_s"] == 0.01  # the medians the tool printed (not NaN)

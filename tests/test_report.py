@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from devicelab import charts
@@ -106,8 +107,12 @@ def test_opens_without_errors_or_network(report_page: dict[str, Any]) -> None:
 
 
 def test_hostile_name_renders_as_text(report_page: dict[str, Any]) -> None:
+    """The model named like a script is text where it is rendered — the section headings, escaped in the HTML — and
+    nowhere in the file as markup (the raw-data block escapes '<' as \\u003c)."""
+    html = report_page["path"].read_text()
     assert f"{HOSTILE} on host" in report_page["text"]
-    assert "<script>alert" not in report_page["path"].read_text().split("<script>")[0]
+    escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
+    assert f"<h3>{escaped} on host</h3>" in html and HOSTILE not in html
 
 
 def test_tables_hold_the_expected_cells(report_page: dict[str, Any]) -> None:
@@ -166,3 +171,47 @@ def test_report_and_export_commands(env: dict[str, str], tmp_path: Path) -> None
     assert json.loads(devicelab("export", run_id, "--format", "json", env=env).stdout)[0]["run_id"] == run_id
     p = devicelab("export", run_id, "--format", "xlsx", env=env)
     assert p.returncode == 2 and "allowed: csv, json, parquet" in p.stderr
+
+
+def _process(cfg: Any, samples: list[float], **fields: Any) -> Any:
+    from devicelab.result import OK, Result
+
+    return Result.for_config("r1", cfg, OK, samples_s=tuple(samples), median_s=float(np.median(samples)), **fields)
+
+
+def test_every_section_shows_the_median_of_process_medians() -> None:
+    """A config run in three processes (medians 1, 2 and 3 ms; the first sampled longest) is 2 ms in every section, as
+    in the CLI tables: not the pooled median (1 ms), nor the last process (3 ms), nor the first fp32 process."""
+    import dataclasses
+
+    from devicelab.report import build
+    from devicelab.result import Config
+    from devicelab.store import RunRecord
+
+    def config(precision: str, backend: str = "cpu") -> Config:
+        return Config("host", "ncnn", "", "1.0", "m", "ab" * 32, 1, precision, backend, 1, (1,), "big", 0)
+
+    def three(cfg: Config, scale: float, **fields: Any) -> list[Any]:
+        shapes = ([1.0] * 10, [2.0] * 3, [3.0] * 3)  # process medians 1, 2, 3 ms; pooled median 1 ms
+        return [_process(dataclasses.replace(cfg, repeat=k), [x * scale * 1e-3 for x in xs], **fields)
+                for k, xs in enumerate(shapes)]
+
+    accuracy = {"cosine": 0.999, "max_abs_diff": 1e-3, "top1_agreement": 1.0, "inputs": 4}
+    results = (three(config("fp32"), 1.0, protocol={"artifact_bytes": 8_000_000})
+               + three(config("int8"), 0.5, protocol={"artifact_bytes": 2_000_000}, accuracy=accuracy)
+               + three(config("fp32", "vulkan"), 0.25))
+    data = build([RunRecord("r1", "2026-11-01T00:00:00", {"name": "s"}, 1, {}, "0.1.0")], results)
+    ((engine_row,),) = [t.rows for t in data.engines]
+    assert engine_row.cells[1].text() == "2.00 ms"  # the CLI's table, the reference
+    (precision,) = data.precision
+    assert [(row["precision"], row["cells"][0]["median"], row["cells"][0]["speedup"]) for row in precision["rows"]] == [
+        ("fp32", "2.00 ms", ""), ("int8", "1.00 ms", "2.00×")]
+    (backends,) = data.backends
+    assert {row["name"]: row["cells"] for row in backends["rows"]} == {
+        "ncnn fp32 vulkan": ["0.50 ms"], "ncnn fp32": ["2.00 ms"], "ncnn int8": ["1.00 ms"]}
+    (card,) = data.scorecards
+    rows = card["by"]["latency"]
+    assert [(row["name"], row["latency"], row["latency0"], row["latency_score"]) for row in rows] == [
+        ("ncnn int8 1t", "1.00 ms", "2.00 ms", 2.0)]
+    (tradeoff,) = [c["svg"] for c in data.charts if c["kind"] == "tradeoff"]
+    assert tradeoff.count("ncnn int8 1t: ") == 1 and "ncnn int8 1t: 1.00 ms" in tradeoff  # one point per config

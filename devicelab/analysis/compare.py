@@ -1,7 +1,8 @@
 """A/B verdicts (pure): is the candidate faster, slower, the same, or unknown?
 
 Rules (design.md), threshold t (default 2 %):
-  slower  — one-sided Mann-Whitney U p < 0.01 and the CI of the median ratio cand/base lies above 1 + t
+  slower  — one-sided p < 0.01 (from a test whose unit is the process or the round, below) and the CI of the
+            median ratio cand/base lies above 1 + t
   faster  — p < 0.01 the other way and the CI lies below 1 − t
   same    — the whole CI inside [1 − t, 1 + t]
   unknown — anything else: collect more samples rather than guess.
@@ -12,16 +13,23 @@ odd process among three cannot move it. Its CI comes from a two-level bootstrap 
 samples within each — so process-to-process noise (1–3 % on these VMs, more while something else runs)
 widens the interval instead of being mistaken for a change; and never narrower than a Welch t interval over the
 processes (the bootstrap alone undercovers with 3 processes: measured, 2.7 % A/A false positives at 4.5 %
-process-to-process noise); from 5 processes on, Yuen's 20 %-trimmed version, so one odd run in a history cannot
-hide a step.
+process-to-process noise); from 5 processes on, Yuen's 20 %-trimmed version, so one odd process cannot hide a step.
+One process against a history (regress's newest run) gets the t prediction interval of a new process,
+s²(1 + 1/n) with n − 1 degrees of freedom: 95 % coverage under normality (Yuen's variance there gave 0.90).
 Paired (A/B labels of one run, matched by round): the machine drifts over minutes (measured here: lag-1
 autocorrelation 0.73 between 6-second processes, ±5 % swings), and the two labels' processes of one round ran
 next to each other, so the statistic becomes the median of the per-round ratios and its CI comes from rounds
 resampled whole, never narrower than a paired (Yuen 20 %-trimmed) t interval of the per-round log ratios.
 Drift shared by a round then cancels instead of widening the interval.
-Only MWU is used for p (no KS), so no multiple-testing correction is needed; for separate runs it is taken over
-process medians (the independent units), so it needs 5 processes a side. A device's A/A noise floor,
-when known, raises t: a change smaller than the floor is never called.
+p comes from one test per mode (no KS, so no multiple-testing correction), never from samples pooled over processes
+(the samples of one process share its machine state: p ≈ 1e-100 for a few percent between processes): separate runs,
+an exact MWU over process medians (so 5 processes a side are needed); paired rounds, the (Yuen-trimmed) paired
+t-test of the per-round log ratios, the CI's t floor; one process against a history, the t statistic of the
+prediction interval.
+A device's A/A noise floor f, when known, can stop a call: slower/faster also need the CI beyond 1 ± f, else the
+verdict is unknown, "smaller than the device's noise floor". It never makes one 'same' (always the CI inside 1 ± t):
+a CI that excludes 1 ± t is not the same, whatever the floor. The caller passes a floor measured the way the
+comparison is made (verdicts.compare_sides: paired comparisons only a floor measured paired, or none).
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from devicelab.analysis.stats import resampled_medians
 
 ALPHA = 0.01
 DEFAULT_THRESHOLD = 0.02
@@ -43,16 +53,18 @@ class Verdict:
     ci: tuple[float, float] | None
     p_slower: float | None
     p_faster: float | None
-    threshold: float  # the one applied (max of the asked threshold and the noise floor)
+    threshold: float  # the asked threshold t: 'same' means the CI lies inside 1 ± t
     n_base: int
     n_candidate: int
     processes_base: int
     processes_candidate: int
     reasons: tuple[str, ...] = ()
+    noise_floor: float | None = None  # the device's A/A floor applied: slower/faster need the CI beyond 1 ± it too
 
     def to_dict(self) -> dict[str, Any]:
         return {"verdict": self.verdict, "ratio": self.ratio, "ci": list(self.ci) if self.ci else None,
                 "p_slower": self.p_slower, "p_faster": self.p_faster, "threshold": self.threshold,
+                "noise_floor": self.noise_floor,
                 "n_base": self.n_base, "n_candidate": self.n_candidate, "processes_base": self.processes_base,
                 "processes_candidate": self.processes_candidate, "reasons": list(self.reasons)}
 
@@ -63,10 +75,9 @@ def center(processes: Sequence[Sequence[float]]) -> float:
 
 
 def _resampled_medians(side: Sequence[Sequence[float]], rng: np.random.Generator, resamples: int) -> np.ndarray:
-    """[replicate k, process j]: the median of process j's samples resampled with replacement (one numpy call per
-    process)."""
-    return np.column_stack([np.median(p[rng.integers(0, len(p), size=(resamples, len(p)))], axis=1)
-                            for p in (np.asarray(x, float) for x in side)])
+    """[replicate k, process j]: the median of process j's samples resampled with replacement, drawn from order
+    statistics (stats.resampled_medians: memory O(samples + resamples), not resamples × samples)."""
+    return np.column_stack([resampled_medians(p, resamples, rng) for p in side])
 
 
 def hierarchical_ratio_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95,
@@ -125,6 +136,15 @@ def _interval(diff: float, se: float, df: float, confidence: float) -> tuple[flo
     return float(np.exp(diff - q * se)), float(np.exp(diff + q * se))
 
 
+def _t_p(diff: float, se: float, df: float) -> tuple[float, float]:
+    """One-sided p-values (cand slower, cand faster) of a t statistic diff/se with df degrees of freedom."""
+    from scipy.stats import t as student
+
+    if se == 0:
+        return (0.0 if diff > 0 else 1.0), (0.0 if diff < 0 else 1.0)
+    return float(student.sf(diff / se, df)), float(student.cdf(diff / se, df))
+
+
 def paired_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95
                 ) -> tuple[float, float] | None:
     """Yuen's trimmed t interval of the per-round log ratios of process medians (None below 2 rounds). One round
@@ -137,20 +157,31 @@ def paired_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]]
     return _interval(center_, float(np.sqrt(var / h)), h - 1, confidence)
 
 
+def _prediction(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]]) -> tuple[float, float, int]:
+    """One process against a history of n ≥ 2 (either side): the log ratio one/history-mean, the standard error of a
+    new observation, s·√(1 + 1/n), and its n − 1 degrees of freedom — the t prediction interval, exact for normal
+    log medians. (Yuen's winsorized variance, which was used here from 5 processes on, is the variance of the
+    trimmed mean times h, ~0.69 σ² under normality, not the variance of a new process: 0.90 coverage at 95 %.)"""
+    logs = [np.log([np.median(p) for p in side if len(p)]) for side in (base, cand)]
+    ref, one = (logs[0], logs[1]) if len(logs[1]) == 1 else (logs[1], logs[0])
+    n = len(ref)
+    diff = float(one[0] - ref.mean()) if len(logs[1]) == 1 else float(ref.mean() - one[0])
+    return diff, float(np.sqrt(np.var(ref, ddof=1) * (1 + 1 / n))), n - 1
+
+
 def process_t_ci(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], confidence: float = 0.95
                  ) -> tuple[float, float] | None:
     """Yuen–Welch (trimmed) t interval of the ratio of per-process medians' centres, unpaired. With one process on
-    a side (a nightly run against its history), the other side's spread stands for both: a prediction interval
-    with that side's degrees of freedom. None when neither side has two processes: their spread is unknowable."""
+    a side (a nightly run against its history), the other side's spread stands for both: the t prediction interval
+    of a new process (_prediction), at its nominal coverage. None when neither side has two processes: their
+    spread is unknowable."""
     logs = [np.log([np.median(p) for p in side if len(p)]) for side in (base, cand)]
     nb, nc = len(logs[0]), len(logs[1])
     if max(nb, nc) < 2 or min(nb, nc) < 1:
         return None
     if min(nb, nc) < 2:
-        ref, one = (logs[0], logs[1]) if nb >= 2 else (logs[1], logs[0])
-        center_, var, h = _trimmed(ref)
-        diff = float(one[0] - center_) if nc == 1 else float(center_ - one[0])
-        return _interval(diff, float(np.sqrt(var * (1 / h + 1))), h - 1, confidence)
+        diff, se, df = _prediction(base, cand)
+        return _interval(diff, se, df, confidence)
     (mb, var_b, hb), (mc, var_c, hc) = _trimmed(logs[0]), _trimmed(logs[1])
     db, dc = var_b / hb, var_c / hc
     se = float(np.sqrt(db + dc))
@@ -173,12 +204,18 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
 
     b = np.concatenate([np.asarray(p, float) for p in base]) if base else np.array([])
     c = np.concatenate([np.asarray(p, float) for p in cand]) if cand else np.array([])
-    t = max(threshold, noise_floor or 0.0)
+    t = threshold
+    gate = max(threshold, noise_floor or 0.0)  # how far beyond 1 a CI must lie to be called slower or faster
     reasons: list[str] = []
-    if noise_floor and noise_floor > threshold:
-        reasons.append(f"threshold raised to the device's A/A noise floor, {noise_floor:.1%}")
     counts = dict(n_base=len(b), n_candidate=len(c), processes_base=sum(1 for p in base if len(p)),
-                  processes_candidate=sum(1 for p in cand if len(p)))
+                  processes_candidate=sum(1 for p in cand if len(p)), noise_floor=noise_floor or None)
+    empty = [name for name, side in (("base", b), ("candidate", c)) if not len(side)]
+    if empty:
+        # A summary-only engine (a tool:* engine that prints only min/avg/max) stores a figure per process, no samples.
+        return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + [
+            f"the {' and '.join(empty)} side{'s have' if len(empty) > 1 else ' has'} no per-iteration samples "
+            "(summary-only results, as tool:* engines that print only min/avg/max give): a verdict needs the "
+            "samples; use an engine that reports every iteration"]), **counts)
     if len(b) < 5 or len(c) < 5:
         return Verdict("unknown", None, None, None, None, t, reasons=tuple(reasons + ["fewer than 5 samples on a side"]),
                        **counts)
@@ -202,11 +239,17 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
             "runs per side (RUN_A,RUN_B)"]), **counts)
     lo, hi = min(lo, t_ci[0]), max(hi, t_ci[1])
     few = min(counts["processes_base"], counts["processes_candidate"])
-    if paired or few < 2:
-        # Paired: a round's two processes share the machine's state, and the CI is over rounds. One process against
-        # a history: the prediction interval carries the history's spread.
-        p_slower = float(mannwhitneyu(c, b, alternative="greater").pvalue)
-        p_faster = float(mannwhitneyu(c, b, alternative="less").pvalue)
+    if paired:
+        # The unit is the round (samples of one process share its machine state, so a test over pooled samples
+        # gives p ≈ 1e-100 for a few percent between processes): the paired t-test of the per-round log ratios,
+        # Yuen-trimmed from 5 rounds on — the statistic of the CI's t floor. Unlike a sign or Wilcoxon test
+        # (smallest p 2⁻ⁿ: 7 rounds before p < 0.01 is possible) it can decide from 3 rounds.
+        d = np.log([np.median(y) / np.median(x) for x, y in zip(base, cand, strict=True)])
+        center_, var, h = _trimmed(d)
+        p_slower, p_faster = _t_p(center_, float(np.sqrt(var / h)), h - 1)
+    elif few < 2:
+        # One process against a history: the t statistic of its prediction interval, the history's spread for both.
+        p_slower, p_faster = _t_p(*_prediction(base, cand))
     else:
         # Unpaired runs: the processes are the independent units (samples of one process share its machine state,
         # so a test over samples gives p = 1e-100 for a 5 % difference between two sets of processes). Exact MWU over
@@ -221,10 +264,13 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
                            "(pool runs: RUN_A,RUN_B), or run the two builds as labels of one run (paired)")
     if few < 3:
         reasons.append("fewer than 3 processes on a side: process-to-process noise is not fully in the CI")
-    if p_slower < ALPHA and lo > 1 + t:
-        v = "slower"
-    elif p_faster < ALPHA and hi < 1 - t:
-        v = "faster"
+    # A floor can stop a change from being called, never make it 'same': 'same' is the CI inside 1 ± t, floor or not.
+    called = ("slower" if p_slower < ALPHA and lo > 1 + t else "faster" if p_faster < ALPHA and hi < 1 - t else None)
+    if called and (lo > 1 + gate if called == "slower" else hi < 1 - gate):
+        v = called
+    elif called:
+        v = "unknown"
+        reasons.append(f"the change is smaller than the device's noise floor ({noise_floor:.1%}): not called")
     elif 1 - t <= lo and hi <= 1 + t:
         v = "same"
     else:

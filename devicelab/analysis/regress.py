@@ -1,9 +1,10 @@
 """Regression detection over history (pure).
 
 Per series, the history is one point per run: that run's median. Change points come from E-divisive means
-(the energy statistic picks where to split, as in MongoDB's and Apache Otava's detectors) with Otava's
-replacement of the permutation test by a Welch t-test (deterministic and fast), applied by binary
-segmentation with ≥ 5 points per segment and a magnitude gate (2 % default).
+(Matteson & James's divergence picks where to split, with the split's right end at the segment's end, as in
+MongoDB's and Apache Otava's detectors) with Otava's replacement of the permutation test by a Welch t-test
+(deterministic and fast), applied by binary segmentation with ≥ 5 points per segment and a magnitude gate of
+max(threshold, the device's noise floor): a step the device cannot resolve is not a change point.
 
 The newest run cannot wait for five more nights: it is compared at once, per-iteration samples against the
 samples of the stable segment before it, with the A/B rules (analysis.compare). Slower → `suspected`; a
@@ -25,11 +26,15 @@ P_VALUE = 0.001
 
 
 def energy_statistic(x: np.ndarray, y: np.ndarray) -> float:
-    """E-divisive means (alpha = 1): scaled distance between the two samples' distributions."""
+    """E-divisive's divergence Q̂ (Matteson & James 2014, eqs. 5–6, alpha = 1): n·m/(n + m) times twice the mean
+    distance between the samples minus each sample's mean distance over its C(n, 2) pairs of distinct points.
+    The full double sum counts every pair twice (and the zero diagonal), hence the division by n(n − 1); dividing
+    by n² (the V-statistic, as MongoDB's signal-processing-algorithms does) shrinks the within terms of short
+    segments more than long ones and moves the split."""
     n, m = len(x), len(y)
     between = np.abs(x[:, None] - y[None, :]).mean()
-    within_x = np.abs(x[:, None] - x[None, :]).sum() / (n * n)
-    within_y = np.abs(y[:, None] - y[None, :]).sum() / (m * m)
+    within_x = np.abs(x[:, None] - x[None, :]).sum() / (n * (n - 1))
+    within_y = np.abs(y[:, None] - y[None, :]).sum() / (m * (m - 1))
     return float(n * m / (n + m) * (2 * between - within_x - within_y))
 
 
@@ -80,7 +85,7 @@ class RunPoint:
 @dataclass
 class SeriesReport:
     series: str
-    status: str  # ok, improved, suspected, confirmed, insufficient
+    status: str  # ok, improved, suspected, confirmed, insufficient, no data
     points: int
     change_points: list[dict[str, Any]] = field(default_factory=list)
     newest: dict[str, Any] | None = None
@@ -95,9 +100,20 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
             noise_floor: float | None = None, min_segment: int = MIN_SEGMENT) -> SeriesReport:
     if not points:
         return SeriesReport(series, "insufficient", 0)
+    # A summary-only engine (tool:* printing min/avg/max) stores no samples: such a run has no centre to compare.
+    empty = sum(1 for p in points if not any(len(x) for x in p.processes))
+    if empty == len(points):
+        return SeriesReport(series, "no data", len(points), notes=[
+            f"no per-iteration samples in its {len(points)} run{'s' if len(points) != 1 else ''} (a summary-only "
+            "engine, such as a tool:* engine that prints only min/avg/max): nothing to analyze"])
+    total = len(points)
+    points = [RunPoint(p.run_id, p.created_at, [x for x in p.processes if len(x)]) for p in points
+              if any(len(x) for x in p.processes)]
     medians = [p.median for p in points]
-    cps = change_points(medians, min_segment, magnitude=threshold)
-    report = SeriesReport(series, "ok", len(points))
+    cps = change_points(medians, min_segment, magnitude=max(threshold, noise_floor or 0.0))
+    report = SeriesReport(series, "ok", total)
+    if empty:
+        report.notes.append(f"left out {empty} run{'' if empty == 1 else 's'} without samples")
     bounds = [0, *cps, len(points)]
     for i, cp in enumerate(cps):
         before = float(np.mean(medians[bounds[i]:cp]))
@@ -112,21 +128,25 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
     elif report.change_points:
         report.status = "improved"
 
-    # The tail: how many of the newest runs are slower than the stable segment before them.
-    tail: list[Verdict] = []
-    for k in range(1, len(points) - last_cp):
-        start = len(points) - k
-        baseline = points[last_cp:start]
+    # The tail: the newest runs against the stable segment before them. A run in question is never part of that
+    # segment: one slow night among the baseline runs would widen the prediction interval for the next night.
+    def check(k: int) -> tuple[int, list[Verdict]] | None:
+        """The k newest runs, each against the runs before all k of them (None below 2 such runs)."""
+        baseline = points[last_cp:len(points) - k]
         if len(baseline) < 2:
-            break
-        v = verdict([p for run in baseline for p in run.processes], points[start].processes, threshold, noise_floor)
-        if k == 1:
-            report.newest = {"run_id": points[-1].run_id, **v.to_dict(), "baseline_runs": len(baseline)}
-        if v.verdict != "slower":
-            break
-        tail.append(v)
-        if len(tail) >= 2:
-            break
+            return None
+        flat = [p for run in baseline for p in run.processes]
+        return len(baseline), [verdict(flat, points[-j].processes, threshold, noise_floor) for j in range(1, k + 1)]
+
+    one, two = check(1), check(2)
+    newest = one
+    if one and two and two[1][0].verdict == "slower" and one[1][0].verdict != "slower":
+        newest = two  # slower than the segment before a slow second-newest, which hid it
+    if newest:
+        report.newest = {"run_id": points[-1].run_id, **newest[1][0].to_dict(), "baseline_runs": newest[0]}
+    tail = two[1] if two and all(v.verdict == "slower" for v in two[1]) else []
+    if not tail and newest and newest[1][0].verdict == "slower":
+        tail = newest[1][:1]
     if report.newest is None:
         report.notes.append("fewer than 2 stable runs before the newest: it cannot be checked yet")
         if report.status == "ok" and len(points) < 3:

@@ -83,14 +83,31 @@ def cv(samples: Sequence[float]) -> float | None:
     return float(a.std(ddof=1) / a.mean()) if a.mean() > 0 else None
 
 
+def resampled_medians(samples: Sequence[float], resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """The medians of `resamples` bootstrap resamples (n draws with replacement), in O(n + resamples) memory.
+
+    Drawing each resample whole costs resamples × n indices and values: 1.6 GB at 2000 × 50 000 (a 20 µs model's
+    process). Instead the median is drawn directly. Resampling is x_(⌈n·U⌉) for uniform U, monotone in U, so the
+    resample's k-th order statistic is x_(⌈n·U_(k)⌉) with U_(k) ~ Beta(k, n − k + 1), the k-th of n uniforms; for even
+    n the next one is U_(k+1) = U_(k) + (1 − U_(k))·V with V ~ Beta(1, n − k), the least of the other n − k. Same
+    distribution as the whole-resample medians, exactly."""
+    x = np.sort(np.asarray(samples, dtype=float))
+    n = len(x)
+    k = (n + 1) // 2  # the lower middle order statistic (the median itself for odd n)
+    u = rng.beta(k, n - k + 1, size=resamples)
+    lower = x[np.minimum((u * n).astype(np.int64), n - 1)]
+    if n % 2:
+        return lower
+    u2 = u + (1 - u) * rng.beta(1, n - k, size=resamples)
+    return (lower + x[np.minimum((u2 * n).astype(np.int64), n - 1)]) / 2
+
+
 def median_bootstrap_ci(samples: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
                         seed: int = 0) -> tuple[float, float] | None:
     """Percentile bootstrap CI of the median (for reports; the stopping rule uses the exact median_ci)."""
     if len(samples) < 2:
         return None
-    a = np.asarray(samples, dtype=float)
-    rng = np.random.default_rng(seed)
-    meds = np.median(a[rng.integers(0, len(a), size=(resamples, len(a)))], axis=1)
+    meds = resampled_medians(samples, resamples, np.random.default_rng(seed))
     alpha = (1 - confidence) / 2
     return float(np.quantile(meds, alpha)), float(np.quantile(meds, 1 - alpha))
 
@@ -122,21 +139,3 @@ def stability_warnings(samples: Sequence[float], throttled: bool | None = None, 
     if throttled:
         out.append("the device throttled during the measurement (frequency cap below maximum)")
     return out
-
-
-def ratio_ci(base: Sequence[float], cand: Sequence[float], confidence: float = 0.95,
-             resamples: int = 2000, seed: int = 0) -> tuple[float, float, float] | None:
-    """Median ratio cand/base with a percentile bootstrap CI (scipy.stats.bootstrap, independent samples)."""
-    if len(base) < 2 or len(cand) < 2:
-        return None
-    from scipy import stats as _stats  # lazy: ~1 s to import, only analysis needs it
-
-    point = float(np.median(cand) / np.median(base))
-    res = _stats.bootstrap((np.asarray(cand, float), np.asarray(base, float)),
-                           lambda c, b, axis=-1: np.median(c, axis=axis) / np.median(b, axis=axis),
-                           confidence_level=confidence, n_resamples=resamples, method="percentile",
-                           vectorized=True, paired=False, rng=np.random.default_rng(seed))
-    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    if math.isnan(lo) or math.isnan(hi):
-        return None
-    return point, lo, hi
