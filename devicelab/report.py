@@ -179,6 +179,14 @@ def precision_tables(results: Sequence[Result], several: bool) -> list[dict[str,
     return out
 
 
+def _gpu_tag(r: Result) -> str:
+    """The device a GPU row ran on; a software rasterizer is named as such (its timings are CPU timings)."""
+    gpu = r.ext.get("gpu_device")
+    if not gpu:
+        return ""
+    return f" ({'software: ' if gpu.get('software') else ''}{gpu.get('name')})"
+
+
 def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
     """GPU (or other non-CPU) backends next to the CPU engines on the same device, when any ran."""
     ok = _ok(results)
@@ -191,7 +199,7 @@ def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, A
         threads = sorted({r.threads for r in rs})
         rows: dict[str, dict[int, str]] = {}
         ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine))
-        for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several), r.threads)).items():
+        for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several) + _gpu_tag(r), r.threads)).items():
             rows.setdefault(name, {})[t] = _ms(_median_of(processes))
         out.append({"device": device, "model": model, "threads": threads,
                     "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})

@@ -146,6 +146,7 @@ def test_regress_command_and_baseline_reset(env: dict[str, str]) -> None:
     assert code == 0 and out["series"][0]["status"] in ("ok", "insufficient")
 
 
+@pytest.mark.slow
 def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env: dict[str, str], tmp_path: Path
                                                                           ) -> None:
     """Real host runs. Two separate runs of one suite: their processes met different moments of a shared machine
@@ -179,6 +180,7 @@ def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env:
     assert code == 0 and c["verdict"] == "same", (c["verdict"], c["ci"], c["reasons"])
 
 
+@pytest.mark.slow
 def test_ab_labels_with_another_python_environment(env: dict[str, str], tmp_path: Path) -> None:
     """A label's build lives in another virtual environment that has the engine but not devicelab: the
     runner is lent to it, the version is read from it, and the two labels interleave in rounds."""
@@ -229,6 +231,7 @@ def test_adaptive_ab_rounds_validate() -> None:
         parse_suite({"models": ["squeezenet1_1"], "engines": ["onnxruntime"], "repeats": {"min": 3, "max": 9}}, "s")
 
 
+@pytest.mark.slow
 def test_adaptive_ab_stops_once_every_pair_is_decided(env: dict[str, str], tmp_path: Path) -> None:
     """A/A through the sweep: rounds go on until compare decides, then stop (or end at max); never slower/faster;
     the stored run agrees with `devicelab compare` of its labels, and --resume adds no rounds to a decided run."""
@@ -321,6 +324,7 @@ def test_paired_aa_under_drift_makes_no_false_changes() -> None:
     assert calls <= 3, calls
 
 
+@pytest.mark.slow
 def test_noise_command_measures_unpaired_processes(env: dict[str, str]) -> None:
     """`devicelab noise host`: an A/A of processes one after another (no lockstep), compared unpaired, because the
     floor guards comparisons of separate runs; the floor is stored and reported."""
@@ -333,6 +337,7 @@ def test_noise_command_measures_unpaired_processes(env: dict[str, str]) -> None:
                                      for r in results)
 
 
+@pytest.mark.slow
 def test_noise_command_paired_measures_lockstep_rounds(env: dict[str, str]) -> None:
     """`devicelab noise host --paired`: a lockstep A/A compared paired by round, stored as measured paired — the
     floor a paired comparison (labels of one run) may use."""

@@ -174,7 +174,7 @@ def test_gpu_backends_run_for_real_or_are_refused_with_the_engines_reason(env: d
         r = rows[("mnn", backend)]
         assert r["status"] == "unsupported" and f"Can't Find type={kind} backend" in r["reason"], r["reason"]
     html = report.read_text()
-    assert "Backends" in html and "ncnn fp32 vulkan" in html
+    assert "Backends" in html and "ncnn fp32 vulkan (software: llvmpipe" in html
 
 
 @pytest.mark.slow

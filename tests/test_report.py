@@ -18,7 +18,6 @@ from devicelab import charts
 from devicelab.report import accuracy_gate, contest_score, pareto, size_gate
 from helpers import devicelab, run_json, write_suite
 
-pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
 
 HOSTILE = "<script>alert(1)</script>"
 
@@ -99,6 +98,7 @@ def report_page(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return page_data
 
 
+@pytest.mark.slow
 def test_opens_without_errors_or_network(report_page: dict[str, Any]) -> None:
     assert report_page["console"] == []
     assert report_page["dialogs"] == []  # the hostile model name did not execute
@@ -106,6 +106,7 @@ def test_opens_without_errors_or_network(report_page: dict[str, Any]) -> None:
     assert others == [] and report_page["requests"][0] == report_page["path"].as_uri()
 
 
+@pytest.mark.slow
 def test_hostile_name_renders_as_text(report_page: dict[str, Any]) -> None:
     """The model named like a script is text where it is rendered — the section headings, escaped in the HTML — and
     nowhere in the file as markup (the raw-data block escapes '<' as \\u003c)."""
@@ -115,6 +116,7 @@ def test_hostile_name_renders_as_text(report_page: dict[str, Any]) -> None:
     assert f"<h3>{escaped} on host</h3>" in html and HOSTILE not in html
 
 
+@pytest.mark.slow
 def test_tables_hold_the_expected_cells(report_page: dict[str, Any]) -> None:
     rows = report_page["engines_rows"]
     assert any(r.startswith("engine\t1 thread\t") and "peak memory" in r for r in rows)
@@ -130,6 +132,7 @@ def test_tables_hold_the_expected_cells(report_page: dict[str, Any]) -> None:
         assert section in report_page["text"]
 
 
+@pytest.mark.slow
 def test_charts_draw(report_page: dict[str, Any]) -> None:
     from PIL import Image
 
@@ -143,6 +146,7 @@ def test_charts_draw(report_page: dict[str, Any]) -> None:
         assert sum(near) > 200, (kind, len(colors))
 
 
+@pytest.mark.slow
 def test_raw_samples_download(report_page: dict[str, Any]) -> None:
     results = [r for r in report_page["results"] if r["samples_s"]]
     rows = list(csv.DictReader(io.StringIO(report_page["csv"])))
@@ -155,6 +159,7 @@ def test_raw_samples_download(report_page: dict[str, Any]) -> None:
     assert sum(len(r["samples_s"]) for r in data) == len(rows) and data[0]["run_id"] == report_page["run_id"]
 
 
+@pytest.mark.slow
 def test_report_and_export_commands(env: dict[str, str], tmp_path: Path) -> None:
     import pandas as pd
 
@@ -185,7 +190,7 @@ def test_every_section_shows_the_median_of_process_medians() -> None:
     import dataclasses
 
     from devicelab.report import build
-    from devicelab.result import Config
+    from devicelab.result import Config, RunProtocol
     from devicelab.store import RunRecord
 
     def config(precision: str, backend: str = "cpu") -> Config:
@@ -197,8 +202,8 @@ def test_every_section_shows_the_median_of_process_medians() -> None:
                 for k, xs in enumerate(shapes)]
 
     accuracy = {"cosine": 0.999, "max_abs_diff": 1e-3, "top1_agreement": 1.0, "inputs": 4}
-    results = (three(config("fp32"), 1.0, protocol={"artifact_bytes": 8_000_000})
-               + three(config("int8"), 0.5, protocol={"artifact_bytes": 2_000_000}, accuracy=accuracy)
+    results = (three(config("fp32"), 1.0, protocol=RunProtocol({}, artifact_bytes=8_000_000))
+               + three(config("int8"), 0.5, protocol=RunProtocol({}, artifact_bytes=2_000_000), accuracy=accuracy)
                + three(config("fp32", "vulkan"), 0.25))
     data = build([RunRecord("r1", "2026-11-01T00:00:00", {"name": "s"}, 1, {}, "0.1.0")], results)
     ((engine_row,),) = [t.rows for t in data.engines]

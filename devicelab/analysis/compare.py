@@ -1,6 +1,6 @@
 """A/B verdicts (pure): is the candidate faster, slower, the same, or unknown?
 
-Rules (design.md), threshold t (default 2 %):
+Rules (README, "Trusting the numbers"), threshold t (default 2 %):
   slower  — one-sided p < 0.01 (from a test whose unit is the process or the round, below) and the CI of the
             median ratio cand/base lies above 1 + t
   faster  — p < 0.01 the other way and the CI lies below 1 − t
