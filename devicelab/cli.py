@@ -314,8 +314,7 @@ class _RunProgress:
         elif kind == "ab":
             said = ", ".join(f"{n} {k}" for k, n in obj["verdicts"].items() if n)
             if obj.get("stopped"):
-                self.progress.console.print(f"A/B stopped after round {obj['rounds']}: {obj['stopped']}",
-                                            markup=False)
+                self.progress.console.print(f"A/B after round {obj['rounds']}: {obj['stopped']}", markup=False)
             elif obj["decided"]:
                 self.progress.console.print(f"A/B: every pair decided after {obj['rounds']} rounds ({said}); "
                                             "the rest of the rounds are not needed", markup=False)

@@ -26,7 +26,7 @@ import numpy as np
 import devicelab
 from devicelab import charts
 from devicelab.analysis.accuracy import label_text, top1, top1_text
-from devicelab.analysis.tables import format_bytes, slides_tables
+from devicelab.analysis.tables import config_median, format_bytes, slides_tables
 from devicelab.result import OK, PRECISIONS, Result
 from devicelab.store import RunRecord
 
@@ -116,7 +116,8 @@ def _variant(r: Result, several: bool, with_precision: bool = True) -> str:
 
 
 def _ok(results: Sequence[Result]) -> list[Result]:
-    return [r for r in results if r.status == OK and r.samples_s]
+    """Rows with a latency to show: samples, or the median a summary-only tool printed."""
+    return [r for r in results if r.status == OK and (r.samples_s or r.median_s is not None)]
 
 
 def _groups(results: Sequence[Result]) -> dict[tuple[str, str], list[Result]]:
@@ -124,14 +125,6 @@ def _groups(results: Sequence[Result]) -> dict[tuple[str, str], list[Result]]:
     for r in results:
         out.setdefault((r.device, r.model), []).append(r)
     return dict(sorted(out.items()))
-
-
-def _median_of(rs: Sequence[Result]) -> float | None:
-    """A config's latency wherever the report shows one: the median of its processes' medians, as compare's centre
-    and the CLI tables (a pooled median would let the process sampled longest decide; the last or first process
-    alone would ignore the others)."""
-    medians = [float(np.median(r.samples_s)) for r in rs if r.samples_s]
-    return float(np.median(medians)) if medians else None
 
 
 def _configs(rs: Sequence[Result], key: Any) -> dict[Any, list[Result]]:
@@ -159,13 +152,13 @@ def precision_tables(results: Sequence[Result], several: bool) -> list[dict[str,
             if len({r.precision for r in ers}) < 2:
                 continue
             threads = sorted({r.threads for r in ers})
-            base = {t: _median_of([r for r in ers if r.precision == "fp32" and r.threads == t]) for t in threads}
+            base = {t: config_median([r for r in ers if r.precision == "fp32" and r.threads == t]) for t in threads}
             rows = []
             for p in sorted({r.precision for r in ers}, key=lambda p: _PRECISION_ORDER.get(p, 9)):
                 prs = [r for r in ers if r.precision == p]
                 cells = []
                 for t in threads:
-                    m = _median_of([r for r in prs if r.threads == t])
+                    m = config_median([r for r in prs if r.threads == t])
                     speed = base[t] / m if (m and base[t]) else None
                     cells.append({"median": _ms(m), "speedup": f"{speed:.2f}×" if speed and p != "fp32" else ""})
                 acc = min((r.accuracy for r in prs if r.accuracy), key=lambda a: a["cosine"], default=None)
@@ -200,7 +193,7 @@ def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, A
         rows: dict[str, dict[int, str]] = {}
         ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine))
         for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several) + _gpu_tag(r), r.threads)).items():
-            rows.setdefault(name, {})[t] = _ms(_median_of(processes))
+            rows.setdefault(name, {})[t] = _ms(config_median(processes))
         out.append({"device": device, "model": model, "threads": threads,
                     "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})
     return out
@@ -229,13 +222,14 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
     for (device, model), rs in _groups(ok).items():
         series: dict[str, list[tuple[float, float]]] = {}
         for (name, t), processes in _configs(rs, lambda r: (_variant(r, several), r.threads)).items():
-            series.setdefault(name, []).append((t, (_median_of(processes) or 0) * 1e3))
+            series.setdefault(name, []).append((t, (config_median(processes) or 0) * 1e3))
         if any(len(v) > 1 for v in series.values()):
             out.append({"kind": "threads", "title": f"{model} on {device}",
                         "svg": charts.line_chart(f"Thread scaling: {model} on {device}", series, "threads",
                                                  "median latency (ms)")})
         boxes = [(f"{_variant(r, several)} {r.threads}t" + (f" #{r.repeat}" if r.repeat else ""), _box_stats(r.samples_s))
-                 for r in sorted(rs, key=lambda r: (r.engine, _PRECISION_ORDER.get(r.precision, 9), r.threads, r.repeat))]
+                 for r in sorted(rs, key=lambda r: (r.engine, _PRECISION_ORDER.get(r.precision, 9), r.threads, r.repeat))
+                 if r.samples_s]  # a distribution needs samples
         out.append({"kind": "distribution", "title": f"{model} on {device}",
                     "svg": charts.box_chart(f"Latency distributions: {model} on {device}", boxes)})
     by_device: dict[str, list[Result]] = {}
@@ -246,7 +240,7 @@ def chart_sections(results: Sequence[Result], several: bool) -> list[dict[str, s
         for model in sorted({r.model for r in rs}):
             # One point per config: its processes' median of medians, least agreeing accuracy, highest peak memory.
             configs = _configs([r for r in rs if r.model == model], lambda r: (_variant(r, several), r.threads))
-            pts = [(ps[0], _median_of(ps), min((x.accuracy for x in ps if x.accuracy), key=lambda a: a["cosine"]),
+            pts = [(ps[0], config_median(ps), min((x.accuracy for x in ps if x.accuracy), key=lambda a: a["cosine"]),
                     max((x.peak_rss_bytes or 0 for x in ps), default=0) or None) for ps in configs.values()]
             # Best: nothing else is both faster and closer to the fp32 outputs (memory is the point's size and
             # breaks exact ties); a 3-axis front rings almost everything and tells a reviewer nothing.
@@ -295,7 +289,7 @@ def scorecards(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
             ref = configs.get((engine, label, "fp32", backend, threads, run_id), [])
             r = processes[0]
             s, s0 = _artifact_mb(r), (_artifact_mb(ref[0]) if ref else None)
-            t, t0 = _median_of(processes), _median_of(ref)
+            t, t0 = config_median(processes), config_median(ref)
             if not ref or not s or not s0 or not t or not t0:
                 continue
             # A config run in several processes is one row; its drift is its worst process's (lowest cosine).

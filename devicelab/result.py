@@ -492,7 +492,42 @@ def _v1_to_v2(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+def _v1_repair(row: dict[str, Any]) -> dict[str, Any]:
+    """v1 stored what runners sent without checking it (a -1024 byte count from a runner that could not read /proc,
+    a 0 s iteration from a coarse clock...), which v2 refuses. Such values are set aside, not dropped: the originals go
+    under protocol.legacy.repaired and a note says so, so an old database always opens."""
+    out = dict(row)
+    repaired: dict[str, Any] = {}
+    for name in ("rss_before_load_bytes", "peak_rss_bytes", "warmups"):
+        value = out.get(name)
+        if value is not None and not (_int(value) and value >= 0):
+            repaired[name], out[name] = value, (int(value) if _number(value) and value >= 0 else None)
+    for name in ("median_s", "p90_s", "load_s", "first_s", "energy_j_per_inference"):
+        value = out.get(name)
+        if value is not None and not (_number(value) and value >= 0):
+            repaired[name], out[name] = value, None
+    samples = list(out.get("samples_s") or ())
+    good = [x for x in samples if _number(x) and x > 0]
+    if len(good) != len(samples):
+        repaired["samples_s"], out["samples_s"] = samples, good
+    if out.get("status") == OK and out.get("reason") is not None:
+        repaired["reason"] = out["reason"]
+        out["notes"] = [*(out.get("notes") or ()), str(out["reason"])]
+        out["reason"] = None
+    if out.get("status") == OK and not good and not out.get("summary_only"):
+        out["status"], out["reason"] = FAILED, "migrated from schema v1: no valid sample was stored"
+    elif out.get("status") in (FAILED, INFRA_FAILED, UNSUPPORTED) and not out.get("reason"):
+        out["reason"] = f"migrated from schema v1: stored as {out['status']} without a reason"
+    if repaired:
+        out["notes"] = [*(out.get("notes") or ()), "migrated from schema v1: values v2 does not accept were set aside "
+                        f"({', '.join(sorted(repaired))}; originals in protocol.legacy.repaired)"]
+        protocol = dict(out.get("protocol") or {"settings": {}})
+        protocol["legacy"] = {**(protocol.get("legacy") or {}), "repaired": repaired}
+        out["protocol"] = protocol
+    return out
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: lambda row: _v1_repair(_v1_to_v2(row))}
 
 
 def migrate(row: Mapping[str, Any]) -> dict[str, Any]:

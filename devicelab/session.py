@@ -12,7 +12,7 @@ import dataclasses
 import json
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,7 +234,21 @@ class _Attempt:
 
     def end(self, status: str, reason: str) -> None:
         if self.status == OK or status == INFRA_FAILED:  # the device going away explains everything after it
-            self.status, self.reason = status, reason
+            self.status, self.reason = status, reason or f"{status}, with no message from the runner or the device"
+
+    def safely(self, step: Callable[[], None]) -> bool:
+        """One step of the job; False when it ended the job. A device that went away or refused (an OSError from the
+        transport, a pull, a local copy) ends this job as its row, never the sweep; Ctrl-C and bugs propagate."""
+        try:
+            step()
+            return True
+        except _Ended:
+            return False
+        except TransportLostError as e:
+            self.end(INFRA_FAILED, f"device disconnected ({e})")
+        except OSError as e:
+            self.end(FAILED, str(e) or type(e).__name__)
+        return False
 
     # ---- before the runner starts
 
@@ -573,9 +587,15 @@ class _Attempt:
 
         count = self.s.accuracy_inputs
         source = self.job.source
-        reference = reference_outputs(source, INPUT_SEED, count, paths.data_dir() / "reference")
-        with np.load(outputs) as data:
-            got = [data[f"arr_{k}"] for k in range(len(data.files))]
+        try:
+            # Both sides can fail on the user's data: ONNX Runtime on a model with custom ops, a runner's outputs
+            # file saved with named arrays or not as an .npz. Then there is no accuracy, and the timing stands.
+            reference = reference_outputs(source, INPUT_SEED, count, paths.data_dir() / "reference")
+            with np.load(outputs) as data:
+                got = [data[f"arr_{k}"] for k in range(len(data.files))]
+        except Exception as e:  # noqa: BLE001 - any failure here is the data's, reported on the row
+            self.notes.append(f"accuracy not compared: {type(e).__name__}: {e}")
+            return
         try:
             acc = accuracy.agreement(reference, got)
             if source.dataset is not None:
@@ -642,21 +662,21 @@ class _Attempt:
 def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldown | None = None) -> list[Result]:
     """Results for `jobs` on `transport`, in order. Several runner-protocol jobs (the A/B labels of one config) are
     started one after another (loads never contend) and timed in lockstep; tools run one at a time, to the end."""
+    tools = [job for job in jobs if isinstance(get_engine(job.config.engine), ToolEngine)]
+    if len(jobs) > 1 and (tools or not transport.lockstep):  # one at a time: a tool runs to its end alone
+        return [r for job in jobs for r in run_jobs(transport, [job], cooldown_record)]
     with contextlib.ExitStack() as stack:
         attempts = [_Attempt(transport, job, cooldown_record, stack) for job in jobs]
         live: list[_Attempt] = []
         for a in attempts:
-            try:
-                a.prepare()
-                a.spawn()
-            except _Ended:
+            if not a.safely(lambda: (a.prepare(), a.spawn())):
                 if a.spawned:  # it started but failed before timing: what dlprobe saw still explains it
                     a._reap()
-                    a.collect()
+                    a.safely(a.collect)
                 continue
             if a.tool:
-                a.run_tool()
-                a.collect()
+                a.safely(a.run_tool)
+                a.safely(a.collect)
                 a._reap()
             else:
                 live.append(a)
@@ -671,9 +691,9 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
             lockstep([a.driver for a in drivers], lambda i, e: drivers[i].fail(e),  # type: ignore[misc]
                      faults=FAULTS)
         for a in live:
-            a.finish(labels)
+            a.safely(lambda: a.finish(labels))
             a._reap()
-            a.collect()
+            a.safely(a.collect)
         return [a.result() for a in attempts]
 
 

@@ -191,22 +191,24 @@ class Executor:
         checked = -1
         groups = self._lockstep_groups(todo)
         done: set[str] = set()
+        broken: dict[str, str] = {}  # A/B engines whose later rounds are skipped, and why
         try:
             for pc in todo:
                 if pc.config.identity_key() in done:
                     continue  # ran in lockstep with an earlier label of its round
                 if adaptive and pc.runnable and pc.config.repeat != checked and pc.config.repeat > 0:
                     checked = pc.config.repeat  # a new round: did the last one give each pair something to compare?
-                    broken = self._ab_without_ok(checked - 1)
-                    if broken:  # more rounds would fail the same way: stop, the failed rows say why
-                        self.progress("ab", {"rounds": checked, "decided": False, "stopped": broken,
-                                             "verdicts": {}})
-                        break
+                    for engine, why in self._ab_without_ok(checked - 1).items():
+                        if engine not in broken:  # more rounds of it would fail the same way; the others go on
+                            broken[engine] = why
+                            self.progress("ab", {"rounds": checked, "decided": False, "stopped": why, "verdicts": {}})
                     if checked >= adaptive:  # are the A/B pairs decided already?
-                        decision = self._ab_decision(checked)
+                        decision = self._ab_decision(checked, set(broken))
                         self.progress("ab", decision)
                         if decision["decided"]:
                             break
+                if pc.runnable and pc.config.repeat > 0 and pc.config.engine in broken:
+                    continue
                 group = groups.get(pc.config.identity_key(), [pc])
                 for member in group:
                     self.progress("start", member)
@@ -226,21 +228,22 @@ class Executor:
                 dev.close()
         return out
 
-    def _ab_without_ok(self, round_: int) -> str | None:
-        """Why an adaptive A/B cannot go on: a pair one of whose labels had no ok process in `round_` (every config
-        of it failed, e.g. a runner that always times out), or None. Read from the store: a resumed run included."""
+    def _ab_without_ok(self, round_: int) -> dict[str, str]:
+        """A/B engines that cannot go on, and why: a pair one of whose labels had no ok process in `round_` (every
+        config of it failed, e.g. a runner that always times out). Read from the store: a resumed run included."""
         from devicelab.config import ab_pairs
 
         ran = [r for r in self.store.results(self.run_id) if r.repeat == round_ and r.status != "unsupported"]
+        out: dict[str, str] = {}
         for engine, base, cand in ab_pairs(self.p.suite.engines):
             for label in (base, cand):
                 mine = [r for r in ran if r.engine == engine and r.label == label]
-                if mine and not any(r.status == "ok" for r in mine):
-                    return (f"no ok process of {engine} [{label}] in round {round_ + 1} ({len(mine)} failed: "
-                            f"{mine[0].reason}): more rounds would not decide the pair")
-        return None
+                if engine not in out and mine and not any(r.status == "ok" for r in mine):
+                    out[engine] = (f"no ok process of {engine} [{label}] in round {round_ + 1} ({len(mine)} failed: "
+                                   f"{mine[0].reason}): its later rounds are skipped")
+        return out
 
-    def _ab_decision(self, rounds: int) -> dict[str, Any]:
+    def _ab_decision(self, rounds: int, skipped: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
         """After `rounds` rounds: compare's verdict for every A/B pair (engine under two labels) and config, from
         what the run has stored (a resumed run included). Decided when none is unknown."""
         from devicelab import verdicts
@@ -248,7 +251,9 @@ class Executor:
         from devicelab.config import ab_pairs
 
         counts = {"slower": 0, "faster": 0, "same": 0, "unknown": 0}
-        for _engine, base, cand in ab_pairs(self.p.suite.engines):
+        for engine, base, cand in ab_pairs(self.p.suite.engines):
+            if engine in skipped:  # its rounds stopped: it cannot be decided, and must not hold the others back
+                continue
             try:
                 found = verdicts.compare_sides(self.store, verdicts.resolve_side(self.store, f"{self.run_id}:{base}"),
                                                verdicts.resolve_side(self.store, f"{self.run_id}:{cand}"),

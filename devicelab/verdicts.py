@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devicelab.analysis import compare as cmp
 from devicelab.analysis import regress as rg
+from devicelab.analysis.tables import config_median
 from devicelab.errors import DevicelabError
 from devicelab.result import OK, Result
 from devicelab.store import Store
@@ -90,14 +89,6 @@ def device_noise_floor(store: Store, device: str, paired: bool) -> float | None:
     return found[0] if found else None
 
 
-def _center(results: Sequence[Result]) -> float | None:
-    """The median of the processes' medians; a summary-only Result (no samples) counts with the median its tool
-    printed, and None when no process has either."""
-    medians = [float(np.median(r.samples_s)) if r.samples_s else r.median_s for r in results]
-    known = [m for m in medians if m is not None]
-    return float(np.median(known)) if known else None
-
-
 def compare_sides(store: Store, base: Side, cand: Side, threshold: float, pair: bool = True
                   ) -> list[cmp.Comparison]:
     """Matched configs and their verdicts; two labels of one run are paired by round unless `pair` is False."""
@@ -119,7 +110,7 @@ def compare_sides(store: Store, base: Side, cand: Side, threshold: float, pair: 
                             floor, paired=True)
         else:
             v = cmp.verdict([list(r.samples_s) for r in rb], [list(r.samples_s) for r in rc], threshold, floor)
-        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, _center(rb), _center(rc),
+        out.append(cmp.Comparison(display_name(rb[0], not by_label), k, v, config_median(rb), config_median(rc),
                                   cmp.state_warnings(rb, rc)))
     if not out:
         raise DevicelabError(f"no configuration of {base.run_id}{':' + base.label if base.label else ''} matches one of "

@@ -225,13 +225,18 @@ for line in sys.stdin:
 
 @pytest.mark.slow
 def test_an_adaptive_ab_whose_label_never_runs_stops_after_a_round(env: dict[str, str], tmp_path: Path) -> None:
+    """Its later rounds would fail the same way: they are skipped, with the reason; another pair goes on."""
     broken = _script_runner(tmp_path / "broken.py", """
 print(json.dumps({"event": "error", "message": "this build cannot load the model"}), flush=True)
 sys.exit(1)
 """)
     engines = [{"name": "protocol", "label": x, "options": {"binary": str(broken)}} for x in ("a", "b")]
-    suite = write_suite(tmp_path / "s.yaml", engines=engines)  # labels without repeats: adaptive {3, 24}
+    engines += [{"name": "onnxruntime", "label": x} for x in ("a", "b")]
+    suite = write_suite(tmp_path / "s.yaml", engines=engines, repeats={"min": 3, "max": 4})
     code, out, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 1
-    assert len(out["results"]) == 2 and all("cannot load the model" in r["reason"] for r in out["results"])
-    assert "A/B stopped after round 1: no ok process of protocol [a] in round 1" in err
+    broken_rows = [r for r in out["results"] if r["engine"] == "protocol"]
+    assert len(broken_rows) == 2 and all("cannot load the model" in r["reason"] for r in broken_rows)
+    assert "A/B after round 1: no ok process of protocol [a] in round 1" in err
+    assert "its later rounds are skipped" in err
+    assert len([r for r in out["results"] if r["engine"] == "onnxruntime"]) >= 6  # 3 rounds or more of the other pair

@@ -33,7 +33,10 @@ def test_ten_percent_slower_and_faster() -> None:
     assert verdict(processes(5, 0.011), processes(5, 0.01)).verdict == "faster"
     # separate runs of 3 processes: the processes are the units, and 3 a side cannot reach p < 0.01
     v = verdict(processes(3, 0.01), processes(3, 0.011))
-    assert v.verdict == "unknown" and any("need 5 a side" in r for r in v.reasons)
+    assert v.verdict == "unknown" and any("cannot reach p < 0.01 (5 a side can)" in r for r in v.reasons)
+    # a pooled side of 7 against 3 can (1/C(10, 3) = 1/120 < 0.01): then no such reason is given
+    v = verdict(processes(3, 0.01), processes(7, 0.011))
+    assert v.verdict == "slower" and not any("cannot reach" in r for r in v.reasons)
     # as labels of one run: paired, p from the rounds (4: a paired t over 3 rounds has 2 degrees of freedom and calls
     # +10 % under 1 % noise of each process in 90 % of draws)
     base, cand = drifting_rounds(np.random.default_rng(1), 4, 0.10, drift=0.0)
@@ -153,7 +156,9 @@ def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env:
     (2–3 % apart back to back here), so 'same' is not promised — but they are never called slower or faster. The
     same engine under two labels in one run is a lockstep A/A, paired by round: that is where 'same' is reachable,
     and adaptive rounds go on until it is decided."""
-    suite = write_suite(tmp_path / "s.yaml", repeats=3,
+    # 5 processes a side: the exact MWU over them can reach p < 0.01 (1/252), so "never called" is a claim that could
+    # fail (with 3 a side its smallest p is 1/20, and it could not).
+    suite = write_suite(tmp_path / "s.yaml", repeats=5,
                         protocol={"min_seconds": 0.5, "max_iterations": 200, "max_seconds": 3, "min_iterations": 10,
                                   "warmup_seconds": 0.2, "accuracy_inputs": 0})
     runs = []

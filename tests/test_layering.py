@@ -23,15 +23,25 @@ def modules() -> Iterator[tuple[str, ast.Module]]:
         yield name, ast.parse(path.read_text(), str(path))
 
 
-def imported(tree: ast.Module) -> set[str]:
-    """Every module a tree imports, anywhere in it; `from pkg import name` counts as pkg and pkg.name."""
+def imported(tree: ast.Module, module: str = "") -> set[str]:
+    """Every module a tree imports, anywhere in it; `from pkg import name` counts as pkg and pkg.name; relative imports
+    are resolved against `module`; importlib.import_module("...") with a literal name counts too."""
     found: set[str] = set()
+    package = module.split(".")
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join([*package[:len(package) - node.level], *([base] if base else [])])
+            if base:
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)
+        elif (isinstance(node, ast.Call) and _callee(node) in ("import_module", "importlib.import_module",
+                                                                 "__import__")
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.add(node.args[0].value)
     return found
 
 
@@ -58,7 +68,7 @@ RULES = [
 def violations(rules: list[tuple[tuple[str, ...], tuple[str, ...], str]] = RULES) -> list[str]:
     found = []
     for name, tree in modules():
-        deps = imported(tree)
+        deps = imported(tree, name)
         for subjects, forbidden, why in rules:
             if _within(name, *subjects):
                 bad = sorted(d for d in deps if _within(d, *forbidden))
@@ -76,11 +86,14 @@ def test_import_rules_hold() -> None:
     assert violations() == []
 
 
-def test_the_import_rule_check_sees_function_level_imports(tmp_path: Path) -> None:
-    """The checker itself: an import inside a function counts (a rule it could not see would pass forever)."""
+def test_the_import_rule_check_sees_every_way_to_import(tmp_path: Path) -> None:
+    """The checker itself: an import inside a function, a relative import and importlib all count (a rule it could
+    not see would pass forever)."""
     tree = ast.parse("def f():\n    from devicelab.devices import open_device\n")
-    assert "devicelab.devices" in imported(tree)
-    assert "devicelab.devices.open_device" in imported(tree)
+    assert {"devicelab.devices", "devicelab.devices.open_device"} <= imported(tree)
+    assert "devicelab.devices.host" in imported(ast.parse("from ..devices import host\n"), "devicelab.analysis.x")
+    assert "devicelab.devices.host" in imported(ast.parse("import importlib\n"
+                                                          "importlib.import_module('devicelab.devices.host')\n"))
 
 
 def _calls(tree: ast.Module) -> Iterator[ast.Call]:
@@ -90,11 +103,13 @@ def _calls(tree: ast.Module) -> Iterator[ast.Call]:
 
 
 def _callee(call: ast.Call) -> str:
+    """What a call calls, as written: `f`, `mod.f`, `a.b.f` (the last two parts)."""
     f = call.func
     if isinstance(f, ast.Name):
         return f.id
     if isinstance(f, ast.Attribute):
-        base = f.value.id if isinstance(f.value, ast.Name) else "?"
+        base = f.value.id if isinstance(f.value, ast.Name) else f.value.attr if isinstance(f.value, ast.Attribute) \
+            else "?"
         return f"{base}.{f.attr}"
     return "?"
 
@@ -105,7 +120,7 @@ CREATORS = {"devicelab.session", "devicelab.rows", "devicelab.result"}
 
 def test_results_are_created_in_the_session_and_rows_only() -> None:
     sites = {name for name, tree in modules() for call in _calls(tree)
-             if _callee(call) in ("Result", "Result.for_config")}
+             if _callee(call).split(".")[-1] in ("Result", "for_config") or _callee(call).endswith("Result.for_config")}
     assert sites <= CREATORS, f"Result created outside the session and rows: {sites - CREATORS}"
     assert {"devicelab.session", "devicelab.rows"} <= sites
 

@@ -7,9 +7,7 @@ import hashlib
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,11 @@ from typing import Any
 import pytest
 
 from devicelab import zoo
-from devicelab.devices.base import Exit, Placed, Process, Transport
+from devicelab.devices.base import Placed, Process, Transport
+from devicelab.devices.host import HostProcess
 from devicelab.engines import PreparedModel, SourceModel
 from devicelab.facts import DeviceEntry, DeviceFacts
-from devicelab.measure import ChannelClosedError, ProtocolSettings
+from devicelab.measure import ProtocolSettings
 from devicelab.result import OK, Config, Result, Transfer, utc_now
 from devicelab.session import Job, run_jobs
 
@@ -28,48 +27,15 @@ EXAMPLE_RUNNER = Path(__file__).resolve().parent.parent / "examples" / "protocol
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "devices.md"
 
 
-class ToyProcess(Process):
-    def __init__(self, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> None:
-        super().__init__()
-        self.p = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=env, cwd=cwd, start_new_session=True)
-        threading.Thread(target=self._pump_out, daemon=True).start()
-        threading.Thread(target=self._pump_err, daemon=True).start()
+class LoggedProcess(HostProcess):
+    """A local subprocess (the host kind's Process, reused: the toy's programs are local too) that logs what it is
+    sent, so a test can see the order in which the session drove its runners."""
 
-    def _pump_out(self) -> None:
-        assert self.p.stdout is not None
-        for raw in self.p.stdout:
-            self._line(raw.rstrip(b"\n"))
-        self._ended()
-
-    def _pump_err(self) -> None:
-        assert self.p.stderr is not None
-        for chunk in iter(lambda: self.p.stderr.read(4096), b""):  # type: ignore[union-attr]
-            self._stderr(chunk)
+    log: list[tuple[int, bytes]] = []
 
     def write(self, data: bytes) -> None:
-        try:
-            assert self.p.stdin is not None
-            self.p.stdin.write(data)
-            self.p.stdin.flush()
-        except OSError:
-            raise ChannelClosedError("stdin closed") from None
-
-    def close_stdin(self) -> None:
-        if self.p.stdin and not self.p.stdin.closed:
-            self.p.stdin.close()
-
-    def wait(self, timeout: float) -> Exit | None:
-        try:
-            code = self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        return Exit(128 - code, -code) if code < 0 else Exit(code)
-
-    def kill(self) -> str:
-        os.killpg(self.p.pid, signal.SIGKILL)
-        self.p.wait()
-        return "killed"
+        LoggedProcess.log.append((id(self), data))
+        super().write(data)
 
 
 class ToyTransport(Transport):
@@ -119,7 +85,7 @@ class ToyTransport(Transport):
         shutil.rmtree(folder)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
-        return ToyProcess(argv, {"PATH": os.environ.get("PATH", ""), **env}, cwd)
+        return LoggedProcess(argv, {"PATH": os.environ.get("PATH", ""), **env}, (), cwd)
 
     def clean(self) -> dict[str, Any]:
         shutil.rmtree(self.root)
@@ -169,11 +135,15 @@ def test_a_toy_transport_runs_a_config_end_to_end(tmp_path: Path, runner: Path) 
 
 def test_two_labels_on_the_toy_run_in_lockstep(tmp_path: Path, runner: Path) -> None:
     toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    LoggedProcess.log.clear()
     a, b = run_jobs(toy, [_job(tmp_path, runner, "a"), _job(tmp_path, runner, "b")])
     assert a.status == b.status == OK
     assert a.protocol and a.protocol.lockstep and a.protocol.lockstep.with_ == ("b",)
     assert b.protocol and b.protocol.lockstep and b.protocol.lockstep.with_ == ("a",)
-    assert a.started_at and b.finished_at and a.started_at < b.finished_at and b.started_at < a.finished_at
+    # Timed in alternating slices: the second runner's first batch came before the first runner's last one.
+    runs = [who for who, data in LoggedProcess.log if b'"run"' in data]
+    first, second = runs[0], next(w for w in runs if w != runs[0])
+    assert runs.index(second) < len(runs) - 1 - runs[::-1].index(first), runs
 
 
 def test_a_runner_that_crashes_is_a_failed_row_with_its_exit(tmp_path: Path) -> None:

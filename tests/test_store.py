@@ -138,6 +138,21 @@ def test_a_v1_row_migrates_to_v2() -> None:
     assert migrate(v1)["schema_version"] == 2 and Result.from_dict(r.to_dict()) == r
 
 
+def test_v1_values_that_v2_refuses_are_set_aside_not_dropped() -> None:
+    """v1 stored what runners sent unchecked: an old database must still open, its odd values kept aside."""
+    v1 = {"schema_version": 1, "run_id": "r", "device": "host", "engine": "protocol", "label": "", "engine_version": "x",
+          "model": "m", "model_sha256": "ab" * 32, "model_bytes": 1, "precision": "fp32", "backend": "cpu", "threads": 1,
+          "cpus": [1], "status": "ok", "samples_s": [0.01, 0.0, 0.02], "rss_before_load_bytes": -1024,
+          "peak_rss_bytes": 5e6, "affinity": "big", "repeat": 0, "protocol": {"min_iterations": 10}}
+    r = Result.from_dict(v1)
+    assert r.samples_s == (0.01, 0.02) and r.rss_before_load_bytes is None and r.peak_rss_bytes == 5_000_000
+    assert r.protocol and r.protocol.legacy == {"repaired": {"samples_s": [0.01, 0.0, 0.02],
+                                                             "rss_before_load_bytes": -1024, "peak_rss_bytes": 5e6}}
+    assert any("set aside" in n for n in r.notes)
+    lost = Result.from_dict({**v1, "samples_s": [0.0]})
+    assert lost.status == FAILED and "no valid sample" in str(lost.reason)
+
+
 def test_a_v1_database_made_by_the_v1_code_opens_as_v2(tmp_path: Path) -> None:
     db = tmp_path / "v1.sqlite"
     shutil.copy(V1_DB, db)

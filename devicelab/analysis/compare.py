@@ -34,6 +34,8 @@ comparison is made (verdicts.compare_sides: paired comparisons only a floor meas
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -255,13 +257,15 @@ def verdict(base: Sequence[Sequence[float]], cand: Sequence[Sequence[float]], th
         # so a test over samples gives p = 1e-100 for a 5 % difference between two sets of processes). Exact MWU over
         # the process medians: at most 1 % of A/A comparisons get p < 0.01, whatever the noise looks like (measured:
         # three processes a side from a machine switching between speed regimes were called changed in 1.75 % of
-        # A/A trials by the t interval and sample MWU). It needs 5 processes a side to reach p < 0.01.
+        # A/A trials by the t interval and sample MWU). Its smallest one-sided p is 1/C(n+m, n): 5 processes a side
+        # reach p < 0.01 (1/252), so do 4 and 5 (1/126) or 3 and 7 (1/120), never 3 and 3 (1/20).
         mb, mc = [float(np.median(x)) for x in base], [float(np.median(x)) for x in cand]
         p_slower = float(mannwhitneyu(mc, mb, alternative="greater", method="exact").pvalue)
         p_faster = float(mannwhitneyu(mc, mb, alternative="less", method="exact").pvalue)
-        if few < 5:
-            reasons.append(f"{few} processes on a side: separate runs need 5 a side to be called slower or faster "
-                           "(pool runs: RUN_A,RUN_B), or run the two builds as labels of one run (paired)")
+        if 1 / math.comb(len(mb) + len(mc), len(mb)) >= ALPHA:
+            reasons.append(f"{len(mb)} and {len(mc)} processes: separate runs this small cannot reach p < {ALPHA:g} "
+                           "(5 a side can): pool runs (RUN_A,RUN_B), or run the two builds as labels of one run "
+                           "(paired)")
     if few < 3:
         reasons.append("fewer than 3 processes on a side: process-to-process noise is not fully in the CI")
     # A floor can stop a change from being called, never make it 'same': 'same' is the CI inside 1 ± t, floor or not.

@@ -135,8 +135,13 @@ def analyze(series: str, points: Sequence[RunPoint], threshold: float = DEFAULT_
         baseline = points[last_cp:len(points) - k]
         if len(baseline) < 2:
             return None
-        flat = [p for run in baseline for p in run.processes]
-        return len(baseline), [verdict(flat, points[-j].processes, threshold, noise_floor) for j in range(1, k + 1)]
+        # The run is the unit: the processes of one night share that night's machine, so they are not independent of
+        # each other, and the night-to-night spread is what a new night is judged by (each run's samples as one).
+        def unit(run: RunPoint) -> list[float]:
+            return [s for process in run.processes for s in process]
+
+        history = [unit(run) for run in baseline]
+        return len(baseline), [verdict(history, [unit(points[-j])], threshold, noise_floor) for j in range(1, k + 1)]
 
     one, two = check(1), check(2)
     newest = one

@@ -66,6 +66,19 @@ class SlidesTable:
                 + ([row.label_text()] if self.has_labels else []))
 
 
+def process_median(r: Result) -> float | None:
+    """One process's latency: the median of its samples, or the median an engine's tool printed (summary-only)."""
+    return float(statistics.median(r.samples_s)) if r.samples_s else r.median_s
+
+
+def config_median(results: Sequence[Result]) -> float | None:
+    """A config's latency wherever devicelab shows one (CLI tables, the report, compare's centre): the median of its
+    ok processes' medians. A pooled median would let the process sampled longest decide; the last or first process
+    alone would ignore the others."""
+    medians = [m for m in (process_median(r) for r in results if r.status == OK) if m is not None]
+    return float(statistics.median(medians)) if medians else None
+
+
 def row_name(r: Result, with_affinity: bool, with_run: bool = False) -> str:
     label = " ".join(x for x in (r.label, r.run_id if with_run else "") if x)
     name = r.engine + (f" [{label}]" if label else "")
@@ -97,8 +110,8 @@ def slides_tables(results: Sequence[Result], by_run: bool = False) -> list[Slide
             if r.threads > 0:
                 same = processes.setdefault((row.name, r.threads), [])
                 same.append(r)
-                ok = [x.median_s for x in same if x.status == OK and x.median_s is not None]
-                row.cells[r.threads] = Cell(OK, float(statistics.median(ok))) if ok else Cell(r.status, None, r.reason)
+                centre = config_median(same)
+                row.cells[r.threads] = Cell(OK, centre) if centre is not None else Cell(r.status, None, r.reason)
             if r.status == OK and r.peak_rss_bytes:
                 row.peak_rss_bytes = max(row.peak_rss_bytes or 0, r.peak_rss_bytes)
             if r.status == OK and r.accuracy and (row.accuracy is None or r.accuracy["cosine"] < row.accuracy["cosine"]):

@@ -171,10 +171,14 @@ class HostTransport(Transport):
 
     def run_folder(self, links: Mapping[str, str]) -> str:
         folder = Path(tempfile.mkdtemp(prefix="devicelab-run-"))
-        for name, target in links.items():
-            dest = folder / relative_name(name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.symlink_to(target)
+        try:
+            for name, target in links.items():
+                dest = folder / relative_name(name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.symlink_to(target)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)  # half a folder is nobody's: the caller never learns its name
+            raise
         return str(folder)
 
     def pull(self, path: str, local: Path) -> bool:

@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import posixpath
 import secrets
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
-
-import adbutils
+from typing import TYPE_CHECKING, Any
 
 from devicelab.devices.android import sysfs
 from devicelab.devices.android.adb import (ADB_ERRORS, V2_EXIT, V2_STDERR, V2_STDOUT, DeviceGoneError, ShellV2,
@@ -22,6 +21,9 @@ from devicelab.energy import EnergySource, battery
 from devicelab.errors import DevicelabError
 from devicelab.facts import DeviceEntry, DeviceFacts
 from devicelab.measure import ChannelClosedError
+
+if TYPE_CHECKING:
+    import adbutils  # only named for types: devices/android/adb.py is where adbutils is used
 
 SHELL_TIMEOUT_S = 60.0  # one short command (getprop, a state read); runners have the protocol's own timeout
 
@@ -170,12 +172,14 @@ class AndroidTransport(Transport):
         return why
 
     def why_gone(self, transport_error: str | None) -> str:
+        """Why a stream ended without an exit status; the phone counts as gone only if adb no longer has it (a
+        stream devicelab closed itself, to kill a runner, ends the same way)."""
         detail = transport_error or "the adb stream ended without an exit status"
         try:
             self._find()
         except DeviceGoneError as e:
-            detail += f"; {e}"
-        return self.lost(detail)
+            return self.lost(f"{detail}; {e}")
+        return detail
 
     def shell(self, command: str, timeout: float = SHELL_TIMEOUT_S) -> ShellResult:
         """Run one command line (already quoted) and wait for it. DeviceGoneError when the stream ends with no
@@ -249,7 +253,12 @@ class AndroidTransport(Transport):
 
     def run_folder(self, links: Mapping[str, str]) -> str:
         folder = f"{RUNS}/{secrets.token_hex(6)}"
-        make_run_folder(self, folder, links)
+        try:
+            make_run_folder(self, folder, links)
+        except BaseException:
+            with contextlib.suppress(OSError):  # half a folder is nobody's: the caller never learns its name
+                self.remove(folder)
+            raise
         return folder
 
     def pull(self, path: str, local: Path) -> bool:
@@ -263,9 +272,10 @@ class AndroidTransport(Transport):
             raise self.fault(f"pulling from {self.serial}", e) from None
 
     def remove(self, folder: str) -> None:
-        if not folder.startswith(RUNS + "/"):
+        norm = posixpath.normpath(folder)
+        if posixpath.dirname(norm) != RUNS:
             raise ValueError(f"{folder} is not a run folder of devicelab's")
-        self.shell(f"rm -rf {quote([folder])}")
+        self.shell(f"rm -rf {quote([norm])}")
 
     # ---- programs
 
