@@ -18,8 +18,7 @@ from typing import Any, Protocol
 
 from devicelab.analysis import stats
 
-RUNNER_PROTOCOL = 2  # what this controller speaks; it also drives v1 runners (docs/runner-protocol.md)
-SUPPORTED_PROTOCOLS = (1, 2)
+SUPPORTED_PROTOCOLS = (1, 2)  # the runner protocol versions this controller drives (docs/runner-protocol.md)
 
 
 @dataclass(frozen=True)
@@ -317,7 +316,8 @@ BeforeStop = Callable[[RunMore, list[float]], dict[str, Any]]
 
 
 class Driver:
-    """One runner under the stopping rule, a batch at a time: `time_alone` drives one, `lockstep` several."""
+    """One runner under the stopping rule, a batch at a time: `time_alone` drives one, `lockstep` several
+    (devicelab.session starts, drives and finishes them)."""
 
     def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False
                  ) -> None:
@@ -410,15 +410,6 @@ class Driver:
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
                            starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s, extra=extra)
-
-
-def measure(channel: Channel, s: ProtocolSettings, deadline: float, before_stop: BeforeStop | None = None
-            ) -> Measurement:
-    """Drive one runner from 'ready' to 'done' under the stopping rule."""
-    d = Driver(channel, s, deadline)
-    d.start()
-    d.time_alone()
-    return d.finish(before_stop)
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -280,7 +280,8 @@ EXTENSIONS: dict[str, ExtField] = {
     "fixed_performance": ExtField(lambda x: isinstance(x, bool), None, "Android fixed performance mode was on"),
     "ios_thermal_state": ExtField(lambda x: isinstance(x, dict), None, "ProcessInfo.thermalState {before, after}"),
     "phys_footprint_bytes": ExtField(_int, "bytes", "peak physFootprint of the iOS runner app"),
-    "gpu_device": ExtField(lambda x: isinstance(x, dict), None, "the GPU a GPU backend ran on: {name, software}"),
+    "gpu_device": ExtField(lambda x: isinstance(x, dict), None,
+                           "the device a GPU backend ran on: {name, type, software}"),
     "profile": ExtField(lambda x: isinstance(x, dict), None, "per-op profile (profiles issue)"),
     "llm": ExtField(lambda x: isinstance(x, dict), None, "LLM workload and figures (quant, P, G, TTFT...)"),
 }

@@ -538,22 +538,21 @@ class _Attempt:
                 self.reason = f"runner ended before finishing ({Exit(128 + report.exit_signal, report.exit_signal).describe()})"
         if self.tool and self.status == OK:
             self._tool_fields(report, files)
-        elif self.status == OK:
-            self._memory(report)
+        elif self.status == OK and report is not None:
+            self._memory(report, *self.runner_peak)
         if self.status == OK and outputs is not None:
             self._accuracy(outputs)
         if self.status != OK:
             self.fields = {}
 
-    def _memory(self, report: native.ProbeReport | None) -> None:
-        runner_peak, runner_method = getattr(self, "runner_peak", (None, None))
-        if report is None:
-            return
-        peak, method, note = native.peak_memory(report, runner_peak, runner_method)
-        if note:
-            self.notes.append(note)
-        self.fields.update(peak_rss_bytes=peak, memory_method=method + " (RSS before load: the runner's VmRSS "
-                                                                         "before the model loads)")
+    def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
+        """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
+        if report is not None:
+            peak, method, note = native.peak_memory(report, peak, method)
+            if note:
+                self.notes.append(note)
+            method += " (RSS before load: the runner's VmRSS before the model loads)"
+        self.fields.update(peak_rss_bytes=peak, memory_method=method)
 
     def _tool_fields(self, report: native.ProbeReport | None, files: dict[str, str]) -> None:
         assert self.tool is not None and self.tool_s is not None and self.exit is not None
@@ -571,13 +570,9 @@ class _Attempt:
             self.end(FAILED, f"{self.tool.tool}: {run.error}")
             return
         peak, method = fields.pop("peak_rss_bytes"), fields.pop("memory_method")
-        if report is not None:
-            peak, method, note = native.peak_memory(report, peak, method)
-            if note:
-                self.notes.append(note)
-            method += " (RSS before load: the runner's VmRSS before the model loads)"
         fields["samples_s"] = tuple(fields["samples_s"])
-        self.fields = {**fields, "peak_rss_bytes": peak, "memory_method": method}
+        self.fields = fields
+        self._memory(report, peak, method)
 
     def _accuracy(self, outputs: Path) -> None:
         import numpy as np

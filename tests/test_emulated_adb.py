@@ -24,7 +24,6 @@ from devicelab.testing.emulated_adb import EmulatedDevice
 from devicelab.testing.emulated_device import (ClusterSpec, Profile, ProfileError, Sandbox, default_clusters,
                                                read_energy_log)
 
-pytestmark = pytest.mark.slow  # end to end: not in the fast subset (README, "Tests")
 
 DEFAULT = Profile()
 BIG = DEFAULT.clusters[-1]
@@ -138,6 +137,7 @@ def test_cli_refuses_reserved_ports() -> None:
 
 # ----------------------------------------------------------------------------------------------- through adb
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_connect_and_devices_l(adb_server: AdbServer, phone: EmulatedPhone, dev: Any) -> None:
     out = adb_server.run("devices", "-l").stdout
@@ -149,11 +149,13 @@ def test_connect_and_devices_l(adb_server: AdbServer, phone: EmulatedPhone, dev:
     assert f"namespace {'on' if namespace_support() is None else 'off'}" in phone.stderr
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_shell_v1_merges_stdout_and_stderr(dev: Any) -> None:
     assert dev.shell("echo out; echo err >&2") == "out\nerr"
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_shell2_v2_exit_codes_and_stderr(dev: Any) -> None:
     r = shell_v2(dev, "echo out; echo err >&2; exit 3")
@@ -163,6 +165,7 @@ def test_shell2_v2_exit_codes_and_stderr(dev: Any) -> None:
     assert shell_v2(dev, "kill -9 $$").returncode == 128 + 9  # adbd reports 128 + signal
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_long_output_intact(dev: Any) -> None:
     expected = "".join(f"{i}\n" for i in range(1, 160_001))  # ~1 MB
@@ -171,6 +174,7 @@ def test_long_output_intact(dev: Any) -> None:
     assert dev.shell("seq 1 160000", rstrip=False) == expected
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_stdin_is_streamed_line_by_line_over_v2(dev: Any) -> None:
     # The driver's runner protocol: one line in, wait for the answer, the next line. Nothing may wait for EOF.
@@ -188,6 +192,7 @@ def test_stdin_is_streamed_line_by_line_over_v2(dev: Any) -> None:
         sh.close()
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_adb_shell_cli_with_piped_stdin(adb_server: AdbServer, phone: EmulatedPhone) -> None:
     data = os.urandom(300_000)
@@ -197,6 +202,7 @@ def test_adb_shell_cli_with_piped_stdin(adb_server: AdbServer, phone: EmulatedPh
     assert p.returncode == 7
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_exec_in_and_exec_out_are_raw(adb_server: AdbServer, phone: EmulatedPhone) -> None:
     data = os.urandom(200_000)
@@ -210,6 +216,7 @@ def test_exec_in_and_exec_out_are_raw(adb_server: AdbServer, phone: EmulatedPhon
     assert out.stdout == data  # byte for byte: no pty, no newline translation
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_sync_push_pull_stat_list_20mb(dev: Any, tmp_path: Path, record_property: Any) -> None:
     data = os.urandom(20 * 1024 * 1024)
@@ -232,6 +239,7 @@ def test_sync_push_pull_stat_list_20mb(dev: Any, tmp_path: Path, record_property
     record_property("pull_MBps", round(len(data) / pull_s / 1e6, 1))
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_push_outside_data_local_tmp_fails(adb_server: AdbServer, phone: EmulatedPhone, dev: Any,
                                            tmp_path: Path) -> None:
@@ -248,6 +256,7 @@ def test_push_outside_data_local_tmp_fails(adb_server: AdbServer, phone: Emulate
     assert dev.sync.read_text("/system/etc/build.prop").count("ro.serialno=DLEMU0001") == 1
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_fixture_reads(dev: Any) -> None:
     assert dev.shell(f"cat /sys/devices/system/cpu/cpu{BIG_CPU}/cpu_capacity") == str(BIG.capacity)
@@ -264,6 +273,7 @@ def test_fixture_reads(dev: Any) -> None:
     assert "VmHWM" in dev.shell("cat /proc/self/status")
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 @needs_namespace()
 def test_commands_cannot_write_the_system_or_the_host(dev: Any) -> None:
@@ -278,6 +288,7 @@ def zone_temp(dev: Any, zone_type: str) -> int:
     return int(dev.shell(cmd))
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_heat_model_follows_a_pinned_busy_loop(dev: Any) -> None:
     before = zone_temp(dev, BIG_ZONE)
@@ -290,6 +301,7 @@ def test_heat_model_follows_a_pinned_busy_loop(dev: Any) -> None:
     assert wait_for(lambda: zone_temp(dev, BIG_ZONE) < hot - 1000, timeout=15)  # it relaxes toward idle
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_getprop(dev: Any) -> None:
     assert dev.shell("getprop ro.serialno") == "DLEMU0001"
@@ -300,6 +312,7 @@ def test_getprop(dev: Any) -> None:
     assert dev.prop.get("ro.product.manufacturer") == "devicelab"
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_dumpsys(dev: Any) -> None:
     battery = dev.shell("dumpsys battery")
@@ -319,6 +332,7 @@ def test_dumpsys(dev: Any) -> None:
     assert "Temperature{mValue=" in dev.shell("dumpsys thermalservice")
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_host_close_kills_the_process_group(dev: Any) -> None:
     sh = RawShellV2(dev, "sleep 1000 & echo $!; wait")
@@ -328,6 +342,7 @@ def test_host_close_kills_the_process_group(dev: Any) -> None:
     assert wait_for(lambda: process_gone(pid), timeout=10), f"sleep {pid} survived the CLSE"
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_drop_mid_command_then_restart_on_same_root(adb_server: AdbServer, tmp_path: Path,
                                                     record_property: Any) -> None:
@@ -354,6 +369,7 @@ def test_drop_rules_parse() -> None:
         DropRule.parse("runner@input=go#0")
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_drop_tied_to_the_nth_input_fires_then_and_not_before(adb_server: AdbServer, tmp_path: Path) -> None:
     """The event-tied rule: the second "go" a command receives drops the phone, the first does not (a timer can
@@ -370,6 +386,7 @@ def test_drop_tied_to_the_nth_input_fires_then_and_not_before(adb_server: AdbSer
         assert wait_for(lambda: adb_server.state(p.serial) != "device", timeout=10)
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_signal_drop_and_restore(adb_server: AdbServer, tmp_path: Path) -> None:
     with EmulatedPhone(adb_server, tmp_path / "root") as p:
@@ -386,6 +403,7 @@ def test_signal_drop_and_restore(adb_server: AdbServer, tmp_path: Path) -> None:
         assert p.device().shell("echo back") == "back"
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_battery_sign_unit_and_energy_log(adb_server: AdbServer, tmp_path: Path) -> None:
     cases: list[tuple[dict[str, Any], int, float]] = [
@@ -414,6 +432,7 @@ def test_battery_sign_unit_and_energy_log(adb_server: AdbServer, tmp_path: Path)
         assert final - 3_000_000 == pytest.approx(moved_uah, abs=1.0), (moved_uah, final)
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_throttling_caps_the_hot_cluster(adb_server: AdbServer, tmp_path: Path) -> None:
     # 1.5 C above the 36 C idle: even a loop that gets a small share of a busy host's CPU trips it
@@ -427,6 +446,7 @@ def test_throttling_caps_the_hot_cluster(adb_server: AdbServer, tmp_path: Path) 
         assert wait_for(lambda: d.shell(f"cat {policy}/scaling_max_freq") == str(BIG.max_khz), timeout=20)
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 def test_no_namespace_mode_rewrites_paths(adb_server: AdbServer, tmp_path: Path) -> None:
     if adb_server.adb != adb_binaries()[0][1]:
@@ -448,6 +468,7 @@ def hello_arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "hello"
 
 
+@pytest.mark.slow  # a real adb server and the emulated phone
 @needs_adb()
 @needs_qemu()
 def test_arm64_static_binary_runs(phone: EmulatedPhone, dev: Any, hello_arm64: Path) -> None:

@@ -7,10 +7,18 @@ from typing import Any
 
 import pytest
 
-from devicelab.measure import (ChannelClosedError, Driver, ProtocolSettings, RunnerError, lockstep, measure,
+from devicelab.measure import (ChannelClosedError, Driver, Measurement, ProtocolSettings, RunnerError, lockstep,
                                 next_batch, settings_from_dict, stop_reason)
 
 S = ProtocolSettings()
+
+
+def measure(channel: Any, s: ProtocolSettings, deadline: float) -> Measurement:
+    """One runner from 'ready' to 'done' under the stopping rule, as the session drives a runner alone."""
+    d = Driver(channel, s, deadline, controller_warmup=True)
+    d.start()
+    d.time_alone()
+    return d.finish()
 
 
 def test_minimums_come_first() -> None:

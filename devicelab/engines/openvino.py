@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel
+from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel, is_software_gpu
 from devicelab.engines.onnxruntime import qdq_int8
 
 _HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
@@ -67,12 +67,20 @@ class OpenVinoEngine(Engine):
         want = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}[_HINT[config["precision"]]]
         if want not in actual:
             raise RuntimeError(f"OpenVINO compiled {config['precision']} as {actual}: refusing to mislabel the result")
-        return _OvSession(compiled.create_infer_request(), [i["name"] for i in config["inputs"]])
+        device_info = None
+        if device == "GPU":  # which GPU, in OpenVINO's words (not testable here: OpenVINO finds no GPU on these VMs)
+            name = str(core.get_property("GPU", "FULL_DEVICE_NAME"))
+            device_info = {"name": name, "type": str(core.get_property("GPU", "DEVICE_TYPE")),
+                           "software": is_software_gpu(name)}
+        return _OvSession(compiled.create_infer_request(), [i["name"] for i in config["inputs"]], device_info)
 
 
 class _OvSession:
-    def __init__(self, request: Any, names: list[str]) -> None:
-        self._req, self._names = request, names
+    def __init__(self, request: Any, names: list[str], device: dict[str, Any] | None = None) -> None:
+        self._req, self._names, self._device = request, names, device
+
+    def device(self) -> dict[str, Any] | None:
+        return self._device
 
     def prepare(self, feeds: dict[str, Any]) -> Any:
         import numpy as np
