@@ -459,12 +459,21 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         python = e.options.get("python")
         if python is not None and not (isinstance(python, str) and Path(python).expanduser().is_file()):
             problems.append(f"engines[{i}].options.python: {python!r} is not a Python interpreter on this machine")
+        process = e.options.get("process")
+        if process is not None and process not in PROCESS_STARTS:
+            problems.append(f"engines[{i}].options.process: {process!r} is not allowed; allowed: "
+                            f"{', '.join(PROCESS_STARTS)}")
 
     name = raw.get("name") or "suite"
     if problems:
         raise ConfigError(source, problems)
     return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
                  tuple(affinities), device_ids, settings, seed, repeats, min_repeats)
+
+
+# How the host starts devicelab's Python runner for each config (docs/architecture.md): forked from a zygote that
+# imported the engine once (the default), or a fresh interpreter every time.
+PROCESS_STARTS = ("zygote", "exec")
 
 
 def ab_pairs(engines: tuple[EngineSpec, ...] | list[EngineSpec]) -> list[tuple[str, str, str]]:

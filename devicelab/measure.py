@@ -25,8 +25,14 @@ SUPPORTED_PROTOCOLS = (1, 2)  # the runner protocol versions this controller dri
 class ProtocolSettings:
     """Defaults are the measurement protocol's (docs/architecture.md); every field can be overridden in a suite."""
 
+    # Warmup (controller-driven, runner protocol v2): at least warmup_iterations and warmup_min_seconds, then until
+    # the median of the last window is within warmup_steady of the window before, capped at warmup_seconds (and at
+    # warmup_iterations for models slower than SLOW_MODEL_S). A v1 runner warms itself up for warmup_iterations and
+    # warmup_seconds.
     warmup_iterations: int = 3
     warmup_seconds: float = 0.5
+    warmup_min_seconds: float = 0.1
+    warmup_steady: float = 0.02
     min_iterations: int = 10
     min_seconds: float = 1.0
     max_iterations: int = 200
@@ -55,6 +61,7 @@ class ProtocolSettings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ProtocolSettings)}
+FRACTIONS = ("target_ci", "confidence", "warmup_steady")
 
 
 def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSettings:
@@ -79,9 +86,9 @@ def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSet
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if ok and want_int:
             ok = float(value).is_integer()
-        if not ok or value < 0 or (key in ("target_ci", "confidence") and not 0 < value < 1):
+        if not ok or value < 0 or (key in FRACTIONS and not 0 < value < 1):
             kind = "a non-negative integer" if want_int else "a non-negative number"
-            if key in ("target_ci", "confidence"):
+            if key in FRACTIONS:
                 kind = "a number between 0 and 1"
             problems.append(f"{where}.{key}: {value!r} is not {kind}")
             continue
@@ -133,6 +140,56 @@ def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float 
     else:
         want = min(max(1, math.ceil(0.1 * n)), max(1, s.max_iterations - n))
     return int(min(want, max(1, math.ceil((s.max_seconds - total) / estimate_s))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Warmup rule (pure)
+
+SLOW_MODEL_S = 0.2  # a model this slow per inference is warmed up for warmup_iterations only
+WARMUP_WINDOW_S = 0.05  # a steadiness window holds at least this much inference (and 3 iterations)
+
+
+def warmup_window(estimate_s: float | None) -> int:
+    """Iterations per steadiness window at this speed."""
+    if not estimate_s or estimate_s <= 0:
+        return 3
+    return max(3, math.ceil(WARMUP_WINDOW_S / estimate_s))
+
+
+def warmup_stop(warmups: Sequence[float], s: ProtocolSettings, floor_s: float = 0.0) -> str | None:
+    """Why the controller's warmup may end now, or None to go on: "cap" (warmup_seconds reached), "slow model"
+    (warmup_iterations of a model slower than SLOW_MODEL_S), "steady" (past both minimums, the median of the last
+    window within warmup_steady of the window before). `floor_s`: seconds it never ends before (phones, whose clocks
+    ramp slowly), within the cap."""
+    n, total = len(warmups), float(sum(warmups))
+    if n < max(1, s.warmup_iterations):
+        return None
+    if total >= s.warmup_seconds:
+        return "cap"
+    if float(stats.median(warmups) or 0) > SLOW_MODEL_S:
+        return "slow model"
+    if total < max(s.warmup_min_seconds, floor_s):
+        return None
+    w = warmup_window(float(stats.median(warmups[-3:]) or 0))
+    if n < 2 * w:
+        return None
+    before, last = float(stats.median(warmups[-2 * w:-w]) or 0), float(stats.median(warmups[-w:]) or 0)
+    if before > 0 and abs(last - before) <= s.warmup_steady * before:
+        return "steady"
+    return None
+
+
+def warmup_batch(warmups: Sequence[float], s: ProtocolSettings, estimate_s: float | None, floor_s: float = 0.0
+                 ) -> int:
+    """How many warmup iterations to ask for next: enough for the minimums and two windows at first, then a window
+    at a time; never past the cap at the estimated speed; one when there is no estimate."""
+    if estimate_s is None or estimate_s <= 0:
+        return 1
+    n, total = len(warmups), float(sum(warmups))
+    w = warmup_window(estimate_s)
+    want = max(s.warmup_iterations - n, 2 * w - n, math.ceil((max(s.warmup_min_seconds, floor_s) - total) / estimate_s),
+               w if n else 1)
+    return int(max(1, min(want, math.ceil((s.warmup_seconds - total) / estimate_s))))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,6 +363,7 @@ class Measurement:
     warmup_by: str = "runner"
     warmup_iterations: int | None = None
     warmup_seconds: float | None = None
+    warmup_stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -319,10 +377,11 @@ class Driver:
     """One runner under the stopping rule, a batch at a time: `time_alone` drives one, `lockstep` several
     (devicelab.session starts, drives and finishes them)."""
 
-    def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False
-                 ) -> None:
+    def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False,
+                 warmup_floor_s: float = 0.0) -> None:
         self.channel, self.s, self.deadline = channel, s, deadline
         self.controller_warmup = controller_warmup  # the runner was told to leave warmup to us (if it speaks v2)
+        self.warmup_floor_s = warmup_floor_s  # seconds of warmup the device needs whatever the rule says
         self.ops: list[dict[str, Any]] = []
         self.samples: list[float] = []
         self.starts: list[float] | None = []
@@ -332,6 +391,7 @@ class Driver:
         self.estimate: float | None = None
         self.warmup_by = "runner"
         self.warmups: list[float] = []
+        self.warmup_stopped: str | None = None
 
     def start(self) -> None:
         """Wait for 'ready' (the runner has loaded; a v1 runner has warmed up too), then warm up a v2 runner that
@@ -355,19 +415,14 @@ class Driver:
             self._warm_up()
 
     def _warm_up(self) -> None:
-        """Protocol v2: warmup batches until both warmup minimums hold (iterations and seconds)."""
+        """Protocol v2: warmup batches until the warmup rule (warmup_stop) says timing is steady or capped."""
         self.warmup_by = "controller"
-        s = self.s
-        while len(self.warmups) < s.warmup_iterations or sum(self.warmups) < s.warmup_seconds:
-            if self.estimate:
-                n = max(s.warmup_iterations - len(self.warmups),
-                        math.ceil((s.warmup_seconds - sum(self.warmups)) / self.estimate), 1)
-                n = min(n, max(1, math.ceil(s.max_seconds / self.estimate)))
-            else:
-                n = 1
+        while (why := warmup_stop(self.warmups, self.s, self.warmup_floor_s)) is None:
+            n = warmup_batch(self.warmups, self.s, self.estimate, self.warmup_floor_s)
             got = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup").samples
             self.warmups.extend(got)
             self.estimate = float(stats.median(got) or 0) or self.estimate
+        self.warmup_stopped = why
 
     def reason(self) -> str | None:
         return stop_reason(self.samples, self.s)
@@ -409,7 +464,8 @@ class Driver:
             w_n, w_s = self.ready.get("warmups"), seconds_field(self.ready, "warmup_s", required=False)
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
                            starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
-                           warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s, extra=extra)
+                           warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
+                           warmup_stopped=self.warmup_stopped, extra=extra)
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -95,6 +95,7 @@ class Warmup:
     by: str  # "runner" | "controller" | "tool"
     iterations: int | None = None
     seconds: float | None = None
+    stopped: str | None = None  # the controller's: "steady" | "cap" | "slow model" (devicelab.measure.warmup_stop)
 
 
 @dataclass(frozen=True)

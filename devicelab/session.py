@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicelab import native
+from devicelab import native, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (STDERR_TAIL_BYTES, Exit, Process, Transport, TransportLostError)
+from devicelab.devices.base import STDERR_TAIL_BYTES, Exit, Process, Start, Transport, TransportLostError
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -172,15 +172,25 @@ def artifact_bytes(prepared: PreparedModel) -> int | None:
         return None
 
 
-def _package_shim(folder: Path) -> str:
+_SHIM: str | None = None
+
+
+def _package_shim() -> str:
     """A folder holding just the `devicelab` package (runners included), for another interpreter's PYTHONPATH
     (a label whose engine build lives in another environment): adding our whole site-packages would shadow that
-    environment's own engine build."""
+    environment's own engine build. One per controller process, removed at its exit: its path is part of the
+    runner's environment, which picks the zygote (a new path per job would start a zygote per job)."""
+    import atexit
     import importlib.util
+    import shutil
 
     import devicelab
 
-    root = folder / "shim"
+    global _SHIM
+    if _SHIM is not None and Path(_SHIM).is_dir():
+        return _SHIM
+    root = Path(tempfile.mkdtemp(prefix="devicelab-shim-"))
+    atexit.register(shutil.rmtree, root, True)
     pkg = root / "devicelab"
     pkg.mkdir(parents=True)
     source = Path(devicelab.__file__).resolve().parent
@@ -192,7 +202,8 @@ def _package_shim(folder: Path) -> str:
         spec = importlib.util.find_spec(f"devicelab.{sub}")
         if spec and spec.submodule_search_locations:
             (pkg / sub).symlink_to(Path(list(spec.submodule_search_locations)[0]))
-    return str(root)
+    _SHIM = str(root)
+    return _SHIM
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,16 +273,21 @@ class _Attempt:
         if self.tool and self.tool_s and (why := self.tool.unsupported_reason(self.tool_s)):
             self._stop(UNSUPPORTED, why)
         program, programs, libraries = self._program()
+        self.program = program
         try:
             self.state_before = t.state()
         except OSError as e:
             self._stop(INFRA_FAILED, f"device disconnected: {e}")
-        probe = native_programs(t, ["dlprobe"])
+        # The host forks its Python runner from a zygote (the engine imported once): a forked child cannot run under
+        # dlprobe, which pins and measures programs it execs; the runner pins itself and reports its own VmHWM.
+        self.zygote = program is None and t.zygotes and self.job.options.get("process", "zygote") == "zygote"
+        probe = {} if self.zygote else native_programs(t, ["dlprobe"])
         if isinstance(probe, str):
             if t.missing_probe_note:
                 self.notes.append(f"pinned with {t.pin_method}; peak memory is the program's own report ({probe})")
         else:
             programs.update(probe)
+        self._variant()
         try:
             files = self._stage()
             libs = [(p.name, p) for p in libraries]
@@ -301,7 +317,7 @@ class _Attempt:
             # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
             env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
             if self.job.options.get("python"):
-                env["PYTHONPATH"] = _package_shim(self.tmp)
+                env["PYTHONPATH"] = _package_shim()
         if libraries:
             env["LD_LIBRARY_PATH"] = f"{run_dir}/lib"
         self.env = env
@@ -318,6 +334,22 @@ class _Attempt:
             method = t.pin_method if cfg.cpus else "none (no CPUs chosen)"
         self.record["pinning"] = Pinning(tuple(cfg.cpus), method, cfg.affinity, mask,
                                          tuple(c.to_dict() for c in facts.clusters))
+
+    def _variant(self) -> None:
+        """Whether this config runs the accuracy pass, or reuses its variant's (devicelab.variants)."""
+        self.variant: str | None = None
+        self.reuse: variants.Entry | None = None
+        self.accuracy_pass = self.job.accuracy_wanted and not self.tool
+        if not self.accuracy_pass:
+            return
+        cfg, job = self.cfg, self.job
+        self.variant = variants.variant_key(
+            self.t.profile_key(), cfg.engine, cfg.label, cfg.engine_version, cfg.model_sha256, cfg.precision,
+            cfg.backend, paths.sha256_file(job.prepared.path), job.options, self.s.accuracy_inputs, job.seed,
+            job.source.dataset)
+        entry = variants.load(self.variant)
+        if entry is not None and entry.settled(cfg.threads):
+            self.reuse, self.accuracy_pass = entry, False
 
     def _stop(self, status: str, reason: str) -> None:
         self.end(status, reason)
@@ -347,8 +379,8 @@ class _Attempt:
             return [(rel, Path(local)) for rel, local in self.tool.model_layout(self.job.prepared).items()]
         staging = self.tmp / "stage"
         staging.mkdir()
-        cfg = runner_config(self.job, OUTPUTS_FILE if self.job.accuracy_wanted else None)
-        if self.job.accuracy_wanted and self.job.source.dataset is not None:
+        cfg = runner_config(self.job, OUTPUTS_FILE if self.accuracy_pass else None)
+        if self.accuracy_pass and self.job.source.dataset is not None:
             cfg = stage_dataset(cfg, self.job.source, staging)
         cfg = self.engine.stage(cfg, staging)
         (staging / CONFIG_FILE).write_text(json.dumps(cfg))
@@ -365,7 +397,13 @@ class _Attempt:
     def spawn(self) -> None:
         """Start the program; for a runner, wait until it is ready (and warmed up)."""
         try:
-            self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
+            if self.program is None and not self.probed:  # the Python runner: maybe forked from a zygote
+                preload = ("numpy", *self.engine.imports()) if self.zygote else ()
+                self.process, start = self.t.spawn_python(self.python, PYTHON_RUNNER, self.argv[3:], self.env,
+                                                          self.spawn_cpus, self.run_dir, preload)
+                self._started(start)
+            else:
+                self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
         except TransportLostError as e:
             self._stop(INFRA_FAILED, f"device disconnected: {e}")
         except (OSError, ValueError) as e:
@@ -376,13 +414,25 @@ class _Attempt:
         if self.tool:
             self.process.close_stdin()
             return
+        # Where clocks ramp slowly (phones), warmup never ends before warmup_seconds, steady or not.
         self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
-                             controller_warmup=True)
+                             controller_warmup=True, warmup_floor_s=self.s.warmup_seconds if self.t.slow_clock_ramp else 0)
         try:
             self.driver.start()
         except FAULTS as e:
             self.fail(e)
             raise _Ended() from None
+
+    def _started(self, start: Start) -> None:
+        """Record how the Python runner's process began (and, forked, how it was pinned)."""
+        self.ext["exec_path"] = start.path
+        if start.note:
+            self.notes.append(start.note)
+        if start.path == "zygote" and self.cfg.cpus:
+            p = self.record["pinning"]
+            self.record["pinning"] = Pinning(p.cpus, "sched_setaffinity by the runner itself, in the child forked "
+                                             "from a zygote, before the engine's import or session", p.affinity,
+                                             p.mask, p.clusters)
 
     def fail(self, e: Exception) -> None:
         """A fault while driving the runner: its row's status and reason."""
@@ -452,9 +502,12 @@ class _Attempt:
         pinned = ready.get("cpus")
         if isinstance(pinned, list) and self.cfg.cpus and sorted(map(str, pinned)) != sorted(map(str, self.cfg.cpus)):
             self.notes.append(f"runner reports affinity {pinned}, asked for {list(self.cfg.cpus)}")
+        spread = done.get("thread_cpus")  # every thread's CPUs at the end (engine pools included)
+        if isinstance(spread, list) and self.cfg.cpus and not set(map(str, spread)) <= set(map(str, self.cfg.cpus)):
+            self.notes.append(f"the runner's threads could run on CPUs {spread}, outside the pinned {list(self.cfg.cpus)}")
         self.record.update(stop_reason=m.stop_reason, batches=m.batches, runner_protocol=m.protocol,
                            outputs_sha256=done.get("outputs_sha256"), ops=tuple(m.ops),
-                           warmup=Warmup(m.warmup_by, m.warmup_iterations, m.warmup_seconds))
+                           warmup=Warmup(m.warmup_by, m.warmup_iterations, m.warmup_seconds, m.warmup_stopped))
         if ready.get("runner_version"):
             self.record["runner_version"] = str(ready["runner_version"])
         if m.starts_s is not None:
@@ -520,7 +573,7 @@ class _Attempt:
                 for name in self.tool.output_files:
                     if self.t.pull(f"{self.run_dir}/{name}", self.tmp / name):
                         files[name] = (self.tmp / name).read_text(errors="replace")
-            if self.status == OK and not self.tool and self.job.accuracy_wanted:
+            if self.status == OK and self.accuracy_pass:
                 outputs = self.tmp / OUTPUTS_FILE
                 if not self.t.pull(f"{self.run_dir}/{OUTPUTS_FILE}", outputs):
                     outputs = None
@@ -542,6 +595,12 @@ class _Attempt:
             self._memory(report, *self.runner_peak)
         if self.status == OK and outputs is not None:
             self._accuracy(outputs)
+        elif self.status == OK and self.reuse is not None:
+            self.fields["accuracy"] = self.reuse.reused()
+            self.notes.append(f"accuracy: this variant's pass in run {self.reuse.run_id} at {self.reuse.threads} "
+                              "thread(s), not run again (the outputs do not depend on the thread count beyond "
+                              "threads_max_abs_diff)" if self.reuse.thread_check else
+                              f"accuracy: this variant's pass in run {self.reuse.run_id}, not run again")
         if self.status != OK:
             self.fields = {}
 
@@ -577,7 +636,6 @@ class _Attempt:
     def _accuracy(self, outputs: Path) -> None:
         import numpy as np
 
-        from devicelab import paths
         from devicelab.engines.onnxruntime import reference_outputs
 
         count = self.s.accuracy_inputs
@@ -606,6 +664,11 @@ class _Attempt:
         if self.cfg.precision in ("fp16", "bf16") and acc["max_abs_diff"] < accuracy.NO_EFFECT_MAX_ABS_DIFF:
             self.notes.append(f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {self.cfg.precision} "
                               "setting changed no arithmetic on this CPU")
+        try:
+            assert self.variant is not None
+            acc = variants.record(self.variant, acc, self.job.run_id, self.cfg.threads, outputs)
+        except (OSError, ValueError) as e:  # the cache is an optimization: the row keeps its accuracy
+            self.notes.append(f"accuracy not kept for later configs of this variant: {e}")
         self.fields["accuracy"] = acc
 
     def _reap(self) -> None:

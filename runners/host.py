@@ -46,6 +46,16 @@ def _peak_rss_bytes() -> tuple[int | None, str]:
     return (maxrss if sys.platform == "darwin" else maxrss * 1024), "ru_maxrss"
 
 
+def _thread_cpus() -> list[int] | None:
+    """Every CPU any of this process's threads may run on (the engine's pools included); None off Linux. A pool
+    pinned from a CPU list decided before this process pinned itself would show here."""
+    try:
+        tids = os.listdir("/proc/self/task")
+        return sorted(set().union(*(os.sched_getaffinity(int(t)) for t in tids)))
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
 def _emit(out: TextIO, event: dict[str, Any]) -> None:
     out.write(json.dumps(event, separators=(",", ":")) + "\n")
     out.flush()
@@ -80,7 +90,10 @@ def _write_outputs(session: Any, config: dict[str, Any], make_inputs: Any) -> st
     return h.hexdigest()
 
 
-def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
+def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, Any] | None = None) -> int:
+    """One config. `start`: how this process began when it is not a fresh exec (a zygote's child: what the zygote
+    imported before the fork and how long that took, added to import_s)."""
+    start = start or {"exec_path": "exec", "preimport_s": 0.0, "preloaded": []}
     cpus = config.get("cpus")
     if cpus and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, [int(c) for c in cpus])
@@ -89,11 +102,12 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
 
     engine = get_engine(config["engine"])
     # The engine's import is timed apart (import_s): it is the same for every model, and far heavier for some engines
-    # (OpenVINO) than others, so load_s stays comparable across engines. RSS before load comes after it.
+    # (OpenVINO) than others, so load_s stays comparable across engines. RSS before load comes after it. In a
+    # zygote's child the modules it pre-imported cost nothing here: the zygote's time for them is added.
     t0 = time.perf_counter()
     for name in ("numpy", *engine.imports()):
         importlib.import_module(name)
-    import_s = time.perf_counter() - t0
+    import_s = time.perf_counter() - t0 + float(start["preimport_s"])
     rss_before = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     session = engine.open_session(config)
@@ -118,6 +132,7 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
     _emit(out, {"event": "ready", "protocol": PROTOCOL, "import_s": import_s, "load_s": load_s, "first_s": first_s,
                 **({"gpu_device": device} if device else {}),
                 "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
+                "exec_path": start["exec_path"], "preloaded": start["preloaded"],
                 "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None})
 
     fixed = config.get("iterations")  # for callers that cannot write to stdin
@@ -144,6 +159,7 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
             peak, method = _peak_rss_bytes()
             digest = _write_outputs(session, config, make_inputs)
             _emit(out, {"event": "done", "peak_rss_bytes": peak, "peak_rss_method": method,
+                        "thread_cpus": _thread_cpus(),
                         "outputs_sha256": digest, "outputs_file": config.get("outputs_file") if digest else None})
             return 0
         else:
@@ -153,7 +169,7 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO) -> int:
     return 3
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, start: dict[str, Any] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # engine chatter on fd 1 now lands on stderr
@@ -164,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with open(argv[0]) as f:
             config = json.load(f)
-        return run(config, out, sys.stdin)
+        return run(config, out, sys.stdin, start)
     except Exception as e:  # noqa: BLE001 - every failure must reach the controller as an event
         from devicelab.engines.base import UnsupportedError
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import pytest
 
 from devicelab.measure import (ChannelClosedError, Driver, Measurement, ProtocolSettings, RunnerError, lockstep,
-                                next_batch, settings_from_dict, stop_reason)
+                                next_batch, settings_from_dict, stop_reason, warmup_stop)
 
 S = ProtocolSettings()
 
@@ -168,17 +169,51 @@ class V2Runner(ScriptedRunner):
             self.queue.append({"event": "done", "peak_rss_bytes": 123})
 
 
-def test_v2_warmup_is_driven_by_the_controller_until_both_minimums() -> None:
+def test_v2_warmup_is_driven_by_the_controller_until_timing_is_steady() -> None:
     runner = V2Runner(seconds=0.01)
     d = Driver(runner, S, time.monotonic() + 10, controller_warmup=True)
     d.start()
-    # first batch from first_s (0.02 s): 0.5 s / 0.02 = 25 iterations = 0.25 s, then 25 more at the measured 0.01 s
-    assert runner.warmup_asked == [25, 25] and d.warmup_by == "controller"
+    # first batch from first_s (0.02 s): two 3-iteration windows (0.05 s / 0.02 s -> 3); 6 x 0.01 s is under the
+    # 0.1 s minimum, so one more window at the measured 0.01 s (5 iterations); then the last two windows agree
+    assert runner.warmup_asked == [6, 5] and d.warmup_by == "controller"
     d.time_alone()
     m = d.finish()
-    assert (m.warmup_by, m.warmup_iterations, round(m.warmup_seconds or 0, 6)) == ("controller", 50, 0.5)
+    assert (m.warmup_by, m.warmup_iterations, round(m.warmup_seconds or 0, 6)) == ("controller", 11, 0.11)
+    assert m.warmup_stopped == "steady"
     assert m.protocol == 2 and m.starts_s is not None and len(m.starts_s) == len(m.samples_s)
     assert m.starts_s[0] == 0.0 and m.starts_s[1] == pytest.approx(0.01)  # relative to the first timed iteration
+
+
+def test_warmup_rule_minimums_first_then_steady_windows() -> None:
+    flat = [0.01] * 11
+    assert warmup_stop(flat[:2], S) is None  # under 3 iterations
+    assert warmup_stop([0.001] * 20, S) is None  # steady, but 0.02 s is under warmup_min_seconds
+    assert warmup_stop(flat, S) == "steady"
+    # still getting faster by 1 % an iteration: the last 5-iteration window is ~5 % faster than the one before
+    decaying = [0.01 * 0.99 ** i for i in range(11)]
+    assert warmup_stop(decaying, S) is None
+    # the windows may differ by up to warmup_steady (2 %), no more
+    assert warmup_stop([0.0102] * 5 + [0.01] * 5, S) == "steady"
+    assert warmup_stop([0.0103] * 5 + [0.01] * 5, S) is None
+
+
+def test_warmup_rule_caps_and_floor() -> None:
+    # never steady (alternating 10 % apart windows): the 0.5 s cap ends it
+    zigzag = [0.01 if (i // 5) % 2 else 0.011 for i in range(48)]
+    assert warmup_stop(zigzag[:40], S) is None and warmup_stop(zigzag, S) == "cap"
+    # a model slower than 0.2 s: its 3 minimum iterations, no more
+    assert warmup_stop([0.3, 0.3], S) is None and warmup_stop([0.3, 0.3, 0.3], S) in ("cap", "slow model")
+    assert warmup_stop([0.25] * 3, dataclasses.replace(S, warmup_seconds=5.0)) == "slow model"
+    # phones: steady after 0.11 s, but the floor keeps it going to warmup_seconds
+    assert warmup_stop([0.01] * 11, S, floor_s=0.5) is None
+    assert warmup_stop([0.01] * 50, S, floor_s=0.5) == "cap"
+
+
+def test_a_phone_is_warmed_up_to_its_floor() -> None:
+    runner = V2Runner(seconds=0.01)
+    d = Driver(runner, S, time.monotonic() + 10, controller_warmup=True, warmup_floor_s=0.5)
+    d.start()
+    assert round(sum(d.warmups), 6) == 0.5 and d.warmup_stopped == "cap"
 
 
 def test_a_v1_runner_is_never_sent_a_warmup_command() -> None:

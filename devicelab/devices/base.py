@@ -60,6 +60,16 @@ class Exit:
         return f"exit code {self.code}"
 
 
+@dataclass(frozen=True)
+class Start:
+    """How a Python runner's process began: `exec` (a fresh interpreter) or `zygote` (forked from a process that had
+    imported `preloaded`); `note` says why a lighter path than the engine's full pre-import was taken."""
+
+    path: str = "exec"
+    preloaded: tuple[str, ...] = ()
+    note: str | None = None
+
+
 # Every stderr byte of a runner up to this is kept in memory (tools print their results on stderr); a Result
 # keeps STDERR_TAIL_BYTES of it.
 STDERR_KEEP_BYTES = 1 << 20
@@ -127,6 +137,10 @@ class Transport(ABC):
     # Whether a Result should say so when devicelab's probe (dlprobe) is not built for this device: then pinning and
     # peak memory come from the transport and the runner alone.
     missing_probe_note: ClassVar[bool] = True
+    # Whether clocks ramp up slowly here (phones' governors): then warmup lasts warmup_seconds, steady or not.
+    slow_clock_ramp: ClassVar[bool] = False
+    # Whether spawn_python() can fork the Python runner from a pre-imported zygote (then dlprobe does not wrap it).
+    zygotes: ClassVar[bool] = False
 
     def __init__(self, entry: DeviceEntry) -> None:
         self.entry = entry
@@ -166,6 +180,13 @@ class Transport(ABC):
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
         """Start argv (argv[0] a device path) in `cwd`, with `env` added to the device's environment, pinned to `cpus`
         before it starts (none: unpinned), in its own process group. Nothing reaches a shell unquoted."""
+
+    def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = ()) -> tuple[Process, Start]:
+        """`python -m module args...`, as spawn() would start it. A transport may instead fork it from a zygote that
+        has imported `preload` already (the host does: docs/architecture.md); the Start says which path it took.
+        The runner pins itself to its config's CPUs in either case."""
+        return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
 
     # ---- life cycle
     @abstractmethod

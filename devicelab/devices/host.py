@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from devicelab.devices.base import Exit, Placed, Process, Transport, relative_name
+from devicelab.devices.base import Exit, Placed, Process, Start, Transport, relative_name
 from devicelab.errors import DevicelabError
 from devicelab.facts import Cluster, DeviceFacts
 from devicelab.measure import ChannelClosedError
@@ -104,6 +104,11 @@ class HostTransport(Transport):
     missing_probe_note = False
     # The interpreter that runs devicelab's Python runner here (the host shares the controller's files).
     python = sys.executable
+    zygotes = True
+
+    def __init__(self, entry: Any) -> None:
+        super().__init__(entry)
+        self._pool: Any = None  # the zygotes, started when a Python runner first needs one
 
     def facts(self) -> DeviceFacts:
         cpu_ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
@@ -191,12 +196,35 @@ class HostTransport(Transport):
         if Path(folder).name.startswith("devicelab-run-"):  # only what run_folder made
             shutil.rmtree(folder, ignore_errors=True)
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
+    @staticmethod
+    def _environment(env: Mapping[str, str]) -> dict[str, str]:
         merged = {**os.environ, **env}
         for key in SEARCH_PATHS:  # ours first, then the user's own (a runner's libraries may need theirs too)
             if key in env and os.environ.get(key):
                 merged[key] = f"{env[key]}{os.pathsep}{os.environ[key]}"
-        return HostProcess(argv, merged, cpus, cwd)
+        return merged
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
+        return HostProcess(argv, self._environment(env), cpus, cwd)
+
+    def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = ()) -> tuple[Process, Start]:
+        """Forked from a zygote of (python, preload, env) when one can be had; else a fresh exec, saying why."""
+        if not preload or not sys.platform.startswith("linux"):
+            return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
+        from devicelab.devices.zygote import ZygotePool
+
+        if self._pool is None:
+            self._pool = ZygotePool()
+        got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env)
+        if isinstance(got, Start):
+            return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
+        return got
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
 
     def clean(self) -> dict[str, Any]:
         raise DevicelabError(f"devicelab keeps no files on host devices: nothing to clean on {self.id}")

@@ -114,6 +114,7 @@ class AndroidTransport(Transport):
     kind = "android"
     pin_method = "taskset"
     cooldown_poll_seconds = 1.0  # each read is an adb round trip; phones cool over tens of seconds
+    slow_clock_ramp = True  # governors raise clocks over hundreds of ms: warmup keeps its 0.5 s floor
 
     def __init__(self, entry: DeviceEntry) -> None:
         super().__init__(entry)

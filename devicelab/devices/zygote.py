@@ -1,0 +1,298 @@
+"""The controller's side of the host's zygotes (docs/architecture.md, "A fresh process per config, without the
+import"): one long-lived Python process per (interpreter, pre-imported modules, environment) that forks the host
+runner for each config. A child is driven exactly like an exec'd runner: its stdin, stdout and stderr are pipes
+created here and handed to the zygote over a Unix socket; the zygote, its parent, reports when it exits.
+
+The pool tries the engine's full import first; when that import leaves a thread behind (a fork would copy a process
+whose other thread may hold a lock), it falls back to a zygote that pre-imports numpy only, and when even that is not
+single-threaded, to a fresh exec. Every Result says which path its runner took and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from devicelab.devices.base import Exit, Process, Start
+from devicelab.measure import ChannelClosedError
+
+ZYGOTE_MODULE = "devicelab.runners.zygote"
+START_TIMEOUT_S = 120.0  # the imports of the heaviest engine on a loaded machine, with a wide margin
+MAX_MESSAGE = 1 << 16
+
+
+class ZygoteError(OSError):
+    """A zygote could not start or fork (the caller execs instead)."""
+
+
+def _read_pump(fd: int, sink: Any, done: Any = None) -> None:
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        for chunk in iter(lambda: f.read(65536), b""):
+            sink(chunk)
+    if done is not None:
+        done()
+
+
+class ZygoteChild(Process):
+    """A runner forked by a zygote: pipes like an exec'd one; its exit comes from the zygote."""
+
+    def __init__(self, zygote: Zygote, pid: int, stdin: int, stdout: int, stderr: int) -> None:
+        super().__init__()
+        self.zygote, self.pid = zygote, pid
+        self._stdin: IO[bytes] | None = os.fdopen(stdin, "wb", buffering=0)
+        self._partial = b""
+        threading.Thread(target=_read_pump, args=(stdout, self._out, self._out_end), daemon=True).start()
+        threading.Thread(target=_read_pump, args=(stderr, self._stderr), daemon=True).start()
+
+    def _out(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._line(line)
+
+    def _out_end(self) -> None:
+        if self._partial:
+            self._line(self._partial)
+        self._ended()
+
+    def write(self, data: bytes) -> None:
+        if self._stdin is None:
+            raise ChannelClosedError("runner closed its input")
+        try:
+            self._stdin.write(data)
+        except OSError:
+            raise ChannelClosedError("runner closed its input") from None
+
+    def close_stdin(self) -> None:
+        if self._stdin is not None:
+            try:
+                self._stdin.close()
+            except OSError:
+                pass
+            self._stdin = None
+
+    def wait(self, timeout: float) -> Exit | None:
+        code = self.zygote.wait_child(self.pid, timeout)
+        if code is None:
+            return None
+        if isinstance(code, str):  # the zygote itself went: the child's fate is unknown
+            return Exit(None, detail=code)
+        return Exit(128 - code, -code) if code < 0 else Exit(code)
+
+    def kill(self) -> str:
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            os.kill(self.pid, signal.SIGKILL)
+        self.wait(30.0)
+        self.close_stdin()
+        return "its process group was killed"
+
+
+@dataclass
+class Zygote:
+    """One zygote process and the dispatcher of its events."""
+
+    python: str
+    modules: tuple[str, ...]
+    env: Mapping[str, str]
+    proc: subprocess.Popen[bytes] = field(init=False)
+    sock: socket.socket = field(init=False)
+    ready: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()  # one fork request at a time
+        self._cond = threading.Condition()
+        self._replies: list[dict[str, Any]] = []
+        self._exits: dict[int, int | str] = {}
+        self._gone: str | None = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = ours
+        # What the zygote prints (MNN announces the CPU's features at import) is kept for an error message.
+        self._log = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen([self.python, "-m", ZYGOTE_MODULE, str(theirs.fileno()), *self.modules],
+                                         pass_fds=[theirs.fileno()], env=dict(self.env), stdin=subprocess.DEVNULL,
+                                         stdout=self._log, stderr=self._log, start_new_session=True)
+        except OSError as e:
+            ours.close()
+            raise ZygoteError(f"could not start a zygote: {e}") from e
+        finally:
+            theirs.close()
+        ours.settimeout(START_TIMEOUT_S)
+        try:
+            data = ours.recv(MAX_MESSAGE)
+        except OSError as e:
+            self.close()
+            raise ZygoteError(f"the zygote did not say it was ready ({e}){self._tail()}") from e
+        if not data:
+            self.close()
+            raise ZygoteError(f"the zygote ended before it was ready{self._tail()}")
+        self.ready = json.loads(data)
+        if self.ready.get("event") != "ready":
+            self.close()
+            raise ZygoteError(f"the zygote failed: {self.ready.get('message')}{self._tail()}")
+        ours.settimeout(None)
+        if self.ready.get("forkable"):
+            threading.Thread(target=self._dispatch, daemon=True).start()
+
+    def _tail(self) -> str:
+        try:
+            self._log.seek(0)
+            text = self._log.read()[-400:].decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return f": {text}" if text else ""
+
+    def _dispatch(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(MAX_MESSAGE)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._gone = f"the zygote (pid {self.proc.pid}) ended{self._tail()}"
+                    self._cond.notify_all()
+                    return
+                event = json.loads(data)
+                if event.get("event") == "exit":
+                    self._exits[int(event["pid"])] = int(event["code"])
+                else:
+                    self._replies.append(event)
+                self._cond.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self._gone is None and self.proc.poll() is None
+
+    def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ZygoteChild:
+        """A child running the host runner with `argv`, `env` added to the zygote's, in `cwd`."""
+        stdin_r, stdin_w = os.pipe()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        theirs, ours = (stdin_r, out_w, err_w), (stdin_w, out_r, err_r)
+        try:
+            with self._lock:
+                message = json.dumps({"cmd": "fork", "argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                try:
+                    socket.send_fds(self.sock, [message], list(theirs))
+                except OSError as e:
+                    raise ZygoteError(f"the zygote is gone ({e})") from e
+                reply = self._reply(START_TIMEOUT_S)
+        except BaseException:
+            for fd in (*theirs, *ours):
+                os.close(fd)
+            raise
+        for fd in theirs:
+            os.close(fd)
+        if reply.get("event") != "forked":
+            for fd in ours:
+                os.close(fd)
+            raise ZygoteError(f"the zygote could not fork: {reply.get('message', reply)}")
+        return ZygoteChild(self, int(reply["pid"]), *ours)
+
+    def _reply(self, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not self._replies:
+                if self._gone:
+                    raise ZygoteError(self._gone)
+                if not self._cond.wait(deadline - time.monotonic()) and time.monotonic() >= deadline:
+                    raise ZygoteError("the zygote did not answer a fork request")
+            return self._replies.pop(0)
+
+    def wait_child(self, pid: int, timeout: float) -> int | str | None:
+        """The child's exit code (negative: the signal that ended it), a reason when the zygote went, or None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while pid not in self._exits:
+                if self._gone:
+                    return self._gone
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            return self._exits[pid]
+
+    def close(self) -> None:
+        try:
+            self.sock.close()  # the zygote exits when its socket closes
+        except OSError:
+            pass
+        proc = getattr(self, "proc", None)
+        if proc is not None:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self._log.close()
+
+
+class ZygotePool:
+    """The zygotes of one transport, by (interpreter, engine imports, environment). Not shared between threads of
+    the controller beyond what the session does (one job is forked at a time)."""
+
+    def __init__(self) -> None:
+        self._zygotes: dict[tuple[Any, ...], Zygote | None] = {}
+        self._notes: dict[tuple[Any, ...], Start] = {}
+        self._lock = threading.Lock()
+
+    def spawn(self, python: str, module_argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
+              preload: Sequence[str], key: Mapping[str, str]) -> tuple[ZygoteChild, Start] | Start:
+        """A forked runner, or how it must start instead (exec, with the reason). `env` is the zygote's whole
+        environment; `key` the part that devicelab sets per config (OMP_NUM_THREADS: libgomp reads it when it loads,
+        at the engine's import), which picks the zygote."""
+        key = (python, tuple(preload), tuple(sorted(key.items())))
+        with self._lock:
+            if key not in self._zygotes:
+                self._zygotes[key], self._notes[key] = self._start(python, tuple(preload), env)
+            zygote, start = self._zygotes[key], self._notes[key]
+        if zygote is None:
+            return start
+        try:
+            return zygote.fork(module_argv, {}, cwd), start
+        except ZygoteError as e:
+            with self._lock:
+                self._zygotes[key] = None
+                self._notes[key] = Start("exec", (), f"started afresh: {e}")
+            zygote.close()
+            return self._notes[key]
+
+    @staticmethod
+    def _start(python: str, preload: tuple[str, ...], env: Mapping[str, str]) -> tuple[Zygote | None, Start]:
+        """The lightest-touch zygote that is single-threaded after its imports: the engine's, else numpy's only."""
+        why: list[str] = []
+        for modules in dict.fromkeys((preload, preload[:1])):
+            try:
+                z = Zygote(python, modules, env)
+            except ZygoteError as e:
+                why.append(str(e))
+                break
+            if z.ready.get("forkable"):
+                note = None
+                if why:
+                    note = f"{why[-1]}: the engine is imported after the fork, in the child, pinned"
+                return z, Start("zygote", tuple(z.ready.get("preloaded") or modules), note)
+            why.append(f"importing {z.ready.get('after')} leaves {z.ready.get('threads')} threads")
+            z.close()
+        return None, Start("exec", (), f"started afresh: {'; '.join(why)}")
+
+    def close(self) -> None:
+        with self._lock:
+            zygotes = [z for z in self._zygotes.values() if z is not None]
+            self._zygotes.clear()
+        for z in zygotes:
+            z.close()

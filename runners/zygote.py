@@ -1,0 +1,213 @@
+"""A zygote: one long-lived Python process per (interpreter, engine, environment) that imports numpy and the engine
+once, then forks a fresh child per config. The child is devicelab's host runner (devicelab.runners.host) in its own
+address space, heap and thread pools, with a cold first inference; only the interpreter's start and the imports are
+shared. docs/runner-protocol.md, "Zygote", describes the control channel.
+
+`python -m devicelab.runners.zygote FD MODULE...`: FD is a SOCK_SEQPACKET Unix socket to the controller (one message
+per send, so a message and the file descriptors sent with it arrive together).
+
+Forking is only safe from a single-threaded process (a thread holding a lock at fork time leaves that lock held
+forever in the child), so the zygote counts its threads after every import; when an import starts a thread the
+zygote says so and exits, and the controller starts a zygote that pre-imports less (or execs afresh). OpenBLAS starts
+a pool at numpy's import unless OPENBLAS_NUM_THREADS=1 is set: the controller sets it (BLAS is on no timed path).
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+MAX_MESSAGE = 1 << 16
+
+
+def threads() -> int:
+    """This process's threads now (Linux: /proc/self/task); 0 when it cannot tell (then it never forks)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 0
+
+
+PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MADV_POPULATE_READ = 22  # Linux 5.14+: fault pages in as a read would, without reading them from Python
+
+
+def resident_file_pages() -> list[tuple[int, int]]:
+    """(address, length) runs of file-backed pages this process has mapped now (/proc/self/pagemap: present, and
+    a file page rather than a copy-on-write one), e.g. the libraries' code the imports ran.
+
+    A forked child inherits the parent's anonymous pages in its page tables, but not its clean file pages: it would
+    map those again only when it touches them, so its RSS would miss what a fresh process pays for its own imports.
+    The child maps these runs again (`map_again`), and its RSS before load is then a fresh process's after the same
+    imports (docs/architecture.md)."""
+    import numpy as np  # imported already: the first module a zygote pre-imports
+
+    runs: list[tuple[int, int]] = []
+    with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
+        for line in maps:
+            fields = line.split()
+            if len(fields) < 6 or fields[4] == "0" or not fields[1].startswith("r"):
+                continue  # anonymous, or not readable (guard pages)
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            pagemap.seek(start // PAGE * 8)
+            entries = np.frombuffer(pagemap.read((end - start) // PAGE * 8), dtype="<u8")
+            wanted = ((entries >> np.uint64(63)) & np.uint64(1)) & ((entries >> np.uint64(61)) & np.uint64(1))
+            edges = np.flatnonzero(np.diff(np.concatenate(([0], wanted.astype(np.int8), [0]))))
+            runs += [(start + int(a) * PAGE, int(b - a) * PAGE) for a, b in zip(edges[::2], edges[1::2])]
+    return runs
+
+
+def map_again(runs: list[tuple[int, int]]) -> None:
+    """In the child: map the zygote's resident file pages again (MADV_POPULATE_READ; else read a byte of each)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    for address, length in runs:
+        if libc.madvise(address, length, MADV_POPULATE_READ) != 0:
+            for page in range(address, address + length, PAGE):
+                ctypes.string_at(page, 1)
+
+
+def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.send(json.dumps(message).encode())
+
+
+def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], import_s: float, preloaded: list[str],
+           resident: list[tuple[int, int]]) -> int:
+    """In the forked child: become the runner for one config, on the controller's pipes."""
+    os.setsid()  # its own process group: the controller kills the runner and whatever it started, as with exec
+    for target, fd in zip((0, 1, 2), fds):
+        os.dup2(fd, target)
+    for fd in (*fds, *zygote_fds):  # the zygote's socket, wake-up pipe and selector are not the runner's
+        os.close(fd)
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # Fresh text streams on the new descriptors (the zygote's own were /dev/null and a log file).
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
+    map_again(resident)
+    if request.get("cwd"):
+        os.chdir(request["cwd"])
+    os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
+    from devicelab.runners import host
+
+    # The runner pins itself (its config's cpus) before anything else, as after an exec; what was imported before
+    # the fork is timed by the zygote and reported as part of import_s.
+    return host.main(list(request.get("argv") or []), start={"exec_path": "zygote", "preimport_s": import_s,
+                                                                 "preloaded": preloaded})
+
+
+def serve(sock: socket.socket, modules: list[str]) -> int:
+    t0 = time.perf_counter()
+    preloaded: list[str] = []
+    for name in modules:
+        importlib.import_module(name)
+        preloaded.append(name)
+        n = threads()
+        if n != 1:
+            _send(sock, {"event": "ready", "forkable": False, "threads": n, "after": name, "preloaded": preloaded,
+                         "import_s": time.perf_counter() - t0, "pid": os.getpid()})
+            return 0
+    import_s = time.perf_counter() - t0
+    # devicelab's own modules, before the fork too, so that a child never pays for them (pure Python, no threads).
+    for name in ("devicelab.runners.host", "devicelab.engines"):
+        importlib.import_module(name)
+    resident = resident_file_pages()
+    n = threads()
+    _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": sum(r[1] for r in resident), "threads": n, "after": "devicelab.engines",
+                 "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
+    if n != 1:
+        return 0
+
+    # SIGCHLD wakes the loop through a pipe (no thread may exist here: the next fork must find one).
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    children: set[int] = set()
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    while True:
+        for key, _ in sel.select(timeout=1.0):
+            if key.fileobj is wake_r:
+                try:
+                    os.read(wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                continue
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 3)
+            except InterruptedError:
+                continue
+            if not data:  # the controller is gone: so is the zygote (its children notice their stdin closing)
+                return 0
+            request = json.loads(data)
+            if request.get("cmd") != "fork" or len(fds) != 3:
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, {"event": "error", "message": f"bad request {data[:200]!r} with {len(fds)} descriptors"})
+                continue
+            n = threads()
+            if n != 1:  # never fork from a process that has grown a thread since it said it was ready
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, {"event": "error", "message": f"the zygote has {n} threads: it cannot fork safely"})
+                continue
+            pid = os.fork()
+            if pid == 0:
+                code = 70
+                try:
+                    code = _child(request, fds, [sock.fileno(), wake_r, wake_w, sel.fileno()], import_s, preloaded,
+                                  resident)
+                finally:
+                    for stream in (sys.stdout, sys.stderr):
+                        try:
+                            stream.flush()
+                        except (OSError, ValueError):
+                            pass
+                    os._exit(code)  # never the zygote's own exit path (its selector, its socket)
+            for fd in fds:
+                os.close(fd)
+            children.add(pid)
+            _send(sock, {"event": "forked", "pid": pid, "id": request.get("id")})
+        # Reap every child that ended and say how (the controller is not their parent, so it cannot wait on them).
+        for pid in list(children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                children.discard(pid)
+                continue
+            if done:
+                children.discard(pid)
+                _send(sock, {"event": "exit", "pid": pid, "code": os.waitstatus_to_exitcode(status)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    sock = socket.socket(fileno=int(argv[0]))
+    try:
+        return serve(sock, argv[1:])
+    except BrokenPipeError:  # the controller went away
+        return 0
+    except Exception as e:  # noqa: BLE001 - the controller must learn why, then fall back to exec
+        try:
+            _send(sock, {"event": "error", "message": f"{type(e).__name__}: {e}", "fatal": True})
+        except OSError:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
