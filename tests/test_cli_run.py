@@ -90,8 +90,9 @@ def test_user_model_path_and_narrowing(env: dict[str, str], tmp_path: Path) -> N
     assert r["model_sha256"] == zoo.sha256_file(mine)
 
 
-def _runner_pids(parent: int) -> list[int]:
-    pids = []
+def _processes() -> dict[int, tuple[int, list[bytes]]]:
+    """pid -> (parent pid, argv) of every process we can read."""
+    out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -100,9 +101,32 @@ def _runner_pids(parent: int) -> list[int]:
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == parent and b"devicelab.runners.host" in cmdline:
-            pids.append(int(entry.name))
-    return pids
+        out[int(entry.name)] = (ppid, cmdline)
+    return out
+
+
+def _runner_pids(parent: int) -> list[int]:
+    """The runners `parent` started: exec'd (`-m devicelab.runners.host`) or forked by one of its zygotes (a child
+    of a `-m devicelab.runners.zygote` process, whose argv it keeps)."""
+    procs = _processes()
+    zygotes = {pid for pid, (ppid, argv) in procs.items() if ppid == parent and b"devicelab.runners.zygote" in argv}
+    return [pid for pid, (ppid, argv) in procs.items()
+            if (ppid == parent and b"devicelab.runners.host" in argv) or ppid in zygotes]
+
+
+def _leftovers(env: dict[str, str]) -> list[int]:
+    """Runners and zygotes of the test's own CLI runs still alive (found by the test's private DEVICELAB_DB in their
+    environment, wherever they were reparented)."""
+    mark = f"DEVICELAB_DB={env['DEVICELAB_DB']}".encode()
+    found = []
+    for pid, (_, argv) in _processes().items():
+        if any(b"devicelab.runners." in a for a in argv):
+            try:
+                if mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                    found.append(pid)
+            except OSError:
+                continue
+    return found
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
@@ -134,15 +158,16 @@ def test_killed_runner_becomes_a_failed_row(env: dict[str, str], tmp_path: Path)
 
 @pytest.mark.slow
 def test_hung_runner_is_killed_after_the_timeout(env: dict[str, str], tmp_path: Path) -> None:
-    # A warmup far longer than the timeout: the runner never reports ready.
-    suite = write_suite(tmp_path / "s.yaml", protocol={"warmup_seconds": 600, "timeout_seconds": 3})
+    # A warmup far longer than the timeout (never steady, capped at 600 s): the runner never finishes it.
+    suite = write_suite(tmp_path / "s.yaml", protocol={"warmup_seconds": 600, "warmup_steady": 1e-9,
+                                                       "timeout_seconds": 3})
     t0 = time.monotonic()
     code, out, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 1
     (r,) = out["results"]
     assert r["status"] == "failed" and "timeout" in r["reason"] and "killed" in r["reason"]
     assert time.monotonic() - t0 < 60
-    assert not _runner_pids(os.getpid())
+    assert not _leftovers(env)
 
 
 @pytest.mark.slow
@@ -170,7 +195,7 @@ def test_sigint_keeps_finished_results_and_resume_finishes(env: dict[str, str], 
     kept = json.loads(devicelab("show", run_id, "--json", env=env).stdout)
     assert kept["run"]["status"] == "interrupted"
     assert 1 <= len(kept["results"]) < 3 and all(r["status"] == "ok" for r in kept["results"])
-    assert not _runner_pids(proc.pid)
+    assert not _leftovers(env)
 
     code, out, err = run_json("run", "--resume", run_id, env=env)
     assert code == 0, err
