@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,12 +122,16 @@ class Zygote:
         self.sock = ours
         # What the zygote prints (MNN announces the CPU's features at import) is kept for an error message.
         self._log = tempfile.TemporaryFile()
+        # `python -m` puts its working folder first on sys.path: an empty one, so that a `devicelab` folder where the
+        # user stands (a checkout) never shadows the installed package, as the run folder does for an exec'd runner.
+        self._cwd = tempfile.mkdtemp(prefix="devicelab-zygote-")
         try:
             self.proc = subprocess.Popen([self.python, "-m", ZYGOTE_MODULE, str(theirs.fileno()), *self.modules],
                                          pass_fds=[theirs.fileno()], env=dict(self.env), stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=self._log, start_new_session=True)
+                                         stdout=self._log, stderr=self._log, start_new_session=True, cwd=self._cwd)
         except OSError as e:
             ours.close()
+            os.rmdir(self._cwd)
             raise ZygoteError(f"could not start a zygote: {e}") from e
         finally:
             theirs.close()
@@ -134,18 +139,20 @@ class Zygote:
         try:
             data = ours.recv(MAX_MESSAGE)
         except OSError as e:
-            self.close()
-            raise ZygoteError(f"the zygote did not say it was ready ({e}){self._tail()}") from e
+            self._fail(f"the zygote did not say it was ready ({e})")
         if not data:
-            self.close()
-            raise ZygoteError(f"the zygote ended before it was ready{self._tail()}")
+            self._fail("the zygote ended before it was ready")
         self.ready = json.loads(data)
         if self.ready.get("event") != "ready":
-            self.close()
-            raise ZygoteError(f"the zygote failed: {self.ready.get('message')}{self._tail()}")
+            self._fail(f"the zygote failed: {self.ready.get('message')}")
         ours.settimeout(None)
         if self.ready.get("forkable"):
             threading.Thread(target=self._dispatch, daemon=True).start()
+
+    def _fail(self, why: str) -> None:
+        message = f"{why}{self._tail()}"
+        self.close()
+        raise ZygoteError(message)
 
     def _tail(self) -> str:
         try:
@@ -239,6 +246,7 @@ class Zygote:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         self._log.close()
+        shutil.rmtree(self._cwd, ignore_errors=True)
 
 
 class ZygotePool:

@@ -1,0 +1,99 @@
+"""The host's zygotes: the Python runner forked from a process that imported the engine once, with the same figures
+as a fresh exec; the fall-backs when an import leaves a thread behind; exits and kills of forked children."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from devicelab.devices.base import Start
+from devicelab.devices.zygote import ZygotePool
+from helpers import run_json, write_suite
+
+RUNNER = "devicelab.runners.host"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", **extra}
+
+
+def test_each_engine_says_which_path_it_took(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", engines=["ncnn", "litert", "onnxruntime"], threads=[1])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    by = {r["engine"]: r for r in out["results"]}
+    for r in by.values():
+        assert r["status"] == "ok" and r["ext"]["exec_path"] == "zygote", r
+        assert r["ext"]["import_s"] > 0
+        assert "forked from a zygote" in r["protocol"]["pinning"]["method"]
+        assert not any("outside the pinned" in n for n in r["notes"]), r["notes"]
+    # ncnn and LiteRT leave one thread after their import: pre-imported. ONNX Runtime's module starts a thread as
+    # it loads: its zygote pre-imports numpy only, and the row says so.
+    assert not any("zygote" in n or "threads" in n for n in by["ncnn"]["notes"] + by["litert"]["notes"])
+    assert any("importing onnxruntime leaves 2 threads" in n for n in by["onnxruntime"]["notes"])
+
+
+def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_path: Path) -> None:
+    # A forked child does not inherit the zygote's clean file pages in its page tables; it maps again those the
+    # zygote had resident, so RSS before load and the peak are a fresh process's (without that: ~35 % less here).
+    suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "label": "zygote"},
+                                                      {"name": "ncnn", "label": "exec", "options": {"process": "exec"}}])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    by = {r["label"]: r for r in out["results"]}
+    assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
+    for key in ("rss_before_load_bytes", "peak_rss_bytes"):
+        assert by["zygote"][key] == pytest.approx(by["exec"][key], rel=0.05), key
+
+
+def test_an_import_that_starts_a_thread_means_a_fresh_exec(tmp_path: Path) -> None:
+    (tmp_path / "threaded.py").write_text("import threading, time\n"
+                                          "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    pool = ZygotePool()
+    try:
+        env = _env(PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        got = pool.spawn(sys.executable, ["unused.json"], env, None, ("threaded", "json"), key={"k": "1"})
+        assert isinstance(got, Start) and got.path == "exec"
+        assert got.note and "importing threaded leaves 2 threads" in got.note
+        # and a numpy-first preload whose engine starts the thread: the zygote keeps numpy only
+        got = pool.spawn(sys.executable, [str(tmp_path / "missing.json")], env, None, ("numpy", "threaded"),
+                         key={"k": "2"})
+        assert not isinstance(got, Start)
+        child, start = got
+        assert start.path == "zygote" and start.preloaded == ("numpy",) and "threaded leaves 2" in (start.note or "")
+        exit_ = child.wait(60)
+        assert exit_ is not None and exit_.code == 1  # the runner's own exit for a config it cannot read
+        assert b"No such file" in child.stderr().encode() or "missing.json" in child.read_line(time.monotonic() + 5
+                                                                                              ).decode()
+    finally:
+        pool.close()
+
+
+def test_a_forked_child_is_killed_with_its_group_and_the_zygote_lives_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)  # the runner blocks opening it: a child that never ends by itself
+    pool = ZygotePool()
+    try:
+        got = pool.spawn(sys.executable, [str(fifo)], _env(), None, ("numpy",), key={})
+        assert not isinstance(got, Start)
+        child, _ = got
+        assert child.wait(0.5) is None
+        assert "process group was killed" in child.kill()
+        exit_ = child.wait(10)
+        assert exit_ is not None and exit_.signal == 9 and exit_.code == 137
+        # the same zygote forks the next one
+        again = pool.spawn(sys.executable, [str(tmp_path / "none.json")], _env(), None, ("numpy",), key={})
+        assert not isinstance(again, Start) and again[0].pid != child.pid
+        assert again[0].wait(60) is not None
+    finally:
+        pool.close()
+
+
+def test_process_option_is_checked(env: dict[str, str], tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "options": {"process": "fork"}}])
+    code, _, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 2 and "options.process: 'fork' is not allowed; allowed: zygote, exec" in err
