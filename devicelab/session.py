@@ -314,8 +314,12 @@ class _Attempt:
         self.target = target
         env: dict[str, str] = {"OMP_NUM_THREADS": str(cfg.threads)}
         if program is None:
-            # numpy (input generation only) must not start a BLAS pool next to the engine's threads.
-            env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"})
+            # numpy (input generation only) must not start a BLAS pool next to the engine's threads. CI=true is the
+            # switch both ONNX Runtime's telemetry (its 1DS uploader thread, started as the module loads) and
+            # OpenVINO's (openvino_telemetry, a thread pool started by `import openvino`) honour: no engine uploads
+            # data from a benchmark, no telemetry thread wakes beside the timed loop, and the import leaves one
+            # thread, so a zygote may fork after it (docs/architecture.md).
+            env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CI": "true"})
             if self.job.options.get("python"):
                 env["PYTHONPATH"] = _package_shim()
         if libraries:
@@ -430,9 +434,9 @@ class _Attempt:
             self.notes.append(start.note)
         if start.path == "zygote" and self.cfg.cpus:
             p = self.record["pinning"]
-            self.record["pinning"] = Pinning(p.cpus, "sched_setaffinity by the runner itself, in the child forked "
-                                             "from a zygote, before the engine's import or session", p.affinity,
-                                             p.mask, p.clusters)
+            self.record["pinning"] = Pinning(p.cpus, "sched_setaffinity before the zygote's exec (its imports ran "
+                                             "pinned), then by the forked runner itself", p.affinity, p.mask,
+                                             p.clusters)
 
     def fail(self, e: Exception) -> None:
         """A fault while driving the runner: its row's status and reason."""

@@ -216,7 +216,7 @@ class HostTransport(Transport):
 
         if self._pool is None:
             self._pool = ZygotePool()
-        got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env)
+        got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env, cpus=cpus)
         if isinstance(got, Start):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
         return got

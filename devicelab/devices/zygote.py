@@ -3,9 +3,11 @@ import"): one long-lived Python process per (interpreter, pre-imported modules, 
 runner for each config. A child is driven exactly like an exec'd runner: its stdin, stdout and stderr are pipes
 created here and handed to the zygote over a Unix socket; the zygote, its parent, reports when it exits.
 
-The pool tries the engine's full import first; when that import leaves a thread behind (a fork would copy a process
-whose other thread may hold a lock), it falls back to a zygote that pre-imports numpy only, and when even that is not
-single-threaded, to a fresh exec. Every Result says which path its runner took and why.
+A zygote is pinned to its configs' CPU set before its exec and has their environment, so its imports decide nothing
+an exec'd runner's would not. The pool tries the engine's full import first; when that import leaves a thread behind
+(a fork would copy a process whose other thread may hold a lock), it falls back to a zygote that pre-imports numpy
+only, and when even that is not single-threaded, to a fresh exec. Every Result says which path its runner took and
+why.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Zygote:
     python: str
     modules: tuple[str, ...]
     env: Mapping[str, str]
+    cpus: tuple[int, ...] = ()
     proc: subprocess.Popen[bytes] = field(init=False)
     sock: socket.socket = field(init=False)
     ready: dict[str, Any] = field(init=False)
@@ -128,7 +131,8 @@ class Zygote:
         try:
             self.proc = subprocess.Popen([self.python, "-m", ZYGOTE_MODULE, str(theirs.fileno()), *self.modules],
                                          pass_fds=[theirs.fileno()], env=dict(self.env), stdin=subprocess.DEVNULL,
-                                         stdout=self._log, stderr=self._log, start_new_session=True, cwd=self._cwd)
+                                         stdout=self._log, stderr=self._log, start_new_session=True, cwd=self._cwd,
+                                         preexec_fn=self._pin)
         except OSError as e:
             ours.close()
             os.rmdir(self._cwd)
@@ -148,6 +152,13 @@ class Zygote:
         ours.settimeout(None)
         if self.ready.get("forkable"):
             threading.Thread(target=self._dispatch, daemon=True).start()
+
+    def _pin(self) -> None:
+        # Pinned before exec, like an exec'd runner, so that the imports see the config's CPU set: libgomp (ncnn,
+        # MNN) counts the CPUs it may use when it loads, and a count taken on more CPUs than the child will have
+        # makes its waiting threads spin against each other (ncnn at 2 threads on 1 CPU: ~100x slower).
+        if self.cpus:
+            os.sched_setaffinity(0, self.cpus)
 
     def _fail(self, why: str) -> None:
         message = f"{why}{self._tail()}"
@@ -250,8 +261,7 @@ class Zygote:
 
 
 class ZygotePool:
-    """The zygotes of one transport, by (interpreter, engine imports, environment). Not shared between threads of
-    the controller beyond what the session does (one job is forked at a time)."""
+    """The zygotes of one transport, by (interpreter, engine imports, environment, CPU set)."""
 
     def __init__(self) -> None:
         self._zygotes: dict[tuple[Any, ...], Zygote | None] = {}
@@ -259,14 +269,15 @@ class ZygotePool:
         self._lock = threading.Lock()
 
     def spawn(self, python: str, module_argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
-              preload: Sequence[str], key: Mapping[str, str]) -> tuple[ZygoteChild, Start] | Start:
+              preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = ()) -> tuple[ZygoteChild, Start] | Start:
         """A forked runner, or how it must start instead (exec, with the reason). `env` is the zygote's whole
         environment; `key` the part that devicelab sets per config (OMP_NUM_THREADS: libgomp reads it when it loads,
-        at the engine's import), which picks the zygote."""
-        key = (python, tuple(preload), tuple(sorted(key.items())))
+        at the engine's import) and `cpus` the config's CPU set (the zygote imports pinned to it), which pick the
+        zygote: nothing an import decides from either differs from an exec'd runner's."""
+        key = (python, tuple(preload), tuple(sorted(key.items())), tuple(sorted(cpus)))
         with self._lock:
             if key not in self._zygotes:
-                self._zygotes[key], self._notes[key] = self._start(python, tuple(preload), env)
+                self._zygotes[key], self._notes[key] = self._start(python, tuple(preload), env, tuple(cpus))
             zygote, start = self._zygotes[key], self._notes[key]
         if zygote is None:
             return start
@@ -280,12 +291,13 @@ class ZygotePool:
             return self._notes[key]
 
     @staticmethod
-    def _start(python: str, preload: tuple[str, ...], env: Mapping[str, str]) -> tuple[Zygote | None, Start]:
+    def _start(python: str, preload: tuple[str, ...], env: Mapping[str, str], cpus: tuple[int, ...]
+               ) -> tuple[Zygote | None, Start]:
         """The lightest-touch zygote that is single-threaded after its imports: the engine's, else numpy's only."""
         why: list[str] = []
         for modules in dict.fromkeys((preload, preload[:1])):
             try:
-                z = Zygote(python, modules, env)
+                z = Zygote(python, modules, env, cpus)
             except ZygoteError as e:
                 why.append(str(e))
                 break
