@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""Does forking the runner from a zygote change any figure? Zygote vs fresh exec, side by side.
+
+One devicelab suite lists every engine twice: label `exec` (`options: {process: exec}`, a fresh interpreter per
+config) and label `zygote` (the default). MobileNet-v2, fp32, 1 thread; ROUNDS repeats, each round running the two
+labels of an engine in lockstep (alive together, timed in alternating slices), so the machine's drift falls on both.
+Per engine it prints the ratio zygote/exec of the medians with its 95 % CI, paired by round (analysis.compare,
+as `devicelab compare` pairs labels), and the peak-memory and RSS-before-load ratios (medians over rounds), plus the
+paths the runners took (what the zygote saves is in benchmarks/efficiency.py).
+
+usage: python benchmarks/zygote.py [ROUNDS]   (default 5; run it on an otherwise idle machine)
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from _common import devicelab_run, machine, paired_ratio
+
+ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
+
+
+def main() -> None:
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    engines = "".join(f"  - {{name: {e}, label: exec, options: {{process: exec}}}}\n  - {{name: {e}, label: zygote}}\n"
+                      for e in ENGINES)
+    with tempfile.TemporaryDirectory() as tmp:
+        suite = Path(tmp) / "zygote.yaml"
+        suite.write_text(f"name: zygote-vs-exec\nmodels: [mobilenet_v2]\nengines:\n{engines}threads: [1]\n"
+                         f"repeats: {rounds}\nseed: 1\n")
+        env = {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")}
+        results = devicelab_run(suite, env)["results"]
+    print(f"{'engine':12s} {'median exec':>12s} {'zygote':>10s} {'ratio [95% CI]':>24s} {'peak mem':>9s} "
+          f"{'rss@load':>9s}  paths")
+    worst = 0.0
+    for engine in ENGINES:
+        rows = [r for r in results if r["engine"] == engine and r["status"] == "ok"]
+        by = {label: sorted((r for r in rows if r["label"] == label), key=lambda r: r["repeat"])
+              for label in ("exec", "zygote")}
+        paired = [(a, b) for a in by["exec"] for b in by["zygote"] if a["repeat"] == b["repeat"]]
+        if not paired:
+            print(f"{engine:12s} no ok pairs: " + "; ".join(f"{r['label']}: {r['reason']}" for r in results
+                                                          if r["engine"] == engine and r["status"] != "ok"))
+            continue
+        ratio, ci = paired_ratio([a["samples_s"] for a, _ in paired], [b["samples_s"] for _, b in paired])
+        ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[one round]"
+        if ci:
+            worst = max(worst, abs(ci[0] - 1), abs(ci[1] - 1))
+        mem = statistics.median(b["peak_rss_bytes"] / a["peak_rss_bytes"] for a, b in paired)
+        rss = statistics.median(b["rss_before_load_bytes"] / a["rss_before_load_bytes"] for a, b in paired)
+        med = {k: statistics.median(statistics.median(r["samples_s"]) for r in v) * 1e3 for k, v in by.items()}
+        paths = "/".join(sorted({r["ext"].get("exec_path", "?") for r in rows}))
+        print(f"{engine:12s} {med['exec']:9.3f} ms {med['zygote']:7.3f} ms {ratio:8.4f} {ci_text:>15s} "
+              f"{mem:9.4f} {rss:9.4f}  {paths}", flush=True)
+    print(f"\nmachine: {machine()}; MobileNet-v2 fp32, 1 thread, {rounds} rounds, the two labels of an engine in "
+          "lockstep each round; ratios are zygote / exec")
+    print(f"largest distance of a CI bound from 1: {worst:.4f} (goal: every CI inside [0.99, 1.01])")
+
+
+if __name__ == "__main__":
+    main()
