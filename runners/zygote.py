@@ -40,7 +40,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MADV_POPULATE_READ = 22  # Linux 5.14+: fault pages in as a read would, without reading them from Python
 
 
-def resident_file_pages() -> list[tuple[int, int]]:
+def resident_file_pages() -> Any:
     """(address, length) runs of file-backed pages this process has mapped now (/proc/self/pagemap: present, and
     a file page rather than a copy-on-write one), e.g. the libraries' code the imports ran.
 
@@ -50,7 +50,7 @@ def resident_file_pages() -> list[tuple[int, int]]:
     imports (docs/architecture.md)."""
     import numpy as np  # imported already: the first module a zygote pre-imports
 
-    runs: list[tuple[int, int]] = []
+    runs: list[Any] = []
     with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb") as pagemap:
         for line in maps:
             fields = line.split()
@@ -61,17 +61,18 @@ def resident_file_pages() -> list[tuple[int, int]]:
             entries = np.frombuffer(pagemap.read((end - start) // PAGE * 8), dtype="<u8")
             wanted = ((entries >> np.uint64(63)) & np.uint64(1)) & ((entries >> np.uint64(61)) & np.uint64(1))
             edges = np.flatnonzero(np.diff(np.concatenate(([0], wanted.astype(np.int8), [0]))))
-            runs += [(start + int(a) * PAGE, int(b - a) * PAGE) for a, b in zip(edges[::2], edges[1::2])]
-    return runs
+            runs.append(np.stack([start + edges[::2] * PAGE, (edges[1::2] - edges[::2]) * PAGE], axis=1))
+    # One small array (address, length per run), not a list of tuples: it is in every child's heap.
+    return np.concatenate(runs).astype(np.int64) if runs else np.zeros((0, 2), dtype=np.int64)
 
 
-def map_again(runs: list[tuple[int, int]]) -> None:
+def map_again(runs: Any) -> None:
     """In the child: map the zygote's resident file pages again (MADV_POPULATE_READ; else read a byte of each)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    for address, length in runs:
+    for address, length in runs.tolist():
         if libc.madvise(address, length, MADV_POPULATE_READ) != 0:
             for page in range(address, address + length, PAGE):
                 ctypes.string_at(page, 1)
@@ -82,7 +83,7 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 
 
 def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], import_s: float, preloaded: list[str],
-           resident: list[tuple[int, int]]) -> int:
+           resident: Any) -> int:
     """In the forked child: become the runner for one config, on the controller's pipes."""
     os.setsid()  # its own process group: the controller kills the runner and whatever it started, as with exec
     for target, fd in zip((0, 1, 2), fds):
@@ -124,7 +125,7 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
         importlib.import_module(name)
     resident = resident_file_pages()
     n = threads()
-    _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": sum(r[1] for r in resident), "threads": n, "after": "devicelab.engines",
+    _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": int(resident[:, 1].sum()), "threads": n, "after": "devicelab.engines",
                  "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
     if n != 1:
         return 0
