@@ -2,23 +2,84 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from typer.exceptions import TyperException
-from rich.console import Console
-from rich.table import Table
 
 from devicelab.errors import DevicelabError
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# Start-up (README: "Commands"): this module imports typer and nothing heavy. numpy, pandas, scipy, jinja2, onnx, the
+# engines, adbutils and even rich are imported inside the commands that use them, so `devicelab --help` and
+# `devicelab runs` start in a fraction of a second; tests/test_cli_startup.py fails if one of them comes back here.
+
+
+def _defer_typer_coercion() -> None:
+    """Keep pydantic out of the commands that need no conversion.
+
+    typer (0.29) converts every option and argument with a pydantic TypeAdapter, and builds it even for a value
+    that needs none (an option left at None, the group's unused --help), so any command imported pydantic: about
+    half of `devicelab runs`'s start-up. Here a value that is already what its parameter declares (None, a string
+    for a str, a default int or float inside its bounds) is passed as typer would pass it; any other value (a
+    number typed on the command line, a list, a path, a choice) goes to typer's own conversion, with its messages.
+    typer's internals can move: without them this does nothing (slower, never wrong), and
+    tests/test_cli_startup.py then fails on pydantic in `devicelab runs`."""
+    try:
+        from typer import core
+        from typer._coercion import RuntimeParam, build_runtime_param
+    except ImportError:
+        return
+    if not hasattr(core, "_TyperParameter") or not hasattr(core._TyperParameter, "get_runtime_param"):
+        return
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Deferred(RuntimeParam):  # type: ignore[misc]
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            info = self.parameter_info
+            if (self.annotation in (str, int, float) and type(value) is self.annotation and info.parser is None
+                    and (self.annotation is str or ((info.min is None or value >= info.min)
+                                                    and (info.max is None or value <= info.max)))):
+                return value
+            return build_runtime_param(param.type_descriptor)._coerce_value(value, param, ctx)
+
+    def get_runtime_param(self: Any) -> Any:
+        if self._runtime_param is None:
+            desc = self.type_descriptor
+            self._runtime_param = Deferred(parameter_info=desc.parameter_info, annotation=desc.annotation)
+        return self._runtime_param
+
+    core._TyperParameter.get_runtime_param = get_runtime_param
+
+
+_defer_typer_coercion()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Benchmark and profile inference engines on devices and the host.")
-# No markup: names from users (labels, models, suites) are printed as they are; "[base]" would be read as a style.
-out = Console(highlight=False, soft_wrap=True, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+
+
+# No markup and no emoji codes: names from users (labels, models, suites) are printed as they are; "[base]" would be
+# read as a style, ":b:" as an emoji.
+# Made on first use: rich.console alone takes longer to import than typer, and --help prints through neither.
+@functools.cache
+def out() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=True, markup=False, emoji=False)
+
+
+@functools.cache
+def err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, markup=False, emoji=False)
+
 
 DbOpt = typer.Option(None, "--db", help="SQLite database (default: DEVICELAB_DB or the data folder)")
 DevicesOpt = typer.Option(None, "--devices", help="inventory YAML (default: DEVICELAB_DEVICES, ./devices.yaml, built-in)")
@@ -59,10 +120,12 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     if as_json:
         _print_json(rows)
         return
-    table = Table("id", "kind", "model", "os", "abi", "soc", "cpus", "clusters", "battery")
+    from devicelab.terminal import print_table
+
+    cells: list[list[str]] = []
     for f in rows:
         if "error" in f:
-            table.add_row(f["id"], f["kind"], f"unreachable: {f['error']}", "", "", "", "", "", "")
+            cells.append([f["id"], f["kind"], f"unreachable: {f['error']}", "", "", "", "", "", ""])
             continue
         clusters = " ".join(f"[{','.join(map(str, c['cpus']))}]" + (f"@{c['max_khz'] // 1000}MHz" if c["max_khz"] else "")
                             + (f" cap {c['capacity']}" if c["capacity"] else "") for c in f["clusters"])
@@ -70,11 +133,11 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
         if f.get("battery_percent") is not None:
             battery = f"{f['battery_percent']} % {f.get('battery_status') or ''}".strip()
             battery += " (charging)" if f.get("charging") else ""
-        table.add_row(f["id"], f["kind"], " ".join(x for x in (f.get("manufacturer"), f["model"]) if x), f["os"],
-                      f["abi"], f.get("soc") or "", str(f["cpus"]), clusters, battery)
-    out.print(table)
+        cells.append([f["id"], f["kind"], " ".join(x for x in (f.get("manufacturer"), f["model"]) if x), f["os"],
+                      f["abi"], f.get("soc") or "", str(f["cpus"]), clusters, battery])
+    print_table(out(), ["id", "kind", "model", "os", "abi", "soc", "cpus", "clusters", "battery"], cells)
     for note in notes:
-        err.print(f"note: {note}", markup=False)
+        err().print(f"note: {note}", markup=False)
 
 
 @app.command()
@@ -91,14 +154,14 @@ def clean(device: str = typer.Argument(..., metavar="DEVICE", help="a device id 
     try:
         removed = open_device(entries[0]).clean()
     except OSError as e:
-        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        err().print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         _print_json(removed)
     elif removed["removed"]:
-        out.print(f"{device}: removed {removed['removed']} ({removed['bytes'] / 2**20:.1f} MiB)")
+        out().print(f"{device}: removed {removed['removed']} ({removed['bytes'] / 2**20:.1f} MiB)")
     else:
-        out.print(f"{device}: nothing to remove")
+        out().print(f"{device}: nothing to remove")
 
 
 @app.command("calibrate-energy")
@@ -123,16 +186,16 @@ def calibrate_energy(
     if not isinstance(phone.energy_source(), battery.BatterySource):
         raise DevicelabError(f"calibrate-energy: {device} is a {entries[0].kind} device; only phones (android) have "
                              "a battery sensor to calibrate")
-    err.print(f"{device}: discharging for {seconds:g} s{'' if no_load else ' with every CPU busy'}...", markup=False)
+    err().print(f"{device}: discharging for {seconds:g} s{'' if no_load else ' with every CPU busy'}...", markup=False)
     try:
         calibration, path = battery.calibrate_device(phone, seconds, load=not no_load, allow_charging=allow_charging)
     except OSError as e:
-        err.print(f"error: {e}", markup=False, soft_wrap=True)
+        err().print(f"error: {e}", markup=False, soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         _print_json({"device": device, "profile": str(path), "energy": calibration.to_dict()})
         return
-    out.print(f"{device}: {calibration.describe()}; charge {calibration.charge_delta_uah:+.0f} µAh over "
+    out().print(f"{device}: {calibration.describe()}; charge {calibration.charge_delta_uah:+.0f} µAh over "
               f"{calibration.window_s:.0f} s ({calibration.mean_discharge_ma:.0f} mA), ratio "
               f"{calibration.measured_ratio:+.4g} µA per unit; stored in {path}", markup=False)
 
@@ -152,11 +215,13 @@ def models(as_json: bool = JsonOpt) -> None:
     if as_json:
         _print_json(rows)
         return
-    table = Table("model", "params", "MACs", "size", "sha256", "description")
+    from devicelab.terminal import print_table
+
+    cells: list[list[str]] = []
     for r in rows:
         size = f"{r['bytes'] / 2**20:.1f} MiB" if r["bytes"] >= 2**20 else f"{r['bytes'] / 2**10:.1f} KiB"
-        table.add_row(r["name"], _si(r["params"]), _si(r["macs"]), size, r["sha256"][:12], r["description"])
-    out.print(table)
+        cells.append([r["name"], _si(r["params"]), _si(r["macs"]), size, r["sha256"][:12], r["description"]])
+    print_table(out(), ["model", "params", "MACs", "size", "sha256", "description"], cells)
 
 
 def _si(n: float) -> str:
@@ -193,12 +258,14 @@ def engines(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     if as_json:
         _print_json(rows)
         return
-    table = Table("engine", "version", "available", "formats", "runs here (precision/backend)", "reason")
+    from devicelab.terminal import print_table
+
+    cells: list[list[str]] = []
     for r in rows:
         here = next((d for d in r["devices"] if d["kind"] == "host"), None)
-        table.add_row(r["name"], r["version"] or "—", "yes" if r["available"] else "no", ",".join(r["formats"]),
-                      " ".join(here["runs"]) if here else "", r["reason"] or "")
-    out.print(table)
+        cells.append([r["name"], r["version"] or "—", "yes" if r["available"] else "no", ",".join(r["formats"]),
+                      " ".join(here["runs"]) if here else "", r["reason"] or ""])
+    print_table(out(), ["engine", "version", "available", "formats", "runs here (precision/backend)", "reason"], cells)
 
 
 @app.command()
@@ -239,7 +306,7 @@ def run(
         store = open_store(db)
 
     state: dict[str, Any] = {"run_id": resume}
-    with _RunProgress(enabled=err.is_terminal) as progress:
+    with _RunProgress(enabled=err().is_terminal) as progress:
         def on_event(kind: str, obj: Any) -> None:
             if kind == "run":
                 state["run_id"] = obj
@@ -256,12 +323,12 @@ def run(
             progress.stop()
             rid = state.get("run_id")
             kept = len(store.results(rid)) if rid else 0
-            err.print(f"interrupted: {kept} finished results kept in {store.location}; "
+            err().print(f"interrupted: {kept} finished results kept in {store.location}; "
                       f"resume with: devicelab run --resume {rid}")
             raise typer.Exit(130)
 
     for line in progress.push_summary():
-        err.print(line, markup=False, highlight=False, soft_wrap=True)
+        err().print(line, markup=False, highlight=False, soft_wrap=True)
     record = store.get_run(run_id)
     path = Path(report_path).expanduser() if report_path else paths.reports_dir() / f"{run_id}.html"
     report.write(path, [record], results)
@@ -272,11 +339,14 @@ def run(
     else:
         _render_tables(results)
         counts = {s: sum(r.status == s for r in results) for s in ("ok", "failed", "infra-failed", "unsupported")}
-        out.print(f"run {run_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        out().print(f"run {run_id}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+        from devicelab.terminal import print_wrapped
+
         for r in results:
             if r.status in ("failed", "infra-failed"):
-                out.print(f"  {r.status}: {r.engine} {r.model} {r.threads}t: {r.reason}")
-        out.print(f"report: {path}")
+                print_wrapped(out(), f"{r.status}: {r.device} {r.engine} {r.model} {r.threads}t: {r.reason}",
+                              first="  ", rest="    ")
+        out().print(f"report: {path}")
     raise typer.Exit(code)
 
 
@@ -288,7 +358,7 @@ class _RunProgress:
             TimeRemainingColumn
 
         self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err,
+                                 TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err(),
                                  disable=not enabled, transient=False)
         self.task = self.progress.add_task("preparing", total=None)
         self.pushed: dict[str, dict[str, float]] = {}  # per device: files, pushed_files, bytes, seconds
@@ -338,12 +408,10 @@ class _RunProgress:
 
 def _render_tables(results: list[Any]) -> None:
     from devicelab.analysis.tables import slides_tables
+    from devicelab.terminal import print_table
 
     for t in slides_tables(results):
-        table = Table(*t.columns, title=f"{t.model} on {t.device}", title_justify="left")
-        for row in t.rows:
-            table.add_row(row.name, *t.row_cells(row))
-        out.print(table)
+        print_table(out(), t.columns, [[row.name, *t.row_cells(row)] for row in t.rows], title=f"{t.model} on {t.device}")
 
 
 ThresholdOpt = typer.Option("2%", "--threshold", help="smallest change that counts: 2% or 0.02")
@@ -375,15 +443,16 @@ def compare(
         _print_json({"base": base, "candidate": candidate, "threshold": t, "summary": counts,
                      "comparisons": [x.to_dict() for x in comparisons]})
     else:
-        table = Table("config", "verdict", "base", "candidate", "ratio", "95% CI", "notes", title=title,
-                      title_justify="left")
+        from devicelab.terminal import print_table
+
+        cells: list[list[str]] = []
         for x in comparisons:
             v = x.verdict
-            table.add_row(x.name, v.verdict, _ms(x.base_median_s), _ms(x.candidate_median_s),
+            cells.append([x.name, v.verdict, _ms(x.base_median_s), _ms(x.candidate_median_s),
                           f"{v.ratio:.3f}" if v.ratio else "—", f"{v.ci[0]:.3f}–{v.ci[1]:.3f}" if v.ci else "—",
-                          "; ".join(list(v.reasons) + x.warnings))
-        out.print(table)
-        out.print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
+                          "; ".join(list(v.reasons) + x.warnings)])
+        print_table(out(), ["config", "verdict", "base", "candidate", "ratio", "95% CI", "notes"], cells, title=title)
+        out().print(", ".join(f"{n} {k}" for k, n in counts.items() if n))
     raise typer.Exit(1 if counts["slower"] else 0)
 
 
@@ -416,7 +485,7 @@ def noise(
         raw["protocol"] = {"lockstep": False}
     suite = sweep.validate(raw, "noise", inventory)
     store = open_store(db)
-    with _RunProgress(enabled=err.is_terminal) as progress:
+    with _RunProgress(enabled=err().is_terminal) as progress:
         run_id, results = sweep.start_run(store, suite, inventory, sys.argv, progress.event)
     if sweep.exit_code(results):
         raise DevicelabError(f"the A/A run {run_id} had failures: see devicelab show {run_id}")
@@ -428,7 +497,7 @@ def noise(
     if as_json:
         _print_json({"device": device, "run_id": run_id, "noise_floor": floor, "paired": paired, "detail": detail})
     else:
-        out.print(f"{device}: A/A noise floor {floor:.2%} ({'paired, lockstep rounds' if paired else 'unpaired'}; "
+        out().print(f"{device}: A/A noise floor {floor:.2%} ({'paired, lockstep rounds' if paired else 'unpaired'}; "
                   f"{detail['config']}, run {run_id}); compare will not call smaller changes "
                   f"{'between labels of one run' if paired else 'between separate runs'} on this device")
 
@@ -456,7 +525,7 @@ def regress(
         if as_json:
             _print_json({"reset": reset_baseline, "series": names})
         else:
-            out.print(f"history starts at run {reset_baseline} for {len(names)} series")
+            out().print(f"history starts at run {reset_baseline} for {len(names)} series")
         return
     reports = verdicts.regress(store, t, device)
     verdicts.write(junit, verdicts.junit_regress(reports, strict))
@@ -465,11 +534,13 @@ def regress(
     if as_json:
         _print_json({"threshold": t, "series": [r.to_dict() for r in reports]})
     else:
-        table = Table("series", "status", "runs", "change points", "notes", title="devicelab regress", title_justify="left")
+        from devicelab.terminal import print_table
+
+        cells: list[list[str]] = []
         for r in reports:
             cps = ", ".join(f"{c['run_id']} ({c['ratio'] - 1:+.1%})" for c in r.change_points) or "—"
-            table.add_row(r.series, r.status, str(r.points), cps, "; ".join(r.notes))
-        out.print(table)
+            cells.append([r.series, r.status, str(r.points), cps, "; ".join(r.notes)])
+        print_table(out(), ["series", "status", "runs", "change points", "notes"], cells, title="devicelab regress")
     raise typer.Exit(1 if any(r.status in bad for r in reports) else 0)
 
 
@@ -490,7 +561,7 @@ def report(
     results = [x for r in run_ids for x in store.results(r)]
     path = Path(output).expanduser() if output else paths.reports_dir() / f"{'+'.join(run_ids)}.html"
     report_module.write(path, records, results)
-    out.print(f"report: {path}")
+    out().print(f"report: {path}")
 
 
 @app.command()
@@ -533,21 +604,20 @@ def build_native(
     from devicelab.config import split_values
 
     try:
-        record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err.print(m, markup=False),
+        record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err().print(m, markup=False),
                               extra_backends=split_values(with_) or ())
     except native.NativeBuildError as e:  # not bad input: a step failed (exit 1), the message names its log
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        err().print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         _print_json(record.to_dict())
         return
-    table = Table("artifact", "path", "size", "sha256", title=f"{target}: {record.dlbench_version} "
-                  f"(backends: {', '.join(record.backends)})",
-                  title_justify="left")
-    for name, a in record.artifacts.items():
-        table.add_row(name, str(a.path), format_bytes(a.bytes), a.sha256[:12])
-    out.print(table)
-    out.print(f"registered in {native.registry_path()}")
+    from devicelab.terminal import print_table
+
+    print_table(out(), ["artifact", "path", "size", "sha256"],
+                [[name, str(a.path), format_bytes(a.bytes), a.sha256[:12]] for name, a in record.artifacts.items()],
+                title=f"{target}: {record.dlbench_version} (backends: {', '.join(record.backends)})")
+    out().print(f"registered in {native.registry_path()}")
 
 
 @app.command()
@@ -558,14 +628,21 @@ def runs(db: Optional[str] = DbOpt, limit: int = typer.Option(20, "--limit", min
     store = open_store(db, create=False)
     records = store.runs(limit)
     if as_json:
-        _print_json([{**r.to_dict(), "results": len(store.results(r.run_id))} for r in records])
+        _print_json([{**r.to_dict(), "results": sum(store.status_counts(r.run_id).values())} for r in records])
         return
-    table = Table("run", "created", "status", "suite", "results")
+    from devicelab.terminal import print_table
+
+    cells: list[list[str]] = []
     for r in records:
-        rs = store.results(r.run_id)
-        ok = sum(x.status == "ok" for x in rs)
-        table.add_row(r.run_id, r.created_at, r.status, r.suite.get("name", ""), f"{ok}/{len(rs)} ok")
-    out.print(table)
+        counts = store.status_counts(r.run_id)
+        cells.append([r.run_id, _when(r.created_at), r.status, r.suite.get("name", ""),
+                      f"{counts.get('ok', 0)}/{sum(counts.values())} ok"])
+    print_table(out(), ["run", "created (UTC)", "status", "suite", "results"], cells)
+
+
+def _when(timestamp: str) -> str:
+    """2026-12-06T08:41:56.146+00:00 as 2026-12-06 08:41:56: the run table then fits 80 columns (--json keeps all)."""
+    return timestamp[:19].replace("T", " ")
 
 
 @app.command()
@@ -579,11 +656,14 @@ def show(run_id: str, db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> Non
     if as_json:
         _print_json({"run": record.to_dict(), "results": [r.to_dict() for r in results]})
         return
-    out.print(f"run {record.run_id} ({record.status}), suite {record.suite.get('name')}, seed {record.seed}")
+    from devicelab.terminal import print_wrapped
+
+    print_wrapped(out(), f"run {record.run_id} ({record.status}), suite {record.suite.get('name')}, seed {record.seed}")
     _render_tables(results)
     for r in results:
-        if r.status != "ok":
-            out.print(f"  {r.status}: {r.engine} {r.model} {r.precision} {r.backend} {r.threads}t: {r.reason}")
+        if r.status != "ok":  # a reason is prose: wrapped at spaces to the width, like the tables' cells
+            print_wrapped(out(), f"{r.status}: {r.device} {r.engine} {r.model} {r.precision} {r.backend} {r.threads}t: "
+                          f"{r.reason}", first="  ", rest="    ")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -592,20 +672,20 @@ def main(argv: list[str] | None = None) -> int:
         result = app(args=argv, standalone_mode=False)
         return int(result or 0)
     except DevicelabError as e:
-        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        err().print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except typer.Exit as e:
         return int(e.exit_code)
     except TyperException as e:  # typer's (vendored click) usage errors: bad option, missing argument
         message = e.format_message()
         if "\n" in message.strip():  # no arguments: typer hands back the help text
-            err.print(message, markup=False)
+            err().print(message, markup=False)
         else:
-            err.print(f"error: {message}", markup=False, soft_wrap=True)
+            err().print(f"error: {message}", markup=False, soft_wrap=True)
         return int(getattr(e, "exit_code", 2) or 2)
     except typer.Abort:
-        err.print("interrupted")
+        err().print("interrupted")
         return 130
     except KeyboardInterrupt:
-        err.print("interrupted")
+        err().print("interrupted")
         return 130

@@ -42,3 +42,47 @@ def run_json(*args: str, env: dict[str, str], cwd: Path | None = None) -> tuple[
     except ValueError:
         raise AssertionError(f"not JSON on stdout: {p.stdout[:500]!r}; stderr: {p.stderr[-2000:]}") from None
     return p.returncode, data, p.stderr
+
+
+# A phone's adb serial over TCP: the device id the CLI's tables used to cut to "127.0…".
+PHONE = "127.0.0.1:5555"
+HISTORY_RUNS = ("20261206-090000-base", "20261206-100000-cand")
+CRASH = ("engine crashed: Segmentation fault (core dumped) in libtensorflowlite_jni.so while loading "
+         "/data/local/tmp/devicelab/models/mobilenet_v2.tflite")
+
+
+def store_history(db: Path) -> None:
+    """Two finished runs, base and candidate, written through the store as a sweep writes them: the host and a phone,
+    ONNX Runtime (fp32, int8) and its perf tool at 1, 2, 4 and 8 threads, 5 processes each (the candidate 10 % slower
+    on the phone), a failed row with a long reason and an unsupported one. No engine runs: the tables read only
+    Results."""
+    import random
+
+    from devicelab.result import FAILED, OK, UNSUPPORTED, Config, Result
+    from devicelab.store import FINISHED, RunRecord, SqliteStore
+
+    rng = random.Random(15)
+    store = SqliteStore(db)
+    for n, run_id in enumerate(HISTORY_RUNS):
+        store.create_run(RunRecord(run_id, f"2026-12-06T{9 + n:02d}:00:00.000+00:00",
+                                   {"name": "nightly-phone-and-host"}, 15 + n, {"hostname": "lab"}, "0.1.0"))
+        for device in ("host", PHONE):
+            slower = 1.1 if n and device == PHONE else 1.0
+            for engine, precision in (("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+                                      ("tool:onnxruntime_perf_test", "fp32")):
+                for threads in (1, 2, 4, 8):
+                    for rep in range(5):
+                        cfg = Config(device, engine, "", "1.32.0", "mobilenet_v2", "ab" * 32, 14_000_000, precision,
+                                     "cpu", threads, tuple(range(threads)), "big", rep)
+                        median = 0.012 * slower / threads ** 0.7
+                        samples = tuple(median * rng.lognormvariate(0, 0.01) for _ in range(30))
+                        store.add_result(Result.for_config(run_id, cfg, OK, samples_s=samples, median_s=median,
+                                                           peak_rss_bytes=(90 + threads) * 2**20))
+            for engine, status, reason, backend in (("litert", FAILED, CRASH, "cpu"),
+                                                    ("ncnn", UNSUPPORTED, "the pnnx converter is not installed (pip "
+                                                     "install --no-deps pnnx)", "vulkan")):
+                cfg = Config(device, engine, "", "2.3.0", "mobilenet_v2", "ab" * 32, 14_000_000, "fp32", backend, 1,
+                             (0,), "big")
+                store.add_result(Result.for_config(run_id, cfg, status, reason=reason))
+        store.set_run_status(run_id, FINISHED)
+    store.close()

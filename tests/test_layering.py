@@ -57,7 +57,7 @@ RULES = [
     (("devicelab.store",), ("devicelab.devices", "devicelab.engines", "devicelab.session"),
      "the store keeps records; it runs nothing"),
     (("devicelab.devices", "devicelab.engines", "devicelab.session", "devicelab.energy", "devicelab.measure"),
-     ("devicelab.cli",), "only the CLI parses and renders"),
+     ("devicelab.cli", "devicelab.terminal"), "only the CLI parses and renders"),
     (("devicelab.session", "devicelab.sweep", "devicelab.energy", "devicelab.measure"),
      ("devicelab.devices.host", "devicelab.devices.android"), "the session runs on any transport: no kind's module"),
     (("devicelab.result", "devicelab.rows", "devicelab.facts"), ("devicelab.devices", "devicelab.engines"),
