@@ -390,6 +390,9 @@ class _RunProgress:
                                             "the rest of the rounds are not needed", markup=False)
             else:
                 self.progress.console.print(f"A/B after {obj['rounds']} rounds: {said}: another round", markup=False)
+        elif kind == "notice":  # what a device could not do, e.g. set back a setting of the run (best effort)
+            self.progress.console.print(f"{obj['device']}: {obj['message']}", markup=False, highlight=False,
+                                        soft_wrap=True)
         elif kind == "push":
             total = self.pushed.setdefault(obj["device"], {"files": 0, "pushed_files": 0, "bytes": 0, "seconds": 0.0})
             for key in total:

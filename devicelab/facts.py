@@ -87,6 +87,9 @@ def _check_android(options: dict[str, Any]) -> list[str]:
         if not (isinstance(address, str) and host and port.isdigit() and 0 < int(port) < 65536
                 and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host)):
             problems.append(f"address: {address!r} must be host:port (a phone on the network, for `adb connect`)")
+    fixed = options.get("fixed_performance")
+    if "fixed_performance" in options and not isinstance(fixed, bool):
+        problems.append(f"fixed_performance: {fixed!r} is not allowed; allowed: true, false")
     return problems
 
 
@@ -106,6 +109,8 @@ KINDS: dict[str, KindSpec] = {
     "host": KindSpec(),
     "android": KindSpec(
         keys={"serial": "the adb serial (default: the entry's id)",
-              "address": "host:port of a phone on the network, connected with `adb connect` when not attached"},
+              "address": "host:port of a phone on the network, connected with `adb connect` when not attached",
+              "fixed_performance": "true: Android's fixed performance mode (sustainable clocks; Android 11+) is on "
+                                   "for the run and turned off afterwards (default false)"},
         check=_check_android),
 }

@@ -19,7 +19,8 @@ from typing import Any
 
 from devicelab import native, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import STDERR_TAIL_BYTES, Exit, Process, Start, Transport, TransportLostError
+from devicelab.devices.base import (STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Start, Transport,
+                                   TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -690,6 +691,14 @@ class _Attempt:
 
     # ---- the Result, once
 
+    def _transport_extras(self, state_after: dict[str, Any] | None) -> ResultExtras:
+        """What the transport reads in the states around this config (`Transport.result_extras`: e.g. Android's
+        thermal status): on every row that has a state before; its throttling counts where the session judges
+        throttling at all (a program that ran, on a device still there)."""
+        if self.state_before is None:
+            return ResultExtras()
+        return self.t.result_extras(self.state_before, state_after)
+
     def result(self) -> Result:
         if self.process is not None:
             self._reap()
@@ -702,6 +711,10 @@ class _Attempt:
             except OSError as e:
                 self.notes.append(f"state after the run could not be read: {e}")
             was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
+        extras = self._transport_extras(state_after)
+        if extras.throttled and self.spawned and self.status != INFRA_FAILED:
+            was_throttled = True
+        self.notes.extend(extras.notes)
         if self.status == OK:
             self.notes.extend(stats.stability_warnings(self.fields.get("samples_s", ()), was_throttled))
         energy = self.energy.result_fields() if self.energy is not None and self.spawned else {}
@@ -714,7 +727,8 @@ class _Attempt:
             self.job.run_id, self.cfg, self.status, reason=self.reason, notes=tuple(self.notes),
             state_before=self.state_before, state_after=state_after, throttled=was_throttled,
             started_at=self.started, finished_at=utc_now(), stderr_tail=self.stderr[-STDERR_TAIL_BYTES:] or None,
-            protocol=protocol, ext=dict(self.ext) if ok else {}, **energy, **(self.fields if ok else {}))
+            protocol=protocol, ext={**(self.ext if ok else {}), **extras.ext}, **energy,
+            **(self.fields if ok else {}))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ class Prepared:
     planned: list[PlannedConfig]
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def close(self) -> None:
+        """Close every device (undoing what begin_run changed); a second close of a device does nothing more."""
+        for device in self.devices.values():
+            device.close()
+
 
 def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
@@ -121,7 +126,20 @@ def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
     probe = wanted if any(f.kind == "host" for f in facts) else []
     engines = {(spec.name, spec.label): engine_info(spec, probe) for spec in suite.engines}
     planned = expand(suite, facts, engines, models, seed)
-    return Prepared(suite, seed, devices, models, engines, planned, {f.id: f.to_dict() for f in facts})
+    prepared = Prepared(suite, seed, devices, models, engines, planned, {f.id: f.to_dict() for f in facts})
+    begin_run(prepared)
+    return prepared
+
+
+def begin_run(prepared: Prepared) -> None:
+    """Every device set up for the run (docs/devices.md, `begin_run`), last, so that a device refusing it ends the
+    run before anything is stored; on any way out, what the others changed is undone."""
+    try:
+        for device in prepared.devices.values():
+            device.begin_run()
+    except BaseException:
+        prepared.close()
+        raise
 
 
 def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
@@ -336,12 +354,16 @@ def start_run(store: Store, suite: Suite, inventory: Inventory, argv: list[str],
               progress: Progress | None = None) -> tuple[str, list[Result]]:
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
     prepared = prepare(suite, inventory, seed)
-    run_id = new_run_id()
-    store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed, {**host_facts(), "devices": prepared.facts},
-                               devicelab.__version__, git_state(), argv))
-    if progress:
-        progress("run", run_id)
-    Executor(store, run_id, prepared, progress).execute()
+    try:
+        run_id = new_run_id()
+        store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed,
+                                   {**host_facts(), "devices": prepared.facts}, devicelab.__version__, git_state(),
+                                   argv))
+        if progress:
+            progress("run", run_id)
+        Executor(store, run_id, prepared, progress).execute()
+    finally:
+        prepared.close()  # execute() closes them too; this covers a failure before it starts
     return run_id, store.results(run_id)
 
 
@@ -350,8 +372,11 @@ def resume_run(store: Store, run_id: str, inventory: Inventory, progress: Progre
     record = store.get_run(run_id)
     suite = validate(record.suite, f"run {run_id}", inventory)
     prepared = prepare(suite, inventory, record.seed)
-    store.set_run_status(run_id, "running")
-    Executor(store, run_id, prepared, progress).execute(skip=store.done_keys(run_id))
+    try:
+        store.set_run_status(run_id, "running")
+        Executor(store, run_id, prepared, progress).execute(skip=store.done_keys(run_id))
+    finally:
+        prepared.close()  # execute() closes them too; this covers a failure before it starts
     return store.results(run_id)
 
 

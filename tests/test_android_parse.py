@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from devicelab.devices.android import blob_path, parse_getprop, parse_state, parse_topology, quote
+from devicelab.devices.android.conditions import fixed_performance_extras, thermal_extras, thermal_status_name
 from devicelab.facts import parse_cpu_list
 
 
@@ -58,20 +59,47 @@ def test_state_zones_by_type_frequencies_battery_screen() -> None:
             "F\t0\t1800000\t1800000\t1800000\tschedutil\nF\t7\t2100000\t2100000\t3187200\tschedutil\n"
             "P\tbattery\tBattery\t\tDischarging\t81\t-412000\t3870000\t2950000\t305\n"
             "P\tusb\tUSB\t0\t\t\t\t\t\t\nP\tac\tMains\t1\t\t\t\t\t\t\n"
-            "L\t1.50 1.20 0.90 2/900 1234\nS\t  mWakefulness=Asleep\n")
+            "L\t1.50 1.20 0.90 2/900 1234\nS\t  mWakefulness=Asleep\nH\tThermal Status: 3\n"
+            "B\t4f1c9e0a-55d2-4c39-9b5e-0d2f6c1e7a11\n")
     s = parse_state(text)
     assert s["temperatures_c"] == {"cpu-1-0-usr": 45.3, "battery": 31.0, "cpu-1-0-usr:thermal_zone2": 47.0, "skin": 36.0}
     assert s["cpufreq"]["7"] == {"cur_khz": 2100000, "max_khz": 2100000, "hw_max_khz": 3187200, "governor": "schedutil"}
     assert s["loadavg"] == [1.5, 1.2, 0.9] and s["screen"] == "off" and s["charging"] is False
     assert s["power"]["plugged"] == ["ac"] and s["power"]["battery_percent"] == 81
     assert s["power"]["current_now_raw"] == -412000 and s["power"]["battery_temp_c"] == 30.5
+    assert s["thermal_status"] == 3 and s["boot_id"] == "4f1c9e0a-55d2-4c39-9b5e-0d2f6c1e7a11"
     assert "unavailable" not in s
 
 
 def test_state_says_what_is_missing() -> None:
-    s = parse_state("L\t0.1 0.1 0.1 1/1 1\nS\t\n")
+    s = parse_state("L\t0.1 0.1 0.1 1/1 1\nS\t\nH\t\nB\t\n")  # Android 9: no thermalservice; boot id unreadable
     assert s["temperatures_c"] == {} and s["charging"] is None and s["screen"] is None
     assert any(u.startswith("temperatures") for u in s["unavailable"]) and any(u.startswith("battery") for u in s["unavailable"])
+    assert s["thermal_status"] is None and any(u.startswith("thermal status") for u in s["unavailable"])
+    assert s["boot_id"] is None
+
+
+def test_thermal_status_from_moderate_on_is_flagged_as_throttling() -> None:
+    cool, warm, hot = {"thermal_status": 0}, {"thermal_status": 1}, {"thermal_status": 3}
+    assert thermal_extras(cool, cool) == ({"thermal_status": {"before": 0, "after": 0}}, [], False)
+    assert thermal_extras(warm, cool) == ({"thermal_status": {"before": 1, "after": 0}}, [], False)  # LIGHT: recorded
+    ext, notes, throttled = thermal_extras(cool, hot)
+    assert ext == {"thermal_status": {"before": 0, "after": 3}} and throttled is True
+    assert notes == ["Android's thermal status was 0 (NONE) before the config and 3 (SEVERE) after the config: from "
+                     "2 (MODERATE) on the platform is throttling, so the row counts as throttled"]
+    ext, notes, throttled = thermal_extras({"thermal_status": 2}, None)  # a row with no state after
+    assert ext == {"thermal_status": {"before": 2, "after": None}} and throttled and "2 (MODERATE) before" in notes[0]
+    assert thermal_extras({"thermal_status": None}, {}) == ({}, [], False)  # nothing read: nothing said
+    assert [thermal_status_name(n) for n in (4, 5, 6, 9)] == ["4 (CRITICAL)", "5 (EMERGENCY)", "6 (SHUTDOWN)", "9"]
+
+
+def test_fixed_performance_holds_until_the_phone_reboots() -> None:
+    same, other = {"boot_id": "a"}, {"boot_id": "b"}
+    assert fixed_performance_extras("a", same, same) == ({"fixed_performance": True}, [])
+    assert fixed_performance_extras("a", same, None) == ({"fixed_performance": True}, [])
+    assert fixed_performance_extras(None, same, other) == ({"fixed_performance": True}, [])  # no boot id to go by
+    ext, notes = fixed_performance_extras("a", same, other)
+    assert ext == {"fixed_performance": False} and "rebooted" in notes[0]
 
 
 NASTY = ["m o'd;$(touch pwned) \"q\".onnx", "a;b", "$(id)", "`id`", "x\ny", "-rf", "'", "\\", "*", "~root", "a b\tc"]

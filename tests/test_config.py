@@ -68,6 +68,24 @@ def test_inventory_validation() -> None:
     assert "extra: unknown key" in message
 
 
+def test_fixed_performance_is_a_boolean_of_android_entries() -> None:
+    inv = parse_inventory({"devices": [{"id": "p", "kind": "android", "fixed_performance": True},
+                                       {"id": "q", "kind": "android", "fixed_performance": False},
+                                       {"id": "r", "kind": "android"}]}, "d.yaml")
+    assert [d.options.get("fixed_performance") for d in inv.devices] == [True, False, None]
+    with pytest.raises(ConfigError) as e:
+        parse_inventory({"devices": [{"id": "p", "kind": "android", "fixed_performance": "yes"},
+                                     {"id": "q", "kind": "android", "fixed_performance": None},
+                                     {"id": "r", "kind": "android", "fixed_performance": 1},
+                                     {"id": "h", "kind": "host", "fixed_performance": True}]}, "d.yaml")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "devices[0].fixed_performance: 'yes' is not allowed; allowed: true, false" in message
+    assert "devices[1].fixed_performance: None is not allowed; allowed: true, false" in message
+    assert "devices[2].fixed_performance: 1 is not allowed; allowed: true, false" in message
+    assert "devices[3].fixed_performance: unknown key for kind 'host'" in message
+
+
 def test_inventory_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DEVICELAB_DEVICES", raising=False)

@@ -21,8 +21,8 @@ from android_env import (CROSS_CC, AdbServer, EmulatedPhone, adb_binaries, free_
                          needs_namespace, needs_qemu, process_gone)
 
 from devicelab.testing.emulated_adb import EmulatedDevice
-from devicelab.testing.emulated_device import (ClusterSpec, Profile, ProfileError, Sandbox, default_clusters,
-                                               read_energy_log)
+from devicelab.testing.emulated_device import (CMD_LOG, FIXED_PERFORMANCE_FILE, ClusterSpec, Profile, ProfileError,
+                                               Sandbox, default_clusters, read_energy_log)
 
 
 DEFAULT = Profile()
@@ -103,6 +103,15 @@ def test_profile_rejects_unknown_keys_naming_them(tmp_path: Path) -> None:
     path.write_text("clusters:\n  - {cpus: [0], capacity: 1024, max_khz: 2000000, turbo: true}\n")
     with pytest.raises(ProfileError, match="clusters\\[0\\].*'turbo'"):
         Profile.from_yaml(path)
+
+
+def test_profile_thermal_status_and_power_hal(tmp_path: Path) -> None:
+    p = Profile.from_dict({"thermal_status": 3, "fixed_performance_supported": False})
+    assert p.thermal_status == 3 and p.fixed_performance_supported is False
+    with pytest.raises(ProfileError, match="thermal_status must be 0-6"):
+        Profile.from_dict({"thermal_status": 7})
+    with pytest.raises(ProfileError, match="fixed_performance_supported: expected true or false"):
+        Profile.from_dict({"fixed_performance_supported": "no"})
 
 
 def test_profile_from_yaml_and_capacity_null_omits_files(tmp_path: Path) -> None:
@@ -330,6 +339,42 @@ def test_dumpsys(dev: Any) -> None:
         dev.shell("dumpsys battery reset")
     assert "UPDATES STOPPED" not in dev.shell("dumpsys battery")
     assert "Temperature{mValue=" in dev.shell("dumpsys thermalservice")
+
+
+@pytest.mark.slow  # a real adb server and the emulated phone
+@needs_adb()
+def test_cmd_power_and_thermalservice_answer_as_aosp(dev: Any, phone: EmulatedPhone) -> None:
+    mode = phone.root / FIXED_PERFORMANCE_FILE
+    try:
+        r = shell_v2(dev, "cmd power set-fixed-performance-mode-enabled true")
+        assert (r.returncode, r.stdout, r.stderr) == (0, "", "") and mode.read_text() == "true\n"
+        # PowerManagerService keeps no record of the mode: its dump has nothing to read it back from
+        assert "ixed" not in dev.shell("dumpsys power") and "mWakefulness=" in dev.shell("dumpsys power")
+        r = shell_v2(dev, "cmd power set-fixed-performance-mode-enabled")
+        assert r.returncode == 255 and 'Argument expected after "set-fixed-performance-mode-enabled"' in r.stderr
+        assert mode.read_text() == "true\n"
+        assert shell_v2(dev, "cmd power set-fixed-performance-mode-enabled no").returncode == 0  # parseBoolean
+        assert mode.read_text() == "false\n"
+        r = shell_v2(dev, "cmd power set-fixed-perf true")
+        assert (r.returncode, r.stdout) == (255, "Unknown command: set-fixed-perf\n")
+        r = shell_v2(dev, "cmd powr x")
+        assert (r.returncode, r.stderr) == (20, "cmd: Can't find service: powr\n")
+        thermal = dev.shell("dumpsys thermalservice").splitlines()
+        assert thermal[0] == "IsStatusOverride: false" and "Thermal Status: 0" in thermal
+        assert shell_v2(dev, "cmd thermalservice override-status 4").returncode == 0
+        thermal = dev.shell("dumpsys thermalservice").splitlines()
+        assert thermal[0] == "IsStatusOverride: true" and "Thermal Status: 4" in thermal
+        r = shell_v2(dev, "cmd thermalservice override-status 7")
+        assert (r.returncode, r.stdout) == (255, "Invalid status: 7\n")
+        r = shell_v2(dev, "cmd thermalservice override-status hot")
+        assert r.returncode == 255 and r.stdout.startswith("Error: java.lang.NumberFormatException")
+    finally:
+        shell_v2(dev, "cmd thermalservice reset; cmd power set-fixed-performance-mode-enabled false")
+    assert "Thermal Status: 0" in dev.shell("dumpsys thermalservice").splitlines()
+    # every call the phone answered, for tests to read from the host
+    calls = [line.split("\t")[1:] for line in (phone.root / CMD_LOG).read_text().splitlines()]
+    assert ["power set-fixed-performance-mode-enabled true", "0"] in calls
+    assert ["thermalservice override-status 7", "255"] in calls and calls[-1] == ["power set-fixed-performance-mode-enabled false", "0"]
 
 
 @pytest.mark.slow  # a real adb server and the emulated phone

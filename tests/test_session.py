@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from devicelab import zoo
-from devicelab.devices.base import Placed, Process, Transport
+from devicelab.devices.base import Placed, Process, ResultExtras, Transport
 from devicelab.devices.host import HostProcess
 from devicelab.engines import PreparedModel, SourceModel
 from devicelab.facts import DeviceEntry, DeviceFacts
@@ -156,13 +156,36 @@ def test_a_runner_that_crashes_is_a_failed_row_with_its_exit(tmp_path: Path) -> 
     assert r.status == "failed" and r.reason == "runner ended before finishing (killed by signal SIGSEGV)"
 
 
+class HotToy(ToyTransport):
+    """A toy whose "device" reports a condition of its own around every config, as a phone's thermal status."""
+
+    def result_extras(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ResultExtras:
+        return ResultExtras({"thermal_status": {"before": 3, "after": 4 if after is not None else None}},
+                            ("the toy says it was hot",), throttled=True)
+
+
+def test_a_transport_adds_its_own_extensions_notes_and_throttling_to_each_row(tmp_path: Path, runner: Path) -> None:
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\nexit 3\n")
+    crash.chmod(0o755)
+    toy = HotToy(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    ok, failed = run_jobs(toy, [_job(tmp_path, runner, "ok")])[0], run_jobs(toy, [_job(tmp_path, crash, "bad")])[0]
+    assert ok.status == OK and failed.status == "failed", (ok.reason, failed.reason)
+    for r in (ok, failed):  # the toy has no cpufreq, so only its own word makes the rows throttled
+        assert r.ext["thermal_status"] == {"before": 3, "after": 4} and r.throttled is True
+        assert "the toy says it was hot" in r.notes
+    assert "iter_t_s" not in failed.ext and any("throttled during the measurement" in n for n in ok.notes)
+    plain = run_jobs(ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device"), [_job(tmp_path, runner)])[0]
+    assert plain.throttled is None and "thermal_status" not in plain.ext  # the default hook adds nothing
+
+
 def test_the_docs_page_names_every_method_of_the_contract() -> None:
     text = DOCS.read_text()
     for cls in (Transport, Process):
         for name in sorted(getattr(cls, "__abstractmethods__")):
             assert f"`{name}(" in text, f"docs/devices.md does not document {cls.__name__}.{name}"
     for hook in ("cooldown_zones", "energy_source", "profile_key", "close", "pin_method", "lockstep",
-                 "missing_probe_note", "cooldown_poll_seconds"):
+                 "missing_probe_note", "cooldown_poll_seconds", "begin_run", "result_extras"):
         assert f"`{hook}" in text, hook
 
 

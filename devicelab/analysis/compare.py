@@ -311,7 +311,7 @@ def state_warnings(base: Sequence[Any], cand: Sequence[Any]) -> list[str]:
     if tb and tc and abs(max(tc) - max(tb)) > 5:
         out.append(f"temperatures differ: max {max(tb):.0f} °C (base) vs {max(tc):.0f} °C (candidate)")
     if any(r.throttled for r in base) != any(r.throttled for r in cand):
-        out.append("one side was throttled (frequency cap below maximum)")
+        out.append("one side was throttled (a frequency cap below maximum, or the device's own thermal status)")
 
     def load(results: Sequence[Any]) -> list[float]:
         return [s["loadavg"][0] for r in results for s in (r.state_before, r.state_after) if s and s.get("loadavg")]

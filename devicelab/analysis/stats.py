@@ -137,5 +137,6 @@ def stability_warnings(samples: Sequence[float], throttled: bool | None = None, 
         if hi >= 0.5:
             out.append(f"the maximum is {hi:.0%} above the median")
     if throttled:
-        out.append("the device throttled during the measurement (frequency cap below maximum)")
+        out.append("the device throttled during the measurement (a frequency cap below maximum, or the device's own "
+                   "thermal status)")
     return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from devicelab.devices.base import Exit, Placed, Process, Transport, TransportLostError
+from devicelab.devices.base import Exit, Placed, Process, ResultExtras, Transport, TransportLostError
 from devicelab.errors import UnknownNameError
 from devicelab.facts import DeviceEntry
 
@@ -34,5 +34,5 @@ def discovered(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
     return discovered_entries(known)
 
 
-__all__ = ["Exit", "Placed", "Process", "Transport", "TransportLostError", "TRANSPORTS", "transport_class",
-           "open_device", "discovered"]
+__all__ = ["Exit", "Placed", "Process", "ResultExtras", "Transport", "TransportLostError", "TRANSPORTS",
+           "transport_class", "open_device", "discovered"]

@@ -10,7 +10,7 @@ import posixpath
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -68,6 +68,18 @@ class Start:
     path: str = "exec"
     preloaded: tuple[str, ...] = ()
     note: str | None = None
+
+
+@dataclass(frozen=True)
+class ResultExtras:
+    """What a kind reads in the device's states around one config beyond what every kind has
+    (`Transport.result_extras`): Result extensions, notes, and whether the device itself said it was throttling."""
+
+    ext: dict[str, Any] = field(default_factory=dict)  # keys registered in devicelab.result.EXTENSIONS
+    notes: tuple[str, ...] = ()
+    # The device reported throttling of its own (e.g. Android's thermal status): the row is throttled whatever the
+    # pinned cores' frequency caps said.
+    throttled: bool = False
 
 
 # Every stderr byte of a runner up to this is kept in memory (tools print their results on stderr); a Result
@@ -193,8 +205,15 @@ class Transport(ABC):
     def clean(self) -> dict[str, Any]:
         """Remove devicelab's folder on the device, and nothing else: {"device", "removed", "bytes"}."""
 
+    def begin_run(self) -> None:
+        """Called once per run, after `facts()` and before the first config: set the device up for measuring (e.g.
+        Android's fixed performance mode). Raise DevicelabError to refuse the run (nothing has run yet). Whatever it
+        changes, `close()` puts back; the sweep closes every device however the run ends (Ctrl-C included)."""
+
     def close(self) -> None:
-        """Release connections."""
+        """Release connections, and undo what `begin_run()` changed (best effort: a device that went away cannot be
+        set back; say so through `on_event("notice", {"device", "message"})`). It may be called twice: the second
+        call has nothing left to undo."""
 
     # ---- hooks that really differ
     @abstractmethod
@@ -212,6 +231,11 @@ class Transport(ABC):
     def profile_key(self) -> str:
         """What devicelab keeps per physical device (profiles) is filed under this key."""
         return self.id
+
+    def result_extras(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ResultExtras:
+        """What this kind reads in `state()`s taken around one config (`after` is None when the row has none), for
+        the Result: extensions, notes, throttling the device reported. Pure: no device I/O (the row is being made)."""
+        return ResultExtras()
 
 
 def relative_name(name: str) -> str:

@@ -43,6 +43,15 @@ _AARCH64_MASK = r"\xff\xff\xff\xff\xff\xff\xff\x00\xff\xff\xff\xff\xff\xff\xff\x
 CURRENT_SIGNS = ("positive-charging", "positive-discharging")
 CURRENT_UNITS = ("uA", "mA")
 
+# What system_server holds in memory, kept as files under /data/system because the phone's `cmd` and `dumpsys` are
+# shell scripts; removed at every start of the daemon, as a reboot forgets them. CMD_LOG is every `cmd` call the
+# phone answered (time, arguments, exit status), kept across restarts: tests read it from the host as ground truth.
+FIXED_PERFORMANCE_FILE = "data/system/devicelab-fixed-performance"  # relative to the root
+THERMAL_OVERRIDE_FILE = "data/system/devicelab-thermal-override"
+CMD_LOG = "data/system/devicelab-cmd.log"
+# android.os.Temperature's THROTTLING_* values, NONE (0) to SHUTDOWN (6).
+THERMAL_STATUSES = range(7)
+
 
 class ProfileError(DevicelabError):
     """A profile (YAML or keyword arguments) that cannot describe a phone."""
@@ -148,6 +157,12 @@ class Profile:
     throttle_fraction: float = 0.7
     battery: BatterySpec = field(default_factory=BatterySpec)
     screen_on: bool = False
+    # The thermal status the thermal HAL reports (android.os.Temperature THROTTLING_*, 0-6); `cmd thermalservice
+    # override-status N` overrides it until `cmd thermalservice reset`, as on a phone.
+    thermal_status: int = 0
+    # Whether the power HAL accepts Mode::FIXED_PERFORMANCE (false: `cmd power set-fixed-performance-mode-enabled`
+    # fails as on a phone without the AIDL power HAL).
+    fixed_performance_supported: bool = True
 
     def __post_init__(self) -> None:
         if self.thermal is None:
@@ -173,6 +188,8 @@ class Profile:
             raise ProfileError(unknown_name_message("battery.current_unit", self.battery.current_unit, CURRENT_UNITS))
         if self.battery.voltage_uv <= 0:
             raise ProfileError("profile: battery.voltage_uv must be positive")
+        if self.thermal_status not in THERMAL_STATUSES:
+            raise ProfileError(f"profile: thermal_status must be 0-6 (android.os.Temperature), got {self.thermal_status}")
 
     @property
     def cpus(self) -> tuple[int, ...]:
@@ -211,6 +228,11 @@ class Profile:
             kw["battery"] = _battery(data["battery"], f"{where}: battery")
         if "screen_on" in data:
             kw["screen_on"] = _bool(data["screen_on"], f"{where}: screen_on")
+        if "thermal_status" in data:
+            kw["thermal_status"] = _int(data["thermal_status"], f"{where}: thermal_status")
+        if "fixed_performance_supported" in data:
+            kw["fixed_performance_supported"] = _bool(data["fixed_performance_supported"],
+                                                      f"{where}: fixed_performance_supported")
         return cls(**kw)
 
     @classmethod
@@ -352,6 +374,8 @@ class Sandbox:
                 # Built fresh from the profile each start: a restarted phone may have a different profile.
                 if (self.root / d).exists():
                     shutil.rmtree(self.root / d)
+            for rel in (FIXED_PERFORMANCE_FILE, THERMAL_OVERRIDE_FILE):
+                (self.root / rel).unlink(missing_ok=True)  # a restart is a reboot: system_server starts afresh
             self._write_system()
             self._write_sys()
         except OSError as e:
@@ -364,11 +388,20 @@ class Sandbox:
         etc.mkdir(parents=True)
         props = self.profile.properties()
         (etc / "build.prop").write_text("".join(f"{k}={v}\n" for k, v in sorted(props.items())))
+        thermal_override = shlex.quote(self.dev("/" + THERMAL_OVERRIDE_FILE))
+        sdk = props.get("ro.build.version.sdk", "")
         scripts = {
             "getprop": _GETPROP.replace("@PROPS@", shlex.quote(self.dev("/system/etc/build.prop"))),
             "dumpsys": (_DUMPSYS.replace("@SYS@", shlex.quote(self.dev("/sys")))
                         .replace("@OVR@", shlex.quote(self.dev("/data/system/devicelab-battery-overrides")))
-                        .replace("@SCREEN_ON@", "1" if self.profile.screen_on else "0")),
+                        .replace("@SCREEN_ON@", "1" if self.profile.screen_on else "0")
+                        .replace("@THERMAL_HAL@", str(self.profile.thermal_status))
+                        .replace("@THERMAL_OVR@", thermal_override)),
+            "cmd": (_CMD.replace("@FIXED@", shlex.quote(self.dev("/" + FIXED_PERFORMANCE_FILE)))
+                    .replace("@THERMAL_OVR@", thermal_override)
+                    .replace("@LOG@", shlex.quote(self.dev("/" + CMD_LOG)))
+                    .replace("@SDK@", shlex.quote(sdk if sdk.isdigit() else "0"))
+                    .replace("@FIXED_OK@", "1" if self.profile.fixed_performance_supported else "0")),
             "uname": _UNAME,
         }
         for name, text in scripts.items():
@@ -472,12 +505,16 @@ printf '%s\\n' "$2"
 
 # dumpsys reads the same fixture files a program would; `battery unplug|set|reset` only change what dumpsys
 # reports (an overrides file), as on a phone where the current keeps flowing whatever BatteryService says.
+# thermalservice prints what AOSP's ThermalManagerService.dump() does, in its order: "IsStatusOverride: <bool>",
+# the listeners, "Thermal Status: <mStatus>" (android.os.Temperature THROTTLING_*, 0-6), then the HAL's sensors.
 _DUMPSYS = """#!/bin/sh
 # dumpsys of the devicelab emulated phone: battery, power and thermalservice.
 PS=@SYS@/class/power_supply
 TZ=@SYS@/class/thermal
 OVR=@OVR@
 SCREEN_ON=@SCREEN_ON@
+THERMAL_HAL=@THERMAL_HAL@
+THERMAL_OVR=@THERMAL_OVR@
 
 rd() { _v=; IFS= read -r _v < "$1" 2>/dev/null; printf '%s' "${_v:-$2}"; }
 tf() { if [ "$1" = 1 ] || [ "$1" = true ]; then echo true; else echo false; fi; }
@@ -575,12 +612,15 @@ EOF
 }
 
 thermal_dump() {
-    echo "IsStatusOverride: false"
+    # ThermalManagerService.dump(): mStatus is the HAL's worst sensor status, or what override-status locked.
+    status=$THERMAL_HAL; override=false
+    if [ -f "$THERMAL_OVR" ]; then status=$(rd "$THERMAL_OVR" "$THERMAL_HAL"); override=true; fi
+    echo "IsStatusOverride: $override"
     echo "ThermalEventListeners:"
     echo "	callbacks: 0"
     echo "ThermalStatusListeners:"
     echo "	callbacks: 0"
-    echo "Thermal Status: 0"
+    echo "Thermal Status: $status"
     echo "HAL Ready: true"
     echo "HAL connection:"
     echo "	ThermalHAL 2.0 connected: yes"
@@ -588,8 +628,10 @@ thermal_dump() {
     for z in "$TZ"/thermal_zone*; do
         name=$(rd "$z/type" unknown); t=$(rd "$z/temp" 0)
         case $name in cpu*|CPU*) ty=0 ;; gpu*|GPU*) ty=1 ;; battery) ty=2 ;; skin*) ty=3 ;; *) ty=-1 ;; esac
-        printf '\\tTemperature{mValue=%d.%d, mType=%s, mName=%s, mStatus=0}\\n' \\
-            $((t / 1000)) $((t % 1000 / 100)) "$ty" "$name"
+        # The HAL's status is carried by the CPU sensors (the service's status is their worst).
+        st=0; if [ "$ty" = 0 ]; then st=$THERMAL_HAL; fi
+        printf '\\tTemperature{mValue=%d.%d, mType=%s, mName=%s, mStatus=%s}\\n' \\
+            $((t / 1000)) $((t % 1000 / 100)) "$ty" "$name" "$st"
     done
 }
 
@@ -600,6 +642,93 @@ case "$1" in
     ""|-l) echo "Currently running services:"; for s in battery power thermalservice; do echo "  $s"; done ;;
     *) echo "Can't find service: $1" >&2 ;;
 esac
+"""
+
+# cmd of the emulated phone: the `power` and `thermalservice` commands devicelab uses, answered as AOSP's
+# frameworks/base services/core/java/com/android/server/power/PowerManagerShellCommand.java
+# (runSetFixedPerformanceModeEnabled: Boolean.parseBoolean of the argument, then the power HAL's answer) and
+# ThermalManagerService.java (ThermalShellCommand: override-status STATUS, reset) do, through
+# BasicShellCommandHandler (an unknown command: "Unknown command: X" on stdout; a missing argument: the exception on
+# stderr; onCommand's -1 is exit status 255) and frameworks/native cmds/cmd/cmd.cpp (an unknown service: exit 20).
+# The fixed performance mode is remembered in a file and shown by no dumpsys: PowerManagerService hands it to the
+# power HAL (setPowerModeInternal -> nativeSetPowerMode) without keeping it, and its dump never prints it.
+_CMD = """#!/bin/sh
+# cmd of the devicelab emulated phone: power and thermalservice.
+FIXED=@FIXED@
+THERMAL_OVR=@THERMAL_OVR@
+LOG=@LOG@
+SDK=@SDK@
+FIXED_OK=@FIXED_OK@
+
+missing_arg() {
+    echo "Exception occurred while executing '$1':" >&2
+    echo "java.lang.IllegalArgumentException: Argument expected after \\"$1\\"" >&2
+}
+
+power_cmd() {
+    case "$1" in
+        set-fixed-performance-mode-enabled)
+            # The command came with Android 11 (SDK 30); before, the shell command did not know it.
+            if [ "$SDK" -lt 30 ]; then echo "Unknown command: $1"; return 255; fi
+            if [ $# -lt 2 ]; then missing_arg "$1"; return 255; fi
+            if [ "$FIXED_OK" != 1 ]; then
+                echo "Failed to set FIXED_PERFORMANCE mode" >&2
+                echo "This is likely because Power HAL AIDL is not implemented on this device" >&2
+                return 255
+            fi
+            # Boolean.parseBoolean: "true" in any case is true, anything else false.
+            case $(printf '%s' "$2" | tr 'A-Z' 'a-z') in true) v=true ;; *) v=false ;; esac
+            printf '%s\\n' "$v" > "$FIXED"
+            return 0 ;;
+        ""|help|-h)
+            echo "Power manager (power) commands:"
+            echo "  set-fixed-performance-mode-enabled [true|false]"
+            echo "    enables or disables fixed performance mode"
+            return 255 ;;
+        *) echo "Unknown command: $1"; return 255 ;;
+    esac
+}
+
+thermal_cmd() {
+    case "$1" in
+        override-status)
+            if [ $# -lt 2 ]; then
+                echo "Error: java.lang.IllegalArgumentException: Argument expected after \\"$1\\""; return 255
+            fi
+            case "$2" in
+                [0-9]|[0-9]*[0-9]|-[0-9]*) n=${2#-}; case "$n" in *[!0-9]*) bad=1 ;; *) bad=0 ;; esac ;;
+                *) bad=1 ;;
+            esac
+            if [ "$bad" = 1 ]; then
+                echo "Error: java.lang.NumberFormatException: For input string: \\"$2\\""; return 255
+            fi
+            # Temperature.isValidStatus: THROTTLING_NONE (0) to THROTTLING_SHUTDOWN (6).
+            if [ "$2" -lt 0 ] || [ "$2" -gt 6 ]; then echo "Invalid status: $2"; return 255; fi
+            printf '%s\\n' "$(( $2 ))" > "$THERMAL_OVR"
+            return 0 ;;
+        reset) rm -f "$THERMAL_OVR"; return 0 ;;
+        ""|help|-h)
+            echo "Thermal service (thermalservice) commands:"
+            echo "  override-status STATUS"
+            echo "    sets and locks the thermal status of the device to STATUS."
+            echo "  reset"
+            echo "    unlocks the thermal status of the device."
+            return 255 ;;
+        *) echo "Unknown command: $1"; return 255 ;;
+    esac
+}
+
+service=$1
+if [ $# -gt 0 ]; then shift; fi
+case "$service" in
+    power) power_cmd "$@" ;;
+    thermalservice) thermal_cmd "$@" ;;
+    -l) echo "Currently running services:"; for s in power thermalservice; do echo "  $s"; done ;;
+    *) echo "cmd: Can't find service: $service" >&2; exit 20 ;;
+esac
+code=$?
+printf '%s\\t%s\\t%s\\n' "$(date +%s.%N)" "$service $*" "$code" >> "$LOG"
+exit $code
 """
 
 _UNAME = """#!/bin/sh

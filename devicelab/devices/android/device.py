@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicelab.devices.android import sysfs
+from devicelab.devices.android import conditions, sysfs
 from devicelab.devices.android.adb import (ADB_ERRORS, V2_EXIT, V2_STDERR, V2_STDOUT, DeviceGoneError, ShellV2,
                                            attached, client, connect, quote)
 from devicelab.devices.android.push import REMOTE_ROOT, RUNS, make_run_folder, push
-from devicelab.devices.base import Exit, Placed, Process, Transport, env_assignments
+from devicelab.devices.base import Exit, Placed, Process, ResultExtras, Transport, env_assignments
 from devicelab.energy import EnergySource, battery
 from devicelab.errors import DevicelabError
 from devicelab.facts import DeviceEntry, DeviceFacts
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import adbutils  # only named for types: devices/android/adb.py is where adbutils is used
 
 SHELL_TIMEOUT_S = 60.0  # one short command (getprop, a state read); runners have the protocol's own timeout
+RESTORE_TIMEOUT_S = 15.0  # turning fixed performance mode off at the end: a phone that does not answer is gone
 
 # Which native builds run on which ABI, best first (static aarch64 Linux binaries need no bionic).
 TARGETS_BY_ABI = {"arm64-v8a": ("android-arm64", "arm64")}
@@ -123,6 +124,11 @@ class AndroidTransport(Transport):
         self._facts: DeviceFacts | None = None
         self._device: adbutils.AdbDevice | None = None
         self._gone: str | None = None  # why the device went away mid-run; later configs fail fast
+        self._sdk: int | None = None  # ro.build.version.sdk, read with the facts
+        # devices.yaml `fixed_performance: true`: the mode is on from begin_run() to close().
+        self.fixed_performance: bool = entry.options.get("fixed_performance") is True
+        self._fixed_on = False  # devicelab turned the mode on (or may have) and has not turned it off
+        self._fixed_boot_id: str | None = None  # the boot it was turned on in: a reboot ends it
 
     # ---- the adb connection
 
@@ -224,6 +230,7 @@ class AndroidTransport(Transport):
             except OSError as e:
                 raise DevicelabError(f"device {self.id}: {e}") from None
             release, sdk = props.get("ro.build.version.release", "?"), props.get("ro.build.version.sdk", "?")
+            self._sdk = sysfs.to_int(sdk)
             power = state.get("power") or {}
             self._facts = DeviceFacts(
                 id=self.id, kind=self.kind, model=props.get("ro.product.model", "unknown"),
@@ -298,7 +305,47 @@ class AndroidTransport(Transport):
         return {"device": self.id, "removed": REMOTE_ROOT if kb is not None else None,
                 "bytes": kb * 1024 if kb is not None else 0}
 
+    def begin_run(self) -> None:
+        """With `fixed_performance: true`: turn Android's fixed performance mode on (sustainable clocks, no root;
+        Android 11+), refusing the run in one line when the phone cannot."""
+        if not self.fixed_performance or self._fixed_on:
+            return
+        facts = self.facts()
+        if self._sdk is None or self._sdk < conditions.FIXED_PERFORMANCE_SDK:
+            raise DevicelabError(f"device {self.id}: fixed_performance: true needs Android 11 (SDK "
+                                 f"{conditions.FIXED_PERFORMANCE_SDK}) or later; this phone runs {facts.os}")
+        self._fixed_on = True  # before the command: if it is cut off (Ctrl-C), close() still turns the mode off
+        try:
+            self._set_fixed_performance(True, SHELL_TIMEOUT_S)
+        except DeviceGoneError as e:
+            raise DevicelabError(f"device {self.id}: turning fixed performance mode on: {_one_line(e)}") from None
+        except OSError as e:  # the phone refused (its power HAL has no fixed performance mode): nothing was changed
+            self._fixed_on = False
+            raise DevicelabError(f"device {self.id}: fixed_performance: true, but the phone refused it: "
+                                 f"{_one_line(e)}") from None
+        try:
+            self._fixed_boot_id = self.state().get("boot_id")
+        except OSError:
+            self._fixed_boot_id = None  # no reboot detection; the first config will meet the fault itself
+
+    def _set_fixed_performance(self, on: bool, timeout: float) -> None:
+        self.check(quote(["cmd", "power", "set-fixed-performance-mode-enabled", "true" if on else "false"]),
+                   f"turning fixed performance mode {'on' if on else 'off'}", timeout)
+
     def close(self) -> None:
+        """Turn fixed performance mode off again if devicelab turned it on. Android keeps no record of the mode
+        that could be read back (PowerManagerService hands it to the power HAL), so what it is set back to is its
+        state after boot: off."""
+        if self._fixed_on:
+            try:
+                self._set_fixed_performance(False, RESTORE_TIMEOUT_S)
+            except OSError as e:  # the phone went away (or refused): one attempt, then say so
+                self.on_event("notice", {
+                    "device": self.id,
+                    "message": f"fixed performance mode could not be turned off ({_one_line(e)}); it stays on until "
+                               f"the phone reboots, or `adb -s {self.serial} shell cmd power "
+                               "set-fixed-performance-mode-enabled false`"})
+            self._fixed_on = False  # not before: a Ctrl-C during the command leaves the next close() to try again
         self._device = None  # every adb connection is closed when its command ends
 
     # ---- hooks
@@ -318,3 +365,18 @@ class AndroidTransport(Transport):
     def profile_key(self) -> str:
         """The phone's own serial number (ro.serialno): its profile follows it across cables and addresses."""
         return str(self.facts().extra.get("serialno") or self.serial)
+
+    def result_extras(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ResultExtras:
+        """Android's thermal status around the config (flagged from MODERATE on), and whether it ran in the fixed
+        performance mode devicelab turned on."""
+        ext, notes, throttled = conditions.thermal_extras(before, after)
+        if self._fixed_on:
+            fixed, said = conditions.fixed_performance_extras(self._fixed_boot_id, before, after)
+            ext.update(fixed)
+            notes += said
+        return ResultExtras(ext, tuple(notes), throttled)
+
+
+def _one_line(error: BaseException) -> str:
+    """An error whose message holds the phone's output (several lines) as one line."""
+    return "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__

@@ -17,13 +17,18 @@ CPU_ZONE = re.compile(r"cpu|cluster|silver|gold|prime|little|\bbig\b|\bmid\b", r
 
 
 
-# `read` is a shell builtin: one fork-free read per sysfs file, so a state read is one adb round trip.
+# `read` is a shell builtin: one fork-free read per sysfs file, so a state read is one adb round trip. The H line is
+# Android's thermal status as ThermalManagerService's dump prints it ("Thermal Status: N", android.os.Temperature's
+# THROTTLING_* 0-6; Android 10+); the B line is the kernel's boot id, which changes when the phone reboots (and with it
+# whatever the power HAL was told, e.g. the fixed performance mode).
 STATE_SCRIPT = r"""
 for z in /sys/class/thermal/thermal_zone*; do t=; v=; read -r t < "$z/type"; read -r v < "$z/temp"; printf 'T\t%s\t%s\t%s\n' "${z##*/}" "$t" "$v"; done 2>/dev/null
 for c in /sys/devices/system/cpu/cpu[0-9]*; do f="$c/cpufreq"; a=; b=; h=; g=; read -r a < "$f/scaling_cur_freq"; read -r b < "$f/scaling_max_freq"; read -r h < "$f/cpuinfo_max_freq"; read -r g < "$f/scaling_governor"; printf 'F\t%s\t%s\t%s\t%s\t%s\n' "${c##*/cpu}" "$a" "$b" "$h" "$g"; done 2>/dev/null
 for p in /sys/class/power_supply/*; do ty=; on=; st=; ca=; cu=; vo=; cc=; te=; read -r ty < "$p/type"; read -r on < "$p/online"; read -r st < "$p/status"; read -r ca < "$p/capacity"; read -r cu < "$p/current_now"; read -r vo < "$p/voltage_now"; read -r cc < "$p/charge_counter"; read -r te < "$p/temp"; printf 'P\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "${p##*/}" "$ty" "$on" "$st" "$ca" "$cu" "$vo" "$cc" "$te"; done 2>/dev/null
 l=; read -r l < /proc/loadavg 2>/dev/null; printf 'L\t%s\n' "$l"
 printf 'S\t%s\n' "$(dumpsys power 2>/dev/null | grep -m1 -E 'mWakefulness=|Display Power: state=')"
+printf 'H\t%s\n' "$(dumpsys thermalservice 2>/dev/null | grep -m1 '^Thermal Status:')"
+b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; printf 'B\t%s\n' "$b"
 """
 
 TOPOLOGY_SCRIPT = r"""
@@ -101,6 +106,8 @@ def parse_state(text: str) -> dict[str, Any]:
     supplies: dict[str, dict[str, Any]] = {}
     loadavg: list[float] | None = None
     screen: str | None = None
+    thermal_status: int | None = None
+    boot_id: str | None = None
     for line in text.splitlines():
         parts = line.split("\t")
         tag = parts[0]
@@ -126,6 +133,11 @@ def parse_state(text: str) -> dict[str, Any]:
             s = parts[1]
             screen = "on" if re.search(r"=Awake|state=ON", s) else "off" if re.search(r"=Asleep|=Dozing|state=OFF", s) \
                 else s.strip()
+        elif tag == "H" and len(parts) >= 2:
+            m = re.match(r"\s*Thermal Status:\s*(-?\d+)\s*$", parts[1])
+            thermal_status = int(m.group(1)) if m else None
+        elif tag == "B" and len(parts) >= 2 and parts[1].strip():
+            boot_id = parts[1].strip()
     battery = next((v for v in supplies.values() if v.get("type") == "Battery"), None)
     plugged = sorted(k for k, v in supplies.items() if v.get("type") != "Battery" and v.get("online") == 1)
     power: dict[str, Any] | None = None
@@ -139,8 +151,11 @@ def parse_state(text: str) -> dict[str, Any]:
                           "battery_temp_c": battery["temp_decic"] / 10 if battery["temp_decic"] is not None else None})
     state: dict[str, Any] = {"at": utc_now(), "temperatures_c": temps, "cpufreq": freqs, "loadavg": loadavg,
                              "charging": (battery["status"] == "Charging") if battery and battery["status"] else None,
-                             "screen": screen, "power": power}
+                             "screen": screen, "power": power, "thermal_status": thermal_status, "boot_id": boot_id}
     missing = [name for name, got in (("temperatures", temps), ("frequencies", freqs), ("battery", battery)) if not got]
-    if missing:
-        state["unavailable"] = [f"{m}: not readable in /sys on this device" for m in missing]
+    unavailable = [f"{m}: not readable in /sys on this device" for m in missing]
+    if thermal_status is None:
+        unavailable.append("thermal status: no 'Thermal Status' in `dumpsys thermalservice` (Android has it from 10)")
+    if unavailable:
+        state["unavailable"] = unavailable
     return state
