@@ -37,7 +37,8 @@ def threads() -> int:
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-MADV_POPULATE_READ = 22  # Linux 5.14+: fault pages in as a read would, without reading them from Python
+MADV_POPULATE_READ = 22
+CHUNK_PAGES = 4096  # pagemap entries read at once: 32 KiB  # Linux 5.14+: fault pages in as a read would, without reading them from Python
 
 
 def resident_file_pages() -> Any:
@@ -57,11 +58,17 @@ def resident_file_pages() -> Any:
             if len(fields) < 6 or fields[4] == "0" or not fields[1].startswith("r"):
                 continue  # anonymous, or not readable (guard pages)
             start, end = (int(x, 16) for x in fields[0].split("-"))
-            pagemap.seek(start // PAGE * 8)
-            entries = np.frombuffer(pagemap.read((end - start) // PAGE * 8), dtype="<u8")
-            wanted = ((entries >> np.uint64(63)) & np.uint64(1)) & ((entries >> np.uint64(61)) & np.uint64(1))
-            edges = np.flatnonzero(np.diff(np.concatenate(([0], wanted.astype(np.int8), [0]))))
-            runs.append(np.stack([start + edges[::2] * PAGE, (edges[1::2] - edges[::2]) * PAGE], axis=1))
+            # In pieces below glibc's mmap threshold (128 KiB): a freed mmap'd block would raise the threshold, and
+            # the children would inherit an allocator that places the engine's large buffers differently from a
+            # fresh process's (peak RSS moved by ~5 MB for ONNX Runtime).
+            for lo in range(start, end, CHUNK_PAGES * PAGE):
+                hi = min(end, lo + CHUNK_PAGES * PAGE)
+                pagemap.seek(lo // PAGE * 8)
+                entries = np.frombuffer(pagemap.read((hi - lo) // PAGE * 8), dtype="<u8")
+                wanted = ((entries >> np.uint64(63)) & np.uint64(1)) & ((entries >> np.uint64(61)) & np.uint64(1))
+                edges = np.flatnonzero(np.diff(np.concatenate(([0], wanted.astype(np.int8), [0]))))
+                if edges.size:
+                    runs.append(np.stack([lo + edges[::2] * PAGE, (edges[1::2] - edges[::2]) * PAGE], axis=1))
     # One small array (address, length per run), not a list of tuples: it is in every child's heap.
     return np.concatenate(runs).astype(np.int64) if runs else np.zeros((0, 2), dtype=np.int64)
 
