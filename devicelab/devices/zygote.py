@@ -246,9 +246,12 @@ class Zygote:
 
     def close(self) -> None:
         try:
-            self.sock.close()  # the zygote exits when its socket closes
+            # shutdown, not just close: the dispatcher thread is blocked in recv on this socket, which keeps it open
+            # (and the zygote waiting) until that recv returns; shutdown ends both at once.
+            self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self.sock.close()  # the zygote exits when its socket closes
         proc = getattr(self, "proc", None)
         if proc is not None:
             try:
