@@ -160,7 +160,7 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
             except InterruptedError:
                 continue
             if not data:  # the controller is gone: so is the zygote (its children notice their stdin closing)
-                return 0
+                os._exit(0)  # nothing to flush, and the engines' teardown at exit is nobody's business
             request = json.loads(data)
             if request.get("cmd") != "fork" or len(fds) != 3:
                 for fd in fds:

@@ -245,6 +245,10 @@ class Zygote:
             return self._exits[pid]
 
     def close(self) -> None:
+        self.shutdown()
+        self.wait_closed()
+
+    def shutdown(self) -> None:
         try:
             # shutdown, not just close: the dispatcher thread is blocked in recv on this socket, which keeps it open
             # (and the zygote waiting) until that recv returns; shutdown ends both at once.
@@ -252,6 +256,8 @@ class Zygote:
         except OSError:
             pass
         self.sock.close()  # the zygote exits when its socket closes
+
+    def wait_closed(self) -> None:
         proc = getattr(self, "proc", None)
         if proc is not None:
             try:
@@ -317,5 +323,7 @@ class ZygotePool:
         with self._lock:
             zygotes = [z for z in self._zygotes.values() if z is not None]
             self._zygotes.clear()
+        for z in zygotes:  # all told first, then waited for: they exit together
+            z.shutdown()
         for z in zygotes:
-            z.close()
+            z.wait_closed()
