@@ -433,6 +433,8 @@ class _Attempt:
         self.ext["exec_path"] = start.path
         if start.note:
             self.notes.append(start.note)
+        if start.path == "zygote" and self.engine.fork_caveat:
+            self.notes.append(self.engine.fork_caveat)
         if start.path == "zygote" and self.cfg.cpus:
             p = self.record["pinning"]
             self.record["pinning"] = Pinning(p.cpus, "sched_setaffinity before the zygote's exec (its imports ran "

@@ -160,6 +160,9 @@ class Engine:
     # The modules open_session imports, which the Python runner imports (and times, as import_s) before it reads the
     # RSS before load and starts the load clock. Empty: just `module`.
     runtime_imports: ClassVar[tuple[str, ...]] = ()
+    # What a reader must know of this engine's figures when its runner is forked from a zygote (measured in
+    # benchmarks/zygote.py); None: nothing (its figures match a fresh process's).
+    fork_caveat: ClassVar[str | None] = None
 
     def imports(self) -> tuple[str, ...]:
         return self.runtime_imports or ((self.module,) if self.module else ())
