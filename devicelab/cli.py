@@ -38,28 +38,40 @@ def _defer_typer_coercion() -> None:
         return
     if not hasattr(core, "_TyperParameter") or not hasattr(core._TyperParameter, "get_runtime_param"):
         return
+    if getattr(core._TyperParameter.get_runtime_param, "deferred", False):
+        return  # patched already (main() called again in this process)
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
     class Deferred(RuntimeParam):  # type: ignore[misc]
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
-            info = self.parameter_info
-            if (self.annotation in (str, int, float) and type(value) is self.annotation and info.parser is None
-                    and (self.annotation is str or ((info.min is None or value >= info.min)
-                                                    and (info.max is None or value <= info.max)))):
+            try:
+                info = self.parameter_info
+                plain = (self.annotation in (str, int, float) and type(value) is self.annotation
+                         and info.parser is None
+                         and (self.annotation is str or ((info.min is None or value >= info.min)
+                                                         and (info.max is None or value <= info.max))))
+            except Exception:  # noqa: BLE001 - typer's internals moved: let typer convert
+                plain = False
+            if plain:
                 return value
             return build_runtime_param(param.type_descriptor)._coerce_value(value, param, ctx)
 
+    original = core._TyperParameter.get_runtime_param
+
     def get_runtime_param(self: Any) -> Any:
         if self._runtime_param is None:
-            desc = self.type_descriptor
-            self._runtime_param = Deferred(parameter_info=desc.parameter_info, annotation=desc.annotation)
+            try:
+                desc = self.type_descriptor
+                self._runtime_param = Deferred(parameter_info=desc.parameter_info, annotation=desc.annotation)
+            except Exception:  # noqa: BLE001 - typer's internals moved: its own converter, as without this
+                return original(self)
         return self._runtime_param
 
+    get_runtime_param.deferred = True  # type: ignore[attr-defined]
     core._TyperParameter.get_runtime_param = get_runtime_param
 
 
-_defer_typer_coercion()
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Benchmark and profile inference engines on devices and the host.")
 
@@ -671,6 +683,7 @@ def show(run_id: str, db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> Non
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: bad input is one line on stderr and exit 2; Ctrl-C exits 130; bugs keep tracebacks."""
+    _defer_typer_coercion()  # here, not at import: importing devicelab.cli changes no other typer app
     try:
         result = app(args=argv, standalone_mode=False)
         return int(result or 0)

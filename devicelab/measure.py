@@ -147,6 +147,7 @@ def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float 
 
 SLOW_MODEL_S = 0.2  # a model this slow per inference is warmed up for warmup_iterations only
 WARMUP_WINDOW_S = 0.05  # a steadiness window holds at least this much inference (and 3 iterations)
+EPSILON_S = 1e-9  # sums of float seconds: ten 0.01 s iterations are 0.1 s, not 0.09999999999999999
 
 
 def warmup_window(estimate_s: float | None) -> int:
@@ -164,11 +165,11 @@ def warmup_stop(warmups: Sequence[float], s: ProtocolSettings, floor_s: float = 
     n, total = len(warmups), float(sum(warmups))
     if n < max(1, s.warmup_iterations):
         return None
-    if total >= s.warmup_seconds:
-        return "cap"
-    if float(stats.median(warmups) or 0) > SLOW_MODEL_S:
+    if float(stats.median(warmups) or 0) > SLOW_MODEL_S:  # before the cap, which 3 such iterations reach too
         return "slow model"
-    if total < max(s.warmup_min_seconds, floor_s):
+    if total >= s.warmup_seconds - EPSILON_S:
+        return "cap"
+    if total < max(s.warmup_min_seconds, floor_s) - EPSILON_S:
         return None
     w = warmup_window(float(stats.median(warmups[-3:]) or 0))
     if n < 2 * w:

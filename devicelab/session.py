@@ -348,10 +348,13 @@ class _Attempt:
         if not self.accuracy_pass:
             return
         cfg, job = self.cfg, self.job
+        # Everything that decides the outputs or the reference they are held to: the device, the engine build and
+        # its options, the model as converted and its input shapes, precision, backend, the accuracy inputs, and
+        # the versions of devicelab (how outputs are compared) and of the reference's ONNX Runtime.
         self.variant = variants.variant_key(
             self.t.profile_key(), cfg.engine, cfg.label, cfg.engine_version, cfg.model_sha256, cfg.precision,
-            cfg.backend, paths.sha256_file(job.prepared.path), job.options, self.s.accuracy_inputs, job.seed,
-            job.source.dataset)
+            cfg.backend, paths.sha256_file(job.prepared.path), job.options, list(job.source.inputs),
+            self.s.accuracy_inputs, job.seed, job.source.dataset, variants.comparison_versions())
         entry = variants.load(self.variant)
         if entry is not None and entry.settled(cfg.threads):
             self.reuse, self.accuracy_pass = entry, False
@@ -405,10 +408,12 @@ class _Attempt:
             if self.program is None and not self.probed:  # the Python runner: maybe forked from a zygote
                 preload = ("numpy", *self.engine.imports()) if self.zygote else ()
                 self.process, start = self.t.spawn_python(self.python, PYTHON_RUNNER, self.argv[3:], self.env,
-                                                          self.spawn_cpus, self.run_dir, preload)
+                                                          self.spawn_cpus, self.run_dir, preload, self.cfg.repeat)
                 self._started(start)
             else:
                 self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
+                if self.program is None:  # the Python runner under dlprobe: a fresh interpreter
+                    self._started(Start())
         except TransportLostError as e:
             self._stop(INFRA_FAILED, f"device disconnected: {e}")
         except (OSError, ValueError) as e:
@@ -603,7 +608,7 @@ class _Attempt:
         if self.status == OK and outputs is not None:
             self._accuracy(outputs)
         elif self.status == OK and self.reuse is not None:
-            self.fields["accuracy"] = self.reuse.reused()
+            self._set_accuracy(self.reuse.reused())
             self.notes.append(f"accuracy: this variant's pass in run {self.reuse.run_id} at {self.reuse.threads} "
                               "thread(s), not run again (the outputs do not depend on the thread count beyond "
                               "threads_max_abs_diff)" if self.reuse.thread_check else
@@ -668,14 +673,20 @@ class _Attempt:
         except ValueError as e:
             self.notes.append(f"accuracy not compared: {e}")
             return
-        if self.cfg.precision in ("fp16", "bf16") and acc["max_abs_diff"] < accuracy.NO_EFFECT_MAX_ABS_DIFF:
-            self.notes.append(f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {self.cfg.precision} "
-                              "setting changed no arithmetic on this CPU")
         try:
             assert self.variant is not None
             acc = variants.record(self.variant, acc, self.job.run_id, self.cfg.threads, outputs)
-        except (OSError, ValueError) as e:  # the cache is an optimization: the row keeps its accuracy
-            self.notes.append(f"accuracy not kept for later configs of this variant: {e}")
+        except Exception as e:  # noqa: BLE001 - the cache is an optimization: the row keeps its own accuracy
+            self.notes.append(f"accuracy not kept for later configs of this variant: {type(e).__name__}: {e}")
+        self._set_accuracy(acc)
+
+    def _set_accuracy(self, acc: dict[str, Any]) -> None:
+        """The row's accuracy record, measured now or reused, and what it says about a lower-precision switch."""
+        diff = acc.get("max_abs_diff")
+        if self.cfg.precision in ("fp16", "bf16") and isinstance(diff, (int, float)) and \
+                diff < accuracy.NO_EFFECT_MAX_ABS_DIFF:
+            self.notes.append(f"outputs match fp32 within {accuracy.NO_EFFECT_MAX_ABS_DIFF:g}: the {self.cfg.precision} "
+                              "setting changed no arithmetic on this CPU")
         self.fields["accuracy"] = acc
 
     def _reap(self) -> None:

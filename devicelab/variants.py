@@ -42,6 +42,19 @@ def cache_dir() -> Path:
     return paths.data_dir() / "accuracy"
 
 
+def comparison_versions() -> tuple[str, str | None]:
+    """devicelab's version and the reference's ONNX Runtime's (read from its metadata: no import)."""
+    from importlib import metadata
+
+    import devicelab
+
+    try:
+        ort: str | None = metadata.version("onnxruntime")
+    except metadata.PackageNotFoundError:
+        ort = None
+    return devicelab.__version__, ort
+
+
 def variant_key(*parts: Any) -> str:
     """A stable digest of what decides the outputs (the caller lists them)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -62,6 +75,12 @@ def record(key: str, accuracy: dict[str, Any], run_id: str, threads: int, output
 
     entry = load(key)
     stored = cache_dir() / f"{key}.npz"
+    if entry is not None and entry.threads != threads and entry.thread_check is None:
+        try:
+            with np.load(stored) as a:
+                a.files  # noqa: B018 - opening it is the check
+        except Exception:  # noqa: BLE001 - a truncated or foreign file: the entry is as good as missing
+            entry = None
     if entry is None or not stored.is_file():
         paths.write_atomic(stored, outputs.read_bytes())
         entry = Entry(accuracy, run_id, threads)

@@ -1,7 +1,8 @@
 """A zygote: one long-lived Python process per (interpreter, engine, environment) that imports numpy and the engine
 once, then forks a fresh child per config. The child is devicelab's host runner (devicelab.runners.host) in its own
 address space, heap and thread pools, with a cold first inference; only the interpreter's start and the imports are
-shared. docs/runner-protocol.md, "Zygote", describes the control channel.
+shared (and with them the libraries' layout and the hash seed: the controller starts new zygotes for every repeat
+round). docs/architecture.md, "the host's zygotes", describes the design; the control channel is below.
 
 `python -m devicelab.runners.zygote FD MODULE...`: FD is a SOCK_SEQPACKET Unix socket to the controller (one message
 per send, so a message and the file descriptors sent with it arrive together).
@@ -37,8 +38,8 @@ def threads() -> int:
 
 
 PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
-MADV_POPULATE_READ = 22
-CHUNK_PAGES = 4096  # pagemap entries read at once: 32 KiB  # Linux 5.14+: fault pages in as a read would, without reading them from Python
+MADV_POPULATE_READ = 22  # Linux 5.14+: fault pages in as a read would, without reading them from Python
+CHUNK_PAGES = 4096  # pagemap entries read at once: 32 KiB
 
 
 def resident_file_pages() -> Any:
@@ -148,7 +149,7 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
     sel.register(sock, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
     while True:
-        for key, _ in sel.select(timeout=1.0):
+        for key, _ in sel.select():  # no timeout: an idle zygote never wakes beside a timed loop (SIGCHLD does)
             if key.fileobj is wake_r:
                 try:
                     os.read(wake_r, 4096)
@@ -179,6 +180,10 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
                 try:
                     code = _child(request, fds, [sock.fileno(), wake_r, wake_w, sel.fileno()], import_s, preloaded,
                                   resident)
+                except BaseException:  # noqa: BLE001 - said on the child's stderr (the row's tail), then exit 70
+                    import traceback
+
+                    traceback.print_exc()
                 finally:
                     for stream in (sys.stdout, sys.stderr):
                         try:

@@ -132,13 +132,17 @@ def test_short_input_file_and_stdin_closed(native_host: dict[str, Any], model: d
 
 def test_devicelab_run_engine_dlbench_under_dlprobe(native_host: dict[str, Any], env: dict[str, str],
                                                    tmp_path: Path) -> None:
-    suite = write_suite(tmp_path / "s.yaml", models=[MODEL], engines=["dlbench", "ncnn", "onnxruntime"], threads=[1])
+    # The Python runners asked to start afresh (the default forks them from a zygote, which dlprobe cannot wrap)
+    exec_ = {"process": "exec"}
+    suite = write_suite(tmp_path / "s.yaml", models=[MODEL], threads=[1], engines=[
+        "dlbench", {"name": "ncnn", "options": exec_}, {"name": "onnxruntime", "options": exec_}])
     code, out, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 0, err
     by_engine = {r["engine"]: r for r in out["results"]}
     assert set(by_engine) == {"dlbench", "ncnn", "onnxruntime"}
     for r in by_engine.values():
         assert r["status"] == "ok", r["reason"]
+        assert r["engine"] == "dlbench" or r["ext"]["exec_path"] == "exec"
         # Every runner ran under dlprobe: peak from wait4 ru_maxrss, cross-checked with the runner's VmHWM.
         assert "ru_maxrss" in r["memory_method"] and "cross-checked" in r["memory_method"], r["memory_method"]
         probe = r["protocol"]["dlprobe"]

@@ -3,6 +3,8 @@ a device, with its own file system root) runs a config end to end through the co
 
 from __future__ import annotations
 
+import dataclasses
+
 import hashlib
 import os
 import platform
@@ -179,13 +181,47 @@ def test_a_transport_adds_its_own_extensions_notes_and_throttling_to_each_row(tm
     assert plain.throttled is None and "thermal_status" not in plain.ext  # the default hook adds nothing
 
 
+V2_RUNNER = """#!/usr/bin/env python3
+import json, sys
+print(json.dumps({"event": "ready", "protocol": 2, "load_s": 0.01, "first_s": 0.01, "warmups": 0}), flush=True)
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] in ("run", "warmup"):
+        print("".join('{"event":"iter","s":0.01}\\n' for _ in range(cmd["iterations"])) + '{"event":"batch"}', flush=True)
+    elif cmd["cmd"] == "stop":
+        print(json.dumps({"event": "done", "peak_rss_bytes": 1}), flush=True)
+        break
+"""
+
+
+class SlowClocks(ToyTransport):
+    slow_clock_ramp = True
+
+
+@pytest.mark.parametrize("kind, stopped", [(ToyTransport, "steady"), (SlowClocks, "cap")])
+def test_a_device_whose_clocks_ramp_slowly_is_warmed_up_to_warmup_seconds(tmp_path: Path, kind: type,
+                                                                         stopped: str) -> None:
+    program = tmp_path / "v2_runner"
+    program.write_text(V2_RUNNER)
+    program.chmod(0o755)
+    job = _job(tmp_path, program)
+    job = dataclasses.replace(job, settings=dataclasses.replace(FAST, warmup_iterations=3, warmup_seconds=0.5))
+    (row,) = run_jobs(kind(DeviceEntry("toy-1", "toy"), tmp_path / "device"), [job])
+    assert row.status == OK, (row.reason, row.stderr_tail)
+    warmup = row.protocol.warmup
+    assert warmup is not None and warmup.by == "controller" and warmup.stopped == stopped
+    # steady at 0.01 s an iteration: two 5-iteration windows (0.1 s); a phone: the whole 0.5 s, steady or not
+    assert round(warmup.seconds, 6) == (0.5 if stopped == "cap" else 0.1)
+
+
 def test_the_docs_page_names_every_method_of_the_contract() -> None:
     text = DOCS.read_text()
     for cls in (Transport, Process):
         for name in sorted(getattr(cls, "__abstractmethods__")):
             assert f"`{name}(" in text, f"docs/devices.md does not document {cls.__name__}.{name}"
     for hook in ("cooldown_zones", "energy_source", "profile_key", "close", "pin_method", "lockstep",
-                 "missing_probe_note", "cooldown_poll_seconds", "begin_run", "result_extras"):
+                 "missing_probe_note", "cooldown_poll_seconds", "begin_run", "result_extras", "spawn_python",
+                 "zygotes", "slow_clock_ramp"):
         assert f"`{hook}" in text, hook
 
 

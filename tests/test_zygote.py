@@ -79,6 +79,7 @@ def test_a_forked_child_is_killed_with_its_group_and_the_zygote_lives_on(tmp_pat
     fifo = tmp_path / "config.json"
     os.mkfifo(fifo)  # the runner blocks opening it: a child that never ends by itself
     pool = ZygotePool()
+    again = None
     try:
         got = pool.spawn(sys.executable, [str(fifo)], _env(), None, ("numpy",), key={})
         assert not isinstance(got, Start)
@@ -92,13 +93,52 @@ def test_a_forked_child_is_killed_with_its_group_and_the_zygote_lives_on(tmp_pat
         assert not isinstance(again, Start) and again[0].pid != child.pid
         assert again[0].wait(60) is not None
     finally:
-        zygote = again[0].zygote
+        zygote = again[0].zygote if again and not isinstance(again, Start) else None
         pool.close()
     # closing the pool ends the zygote by its socket (exit 0), not by the kill after a timeout (-9)
-    assert zygote.proc.returncode == 0
+    assert zygote is not None and zygote.proc.returncode == 0
 
 
 def test_process_option_is_checked(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "options": {"process": "fork"}}])
     code, _, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 2 and "options.process: 'fork' is not allowed; allowed: zygote, exec" in err
+
+
+def test_each_repeat_round_and_each_cpu_set_gets_its_own_zygote(tmp_path: Path) -> None:
+    pool = ZygotePool()
+    try:
+        def parent(generation: int, cpus: tuple[int, ...], omp: str) -> int:
+            got = pool.spawn(sys.executable, [str(tmp_path / "none.json")], _env(OMP_NUM_THREADS=omp), None,
+                             ("numpy",), key={"OMP_NUM_THREADS": omp}, cpus=cpus, generation=generation)
+            assert not isinstance(got, Start)
+            got[0].wait(60)
+            return got[0].zygote.proc.pid
+
+        first = parent(0, (0,), "1")
+        assert parent(0, (0,), "1") == first  # the same round, CPU set and environment: the same zygote
+        # libgomp counts its CPUs and reads OMP_NUM_THREADS as the engine loads: another set is another zygote
+        assert parent(0, (0, 1) if os.cpu_count() and os.cpu_count() > 1 else (0,), "2") != first
+        # a new round: new zygotes (the children of one config across rounds never share a parent), old ones closed
+        assert parent(1, (0,), "1") != first
+        assert all(k[-1] == 1 for k in pool._zygotes)
+    finally:
+        pool.close()
+
+
+def test_a_child_whose_zygote_died_is_not_taken_for_ended(tmp_path: Path) -> None:
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)  # blocks the runner: a child still running
+    pool = ZygotePool()
+    try:
+        got = pool.spawn(sys.executable, [str(fifo)], _env(), None, ("numpy",), key={})
+        assert not isinstance(got, Start)
+        child, _ = got
+        os.kill(child.zygote.proc.pid, 9)
+        child.zygote.proc.wait()
+        assert child.wait(1.0) is None  # still running: nobody reports its exit, but its pid is there
+        assert "killed" in child.kill()
+        exit_ = child.wait(10)
+        assert exit_ is not None and exit_.code is None and "unknown" in (exit_.detail or "")
+    finally:
+        pool.close()

@@ -194,10 +194,11 @@ class Transport(ABC):
         before it starts (none: unpinned), in its own process group. Nothing reaches a shell unquoted."""
 
     def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
-                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = ()) -> tuple[Process, Start]:
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0
+                     ) -> tuple[Process, Start]:
         """`python -m module args...`, as spawn() would start it. A transport may instead fork it from a zygote that
-        has imported `preload` already (the host does: docs/architecture.md); the Start says which path it took.
-        The runner pins itself to its config's CPUs in either case."""
+        has imported `preload` already (the host does: docs/architecture.md), one per `generation` (the repeat
+        round); the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
         return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
 
     # ---- life cycle

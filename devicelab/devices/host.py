@@ -14,14 +14,17 @@ import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicelab.devices.base import Exit, Placed, Process, Start, Transport, relative_name
 from devicelab.errors import DevicelabError
-from devicelab.facts import Cluster, DeviceFacts
+from devicelab.facts import Cluster, DeviceEntry, DeviceFacts
 from devicelab.measure import ChannelClosedError
 from devicelab.result import Transfer, utc_now
 
+
+if TYPE_CHECKING:
+    from devicelab.devices.zygote import ZygotePool
 
 # Environment variables that are search paths: spawn puts devicelab's entries in front of the user's own.
 SEARCH_PATHS = ("LD_LIBRARY_PATH", "PYTHONPATH")
@@ -106,9 +109,9 @@ class HostTransport(Transport):
     python = sys.executable
     zygotes = True
 
-    def __init__(self, entry: Any) -> None:
+    def __init__(self, entry: DeviceEntry) -> None:
         super().__init__(entry)
-        self._pool: Any = None  # the zygotes, started when a Python runner first needs one
+        self._pool: ZygotePool | None = None  # the zygotes, started when a Python runner first needs one
 
     def facts(self) -> DeviceFacts:
         cpu_ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
@@ -208,7 +211,8 @@ class HostTransport(Transport):
         return HostProcess(argv, self._environment(env), cpus, cwd)
 
     def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
-                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = ()) -> tuple[Process, Start]:
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0
+                     ) -> tuple[Process, Start]:
         """Forked from a zygote of (python, preload, env) when one can be had; else a fresh exec, saying why."""
         if not preload or not sys.platform.startswith("linux"):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
@@ -216,7 +220,8 @@ class HostTransport(Transport):
 
         if self._pool is None:
             self._pool = ZygotePool()
-        got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env, cpus=cpus)
+        got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env, cpus=cpus,
+                               generation=generation)
         if isinstance(got, Start):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
         return got

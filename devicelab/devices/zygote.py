@@ -84,23 +84,48 @@ class ZygoteChild(Process):
             self._stdin = None
 
     def wait(self, timeout: float) -> Exit | None:
+        deadline = time.monotonic() + timeout
         code = self.zygote.wait_child(self.pid, timeout)
         if code is None:
             return None
-        if isinstance(code, str):  # the zygote itself went: the child's fate is unknown
-            return Exit(None, detail=code)
+        if isinstance(code, str):
+            # The zygote went, so nobody reports this child's exit: it has ended only once its pid is gone (it was
+            # reparented); until then it is still running, and a caller that must be rid of it kills it.
+            while _alive(self.pid):
+                if time.monotonic() >= deadline:
+                    return None
+                time.sleep(0.05)
+            return Exit(None, detail=f"its exit status is unknown: {code}")
         return Exit(128 - code, -code) if code < 0 else Exit(code)
 
     def kill(self) -> str:
+        if self.zygote.exited(self.pid):
+            self.close_stdin()
+            return "it had already ended"
         try:
-            os.killpg(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            os.kill(self.pid, signal.SIGKILL)
+            os.killpg(self.pid, signal.SIGKILL)  # the child and whatever it started
+        except (ProcessLookupError, PermissionError):
+            try:  # not its own group yet (killed before its setsid): the child alone
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.wait(30.0)
         self.close_stdin()
         return "its process group was killed"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie nobody reaped yet has ended too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 @dataclass
@@ -231,6 +256,10 @@ class Zygote:
                     raise ZygoteError("the zygote did not answer a fork request")
             return self._replies.pop(0)
 
+    def exited(self, pid: int) -> bool:
+        with self._cond:
+            return pid in self._exits
+
     def wait_child(self, pid: int, timeout: float) -> int | str | None:
         """The child's exit code (negative: the signal that ended it), a reason when the zygote went, or None."""
         deadline = time.monotonic() + timeout
@@ -270,7 +299,7 @@ class Zygote:
 
 
 class ZygotePool:
-    """The zygotes of one transport, by (interpreter, engine imports, environment, CPU set)."""
+    """The zygotes of one transport, by (interpreter, engine imports, environment, CPU set, repeat round)."""
 
     def __init__(self) -> None:
         self._zygotes: dict[tuple[Any, ...], Zygote | None] = {}
@@ -278,12 +307,23 @@ class ZygotePool:
         self._lock = threading.Lock()
 
     def spawn(self, python: str, module_argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
-              preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = ()) -> tuple[ZygoteChild, Start] | Start:
+              preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = (), generation: int = 0
+              ) -> tuple[ZygoteChild, Start] | Start:
         """A forked runner, or how it must start instead (exec, with the reason). `env` is the zygote's whole
         environment; `key` the part that devicelab sets per config (OMP_NUM_THREADS: libgomp reads it when it loads,
         at the engine's import) and `cpus` the config's CPU set (the zygote imports pinned to it), which pick the
         zygote: nothing an import decides from either differs from an exec'd runner's."""
-        key = (python, tuple(preload), tuple(sorted(key.items())), tuple(sorted(cpus)))
+        # `generation`: the repeat round. Children of one zygote share its libraries' layout and hash seed, so the
+        # processes of one config in different rounds must come from different zygotes, as fresh execs would: a new
+        # round closes the last one's zygotes and starts its own.
+        key = (python, tuple(preload), tuple(sorted(key.items())), tuple(sorted(cpus)), generation)
+        with self._lock:
+            stale = [k for k in self._zygotes if k[-1] != generation]
+            old = [z for k in stale if (z := self._zygotes.pop(k)) is not None]
+            for k in stale:
+                self._notes.pop(k, None)
+        for z in old:
+            z.close()
         with self._lock:
             if key not in self._zygotes:
                 self._zygotes[key], self._notes[key] = self._start(python, tuple(preload), env, tuple(cpus))
