@@ -463,12 +463,26 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         if process is not None and process not in PROCESS_STARTS:
             problems.append(f"engines[{i}].options.process: {process!r} is not allowed; allowed: "
                             f"{', '.join(PROCESS_STARTS)}")
+        elif process is not None and (native := _native_runner(e.name)):
+            problems.append(f"engines[{i}].options.process: only for engines devicelab's Python runner runs "
+                            f"({e.name} runs {native})")
 
     name = raw.get("name") or "suite"
     if problems:
         raise ConfigError(source, problems)
     return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
                  tuple(affinities), device_ids, settings, seed, repeats, min_repeats)
+
+
+def _native_runner(engine: str) -> str | None:
+    """The native program devicelab runs for this engine (dlbench), if any; None for the Python runner, for engines
+    that run the user's program (their option keys are checked on their own) and for unknown engines."""
+    from devicelab.engines import get_engine
+
+    try:
+        return get_engine(engine).native_runner
+    except Exception:  # noqa: BLE001 - an unknown engine is reported on its own line
+        return None
 
 
 # How the host starts devicelab's Python runner for each config (docs/architecture.md): forked from a zygote that

@@ -103,6 +103,9 @@ def test_process_option_is_checked(env: dict[str, str], tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "options": {"process": "fork"}}])
     code, _, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 2 and "options.process: 'fork' is not allowed; allowed: zygote, exec" in err
+    suite = write_suite(tmp_path / "d.yaml", engines=[{"name": "dlbench", "options": {"process": "exec"}}])
+    code, _, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 2 and "options.process: only for engines devicelab's Python runner runs (dlbench runs dlbench)" in err
 
 
 def test_each_repeat_round_and_each_cpu_set_gets_its_own_zygote(tmp_path: Path) -> None:
