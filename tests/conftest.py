@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,31 @@ def native_arm64(data_dir: Path) -> dict[str, Any]:
     if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
         pytest.skip("needs Debian's g++-aarch64-linux-gnu and qemu-user-static (scripts/test installs them as root)")
     return _build_native("arm64", data_dir)
+
+
+# ---- the Android test modules' fixtures (an emulated phone on a private adb server)
+
+
+@pytest.fixture(scope="module")
+def runner_arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The README's example runner (runner protocol v1 in C), built static for arm64 as for a phone."""
+    from android_env import build_example_runner
+
+    return build_example_runner(tmp_path_factory.mktemp("arm64") / "protocol_runner")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Any]:
+    from android_env import AdbServer, adb_binaries
+
+    # Debian's adb when installed (what PATH gives adbutils, as on a user's machine), else adbutils' own.
+    with AdbServer(dict(adb_binaries()).get(next(label for label, _ in adb_binaries()))) as s:
+        yield s
+
+
+@pytest.fixture
+def phone(server: Any, tmp_path: Path) -> Iterator[Any]:
+    from android_env import EmulatedPhone
+
+    with EmulatedPhone(server, tmp_path / "phone") as p:
+        yield p

@@ -7,38 +7,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from android_env import (AdbServer, EmulatedPhone, adb_binaries, build_example_runner, cli_env, needs_adb,
+from android_env import (AdbServer, EmulatedPhone, adb_binaries, cli_env, needs_adb,
                          needs_namespace, needs_qemu)
 from helpers import FAST_PROTOCOL, devicelab, run_json
 
 pytestmark = [pytest.mark.slow, needs_adb(), needs_namespace(), needs_qemu()]
 
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}
-
-
-@pytest.fixture(scope="module")
-def runner_arm64(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The README's example runner (runner protocol v1 in C), built static for arm64 as for a phone."""
-    return build_example_runner(tmp_path_factory.mktemp("arm64") / "protocol_runner")
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[AdbServer]:
-    # Debian's adb when installed (what PATH gives adbutils, as on a user's machine), else adbutils' own.
-    with AdbServer(dict(adb_binaries()).get(next(label for label, _ in adb_binaries()))) as s:
-        yield s
-
-
-@pytest.fixture
-def phone(server: AdbServer, tmp_path: Path) -> Iterator[EmulatedPhone]:
-    with EmulatedPhone(server, tmp_path / "phone") as p:
-        yield p
 
 
 def _env(env: dict[str, str], server: AdbServer, data: Path | None = None) -> dict[str, str]:
