@@ -56,9 +56,10 @@ def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
 
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
-    fork_caveat = ("peak memory: ONNX Runtime's peak RSS takes one of a few values ~2 % apart from process to process, "
-                   "and forked from a zygote it lands 2-4 % higher than a fresh process's (MobileNet-v2); for memory "
-                   "series across runs before the zygote, run it with options: {process: exec}")
+    fork_caveat = ("peak memory: ONNX Runtime's peak RSS takes one of a few values up to ~5 % apart from one process to "
+                   "the next, fresh or forked, and forked from a zygote it lands 0.5-2 % above a fresh process's value "
+                   "(MobileNet-v2); for memory series across runs before the zygote, run it with "
+                   "options: {process: exec}")
     package = "onnxruntime"
     module = "onnxruntime"
     formats = ("onnx",)
