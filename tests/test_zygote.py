@@ -145,3 +145,8 @@ def test_a_child_whose_zygote_died_is_not_taken_for_ended(tmp_path: Path) -> Non
         assert exit_ is not None and exit_.code is None and "unknown" in (exit_.detail or "")
     finally:
         pool.close()
+        if "child" in locals():  # never leave it behind, even when an assertion above failed (it blocks forever)
+            try:
+                os.kill(child.pid, 9)
+            except ProcessLookupError:
+                pass
