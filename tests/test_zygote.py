@@ -95,6 +95,11 @@ def test_a_forked_child_is_killed_with_its_group_and_the_zygote_lives_on(tmp_pat
     finally:
         zygote = again[0].zygote if again and not isinstance(again, Start) else None
         pool.close()
+        if "child" in locals():  # never leave the blocked child behind when an assertion above failed
+            try:
+                os.kill(child.pid, 9)
+            except ProcessLookupError:
+                pass
     # closing the pool ends the zygote by its socket (exit 0), not by the kill after a timeout (-9)
     assert zygote is not None and zygote.proc.returncode == 0
 
