@@ -107,7 +107,6 @@ def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], impor
     map_again(resident)
     if request.get("cwd"):
         os.chdir(request["cwd"])
-    os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
     from devicelab.runners import host
 
     # The runner pins itself (its config's cpus) before anything else, as after an exec; what was imported before

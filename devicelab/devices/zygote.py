@@ -216,19 +216,16 @@ class Zygote:
                     self._replies.append(event)
                 self._cond.notify_all()
 
-    @property
-    def alive(self) -> bool:
-        return self._gone is None and self.proc.poll() is None
-
-    def fork(self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None) -> ZygoteChild:
-        """A child running the host runner with `argv`, `env` added to the zygote's, in `cwd`."""
+    def fork(self, argv: Sequence[str], cwd: str | None) -> ZygoteChild:
+        """A child running the host runner with `argv` in `cwd`, with the zygote's environment (it is part of the
+        zygote's key: a config with another environment has another zygote)."""
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         theirs, ours = (stdin_r, out_w, err_w), (stdin_w, out_r, err_r)
         try:
             with self._lock:
-                message = json.dumps({"cmd": "fork", "argv": list(argv), "env": dict(env), "cwd": cwd}).encode()
+                message = json.dumps({"cmd": "fork", "argv": list(argv), "cwd": cwd}).encode()
                 try:
                     socket.send_fds(self.sock, [message], list(theirs))
                 except OSError as e:
@@ -331,7 +328,7 @@ class ZygotePool:
         if zygote is None:
             return start
         try:
-            return zygote.fork(module_argv, {}, cwd), start
+            return zygote.fork(module_argv, cwd), start
         except ZygoteError as e:
             with self._lock:
                 self._zygotes[key] = None
