@@ -144,66 +144,91 @@ def judge(night: Night, level: float, threshold: float = DEFAULT_THRESHOLD, nois
                    v.processes_base, v.processes_candidate, v.reasons, v.noise_floor)
 
 
+class Tracker:
+    """The module's rules one night at a time (what `track` runs over a stored history, and what a simulation of
+    nights drives, acknowledging alerts as an operator would)."""
+
+    def __init__(self, series: str, series_key: str, threshold: float = DEFAULT_THRESHOLD,
+                 noise_floor: float | None = None, resamples: int = 2000) -> None:
+        self.series, self.series_key = series, series_key
+        self.threshold, self.noise_floor, self.resamples = threshold, noise_floor, resamples
+        self.level = 1.0
+        self.alerts: list[Alert] = []
+        self.nights: list[NightReport] = []
+        self.current: Alert | None = None  # the open alert the next night can confirm or clear
+        self._previous_version: str | None = None
+
+    def add(self, night: Night, v: Verdict | None = None) -> NightReport:
+        """Judge a night against the level (or take `v`, a verdict `judge` gave for it at this level)."""
+        v = v or judge(night, self.level, self.threshold, self.noise_floor, self.resamples)
+        report = NightReport(night.run_id, night.created_at, self.level, v, _median(night.reference),
+                             _median(night.candidate), night.reference_version, night.candidate_version)
+        self.nights.append(report)
+        if v.verdict == "slower":
+            if self.current is None:
+                self.current = Alert(alert_id(self.series_key, night.run_id), self.series, night.run_id, SUSPECTED,
+                                     self.level, versions=(self._previous_version, night.candidate_version))
+                self.alerts.append(self.current)
+            elif self.current.state == SUSPECTED:
+                self.current.state = CONFIRMED
+            assert v.ratio is not None
+            self.current.ratios.append(v.ratio)
+            self.current.nights.append(night.run_id)
+        elif v.verdict in ("same", "faster") and self.current is not None and self.current.state == SUSPECTED:
+            self.current.state = CLEARED
+            self.current = None
+        self._previous_version = night.candidate_version
+        return report
+
+    def ack(self, alert_id_: str) -> bool:
+        """Acknowledge the open alert with this id: from the next night on the series is judged at the level the
+        alert's slower nights showed. False when no open alert has that id."""
+        if self.current is None or self.current.id != alert_id_:
+            return False
+        self.current.state = ACKNOWLEDGED
+        self.level = self.current.level
+        self.current = None
+        return True
+
+    def report(self) -> SeriesNights:
+        notes: list[str] = []
+        last = self.nights[-1].verdict if self.nights else None
+        if not self.nights:
+            status = "insufficient"
+        elif any(a.state == CONFIRMED for a in self.alerts):
+            status = CONFIRMED
+        elif any(a.state == SUSPECTED for a in self.alerts):
+            status = SUSPECTED
+        elif last is not None and last.verdict == "faster":
+            status = "improved"
+            notes.append("the newest night's candidate is faster than the reference: `devicelab accept` makes it "
+                         "the reference")
+        else:
+            status = "ok"
+        if last is not None and last.verdict == "unknown":
+            notes.append("the newest night was not decided (" + "; ".join(last.reasons[-1:]) + ")")
+        versions = {n.reference_version for n in self.nights if n.reference_version}
+        if len(versions) > 1:
+            notes.append(f"the reference label ran {len(versions)} different versions: accept a candidate with "
+                         "`devicelab accept RUN:LABEL` instead of changing the reference build by hand")
+        return SeriesNights(self.series, status, list(self.nights), list(self.alerts), notes)
+
+
 def track(series: str, series_key: str, nights: Sequence[Night], acks: Sequence[Ack] = (),
           threshold: float = DEFAULT_THRESHOLD, noise_floor: float | None = None,
           resamples: int = 2000) -> SeriesNights:
     """The series' nights in order (oldest first, from its last acceptance or reset on): each night judged against
-    the level, alerts opened, confirmed, cleared or acknowledged as the module's rules say."""
+    the level, alerts opened, confirmed, cleared or acknowledged as the module's rules say. An acknowledgement
+    counts after the night it names (`at_run`; none: as soon as its alert exists)."""
     index = {n.run_id: i for i, n in enumerate(nights)}
-    # alert id → the index of the night after which the acknowledgement counts (-1: as soon as the alert exists)
     acked = {a.alert_id: index.get(a.at_run, -1) if a.at_run else -1 for a in acks}
-    level = 1.0
-    alerts: list[Alert] = []
-    reports: list[NightReport] = []
-    current: Alert | None = None  # the open alert the next night can confirm or clear
-    previous_version: str | None = None
-    improved = False
+    tracker = Tracker(series, series_key, threshold, noise_floor, resamples)
     for i, night in enumerate(nights):
-        v = judge(night, level, threshold, noise_floor, resamples)
-        reports.append(NightReport(night.run_id, night.created_at, level, v, _median(night.reference),
-                                   _median(night.candidate), night.reference_version, night.candidate_version))
-        if v.verdict == "slower":
-            if current is None:
-                current = Alert(alert_id(series_key, night.run_id), series, night.run_id, SUSPECTED, level,
-                                versions=(previous_version, night.candidate_version))
-                alerts.append(current)
-            elif current.state == SUSPECTED:
-                current.state = CONFIRMED
-            assert v.ratio is not None
-            current.ratios.append(v.ratio)
-            current.nights.append(night.run_id)
-        elif v.verdict in ("same", "faster") and current is not None and current.state == SUSPECTED:
-            current.state = CLEARED
-            current = None
-        improved = v.verdict == "faster"
-        # An acknowledgement names an alert; from the night after it was given, the series is judged at the level
-        # the alert's slower nights showed. A cleared alert needs none.
+        tracker.add(night)
+        current = tracker.current
         if current is not None and current.id in acked and i >= acked[current.id]:
-            current.state = ACKNOWLEDGED
-            level = current.level
-            current = None
-        previous_version = night.candidate_version
-    notes: list[str] = []
-    if not nights:
-        status = "insufficient"
-    elif any(a.state == CONFIRMED for a in alerts):
-        status = CONFIRMED
-    elif any(a.state == SUSPECTED for a in alerts):
-        status = SUSPECTED
-    elif improved:
-        status = "improved"
-        notes.append("the newest night's candidate is faster than the reference: `devicelab accept` makes it the "
-                     "reference")
-    else:
-        status = "ok"
-    last = reports[-1].verdict if reports else None
-    if last is not None and last.verdict == "unknown":
-        notes.append("the newest night was not decided (" + "; ".join(last.reasons[-1:]) + ")")
-    versions = {n.reference_version for n in nights if n.reference_version}
-    if len(versions) > 1:
-        notes.append(f"the reference label ran {len(versions)} different versions: accept a candidate with "
-                     "`devicelab accept RUN:LABEL` instead of changing the reference build by hand")
-    return SeriesNights(series, status, reports, alerts, notes)
+            tracker.ack(current.id)
+    return tracker.report()
 
 
 def rounds_of(pairs: Sequence[tuple[int, Sequence[float], Sequence[float]]]) -> tuple[list[list[float]],
