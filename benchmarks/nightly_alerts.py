@@ -15,7 +15,7 @@ confirmed that night) and within two nights, the alerts' precision (an alert is 
 slower than the level it was judged at), and false alerts per 100 nights without a change. Goals: precision ≥ 95 %,
 ≥ 90 % of +5 % steps caught the night they land. The last line is the +5 % same-night recall alone.
 
-usage: python benchmarks/nightly_alerts.py [HISTORIES] [NIGHTS] [ROUNDS]   (defaults 300, 24, 30 per pool)
+usage: python benchmarks/nightly_alerts.py [HISTORIES] [NIGHTS] [ROUNDS]   (defaults 150, 24, 20 per pool)
 env: NIGHTLY_ALERTS_DATA=F.npz keeps the measured pools (written once, then read) to rerun on the same data.
 """
 
@@ -138,9 +138,9 @@ def history(rng: np.random.Generator, measured: list[Pool], nights: int, step: f
 
 
 def main() -> None:
-    histories = int(sys.argv[1]) if len(sys.argv) > 1 else 300
+    histories = int(sys.argv[1]) if len(sys.argv) > 1 else 150
     nights = int(sys.argv[2]) if len(sys.argv) > 2 else 24
-    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 30
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 20
     print(machine())
     measured = pools(rounds)
     for duty, pool in zip(DUTIES, measured, strict=True):

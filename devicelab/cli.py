@@ -519,22 +519,41 @@ def noise(
 
 @app.command()
 def regress(
+    action: Optional[str] = typer.Argument(None, metavar="[ack ALERT]", help="ack ALERT: the alert is seen; keep the "
+                                           "reference (the series is judged at the alert's level from now on)"),
+    alert: Optional[str] = typer.Argument(None, metavar="", hidden=True),
     device: Optional[str] = typer.Option(None, "--device"), threshold: str = ThresholdOpt,
     strict: bool = typer.Option(False, "--strict", help="exit 1 on suspected regressions too"),
+    reference: str = typer.Option("reference", "--reference", metavar="LABEL",
+                                  help="the label that carries the reference build in nightly A/B runs"),
     reset_baseline: Optional[str] = typer.Option(None, "--reset-baseline", metavar="RUN_ID",
                                                  help="history of the series in RUN_ID starts there (intended change)"),
     series: Optional[str] = typer.Option(None, "--series", help="with --reset-baseline: only series whose name contains this"),
-    note: Optional[str] = typer.Option(None, "--note", help="with --reset-baseline: why"),
+    note: Optional[str] = typer.Option(None, "--note", help="with --reset-baseline or ack: why"),
     db: Optional[str] = DbOpt, as_json: bool = JsonOpt, junit: Optional[str] = JunitOpt,
     markdown: Optional[str] = MarkdownOpt,
 ) -> None:
-    """Change points per series over the stored history, and the newest run checked at once.
-    Exit 1 on a confirmed regression (--strict: also on a suspected one)."""
+    """Regressions over the stored history. Nightly A/B runs (a candidate label beside the reference label) are
+    tracked by their paired ratio night by night; other series by change points over separate runs, the newest run
+    checked at once. Exit 1 on a confirmed regression or an open confirmed alert (--strict: also suspected ones)."""
     from devicelab import verdicts
     from devicelab.store import open_store
 
     t = verdicts.parse_threshold(threshold)
+    if action is not None and action != "ack":
+        raise DevicelabError(f"regress: '{action}' is not allowed; allowed: ack ALERT (or no argument)")
+    if action == "ack" and not alert:
+        raise DevicelabError("regress ack: ALERT is missing; `devicelab regress` lists the open alerts")
     store = open_store(db, create=False)
+    if action == "ack":
+        assert alert is not None
+        acked = verdicts.acknowledge(store, alert, note, t, reference)
+        if as_json:
+            _print_json({"acknowledged": acked.to_dict()})
+        else:
+            out().print(f"alert {acked.id} acknowledged: {acked.series} is judged at {acked.level:.3f} from now on "
+                        "(the reference stays)")
+        return
     if reset_baseline:
         names = verdicts.reset_baseline(store, reset_baseline, series, note)
         if as_json:
@@ -542,21 +561,58 @@ def regress(
         else:
             out().print(f"history starts at run {reset_baseline} for {len(names)} series")
         return
-    reports = verdicts.regress(store, t, device)
-    verdicts.write(junit, verdicts.junit_regress(reports, strict))
-    verdicts.write(markdown, verdicts.markdown_regress(reports))
+    nightly = verdicts.nightly(store, t, reference, device)
+    reports = verdicts.regress(store, t, device, exclude=verdicts.nightly_labels(store, reference, device))
+    verdicts.write(junit, verdicts.junit_regress(reports, strict, nightly))
+    verdicts.write(markdown, (verdicts.markdown_nightly(nightly) + "\n" if nightly else "")
+                   + verdicts.markdown_regress(reports))
     bad = ("confirmed", "suspected") if strict else ("confirmed",)
     if as_json:
-        _print_json({"threshold": t, "series": [r.to_dict() for r in reports]})
+        _print_json({"threshold": t, "series": [r.to_dict() for r in reports],
+                     "nightly": [s.report.to_dict() for s in nightly]})
     else:
         from devicelab.terminal import print_table
 
+        if nightly:
+            rows: list[list[str]] = []
+            for s in nightly:
+                r = s.report
+                v = r.nights[-1].verdict if r.nights else None
+                newest = (f"{v.ratio:.3f} [{v.ci[0]:.3f}, {v.ci[1]:.3f}] {v.verdict}" if v and v.ratio and v.ci
+                          else "—")
+                alerts = ", ".join(f"{a.id} {a.state} {a.level / a.level_before - 1:+.1%}" for a in r.open_alerts)
+                rows.append([r.series, r.status, str(len(r.nights)), newest, alerts or "—", "; ".join(r.notes)])
+            print_table(out(), ["series", "status", "nights", "newest candidate/reference", "open alerts", "notes"],
+                        rows, title="devicelab regress: nightly A/B (paired)")
         cells: list[list[str]] = []
         for r in reports:
             cps = ", ".join(f"{c['run_id']} ({c['ratio'] - 1:+.1%})" for c in r.change_points) or "—"
             cells.append([r.series, r.status, str(r.points), cps, "; ".join(r.notes)])
-        print_table(out(), ["series", "status", "runs", "change points", "notes"], cells, title="devicelab regress")
-    raise typer.Exit(1 if any(r.status in bad for r in reports) else 0)
+        if cells or not nightly:
+            print_table(out(), ["series", "status", "runs", "change points", "notes"], cells, title="devicelab regress")
+    failed = any(r.status in bad for r in reports) or any(s.report.status in bad for s in nightly)
+    raise typer.Exit(1 if failed else 0)
+
+
+@app.command()
+def accept(
+    spec: str = typer.Argument(..., metavar="RUN:LABEL", help="the candidate label of a nightly run to accept"),
+    reference: str = typer.Option("reference", "--reference", metavar="LABEL", help="the reference label"),
+    note: Optional[str] = typer.Option(None, "--note", help="why"),
+    db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+) -> None:
+    """The candidate becomes the reference: its series' nightly history restarts after RUN. Run the reference label
+    with that build from the next night on."""
+    from devicelab import verdicts
+    from devicelab.store import open_store
+
+    store = open_store(db, create=False)
+    names = verdicts.accept(store, spec, note, reference)
+    if as_json:
+        _print_json({"accepted": spec, "series": names})
+    else:
+        out().print(f"{spec} accepted as the reference of {len(names)} series; their nightly history restarts after "
+                    f"{spec.partition(':')[0]}: run the '{reference}' label with that build from now on")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from devicelab.analysis import compare as cmp
+from devicelab.analysis import nightly as nt
 from devicelab.analysis import regress as rg
 from devicelab.analysis.tables import config_median
 from devicelab.errors import DevicelabError
@@ -123,11 +124,15 @@ def compare_sides(store: Store, base: Side, cand: Side, threshold: float, pair: 
 # regress
 
 
-def regress(store: Store, threshold: float, device: str | None = None) -> list[rg.SeriesReport]:
+def regress(store: Store, threshold: float, device: str | None = None, exclude: frozenset[str] | set[str] = frozenset()
+            ) -> list[rg.SeriesReport]:
+    """Separate-runs history per series (series keys in `exclude` are left out: nightly tracking covers them)."""
     resets = store.baselines()
     runs_order = {r.run_id: i for i, r in enumerate(reversed(store.runs(limit=1_000_000)))}
     reports: list[rg.SeriesReport] = []
     for key, rows in store.history(device).items():
+        if key in exclude:
+            continue
         start = resets.get(key) or resets.get("*")
         points: list[rg.RunPoint] = []
         for run_id, created, result in rows:
@@ -142,6 +147,128 @@ def regress(store: Store, threshold: float, device: str | None = None) -> list[r
         report = rg.analyze(display_name(first), points, threshold, device_noise_floor(store, first.device, False))
         reports.append(report)
     return sorted(reports, key=lambda r: r.series)
+
+
+REFERENCE_LABEL = "reference"
+
+
+@dataclass(frozen=True)
+class NightlySeries:
+    """A candidate label tracked against the reference label of the same runs (docs/nightly.md)."""
+
+    key: str  # the series without its label, plus the candidate's label
+    candidate_key: str  # the candidate's own series key (what --reset-baseline names)
+    report: nt.SeriesNights
+
+
+def _paired_groups(store: Store, reference: str, device: str | None
+                   ) -> dict[str, dict[str, list[tuple[str, str, Result]]]]:
+    """Series without label → label → rows, for the series whose history has the reference label and another."""
+    groups: dict[str, dict[str, list[tuple[str, str, Result]]]] = {}
+    for rows in store.history(device).values():
+        r = rows[0][2]
+        groups.setdefault(_series_without_label(r), {}).setdefault(r.label, []).extend(rows)
+    return {k: v for k, v in groups.items() if reference in v and len(v) > 1}
+
+
+def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None
+            ) -> list[NightlySeries]:
+    """Every candidate label that ran beside the reference label, tracked night by night by the paired ratio of
+    their lockstep rounds, from its last acceptance (`accept`) or baseline reset on."""
+    resets = store.baselines()
+    accepted = store.acceptances()
+    acks = [nt.Ack(a["alert_id"], a["at_run"], a.get("note")) for a in store.acks()]
+    order = {r.run_id: i for i, r in enumerate(reversed(store.runs(limit=1_000_000)))}
+    out: list[NightlySeries] = []
+    for base_key, labels in sorted(_paired_groups(store, reference, device).items()):
+        ref_by_run: dict[str, dict[int, Result]] = {}
+        for run_id, _, r in labels[reference]:
+            ref_by_run.setdefault(run_id, {})[r.repeat] = r
+        for label in sorted(lab for lab in labels if lab != reference):
+            rows = labels[label]
+            first = rows[0][2]
+            key = json.dumps([base_key, label, reference])
+            # History starts after the latest acceptance of this candidate (the reference then runs its build) or
+            # at a baseline reset of the candidate's series, whichever is later.
+            starts = [order.get(accepted[key], -1) + 1] if key in accepted else []
+            reset = resets.get(first.config.series_key()) or resets.get("*")
+            if reset:
+                starts.append(order.get(reset, 0))
+            start = max(starts, default=0)
+            cand_by_run: dict[str, dict[int, Result]] = {}
+            created: dict[str, str] = {}
+            for run_id, when, r in rows:
+                if order.get(run_id, 0) >= start:
+                    cand_by_run.setdefault(run_id, {})[r.repeat] = r
+                    created[run_id] = when
+            nights: list[nt.Night] = []
+            for run_id in sorted(cand_by_run, key=lambda x: order.get(x, 0)):
+                ref, cand = ref_by_run.get(run_id, {}), cand_by_run[run_id]
+                common = sorted(set(ref) & set(cand))
+                if not common:
+                    continue  # a run without the reference beside it is not a nightly A/B run
+                nights.append(nt.Night(run_id, created[run_id], [list(ref[i].samples_s) for i in common],
+                                       [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
+                                       cand[common[0]].engine_version))
+            name = f"{display_name(first, False)} [{label} / {reference}]"
+            report = nt.track(name, key, nights, acks, threshold, device_noise_floor(store, first.device, True))
+            out.append(NightlySeries(key, first.config.series_key(), report))
+    return out
+
+
+def nightly_labels(store: Store, reference: str = REFERENCE_LABEL, device: str | None = None) -> set[str]:
+    """Series keys (with label) that nightly tracking covers: the reference and its candidates. Separate-runs
+    regress leaves them out (their nights drift; the paired ratio is what is tracked)."""
+    keys: set[str] = set()
+    for labels in _paired_groups(store, reference, device).values():
+        for rows in labels.values():
+            keys.update(r.config.series_key() for _, _, r in rows)
+    return keys
+
+
+def acknowledge(store: Store, alert: str, note: str | None, threshold: float, reference: str = REFERENCE_LABEL
+                ) -> nt.Alert:
+    """`regress ack ALERT`: the alert is seen; the reference stays, and from the newest night on the series is
+    judged at the level the alert showed."""
+    found: list[tuple[NightlySeries, nt.Alert]] = [(s, a) for s in nightly(store, threshold, reference)
+                                                   for a in s.report.alerts if a.id == alert]
+    if not found:
+        open_ids = [a.id for s in nightly(store, threshold, reference) for a in s.report.open_alerts]
+        raise DevicelabError(f"ALERT: {alert!r} is not an alert of this store; open alerts: "
+                             f"{', '.join(open_ids) or 'none'}")
+    series, a = found[0]
+    if not a.open:
+        raise DevicelabError(f"alert {alert} is {a.state}: there is nothing to acknowledge")
+    store.add_ack(alert, series.key, series.report.nights[-1].run_id, note)
+    return a
+
+
+def accept(store: Store, spec: str, note: str | None, reference: str = REFERENCE_LABEL) -> list[str]:
+    """`accept RUN:LABEL`: LABEL's build in RUN becomes the reference of every series it ran beside the reference
+    in; their nightly history restarts after RUN."""
+    run_id, _, label = spec.partition(":")
+    if not run_id or not label:
+        raise DevicelabError(f"RUN:LABEL: {spec!r} is not allowed; allowed: a run id and a candidate label, like "
+                             "20261206-0300-ab12:candidate")
+    store.get_run(run_id)
+    if label == reference:
+        raise DevicelabError(f"LABEL: '{label}' is the reference itself; name the candidate label to accept")
+    results = [r for r in store.results(run_id) if r.status == OK]
+    refs = {_series_without_label(r) for r in results if r.label == reference}
+    accepted: list[str] = []
+    for r in results:
+        base = _series_without_label(r)
+        if r.label == label and base in refs:
+            key = json.dumps([base, label, reference])
+            if key not in accepted:
+                store.add_acceptance(key, run_id, label, r.engine_version, note)
+                accepted.append(key)
+    if not accepted:
+        labels = sorted({r.label for r in results})
+        raise DevicelabError(f"{run_id} has no ok results of label '{label}' beside the '{reference}' label; labels "
+                             f"there: {', '.join(repr(x) for x in labels)}")
+    return [display_name(next(r for r in results if r.label == label and json.dumps(
+        [_series_without_label(r), label, reference]) == k), False) for k in accepted]
 
 
 def reset_baseline(store: Store, run_id: str, pattern: str | None, note: str | None) -> list[str]:
@@ -178,10 +305,13 @@ def junit_compare(comparisons: Sequence[cmp.Comparison], title: str) -> str:
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
 
 
-def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
+def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool, nightly_series: Sequence[NightlySeries] = ()
+                  ) -> str:
     bad = ("confirmed", "suspected") if strict else ("confirmed",)
-    suite = ET.Element("testsuite", name="devicelab regress", tests=str(len(reports)),
-                       failures=str(sum(r.status in bad for r in reports)),
+    nightly_cases = junit_nightly(nightly_series, strict)
+    suite = ET.Element("testsuite", name="devicelab regress", tests=str(len(reports) + len(nightly_cases)),
+                       failures=str(sum(r.status in bad for r in reports)
+                                    + sum(s.report.status in bad for s in nightly_series)),
                        skipped=str(sum(r.status == "no data" for r in reports)))
     for r in reports:
         case = ET.SubElement(suite, "testcase", classname="devicelab.regress", name=r.series)
@@ -190,7 +320,42 @@ def junit_regress(reports: Sequence[rg.SeriesReport], strict: bool) -> str:
         elif r.status == "no data":
             ET.SubElement(case, "skipped", message="no data: " + "; ".join(r.notes))
         ET.SubElement(case, "system-out").text = f"{r.status}: " + "; ".join(r.notes)
+    suite.extend(nightly_cases)
     return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def junit_nightly(series: Sequence[NightlySeries], strict: bool) -> list[ET.Element]:
+    """Test cases for nightly series (appended to regress's suite)."""
+    bad = ("confirmed", "suspected") if strict else ("confirmed",)
+    cases = []
+    for s in series:
+        r = s.report
+        case = ET.Element("testcase", classname="devicelab.regress.nightly", name=r.series)
+        text = "; ".join(_alert_text(a) for a in r.open_alerts) or "no open alert"
+        if r.status in bad:
+            ET.SubElement(case, "failure", message=f"{r.status} regression").text = text + "\n" + "; ".join(r.notes)
+        ET.SubElement(case, "system-out").text = f"{r.status}: {text}"
+        cases.append(case)
+    return cases
+
+
+def _alert_text(a: nt.Alert) -> str:
+    return (f"alert {a.id} {a.state} since {a.opened_run}: candidate/reference {a.level:.3f} "
+            f"({a.level / a.level_before - 1:+.1%} on {a.level_before:.3f})")
+
+
+def markdown_nightly(series: Sequence[NightlySeries]) -> str:
+    lines = ["### devicelab regress: nightly candidate / reference", "",
+             "| series | status | nights | newest ratio | 95 % CI | open alerts | notes |", "|---|---|---|---|---|---|---|"]
+    for s in series:
+        r = s.report
+        v = r.nights[-1].verdict if r.nights else None
+        ratio = f"{v.ratio:.3f}" if v and v.ratio else "—"
+        ci = f"{v.ci[0]:.3f}–{v.ci[1]:.3f}" if v and v.ci else "—"
+        alerts = "; ".join(_alert_text(a) for a in r.open_alerts) or "—"
+        lines.append(f"| {_md(r.series)} | **{r.status}** | {len(r.nights)} | {ratio} | {ci} | {_md(alerts)} | "
+                     f"{_md('; '.join(r.notes))} |")
+    return "\n".join(lines) + "\n"
 
 
 def _verdict_text(v: cmp.Verdict) -> str:
