@@ -118,3 +118,28 @@ def phone(server: Any, tmp_path: Path) -> Iterator[Any]:
 
     with EmulatedPhone(server, tmp_path / "phone") as p:
         yield p
+
+
+# ---- a real PostgreSQL server for the store tests (tests/pg_server.py)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One PostgreSQL cluster for the session, started on first use. Missing binaries fail the test in one line
+    (CI always has them: ./scripts/test installs Debian's postgresql as root) unless DEVICELAB_SKIP_PG=1 skips it."""
+    from pg_server import SKIP_ENV, PgServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get(SKIP_ENV) == "1":
+            pytest.skip(f"{SKIP_ENV}=1: {reason}")
+        pytest.fail(reason, pytrace=False)
+    server = PgServer()
+    try:
+        server.start()
+        # libpq in this process and in every child (the devicelab CLI) finds the password here, never in a URL.
+        os.environ["PGPASSFILE"] = str(server.passfile)
+        yield server
+    finally:
+        os.environ.pop("PGPASSFILE", None)
+        server.stop()
