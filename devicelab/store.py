@@ -160,7 +160,7 @@ def _statements(script: str) -> list[str]:
 
 
 # Postgres URLs carry a password in the authority (user:secret@) or as a query parameter (?password=secret).
-_URL_PASSWORD = re.compile(r"((?:postgres|postgresql)://[^/?#@\s]*?:)([^@/?#\s]*)(@)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"((?:postgres|postgresql)://[^/?#@\s]*?:)([^/?#\s]*)(@)", re.IGNORECASE)
 _PARAM_PASSWORD = re.compile(r"([?&]password=)([^&#\s]*)", re.IGNORECASE)
 
 

@@ -143,3 +143,14 @@ def pg_server() -> Iterator[Any]:
     finally:
         os.environ.pop("PGPASSFILE", None)
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The same store test on both backends: a SQLite file, and a database of its own on the session's PostgreSQL."""
+    from helpers import StoreTarget
+
+    if request.param == "sqlite":
+        return StoreTarget("sqlite", str(tmp_path / "db.sqlite"), str(tmp_path / "missing.sqlite"))
+    server = request.getfixturevalue("pg_server")
+    return StoreTarget("postgresql", server.url(server.create_database()), server.url(server.create_database()))
