@@ -12,15 +12,22 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from devicelab.errors import DevicelabError
-from devicelab.store import STORE_SCHEMA_VERSION, SqlStore, redact
+from devicelab.store import _PARAM_PASSWORD, _URL_PASSWORD, STORE_SCHEMA_VERSION, SqlStore, redact
 
 # Every opener of a database takes this transaction-level lock before it looks at the schema version, so hosts that
 # open a fresh (or older) database at once migrate it once, one after the other.
 _MIGRATION_LOCK = zlib.crc32(b"devicelab store schema")
 
 
-def _one_line(error: BaseException) -> str:
-    return redact("; ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+def _one_line(error: BaseException, url: str) -> str:
+    """libpq's message on one line, without the URL's password even where the message quotes a piece of the URL
+    rather than the whole of it."""
+    text = redact("; ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+    secrets = [m.group(2) for m in _URL_PASSWORD.finditer(url)] + [m.group(2) for m in _PARAM_PASSWORD.finditer(url)]
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
 
 
 class PostgresStore(SqlStore):
@@ -42,9 +49,9 @@ class PostgresStore(SqlStore):
             # migration or vacuum); writes are the explicit transactions of _write().
             self._db = psycopg.connect(url, autocommit=True, application_name="devicelab", **timeout)
         except psycopg.Error as e:
-            raise DevicelabError(f"cannot open the PostgreSQL store {self._location}: {_one_line(e)}") from None
+            raise DevicelabError(f"cannot open the PostgreSQL store {self._location}: {_one_line(e, url)}") from None
         except Exception as e:  # noqa: BLE001 - libpq's URL parser: a malformed URL is bad input, said in one line
-            raise DevicelabError(f"--db {self._location} is not a PostgreSQL URL libpq accepts: {_one_line(e)}") \
+            raise DevicelabError(f"--db {self._location} is not a PostgreSQL URL libpq accepts: {_one_line(e, url)}") \
                 from None
         try:
             with self._write():

@@ -30,6 +30,16 @@ def test_redact(text: str, redacted: str) -> None:
     assert redact(text) == redacted
 
 
+def test_a_sqlite_user_never_imports_psycopg(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from devicelab.store import open_store; import devicelab.cli; "
+            f"open_store({str(tmp_path / 'db.sqlite')!r}).close(); print('psycopg' in sys.modules)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert p.stdout.strip() == "False", p.stderr
+
+
 def _all_text(url: str) -> str:
     """Everything the database holds, as text: where a leaked password would be found."""
     import psycopg
@@ -58,6 +68,11 @@ def test_a_password_in_the_url_is_never_stored_nor_printed(pg_server: Any, monke
         open_store(closed)
     assert secret not in str(failed.value) and "cannot open the PostgreSQL store postgresql://devicelab:***@" in \
         str(failed.value) and "\n" not in str(failed.value)
+    # A URL libpq cannot parse: the same, whatever piece of it libpq quotes.
+    for bad in (url.replace(f":{pg_server.port}/", ":notaport/"), f"postgresql://devicelab:{secret}@[::1/x"):
+        with pytest.raises(DevicelabError) as failed:
+            open_store(bad)
+        assert secret not in str(failed.value) and "\n" not in str(failed.value), str(failed.value)
 
 
 def test_credentials_come_from_libpq(pg_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
