@@ -423,7 +423,8 @@ def resume_run(store: Store, run_id: str, inventory: Inventory, progress: Progre
     prepared = prepare(suite, inventory, record.seed, stored or None, done)
     try:
         store.set_run_status(run_id, "running")
-        Executor(store, run_id, prepared, progress).execute(skip=done)
+        # Read again: on a farm, other hosts may have finished configs while this one prepared.
+        Executor(store, run_id, prepared, progress).execute(skip=store.done_keys(run_id))
     finally:
         prepared.close()  # execute() closes them too; this covers a failure before it starts
     return store.results(run_id)
