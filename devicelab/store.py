@@ -81,6 +81,11 @@ class Store(Protocol):
     def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None: ...
     def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None: ...
     def baselines(self) -> dict[str, str]: ...
+    def add_ack(self, alert_id: str, series_key: str, at_run: str, note: str | None) -> None: ...
+    def acks(self) -> list[dict[str, Any]]: ...
+    def add_acceptance(self, series_key: str, run_id: str, label: str, engine_version: str | None,
+                       note: str | None) -> None: ...
+    def acceptances(self) -> dict[str, str]: ...
     def close(self) -> None: ...
 
 
@@ -151,7 +156,25 @@ CREATE TABLE IF NOT EXISTS planned (
     PRIMARY KEY (run_id, identity_key)
 );
 """
-STORE_SCHEMA_VERSION = 4
+# v5: nightly A/B tracking: alerts acknowledged (`regress ack`) and candidates accepted as the reference (`accept`).
+_SCHEMA_V5 = """
+CREATE TABLE IF NOT EXISTS alert_acks (
+    alert_id TEXT PRIMARY KEY,
+    series_key TEXT NOT NULL,
+    at_run TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS acceptances (
+    series_key TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    label TEXT NOT NULL,
+    engine_version TEXT,
+    created_at TEXT NOT NULL,
+    note TEXT
+);
+"""
+STORE_SCHEMA_VERSION = 5
 _USER_VERSION = STORE_SCHEMA_VERSION  # the name SQLite's PRAGMA gives it
 
 
@@ -227,7 +250,8 @@ class SqlStore:
             return
         steps: list[tuple[int, Callable[[], None]]] = [
             (1, lambda: self._script(_SCHEMA)), (2, lambda: self._script(_SCHEMA_V2)),
-            (3, self._migrate_results), (4, lambda: self._script(_SCHEMA_V4))]
+            (3, self._migrate_results), (4, lambda: self._script(_SCHEMA_V4)),
+            (5, lambda: self._script(_SCHEMA_V5))]
         for target, step in steps:
             if version < target:
                 step()
@@ -381,6 +405,29 @@ class SqlStore:
     def baselines(self) -> dict[str, str]:
         """Series key ('*' for all) → the run from which history counts, latest reset wins."""
         rows = self._rows("SELECT series_key, run_id FROM baselines ORDER BY created_at")
+        return {k: r for k, r in rows}
+
+    # ---- nightly A/B tracking (analysis.nightly)
+
+    def add_ack(self, alert_id: str, series_key: str, at_run: str, note: str | None) -> None:
+        """An alert seen and kept (`regress ack`); acknowledging it again keeps the first acknowledgement."""
+        with self._write():
+            if not self._rows("SELECT 1 FROM alert_acks WHERE alert_id=?", (alert_id,)):
+                self._rows("INSERT INTO alert_acks VALUES (?,?,?,?,?)", (alert_id, series_key, at_run, utc_now(), note))
+
+    def acks(self) -> list[dict[str, Any]]:
+        rows = self._rows("SELECT alert_id, series_key, at_run, created_at, note FROM alert_acks ORDER BY created_at")
+        return [dict(zip(("alert_id", "series_key", "at_run", "created_at", "note"), r, strict=True)) for r in rows]
+
+    def add_acceptance(self, series_key: str, run_id: str, label: str, engine_version: str | None,
+                       note: str | None) -> None:
+        with self._write():
+            self._rows("INSERT INTO acceptances VALUES (?,?,?,?,?,?)",
+                       (series_key, run_id, label, engine_version, utc_now(), note))
+
+    def acceptances(self) -> dict[str, str]:
+        """Nightly series key → the run whose candidate was accepted last (its history restarts after it)."""
+        rows = self._rows("SELECT series_key, run_id FROM acceptances ORDER BY created_at")
         return {k: r for k, r in rows}
 
 

@@ -103,3 +103,64 @@ def test_separate_runs_regress_is_fooled_where_pairs_are_not() -> None:
     assert separate.status not in ("suspected", "confirmed")
     paired = nt.track("s", "key", nights, resamples=400)
     assert paired.status == "confirmed"
+
+
+# ---- the commands on a stored history (synthetic nights made in this test, stored in its temporary store)
+
+
+def _store_nights(store: object, nights: list[nt.Night], label: str = "candidate") -> None:
+    from devicelab.result import OK, Config, Result
+    from devicelab.store import RunRecord
+
+    for n in nights:
+        store.create_run(RunRecord(n.run_id, n.created_at, {"name": "synthetic nightly"}, 1, {}, "0.1.0"))  # type: ignore[attr-defined]
+        for i, (ref, cand) in enumerate(zip(n.reference, n.candidate, strict=True)):
+            for lab, samples, version in (("reference", ref, "ref-1"), (label, cand, n.run_id)):
+                cfg = Config("host", "onnxruntime", lab, version, "squeezenet1_1", "ab" * 32, 1, "fp32", "cpu", 1,
+                             (1,), "big", i)
+                store.add_result(Result.for_config(n.run_id, cfg, OK, samples_s=tuple(samples)))  # type: ignore[attr-defined]
+
+
+def _dated(nights: list[nt.Night]) -> list[nt.Night]:
+    return [nt.Night(n.run_id, f"2026-11-{i + 1:02d}T03:00:00", n.reference, n.candidate)
+            for i, n in enumerate(nights)]
+
+
+def test_regress_ack_and_accept_commands(env: dict[str, str]) -> None:
+    from pathlib import Path
+
+    from devicelab.store import SqliteStore
+    from helpers import run_json
+
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    nights = _dated(history([0.0] * 5 + [0.05] * 3, seed=21))
+    _store_nights(store, nights)
+    junit = Path(env["DEVICELAB_DB"]).parent / "r.xml"
+    code, out, err = run_json("regress", "--junit", str(junit), env=env)
+    assert code == 1, err
+    (series,) = out["nightly"]
+    assert series["status"] == "confirmed" and out["series"] == [], out  # the labels are not tracked separately
+    (alert,) = [a for a in series["alerts"] if a["state"] == "confirmed"]
+    assert alert["opened_run"] == nights[5].run_id
+    assert 'failures="1"' in junit.read_text()
+    # A second night at the same level the next day: still open, still exit 1 (the level is not the new baseline).
+    more = _dated(history([0.0] * 5 + [0.05] * 4, seed=21))[8:]
+    _store_nights(store, more)
+    code, out, _ = run_json("regress", env=env)
+    assert code == 1 and out["nightly"][0]["status"] == "confirmed"
+    # Acknowledged: ok, and the reference stays (the series is judged at the alert's level).
+    code, out, err = run_json("regress", "ack", alert["id"], "--note", "known: new kernel", env=env)
+    assert code == 0, err
+    code, out, _ = run_json("regress", env=env)
+    assert code == 0 and out["nightly"][0]["status"] == "ok", out
+    code, _, err = run_json("regress", "ack", "0000000000", env=env)
+    assert code == 2 and "ALERT: '0000000000' is not an alert" in err
+    code, _, err = run_json("regress", "bogus", env=env)
+    assert code == 2 and "allowed: ack ALERT" in err
+    # Accepted: the history restarts after that night.
+    code, out, err = run_json("accept", f"{more[0].run_id}:candidate", env=env)
+    assert code == 0 and len(out["series"]) == 1, err
+    code, out, _ = run_json("regress", env=env)
+    assert out["nightly"][0]["nights"] == [], out
+    code, _, err = run_json("accept", f"{more[0].run_id}:reference", env=env)
+    assert code == 2 and "is the reference itself" in err
