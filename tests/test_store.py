@@ -196,6 +196,20 @@ def test_the_plan_is_stored_with_the_run(store_target: StoreTarget) -> None:
     store.close()
 
 
+def test_nightly_acknowledgements_and_acceptances(store_target: StoreTarget) -> None:
+    store = store_target.open()
+    store.add_ack("a1", "k", "r3", "seen")
+    store.add_ack("a1", "k", "r9", None)  # acknowledged again: the first acknowledgement stands
+    assert [(a["alert_id"], a["at_run"], a["note"]) for a in store.acks()] == [("a1", "r3", "seen")]
+    store.add_acceptance("k", "r3", "candidate", "1.2", None)
+    store.add_acceptance("k", "r7", "candidate", "1.3", "new build")
+    assert store.acceptances() == {"k": "r7"}  # the latest acceptance counts
+    store.close()
+    again = store_target.open()
+    assert again.acceptances() == {"k": "r7"} and len(again.acks()) == 1
+    again.close()
+
+
 def test_unknown_run_and_missing_database(store_target: StoreTarget) -> None:
     missing = store_target.missing()
     with pytest.raises(DevicelabError, match="no devicelab (database|records)"):
