@@ -120,7 +120,7 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     from devicelab.devices import discovered, open_device
 
     inventory = load_inventory(devices_file)
-    found, notes = discovered({str(e.options.get("serial") or e.id) for e in inventory.devices})
+    found, notes = discovered({str(e.options.get("serial") or e.options.get("udid") or e.id) for e in inventory.devices})
     rows: list[dict[str, Any]] = []
     for entry in [*inventory.devices, *found]:
         try:
