@@ -1,0 +1,292 @@
+"""The emulated iPhone's DVT service against the real pymobiledevice3 client on loopback: DvtProvider's handshake,
+ProcessControl launching and killing real host processes, DeviceInfo, Sysmontap samples read from /proc, the energy
+gauge, the client's own error for an unknown app, and messages split into fragments both ways."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("pymobiledevice3")
+
+from pymobiledevice3.dtx.exceptions import DTXNsError  # noqa: E402
+from pymobiledevice3.dtx.fragment import DTXFragment  # noqa: E402
+from pymobiledevice3.dtx.fragmenter import DTXFragmenter  # noqa: E402
+from pymobiledevice3.dtx.message import DTXMessage  # noqa: E402
+from pymobiledevice3.exceptions import UnrecognizedSelectorError  # noqa: E402
+from pymobiledevice3.lockdown_service_provider import LockdownServiceProvider  # noqa: E402
+from pymobiledevice3.service_connection import ServiceConnection  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.device_info import DeviceInfo  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.dvt_provider import DvtProvider  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.energy_monitor import EnergyMonitor  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
+
+from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, HostProcesses, archive, encode_message,  # noqa: E402
+                                                phys_footprint_bytes, serve_dvt)
+
+BUNDLE = "org.devicelab.sleeper"
+# A host program that holds memory it has written (so physFootprint has something to count) and then sleeps; it
+# prints its pid's Private_Dirty once the memory is touched, for the comparison with /proc.
+HOLDER = ("import sys, time\n"
+          "block = bytearray(32 * 1024 * 1024)\n"
+          "for i in range(0, len(block), 4096): block[i] = 1\n"
+          "print('ready', flush=True)\n"
+          "time.sleep(float(sys.argv[1]))\n")
+
+
+class DvtServer:
+    """serve_dvt behind a loopback listener, one thread per connection (as the phone's lockdown hands it out)."""
+
+    def __init__(self, device: HostProcesses) -> None:
+        self.device = device
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.threads: list[threading.Thread] = []
+        self.accepter = threading.Thread(target=self._accept, daemon=True)
+        self.accepter.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            serve_dvt(conn, self.device)
+
+    def close(self) -> None:
+        self.listener.close()
+        for t in self.threads:
+            t.join(timeout=10)
+
+
+class EmulatedLockdown(LockdownServiceProvider):
+    """The smallest object-level stand-in for a lockdown client: the two calls DtxServiceProvider makes of one
+    (StartService's answer, then a connection to its port), on an iOS 16 version so DvtProvider picks the
+    DVTSecureSocketProxy service and keeps TLS as the answer says (here: off)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.port = port
+        self.started: list[str] = []
+
+    @property
+    def product_version(self) -> str:
+        return "16.7.2"
+
+    async def get_service_connection_attributes(self, name: str, include_escrow_bag: bool = False) -> dict[str, Any]:
+        self.started.append(name)
+        return {"Port": self.port, "EnableServiceSSL": False}
+
+    async def create_service_connection(self, port: int, ssl_context: ssl.SSLContext | None = None,
+                                        strip_ssl: bool = False) -> ServiceConnection:
+        return await ServiceConnection.create_using_tcp("127.0.0.1", port)
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[HostProcesses]:
+    dev = HostProcesses({BUNDLE: [sys.executable, "-c", HOLDER]}, cwd=tmp_path, log_dir=tmp_path / "logs")
+    try:
+        yield dev
+    finally:
+        dev.close()
+
+
+@pytest.fixture
+def server(device: HostProcesses) -> Iterator[DvtServer]:
+    srv = DvtServer(device)
+    try:
+        yield srv
+    finally:
+        srv.close()
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, timeout=60))
+
+
+async def wait_ready(device: HostProcesses, bundle: str = BUNDLE, text: str = "ready") -> None:
+    """Until the app has said `text` on stdout (which lands in the log folder): e.g. it has touched its memory."""
+    log = device.log_dir / f"{bundle}.stdout"  # type: ignore[operator]
+    for _ in range(600):
+        if log.exists() and text in log.read_text():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the app never said {text!r}")
+
+
+def test_launch_is_running_and_kill(server: DvtServer, device: HostProcesses) -> None:
+    lockdown = EmulatedLockdown(server.port)
+
+    async def scenario() -> tuple[int, bool, bool, dict[str, Any] | None]:
+        async with DvtProvider(lockdown) as dvt, ProcessControl(dvt) as pc, DeviceInfo(dvt) as info:
+            pid = await pc.launch(BUNDLE, arguments=["30"], environment={"DL_MARK": "x y"}, kill_existing=True)
+            alive = await info.is_running_pid(pid)
+            await pc.kill(pid)
+            after = await info.is_running_pid(pid)
+            return pid, alive, after, dvt.dtx.supported_identifiers
+
+    pid, alive, after, capabilities = run(scenario())
+    assert lockdown.started == [DvtProvider.SERVICE_NAME]
+    assert alive is True and after is False
+    assert not device.is_running(pid)
+    assert capabilities is not None and "com.apple.instruments.server.services.processcontrol" in capabilities
+
+
+def test_environment_reaches_the_app_and_kill_existing_replaces_it(server: DvtServer, device: HostProcesses,
+                                                                   tmp_path: Path) -> None:
+    device.apps["org.devicelab.env"] = [sys.executable, "-c",
+                                        "import os, sys, time; print(os.environ['DL_MARK'], sys.argv[1:], "
+                                        "flush=True); time.sleep(30)"]
+
+    async def scenario() -> tuple[int, int, bool]:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc, \
+                DeviceInfo(dvt) as info:
+            first = await pc.launch("org.devicelab.env", arguments=["a b", "--c"], environment={"DL_MARK": "x y"})
+            await wait_ready(device, "org.devicelab.env", "x y")
+            second = await pc.launch("org.devicelab.env", arguments=["2"], environment={"DL_MARK": "z"},
+                                     kill_existing=True)
+            first_alive = await info.is_running_pid(first)
+            await pc.kill(second)
+            return first, second, first_alive
+
+    first, second, first_alive = run(scenario())
+    assert first != second and first_alive is False
+    out = (tmp_path / "logs" / "org.devicelab.env.stdout").read_text().splitlines()
+    assert out[0] == "x y ['a b', '--c']"
+
+
+def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
+    async def scenario() -> None:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            await pc.launch("com.example.missing")
+
+    with pytest.raises(DTXNsError) as info:
+        run(scenario())
+    error = info.value.error
+    assert error.domain == "FBSOpenApplicationServiceErrorDomain"
+    assert error.user_info["BSErrorCodeDescription"] == "NotFound"
+    assert '"com.example.missing"' in error.user_info["NSLocalizedFailureReason"]
+
+
+def test_an_unknown_selector_is_the_clients_unrecognized_selector_error(server: DvtServer) -> None:
+    async def scenario() -> None:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, DeviceInfo(dvt) as info:
+            await info.mach_kernel_name()
+
+    with pytest.raises(UnrecognizedSelectorError):
+        run(scenario())
+
+
+def test_sysmontap_streams_rows_of_the_launched_app(server: DvtServer, device: HostProcesses) -> None:
+    async def scenario() -> tuple[int, list[dict[str, Any]], int, list[str]]:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            pid = await pc.launch(BUNDLE, arguments=["30"])
+            await wait_ready(device)
+            rows: list[dict[str, Any]] = []
+            async with await Sysmontap.create(dvt, interval=100) as tap:
+                attributes = list(tap.process_attributes_cls.__dataclass_fields__)
+                async for processes in tap.iter_processes():
+                    rows += [p for p in processes if p["pid"] == pid]
+                    if len(rows) >= 3:
+                        break
+            footprint = phys_footprint_bytes(pid)
+            await pc.kill(pid)
+            return pid, rows, footprint, attributes
+
+    pid, rows, footprint_now, attributes = run(scenario())
+    assert attributes == ["pid", "name", "physFootprint", "memResidentSize", "cpuUsage"]
+    assert all(r["name"] == Path(sys.executable).name for r in rows)
+    # The app holds 32 MiB it wrote: the footprint counts them, and agrees with /proc read by hand afterwards.
+    last = rows[-1]["physFootprint"]
+    assert last >= 32 * 1024 * 1024
+    assert abs(last - footprint_now) <= 0.1 * footprint_now
+    assert rows[-1]["memResidentSize"] >= last * 0.9
+    # cpuUsage is a share of one core since the previous sample: None only for the very first reading.
+    assert all(r["cpuUsage"] is not None and r["cpuUsage"] >= 0 for r in rows[1:])
+
+
+def test_energy_monitor_yields_scores_by_pid(server: DvtServer, device: HostProcesses) -> None:
+    device.apps["org.devicelab.spin"] = [sys.executable, "-c", "while True: pass"]
+
+    async def scenario() -> tuple[int, int, list[Any]]:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            spinning = await pc.launch("org.devicelab.spin")
+            sleeping = await pc.launch(BUNDLE, arguments=["30"])
+            samples = []
+            async with EnergyMonitor(dvt, [spinning, sleeping, 999_999_999]) as monitor:
+                async for sample in monitor:
+                    samples.append(sample)
+                    if len(samples) == 4:
+                        break
+                    await asyncio.sleep(0.3)
+            await pc.kill(spinning)
+            await pc.kill(sleeping)
+            return spinning, sleeping, samples
+
+    spinning, sleeping, samples = run(scenario())
+    assert all(isinstance(s, dict) and set(s) == {spinning, sleeping} for s in samples)
+    assert set(samples[-1][spinning]) == {"energy.cost", "energy.cpu.cost"}
+    # A busy loop scores above a sleeping process (a comparison within one sample, not an absolute).
+    assert samples[-1][spinning]["energy.cost"] > samples[-1][sleeping]["energy.cost"]
+
+
+def test_a_large_message_travels_in_fragments_both_ways(server: DvtServer, device: HostProcesses,
+                                                        tmp_path: Path) -> None:
+    # Client to server: an environment over the client's 128 KiB fragment size reaches the app whole.
+    device.apps["org.devicelab.env"] = [sys.executable, "-c",
+                                        "import os; print(sum(len(os.environ[f'DL_BIG{i}']) for i in range(3)), flush=True)"]
+    # Three values: Linux caps one environment string at 128 KiB.
+    big = {f"DL_BIG{i}": str(i) * 100_000 for i in range(3)}
+
+    async def scenario() -> None:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            await pc.launch("org.devicelab.env", environment=big)
+
+            await wait_ready(device, "org.devicelab.env", "\n")
+
+    run(scenario())
+    assert (tmp_path / "logs" / "org.devicelab.env.stdout").read_text().strip() == "300000"
+
+    # Server to client: the client's own reader and fragmenter reassemble what the server split.
+    value = {"rows": [f"{i:04d}" + "y" * 1000 for i in range(400)]}  # distinct: a binary plist shares equal ones
+    wire = encode_message(MSG_OBJECT, 7, 0, -3, payload=archive(value))
+
+    async def reassemble() -> Any:
+        reader = asyncio.StreamReader()
+        reader.feed_data(wire)
+        reader.feed_eof()
+        first = await DTXFragment.read(reader)
+        assert first.count > 2
+        fragmenter = DTXFragmenter(first, 0, len(wire))
+        while not fragmenter.add(await DTXFragment.read(reader)):
+            pass
+        raw, meta = fragmenter.assemble()
+        return DTXMessage.parse(meta, raw).payload
+
+    assert run(reassemble()) == value
+
+
+def test_a_connection_that_breaks_the_framing_is_dropped(server: DvtServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"\x00" * 32)
+        sock.settimeout(10)
+        received = b""
+        while chunk := sock.recv(65536):
+            received += chunk
+    # The server spoke first (its capabilities) and then hung up on the garbage.
+    assert received[:4] == (0x1F3D5B79).to_bytes(4, "little")
