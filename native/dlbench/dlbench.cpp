@@ -43,6 +43,7 @@ namespace {
 
 constexpr int kProtocol = 1;
 dl::Channel* g_channel = nullptr;  // the protocol channel: the original stdout and stdin, or one TCP connection
+bool g_tcp = false;                // --listen: the channel is a connection, which can be gone when an error is sent
 FILE* g_results = nullptr;         // results_file: every event line again, for a controller that can only pull files
 const dl::Hooks* g_hooks = nullptr;
 
@@ -65,6 +66,8 @@ void emit_error(const std::string& message, bool unsupported = false) {
     e.add("event", "error").add("message", message);
     if (unsupported) e.add("unsupported", true);
     emit(e.str());
+    // A connection may already be closed: the app's stderr (a file on a phone, kept by the launcher) still says why.
+    if (g_tcp) std::cerr << "dlbench: " << message << std::endl;
 }
 
 // Bad input: one message naming the field and the allowed values, exit 2 (the contract's bad-input code).
@@ -430,7 +433,7 @@ int run(const std::string& config_path) {
             return 2;
         }
     }
-    emit_error("stdin closed before 'stop'");
+    emit_error(g_tcp ? "the connection closed before 'stop'" : "stdin closed before 'stop'");
     return 3;
 }
 
@@ -528,6 +531,7 @@ int bench_main(int argc, char** argv, const Hooks& hooks) {
             return 1;
         }
         g_channel = tcp.get();
+        g_tcp = true;
     }
     const int code = run_guarded(args.config);
     if (g_results) {
@@ -535,6 +539,7 @@ int bench_main(int argc, char** argv, const Hooks& hooks) {
         g_results = nullptr;
     }
     g_channel = nullptr;
+    g_tcp = false;
     g_hooks = nullptr;
     return code;  // `tcp` closes the connection here: the controller sees EOF after the last event
 }
