@@ -484,8 +484,8 @@ int run_guarded(const std::string& config) {
         emit_error(e.what(), e.unsupported);
         return 2;
     } catch (const dl::BackendError& e) {
-        emit_error(e.what());
-        return e.bad_input ? 2 : 1;
+        emit_error(e.what(), e.unsupported);
+        return e.bad_input || e.unsupported ? 2 : 1;
     } catch (const std::exception& e) {
         emit_error(std::string("dlbench: ") + e.what());
         return 1;
