@@ -604,8 +604,8 @@ def export(
 
 @app.command("build-native")
 def build_native(
-    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler) or "
-                               "android-arm64 (needs ANDROID_NDK_HOME)"),
+    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler), "
+                               "android-arm64 (needs ANDROID_NDK_HOME) or ios (prints the Xcode steps: built on a Mac)"),
     ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="ncnn sdist version to build "
                                                "(default: the installed pip ncnn's)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
@@ -618,6 +618,22 @@ def build_native(
     from devicelab.analysis.tables import format_bytes
     from devicelab.config import split_values
 
+    if target in native.PRINTED_TARGETS:
+        if with_:
+            raise DevicelabError(f"--with: only for --target host (the iOS app's backends are chosen in its CMake "
+                                 f"project; `devicelab build-native --target {target}` prints how)")
+        steps = native.ios_steps(ncnn_version)
+        if as_json:
+            _print_json({"target": target, "built": False, "steps": [
+                {"title": s.title, "commands": list(s.commands)} for s in steps]})
+            return
+        out().print(f"devicelab cannot build the {target} runner app on this machine; on a Mac:", markup=False,
+                    highlight=False, soft_wrap=True)
+        for i, step in enumerate(steps, 1):
+            out().print(f"\n{i}. {step.title}", markup=False, highlight=False, soft_wrap=True)
+            for line in step.commands:
+                out().print(f"     {line}", markup=False, highlight=False, soft_wrap=True)
+        return
     try:
         record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err().print(m, markup=False),
                               extra_backends=split_values(with_) or ())
