@@ -145,8 +145,11 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
         if f.get("battery_percent") is not None:
             battery = f"{f['battery_percent']} % {f.get('battery_status') or ''}".strip()
             battery += " (charging)" if f.get("charging") else ""
-        cells.append([f["id"], f["kind"], " ".join(x for x in (f.get("manufacturer"), f["model"]) if x), f["os"],
-                      f["abi"], f.get("soc") or "", str(f["cpus"]), clusters, battery])
+        model = " ".join(x for x in (f.get("manufacturer"), f["model"]) if x)
+        if f.get("hardware_model"):  # an iPhone: ProductType (HardwareModel)
+            model += f" ({f['hardware_model']})"
+        cells.append([f["id"], f["kind"], model, f["os"], f["abi"], f.get("soc") or "",
+                      str(f["cpus"]) if f["cpu_ids"] else "", clusters, battery])
     print_table(out(), ["id", "kind", "model", "os", "abi", "soc", "cpus", "clusters", "battery"], cells)
     for note in notes:
         err().print(f"note: {note}", markup=False)

@@ -94,7 +94,7 @@ def battery_state(battery: Mapping[str, Any] | None) -> dict[str, Any]:
     unavailable = ["cpufreq: iOS exposes no CPU frequencies over lockdown",
                    "loadavg: iOS exposes no load average over lockdown",
                    "temperatures: only the battery's (IOPMPowerSource Temperature); iOS exposes no CPU thermal zones"]
-    state: dict[str, Any] = {"at": utc_now(), "temperatures_c": {}, "cpufreq": {}, "loadavg": None,
+    state: dict[str, Any] = {"at": utc_now(), "temperatures_c": {}, "cpufreq": {},
                              "charging": None, "power": {}, "unavailable": unavailable}
     if not battery:
         unavailable.append("battery: the iPhone's IORegistry has no IOPMPowerSource entry")
