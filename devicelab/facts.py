@@ -132,6 +132,12 @@ def _check_ios(options: dict[str, Any]) -> list[str]:
                                            and re.fullmatch(r"[A-Za-z0-9.\-]+", host)) or mux.startswith("/"))):
             problems.append(f"usbmux_address: {mux!r} is not allowed; allowed: HOST:PORT (usbmuxd over TCP) or "
                             "the absolute path of usbmuxd's socket")
+    tunneld = options.get("tunneld_address")
+    if tunneld is not None:
+        host, _, port = str(tunneld).rpartition(":")
+        if not (isinstance(tunneld, str) and host and port.isdigit() and 0 < int(port) < 65536):
+            problems.append(f"tunneld_address: {tunneld!r} is not allowed; allowed: HOST:PORT of `pymobiledevice3 "
+                            "remote tunneld` (default 127.0.0.1:49151)")
     records = options.get("pairing_records")
     if records is not None and not isinstance(records, str):
         problems.append(f"pairing_records: {records!r} is not allowed; allowed: a folder path")
@@ -168,7 +174,9 @@ KINDS: dict[str, KindSpec] = {
               "bundle_id": "the runner app's bundle identifier (default: CFBundleIdentifier of its Info.plist)",
               "usbmux_address": "HOST:PORT of a usbmuxd over TCP, or its socket path (default: "
                                 "USBMUXD_SOCKET_ADDRESS, else the system usbmuxd)",
-              "pairing_records": "folder of lockdown pair records (default: pymobiledevice3's, in the home folder)"},
+              "pairing_records": "folder of lockdown pair records (default: pymobiledevice3's, in the home folder)",
+              "tunneld_address": "HOST:PORT of `pymobiledevice3 remote tunneld`, which iOS 17+ needs for DVT "
+                                 "(default 127.0.0.1:49151)"},
         check=_check_ios,
         no_pinning="iOS has no CPU-affinity API (threads only; the runner's QoS class is recorded)"),
 }

@@ -118,3 +118,24 @@ def phone(server: Any, tmp_path: Path) -> Iterator[Any]:
 
     with EmulatedPhone(server, tmp_path / "phone") as p:
         yield p
+
+
+# ---- the iOS test module's fixtures (an emulated iPhone on its own emulated usbmuxd)
+
+
+@pytest.fixture(scope="module")
+def ios_runner_app(native_host: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runner .app the tests install: its executable runs the host build of dlbench (tests/ios_env.py)."""
+    from ios_env import build_runner_app
+
+    return build_runner_app(tmp_path_factory.mktemp("ios-app"), Path(native_host["artifacts"]["dlbench"]["path"]))
+
+
+@pytest.fixture
+def iphone(tmp_path: Path) -> Iterator[Any]:
+    pytest.importorskip("pymobiledevice3")
+    from ios_env import start_iphone
+
+    phone = start_iphone(tmp_path)
+    yield phone
+    phone.close()

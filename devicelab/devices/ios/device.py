@@ -41,7 +41,7 @@ PUSH_TIMEOUT_S = 600.0
 INSTALL_TIMEOUT_S = 600.0
 PORT_FILE_TIMEOUT_S = 60.0  # from launch to the runner listening (the app loads nothing before it listens)
 POLL_S = 0.2
-SYSMONTAP_INTERVAL_MS = 500
+SYSMONTAP_INTERVAL_MS = 250  # Xcode samples every 0.5-1 s; finer catches the peak of short configs
 NOT_PINNED = ("not pinned: iOS has no CPU-affinity API, so the runner app ran its threads where iOS put them "
               "(threads only; ext.ios_qos is the QoS class its timing thread ran at)")
 # ProcessInfo.thermalState at which iOS itself slows the device down (Apple: "serious" — the system reduces
@@ -251,7 +251,7 @@ class IOSProcess(Process):
 
 class _DvtSession:
     """One DVT connection for one runner app: ProcessControl (launch, kill), DeviceInfo (is it running) and, while
-    it runs, Sysmontap (physFootprint every 0.5 s) and EnergyMonitor (unitless Energy Impact), on its own loop."""
+    it runs, Sysmontap (physFootprint every 0.25 s) and EnergyMonitor (unitless Energy Impact), on its own loop."""
 
     def __init__(self, provider: Any) -> None:
         self.provider = provider
@@ -358,6 +358,8 @@ class IOSTransport(Transport):
         self.records: Path | None = Path(o["pairing_records"]).expanduser() if o.get("pairing_records") else None
         self.app: Path | None = Path(o["runner_app"]).expanduser() if o.get("runner_app") else None
         self._bundle_id: str | None = o.get("bundle_id")
+        host, _, port = str(o.get("tunneld_address") or "127.0.0.1:49151").rpartition(":")
+        self.tunneld: tuple[str, int] = (host, int(port))
         self._app_sha: str | None = None
         self.loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")
         self._ld: Any = None
@@ -605,7 +607,7 @@ class IOSTransport(Transport):
         ld = await self._lockdown()
         if _major(self._version) < 17:
             return ld
-        return await rsd_for(self.udid, self._version)
+        return await rsd_for(self.udid, self._version, self.tunneld)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
         if cpus:
@@ -628,7 +630,7 @@ class IOSTransport(Transport):
             except Exception as e:  # noqa: BLE001 - DVT's refusal of the launch (no app, a bad signature)
                 with contextlib.suppress(Exception):
                     await session.dvt.close()
-                if errors.classify(e, self.udid, self._version, bundle_id) is None:
+                if not _connection_fault(e) and errors.classify(e, self.udid, self._version, bundle_id) is None:
                     raise IOSSetupError(errors.app_unusable(self.udid, bundle_id, f"{type(e).__name__}: {e}")) \
                         from None
                 raise
@@ -724,12 +726,30 @@ class IOSTransport(Transport):
                                                                   f"({self.app.name})"})
             self._install(bundle_id, sha)
 
-        async def probe_dvt() -> None:
+        async def probe_launch() -> None:
+            """DVT opens (image mounted; on 17+ the tunnel) and iOS launches the app (signature valid): the app runs
+            `--version` and ends by itself; it is killed if it has not."""
             session = _DvtSession(await self._dvt_source())
             await session.open()
-            await session.dvt.close()
+            try:
+                try:
+                    pid = await session.launch(bundle_id, ["--version"], {})
+                except Exception as e:  # noqa: BLE001 - DVT's refusal of the launch: no app, a bad signature
+                    if not _connection_fault(e) and errors.classify(e, self.udid, self._version, bundle_id) is None:
+                        raise IOSSetupError(errors.app_unusable(self.udid, bundle_id, f"{type(e).__name__}: {e}")) \
+                            from None
+                    raise
+                for _ in range(25):
+                    if not await session.is_running(pid):
+                        break
+                    await asyncio.sleep(POLL_S)
+                else:
+                    await session.kill(pid)
+            finally:
+                with contextlib.suppress(Exception):
+                    await session.dvt.close()
 
-        self.call("opening DVT", probe_dvt)
+        self.call("launching the runner app", probe_launch)
 
     def _install(self, bundle_id: str, sha: str | None) -> None:
         assert self.app is not None
@@ -802,6 +822,13 @@ class IOSTransport(Transport):
         return ResultExtras({}, (NOT_PINNED,))
 
 
+def _connection_fault(error: BaseException) -> bool:
+    """The connection broke (the phone may be gone), as opposed to the iPhone answering with a refusal."""
+    names = {c.__name__ for c in type(error).__mro__}
+    return isinstance(error, (ConnectionError, asyncio.IncompleteReadError, TimeoutError)) or bool(
+        names & {"ConnectionTerminatedError", "DeviceNotFoundError", "NoDeviceConnectedError", "MuxException"})
+
+
 def _afc_refusal(error: BaseException) -> bool:
     return any(c.__name__ == "AfcException" for c in type(error).__mro__)
 
@@ -819,14 +846,14 @@ async def _read_json(afc: Any, path: str) -> Any:
         return None
 
 
-async def rsd_for(udid: str, version: str) -> Any:
+async def rsd_for(udid: str, version: str, tunneld: tuple[str, int] = ("127.0.0.1", 49151)) -> Any:
     """The RemoteServiceDiscoveryService of the tunnel tunneld keeps for this iPhone (iOS 17+), or IOSSetupError
     saying what to start."""
     from pymobiledevice3.exceptions import TunneldConnectionError
-    from pymobiledevice3.tunneld.api import get_tunneld_device_by_udid
+    from pymobiledevice3.tunneld import api
 
     try:
-        rsd = await get_tunneld_device_by_udid(udid)
+        rsd = await api.get_tunneld_device_by_udid(udid, tunneld)
     except TunneldConnectionError as e:
         raise IOSSetupError(errors.tunnel_missing(udid, version, f"tunneld is not running: {e}")) from None
     if rsd is None:
