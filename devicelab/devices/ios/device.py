@@ -176,7 +176,7 @@ class IOSProcess(Process):
 
         try:
             self._phone.loop.run(send(), CALL_TIMEOUT_S)
-        except (OSError, RuntimeError):
+        except Exception:  # noqa: BLE001 - a closed socket or a closed loop: the channel is over either way
             raise ChannelClosedError("the runner app's connection closed") from None
 
     def close_stdin(self) -> None:
@@ -194,8 +194,12 @@ class IOSProcess(Process):
         while True:
             try:
                 running = self._phone.loop.run(self._dvt.is_running(self.pid), CALL_TIMEOUT_S)
-            except (OSError, RuntimeError, TimeoutError) as e:
-                self._exit = Exit(None, lost=self._phone.why_gone(str(e) or type(e).__name__))
+            except Exception as e:  # noqa: BLE001 - DVT's connection broke (ConnectionTerminatedError...)
+                detail = f"DVT: {type(e).__name__}: {e}"
+                if self._phone.gone():
+                    self._exit = Exit(None, lost=self._phone.why_gone(detail))
+                else:
+                    self._exit = Exit(None, detail=f"the runner app's fate is unknown ({detail})")
                 return self._exit
             if not running:
                 self._output_over.wait(max(0.0, min(2.0, deadline - time.monotonic())))
@@ -224,7 +228,10 @@ class IOSProcess(Process):
             return self._extras
         with contextlib.suppress(Exception):
             self._phone.loop.run(self._conn.close(), 5)
-        samples = self._phone.loop.run(self._dvt.stop(), 15) if not self._phone.loop_closed() else {}
+        try:
+            samples = self._phone.loop.run(self._dvt.stop(), 15)
+        except Exception as e:  # noqa: BLE001 - the phone went away: what was sampled so far is lost with it
+            samples = {"sysmontap_error": f"{type(e).__name__}: {e}"}
         ext: dict[str, Any] = {}
         notes: list[str] = []
         if self.qos:
