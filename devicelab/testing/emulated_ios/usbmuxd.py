@@ -87,10 +87,14 @@ class EmulatedUsbmuxd:
             self._closed = True
             clients = list(self._clients)
             self._listeners.clear()
+        # shutdown first: on Linux a close() alone leaves the socket listening while the accept thread is blocked
+        # in accept(), and "not running" must mean connection refused
         try:
-            self._server.close()
+            self._server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._server.close()
+        self._thread.join(timeout=5)
         for conn in clients:
             conn.abort()
 
