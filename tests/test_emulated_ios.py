@@ -89,7 +89,7 @@ def test_list_devices_values_and_listen(rig: Rig) -> None:
             assert values["ProductType"] == "iPhone14,2"
             assert values["ProductVersion"] == "16.7.2"
             assert values["CPUArchitecture"] == "arm64e"
-            assert values["HardwareModel"] == "D63AP"  # the client's own table for iPhone14,2
+            assert values["HardwareModel"] == "D63AP"
             assert values["UniqueDeviceID"] == UDID
             assert values["BuildVersion"] == "20H115"
             assert lockdown.ecid == 0x000A1B2C3D4E5F60
@@ -111,19 +111,27 @@ def test_list_devices_values_and_listen(rig: Rig) -> None:
     asyncio.run(main())
 
 
+def test_hardware_models_match_the_clients_table() -> None:
+    from pymobiledevice3.irecv_devices import IRECV_DEVICES
+
+    from devicelab.testing.emulated_ios.phone import HARDWARE_MODELS
+
+    table = {d.product_type: d.hardware_model.upper() for d in IRECV_DEVICES}
+    assert {k: table.get(k) for k in HARDWARE_MODELS} == HARDWARE_MODELS
+
+
 def test_pair_record_written_to_the_folder_is_accepted(rig: Rig) -> None:
-    path = rig.phone.pair_record_folder(rig.pairing)
-    assert path == rig.pairing / f"{UDID}.plist"
-    record = plistlib.loads(path.read_bytes())
-    # usbmuxd does not know this host: the client must succeed on the folder's record alone
-    rig.phone.faults.not_paired = True
-    rig.phone.faults.not_paired = False  # the phone knows the host; only usbmuxd forgets it below
-    rig.mux._saved_records.clear()
+    rig.mux.serves_pair_records = False  # usbmuxd knows nothing: the client must find the folder's record
 
     async def main() -> None:
-        async with await rig.lockdown(pair_record=record, autopair=False) as lockdown:
+        with pytest.raises(PairingDialogResponsePendingError):
+            await rig.lockdown(pair_timeout=0)  # no record anywhere: the client asks to pair
+        path = rig.phone.pair_record_folder(rig.pairing)
+        assert path == rig.pairing / f"{UDID}.plist"
+        async with await rig.lockdown(autopair=False) as lockdown:
             assert lockdown.paired
             assert lockdown.all_values["DeviceName"] == "devicelab emulated iPhone"
+        record = plistlib.loads(path.read_bytes())
         forged = dict(record, HostID="00000000-0000-0000-0000-000000000000")
         async with await rig.lockdown(pair_record=forged, autopair=False) as lockdown:
             assert not lockdown.paired  # an unknown HostID gets no session

@@ -106,15 +106,12 @@ class PortHandle:
     cancel: Callable[[], None] = field(default=lambda: None)
 
 
-def _hardware_model(product_type: str) -> str:
-    try:
-        from pymobiledevice3.irecv_devices import IRECV_DEVICES  # the client's own product table
-    except ImportError:  # pragma: no cover - the extra is installed wherever the emulator runs
-        return "Unknown"
-    for device in IRECV_DEVICES:
-        if device.product_type == product_type:
-            return str(device.hardware_model).upper()
-    return "Unknown"
+# ProductType -> HardwareModel for the phones tests pose as (kept here rather than read from pymobiledevice3, whose
+# only importer in the package is the iOS device kind; a test checks these against the client's own table)
+HARDWARE_MODELS = {
+    "iPhone12,1": "N104AP", "iPhone13,2": "D53GAP", "iPhone14,2": "D63AP", "iPhone14,5": "D17AP",
+    "iPhone15,2": "D73AP", "iPhone15,3": "D74AP", "iPhone16,1": "D83AP", "iPhone16,2": "D84AP",
+}
 
 
 class EmulatedIPhone:
@@ -152,7 +149,7 @@ class EmulatedIPhone:
             "DeviceName": device_name,
             "DevicePublicKey": self._identity.public_key_pem,
             "FirmwareVersion": "iBoot-8422.140.50",
-            "HardwareModel": hardware_model or _hardware_model(product_type),
+            "HardwareModel": hardware_model or HARDWARE_MODELS.get(product_type, "Unknown"),
             "HardwarePlatform": f"t{chip_id:04x}" if chip_id else "unknown",
             "HostAttached": True,
             "ModelNumber": "MLTT3",
