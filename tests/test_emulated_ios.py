@@ -156,6 +156,12 @@ def test_trust_dialog_pending_denied_and_accepted(rig: Rig) -> None:
                 await lockdown.start_lockdown_service("com.apple.afc")
         with pytest.raises(PairingDialogResponsePendingError):
             await rig.lockdown(pair_timeout=0)
+        rig.phone.faults.not_paired = False
+        rig.phone.faults.pairing_pending = True  # the same, said in one switch
+        with pytest.raises(PairingDialogResponsePendingError):
+            await rig.lockdown(pair_timeout=0)
+        rig.phone.faults.pairing_pending = False
+        rig.phone.faults.not_paired = True
         rig.phone.faults.trust_dialog = "deny"
         with pytest.raises(UserDeniedPairingError):
             await rig.lockdown(pair_timeout=0)
