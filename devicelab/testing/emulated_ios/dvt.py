@@ -2,7 +2,7 @@
 that the real pymobiledevice3 client (`DvtProvider`, `ProcessControl`, `DeviceInfo`, `Sysmontap`, `EnergyMonitor`)
 works against it on loopback.
 
-    serve_dvt(conn, device)   # conn: recv(n) -> bytes (b"" at EOF), sendall(data); device: a DvtDevice
+    serve_dvt(conn, device)   # conn: a socket or ssl.SSLSocket (recv, sendall, settimeout); device: a DvtDevice
 
 The wire format was reconstructed from pymobiledevice3's own client (no iPhone was used):
 
@@ -83,6 +83,17 @@ class LaunchError(Exception):
         super().__init__(message)
         self.message = message
         self.code_description = code_description
+
+
+class DvtConnection(Protocol):
+    """The connection serve_dvt speaks on: a socket.socket or ssl.SSLSocket (settimeout bounds the wait for input
+    while a sysmontap sample is due)."""
+
+    def recv(self, bufsize: int) -> bytes: ...
+
+    def sendall(self, data: bytes) -> None: ...
+
+    def settimeout(self, value: float | None) -> None: ...
 
 
 class DvtDevice(Protocol):
@@ -296,41 +307,36 @@ def encode_message(msg_type: int, identifier: int, conversation: int, channel: i
 
 
 class _Reader:
-    """Reads fragments from the connection and hands back whole messages."""
+    """Turns received bytes into whole messages (fragments reassembled)."""
 
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        # identifier -> (fragment count, declared size, bodies so far, conversation, channel, flags)
         self._partial: dict[int, tuple[int, int, list[bytes], int, int, int]] = {}
 
-    def _exactly(self, n: int) -> bytes | None:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._conn.recv(n - len(buf))
-            if not chunk:
-                if buf:
-                    raise DvtProtocolError("connection closed inside a fragment")
-                return None
-            buf += chunk
-        return bytes(buf)
-
-    def message(self) -> Message | None:
-        """The next whole message; None at EOF."""
-        while True:
-            raw = self._exactly(FRAGMENT_HEADER.size)
-            if raw is None:
-                return None
+    def feed(self, data: bytes) -> list[Message]:
+        """The messages `data` completes, in order."""
+        self._buf += data
+        messages = []
+        while len(self._buf) >= FRAGMENT_HEADER.size:
+            raw = bytes(self._buf[:FRAGMENT_HEADER.size])
             magic, hsize, index, count, size, ident, conv, channel, flags = FRAGMENT_HEADER.unpack(raw)
             if magic != FRAGMENT_MAGIC or hsize < FRAGMENT_HEADER.size or index >= count or size > MAX_MESSAGE:
                 raise DvtProtocolError(f"bad fragment header {raw.hex()}")
-            if hsize > FRAGMENT_HEADER.size and self._exactly(hsize - FRAGMENT_HEADER.size) is None:
-                return None
-            if count > 1 and index == 0:  # header-only first fragment: size is the whole message's
+            first_of_many = count > 1 and index == 0  # header only: its size is the whole message's
+            end = hsize + (0 if first_of_many else size)
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[hsize:end])
+            del self._buf[:end]
+            if first_of_many:
+                if ident in self._partial:
+                    raise DvtProtocolError(f"message {ident} started twice")
                 self._partial[ident] = (count, size, [], conv, channel, flags)
                 continue
-            body = self._exactly(size)
-            if body is None:
-                raise DvtProtocolError("connection closed inside a fragment")
             if count > 1:
+                if ident not in self._partial:
+                    raise DvtProtocolError(f"fragment {index} of message {ident}, which never started")
                 total_count, total, parts, conv, channel, flags = self._partial[ident]
                 parts.append(body)
                 if len(parts) < total_count - 1:
@@ -339,7 +345,8 @@ class _Reader:
                 body = b"".join(parts)
                 if len(body) != total:
                     raise DvtProtocolError(f"message {ident}: {len(body)} bytes assembled, {total} declared")
-            return self._parse(body, ident, conv, channel, flags)
+            messages.append(self._parse(body, ident, conv, channel, flags))
+        return messages
 
     @staticmethod
     def _parse(body: bytes, ident: int, conv: int, channel: int, flags: int) -> Message:
@@ -362,54 +369,26 @@ def _unrecognized(selector: str) -> NSError:
                                      f"Unable to invoke {selector!r} - it does not respond to the selector"})
 
 
-class _NoReply:
-    """A handler's result that sends nothing back (the call asked for no reply)."""
-
-
-NO_REPLY = _NoReply()
-
-
+@dataclass
 class _Tap:
-    """A running sysmontap: a thread that samples the device every `ur` milliseconds."""
+    """A started sysmontap channel: what to sample, how often, and when next."""
 
-    def __init__(self, server: _Server, channel: int, config: Mapping[str, Any]) -> None:
-        self._server = server
-        self._channel = channel
-        self._attributes = [str(a) for a in config.get("procAttrs") or PROCESS_ATTRIBUTES]
-        interval_ms = config.get("ur") or DEFAULT_SAMPLE_INTERVAL_MS
-        self._interval_s = max(int(interval_ms), 1) / 1000.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dvt-sysmontap-{channel}", daemon=True)
-        self._thread.start()
-
-    def _row(self) -> dict[str, Any]:
-        processes = {}
-        for proc in self._server.device.processes():
-            processes[int(proc["pid"])] = [proc.get(a) for a in self._attributes]
-        return {"Processes": processes}
-
-    def _run(self) -> None:
-        try:
-            # The client reads the first message after `start` as an acknowledgement and drops it.
-            self._server.notify(self._channel, [])
-            while not self._stop.wait(self._interval_s):
-                self._server.notify(self._channel, [self._row()])
-        except OSError:
-            pass  # the connection went away; the reader notices and cleans up
-
-    def stop(self) -> None:
-        self._stop.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
+    channel: int
+    attributes: list[str]
+    interval_s: float
+    due: float  # time.monotonic() of the next message
 
 
 class _Server:
-    """One DTX connection: channel bookkeeping, dispatch, and the send side (shared with tap threads)."""
+    """One DTX connection: channel bookkeeping, dispatch, replies and the taps' samples.
+
+    Everything runs on the calling thread, reads and writes alike: the connection may be an ssl.SSLSocket (lockdown
+    wraps DVT in TLS), and OpenSSL forbids one connection being read and written from two threads at once. Between
+    messages the server waits for input only until the next sample is due."""
 
     def __init__(self, conn: Any, device: DvtDevice) -> None:
         self.conn = conn
         self.device = device
-        self._send_lock = threading.Lock()
         self._next_id = 1
         self.channels: dict[int, str] = {0: "ctrl"}
         self._tap_configs: dict[int, dict[str, Any]] = {}
@@ -419,12 +398,11 @@ class _Server:
 
     def _send(self, msg_type: int, channel: int, *, identifier: int = 0, conversation: int = 0,
               aux: bytes = b"", payload: bytes = b"", expects_reply: bool = False) -> None:
-        with self._send_lock:
-            if identifier == 0:
-                identifier = self._next_id
-                self._next_id += 1
-            self.conn.sendall(encode_message(msg_type, identifier, conversation, channel,
-                                             expects_reply=expects_reply, aux=aux, payload=payload))
+        if identifier == 0:
+            identifier = self._next_id
+            self._next_id += 1
+        self.conn.sendall(encode_message(msg_type, identifier, conversation, channel,
+                                         expects_reply=expects_reply, aux=aux, payload=payload))
 
     def notify(self, channel: int, payload: Any) -> None:
         """An OBJECT notification on a channel the client opened (the client expects its code negated)."""
@@ -444,18 +422,36 @@ class _Server:
     # receiving
 
     def run(self) -> None:
-        reader = _Reader(self.conn)
+        reader = _Reader()
         capabilities = {"com.apple.private.DTXConnection": 1, "com.apple.private.DTXBlockCompression": 0,
                         **{name: 1 for name in SERVICES}}
         self._send(MSG_DISPATCH, 0, payload=archive("_notifyOfPublishedCapabilities:"),
                    aux=build_aux([capabilities]))
-        try:
-            while (message := reader.message()) is not None:
+        while True:
+            wait = min((t.due for t in self._taps.values()), default=None)
+            # A timeout only on the wait for input: a send never gives up half way through a message.
+            # (Never 0: that would switch the socket to non-blocking, where an idle read raises another error.)
+            self.conn.settimeout(None if wait is None else max(wait - time.monotonic(), 0.001))
+            try:
+                data = self.conn.recv(65536)
+            except TimeoutError:
+                data = None
+            finally:
+                self.conn.settimeout(None)
+            if data == b"":
+                return
+            for message in reader.feed(data or b""):
                 self._handle(message)
-        finally:
-            for tap in list(self._taps.values()):
-                tap.stop()
-            self._taps.clear()
+            self._sample_due_taps()
+
+    def _sample_due_taps(self) -> None:
+        now = time.monotonic()
+        for tap in list(self._taps.values()):
+            if tap.due <= now:
+                rows = [{"Processes": {int(p["pid"]): [p.get(a) for a in tap.attributes]
+                                       for p in self.device.processes()}}]
+                self.notify(tap.channel, rows)
+                tap.due = max(tap.due + tap.interval_s, now)
 
     def _handle(self, message: Message) -> None:
         if message.conversation % 2 == 1:
@@ -472,7 +468,7 @@ class _Server:
             result: Any = NSError("DTXMessage", 1, {"NSLocalizedDescription": f"NSCoding error: {e}"})
         else:
             result = self._dispatch(message.channel, str(selector), args)
-        if message.expects_reply and result is not NO_REPLY:
+        if message.expects_reply:
             self.reply(message, result)
 
     def _dispatch(self, channel: int, selector: str, args: list[Any]) -> Any:
@@ -506,9 +502,7 @@ class _Server:
 
     def _cancel_channel(self, _channel: int, code: int) -> None:
         self.channels.pop(code, None)
-        tap = self._taps.pop(code, None)
-        if tap is not None:
-            tap.stop()
+        self._taps.pop(code, None)
         return None
 
     # processcontrol
@@ -552,13 +546,16 @@ class _Server:
 
     def _start_tap(self, channel: int) -> Any:
         if channel not in self._taps:
-            self._taps[channel] = _Tap(self, channel, self._tap_configs.get(channel, {}))
+            config = self._tap_configs.get(channel, {})
+            interval_s = max(int(config.get("ur") or DEFAULT_SAMPLE_INTERVAL_MS), 1) / 1000.0
+            self._taps[channel] = _Tap(channel, [str(a) for a in config.get("procAttrs") or PROCESS_ATTRIBUTES],
+                                       interval_s, time.monotonic() + interval_s)
+            # The client reads the first message after `start` as an acknowledgement and drops it.
+            self.notify(channel, [])
         return None
 
     def _stop_tap(self, channel: int) -> Any:
-        tap = self._taps.pop(channel, None)
-        if tap is not None:
-            tap.stop()
+        self._taps.pop(channel, None)
         return None
 
     # energy
@@ -590,8 +587,9 @@ _HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-def serve_dvt(conn: Any, device: DvtDevice) -> None:
-    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails)."""
+def serve_dvt(conn: DvtConnection, device: DvtDevice) -> None:
+    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails). `conn` is a
+    blocking socket.socket or ssl.SSLSocket; it is not closed here."""
     try:
         _Server(conn, device).run()
     except (DvtProtocolError, OSError):
