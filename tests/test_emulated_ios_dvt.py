@@ -298,8 +298,8 @@ def test_energy_monitor_yields_scores_by_pid(server: DvtServer, device: HostProc
 def test_a_large_message_travels_in_fragments_both_ways(server: DvtServer, device: HostProcesses,
                                                         tmp_path: Path) -> None:
     # Client to server: an environment over the client's 128 KiB fragment size reaches the app whole.
-    device.apps["org.devicelab.env"] = [sys.executable, "-c",
-                                        "import os; print(sum(len(os.environ[f'DL_BIG{i}']) for i in range(3)), flush=True)"]
+    device.apps["org.devicelab.env"] = [sys.executable, "-c", "import os; "
+                                        "print(sum(len(os.environ[f'DL_BIG{i}']) for i in range(3)), flush=True)"]
     # Three values: Linux caps one environment string at 128 KiB.
     big = {f"DL_BIG{i}": str(i) * 100_000 for i in range(3)}
 

@@ -44,7 +44,8 @@ from typing import Any, Protocol
 # --- wire constants (DTX) -------------------------------------------------------------------------------------------
 
 FRAGMENT_MAGIC = 0x1F3D5B79
-FRAGMENT_HEADER = struct.Struct("<IIHHIIIiI")  # magic, header size, index, count, size, id, conversation, channel, flags
+# magic, header size, fragment index, count, body size, message id, conversation index, channel code, flags
+FRAGMENT_HEADER = struct.Struct("<IIHHIIIiI")
 PAYLOAD_HEADER = struct.Struct("<BBBBIII")  # type, 3 reserved bytes, aux size, aux+payload size, flags
 MAX_FRAGMENT_BODY = 128 * 1024  # the client's own fragment limit: larger messages are split
 MAX_MESSAGE = 128 * 1024 * 1024  # the client refuses larger messages; so does this server
@@ -386,7 +387,7 @@ class _Server:
     wraps DVT in TLS), and OpenSSL forbids one connection being read and written from two threads at once. Between
     messages the server waits for input only until the next sample is due."""
 
-    def __init__(self, conn: Any, device: DvtDevice) -> None:
+    def __init__(self, conn: DvtConnection, device: DvtDevice) -> None:
         self.conn = conn
         self.device = device
         self._next_id = 1
@@ -451,7 +452,10 @@ class _Server:
                 rows = [{"Processes": {int(p["pid"]): [p.get(a) for a in tap.attributes]
                                        for p in self.device.processes()}}]
                 self.notify(tap.channel, rows)
-                tap.due = max(tap.due + tap.interval_s, now)
+                # On schedule while it can keep up; a late sample (a slow call in between) restarts the beat.
+                tap.due += tap.interval_s
+                if tap.due <= now:
+                    tap.due = now + tap.interval_s
 
     def _handle(self, message: Message) -> None:
         if message.conversation % 2 == 1:
@@ -464,7 +468,8 @@ class _Server:
         try:
             selector = unarchive(message.payload)
             args = parse_aux(message.aux)
-        except (ValueError, KeyError, IndexError, TypeError, plistlib.InvalidFileException, struct.error) as e:
+        except (DvtProtocolError, ValueError, KeyError, IndexError, TypeError, plistlib.InvalidFileException,
+                struct.error) as e:
             result: Any = NSError("DTXMessage", 1, {"NSLocalizedDescription": f"NSCoding error: {e}"})
         else:
             result = self._dispatch(message.channel, str(selector), args)
