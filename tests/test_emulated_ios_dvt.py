@@ -36,8 +36,8 @@ from pymobiledevice3.services.dvt.instruments.energy_monitor import EnergyMonito
 from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
 from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
 
-from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, HostProcesses, archive, encode_message,  # noqa: E402
-                                                phys_footprint_bytes, serve_dvt)
+from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, AppCommand, HostProcesses, LaunchError,  # noqa: E402
+                                                archive, encode_message, phys_footprint_bytes, serve_dvt)
 
 BUNDLE = "org.devicelab.sleeper"
 # A host program that holds memory it has written (so physFootprint has something to count) and then sleeps; it
@@ -196,9 +196,12 @@ def test_launch_is_running_and_kill(server: DvtServer, device: HostProcesses) ->
 
 def test_environment_reaches_the_app_and_kill_existing_replaces_it(server: DvtServer, device: HostProcesses,
                                                                    tmp_path: Path) -> None:
-    device.apps["org.devicelab.env"] = [sys.executable, "-c",
-                                        "import os, sys, time; print(os.environ['DL_MARK'], sys.argv[1:], "
-                                        "flush=True); time.sleep(30)"]
+    container = tmp_path / "container"
+    container.mkdir()
+    env_app = AppCommand([sys.executable, "-c", "import os, sys, time; print(os.environ['DL_MARK'], sys.argv[1:], "
+                          "os.getcwd(), flush=True); time.sleep(30)"], container)
+    fallback = device.resolve
+    device.resolve = lambda bundle: env_app if bundle == "org.devicelab.env" else fallback(bundle)
 
     async def scenario() -> tuple[int, int, bool]:
         async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc, \
@@ -214,7 +217,7 @@ def test_environment_reaches_the_app_and_kill_existing_replaces_it(server: DvtSe
     first, second, first_alive = run(scenario())
     assert first != second and first_alive is False
     out = (tmp_path / "logs" / "org.devicelab.env.stdout").read_text().splitlines()
-    assert out[0] == "x y ['a b', '--c']"
+    assert out[0] == f"x y ['a b', '--c'] {container}"
 
 
 def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
@@ -228,6 +231,25 @@ def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
     assert error.domain == "FBSOpenApplicationServiceErrorDomain"
     assert error.user_info["BSErrorCodeDescription"] == "NotFound"
     assert '"com.example.missing"' in error.user_info["NSLocalizedFailureReason"]
+
+
+def test_a_launch_the_device_refuses_carries_its_words(server: DvtServer, device: HostProcesses) -> None:
+    """What the phone's own device object does for an app whose signature expired: its LaunchError's message and
+    description reach the client's error."""
+    def resolve(bundle: str) -> AppCommand | None:
+        raise LaunchError(f'The request to open "{bundle}" failed: its signature expired', "Security")
+
+    device.resolve = resolve
+
+    async def scenario() -> None:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            await pc.launch("org.devicelab.expired")
+
+    with pytest.raises(DTXNsError) as info:
+        run(scenario())
+    assert info.value.error.user_info == {
+        "BSErrorCodeDescription": "Security",
+        "NSLocalizedFailureReason": 'The request to open "org.devicelab.expired" failed: its signature expired'}
 
 
 def test_an_unknown_selector_is_the_clients_unrecognized_selector_error(server: DvtServer) -> None:

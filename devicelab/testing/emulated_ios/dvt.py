@@ -638,6 +638,16 @@ def resident_bytes(pid: int) -> int:
     return 0  # a zombie has no VmRSS line
 
 
+@dataclass(frozen=True)
+class AppCommand:
+    """How a host program plays an installed app: its argv (the launch's arguments are appended; argv[0]'s file name
+    is the process name sysmon reports, as an app's executable name is) and its working folder (an app's is its
+    container root)."""
+
+    argv: list[str]
+    cwd: Path | None = None
+
+
 @dataclass
 class _HostApp:
     bundle_id: str
@@ -646,14 +656,17 @@ class _HostApp:
 
 
 class HostProcesses:
-    """A DvtDevice whose apps are host programs: `apps` maps a bundle id to the argv that starts it (the launch's
-    arguments are appended). Processes run in `cwd` with `base_environment` plus the launch's environment; their
-    stdout and stderr go to files in `log_dir` (iOS relays neither) or nowhere. Samples come from /proc."""
+    """A DvtDevice whose apps are host programs. `resolve(bundle_id)` says how to start one (None: not installed;
+    it may raise LaunchError itself, e.g. for an expired signature); without it, `apps` maps a bundle id to the argv
+    that starts it, run in `cwd`. Processes get `base_environment` plus the launch's environment; their stdout and
+    stderr go to files in `log_dir` (iOS relays neither) or nowhere. Samples come from /proc."""
 
     def __init__(self, apps: Mapping[str, Sequence[str]] | None = None, *, cwd: Path | None = None,
-                 log_dir: Path | None = None, base_environment: Mapping[str, str] | None = None) -> None:
+                 resolve: Callable[[str], AppCommand | None] | None = None, log_dir: Path | None = None,
+                 base_environment: Mapping[str, str] | None = None) -> None:
         self.apps: dict[str, list[str]] = {k: list(v) for k, v in (apps or {}).items()}
         self.cwd = cwd
+        self.resolve = resolve or self._from_apps
         self.log_dir = log_dir
         self.base_environment = dict(base_environment if base_environment is not None
                                      else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
@@ -662,10 +675,16 @@ class HostProcesses:
         # CPU time and wall clock at the previous reading, per reader ("sysmon", "energy") and pid.
         self._cpu_marks: dict[tuple[str, int], tuple[float, float]] = {}
 
-    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
+    def _from_apps(self, bundle_id: str) -> AppCommand | None:
         argv = self.apps.get(bundle_id)
-        if argv is None:
+        return None if argv is None else AppCommand(argv, self.cwd)
+
+    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
+        command = self.resolve(bundle_id)
+        if command is None:
+            # FrontBoard's words for a bundle id no installed app has.
             raise LaunchError(f'Application info provider (FBSApplicationLibrary) returned nil for "{bundle_id}"')
+        argv = command.argv
         if kill_existing:
             for pid in [p for p, app in self._snapshot() if app.bundle_id == bundle_id]:
                 self.kill(pid)
@@ -676,10 +695,11 @@ class HostProcesses:
             out = open(self.log_dir / f"{bundle_id}.stdout", "ab")
             err = open(self.log_dir / f"{bundle_id}.stderr", "ab")
         try:
-            popen = subprocess.Popen([*argv, *arguments], cwd=self.cwd, env={**self.base_environment, **environment},
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        except OSError as e:
-            raise LaunchError(f"The operation couldn't be completed. {e.strerror}: {argv[0]}", "Failed") from e
+            popen = subprocess.Popen([*argv, *arguments], cwd=command.cwd,
+                                     env={**self.base_environment, **environment}, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err, start_new_session=True)
+        except OSError as e:  # the emulator's own words: a host program that cannot start has no iOS counterpart
+            raise LaunchError(f"cannot start {argv[0]}: {e.strerror}", "Failed") from e
         finally:
             if self.log_dir is not None:
                 out.close()
