@@ -64,13 +64,29 @@ def self_signed_pem(folder: Path) -> Path:
     return path
 
 
+class RecvSendall:
+    """A connection wrapper with only the two calls of the agreed interface (no settimeout), as a phone's own
+    connection class may be."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
 class DvtServer:
     """serve_dvt behind a loopback listener, one thread per connection (as the phone's lockdown hands it out), in
-    TLS when given a certificate (as iOS 16 answers StartService for DVT: EnableServiceSSL)."""
+    TLS when given a certificate (as iOS 16 answers StartService for DVT: EnableServiceSSL), the socket itself or
+    (`wrapped`) behind RecvSendall."""
 
-    def __init__(self, device: HostProcesses, pem: Path | None = None) -> None:
+    def __init__(self, device: HostProcesses, pem: Path | None = None, wrapped: bool = False) -> None:
         self.device = device
         self.pem = pem
+        self.wrapped = wrapped
         self.tls: ssl.SSLContext | None = None
         if pem is not None:
             self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -100,7 +116,7 @@ class DvtServer:
                 except (ssl.SSLError, OSError):
                     return
             self.served.append(type(conn).__name__)
-            serve_dvt(conn, self.device)
+            serve_dvt(RecvSendall(conn) if self.wrapped else conn, self.device)
 
     def close(self) -> None:
         self.listener.close()
@@ -149,7 +165,9 @@ def device(tmp_path: Path) -> Iterator[HostProcesses]:
 
 @pytest.fixture(params=["tcp"])
 def server(request: pytest.FixtureRequest, device: HostProcesses, tmp_path: Path) -> Iterator[DvtServer]:
-    srv = DvtServer(device, self_signed_pem(tmp_path) if request.param == "tls" else None)
+    """`tcp`, `tls`, or `tls-wrapped` (the TLS socket behind RecvSendall)."""
+    srv = DvtServer(device, self_signed_pem(tmp_path) if request.param.startswith("tls") else None,
+                    wrapped=request.param.endswith("wrapped"))
     try:
         yield srv
     finally:
@@ -233,11 +251,20 @@ def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
     assert '"com.example.missing"' in error.user_info["NSLocalizedFailureReason"]
 
 
-def test_a_launch_the_device_refuses_carries_its_words(server: DvtServer, device: HostProcesses) -> None:
-    """What the phone's own device object does for an app whose signature expired: its LaunchError's message and
-    description reach the client's error."""
+class OwnLaunchError(Exception):
+    """A phone's own LaunchError class (only the message), as the emulated phone's apps module has."""
+
+
+OwnLaunchError.__name__ = "LaunchError"
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["dvt-LaunchError", "phone-LaunchError"])
+def test_a_launch_the_device_refuses_carries_its_words(server: DvtServer, device: HostProcesses, own: bool) -> None:
+    """What a phone's device object does for an app whose signature expired: its LaunchError's message (and
+    description, when it has one) reach the client's error."""
     def resolve(bundle: str) -> AppCommand | None:
-        raise LaunchError(f'The request to open "{bundle}" failed: its signature expired', "Security")
+        message = f'The request to open "{bundle}" failed: its signature expired'
+        raise OwnLaunchError(message) if own else LaunchError(message, "Security")
 
     device.resolve = resolve
 
@@ -248,7 +275,7 @@ def test_a_launch_the_device_refuses_carries_its_words(server: DvtServer, device
     with pytest.raises(DTXNsError) as info:
         run(scenario())
     assert info.value.error.user_info == {
-        "BSErrorCodeDescription": "Security",
+        "BSErrorCodeDescription": "NotFound" if own else "Security",
         "NSLocalizedFailureReason": 'The request to open "org.devicelab.expired" failed: its signature expired'}
 
 
@@ -261,9 +288,10 @@ def test_an_unknown_selector_is_the_clients_unrecognized_selector_error(server: 
         run(scenario())
 
 
-@pytest.mark.parametrize("server", ["tcp", "tls"], indirect=True)
+@pytest.mark.parametrize("server", ["tcp", "tls", "tls-wrapped"], indirect=True)
 def test_sysmontap_streams_rows_of_the_launched_app(server: DvtServer, device: HostProcesses) -> None:
-    """Over TLS too: samples go out while calls come in, on one TLS connection."""
+    """Over TLS too: samples go out while calls come in, on one TLS connection, whether serve_dvt has the socket
+    or only a recv/sendall wrapper of it."""
     async def scenario() -> tuple[int, list[dict[str, Any]], int, list[str]]:
         async with DvtProvider(lockdown_for(server)) as dvt, ProcessControl(dvt) as pc:
             pid = await pc.launch(BUNDLE, arguments=["30"])

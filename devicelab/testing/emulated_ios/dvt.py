@@ -2,7 +2,7 @@
 that the real pymobiledevice3 client (`DvtProvider`, `ProcessControl`, `DeviceInfo`, `Sysmontap`, `EnergyMonitor`)
 works against it on loopback.
 
-    serve_dvt(conn, device)   # conn: a socket or ssl.SSLSocket (recv, sendall, settimeout); device: a DvtDevice
+    serve_dvt(conn, device)   # conn: a socket or ssl.SSLSocket (or anything with recv and sendall); device: DvtDevice
 
 The wire format was reconstructed from pymobiledevice3's own client (no iPhone was used):
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import queue
 import signal
 import struct
 import subprocess
@@ -76,6 +77,10 @@ class DvtProtocolError(Exception):
     """The peer broke the DTX framing; the connection is dropped, as a device would."""
 
 
+class ConnectionGoneError(Exception):
+    """The connection failed under a send; the server stops."""
+
+
 class LaunchError(Exception):
     """The device cannot launch an app. `message` becomes the NSError's NSLocalizedFailureReason and
     `code_description` its BSErrorCodeDescription, as FrontBoard reports them ("NotFound" for a missing app)."""
@@ -87,14 +92,13 @@ class LaunchError(Exception):
 
 
 class DvtConnection(Protocol):
-    """The connection serve_dvt speaks on: a socket.socket or ssl.SSLSocket (settimeout bounds the wait for input
-    while a sysmontap sample is due)."""
+    """The connection serve_dvt speaks on. Best a socket.socket or ssl.SSLSocket, whose settimeout (looked up, not
+    required) bounds the wait for input while a sysmontap sample is due, so one thread does all the reading and
+    writing; an object with only recv and sendall works too, with a thread that receives."""
 
     def recv(self, bufsize: int) -> bytes: ...
 
     def sendall(self, data: bytes) -> None: ...
-
-    def settimeout(self, value: float | None) -> None: ...
 
 
 class DvtDevice(Protocol):
@@ -402,8 +406,12 @@ class _Server:
         if identifier == 0:
             identifier = self._next_id
             self._next_id += 1
-        self.conn.sendall(encode_message(msg_type, identifier, conversation, channel,
-                                         expects_reply=expects_reply, aux=aux, payload=payload))
+        data = encode_message(msg_type, identifier, conversation, channel, expects_reply=expects_reply, aux=aux,
+                              payload=payload)
+        try:
+            self.conn.sendall(data)
+        except Exception as e:  # a wrapper may raise its own error for a closed connection
+            raise ConnectionGoneError(str(e)) from e
 
     def notify(self, channel: int, payload: Any) -> None:
         """An OBJECT notification on a channel the client opened (the client expects its code negated)."""
@@ -428,22 +436,55 @@ class _Server:
                         **{name: 1 for name in SERVICES}}
         self._send(MSG_DISPATCH, 0, payload=archive("_notifyOfPublishedCapabilities:"),
                    aux=build_aux([capabilities]))
+        receive = self._receiver()
         while True:
-            wait = min((t.due for t in self._taps.values()), default=None)
-            # A timeout only on the wait for input: a send never gives up half way through a message.
-            # (Never 0: that would switch the socket to non-blocking, where an idle read raises another error.)
-            self.conn.settimeout(None if wait is None else max(wait - time.monotonic(), 0.001))
-            try:
-                data = self.conn.recv(65536)
-            except TimeoutError:
-                data = None
-            finally:
-                self.conn.settimeout(None)
+            due = min((t.due for t in self._taps.values()), default=None)
+            data = receive(None if due is None else max(due - time.monotonic(), 0.001))
             if data == b"":
                 return
             for message in reader.feed(data or b""):
                 self._handle(message)
             self._sample_due_taps()
+
+    def _receiver(self) -> Callable[[float | None], bytes | None]:
+        """A function that waits up to so many seconds (None: for ever) for input: bytes, None when none came in
+        time, b"" when the connection is gone."""
+        settimeout = getattr(self.conn, "settimeout", None)
+        if settimeout is not None:
+            def on_this_thread(timeout: float | None) -> bytes | None:
+                # A timeout only on the wait for input, so a send never gives up half way through a message.
+                # (Never 0: that would make the socket non-blocking, where an idle read raises another error.)
+                settimeout(timeout)
+                try:
+                    return self.conn.recv(65536)
+                except TimeoutError:
+                    return None
+                finally:
+                    settimeout(None)
+            return on_this_thread
+
+        # A connection that cannot bound a read (only recv and sendall): a thread does nothing but receive, and
+        # every send stays on this thread. On TLS that reads and writes the connection from two threads at once,
+        # which OpenSSL does not promise to survive: give serve_dvt the socket itself where there is one.
+        inbox: queue.Queue[bytes] = queue.Queue()
+
+        def pump() -> None:
+            data = b"x"
+            while data:
+                try:
+                    data = self.conn.recv(65536)
+                except Exception:  # whatever the wrapper raises, the connection is gone
+                    data = b""
+                inbox.put(data)
+
+        threading.Thread(target=pump, name="dvt-recv", daemon=True).start()
+
+        def from_the_pump(timeout: float | None) -> bytes | None:
+            try:
+                return inbox.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        return from_the_pump
 
     def _sample_due_taps(self) -> None:
         now = time.monotonic()
@@ -485,12 +526,17 @@ class _Server:
             return _unrecognized(selector)
         try:
             return handler(self, channel, *args)
-        except LaunchError as e:
-            # FrontBoard's answer to an open request it refuses (e.g. no such app), as devices send it back.
-            return NSError("FBSOpenApplicationServiceErrorDomain", 4,
-                           {"BSErrorCodeDescription": e.code_description, "NSLocalizedFailureReason": e.message})
-        except TypeError as e:  # wrong argument count or type from the peer
-            return NSError("DTXMessage", 1, {"NSLocalizedDescription": f"In invocation of method {selector!r}: {e}"})
+        except Exception as e:
+            # A phone may define its own LaunchError (the emulated phone's apps module does): known by its name.
+            if isinstance(e, LaunchError) or type(e).__name__ == "LaunchError":
+                # FrontBoard's answer to an open request it refuses (e.g. no such app), as devices send it back.
+                return NSError("FBSOpenApplicationServiceErrorDomain", 4, {
+                    "BSErrorCodeDescription": getattr(e, "code_description", "NotFound"),
+                    "NSLocalizedFailureReason": getattr(e, "message", str(e))})
+            if isinstance(e, TypeError):  # wrong argument count or type from the peer
+                return NSError("DTXMessage", 1, {"NSLocalizedDescription":
+                                                 f"In invocation of method {selector!r}: {e}"})
+            raise
 
     # channel 0
 
@@ -593,12 +639,14 @@ _HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {
 
 
 def serve_dvt(conn: DvtConnection, device: DvtDevice) -> None:
-    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails). `conn` is a
-    blocking socket.socket or ssl.SSLSocket; it is not closed here."""
+    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails). `conn` is
+    best a blocking socket.socket or ssl.SSLSocket (see DvtConnection); it is not closed here."""
     try:
         _Server(conn, device).run()
-    except (DvtProtocolError, OSError):
-        pass  # a device drops a connection that misbehaves or goes away; there is no one to tell
+    except (DvtProtocolError, ConnectionGoneError, OSError, ValueError):
+        # A device drops a connection that misbehaves or goes away; there is no one to tell. (ValueError: a socket
+        # closed under a read by another thread, as a pulled cable is emulated.)
+        pass
 
 
 # --- a reference device: host programs as apps ----------------------------------------------------------------------
