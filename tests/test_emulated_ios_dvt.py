@@ -5,6 +5,8 @@ gauge, the client's own error for an unknown app, and messages split into fragme
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import socket
 import ssl
 import sys
@@ -17,6 +19,10 @@ import pytest
 
 pytest.importorskip("pymobiledevice3")
 
+from cryptography import x509  # noqa: E402  (pymobiledevice3's own dependency)
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
 from pymobiledevice3.dtx.exceptions import DTXNsError  # noqa: E402
 from pymobiledevice3.dtx.fragment import DTXFragment  # noqa: E402
 from pymobiledevice3.dtx.fragmenter import DTXFragmenter  # noqa: E402
@@ -30,8 +36,8 @@ from pymobiledevice3.services.dvt.instruments.energy_monitor import EnergyMonito
 from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
 from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
 
-from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, HostProcesses, archive, encode_message,  # noqa: E402
-                                                phys_footprint_bytes, serve_dvt)
+from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, AppCommand, HostProcesses, LaunchError,  # noqa: E402
+                                                archive, encode_message, phys_footprint_bytes, serve_dvt)
 
 BUNDLE = "org.devicelab.sleeper"
 # A host program that holds memory it has written (so physFootprint has something to count) and then sleeps; it
@@ -43,14 +49,52 @@ HOLDER = ("import sys, time\n"
           "time.sleep(float(sys.argv[1]))\n")
 
 
-class DvtServer:
-    """serve_dvt behind a loopback listener, one thread per connection (as the phone's lockdown hands it out)."""
+def self_signed_pem(folder: Path) -> Path:
+    """A certificate and its key in one PEM file: the phone's (server side) and, as a pair record holds one, the
+    host's (the client presents it; the client verifies nothing, as with a real lockdown)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devicelab emulated iPhone")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    path = folder / "pair.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+    return path
 
-    def __init__(self, device: HostProcesses) -> None:
+
+class RecvSendall:
+    """A connection wrapper with only the two calls of the agreed interface (no settimeout), as a phone's own
+    connection class may be."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def recv(self, n: int) -> bytes:
+        return self._sock.recv(n)
+
+    def sendall(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+
+class DvtServer:
+    """serve_dvt behind a loopback listener, one thread per connection (as the phone's lockdown hands it out), in
+    TLS when given a certificate (as iOS 16 answers StartService for DVT: EnableServiceSSL), the socket itself or
+    (`wrapped`) behind RecvSendall."""
+
+    def __init__(self, device: HostProcesses, pem: Path | None = None, wrapped: bool = False) -> None:
         self.device = device
+        self.pem = pem
+        self.wrapped = wrapped
+        self.tls: ssl.SSLContext | None = None
+        if pem is not None:
+            self.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls.load_cert_chain(pem)
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self.listener.getsockname()[1]
         self.threads: list[threading.Thread] = []
+        self.served: list[str] = []  # the kind of each connection served: socket or SSLSocket
         self.accepter = threading.Thread(target=self._accept, daemon=True)
         self.accepter.start()
 
@@ -66,7 +110,13 @@ class DvtServer:
 
     def _serve(self, conn: socket.socket) -> None:
         with conn:
-            serve_dvt(conn, self.device)
+            if self.tls is not None:
+                try:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                except (ssl.SSLError, OSError):
+                    return
+            self.served.append(type(conn).__name__)
+            serve_dvt(RecvSendall(conn) if self.wrapped else conn, self.device)
 
     def close(self) -> None:
         self.listener.close()
@@ -79,9 +129,10 @@ class EmulatedLockdown(LockdownServiceProvider):
     (StartService's answer, then a connection to its port), on an iOS 16 version so DvtProvider picks the
     DVTSecureSocketProxy service and keeps TLS as the answer says (here: off)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, pem: Path | None = None) -> None:
         super().__init__()
         self.port = port
+        self.pem = pem  # the pair record's host certificate and key, when the service wants TLS
         self.started: list[str] = []
 
     @property
@@ -90,11 +141,17 @@ class EmulatedLockdown(LockdownServiceProvider):
 
     async def get_service_connection_attributes(self, name: str, include_escrow_bag: bool = False) -> dict[str, Any]:
         self.started.append(name)
-        return {"Port": self.port, "EnableServiceSSL": False}
+        return {"Port": self.port, "EnableServiceSSL": self.pem is not None}
+
+    @contextlib.contextmanager
+    def ssl_file(self) -> Iterator[str]:
+        assert self.pem is not None
+        yield str(self.pem)
 
     async def create_service_connection(self, port: int, ssl_context: ssl.SSLContext | None = None,
                                         strip_ssl: bool = False) -> ServiceConnection:
-        return await ServiceConnection.create_using_tcp("127.0.0.1", port)
+        return await ServiceConnection.create_using_tcp("127.0.0.1", port, ssl_context=ssl_context,
+                                                        strip_ssl=strip_ssl)
 
 
 @pytest.fixture
@@ -106,9 +163,11 @@ def device(tmp_path: Path) -> Iterator[HostProcesses]:
         dev.close()
 
 
-@pytest.fixture
-def server(device: HostProcesses) -> Iterator[DvtServer]:
-    srv = DvtServer(device)
+@pytest.fixture(params=["tcp"])
+def server(request: pytest.FixtureRequest, device: HostProcesses, tmp_path: Path) -> Iterator[DvtServer]:
+    """`tcp`, `tls`, or `tls-wrapped` (the TLS socket behind RecvSendall)."""
+    srv = DvtServer(device, self_signed_pem(tmp_path) if request.param.startswith("tls") else None,
+                    wrapped=request.param.endswith("wrapped"))
     try:
         yield srv
     finally:
@@ -129,8 +188,13 @@ async def wait_ready(device: HostProcesses, bundle: str = BUNDLE, text: str = "r
     raise AssertionError(f"the app never said {text!r}")
 
 
+def lockdown_for(server: DvtServer) -> EmulatedLockdown:
+    return EmulatedLockdown(server.port, server.pem)
+
+
+@pytest.mark.parametrize("server", ["tcp", "tls"], indirect=True)
 def test_launch_is_running_and_kill(server: DvtServer, device: HostProcesses) -> None:
-    lockdown = EmulatedLockdown(server.port)
+    lockdown = lockdown_for(server)
 
     async def scenario() -> tuple[int, bool, bool, dict[str, Any] | None]:
         async with DvtProvider(lockdown) as dvt, ProcessControl(dvt) as pc, DeviceInfo(dvt) as info:
@@ -142,6 +206,7 @@ def test_launch_is_running_and_kill(server: DvtServer, device: HostProcesses) ->
 
     pid, alive, after, capabilities = run(scenario())
     assert lockdown.started == [DvtProvider.SERVICE_NAME]
+    assert server.served == ["SSLSocket" if server.pem else "socket"]
     assert alive is True and after is False
     assert not device.is_running(pid)
     assert capabilities is not None and "com.apple.instruments.server.services.processcontrol" in capabilities
@@ -149,9 +214,12 @@ def test_launch_is_running_and_kill(server: DvtServer, device: HostProcesses) ->
 
 def test_environment_reaches_the_app_and_kill_existing_replaces_it(server: DvtServer, device: HostProcesses,
                                                                    tmp_path: Path) -> None:
-    device.apps["org.devicelab.env"] = [sys.executable, "-c",
-                                        "import os, sys, time; print(os.environ['DL_MARK'], sys.argv[1:], "
-                                        "flush=True); time.sleep(30)"]
+    container = tmp_path / "container"
+    container.mkdir()
+    env_app = AppCommand([sys.executable, "-c", "import os, sys, time; print(os.environ['DL_MARK'], sys.argv[1:], "
+                          "os.getcwd(), flush=True); time.sleep(30)"], container)
+    fallback = device.resolve
+    device.resolve = lambda bundle: env_app if bundle == "org.devicelab.env" else fallback(bundle)
 
     async def scenario() -> tuple[int, int, bool]:
         async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc, \
@@ -167,7 +235,7 @@ def test_environment_reaches_the_app_and_kill_existing_replaces_it(server: DvtSe
     first, second, first_alive = run(scenario())
     assert first != second and first_alive is False
     out = (tmp_path / "logs" / "org.devicelab.env.stdout").read_text().splitlines()
-    assert out[0] == "x y ['a b', '--c']"
+    assert out[0] == f"x y ['a b', '--c'] {container}"
 
 
 def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
@@ -183,6 +251,34 @@ def test_unknown_bundle_gives_the_clients_own_error(server: DvtServer) -> None:
     assert '"com.example.missing"' in error.user_info["NSLocalizedFailureReason"]
 
 
+class OwnLaunchError(Exception):
+    """A phone's own LaunchError class (only the message), as the emulated phone's apps module has."""
+
+
+OwnLaunchError.__name__ = "LaunchError"
+
+
+@pytest.mark.parametrize("own", [False, True], ids=["dvt-LaunchError", "phone-LaunchError"])
+def test_a_launch_the_device_refuses_carries_its_words(server: DvtServer, device: HostProcesses, own: bool) -> None:
+    """What a phone's device object does for an app whose signature expired: its LaunchError's message (and
+    description, when it has one) reach the client's error."""
+    def resolve(bundle: str) -> AppCommand | None:
+        message = f'The request to open "{bundle}" failed: its signature expired'
+        raise OwnLaunchError(message) if own else LaunchError(message, "Security")
+
+    device.resolve = resolve
+
+    async def scenario() -> None:
+        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+            await pc.launch("org.devicelab.expired")
+
+    with pytest.raises(DTXNsError) as info:
+        run(scenario())
+    assert info.value.error.user_info == {
+        "BSErrorCodeDescription": "NotFound" if own else "Security",
+        "NSLocalizedFailureReason": 'The request to open "org.devicelab.expired" failed: its signature expired'}
+
+
 def test_an_unknown_selector_is_the_clients_unrecognized_selector_error(server: DvtServer) -> None:
     async def scenario() -> None:
         async with DvtProvider(EmulatedLockdown(server.port)) as dvt, DeviceInfo(dvt) as info:
@@ -192,16 +288,20 @@ def test_an_unknown_selector_is_the_clients_unrecognized_selector_error(server: 
         run(scenario())
 
 
+@pytest.mark.parametrize("server", ["tcp", "tls", "tls-wrapped"], indirect=True)
 def test_sysmontap_streams_rows_of_the_launched_app(server: DvtServer, device: HostProcesses) -> None:
+    """Over TLS too: samples go out while calls come in, on one TLS connection, whether serve_dvt has the socket
+    or only a recv/sendall wrapper of it."""
     async def scenario() -> tuple[int, list[dict[str, Any]], int, list[str]]:
-        async with DvtProvider(EmulatedLockdown(server.port)) as dvt, ProcessControl(dvt) as pc:
+        async with DvtProvider(lockdown_for(server)) as dvt, ProcessControl(dvt) as pc:
             pid = await pc.launch(BUNDLE, arguments=["30"])
             await wait_ready(device)
             rows: list[dict[str, Any]] = []
-            async with await Sysmontap.create(dvt, interval=100) as tap:
+            async with await Sysmontap.create(dvt, interval=100) as tap, DeviceInfo(dvt) as info:
                 attributes = list(tap.process_attributes_cls.__dataclass_fields__)
                 async for processes in tap.iter_processes():
                     rows += [p for p in processes if p["pid"] == pid]
+                    assert await info.is_running_pid(pid)  # a call answered between samples
                     if len(rows) >= 3:
                         break
             footprint = phys_footprint_bytes(pid)
@@ -248,8 +348,8 @@ def test_energy_monitor_yields_scores_by_pid(server: DvtServer, device: HostProc
 def test_a_large_message_travels_in_fragments_both_ways(server: DvtServer, device: HostProcesses,
                                                         tmp_path: Path) -> None:
     # Client to server: an environment over the client's 128 KiB fragment size reaches the app whole.
-    device.apps["org.devicelab.env"] = [sys.executable, "-c",
-                                        "import os; print(sum(len(os.environ[f'DL_BIG{i}']) for i in range(3)), flush=True)"]
+    device.apps["org.devicelab.env"] = [sys.executable, "-c", "import os; "
+                                        "print(sum(len(os.environ[f'DL_BIG{i}']) for i in range(3)), flush=True)"]
     # Three values: Linux caps one environment string at 128 KiB.
     big = {f"DL_BIG{i}": str(i) * 100_000 for i in range(3)}
 

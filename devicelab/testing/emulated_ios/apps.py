@@ -22,7 +22,13 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
 class LaunchError(Exception):
-    """ProcessControl could not launch the app; the message is the one the device reports."""
+    """FrontBoard refused to open the app: `reason` is its NSLocalizedFailureReason, `code_description` its
+    BSErrorCodeDescription ("NotFound" for a missing app, "Security" for a signature it will not run)."""
+
+    def __init__(self, reason: str, code_description: str = "NotFound") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.code_description = code_description
 
 
 class InstallError(Exception):
@@ -33,11 +39,6 @@ class InstallError(Exception):
         super().__init__(description)
         self.code = code
         self.description = description
-
-
-def launch_failed_message(bundle_id: str, reason: str) -> str:
-    # FrontBoard's wording for a failed open request, which ProcessControl passes through as its error text
-    return f'The request to open "{bundle_id}" failed. {reason}'
 
 
 @dataclass
@@ -203,13 +204,12 @@ class Apps:
                expired_signature: bool = False) -> int:
         app = self.get(bundle_id)
         if app is None:
-            raise LaunchError(launch_failed_message(
-                bundle_id, f'Application info provider (FBSApplicationLibrary) returned nil for "{bundle_id}"'))
+            raise LaunchError(f'Application info provider (FBSApplicationLibrary) returned nil for "{bundle_id}"')
         if expired_signature:
-            raise LaunchError(launch_failed_message(
-                bundle_id, f"The operation couldn't be completed. Unable to launch {bundle_id} because it has an "
-                           "invalid code signature, inadequate entitlements or its profile has not been explicitly "
-                           "trusted by the user."))
+            # FrontBoard's words when the provisioning profile has expired (or was never trusted)
+            raise LaunchError(f"The operation couldn\u2019t be completed. Unable to launch {bundle_id} because it has "
+                              "an invalid code signature, inadequate entitlements or its profile has not been "
+                              "explicitly trusted by the user.", "Security")
         if kill_existing:
             for process in self._running(bundle_id):
                 self.kill(process.pid)

@@ -2,7 +2,7 @@
 that the real pymobiledevice3 client (`DvtProvider`, `ProcessControl`, `DeviceInfo`, `Sysmontap`, `EnergyMonitor`)
 works against it on loopback.
 
-    serve_dvt(conn, device)   # conn: recv(n) -> bytes (b"" at EOF), sendall(data); device: a DvtDevice
+    serve_dvt(conn, device)   # conn: a socket or ssl.SSLSocket (or anything with recv and sendall); device: DvtDevice
 
 The wire format was reconstructed from pymobiledevice3's own client (no iPhone was used):
 
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import queue
 import signal
 import struct
 import subprocess
@@ -44,7 +45,8 @@ from typing import Any, Protocol
 # --- wire constants (DTX) -------------------------------------------------------------------------------------------
 
 FRAGMENT_MAGIC = 0x1F3D5B79
-FRAGMENT_HEADER = struct.Struct("<IIHHIIIiI")  # magic, header size, index, count, size, id, conversation, channel, flags
+# magic, header size, fragment index, count, body size, message id, conversation index, channel code, flags
+FRAGMENT_HEADER = struct.Struct("<IIHHIIIiI")
 PAYLOAD_HEADER = struct.Struct("<BBBBIII")  # type, 3 reserved bytes, aux size, aux+payload size, flags
 MAX_FRAGMENT_BODY = 128 * 1024  # the client's own fragment limit: larger messages are split
 MAX_MESSAGE = 128 * 1024 * 1024  # the client refuses larger messages; so does this server
@@ -75,6 +77,10 @@ class DvtProtocolError(Exception):
     """The peer broke the DTX framing; the connection is dropped, as a device would."""
 
 
+class ConnectionGoneError(Exception):
+    """The connection failed under a send; the server stops."""
+
+
 class LaunchError(Exception):
     """The device cannot launch an app. `message` becomes the NSError's NSLocalizedFailureReason and
     `code_description` its BSErrorCodeDescription, as FrontBoard reports them ("NotFound" for a missing app)."""
@@ -83,6 +89,16 @@ class LaunchError(Exception):
         super().__init__(message)
         self.message = message
         self.code_description = code_description
+
+
+class DvtConnection(Protocol):
+    """The connection serve_dvt speaks on. Best a socket.socket or ssl.SSLSocket, whose settimeout (looked up, not
+    required) bounds the wait for input while a sysmontap sample is due, so one thread does all the reading and
+    writing; an object with only recv and sendall works too, with a thread that receives."""
+
+    def recv(self, bufsize: int) -> bytes: ...
+
+    def sendall(self, data: bytes) -> None: ...
 
 
 class DvtDevice(Protocol):
@@ -296,41 +312,36 @@ def encode_message(msg_type: int, identifier: int, conversation: int, channel: i
 
 
 class _Reader:
-    """Reads fragments from the connection and hands back whole messages."""
+    """Turns received bytes into whole messages (fragments reassembled)."""
 
-    def __init__(self, conn: Any) -> None:
-        self._conn = conn
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        # identifier -> (fragment count, declared size, bodies so far, conversation, channel, flags)
         self._partial: dict[int, tuple[int, int, list[bytes], int, int, int]] = {}
 
-    def _exactly(self, n: int) -> bytes | None:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._conn.recv(n - len(buf))
-            if not chunk:
-                if buf:
-                    raise DvtProtocolError("connection closed inside a fragment")
-                return None
-            buf += chunk
-        return bytes(buf)
-
-    def message(self) -> Message | None:
-        """The next whole message; None at EOF."""
-        while True:
-            raw = self._exactly(FRAGMENT_HEADER.size)
-            if raw is None:
-                return None
+    def feed(self, data: bytes) -> list[Message]:
+        """The messages `data` completes, in order."""
+        self._buf += data
+        messages = []
+        while len(self._buf) >= FRAGMENT_HEADER.size:
+            raw = bytes(self._buf[:FRAGMENT_HEADER.size])
             magic, hsize, index, count, size, ident, conv, channel, flags = FRAGMENT_HEADER.unpack(raw)
             if magic != FRAGMENT_MAGIC or hsize < FRAGMENT_HEADER.size or index >= count or size > MAX_MESSAGE:
                 raise DvtProtocolError(f"bad fragment header {raw.hex()}")
-            if hsize > FRAGMENT_HEADER.size and self._exactly(hsize - FRAGMENT_HEADER.size) is None:
-                return None
-            if count > 1 and index == 0:  # header-only first fragment: size is the whole message's
+            first_of_many = count > 1 and index == 0  # header only: its size is the whole message's
+            end = hsize + (0 if first_of_many else size)
+            if len(self._buf) < end:
+                break
+            body = bytes(self._buf[hsize:end])
+            del self._buf[:end]
+            if first_of_many:
+                if ident in self._partial:
+                    raise DvtProtocolError(f"message {ident} started twice")
                 self._partial[ident] = (count, size, [], conv, channel, flags)
                 continue
-            body = self._exactly(size)
-            if body is None:
-                raise DvtProtocolError("connection closed inside a fragment")
             if count > 1:
+                if ident not in self._partial:
+                    raise DvtProtocolError(f"fragment {index} of message {ident}, which never started")
                 total_count, total, parts, conv, channel, flags = self._partial[ident]
                 parts.append(body)
                 if len(parts) < total_count - 1:
@@ -339,7 +350,8 @@ class _Reader:
                 body = b"".join(parts)
                 if len(body) != total:
                     raise DvtProtocolError(f"message {ident}: {len(body)} bytes assembled, {total} declared")
-            return self._parse(body, ident, conv, channel, flags)
+            messages.append(self._parse(body, ident, conv, channel, flags))
+        return messages
 
     @staticmethod
     def _parse(body: bytes, ident: int, conv: int, channel: int, flags: int) -> Message:
@@ -362,54 +374,26 @@ def _unrecognized(selector: str) -> NSError:
                                      f"Unable to invoke {selector!r} - it does not respond to the selector"})
 
 
-class _NoReply:
-    """A handler's result that sends nothing back (the call asked for no reply)."""
-
-
-NO_REPLY = _NoReply()
-
-
+@dataclass
 class _Tap:
-    """A running sysmontap: a thread that samples the device every `ur` milliseconds."""
+    """A started sysmontap channel: what to sample, how often, and when next."""
 
-    def __init__(self, server: _Server, channel: int, config: Mapping[str, Any]) -> None:
-        self._server = server
-        self._channel = channel
-        self._attributes = [str(a) for a in config.get("procAttrs") or PROCESS_ATTRIBUTES]
-        interval_ms = config.get("ur") or DEFAULT_SAMPLE_INTERVAL_MS
-        self._interval_s = max(int(interval_ms), 1) / 1000.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"dvt-sysmontap-{channel}", daemon=True)
-        self._thread.start()
-
-    def _row(self) -> dict[str, Any]:
-        processes = {}
-        for proc in self._server.device.processes():
-            processes[int(proc["pid"])] = [proc.get(a) for a in self._attributes]
-        return {"Processes": processes}
-
-    def _run(self) -> None:
-        try:
-            # The client reads the first message after `start` as an acknowledgement and drops it.
-            self._server.notify(self._channel, [])
-            while not self._stop.wait(self._interval_s):
-                self._server.notify(self._channel, [self._row()])
-        except OSError:
-            pass  # the connection went away; the reader notices and cleans up
-
-    def stop(self) -> None:
-        self._stop.set()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout=5)
+    channel: int
+    attributes: list[str]
+    interval_s: float
+    due: float  # time.monotonic() of the next message
 
 
 class _Server:
-    """One DTX connection: channel bookkeeping, dispatch, and the send side (shared with tap threads)."""
+    """One DTX connection: channel bookkeeping, dispatch, replies and the taps' samples.
 
-    def __init__(self, conn: Any, device: DvtDevice) -> None:
+    Everything runs on the calling thread, reads and writes alike: the connection may be an ssl.SSLSocket (lockdown
+    wraps DVT in TLS), and OpenSSL forbids one connection being read and written from two threads at once. Between
+    messages the server waits for input only until the next sample is due."""
+
+    def __init__(self, conn: DvtConnection, device: DvtDevice) -> None:
         self.conn = conn
         self.device = device
-        self._send_lock = threading.Lock()
         self._next_id = 1
         self.channels: dict[int, str] = {0: "ctrl"}
         self._tap_configs: dict[int, dict[str, Any]] = {}
@@ -419,12 +403,15 @@ class _Server:
 
     def _send(self, msg_type: int, channel: int, *, identifier: int = 0, conversation: int = 0,
               aux: bytes = b"", payload: bytes = b"", expects_reply: bool = False) -> None:
-        with self._send_lock:
-            if identifier == 0:
-                identifier = self._next_id
-                self._next_id += 1
-            self.conn.sendall(encode_message(msg_type, identifier, conversation, channel,
-                                             expects_reply=expects_reply, aux=aux, payload=payload))
+        if identifier == 0:
+            identifier = self._next_id
+            self._next_id += 1
+        data = encode_message(msg_type, identifier, conversation, channel, expects_reply=expects_reply, aux=aux,
+                              payload=payload)
+        try:
+            self.conn.sendall(data)
+        except Exception as e:  # a wrapper may raise its own error for a closed connection
+            raise ConnectionGoneError(str(e)) from e
 
     def notify(self, channel: int, payload: Any) -> None:
         """An OBJECT notification on a channel the client opened (the client expects its code negated)."""
@@ -444,18 +431,72 @@ class _Server:
     # receiving
 
     def run(self) -> None:
-        reader = _Reader(self.conn)
+        reader = _Reader()
         capabilities = {"com.apple.private.DTXConnection": 1, "com.apple.private.DTXBlockCompression": 0,
                         **{name: 1 for name in SERVICES}}
         self._send(MSG_DISPATCH, 0, payload=archive("_notifyOfPublishedCapabilities:"),
                    aux=build_aux([capabilities]))
-        try:
-            while (message := reader.message()) is not None:
+        receive = self._receiver()
+        while True:
+            due = min((t.due for t in self._taps.values()), default=None)
+            data = receive(None if due is None else max(due - time.monotonic(), 0.001))
+            if data == b"":
+                return
+            for message in reader.feed(data or b""):
                 self._handle(message)
-        finally:
-            for tap in list(self._taps.values()):
-                tap.stop()
-            self._taps.clear()
+            self._sample_due_taps()
+
+    def _receiver(self) -> Callable[[float | None], bytes | None]:
+        """A function that waits up to so many seconds (None: for ever) for input: bytes, None when none came in
+        time, b"" when the connection is gone."""
+        settimeout = getattr(self.conn, "settimeout", None)
+        if settimeout is not None:
+            def on_this_thread(timeout: float | None) -> bytes | None:
+                # A timeout only on the wait for input, so a send never gives up half way through a message.
+                # (Never 0: that would make the socket non-blocking, where an idle read raises another error.)
+                settimeout(timeout)
+                try:
+                    return self.conn.recv(65536)
+                except TimeoutError:
+                    return None
+                finally:
+                    settimeout(None)
+            return on_this_thread
+
+        # A connection that cannot bound a read (only recv and sendall): a thread does nothing but receive, and
+        # every send stays on this thread. On TLS that reads and writes the connection from two threads at once,
+        # which OpenSSL does not promise to survive: give serve_dvt the socket itself where there is one.
+        inbox: queue.Queue[bytes] = queue.Queue()
+
+        def pump() -> None:
+            data = b"x"
+            while data:
+                try:
+                    data = self.conn.recv(65536)
+                except Exception:  # whatever the wrapper raises, the connection is gone
+                    data = b""
+                inbox.put(data)
+
+        threading.Thread(target=pump, name="dvt-recv", daemon=True).start()
+
+        def from_the_pump(timeout: float | None) -> bytes | None:
+            try:
+                return inbox.get(timeout=timeout)
+            except queue.Empty:
+                return None
+        return from_the_pump
+
+    def _sample_due_taps(self) -> None:
+        now = time.monotonic()
+        for tap in list(self._taps.values()):
+            if tap.due <= now:
+                rows = [{"Processes": {int(p["pid"]): [p.get(a) for a in tap.attributes]
+                                       for p in self.device.processes()}}]
+                self.notify(tap.channel, rows)
+                # On schedule while it can keep up; a late sample (a slow call in between) restarts the beat.
+                tap.due += tap.interval_s
+                if tap.due <= now:
+                    tap.due = now + tap.interval_s
 
     def _handle(self, message: Message) -> None:
         if message.conversation % 2 == 1:
@@ -468,11 +509,12 @@ class _Server:
         try:
             selector = unarchive(message.payload)
             args = parse_aux(message.aux)
-        except (ValueError, KeyError, IndexError, TypeError, plistlib.InvalidFileException, struct.error) as e:
+        except (DvtProtocolError, ValueError, KeyError, IndexError, TypeError, plistlib.InvalidFileException,
+                struct.error) as e:
             result: Any = NSError("DTXMessage", 1, {"NSLocalizedDescription": f"NSCoding error: {e}"})
         else:
             result = self._dispatch(message.channel, str(selector), args)
-        if message.expects_reply and result is not NO_REPLY:
+        if message.expects_reply:
             self.reply(message, result)
 
     def _dispatch(self, channel: int, selector: str, args: list[Any]) -> Any:
@@ -484,12 +526,17 @@ class _Server:
             return _unrecognized(selector)
         try:
             return handler(self, channel, *args)
-        except LaunchError as e:
-            # FrontBoard's answer to an open request it refuses (e.g. no such app), as devices send it back.
-            return NSError("FBSOpenApplicationServiceErrorDomain", 4,
-                           {"BSErrorCodeDescription": e.code_description, "NSLocalizedFailureReason": e.message})
-        except TypeError as e:  # wrong argument count or type from the peer
-            return NSError("DTXMessage", 1, {"NSLocalizedDescription": f"In invocation of method {selector!r}: {e}"})
+        except Exception as e:
+            # A phone may define its own LaunchError (the emulated phone's apps module does): known by its name.
+            if isinstance(e, LaunchError) or type(e).__name__ == "LaunchError":
+                # FrontBoard's answer to an open request it refuses (e.g. no such app), as devices send it back.
+                return NSError("FBSOpenApplicationServiceErrorDomain", 4, {
+                    "BSErrorCodeDescription": getattr(e, "code_description", "NotFound"),
+                    "NSLocalizedFailureReason": getattr(e, "message", str(e))})
+            if isinstance(e, TypeError):  # wrong argument count or type from the peer
+                return NSError("DTXMessage", 1, {"NSLocalizedDescription":
+                                                 f"In invocation of method {selector!r}: {e}"})
+            raise
 
     # channel 0
 
@@ -506,9 +553,7 @@ class _Server:
 
     def _cancel_channel(self, _channel: int, code: int) -> None:
         self.channels.pop(code, None)
-        tap = self._taps.pop(code, None)
-        if tap is not None:
-            tap.stop()
+        self._taps.pop(code, None)
         return None
 
     # processcontrol
@@ -552,13 +597,16 @@ class _Server:
 
     def _start_tap(self, channel: int) -> Any:
         if channel not in self._taps:
-            self._taps[channel] = _Tap(self, channel, self._tap_configs.get(channel, {}))
+            config = self._tap_configs.get(channel, {})
+            interval_s = max(int(config.get("ur") or DEFAULT_SAMPLE_INTERVAL_MS), 1) / 1000.0
+            self._taps[channel] = _Tap(channel, [str(a) for a in config.get("procAttrs") or PROCESS_ATTRIBUTES],
+                                       interval_s, time.monotonic() + interval_s)
+            # The client reads the first message after `start` as an acknowledgement and drops it.
+            self.notify(channel, [])
         return None
 
     def _stop_tap(self, channel: int) -> Any:
-        tap = self._taps.pop(channel, None)
-        if tap is not None:
-            tap.stop()
+        self._taps.pop(channel, None)
         return None
 
     # energy
@@ -590,12 +638,15 @@ _HANDLERS: dict[tuple[str, str], Callable[..., Any]] = {
 }
 
 
-def serve_dvt(conn: Any, device: DvtDevice) -> None:
-    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails)."""
+def serve_dvt(conn: DvtConnection, device: DvtDevice) -> None:
+    """Serve one DVT connection until the peer closes it (or breaks the framing, or the socket fails). `conn` is
+    best a blocking socket.socket or ssl.SSLSocket (see DvtConnection); it is not closed here."""
     try:
         _Server(conn, device).run()
-    except (DvtProtocolError, OSError):
-        pass  # a device drops a connection that misbehaves or goes away; there is no one to tell
+    except (DvtProtocolError, ConnectionGoneError, OSError, ValueError):
+        # A device drops a connection that misbehaves or goes away; there is no one to tell. (ValueError: a socket
+        # closed under a read by another thread, as a pulled cable is emulated.)
+        pass
 
 
 # --- a reference device: host programs as apps ----------------------------------------------------------------------
@@ -635,6 +686,16 @@ def resident_bytes(pid: int) -> int:
     return 0  # a zombie has no VmRSS line
 
 
+@dataclass(frozen=True)
+class AppCommand:
+    """How a host program plays an installed app: its argv (the launch's arguments are appended; argv[0]'s file name
+    is the process name sysmon reports, as an app's executable name is) and its working folder (an app's is its
+    container root)."""
+
+    argv: list[str]
+    cwd: Path | None = None
+
+
 @dataclass
 class _HostApp:
     bundle_id: str
@@ -643,14 +704,17 @@ class _HostApp:
 
 
 class HostProcesses:
-    """A DvtDevice whose apps are host programs: `apps` maps a bundle id to the argv that starts it (the launch's
-    arguments are appended). Processes run in `cwd` with `base_environment` plus the launch's environment; their
-    stdout and stderr go to files in `log_dir` (iOS relays neither) or nowhere. Samples come from /proc."""
+    """A DvtDevice whose apps are host programs. `resolve(bundle_id)` says how to start one (None: not installed;
+    it may raise LaunchError itself, e.g. for an expired signature); without it, `apps` maps a bundle id to the argv
+    that starts it, run in `cwd`. Processes get `base_environment` plus the launch's environment; their stdout and
+    stderr go to files in `log_dir` (iOS relays neither) or nowhere. Samples come from /proc."""
 
     def __init__(self, apps: Mapping[str, Sequence[str]] | None = None, *, cwd: Path | None = None,
-                 log_dir: Path | None = None, base_environment: Mapping[str, str] | None = None) -> None:
+                 resolve: Callable[[str], AppCommand | None] | None = None, log_dir: Path | None = None,
+                 base_environment: Mapping[str, str] | None = None) -> None:
         self.apps: dict[str, list[str]] = {k: list(v) for k, v in (apps or {}).items()}
         self.cwd = cwd
+        self.resolve = resolve or self._from_apps
         self.log_dir = log_dir
         self.base_environment = dict(base_environment if base_environment is not None
                                      else {"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
@@ -659,10 +723,16 @@ class HostProcesses:
         # CPU time and wall clock at the previous reading, per reader ("sysmon", "energy") and pid.
         self._cpu_marks: dict[tuple[str, int], tuple[float, float]] = {}
 
-    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
+    def _from_apps(self, bundle_id: str) -> AppCommand | None:
         argv = self.apps.get(bundle_id)
-        if argv is None:
+        return None if argv is None else AppCommand(argv, self.cwd)
+
+    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
+        command = self.resolve(bundle_id)
+        if command is None:
+            # FrontBoard's words for a bundle id no installed app has.
             raise LaunchError(f'Application info provider (FBSApplicationLibrary) returned nil for "{bundle_id}"')
+        argv = command.argv
         if kill_existing:
             for pid in [p for p, app in self._snapshot() if app.bundle_id == bundle_id]:
                 self.kill(pid)
@@ -673,10 +743,11 @@ class HostProcesses:
             out = open(self.log_dir / f"{bundle_id}.stdout", "ab")
             err = open(self.log_dir / f"{bundle_id}.stderr", "ab")
         try:
-            popen = subprocess.Popen([*argv, *arguments], cwd=self.cwd, env={**self.base_environment, **environment},
-                                     stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        except OSError as e:
-            raise LaunchError(f"The operation couldn't be completed. {e.strerror}: {argv[0]}", "Failed") from e
+            popen = subprocess.Popen([*argv, *arguments], cwd=command.cwd,
+                                     env={**self.base_environment, **environment}, stdin=subprocess.DEVNULL,
+                                     stdout=out, stderr=err, start_new_session=True)
+        except OSError as e:  # the emulator's own words: a host program that cannot start has no iOS counterpart
+            raise LaunchError(f"cannot start {argv[0]}: {e.strerror}", "Failed") from e
         finally:
             if self.log_dir is not None:
                 out.close()

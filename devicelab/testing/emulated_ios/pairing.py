@@ -111,7 +111,7 @@ class HostPairing:
 
 def server_context(pairing: HostPairing, device: DeviceIdentity, folder: Path) -> ssl.SSLContext:
     """The device side of lockdown TLS for one host: present the device certificate the host's root signed, and
-    require the host's certificate from that same root (an unpaired host cannot finish the handshake)."""
+    require exactly the host certificate exchanged in Pair (an unpaired host cannot finish the handshake)."""
     folder.mkdir(parents=True, exist_ok=True)
     chain = folder / f"{pairing.host_id}.pem"
     chain.write_bytes(pairing.device_certificate.rstrip(b"\n") + b"\n" + device.key_pem)
@@ -121,5 +121,9 @@ def server_context(pairing: HostPairing, device: DeviceIdentity, folder: Path) -
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(str(chain))
     context.verify_mode = ssl.CERT_REQUIRED
-    context.load_verify_locations(cadata=pairing.root_certificate.decode())
+    # Pinned rather than chained to the root: pairing certificates (pymobiledevice3's, like libimobiledevice's)
+    # have empty subject and issuer names, which OpenSSL cannot build a chain through; trusting the one host
+    # certificate as a partial chain checks the same thing the phone does, that this is the paired host's key
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    context.load_verify_locations(cadata=pairing.host_certificate.decode())
     return context

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -51,6 +51,8 @@ class Faults:
     not_paired: bool = False  # this host's pair record is unknown: usbmuxd has none, StartSession refuses it
     # what the Trust dialog does with a Pair request from an unpaired host
     trust_dialog: Literal["pending", "accept", "deny"] = "pending"
+    # not paired, and the Trust dialog is up with nobody to tap it (not_paired + trust_dialog "pending")
+    pairing_pending: bool = False
     signature_expired: bool = False  # launching any app fails as with an expired provisioning profile
 
 
@@ -106,15 +108,39 @@ class PortHandle:
     cancel: Callable[[], None] = field(default=lambda: None)
 
 
-def _hardware_model(product_type: str) -> str:
-    try:
-        from pymobiledevice3.irecv_devices import IRECV_DEVICES  # the client's own product table
-    except ImportError:  # pragma: no cover - the extra is installed wherever the emulator runs
-        return "Unknown"
-    for device in IRECV_DEVICES:
-        if device.product_type == product_type:
-            return str(device.hardware_model).upper()
-    return "Unknown"
+# ProductType -> HardwareModel for the phones tests pose as (kept here rather than read from pymobiledevice3, whose
+# only importer in the package is the iOS device kind; a test checks these against the client's own table)
+HARDWARE_MODELS = {
+    "iPhone12,1": "N104AP", "iPhone13,2": "D53GAP", "iPhone14,2": "D63AP", "iPhone14,5": "D17AP",
+    "iPhone15,2": "D73AP", "iPhone15,3": "D74AP", "iPhone16,1": "D83AP", "iPhone16,2": "D84AP",
+}
+
+
+class _DvtDevice:
+    """The phone as the DVT server sees it: the same calls, with launch refusals raised as the DVT module's own
+    LaunchError so that it answers them with FrontBoard's NSError."""
+
+    def __init__(self, phone: EmulatedIPhone, launch_error: type[Exception]) -> None:
+        self._phone = phone
+        self._launch_error = launch_error
+
+    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
+        try:
+            return self._phone.launch(bundle_id, arguments, environment, kill_existing)
+        except LaunchError as e:
+            raise self._launch_error(e.reason, e.code_description) from e
+
+    def kill(self, pid: int) -> None:
+        self._phone.kill(pid)
+
+    def is_running(self, pid: int) -> bool:
+        return self._phone.is_running(pid)
+
+    def processes(self) -> list[dict[str, Any]]:
+        return self._phone.processes()
+
+    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return self._phone.energy(list(pids))
 
 
 class EmulatedIPhone:
@@ -152,7 +178,7 @@ class EmulatedIPhone:
             "DeviceName": device_name,
             "DevicePublicKey": self._identity.public_key_pem,
             "FirmwareVersion": "iBoot-8422.140.50",
-            "HardwareModel": hardware_model or _hardware_model(product_type),
+            "HardwareModel": hardware_model or HARDWARE_MODELS.get(product_type, "Unknown"),
             "HardwarePlatform": f"t{chip_id:04x}" if chip_id else "unknown",
             "HostAttached": True,
             "ModelNumber": "MLTT3",
@@ -192,7 +218,7 @@ class EmulatedIPhone:
 
     def host_pair_record(self) -> dict[str, Any] | None:
         """The host-side pair record usbmuxd hands out for this phone (None when the host is not paired)."""
-        if self.faults.not_paired:
+        if self.faults.not_paired or self.faults.pairing_pending:
             return None
         return dict(self._host_record)
 
@@ -207,7 +233,7 @@ class EmulatedIPhone:
         return path
 
     def _known_host(self, host_id: str) -> HostPairing | None:
-        if host_id == self._minted_host_id and self.faults.not_paired:
+        if host_id == self._minted_host_id and (self.faults.not_paired or self.faults.pairing_pending):
             return None
         with self._lock:
             return self._hosts.get(host_id)
@@ -374,7 +400,7 @@ class EmulatedIPhone:
         if self.faults.locked:
             reply["Error"] = "PasswordProtected"
             return
-        if self.faults.trust_dialog == "pending":
+        if self.faults.trust_dialog == "pending" or self.faults.pairing_pending:
             reply["Error"] = "PairingDialogResponsePending"
             return
         if self.faults.trust_dialog == "deny":
@@ -436,9 +462,10 @@ class EmulatedIPhone:
         elif pending.name == IMAGE_MOUNTER_SERVICE:
             serve_image_mounter(conn, self)
         elif pending.name == DVT_SERVICE:
-            # imported here so the phone works (minus DVT) wherever the DTX server is absent
-            from devicelab.testing.emulated_ios.dvt import serve_dvt
-            serve_dvt(conn, self)
+            # imported here: the DTX server is the heaviest part, and only DVT clients need it
+            from devicelab.testing.emulated_ios import dvt
+            # serve_dvt takes the (TLS) socket itself: it sets timeouts on it to keep sysmontap's beat
+            dvt.serve_dvt(conn.sock, _DvtDevice(self, dvt.LaunchError))
 
     def media_path(self, device_path: str) -> Path | None:
         """A com.apple.afc path (what installation_proxy's PackagePath names) on the host; None if it escapes."""

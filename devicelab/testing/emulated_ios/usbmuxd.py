@@ -50,6 +50,9 @@ class EmulatedUsbmuxd:
         self._clients: set[Conn] = set()
         # records the client saved with SavePairRecord (a host that paired through this usbmuxd)
         self._saved_records: dict[str, bytes] = {}
+        # False: this usbmuxd holds no record of the phones' pairing with this host (a Linux host paired through
+        # pymobiledevice3's own folder), so ReadPairRecord finds nothing and the client falls back to the folder
+        self.serves_pair_records = True
         self._closed = False
         self._thread = threading.Thread(target=self._accept_loop, name="usbmuxd-accept", daemon=True)
         self._thread.start()
@@ -87,10 +90,14 @@ class EmulatedUsbmuxd:
             self._closed = True
             clients = list(self._clients)
             self._listeners.clear()
+        # shutdown first: on Linux a close() alone leaves the socket listening while the accept thread is blocked
+        # in accept(), and "not running" must mean connection refused
         try:
-            self._server.close()
+            self._server.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._server.close()
+        self._thread.join(timeout=5)
         for conn in clients:
             conn.abort()
 
@@ -233,6 +240,8 @@ class EmulatedUsbmuxd:
         return False
 
     def _pair_record(self, serial: str) -> bytes | None:
+        if not self.serves_pair_records:
+            return None
         with self._lock:
             saved = self._saved_records.get(serial)
         if saved is not None:
