@@ -6,7 +6,7 @@
 // the controller owns the stopping rule, dlbench only times. Order matters for honest numbers, as in the
 // Python host runner: pin to the chosen CPUs first (every thread the engine creates inherits the mask),
 // read RSS, load, run once (first inference), warm up, then time iterations on command. Protocol lines go to
-// the original stdout; anything the engine prints lands on stderr so it cannot corrupt the protocol.
+// the original stdout (or the connection); anything the engine prints lands on stderr so it cannot corrupt them.
 //
 // Config (JSON): model, inputs [{name, shape, dtype: float32, file}], threads, cpus, precision, backend,
 // warmup {min_iterations, min_seconds}, options {library: ncnn, weights, layer_times}, iterations (for
@@ -18,10 +18,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
