@@ -41,7 +41,8 @@ Tensor to_tensor(const std::string& name, MLMultiArray* array) {
     for (NSNumber* s in array.strides) strides.push_back(s.longLongValue);
     const MLMultiArrayDataType type = array.dataType;
     float* out = t.data.data();
-    [array getBytesWithHandler:^(const void* bytes, NSInteger) {
+    [array getBytesWithHandler:^(const void* bytes, NSInteger size) {
+        (void)size;  // the strides say where each element is
         std::vector<long long> index(rank, 0);
         for (size_t i = 0; i < count; i++) {
             long long offset = 0;
