@@ -407,3 +407,49 @@ def test_bad_flags_are_one_line_and_a_nonzero_exit(native_host: dict[str, Any], 
     assert event["event"] == "error" and all(w in event["message"] for w in words), event
     assert not (tmp_path / "port.json").exists()
     assert p.returncode == (1 if "cannot write" in words else 2)
+
+
+HOOKS_HARNESS = """
+// Stands in for runners/ios/AppDelegate.mm, which cannot be compiled here: the same dl::bench_main and dl::Hooks,
+// with fixed strings where the app asks iOS (qos_class_self, ProcessInfo.thermalState). Never a measurement.
+#include "dlbench.hpp"
+int main(int argc, char** argv) {
+    dl::Hooks hooks;
+    hooks.ready = [](dl::JsonObject& e) { e.add("qos", "harness-qos"); };
+    int batches = 0;
+    hooks.batch = [&batches](dl::JsonObject& e) { e.add("thermal_state", batches++ ? "harness-2" : "harness-1"); };
+    return dl::bench_main(argc, argv, hooks);
+}
+"""
+
+
+def test_the_app_hooks_add_keys_to_ready_and_each_batch(native_host: dict[str, Any], model: dict[str, Any],
+                                                        tmp_path: Path) -> None:
+    """The iOS app's part in C++ terms: bench_main with Hooks, compiled from the installed sources against the
+    cached ncnn, driven over --listen like the app."""
+    from devicelab import native
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler})")
+    cache = Path(os.environ.get("DEVICELAB_CACHE") or Path.home() / ".cache" / "devicelab")
+    ncnn = cache / f"ncnn-{native_host['ncnn_version']}-host" / "install"
+    src = native.sources_dir() / "dlbench"
+    (tmp_path / "harness.cpp").write_text(HOOKS_HARNESS)
+    exe = tmp_path / "harness"
+    build = subprocess.run([compiler, "-std=c++17", "-O1", "-DDLBENCH_WITH_NCNN", f"-I{src}", f"-I{ncnn / 'include' / 'ncnn'}",
+                            str(tmp_path / "harness.cpp"), *(str(src / f) for f in (
+                                "dlbench.cpp", "channel.cpp", "backends.cpp", "platform_linux.cpp", "backend_ncnn.cpp")),
+                            str(ncnn / "lib" / "libncnn.a"), "-fopenmp", "-lpthread", "-o", str(exe)],
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    proc = _listen(str(exe), _config(tmp_path / "run", model), tmp_path)
+    doc = _wait_for_port_file(tmp_path / "port.json", proc)
+    with socket.create_connection(("127.0.0.1", doc["port"]), timeout=60) as sock:
+        sock.sendall(b'{"cmd":"run","iterations":2}\n{"cmd":"run","iterations":1}\n{"cmd":"stop"}\n')
+        events = _events(sock.makefile("rb").read().decode())
+    assert proc.wait(timeout=60) == 0
+    assert events[0]["event"] == "ready" and events[0]["qos"] == "harness-qos"
+    assert [e.get("thermal_state") for e in events if e["event"] == "batch"] == ["harness-1", "harness-2"]
+    assert [e["event"] for e in events] == ["ready", "iter", "iter", "batch", "iter", "batch", "done"]
+    assert not any("qos" in e or "thermal_state" in e for e in events if e["event"] in ("iter", "done"))
