@@ -3,6 +3,7 @@
 // usbmux. The emulated iPhone runs the host build in this mode, so it is built and tested here.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -107,7 +108,7 @@ bool write_port_file(const std::string& path, int port, std::string* error) {
 
 std::unique_ptr<Channel> stdio_channel(FILE* out) { return std::make_unique<StdioChannel>(out); }
 
-std::unique_ptr<Channel> tcp_channel(int port, const std::string& port_file, std::string* error) {
+std::unique_ptr<Channel> tcp_channel(int port, const std::string& port_file, int accept_timeout_s, std::string* error) {
     // A write to a connection the controller closed must not kill dlbench before it can exit cleanly.
     ::signal(SIGPIPE, SIG_IGN);
     const int server = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -132,6 +133,19 @@ std::unique_ptr<Channel> tcp_channel(int port, const std::string& port_file, std
     std::cerr << "dlbench: listening on 127.0.0.1:" << bound << std::endl;
     if (!port_file.empty() && !write_port_file(port_file, bound, error)) {
         ::close(server);
+        return nullptr;
+    }
+    // Nobody connecting (the controller died after launching us) must not leave an app waiting forever with the
+    // screen kept awake: give up after the timeout.
+    pollfd wait{server, POLLIN, 0};
+    int ready;
+    do {
+        ready = ::poll(&wait, 1, accept_timeout_s * 1000);
+    } while (ready < 0 && errno == EINTR);
+    if (ready == 0) {
+        *error = "--listen: nobody connected within " + std::to_string(accept_timeout_s) + " s (--accept-timeout)";
+        ::close(server);
+        if (!port_file.empty()) std::remove(port_file.c_str());  // it names a port nobody listens on any more
         return nullptr;
     }
     int fd;

@@ -6,7 +6,7 @@
 // the controller owns the stopping rule, dlbench only times. Order matters for honest numbers, as in the
 // Python host runner: pin to the chosen CPUs first (every thread the engine creates inherits the mask),
 // read RSS, load, run once (first inference), warm up, then time iterations on command. Protocol lines go to
-// the original stdout; anything the engine prints lands on stderr so it cannot corrupt the protocol.
+// the original stdout (or the connection); anything the engine prints lands on stderr so it cannot corrupt them.
 //
 // Config (JSON): model, inputs [{name, shape, dtype: float32, file}], threads, cpus, precision, backend,
 // warmup {min_iterations, min_seconds}, options {library: ncnn, weights, layer_times}, iterations (for
@@ -18,10 +18,10 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdlib>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -442,17 +442,30 @@ struct Args {
     std::string config;
     int listen = -1;  // -1: stdin/stdout
     std::string port_file;
+    int accept_timeout_s = 300;  // from listening to the controller's connection (it polls the port file first)
+    bool accept_timeout_given = false;
 };
 
-const char* kUsage = "usage: dlbench [--listen PORT] [--port-file FILE] CONFIG.json | dlbench --version";
+const char* kUsage = "usage: dlbench [--listen PORT [--port-file FILE] [--accept-timeout SECONDS]] CONFIG.json | "
+                     "dlbench --version";
 
 Args parse_args(int argc, char** argv) {
     Args a;
     for (int i = 1; i < argc; i++) {
         const std::string arg = argv[i];
-        if (arg == "--listen" || arg == "--port-file") {
+        if (arg == "--listen" || arg == "--port-file" || arg == "--accept-timeout") {
             if (i + 1 >= argc) throw BadInput(arg + ": needs a value; " + kUsage);
             const std::string value = argv[++i];
+            if (arg == "--accept-timeout") {
+                char* end = nullptr;
+                errno = 0;
+                const long s = std::strtol(value.c_str(), &end, 10);
+                if (value.empty() || *end != '\0' || errno != 0 || s < 1 || s > 86400)
+                    throw BadInput("--accept-timeout: '" + value + "' is not allowed; allowed: whole seconds 1-86400");
+                a.accept_timeout_s = static_cast<int>(s);
+                a.accept_timeout_given = true;
+                continue;
+            }
             if (arg == "--port-file") {
                 if (value.empty()) throw BadInput("--port-file: needs a file name (relative to the working folder)");
                 a.port_file = value;
@@ -465,7 +478,8 @@ Args parse_args(int argc, char** argv) {
                 throw BadInput("--listen: '" + value + "' is not allowed; allowed: a port number 0-65535 (0 = any free port)");
             a.listen = static_cast<int>(port);
         } else if (arg.size() > 1 && arg[0] == '-') {
-            throw BadInput("unknown option '" + arg + "'; allowed: --listen PORT, --port-file FILE, --version");
+            throw BadInput("unknown option '" + arg + "'; allowed: --listen PORT, --port-file FILE, --accept-timeout "
+                           "SECONDS, --version");
         } else if (a.config.empty()) {
             a.config = arg;
         } else {
@@ -474,6 +488,7 @@ Args parse_args(int argc, char** argv) {
     }
     if (a.config.empty()) throw BadInput(kUsage);
     if (!a.port_file.empty() && a.listen < 0) throw BadInput("--port-file: only with --listen PORT");
+    if (a.accept_timeout_given && a.listen < 0) throw BadInput("--accept-timeout: only with --listen PORT");
     return a;
 }
 
@@ -525,7 +540,7 @@ int bench_main(int argc, char** argv, const Hooks& hooks) {
     std::unique_ptr<Channel> tcp;
     if (args.listen >= 0) {
         std::string error;
-        tcp = tcp_channel(args.listen, args.port_file, &error);
+        tcp = tcp_channel(args.listen, args.port_file, args.accept_timeout_s, &error);
         if (!tcp) {
             emit_error(error);
             return 1;

@@ -50,8 +50,8 @@ public:
 std::unique_ptr<Channel> stdio_channel(FILE* out);
 
 // `--listen PORT`: binds 127.0.0.1:PORT (0: any free port), writes `port_file` (if not empty; relative to the
-// working folder) atomically as {"port": N, "pid": P}, and waits for ONE connection, which then carries the
-// protocol both ways. nullptr with `*error` set (one line naming the step) when any of that fails.
-std::unique_ptr<Channel> tcp_channel(int port, const std::string& port_file, std::string* error);
+// working folder) atomically as {"port": N, "pid": P}, and waits up to `accept_timeout_s` for ONE connection, which
+// then carries the protocol both ways. nullptr with `*error` set (one line naming the step) when any of that fails.
+std::unique_ptr<Channel> tcp_channel(int port, const std::string& port_file, int accept_timeout_s, std::string* error);
 
 }  // namespace dl

@@ -1,10 +1,13 @@
 // The Core ML backend of dlbench (Objective-C++, ARC). Apple-only: not compiled on Linux (see README.md).
 //
 // model: a compiled `.mlmodelc` folder, or an `.mlpackage`/`.mlmodel` compiled on the phone at load
-// (MLModel compileModelAtURL:, counted in load_s). backend: compute units — cpu → MLComputeUnitsCPUOnly,
+// (MLModel compileModelAtURL:, counted in load_s). Compute units from `options.compute_units` (cpuOnly, cpuAndGPU,
+// cpuAndNeuralEngine, all: what devicelab's dlbench engine writes) or else from `backend`: cpu → CPUOnly,
 // gpu → CPUAndGPU, ane → CPUAndNeuralEngine (iOS 16+), "coreml" → All (Core ML chooses); the `coreml-` prefixed
-// names (devicelab's backend values) mean the same. precision: fp32, or fp16 (allowLowPrecisionAccumulationOnGPU;
-// the Neural Engine computes in fp16 whatever is asked). Core ML has no thread count: `threads` is ignored.
+// names (devicelab's backend values) mean the same. precision: the package's own (devicelab writes one per
+// precision); fp16 also sets allowLowPrecisionAccumulationOnGPU, int8 (int8 weights, dequantized by Core ML at
+// load) changes nothing at run time, and the Neural Engine computes in fp16 whatever is asked. Core ML has no
+// thread count: `threads` is ignored.
 #import <CoreML/CoreML.h>
 #import <Foundation/Foundation.h>
 
@@ -18,7 +21,22 @@ namespace {
 
 std::string text(NSError* error) { return error ? std::string(error.localizedDescription.UTF8String) : "unknown error"; }
 
-MLComputeUnits compute_units(const std::string& backend) {
+const std::vector<std::pair<std::string, MLComputeUnits>>& named_units() {
+    static const std::vector<std::pair<std::string, MLComputeUnits>> units = {
+        {"cpuOnly", MLComputeUnitsCPUOnly}, {"cpuAndGPU", MLComputeUnitsCPUAndGPU},
+        {"cpuAndNeuralEngine", MLComputeUnitsCPUAndNeuralEngine}, {"all", MLComputeUnitsAll}};
+    return units;
+}
+
+MLComputeUnits compute_units(const std::string& backend, const Json& option) {
+    if (option.is_string()) {
+        for (const auto& [name, units] : named_units())
+            if (option.as_string() == name) return units;
+    }
+    if (!option.is_null())
+        throw BackendError("options.compute_units: " + (option.is_string() ? "'" + option.as_string() + "'" :
+                           std::string("this value")) + " is not allowed; allowed: cpuOnly, cpuAndGPU, "
+                           "cpuAndNeuralEngine, all", true);
     if (backend == "cpu" || backend == "coreml-cpu") return MLComputeUnitsCPUOnly;
     if (backend == "gpu" || backend == "coreml-gpu") return MLComputeUnitsCPUAndGPU;
     if (backend == "ane" || backend == "coreml-ane") return MLComputeUnitsCPUAndNeuralEngine;
@@ -41,7 +59,8 @@ Tensor to_tensor(const std::string& name, MLMultiArray* array) {
     for (NSNumber* s in array.strides) strides.push_back(s.longLongValue);
     const MLMultiArrayDataType type = array.dataType;
     float* out = t.data.data();
-    [array getBytesWithHandler:^(const void* bytes, NSInteger) {
+    [array getBytesWithHandler:^(const void* bytes, NSInteger size) {
+        (void)size;  // the strides say where each element is
         std::vector<long long> index(rank, 0);
         for (size_t i = 0; i < count; i++) {
             long long offset = 0;
@@ -69,7 +88,7 @@ public:
     std::string library_version() const override {
         return std::string("iOS ") + NSProcessInfo.processInfo.operatingSystemVersionString.UTF8String;
     }
-    std::vector<std::string> precisions() const override { return {"fp32", "fp16"}; }
+    std::vector<std::string> precisions() const override { return {"fp32", "fp16", "int8"}; }
     std::vector<std::string> backends() const override {
         return {"cpu", "gpu", "ane", "coreml", "coreml-cpu", "coreml-gpu", "coreml-ane"};
     }
@@ -84,7 +103,7 @@ public:
                 if (!compiled) throw BackendError("model: cannot compile " + r.model + " for Core ML: " + text(error), true);
             }
             MLModelConfiguration* config = [MLModelConfiguration new];
-            config.computeUnits = compute_units(r.backend);
+            config.computeUnits = compute_units(r.backend, (*r.options)["compute_units"]);
             config.allowLowPrecisionAccumulationOnGPU = r.precision == "fp16";
             model_ = [MLModel modelWithContentsOfURL:compiled configuration:config error:&error];
             if (!model_) throw BackendError("could not load " + r.model + " with Core ML: " + text(error));
