@@ -223,3 +223,27 @@ def test_hostile_model_names_arrive_literally(iphone: IPhone, ios_runner_app: Pa
     assert not list(tmp_path.rglob("pwned*"))
     manifest = json.loads((iphone.container() / "Documents/devicelab/manifest.json").read_text())
     assert all(path.startswith("Documents/devicelab/files/") for path in manifest)
+
+
+def test_energy_window_reads_the_battery_and_refuses_while_charging(
+        iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """The window samples IOPMPowerSource over lockdown; the emulated battery draws the same current idle and busy,
+    so the figure is None for that reason, with the samples counted. A charger: None before any window."""
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app))
+    energy = {"energy": True, "energy_idle_seconds": 2.0, "energy_window_seconds": 2.0,
+              "energy_min_window_seconds": 1.0}
+    suite = str(_suite(tmp_path / "s.yaml", precisions=["fp32"], protocol=energy))
+    code, data, err = _run(e, "--suite", suite, "--device", "iphone")
+    assert code == 0, err
+    [r] = data["results"]
+    assert r["status"] == "ok" and r["energy_j_per_inference"] is None, r["reason"]
+    assert "drew no more than idle" in r["energy_reason"] and r["energy_source"].startswith("ios-battery: IOPMPowerSource")
+    window = r["protocol"]["energy"]
+    assert window["samples"] >= 2 and window["idle_samples"] >= 2, window
+    iphone.phone.battery.external_connected = True
+    iphone.phone.battery.is_charging = True
+    code, data, err = _run(e, "--suite", suite, "--device", "iphone")
+    assert code == 0, err
+    [r] = data["results"]
+    assert r["status"] == "ok" and r["energy_j_per_inference"] is None
+    assert "a charger feeds the iPhone" in r["energy_reason"], r["energy_reason"]

@@ -9,6 +9,7 @@ stands in for a calibration; the record says so."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -23,9 +24,10 @@ if TYPE_CHECKING:
     from devicelab.measure import ProtocolSettings
 
 NAME = "ios-battery"
+SOURCE = f"{NAME}: IOPMPowerSource InstantAmperage × Voltage read over lockdown (documented units: no calibration)"
 SAMPLE_INTERVAL_S = 0.5
 # InstantAmperage (mA, negative while discharging) as a "calibration": discharge µA = raw × -1 × 1000.
-IORegistryUnits = Calibration(discharge_sign=-1, ua_per_unit=1000.0, measured_ratio=float("nan"), window_s=0.0,
+IORegistryUnits = Calibration(discharge_sign=-1, ua_per_unit=1000.0, measured_ratio=0.0, window_s=0.0,
                               samples=0, charge_delta_uah=0.0, mean_discharge_ma=0.0,
                               calibrated_at="not needed: IOPMPowerSource InstantAmperage is mA, negative while "
                                             "discharging",
@@ -106,6 +108,7 @@ class IOSBatterySource:
         window = [x for x in got if window_start + settle <= x.at_s <= window_end]
         result = energy_per_inference(idle, window, window_end - window_start, len(times), IORegistryUnits,
                                       s.energy_min_window_seconds)
-        result.detail.update({"idle_s": round(window_start - idle_start, 3), "inference_s": round(sum(times), 4),
-                              "source_detail": "IOPMPowerSource InstantAmperage × Voltage, read over lockdown"})
-        return result
+        detail = {k: v for k, v in result.detail.items() if k != "calibration"}  # none was made: fixed units
+        detail.update({"idle_s": round(window_start - idle_start, 3), "inference_s": round(sum(times), 4),
+                       "units": "IOPMPowerSource InstantAmperage (mA, negative while discharging) × Voltage (mV)"})
+        return dataclasses.replace(result, source=SOURCE, detail=detail)
