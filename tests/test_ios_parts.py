@@ -287,3 +287,25 @@ def test_cpus_are_refused_on_ios(tmp_path: Path) -> None:
     finally:
         phone.loop.close()
 
+
+
+def test_without_pymobiledevice3_devices_says_so_in_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    """pymobiledevice3 is an optional extra: without it `devicelab devices` lists the rest and says, once, why no
+    iPhone is listed (here its absence is simulated: the import system finds no such module)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, importlib.abc\n"
+            "class Hide(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'pymobiledevice3':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from devicelab.cli import main\n"
+            "sys.exit(main(['devices']))\n")
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "host" in p.stdout
+    notes = [line for line in p.stderr.splitlines() if "pymobiledevice3" in line]
+    assert notes == ["note: iPhones are not listed: pymobiledevice3 is not installed (pip install 'devicelab[ios]')"]

@@ -9,9 +9,11 @@ MISSING = "iPhones are not listed: pymobiledevice3 is not installed (pip install
 
 
 def installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("pymobiledevice3") is not None
+    try:
+        import pymobiledevice3  # noqa: F401 - the package itself is light; its services are imported on use
+    except ImportError:
+        return False
+    return True
 
 
 def discovered_entries(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
