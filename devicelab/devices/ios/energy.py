@@ -9,7 +9,6 @@ stands in for a calibration; the record says so."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import threading
 import time
@@ -111,4 +110,4 @@ class IOSBatterySource:
         detail = {k: v for k, v in result.detail.items() if k != "calibration"}  # none was made: fixed units
         detail.update({"idle_s": round(window_start - idle_start, 3), "inference_s": round(sum(times), 4),
                        "units": "IOPMPowerSource InstantAmperage (mA, negative while discharging) × Voltage (mV)"})
-        return dataclasses.replace(result, source=SOURCE, detail=detail)
+        return EnergyResult(result.joules_per_inference, SOURCE, result.reason, detail)
