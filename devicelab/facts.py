@@ -118,8 +118,12 @@ def _check_ios(options: dict[str, Any]) -> list[str]:
     else:
         from pathlib import Path
 
-        path = Path(app).expanduser()
-        if not (path.is_dir() if app.rstrip("/").endswith(".app") else path.is_file()):
+        try:
+            path = Path(app).expanduser()
+            there = path.is_dir() if app.rstrip("/").endswith(".app") else path.is_file()
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a user that does not exist (~x)
+            there = False
+        if not there:
             problems.append(f"runner_app: {app} does not exist (build and sign the runner app: `devicelab "
                             "build-native --target ios` prints the steps)")
     bundle = options.get("bundle_id")
