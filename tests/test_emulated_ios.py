@@ -7,6 +7,7 @@ real usbmuxd is ever reached."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import plistlib
 import socket
@@ -31,7 +32,11 @@ from pymobiledevice3.lockdown import UsbmuxLockdownClient, create_using_usbmux  
 from pymobiledevice3.service_connection import ServiceConnection  # noqa: E402
 from pymobiledevice3.services.afc import AfcService  # noqa: E402
 from pymobiledevice3.services.diagnostics import DiagnosticsService  # noqa: E402
+from pymobiledevice3.dtx.exceptions import DTXNsError  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.device_info import DeviceInfo  # noqa: E402
 from pymobiledevice3.services.dvt.instruments.dvt_provider import DvtProvider  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
 from pymobiledevice3.services.house_arrest import HouseArrestService  # noqa: E402
 from pymobiledevice3.services.installation_proxy import InstallationProxyService  # noqa: E402
 from pymobiledevice3.services.mobile_image_mounter import DeveloperDiskImageMounter  # noqa: E402
@@ -339,6 +344,55 @@ def test_launch_runs_the_bundle_executable_in_its_container(rig: Rig) -> None:
     rig.phone.faults.signature_expired = True
     with pytest.raises(LaunchError, match="invalid code signature"):
         rig.phone.launch(BUNDLE_ID, [], {}, kill_existing=True)
+
+
+def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
+    """The whole path a controller takes on iOS 16: install, DVT over lockdown's TLS service, launch with arguments
+    into the container, the app's listening port reached through usbmux Connect, sysmontap rows, kill."""
+    script = ("#!/bin/sh\nexec python3 -c 'import socket, sys, json\n"
+              "s = socket.create_server((\"127.0.0.1\", 0))\n"
+              "open(sys.argv[1], \"w\").write(json.dumps({\"port\": s.getsockname()[1]}))\n"
+              "c, _ = s.accept()\n"
+              "c.sendall(c.recv(100).upper())\n"
+              "assert c.recv(1) == b\"\"\n"  # the controller's close reaches the app as EOF
+              "import time; time.sleep(60)\n' \"$@\"\n")
+    app = make_app(rig.tmp / "build", script=script)
+
+    async def main() -> None:
+        async with await rig.lockdown() as lockdown:
+            async with InstallationProxyService(lockdown=lockdown) as installer:
+                await installer.install_from_local(app)
+            async with DvtProvider(lockdown) as dvt, ProcessControl(dvt) as pc, DeviceInfo(dvt) as info:
+                pid = await pc.launch(BUNDLE_ID, arguments=["Documents/port.json"], environment={"X": "1"})
+                async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                    for _ in range(500):
+                        if await ha.exists("Documents/port.json"):
+                            break
+                        await asyncio.sleep(0.02)
+                    port = int(json.loads(await ha.get_file_contents("Documents/port.json"))["port"])
+                runner = await ServiceConnection.create_using_usbmux(UDID, port, usbmux_address=rig.mux.address)
+                try:
+                    await runner.sendall(b"ping")
+                    assert await runner.recvall(4) == b"PING"
+                finally:
+                    await runner.close()
+                assert await info.is_running_pid(pid)
+                async with await Sysmontap.create(dvt, interval=100) as tap:
+                    async for processes in tap.iter_processes():
+                        rows = [p for p in processes if p["pid"] == pid]
+                        if rows:
+                            assert rows[0]["name"] == "Runner"  # the bundle's executable, as iOS names it
+                            assert rows[0]["physFootprint"] > 0
+                            break
+                await pc.kill(pid)
+                assert not await info.is_running_pid(pid)
+                with pytest.raises(DTXNsError, match="returned nil"):
+                    await pc.launch("org.example.absent")
+                rig.phone.faults.signature_expired = True
+                with pytest.raises(DTXNsError, match="invalid code signature"):
+                    await pc.launch(BUNDLE_ID)
+
+    asyncio.run(main())
 
 
 def test_developer_mode_off_and_image_not_mounted(rig: Rig) -> None:
