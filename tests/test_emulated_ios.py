@@ -10,7 +10,10 @@ import asyncio
 import json
 import os
 import plistlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -480,3 +483,43 @@ def test_usbmuxd_not_running(rig: Rig) -> None:
             await rig.lockdown()
 
     asyncio.run(main())
+
+
+def test_command_line_phone_detaches_on_sigusr1(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "build")
+    env = {k: v for k, v in os.environ.items() if k != "USBMUXD_SOCKET_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "devicelab.testing.emulated_ios", "--root", str(tmp_path / "p"),
+                             "--install", str(app), "--pairing-folder", str(tmp_path / "pairing")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:")
+
+        async def serials() -> list[str]:
+            return [d.serial for d in await usbmux.list_devices(usbmux_address=address)]
+
+        async def apps() -> list[str]:
+            async with await create_using_usbmux(serial=UDID, usbmux_address=address, autopair=False,
+                                                 pairing_records_cache_folder=tmp_path / "pairing") as lockdown:
+                async with InstallationProxyService(lockdown=lockdown) as installer:
+                    return list(await installer.get_apps(bundle_identifiers=[BUNDLE_ID]))
+
+        assert asyncio.run(serials()) == [UDID]
+        assert asyncio.run(apps()) == [BUNDLE_ID]
+        assert (tmp_path / "pairing" / f"{UDID}.plist").exists()
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while asyncio.run(serials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(serials()) == []
+        proc.send_signal(signal.SIGUSR2)
+        while not asyncio.run(serials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(serials()) == [UDID]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -300,7 +300,7 @@ class EmulatedIPhone:
 
     def _values(self, domain: str | None) -> dict[str, Any] | None:
         if domain is None:
-            return dict(self.values)
+            return {**self.values, "TimeIntervalSince1970": time.time()}
         if domain == "com.apple.security.mac.amfi":
             return {"DeveloperModeStatus": not self.faults.developer_mode_off}
         if domain == "com.apple.mobile.battery":
