@@ -222,6 +222,18 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
             assert (installed.container / "Documents").is_dir()
             assert list((installed.container / "Documents").iterdir()) == []
 
+            # a hostile name arrives literally, and a file over pymobiledevice3's 4 MiB single-read limit streams
+            hostile = "m $(touch pwned); 'x' \"y\" é`z`.bin"
+            big = os.urandom(5 * 1024 * 1024 + 17)
+            (rig.tmp / "big.bin").write_bytes(big)
+            async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                await ha.set_file_contents(f"Documents/{hostile}", b"literal")
+                assert await ha.listdir("Documents") == [hostile]
+                await ha.push(str(rig.tmp / "big.bin"), "Documents/big.bin")
+                await ha.pull("Documents/big.bin", str(rig.tmp / "big-back.bin"))
+            assert (installed.container / "Documents" / hostile).read_bytes() == b"literal"
+            assert (rig.tmp / "big-back.bin").read_bytes() == big
+
             # VendDocuments: the container shows only its Documents folder
             async with await HouseArrestService.create(lockdown, BUNDLE_ID, documents_only=True) as ha:
                 assert await ha.listdir("/") == ["Documents"]
