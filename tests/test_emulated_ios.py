@@ -369,7 +369,7 @@ def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
               "open(sys.argv[1], \"w\").write(json.dumps({\"port\": s.getsockname()[1]}))\n"
               "c, _ = s.accept()\n"
               "c.sendall(c.recv(100).upper())\n"
-              "assert c.recv(1) == b\"\"\n"  # the controller's close reaches the app as EOF
+              "open(\"Documents/eof.txt\", \"w\").write(repr(c.recv(1)))\n"
               "import time; time.sleep(60)\n' \"$@\"\n")
     app = make_app(rig.tmp / "build", script=script)
 
@@ -391,6 +391,12 @@ def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
                     assert await runner.recvall(4) == b"PING"
                 finally:
                     await runner.close()
+                async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                    for _ in range(500):  # the controller's close reaches the app as EOF
+                        if await ha.exists("Documents/eof.txt"):
+                            break
+                        await asyncio.sleep(0.02)
+                    assert await ha.get_file_contents("Documents/eof.txt") == b"b''"
                 assert await info.is_running_pid(pid)
                 async with await Sysmontap.create(dvt, interval=100) as tap:
                     async for processes in tap.iter_processes():
@@ -401,11 +407,13 @@ def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
                             break
                 await pc.kill(pid)
                 assert not await info.is_running_pid(pid)
-                with pytest.raises(DTXNsError, match="returned nil"):
+                with pytest.raises(DTXNsError, match="returned nil") as missing:
                     await pc.launch("org.example.absent")
+                assert missing.value.error.user_info["BSErrorCodeDescription"] == "NotFound"
                 rig.phone.faults.signature_expired = True
-                with pytest.raises(DTXNsError, match="invalid code signature"):
+                with pytest.raises(DTXNsError, match="invalid code signature") as expired:
                     await pc.launch(BUNDLE_ID)
+                assert expired.value.error.user_info["BSErrorCodeDescription"] == "Security"
 
     asyncio.run(main())
 
