@@ -409,11 +409,11 @@ def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
                 assert not await info.is_running_pid(pid)
                 with pytest.raises(DTXNsError, match="returned nil") as missing:
                     await pc.launch("org.example.absent")
-                assert missing.value.error.user_info["BSErrorCodeDescription"] == "NotFound"
+                assert (missing.value.error.user_info or {}).get("BSErrorCodeDescription") == "NotFound"
                 rig.phone.faults.signature_expired = True
                 with pytest.raises(DTXNsError, match="invalid code signature") as expired:
                     await pc.launch(BUNDLE_ID)
-                assert expired.value.error.user_info["BSErrorCodeDescription"] == "Security"
+                assert (expired.value.error.user_info or {}).get("BSErrorCodeDescription") == "Security"
 
     asyncio.run(main())
 

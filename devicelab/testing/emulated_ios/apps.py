@@ -13,12 +13,14 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 # LaunchError is the DVT server's: it answers one with FrontBoard's NSError, as processcontrol does
-from devicelab.testing.emulated_ios.dvt import LaunchError, phys_footprint_bytes, resident_bytes
+from devicelab.testing.emulated_ios.dvt import LaunchError as LaunchError
+from devicelab.testing.emulated_ios.dvt import phys_footprint_bytes, resident_bytes
 
 CONTAINER_FOLDERS = ("Documents", "Library/Caches", "Library/Preferences", "tmp")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -287,7 +289,7 @@ class Apps:
             })
         return rows
 
-    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
+    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
         """EnergyMonitor rows: unitless scores. The emulator has no energy model of a phone, so only the CPU
         component is reported: the process's CPU use (% of one core) since the previous energy sample, 0 the first
         time; the total equals it. Never joules."""

@@ -10,7 +10,7 @@ import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -462,8 +462,8 @@ class EmulatedIPhone:
     def processes(self) -> list[dict[str, Any]]:
         return self.apps.processes()
 
-    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
-        return self.apps.energy(list(pids))
+    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return self.apps.energy(pids)
 
     def close(self) -> None:
         """Kill the app processes and drop every connection (the phone is switched off)."""
