@@ -200,6 +200,9 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
                 assert apps[BUNDLE_ID]["CFBundleExecutable"] == "Runner"
                 assert apps[BUNDLE_ID]["Path"].endswith("/Runner.app")
                 assert await installer.get_apps(bundle_identifiers=["org.example.absent"]) == {}
+                sized = await installer.get_apps(bundle_identifiers=[BUNDLE_ID], calculate_sizes=True)
+                assert sized[BUNDLE_ID]["StaticDiskUsage"] == sum(
+                    p.stat().st_size for p in app.rglob("*") if p.is_file())
             installed = rig.phone.apps.get(BUNDLE_ID)
             assert installed is not None and os.access(installed.bundle_path / "Runner", os.X_OK)
             # the staged package is removed again by the client

@@ -61,6 +61,9 @@ class InstalledApp:
             "Container": f"/private/var/mobile/Containers/Data/Application/{self.container.name}",
             "EnvironmentVariables": {"HOME": f"/private/var/mobile/Containers/Data/Application/"
                                              f"{self.container.name}"},
+            # what get_apps(calculate_sizes=True) asks for: the bundle's and the container's bytes
+            "StaticDiskUsage": _tree_bytes(self.bundle_path),
+            "DynamicDiskUsage": _tree_bytes(self.container),
             "SignerIdentity": "Apple Development" if self.development_signed else "Apple Distribution",
             "Entitlements": {"get-task-allow": self.development_signed, "application-identifier": self.bundle_id},
         })
@@ -77,6 +80,10 @@ class AppProcess:
     stderr_path: Path
     # last CPU sample per consumer ("sysmontap", "energy"): (wall seconds, cpu seconds)
     cpu_marks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _safe_member(name: str) -> PurePosixPath | None:
