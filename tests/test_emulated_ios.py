@@ -7,9 +7,13 @@ real usbmuxd is ever reached."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import plistlib
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -31,7 +35,11 @@ from pymobiledevice3.lockdown import UsbmuxLockdownClient, create_using_usbmux  
 from pymobiledevice3.service_connection import ServiceConnection  # noqa: E402
 from pymobiledevice3.services.afc import AfcService  # noqa: E402
 from pymobiledevice3.services.diagnostics import DiagnosticsService  # noqa: E402
+from pymobiledevice3.dtx.exceptions import DTXNsError  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.device_info import DeviceInfo  # noqa: E402
 from pymobiledevice3.services.dvt.instruments.dvt_provider import DvtProvider  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
+from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
 from pymobiledevice3.services.house_arrest import HouseArrestService  # noqa: E402
 from pymobiledevice3.services.installation_proxy import InstallationProxyService  # noqa: E402
 from pymobiledevice3.services.mobile_image_mounter import DeveloperDiskImageMounter  # noqa: E402
@@ -192,6 +200,9 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
                 assert apps[BUNDLE_ID]["CFBundleExecutable"] == "Runner"
                 assert apps[BUNDLE_ID]["Path"].endswith("/Runner.app")
                 assert await installer.get_apps(bundle_identifiers=["org.example.absent"]) == {}
+                sized = await installer.get_apps(bundle_identifiers=[BUNDLE_ID], calculate_sizes=True)
+                assert sized[BUNDLE_ID]["StaticDiskUsage"] == sum(
+                    p.stat().st_size for p in app.rglob("*") if p.is_file())
             installed = rig.phone.apps.get(BUNDLE_ID)
             assert installed is not None and os.access(installed.bundle_path / "Runner", os.X_OK)
             # the staged package is removed again by the client
@@ -213,6 +224,18 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
                 assert not await ha.exists("Documents/devicelab")
             assert (installed.container / "Documents").is_dir()
             assert list((installed.container / "Documents").iterdir()) == []
+
+            # a hostile name arrives literally, and a file over pymobiledevice3's 4 MiB single-read limit streams
+            hostile = "m $(touch pwned); 'x' \"y\" é`z`.bin"
+            big = os.urandom(5 * 1024 * 1024 + 17)
+            (rig.tmp / "big.bin").write_bytes(big)
+            async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                await ha.set_file_contents(f"Documents/{hostile}", b"literal")
+                assert await ha.listdir("Documents") == [hostile]
+                await ha.push(str(rig.tmp / "big.bin"), "Documents/big.bin")
+                await ha.pull("Documents/big.bin", str(rig.tmp / "big-back.bin"))
+            assert (installed.container / "Documents" / hostile).read_bytes() == b"literal"
+            assert (rig.tmp / "big-back.bin").read_bytes() == big
 
             # VendDocuments: the container shows only its Documents folder
             async with await HouseArrestService.create(lockdown, BUNDLE_ID, documents_only=True) as ha:
@@ -341,6 +364,63 @@ def test_launch_runs_the_bundle_executable_in_its_container(rig: Rig) -> None:
         rig.phone.launch(BUNDLE_ID, [], {}, kill_existing=True)
 
 
+def test_dvt_over_lockdown_launches_the_installed_app(rig: Rig) -> None:
+    """The whole path a controller takes on iOS 16: install, DVT over lockdown's TLS service, launch with arguments
+    into the container, the app's listening port reached through usbmux Connect, sysmontap rows, kill."""
+    script = ("#!/bin/sh\nexec python3 -c 'import socket, sys, json\n"
+              "s = socket.create_server((\"127.0.0.1\", 0))\n"
+              "open(sys.argv[1], \"w\").write(json.dumps({\"port\": s.getsockname()[1]}))\n"
+              "c, _ = s.accept()\n"
+              "c.sendall(c.recv(100).upper())\n"
+              "open(\"Documents/eof.txt\", \"w\").write(repr(c.recv(1)))\n"
+              "import time; time.sleep(60)\n' \"$@\"\n")
+    app = make_app(rig.tmp / "build", script=script)
+
+    async def main() -> None:
+        async with await rig.lockdown() as lockdown:
+            async with InstallationProxyService(lockdown=lockdown) as installer:
+                await installer.install_from_local(app)
+            async with DvtProvider(lockdown) as dvt, ProcessControl(dvt) as pc, DeviceInfo(dvt) as info:
+                pid = await pc.launch(BUNDLE_ID, arguments=["Documents/port.json"], environment={"X": "1"})
+                async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                    for _ in range(500):
+                        if await ha.exists("Documents/port.json"):
+                            break
+                        await asyncio.sleep(0.02)
+                    port = int(json.loads(await ha.get_file_contents("Documents/port.json"))["port"])
+                runner = await ServiceConnection.create_using_usbmux(UDID, port, usbmux_address=rig.mux.address)
+                try:
+                    await runner.sendall(b"ping")
+                    assert await runner.recvall(4) == b"PING"
+                finally:
+                    await runner.close()
+                async with await HouseArrestService.create(lockdown, BUNDLE_ID) as ha:
+                    for _ in range(500):  # the controller's close reaches the app as EOF
+                        if await ha.exists("Documents/eof.txt"):
+                            break
+                        await asyncio.sleep(0.02)
+                    assert await ha.get_file_contents("Documents/eof.txt") == b"b''"
+                assert await info.is_running_pid(pid)
+                async with await Sysmontap.create(dvt, interval=100) as tap:
+                    async for processes in tap.iter_processes():
+                        rows = [p for p in processes if p["pid"] == pid]
+                        if rows:
+                            assert rows[0]["name"] == "Runner"  # the bundle's executable, as iOS names it
+                            assert rows[0]["physFootprint"] > 0
+                            break
+                await pc.kill(pid)
+                assert not await info.is_running_pid(pid)
+                with pytest.raises(DTXNsError, match="returned nil") as missing:
+                    await pc.launch("org.example.absent")
+                assert (missing.value.error.user_info or {}).get("BSErrorCodeDescription") == "NotFound"
+                rig.phone.faults.signature_expired = True
+                with pytest.raises(DTXNsError, match="invalid code signature") as expired:
+                    await pc.launch(BUNDLE_ID)
+                assert (expired.value.error.user_info or {}).get("BSErrorCodeDescription") == "Security"
+
+    asyncio.run(main())
+
+
 def test_developer_mode_off_and_image_not_mounted(rig: Rig) -> None:
     async def main() -> None:
         async with await rig.lockdown() as lockdown:
@@ -426,3 +506,43 @@ def test_usbmuxd_not_running(rig: Rig) -> None:
             await rig.lockdown()
 
     asyncio.run(main())
+
+
+def test_command_line_phone_detaches_on_sigusr1(tmp_path: Path) -> None:
+    app = make_app(tmp_path / "build")
+    env = {k: v for k, v in os.environ.items() if k != "USBMUXD_SOCKET_ADDRESS"}
+    proc = subprocess.Popen([sys.executable, "-m", "devicelab.testing.emulated_ios", "--root", str(tmp_path / "p"),
+                             "--install", str(app), "--pairing-folder", str(tmp_path / "pairing")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:")
+
+        async def serials() -> list[str]:
+            return [d.serial for d in await usbmux.list_devices(usbmux_address=address)]
+
+        async def apps() -> list[str]:
+            async with await create_using_usbmux(serial=UDID, usbmux_address=address, autopair=False,
+                                                 pairing_records_cache_folder=tmp_path / "pairing") as lockdown:
+                async with InstallationProxyService(lockdown=lockdown) as installer:
+                    return list(await installer.get_apps(bundle_identifiers=[BUNDLE_ID]))
+
+        assert asyncio.run(serials()) == [UDID]
+        assert asyncio.run(apps()) == [BUNDLE_ID]
+        assert (tmp_path / "pairing" / f"{UDID}.plist").exists()
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 20
+        while asyncio.run(serials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(serials()) == []
+        proc.send_signal(signal.SIGUSR2)
+        while not asyncio.run(serials()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert asyncio.run(serials()) == [UDID]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -13,22 +13,17 @@ import threading
 import time
 import uuid
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+# LaunchError is the DVT server's: it answers one with FrontBoard's NSError, as processcontrol does
+from devicelab.testing.emulated_ios.dvt import LaunchError as LaunchError
+from devicelab.testing.emulated_ios.dvt import phys_footprint_bytes, resident_bytes
+
 CONTAINER_FOLDERS = ("Documents", "Library/Caches", "Library/Preferences", "tmp")
 _CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-class LaunchError(Exception):
-    """FrontBoard refused to open the app: `reason` is its NSLocalizedFailureReason, `code_description` its
-    BSErrorCodeDescription ("NotFound" for a missing app, "Security" for a signature it will not run)."""
-
-    def __init__(self, reason: str, code_description: str = "NotFound") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.code_description = code_description
 
 
 class InstallError(Exception):
@@ -66,6 +61,9 @@ class InstalledApp:
             "Container": f"/private/var/mobile/Containers/Data/Application/{self.container.name}",
             "EnvironmentVariables": {"HOME": f"/private/var/mobile/Containers/Data/Application/"
                                              f"{self.container.name}"},
+            # what get_apps(calculate_sizes=True) asks for: the bundle's and the container's bytes
+            "StaticDiskUsage": _tree_bytes(self.bundle_path),
+            "DynamicDiskUsage": _tree_bytes(self.container),
             "SignerIdentity": "Apple Development" if self.development_signed else "Apple Distribution",
             "Entitlements": {"get-task-allow": self.development_signed, "application-identifier": self.bundle_id},
         })
@@ -82,6 +80,10 @@ class AppProcess:
     stderr_path: Path
     # last CPU sample per consumer ("sysmontap", "energy"): (wall seconds, cpu seconds)
     cpu_marks: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _tree_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
 
 
 def _safe_member(name: str) -> PurePosixPath | None:
@@ -276,42 +278,36 @@ class Apps:
         return max(0.0, (cpu - previous[1]) / (now - previous[0]))
 
     def processes(self) -> list[dict[str, Any]]:
-        """Sysmontap rows for the running app processes, from the host process's /proc: physFootprint is the
-        anonymous resident + swapped memory (Linux's nearest analogue of the dirty footprint jetsam counts)."""
+        """Sysmontap rows for the running app processes, read from the host's /proc with the DVT module's
+        definitions (physFootprint = Private_Dirty + Swap: see docs/emulated-iphone-dvt.md)."""
         rows: list[dict[str, Any]] = []
         for process in self._running():
-            status = _proc_status_kb(process.pid)
-            if status is None:
-                continue
+            try:
+                footprint, resident = phys_footprint_bytes(process.pid), resident_bytes(process.pid)
+            except (OSError, ValueError, IndexError):
+                continue  # exited between the listing and the read
             fraction = self._cpu_fraction(process, "sysmontap")
             rows.append({
                 "pid": process.pid,
                 "name": process.name,
-                "physFootprint": (status.get("RssAnon", 0) + status.get("VmSwap", 0)) * 1024,
-                "memResidentSize": status.get("VmRSS", 0) * 1024,
+                "physFootprint": footprint,
+                "memResidentSize": resident,
                 "cpuUsage": None if fraction is None else fraction * 100.0,
             })
         return rows
 
-    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
-        """EnergyMonitor rows: unitless scores. The emulator has no energy model: the CPU component is the host
-        process's CPU use since the previous energy sample (cores), the other components are reported as 0."""
+    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """EnergyMonitor rows: unitless scores. The emulator has no energy model of a phone, so only the CPU
+        component is reported: the process's CPU use (% of one core) since the previous energy sample, 0 the first
+        time; the total equals it. Never joules."""
         result: dict[int, dict[str, Any]] = {}
         for pid in pids:
             process = self.process(pid)
             if process is None or process.popen.poll() is not None:
                 continue
-            cpu = self._cpu_fraction(process, "energy") or 0.0
-            result[pid] = {
-                "energy.cost": cpu,
-                "energy.cpu.cost": cpu,
-                "energy.gpu.cost": 0.0,
-                "energy.networking.cost": 0.0,
-                "energy.display.cost": 0.0,
-                "energy.location.cost": 0.0,
-                "energy.appstate.cost": 0.0,
-                "energy.overhead": 0.0,
-            }
+            fraction = self._cpu_fraction(process, "energy")
+            score = 0.0 if fraction is None else fraction * 100.0
+            result[pid] = {"energy.cost": score, "energy.cpu.cost": score}
         return result
 
 
@@ -326,17 +322,3 @@ def _cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime, stime
     except (IndexError, ValueError):
         return None
-
-
-def _proc_status_kb(pid: int) -> dict[str, int] | None:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    values: dict[str, int] = {}
-    for line in lines:
-        key, _, rest = line.partition(":")
-        parts = rest.split()
-        if len(parts) == 2 and parts[1] == "kB" and parts[0].isdigit():
-            values[key] = int(parts[0])
-    return values

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from devicelab.testing.emulated_ios._wire import Conn, ConnClosedError, recv_plist_be, send_plist_be
 from devicelab.testing.emulated_ios.afc import serve_afc
 from devicelab.testing.emulated_ios.apps import Apps, LaunchError
+from devicelab.testing.emulated_ios.dvt import serve_dvt
 from devicelab.testing.emulated_ios.pairing import DeviceIdentity, HostPairing, mint_pair_record, server_context
 from devicelab.testing.emulated_ios.services import (serve_diagnostics, serve_house_arrest, serve_image_mounter,
                                                      serve_installation_proxy)
@@ -114,33 +115,6 @@ HARDWARE_MODELS = {
     "iPhone12,1": "N104AP", "iPhone13,2": "D53GAP", "iPhone14,2": "D63AP", "iPhone14,5": "D17AP",
     "iPhone15,2": "D73AP", "iPhone15,3": "D74AP", "iPhone16,1": "D83AP", "iPhone16,2": "D84AP",
 }
-
-
-class _DvtDevice:
-    """The phone as the DVT server sees it: the same calls, with launch refusals raised as the DVT module's own
-    LaunchError so that it answers them with FrontBoard's NSError."""
-
-    def __init__(self, phone: EmulatedIPhone, launch_error: type[Exception]) -> None:
-        self._phone = phone
-        self._launch_error = launch_error
-
-    def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
-        try:
-            return self._phone.launch(bundle_id, arguments, environment, kill_existing)
-        except LaunchError as e:
-            raise self._launch_error(e.reason, e.code_description) from e
-
-    def kill(self, pid: int) -> None:
-        self._phone.kill(pid)
-
-    def is_running(self, pid: int) -> bool:
-        return self._phone.is_running(pid)
-
-    def processes(self) -> list[dict[str, Any]]:
-        return self._phone.processes()
-
-    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
-        return self._phone.energy(list(pids))
 
 
 class EmulatedIPhone:
@@ -326,7 +300,7 @@ class EmulatedIPhone:
 
     def _values(self, domain: str | None) -> dict[str, Any] | None:
         if domain is None:
-            return dict(self.values)
+            return {**self.values, "TimeIntervalSince1970": time.time()}
         if domain == "com.apple.security.mac.amfi":
             return {"DeveloperModeStatus": not self.faults.developer_mode_off}
         if domain == "com.apple.mobile.battery":
@@ -462,10 +436,8 @@ class EmulatedIPhone:
         elif pending.name == IMAGE_MOUNTER_SERVICE:
             serve_image_mounter(conn, self)
         elif pending.name == DVT_SERVICE:
-            # imported here: the DTX server is the heaviest part, and only DVT clients need it
-            from devicelab.testing.emulated_ios import dvt
-            # serve_dvt takes the (TLS) socket itself: it sets timeouts on it to keep sysmontap's beat
-            dvt.serve_dvt(conn.sock, _DvtDevice(self, dvt.LaunchError))
+            # the (TLS) socket itself: serve_dvt sets timeouts on it to keep sysmontap's beat on one thread
+            serve_dvt(conn.sock, self)
 
     def media_path(self, device_path: str) -> Path | None:
         """A com.apple.afc path (what installation_proxy's PackagePath names) on the host; None if it escapes."""
@@ -490,8 +462,8 @@ class EmulatedIPhone:
     def processes(self) -> list[dict[str, Any]]:
         return self.apps.processes()
 
-    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
-        return self.apps.energy(list(pids))
+    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        return self.apps.energy(pids)
 
     def close(self) -> None:
         """Kill the app processes and drop every connection (the phone is switched off)."""

@@ -62,6 +62,9 @@ class EmulatedUsbmuxd:
     def attach(self, phone: EmulatedIPhone) -> int:
         """Plug the phone in: it is listed and Listen subscribers get Attached. Returns its DeviceID."""
         with self._lock:
+            for device_id, attached in self._devices.items():
+                if attached is phone:
+                    return device_id  # already plugged in
             device_id = self._next_id
             self._next_id += 1
             self._devices[device_id] = phone
