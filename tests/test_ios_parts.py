@@ -309,3 +309,19 @@ def test_without_pymobiledevice3_devices_says_so_in_one_line(env: dict[str, str]
     assert "host" in p.stdout
     notes = [line for line in p.stderr.splitlines() if "pymobiledevice3" in line]
     assert notes == ["note: iPhones are not listed: pymobiledevice3 is not installed (pip install 'devicelab[ios]')"]
+
+
+def test_a_closed_transport_runs_again_on_a_fresh_loop(tmp_path: Path) -> None:
+    """The sweep may close a device and use it again (a second run in one process): close() leaves a live loop,
+    and the lock that serializes exchanges belongs to the new one."""
+    phone = IOSTransport(DeviceEntry("p", "ios", {"udid": UDID, "runner_app": str(_app(tmp_path)),
+                                                  "usbmux_address": "127.0.0.1:1"}))
+
+    async def value() -> int:
+        return 3
+
+    assert phone.call("a first exchange", value) == 3
+    phone.close()
+    phone.close()
+    assert phone.call("an exchange after close", value) == 3
+    phone.loop.close()

@@ -438,8 +438,9 @@ class IOSTransport(Transport):
                 detail = f"{what}: {type(e).__name__}: {e}".rstrip(": ")
                 if self.gone():
                     raise TransportLostError(self.why_gone(detail)) from None
-                if attempt == 2 or not isinstance(e, (OSError, ConnectionError, asyncio.IncompleteReadError,
-                                                      TimeoutError)) or _afc_refusal(e):
+                # A broken connection (lockdown's, a service's) is tried once more on a fresh one; a refusal is not.
+                broken = _connection_fault(e) or (isinstance(e, OSError) and not _afc_refusal(e))
+                if attempt == 2 or not broken:
                     raise OSError(detail) from None
         raise AssertionError("unreachable")
 
@@ -810,6 +811,7 @@ class IOSTransport(Transport):
             self.loop.run(shut(), 5)
         self.loop.close()
         self.loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")  # a later call (a second run) finds a live loop
+        self._lock = None  # an asyncio.Lock belongs to the loop it was first used on
 
     # ---- hooks
 
