@@ -318,10 +318,22 @@ def test_a_closed_transport_runs_again_on_a_fresh_loop(tmp_path: Path) -> None:
                                                   "usbmux_address": "127.0.0.1:1"}))
 
     async def value() -> int:
+        await asyncio.sleep(0.2)  # long enough for the other exchange to wait on the lock
         return 3
 
-    assert phone.call("a first exchange", value) == 3
+    def two_at_once() -> list[int]:
+        import threading
+
+        got: list[int] = []
+        threads = [threading.Thread(target=lambda: got.append(phone.call("an exchange", value))) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return got
+
+    assert two_at_once() == [3, 3]
     phone.close()
     phone.close()
-    assert phone.call("an exchange after close", value) == 3
+    assert two_at_once() == [3, 3]
     phone.loop.close()
