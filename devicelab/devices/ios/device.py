@@ -510,7 +510,7 @@ class IOSTransport(Transport):
             from pymobiledevice3.services.diagnostics import DiagnosticsService
 
             async with DiagnosticsService(lockdown=await self._lockdown()) as diagnostics:
-                return await diagnostics.get_battery()  # type: ignore[no-any-return]
+                return await diagnostics.get_battery()
 
         return self.call("reading the battery", read)
 
