@@ -247,3 +247,35 @@ def test_energy_window_reads_the_battery_and_refuses_while_charging(
     [r] = data["results"]
     assert r["status"] == "ok" and r["energy_j_per_inference"] is None
     assert "a charger feeds the iPhone" in r["energy_reason"], r["energy_reason"]
+
+
+def test_phone_locked_during_a_run_gives_infra_failed_rows_with_the_line(
+        iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """A fault the user must fix, met during the run (here: the phone locks itself after the first config's runner
+    started), makes the rows after it infra-failed with that fault's line; unlocked, --resume finishes them."""
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app))
+    suite = _suite(tmp_path / "s.yaml", precisions=["fp32", "int8"], seed=2)
+    logs = iphone.phone.root / "logs"
+    locked = threading.Event()
+
+    def lock_it() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if logs.is_dir() and len(list(logs.glob(f"{BUNDLE_ID}.*.stdout"))) >= 2:
+                iphone.phone.faults.locked = True
+                locked.set()
+                return
+            time.sleep(0.02)
+
+    locker = threading.Thread(target=lock_it, daemon=True)
+    locker.start()
+    code, data, err = _run(e, "--suite", str(suite), "--device", "iphone")
+    locker.join(10)
+    assert locked.is_set() and code == 1, err[-3000:]
+    failed = [r for r in data["results"] if r["status"] != "ok"]
+    assert failed and all(r["status"] == "infra-failed" and f"iPhone {iphone.udid} is locked: unlock it" in r["reason"]
+                          for r in failed), [(r["status"], r["reason"]) for r in data["results"]]
+    iphone.phone.faults.locked = False
+    code, data, err = _run(e, "--resume", data["run_id"])
+    assert code == 0, err
+    assert sorted(r["status"] for r in data["results"]) == ["ok", "ok"]
