@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("pymobiledevice3")
 
+from bpylist2 import archiver  # noqa: E402  (the client's NSKeyedArchiver)
 from cryptography import x509  # noqa: E402  (pymobiledevice3's own dependency)
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
@@ -36,8 +39,11 @@ from pymobiledevice3.services.dvt.instruments.energy_monitor import EnergyMonito
 from pymobiledevice3.services.dvt.instruments.process_control import ProcessControl  # noqa: E402
 from pymobiledevice3.services.dvt.instruments.sysmontap import Sysmontap  # noqa: E402
 
+from pymobiledevice3.dtx.message_aux import MessageAux  # noqa: E402
+
 from devicelab.testing.emulated_ios.dvt import (MSG_OBJECT, AppCommand, HostProcesses, LaunchError,  # noqa: E402
-                                                archive, encode_message, phys_footprint_bytes, serve_dvt)
+                                                archive, build_aux, encode_message, parse_aux, phys_footprint_bytes,
+                                                serve_dvt, unarchive)
 
 BUNDLE = "org.devicelab.sleeper"
 # A host program that holds memory it has written (so physFootprint has something to count) and then sleeps; it
@@ -390,3 +396,21 @@ def test_a_connection_that_breaks_the_framing_is_dropped(server: DvtServer) -> N
             received += chunk
     # The server spoke first (its capabilities) and then hung up on the garbage.
     assert received[:4] == (0x1F3D5B79).to_bytes(4, "little")
+
+
+# What travels in calls and replies: Foundation scalars, arrays and dictionaries, nested.
+SCALARS = (st.text(max_size=20) | st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.booleans()
+           | st.floats(allow_nan=False) | st.binary(max_size=20))
+VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
+                      | st.dictionaries(st.text(max_size=8) | st.integers(0, 2**31), inner, max_size=4), max_leaves=12)
+
+
+@settings(max_examples=80, deadline=None)
+@given(VALUES)
+def test_archives_read_the_same_on_both_sides(value: Any) -> None:
+    """The server's NSKeyedArchiver and the client's (bpylist2) read each other's archives as the same value, and
+    the positional arguments of a call survive both directions."""
+    assert archiver.unarchive(archive(value)) == value
+    assert unarchive(archiver.archive(value)) == value
+    assert MessageAux.parse(build_aux([value, "selector"])) == [value, "selector"]
+    assert parse_aux(MessageAux.build([value, None])) == [value, None]

@@ -105,7 +105,8 @@ class DvtDevice(Protocol):
     """What the DVT service needs of the phone it runs on."""
 
     def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str], kill_existing: bool) -> int:
-        """Start the app; its pid. Raises LaunchError (missing app, expired signature...)."""
+        """Start the app; its pid. Raises LaunchError, this module's or a phone's own class of that name (missing
+        app, expired signature...)."""
         ...
 
     def kill(self, pid: int) -> None:
@@ -119,7 +120,7 @@ class DvtDevice(Protocol):
         (% of one core since the previous call; None the first time)."""
         ...
 
-    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
         """Unitless energy-impact scores by pid, for the running ones."""
         ...
 
@@ -801,7 +802,7 @@ class HostProcesses:
                 continue  # exited between the check and the read
         return rows
 
-    def energy(self, pids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    def energy(self, pids: list[int]) -> dict[int, dict[str, Any]]:
         """Energy impact, emulated: the host has no energy model of a phone, so the only component reported is the
         CPU's, scored as the process's CPU use (% of one core) since the previous sample (0 the first time), and the
         total equals it. A unitless score, like Xcode's; never joules."""
