@@ -120,7 +120,7 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     from devicelab.devices import discovered, open_device
 
     inventory = load_inventory(devices_file)
-    found, notes = discovered({str(e.options.get("serial") or e.id) for e in inventory.devices})
+    found, notes = discovered({str(e.options.get("serial") or e.options.get("udid") or e.id) for e in inventory.devices})
     rows: list[dict[str, Any]] = []
     for entry in [*inventory.devices, *found]:
         try:
@@ -145,8 +145,11 @@ def devices(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
         if f.get("battery_percent") is not None:
             battery = f"{f['battery_percent']} % {f.get('battery_status') or ''}".strip()
             battery += " (charging)" if f.get("charging") else ""
-        cells.append([f["id"], f["kind"], " ".join(x for x in (f.get("manufacturer"), f["model"]) if x), f["os"],
-                      f["abi"], f.get("soc") or "", str(f["cpus"]), clusters, battery])
+        model = " ".join(x for x in (f.get("manufacturer"), f["model"]) if x)
+        if f.get("hardware_model"):  # an iPhone: ProductType (HardwareModel)
+            model += f" ({f['hardware_model']})"
+        cells.append([f["id"], f["kind"], model, f["os"], f["abi"], f.get("soc") or "",
+                      str(f["cpus"]) if f["cpu_ids"] else "", clusters, battery])
     print_table(out(), ["id", "kind", "model", "os", "abi", "soc", "cpus", "clusters", "battery"], cells)
     for note in notes:
         err().print(f"note: {note}", markup=False)
@@ -660,8 +663,8 @@ def export(
 
 @app.command("build-native")
 def build_native(
-    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler) or "
-                               "android-arm64 (needs ANDROID_NDK_HOME)"),
+    target: str = typer.Option("host", "--target", help="host, arm64 (static, Debian cross compiler), "
+                               "android-arm64 (needs ANDROID_NDK_HOME) or ios (prints the Xcode steps: built on a Mac)"),
     ncnn_version: Optional[str] = typer.Option(None, "--ncnn-version", help="ncnn sdist version to build "
                                                "(default: the installed pip ncnn's)"),
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
@@ -674,6 +677,22 @@ def build_native(
     from devicelab.analysis.tables import format_bytes
     from devicelab.config import split_values
 
+    if target in native.PRINTED_TARGETS:
+        if with_:
+            raise DevicelabError(f"--with: only for --target host (the iOS app's backends are chosen in its CMake "
+                                 f"project; `devicelab build-native --target {target}` prints how)")
+        steps = native.ios_steps(ncnn_version)
+        if as_json:
+            _print_json({"target": target, "built": False, "steps": [
+                {"title": s.title, "commands": list(s.commands)} for s in steps]})
+            return
+        out().print(f"devicelab cannot build the {target} runner app on this machine; on a Mac:", markup=False,
+                    highlight=False, soft_wrap=True)
+        for i, step in enumerate(steps, 1):
+            out().print(f"\n{i}. {step.title}", markup=False, highlight=False, soft_wrap=True)
+            for line in step.commands:
+                out().print(f"     {line}", markup=False, highlight=False, soft_wrap=True)
+        return
     try:
         record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err().print(m, markup=False),
                               extra_backends=split_values(with_) or ())

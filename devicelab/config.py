@@ -68,9 +68,9 @@ class Inventory:
         raise DevicelabError(unknown_name_message("device", device_id, [d.id for d in self.devices]))
 
     def find(self, name: str) -> DeviceEntry | None:
-        """The entry with this id, or the phone entry whose adb serial or address it is."""
+        """The entry with this id, or the phone entry whose adb serial, address or iPhone UDID it is."""
         for d in self.devices:
-            if name in (d.id, d.options.get("serial"), d.options.get("address")):
+            if name in (d.id, d.options.get("serial"), d.options.get("address"), d.options.get("udid")):
                 return d
         return None
 

@@ -93,6 +93,61 @@ def _check_android(options: dict[str, Any]) -> list[str]:
     return problems
 
 
+# An iPhone UDID as usbmuxd lists it: 40 hex digits (before the A12), or <ChipID:8>-<ECID:16> (hex, the dash
+# optional).
+_UDID = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{16}")
+_BUNDLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-]*")
+
+
+def _check_ios(options: dict[str, Any]) -> list[str]:
+    """One problem per key, each naming the key and what is allowed; the runner app is checked to exist here, so a
+    missing bundle is found before anything runs (whether it is signed is the iPhone's to say)."""
+    problems = []
+    udid = options.get("udid")
+    if udid is None:
+        problems.append("udid: missing; allowed: the iPhone's UDID as `devicelab devices` lists it")
+    elif not (isinstance(udid, str) and _UDID.fullmatch(udid)):
+        problems.append(f"udid: {udid!r} is not allowed; allowed: an iPhone UDID (40 hex digits, or "
+                        "8-16 hex digits with a dash, as `devicelab devices` lists it)")
+    app = options.get("runner_app")
+    if app is None:
+        problems.append("runner_app: missing; allowed: the path of the signed runner .app or .ipa you built "
+                        "(`devicelab build-native --target ios` prints the steps)")
+    elif not isinstance(app, str) or not app.endswith((".app", ".app/", ".ipa")):
+        problems.append(f"runner_app: {app!r} is not allowed; allowed: the path of a signed .app folder or .ipa file")
+    else:
+        from pathlib import Path
+
+        try:
+            path = Path(app).expanduser()
+            there = path.is_dir() if app.rstrip("/").endswith(".app") else path.is_file()
+        except (OSError, ValueError, RuntimeError):  # a NUL in the name, a user that does not exist (~x)
+            there = False
+        if not there:
+            problems.append(f"runner_app: {app} does not exist (build and sign the runner app: `devicelab "
+                            "build-native --target ios` prints the steps)")
+    bundle = options.get("bundle_id")
+    if bundle is not None and not (isinstance(bundle, str) and _BUNDLE_ID.fullmatch(bundle)):
+        problems.append(f"bundle_id: {bundle!r} is not allowed; allowed: a bundle identifier like com.example.dlbench")
+    mux = options.get("usbmux_address")
+    if mux is not None:
+        host, _, port = str(mux).rpartition(":")
+        if not (isinstance(mux, str) and ((host and port.isdigit() and 0 < int(port) < 65536
+                                           and re.fullmatch(r"[A-Za-z0-9.\-]+", host)) or mux.startswith("/"))):
+            problems.append(f"usbmux_address: {mux!r} is not allowed; allowed: HOST:PORT (usbmuxd over TCP) or "
+                            "the absolute path of usbmuxd's socket")
+    tunneld = options.get("tunneld_address")
+    if tunneld is not None:
+        host, _, port = str(tunneld).rpartition(":")
+        if not (isinstance(tunneld, str) and host and port.isdigit() and 0 < int(port) < 65536):
+            problems.append(f"tunneld_address: {tunneld!r} is not allowed; allowed: HOST:PORT of `pymobiledevice3 "
+                            "remote tunneld` (default 127.0.0.1:49151)")
+    records = options.get("pairing_records")
+    if records is not None and not isinstance(records, str):
+        problems.append(f"pairing_records: {records!r} is not allowed; allowed: a folder path")
+    return problems
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """A device kind as the inventory sees it."""
@@ -100,6 +155,9 @@ class KindSpec:
     # Keys a devices.yaml entry of this kind may add to id/kind/name, with what each means.
     keys: dict[str, str] = field(default_factory=dict)
     check: Callable[[dict[str, Any]], list[str]] | None = None  # problems with those keys, each starting with the key
+    # Why programs cannot be pinned to CPUs on this kind (None: they can). Planning then runs `threads` unpinned
+    # and turns an affinity that names particular CPUs into an unsupported row with this reason.
+    no_pinning: str | None = None
 
     def problems(self, options: dict[str, Any]) -> list[str]:
         return self.check(options) if self.check else []
@@ -113,4 +171,16 @@ KINDS: dict[str, KindSpec] = {
               "fixed_performance": "true: Android's fixed performance mode (sustainable clocks; Android 11+) is on "
                                    "for the run and turned off afterwards (default false)"},
         check=_check_android),
+    "ios": KindSpec(
+        keys={"udid": "the iPhone's UDID (as `devicelab devices` lists it)",
+              "runner_app": "path of the signed runner .app or .ipa (dlbench's core in an app; installed when its "
+                            "content changed)",
+              "bundle_id": "the runner app's bundle identifier (default: CFBundleIdentifier of its Info.plist)",
+              "usbmux_address": "HOST:PORT of a usbmuxd over TCP, or its socket path (default: "
+                                "USBMUXD_SOCKET_ADDRESS, else the system usbmuxd)",
+              "pairing_records": "folder of lockdown pair records (default: pymobiledevice3's, in the home folder)",
+              "tunneld_address": "HOST:PORT of `pymobiledevice3 remote tunneld`, which iOS 17+ needs for DVT "
+                                 "(default 127.0.0.1:49151)"},
+        check=_check_ios,
+        no_pinning="iOS has no CPU-affinity API (threads only; the runner's QoS class is recorded)"),
 }

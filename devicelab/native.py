@@ -1,6 +1,7 @@
 """Building devicelab's native programs (dlprobe, dlbench) for a target, and the registry of what was built.
 
-`devicelab build-native --target host|arm64|android-arm64` calls `build()`:
+`devicelab build-native --target host|arm64|android-arm64` calls `build()` (`--target ios` prints `ios_steps()`
+instead: the iOS runner app is built and signed with Xcode on a Mac, never here):
 
 1. the ncnn library, from the ncnn source distribution on PyPI (pip download under faketime: the sdist's
    setup.py stamps today's date into its version, so the metadata only matches at the release date), built
@@ -43,6 +44,8 @@ from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.paths import sha256_file
 
 TARGETS = ("host", "arm64", "android-arm64")
+# Targets build-native cannot build on this machine: it prints the steps to run where they can be built.
+PRINTED_TARGETS = ("ios",)
 # The ncnn the pip engine uses when it is installed (so dlbench and the Python engine compare like for like);
 # this one otherwise. Its sdist is shown to download under faketime at the date in its version.
 DEFAULT_NCNN_VERSION = "1.0.20261020"
@@ -163,8 +166,11 @@ def _compiler_identity(compiler: str) -> str:
 
 
 def toolchain(target: str) -> Toolchain:
+    if target in PRINTED_TARGETS:
+        raise DevicelabError(f"--target {target}: built with Xcode on a Mac; `devicelab build-native --target {target}` "
+                             "prints the steps")
     if target not in TARGETS:
-        raise DevicelabError("--target: " + unknown_name_message("target", target, TARGETS))
+        raise DevicelabError("--target: " + unknown_name_message("target", target, TARGETS + PRINTED_TARGETS))
     if target == "host":
         return Toolchain(target, (), False, _compiler_identity(os.environ.get("CXX", "c++")))
     if target == "arm64":
@@ -443,6 +449,60 @@ def registered(target: str) -> BuildRecord | None:
     if not all(a.path.is_file() for a in record.artifacts.values()):
         return None
     return record
+
+
+# --------------------------------------------------------------------------------------------------
+# The iOS runner app: steps for a Mac (nothing here can build or sign it)
+
+IOS_DEPLOYMENT_TARGET = "16.0"  # MLComputeUnitsCPUAndNeuralEngine and the iOS 16 DVT paths devicelab drives
+IOS_APP = "DevicelabRunner.app"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    commands: tuple[str, ...]  # shell lines (or a devices.yaml fragment) to run or paste, in order
+
+
+def ios_steps(ncnn: str | None = None) -> list[Step]:
+    """How to build and sign the iOS runner app (runners/ios, CMake's Xcode generator) and name it in devices.yaml.
+
+    Printed by `devicelab build-native --target ios`; the project lives in a checkout of the repository (the pip
+    package does not carry it), so every path is relative to that checkout.
+    """
+    version = check_ncnn_version(ncnn, "--ncnn-version") if ncnn else ncnn_version()
+    match = _NCNN_VERSION.fullmatch(version)
+    assert match is not None
+    when = f"{match.group(1)}-{match.group(2)}-{match.group(3)} 12:00:00"
+    ios = (f"-DCMAKE_SYSTEM_NAME=iOS -DCMAKE_OSX_ARCHITECTURES=arm64 "
+           f"-DCMAKE_OSX_DEPLOYMENT_TARGET={IOS_DEPLOYMENT_TARGET}")
+    return [
+        Step("On a Mac with Xcode 15 or newer, CMake 3.21 or newer and an Apple developer team (the app cannot be "
+             "built or signed on Linux); in a checkout of devicelab's repository:",
+             ("git clone <devicelab repository URL> devicelab && cd devicelab",)),
+        Step(f"Optional, for the ncnn backend (Core ML needs nothing): ncnn {version} for iOS, static, with ncnn's own "
+             "OpenMP stand-in; for its Vulkan GPU path add -DNCNN_VULKAN=ON -DVulkan_LIBRARY=<MoltenVK.xcframework>/"
+             "ios-arm64/libMoltenVK.a (MoltenVK from the Vulkan SDK):",
+             (f"faketime '{when}' pip download --no-deps --no-binary :all: ncnn=={version} && tar xzf ncnn-{version}.tar.gz",
+              f"cmake -S ncnn-{version} -B build-ncnn-ios {ios} -DCMAKE_BUILD_TYPE=Release "
+              "-DCMAKE_INSTALL_PREFIX=$PWD/ncnn-ios " + " ".join(o for o in NCNN_OPTIONS if "VULKAN" not in o)
+              + " -DNCNN_SIMPLEOMP=ON",
+              "cmake --build build-ncnn-ios --target install --parallel")),
+        Step("Generate the Xcode project (your team's ID from developer.apple.com → Membership; add "
+             "-DDLBENCH_WITH_NCNN=ON -Dncnn_DIR=$PWD/ncnn-ios/lib/cmake/ncnn for ncnn; -DRUNNER_BUNDLE_ID=... when the "
+             "default bundle ID is taken):",
+             (f"cmake -S runners/ios -B build-ios -G Xcode {ios} -DDEVELOPMENT_TEAM=<TEAM_ID>",)),
+        Step("Build and sign (automatic signing registers the phone and the app's capabilities with the team; the "
+             "same project opens in Xcode: build-ios/DevicelabRunner.xcodeproj). iOS 16+ needs Developer Mode on the "
+             "phone, and a first launch may ask you to trust the developer in Settings → General → VPN & Device "
+             "Management:",
+             ("cmake --build build-ios --config Release -- -allowProvisioningUpdates",)),
+        Step(f"The signed app lands in build-ios/Release-iphoneos/{IOS_APP}; name it in devices.yaml (devicelab "
+             "installs it on the phone when its hash changed; its engine version is that hash):",
+             ("devices:", "  - id: iphone", "    kind: ios",
+              "    udid: <the phone's UDID, as `devicelab devices` lists it>",
+              f"    runner_app: <path of the checkout>/build-ios/Release-iphoneos/{IOS_APP}")),
+    ]
 
 
 def artifact(target: str, name: str) -> Path | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from devicelab.config import EngineSpec, Suite
-from devicelab.facts import DeviceFacts, parse_cpu_list
+from devicelab.facts import KINDS, DeviceFacts, parse_cpu_list
 from devicelab.engines.base import EngineInfo
 from devicelab.result import Config
 from devicelab.zoo import ModelFile
@@ -120,15 +120,33 @@ def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[tuple[
     return unsupported + ordered
 
 
+def unpinned_threads(facts: DeviceFacts, affinity: str, threads: int | str, why: str) -> tuple[int, tuple[()]] | str:
+    """On a kind that cannot pin (an iPhone): `threads` run unpinned. "big" and "all" ask for no particular CPU, so
+    they run (the row says pinning was not applied); "little" and CPU lists name CPUs: unsupported, with `why`."""
+    if affinity not in ("big", "all"):
+        return f"affinity {affinity!r} is unsupported on {facts.kind} devices: {why}"
+    if threads == "all":
+        if not facts.cpu_ids:
+            return f"threads 'all' is unsupported on {facts.id}: it reports no CPU count (give a number)"
+        return len(facts.cpu_ids), ()
+    return int(threads), ()
+
+
 def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFile, precision: str,
          backend: str, affinity: str, threads: int | str) -> PlannedConfig:
-    resolved = resolve_cpus(facts, affinity, threads)
+    spec_kind = KINDS.get(facts.kind)
+    if spec_kind is not None and spec_kind.no_pinning:
+        resolved = unpinned_threads(facts, affinity, threads, spec_kind.no_pinning)
+    else:
+        resolved = resolve_cpus(facts, affinity, threads)
     if isinstance(resolved, str):
         n, cpus, reason = (threads if isinstance(threads, int) else 0), (), resolved
     else:
         (n, cpus), reason = resolved, None
     reason = capability_reason(info, facts.kind, precision, backend, model.formats) or reason
-    config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=info.version or "",
+    # A device may run its own build of an engine (an iPhone's runner app): its facts name that build's version.
+    version = (facts.extra.get("engine_versions") or {}).get(spec.name) or info.version or ""
+    config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=version,
                     model=model.name, model_sha256=model.sha256, model_bytes=model.bytes, precision=precision,
                     backend=backend, threads=n, cpus=cpus, affinity=affinity)
     return PlannedConfig(config, dict(spec.options), reason)

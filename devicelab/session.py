@@ -242,6 +242,8 @@ class _Attempt:
         self.spawned = False  # the program was started: the row then has a state after, energy and stderr
         self.exit: Exit | None = None
         self.hook: Any = None
+        self.installed: dict[str, str] = {}  # native programs the device has installed (Transport.installed_program)
+        self.process_extras = ResultExtras()  # what the transport observed of the program (Process.extras)
         self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-session-")))
 
     def end(self, status: str, reason: str) -> None:
@@ -298,6 +300,7 @@ class _Attempt:
                 t.on_event("push", {"device": t.id, **dataclasses.asdict(placed.transfer)})
             at = dict(zip([*(rel for rel, _ in files), *(f"lib/{n}" for n, _ in libs), *programs], placed.paths))
             self.run_dir = t.run_folder({k: v for k, v in at.items() if k not in programs})
+            at.update(self.installed)
             self.stack.callback(self._remove_run_dir)
         except TransportLostError as e:
             self._stop(INFRA_FAILED, f"device disconnected: {e}")
@@ -370,6 +373,10 @@ class _Attempt:
             binary, libraries = user
             return binary.name, {binary.name: binary}, libraries
         if self.engine.native_runner:
+            installed = self.t.installed_program(self.engine.native_runner)
+            if installed is not None:  # an iPhone's runner app: nothing to push, spawn() launches it
+                self.installed = {self.engine.native_runner: installed}
+                return self.engine.native_runner, {}, ()
             found = native_programs(self.t, [self.engine.native_runner])
             if isinstance(found, str):
                 self._stop(FAILED, found)
@@ -700,6 +707,7 @@ class _Attempt:
             if self.exit is None:
                 p.kill()
         self.stderr = p.stderr()
+        self.process_extras = p.extras()
         self.process = None
 
     # ---- the Result, once
@@ -725,6 +733,9 @@ class _Attempt:
                 self.notes.append(f"state after the run could not be read: {e}")
             was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
         extras = self._transport_extras(state_after)
+        seen = self.process_extras
+        extras = ResultExtras({**extras.ext, **seen.ext}, (*extras.notes, *seen.notes),
+                              extras.throttled or seen.throttled)
         if extras.throttled and self.spawned and self.status != INFRA_FAILED:
             was_throttled = True
         self.notes.extend(extras.notes)

@@ -91,7 +91,7 @@ def select_devices(wanted: list[str] | None, inventory: Inventory) -> tuple[list
     if missing:
         from devicelab.devices import discovered
 
-        known = {str(d.options.get("serial") or d.id) for d in inventory.devices}
+        known = {str(d.options.get("serial") or d.options.get("udid") or d.id) for d in inventory.devices}
         found, notes = discovered(known)
         by_id = {e.id: e for e in found}
         allowed = [d.id for d in inventory.devices] + list(by_id)

@@ -154,3 +154,22 @@ def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
         return StoreTarget("sqlite", str(tmp_path / "db.sqlite"), str(tmp_path / "missing.sqlite"))
     server = request.getfixturevalue("pg_server")
     return StoreTarget("postgresql", server.url(server.create_database()), server.url(server.create_database()))
+
+# ---- the iOS test module's fixtures (an emulated iPhone on its own emulated usbmuxd)
+
+
+@pytest.fixture(scope="module")
+def ios_runner_app(native_host: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The runner .app the tests install: its executable runs the host build of dlbench (tests/ios_env.py)."""
+    from ios_env import build_runner_app
+
+    return build_runner_app(tmp_path_factory.mktemp("ios-app"), Path(native_host["artifacts"]["dlbench"]["path"]))
+
+
+@pytest.fixture
+def iphone(tmp_path: Path) -> Iterator[Any]:
+    from ios_env import start_iphone
+
+    phone = start_iphone(tmp_path)
+    yield phone
+    phone.close()

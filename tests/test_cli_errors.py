@@ -75,7 +75,7 @@ def test_unknown_option_is_one_line(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("args, env_drop, expected", [
-    (["--target", "riscv"], [], ["--target: unknown target 'riscv'", "allowed: android-arm64, arm64, host"]),
+    (["--target", "riscv"], [], ["--target: unknown target 'riscv'", "allowed: android-arm64, arm64, host, ios"]),
     (["--target", "android-arm64"], ["ANDROID_NDK_HOME", "ANDROID_NDK_ROOT"], ["needs ANDROID_NDK_HOME"]),
     (["--jobs", "0"], [], ["--jobs"]),
     (["--with", "tflite"], [], ["--with: unknown backend 'tflite'", "allowed: openvino"]),

@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
+import time
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -262,3 +265,220 @@ def test_staged_folder_is_self_contained(native_host: dict[str, Any], model: dic
                        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
     assert _events(p.stdout)[-1]["event"] == "done"
+
+
+# ---- the TCP channel (--listen, --port-file) and batch mode (results_file): what the iOS runner app speaks --------
+
+
+class _SocketLines:
+    """The controller's end of dlbench's TCP channel as devicelab.measure's `Lines` (what a device kind hands
+    JsonLines), so the real Driver runs the protocol over the socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock, self.buffer = sock, b""
+
+    def write(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_line(self, deadline: float) -> bytes:
+        from devicelab.measure import ChannelClosedError, ChannelTimeoutError
+
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelTimeoutError()
+            self.sock.settimeout(remaining)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise ChannelTimeoutError() from None
+            if not chunk:
+                raise ChannelClosedError("dlbench closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
+def _wait_for_port_file(path: Path, proc: subprocess.Popen[str], seconds: float = 60) -> dict[str, Any]:
+    """Poll as a controller polls a phone's container: every read must be the whole document or nothing."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return json.loads(path.read_text())  # a half-written file would not parse
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    raise AssertionError(f"no port file {path}")
+
+
+Listen = Callable[..., "subprocess.Popen[str]"]
+
+
+@pytest.fixture
+def listen() -> Iterator[Listen]:
+    """Starts dlbench (or the hooks harness) in --listen mode; whatever a failed test left waiting is killed."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(dlbench: str, config: Path, cwd: Path, *extra: str) -> subprocess.Popen[str]:
+        # The config by a path relative to the working folder, as the iOS app gets it (cwd = its container root).
+        proc = subprocess.Popen([dlbench, "--listen", "0", "--port-file", "port.json", *extra,
+                                 str(config.relative_to(cwd))], cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def test_listen_speaks_the_protocol_over_one_tcp_connection(native_host: dict[str, Any], model: dict[str, Any],
+                                                            tmp_path: Path, listen: Listen) -> None:
+    from devicelab.measure import Driver, JsonLines, ProtocolSettings, now_deadline
+
+    dlbench = native_host["artifacts"]["dlbench"]["path"]
+    home = tmp_path / "container"
+    config = _config(home / "Documents" / "run", model)
+    # The port file's name is a dangling link: writing the file in place would go through the link and create
+    # its target; the atomic write (a temporary file, then rename) replaces the link itself.
+    (home / "port.json").symlink_to(tmp_path / "elsewhere.json")
+    proc = listen(dlbench, config, home)
+    doc = _wait_for_port_file(home / "port.json", proc)
+    assert set(doc) == {"port", "pid"} and doc["pid"] == proc.pid and 0 < doc["port"] < 65536
+    assert not (home / "port.json").is_symlink() and not (tmp_path / "elsewhere.json").exists()
+    assert sorted(p.name for p in home.iterdir()) == ["Documents", "port.json"]  # no temporary file left behind
+    with socket.create_connection(("127.0.0.1", doc["port"]), timeout=30) as sock:
+        # devicelab's own controller side of the protocol, over the socket
+        driver = Driver(JsonLines(_SocketLines(sock)), ProtocolSettings(min_iterations=4, min_seconds=0,
+                                                                         max_iterations=6), now_deadline(120))
+        driver.start()
+        driver.time_alone()
+        measurement = driver.finish()
+        assert sock.recv(1) == b""  # dlbench closes its end after `done`
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out == ""  # every protocol line went over the socket
+    assert "listening on 127.0.0.1:" in err
+    assert measurement.ready["pid"] == proc.pid and measurement.ready["protocol"] == 1
+    assert measurement.ready["cpus"] == [max(os.sched_getaffinity(0))]
+    assert len(measurement.samples_s) >= 4 and all(s > 0 for s in measurement.samples_s)
+    done = measurement.done
+    assert done["peak_rss_method"] == "VmHWM" and done["peak_rss_bytes"] > measurement.ready["rss_before_load_bytes"]
+    # The same outputs as over stdin/stdout.
+    p = subprocess.run([dlbench, str(_config(tmp_path / "stdio", model, iterations=1))], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and _events(p.stdout)[-1]["outputs_sha256"] == done["outputs_sha256"]
+
+
+def test_listen_ends_when_the_connection_closes(native_host: dict[str, Any], model: dict[str, Any],
+                                               tmp_path: Path, listen: Listen) -> None:
+    proc = listen(native_host["artifacts"]["dlbench"]["path"], _config(tmp_path / "run", model), tmp_path)
+    doc = _wait_for_port_file(tmp_path / "port.json", proc)
+    with socket.create_connection(("127.0.0.1", doc["port"]), timeout=30) as sock:
+        first = sock.makefile("rb").readline()
+        assert json.loads(first)["event"] == "ready"
+    out, err = proc.communicate(timeout=60)
+    # A closed connection is a closed stdin: exit 3, and stderr (the only channel left) says why.
+    assert proc.returncode == 3 and out == ""
+    assert err.strip().splitlines()[-1] == "dlbench: the connection closed before 'stop'"
+
+
+def test_nobody_connecting_ends_the_wait(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path,
+                                         listen: Listen) -> None:
+    proc = listen(native_host["artifacts"]["dlbench"]["path"], _config(tmp_path / "run", model), tmp_path,
+                  "--accept-timeout", "1")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "listening on 127.0.0.1:" in err
+    assert _events(out) == [{"event": "error", "message": "--listen: nobody connected within 1 s (--accept-timeout)"}]
+    assert not (tmp_path / "port.json").exists()  # it would name a port nobody listens on
+
+
+def test_batch_mode_writes_every_event_to_the_results_file(native_host: dict[str, Any], model: dict[str, Any],
+                                                           tmp_path: Path) -> None:
+    config = _config(tmp_path / "Documents" / "run", model, iterations=3, results_file="Documents/run/results.jsonl")
+    p = subprocess.run([native_host["artifacts"]["dlbench"]["path"], "Documents/run/config.json"], cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    # results_file is relative to the working folder (not the config's): the controller names where it pulls from
+    written = (config.parent / "results.jsonl").read_text()
+    assert written == p.stdout
+    kinds = [e["event"] for e in _events(written)]
+    assert kinds == ["ready"] + ["iter"] * 3 + ["batch", "done"]
+
+
+def test_results_file_gets_errors_too(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path) -> None:
+    _config(tmp_path, model, iterations=1, precision="fp8", results_file="results.jsonl")
+    p = subprocess.run([native_host["artifacts"]["dlbench"]["path"], "config.json"], cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    (event,) = _events((tmp_path / "results.jsonl").read_text())
+    assert event["event"] == "error" and "precision" in event["message"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--listen", "abc"], ["--listen", "'abc'", "allowed: a port number 0-65535"]),
+    (["--listen", "70000"], ["--listen", "'70000'", "0-65535"]),
+    (["--port-file", "port.json"], ["--port-file", "only with --listen"]),
+    (["--bogus"], ["unknown option '--bogus'", "allowed: --listen PORT, --port-file FILE, --accept-timeout SECONDS"]),
+    (["--accept-timeout", "5"], ["--accept-timeout", "only with --listen"]),
+    (["--listen", "0", "--accept-timeout", "0"], ["--accept-timeout", "'0'", "allowed: whole seconds 1-86400"]),
+    (["--listen", "0", "--port-file", "port.json", "other.json"], ["one config file only"]),
+    (["--listen", "0", "--port-file", "no/such/folder/port.json"], ["--port-file", "cannot write"]),
+])
+def test_bad_flags_are_one_line_and_a_nonzero_exit(native_host: dict[str, Any], model: dict[str, Any], tmp_path: Path,
+                                                   args: list[str], words: list[str]) -> None:
+    _config(tmp_path, model)
+    p = subprocess.run([native_host["artifacts"]["dlbench"]["path"], *args, "config.json"], cwd=tmp_path,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    (event,) = _events(p.stdout)
+    assert event["event"] == "error" and all(w in event["message"] for w in words), event
+    assert not (tmp_path / "port.json").exists()
+    assert p.returncode == (1 if "cannot write" in words else 2)
+
+
+HOOKS_HARNESS = """
+// Stands in for runners/ios/AppDelegate.mm, which cannot be compiled here: the same dl::bench_main and dl::Hooks,
+// with fixed strings where the app asks iOS (qos_class_self, ProcessInfo.thermalState). Never a measurement.
+#include "dlbench.hpp"
+int main(int argc, char** argv) {
+    dl::Hooks hooks;
+    hooks.ready = [](dl::JsonObject& e) { e.add("qos", "harness-qos"); };
+    int batches = 0;
+    hooks.batch = [&batches](dl::JsonObject& e) { e.add("thermal_state", batches++ ? "harness-2" : "harness-1"); };
+    return dl::bench_main(argc, argv, hooks);
+}
+"""
+
+
+def test_the_app_hooks_add_keys_to_ready_and_each_batch(native_host: dict[str, Any], model: dict[str, Any],
+                                                        tmp_path: Path, listen: Listen) -> None:
+    """The iOS app's part in C++ terms: bench_main with Hooks, compiled from the installed sources against the
+    cached ncnn, driven over --listen like the app."""
+    from devicelab import native
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        pytest.skip(f"no C++ compiler ({compiler})")
+    cache = Path(os.environ.get("DEVICELAB_CACHE") or Path.home() / ".cache" / "devicelab")
+    ncnn = cache / f"ncnn-{native_host['ncnn_version']}-host" / "install"
+    src = native.sources_dir() / "dlbench"
+    (tmp_path / "harness.cpp").write_text(HOOKS_HARNESS)
+    exe = tmp_path / "harness"
+    build = subprocess.run([compiler, "-std=c++17", "-O1", "-DDLBENCH_WITH_NCNN", f"-I{src}", f"-I{ncnn / 'include' / 'ncnn'}",
+                            str(tmp_path / "harness.cpp"), *(str(src / f) for f in (
+                                "dlbench.cpp", "channel.cpp", "backends.cpp", "platform_linux.cpp", "backend_ncnn.cpp")),
+                            str(ncnn / "lib" / "libncnn.a"), "-fopenmp", "-lpthread", "-o", str(exe)],
+                           capture_output=True, text=True, timeout=900)
+    assert build.returncode == 0, build.stderr[-3000:]
+    proc = listen(str(exe), _config(tmp_path / "run", model), tmp_path)
+    doc = _wait_for_port_file(tmp_path / "port.json", proc)
+    with socket.create_connection(("127.0.0.1", doc["port"]), timeout=60) as sock:
+        sock.sendall(b'{"cmd":"run","iterations":2}\n{"cmd":"run","iterations":1}\n{"cmd":"stop"}\n')
+        events = _events(sock.makefile("rb").read().decode())
+    assert proc.wait(timeout=60) == 0
+    assert events[0]["event"] == "ready" and events[0]["qos"] == "harness-qos"
+    assert [e.get("thermal_state") for e in events if e["event"] == "batch"] == ["harness-1", "harness-2"]
+    assert [e["event"] for e in events] == ["ready", "iter", "iter", "batch", "iter", "batch", "done"]
+    assert not any("qos" in e or "thermal_state" in e for e in events if e["event"] in ("iter", "done"))

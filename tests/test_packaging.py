@@ -32,5 +32,18 @@ def test_native_sources_ship_as_package_data() -> None:
     root = resources.files("devicelab.native_src")
     for name in ("CMakeLists.txt", "README.md", "cmake/aarch64-linux-gnu.cmake", "dlprobe/dlprobe.c",
                  "dlbench/main.cpp", "dlbench/backend.hpp", "dlbench/backends.cpp", "dlbench/backend_ncnn.cpp",
-                 "dlbench/json.hpp", "dlbench/digest.hpp"):
+                 "dlbench/json.hpp", "dlbench/digest.hpp", "dlbench/dlbench.cpp", "dlbench/dlbench.hpp",
+                 "dlbench/channel.cpp", "dlbench/platform.hpp", "dlbench/platform_linux.cpp",
+                 "dlbench/platform_apple.cpp"):
         assert root.joinpath(name).is_file(), name
+
+
+def test_the_ios_app_project_stays_in_the_repository() -> None:
+    """runners/ios is built with Xcode on a Mac from a checkout (its CMakeLists.txt names ../../native/dlbench, the
+    repository's layout); an installed devicelab only needs the signed app a user names in devices.yaml, so the
+    package does not carry the project (`devicelab build-native --target ios` says to clone the repository)."""
+    runners = resources.files("devicelab.runners")
+    assert runners.joinpath("host.py").is_file()
+    assert not runners.joinpath("ios").is_dir()
+    repo_project = Path(__file__).resolve().parent.parent / "runners" / "ios" / "CMakeLists.txt"
+    assert "../../native/dlbench" in repo_project.read_text()

@@ -12,6 +12,7 @@ from devicelab.facts import DeviceEntry
 TRANSPORTS: dict[str, str] = {
     "host": "devicelab.devices.host:HostTransport",
     "android": "devicelab.devices.android:AndroidTransport",
+    "ios": "devicelab.devices.ios.device:IOSTransport",
 }
 
 
@@ -27,11 +28,15 @@ def open_device(entry: DeviceEntry) -> Transport:
 
 
 def discovered(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
-    """Phones attached to this machine that the inventory does not list (adb serials in `known` are skipped):
-    entries, and one note per device that is attached but unusable (unauthorized, offline) or per missing adb."""
+    """Phones attached to this machine that the inventory does not list (adb serials and iPhone UDIDs in `known` are
+    skipped): entries, and one note per device that is attached but unusable (unauthorized, offline), per missing
+    adb, or when iPhones cannot be listed (no pymobiledevice3, usbmuxd not running)."""
+    from devicelab.devices import ios
     from devicelab.devices.android import discovered_entries
 
-    return discovered_entries(known)
+    entries, notes = discovered_entries(known)
+    phones, phone_notes = ios.discovered_entries(known)
+    return entries + phones, notes + phone_notes
 
 
 __all__ = ["Exit", "Placed", "Process", "ResultExtras", "Transport", "TransportLostError", "TRANSPORTS",

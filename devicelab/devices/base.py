@@ -120,6 +120,11 @@ class Process(ABC):
         with self._stderr_lock:
             return bytes(self._stderr_buffer).decode(errors="replace")
 
+    def extras(self) -> ResultExtras:
+        """What the transport observed of this program while it ran, beyond its output (an iPhone: the QoS class its
+        runner reported, its thermal state, its peak physFootprint): added to its row. Called once it has ended."""
+        return ResultExtras()
+
     @abstractmethod
     def write(self, data: bytes) -> None:
         """To the program's stdin; measure.ChannelClosedError when it is closed (the program ended)."""
@@ -200,6 +205,12 @@ class Transport(ABC):
         has imported `preload` already (the host does: docs/architecture.md), one per `generation` (the repeat
         round); the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
         return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
+
+    def installed_program(self, name: str) -> str | None:
+        """A native program (e.g. "dlbench") that is installed on the device already, as the argv[0] spawn() takes
+        for it — an iPhone cannot exec a pushed binary, its runner is an app —, or None: it is pushed from
+        devicelab's own build (`native_targets`). Raise OSError when it should be there and is not."""
+        return None
 
     # ---- life cycle
     @abstractmethod

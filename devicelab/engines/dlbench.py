@@ -31,7 +31,7 @@ class DlbenchEngine(Engine):
     formats = ("onnx",)  # converted to ncnn .param/.bin with pnnx, like the pip ncnn engine
     precisions = ("fp32", "fp16", "bf16", "int8")  # int8: the pip engine's quantized files (ncnn_int8)
     backends = ("cpu",)
-    device_kinds = ("host", "android")
+    device_kinds = ("host", "android", "ios")
     native_runner = "dlbench"
 
     def _record(self) -> Any:
@@ -47,6 +47,8 @@ class DlbenchEngine(Engine):
     def kind_reason(self, kind: str) -> str | None:
         from devicelab import native
 
+        if kind == "ios":  # dlbench's core runs as the runner app the user brings; the iPhone's transport installs it
+            return None
         targets = TARGETS_BY_KIND.get(kind, ())
         if any(native.registered(t) for t in targets):
             return None

@@ -17,10 +17,13 @@
 
 namespace dl {
 
-// A failure the controller should see as {"event":"error"}; `bad_input` marks the config's fault (exit 2).
+// A failure the controller should see as {"event":"error"}; `bad_input` marks the config's fault (exit 2);
+// `unsupported`: the engine cannot do this config on this device (the event says so: an `unsupported` row).
 struct BackendError : std::runtime_error {
-    BackendError(const std::string& what, bool bad_input = false) : std::runtime_error(what), bad_input(bad_input) {}
+    BackendError(const std::string& what, bool bad_input = false, bool unsupported = false)
+        : std::runtime_error(what), bad_input(bad_input), unsupported(unsupported) {}
     bool bad_input;
+    bool unsupported;
 };
 
 // A dense float32 tensor in C order (NCHW for images), as numpy writes and reads it.
@@ -50,7 +53,7 @@ struct LoadRequest {
     const Json* options;      // the config's "options" object (engine-specific keys, e.g. ncnn "weights")
     int threads;              // >= 1
     std::string precision;    // fp32 (every lower-precision switch off), fp16, bf16, int8
-    std::string backend;      // cpu, vulkan, ...
+    std::string backend;      // cpu, vulkan, coreml-ane, ...
     std::vector<Tensor> input_specs;  // names and shapes (data empty)
 };
 

@@ -1,5 +1,7 @@
 // ncnn backend: .param/.bin models (devicelab converts ONNX with pnnx), CPU. Options are set exactly as
 // devicelab's Python ncnn engine sets them, so the two differ only in the harness around them.
+// `backend: vulkan` exists only when the linked ncnn was built with NCNN_VULKAN=ON (the iOS runner app's ncnn,
+// against MoltenVK); devicelab's own builds are CPU-only, so that branch is not compiled or tested here.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -7,6 +9,9 @@
 #include "backend.hpp"
 #include "net.h"
 #include "platform.h"
+#if NCNN_VULKAN
+#include "gpu.h"
+#endif
 
 namespace dl {
 namespace {
@@ -22,14 +27,27 @@ public:
 #endif
     }
     std::vector<std::string> precisions() const override { return {"fp32", "fp16", "bf16", "int8"}; }
-    std::vector<std::string> backends() const override { return {"cpu"}; }
+    std::vector<std::string> backends() const override {
+#if NCNN_VULKAN
+        return {"cpu", "vulkan"};
+#else
+        return {"cpu"};
+#endif
+    }
 
     void load(const LoadRequest& r) override {
         ncnn::Option& opt = net_.opt;
         // Before load: ncnn turns fp16 (and int8) on by default; fp32 must mean every switch off.
         const bool fp16 = r.precision == "fp16", bf16 = r.precision == "bf16", int8 = r.precision == "int8";
         opt.num_threads = r.threads;
+#if NCNN_VULKAN
+        opt.use_vulkan_compute = r.backend == "vulkan";
+        if (opt.use_vulkan_compute && ncnn::get_gpu_count() == 0)
+            throw BackendError("backend: vulkan: ncnn finds no Vulkan device here (on iOS it needs MoltenVK linked in)",
+                               false, true);
+#else
         opt.use_vulkan_compute = false;
+#endif
         opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = fp16;
         opt.use_bf16_storage = opt.use_bf16_packed = bf16;
         // int8 runs a model quantized with ncnn2int8; the other int8 switches are Vulkan-only.

@@ -9,6 +9,9 @@ std::unique_ptr<Backend> make_ncnn_backend();
 #ifdef DLBENCH_WITH_OPENVINO
 std::unique_ptr<Backend> make_openvino_backend();
 #endif
+#ifdef DLBENCH_WITH_COREML
+std::unique_ptr<Backend> make_coreml_backend();  // runners/ios/backend_coreml.mm: the iOS runner app only
+#endif
 // Seams for engines built against libraries a user supplies; each one is a backend_<name>.cpp like
 // backend_ncnn.cpp plus a CMake option (native/README.md, "Adding a backend").
 #ifdef DLBENCH_WITH_MNN
@@ -34,6 +37,9 @@ const std::vector<Entry>& registry() {
 #endif
 #ifdef DLBENCH_WITH_OPENVINO
         {"openvino", make_openvino_backend},
+#endif
+#ifdef DLBENCH_WITH_COREML
+        {"coreml", make_coreml_backend},
 #endif
 #ifdef DLBENCH_WITH_MNN
         {"mnn", make_mnn_backend},

@@ -1,0 +1,85 @@
+"""Where devicelab's files live in the runner app's container, as pure functions: content-addressed files under
+Documents/devicelab/files/<sha256>/<name>, run folders under Documents/devicelab/runs/<id>/, and the rewriting of
+a run's config so it names the content-addressed files (AFC offers no copy on the device, and devicelab does not
+rely on AFC links in an app's container: the config points at the files instead)."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Mapping
+from typing import Any
+
+from devicelab.devices.base import relative_name
+
+ROOT = "Documents/devicelab"  # relative to the app's container (house_arrest's VendContainer root)
+FILES = f"{ROOT}/files"
+RUNS = f"{ROOT}/runs"
+MANIFEST = f"{ROOT}/manifest.json"  # {device path: size} of every content-addressed file devicelab completed
+INSTALLED = f"{ROOT}/installed.json"  # the runner app's content hash as devicelab installed it
+
+
+def file_path(sha256: str, name: str) -> str:
+    """A file's place in the container, named by its content: a second run finds it and sends nothing."""
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise ValueError(f"file name {name!r} cannot be placed on the iPhone")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"{sha256!r} is not a sha256")
+    return f"{FILES}/{sha256}/{name}"
+
+
+def inside_root(path: str) -> str:
+    """`path` normalized, or ValueError when it is not under devicelab's folder (nothing else is touched)."""
+    norm = posixpath.normpath(path)
+    if "\0" in path or not norm.startswith(ROOT + "/"):
+        raise ValueError(f"{path} is not under devicelab's folder ({ROOT}) in the app's container")
+    return norm
+
+
+def run_folder_of(path: str) -> str:
+    norm = inside_root(path)
+    if posixpath.dirname(norm) != RUNS:
+        raise ValueError(f"{path} is not a run folder of devicelab's")
+    return norm
+
+
+def rewrite_config(config: Any, folder: str, links: Mapping[str, str]) -> Any:
+    """A runner config that names the run folder's files by their content-addressed paths, relative to the folder
+    (dlbench resolves relative paths against its config's folder): every string value equal to a link's name
+    becomes the path to the file it links. Other values are kept as they are."""
+    where = {relative_name(rel): posixpath.relpath(target, folder) for rel, target in links.items()}
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return where.get(value, value)
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        return value
+
+    return walk(config)
+
+
+def config_bytes(text: bytes, folder: str, links: Mapping[str, str]) -> bytes | None:
+    """`rewrite_config` of a JSON object file, or None when the file is not one (it is then not rewritten)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return json.dumps(rewrite_config(data, folder, links)).encode()
+
+
+def port_file_port(text: bytes) -> tuple[int, int | None] | None:
+    """The runner's `{"port": N, "pid": P}` (written atomically by dlbench --port-file), or None while incomplete."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    port = data.get("port") if isinstance(data, dict) else None
+    if not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    pid = data.get("pid")
+    return port, pid if isinstance(pid, int) else None
