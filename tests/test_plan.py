@@ -156,12 +156,14 @@ def test_the_engine_says_when_coremltools_is_missing(monkeypatch: object) -> Non
     from devicelab.engines import dlbench
 
     assert dlbench.ENGINE.backend_reason("coreml-gpu") is None  # the test extra installs coremltools
+    assert dlbench.ENGINE.availability() == (True, None)  # an iPhone needs no build here: kinds say what they lack
+    assert dlbench.ENGINE.kind_reason("ios") is None
     real = importlib.util.find_spec
     mp: pytest.MonkeyPatch = monkeypatch  # type: ignore[assignment]
     mp.setattr(dlbench.importlib.util, "find_spec", lambda name, *a: None if name == "coremltools" else real(name, *a))
     assert dlbench.ENGINE.backend_reason("coreml-gpu") == (
         "writing Core ML models needs coremltools (pip install 'devicelab[coreml]')")
-    assert dlbench.ENGINE.backend_reason("cpu") is None
+    assert dlbench.ENGINE.backend_reason("cpu") is None  # pnnx, not coremltools, is what ncnn's backend needs
     info = dlbench.ENGINE.info().to_dict()
     assert info["only_on"]["coreml-ane"] == {"kinds": ["ios"], "reason": dlbench.IOS_ONLY}
     assert info["only_on"]["coreml"]["kinds"] == ["ios"] and info["backend_formats"]["coreml-cpu"] == ["coreml"]

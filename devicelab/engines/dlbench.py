@@ -77,19 +77,21 @@ class DlbenchEngine(Engine):
         return record.dlbench_version if record else None
 
     def availability(self) -> tuple[bool, str | None]:
-        from devicelab.engines.ncnn import pnnx_binary
-
-        if self._record() is None:
-            return False, "dlbench is not built: run `devicelab build-native --target host` (or arm64, android-arm64)"
-        if pnnx_binary() is None:
-            return False, "the pnnx converter is not installed (pip install --no-deps pnnx)"
+        # Nothing is needed engine-wide: each device kind needs its build (kind_reason; an iPhone brings the runner
+        # app), and each backend its converter (backend_reason: pnnx for ncnn, coremltools for Core ML).
         return True, None
 
     def backend_reason(self, backend: str) -> str | None:
-        if backend in COREML_BACKENDS and importlib.util.find_spec("coremltools") is None:
-            from devicelab.zoo_coreml import INSTALL_HINT
+        if backend in COREML_BACKENDS:
+            if importlib.util.find_spec("coremltools") is None:
+                from devicelab.zoo_coreml import INSTALL_HINT
 
-            return f"writing Core ML models needs coremltools ({INSTALL_HINT})"
+                return f"writing Core ML models needs coremltools ({INSTALL_HINT})"
+            return None
+        from devicelab.engines.ncnn import pnnx_binary
+
+        if pnnx_binary() is None:
+            return "the pnnx converter is not installed (pip install --no-deps pnnx)"
         return None
 
     def prepare_for(self, model: SourceModel, precision: str, backend: str, cache_dir: Path) -> PreparedModel:
