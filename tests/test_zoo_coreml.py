@@ -270,3 +270,18 @@ def test_package_files_are_relative_and_stable(packages: dict[tuple[str, str], P
         shutil.copyfile(path, copy.parent / name)
     assert ct.models.MLModel(str(copy), skip_model_load=True).get_spec() == \
         ct.models.MLModel(str(package), skip_model_load=True).get_spec()
+
+
+def test_a_package_has_one_content_hash(packages: dict[tuple[str, str], Path], tmp_path: Path) -> None:
+    """What identifies a converted model (the accuracy record's variant, content-addressed pushes) works on a package
+    folder: the same files give the same hash wherever they are, other weights another one."""
+    from devicelab.paths import sha256_file
+
+    package = packages[("digits_cnn", "fp32")]
+    copy = shutil.copytree(package, tmp_path / "elsewhere.mlpackage")
+    assert sha256_file(copy) == sha256_file(package) != sha256_file(packages[("digits_cnn", "fp16")])
+    weights = copy / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert sha256_file(copy) != sha256_file(package)
