@@ -167,3 +167,22 @@ def test_the_engine_says_when_coremltools_is_missing(monkeypatch: object) -> Non
     info = dlbench.ENGINE.info().to_dict()
     assert info["only_on"]["coreml-ane"] == {"kinds": ["ios"], "reason": dlbench.IOS_ONLY}
     assert info["only_on"]["coreml"]["kinds"] == ["ios"] and info["backend_formats"]["coreml-cpu"] == ["coreml"]
+
+
+def test_mnns_tool_never_files_nnapi_as_core_ml(tmp_path: Path) -> None:
+    """benchmark.out's MNN_FORWARD_NN is NNAPI on Android and Core ML only on Apple systems, which the tool adapters do
+    not drive: its `coreml` backend gets the Core ML reason on every device it runs on, its nnapi stays."""
+    import dataclasses
+
+    from devicelab.engines.base import IOS_ONLY
+    from devicelab.engines.tool_mnn_benchmark import ENGINE
+
+    info = dataclasses.replace(ENGINE.info(), version="1", available=True, reason=None, kind_reasons={})
+    binary = tmp_path / "benchmark.out"
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)  # the suite checks the user's build exists; the plan runs nothing
+    s = suite(engines=[{"name": "tool:mnn-benchmark", "options": {"binary": str(binary)}}], threads=[1],
+              backends=["coreml", "nnapi"])
+    rows = expand(s, [HOST, ANDROID], {("tool:mnn-benchmark", ""): info}, MODELS, seed=1)
+    assert {r.unsupported for r in rows if r.config.backend == "coreml"} == {IOS_ONLY}
+    assert any(r.runnable for r in rows if r.config.backend == "nnapi" and r.config.device == "pixel")

@@ -24,6 +24,9 @@ INPUT_SEED = 1_000_003
 CALIBRATION_SEED = 7_000_001
 CALIBRATION_SAMPLES = 16
 
+# Core ML exists on Apple devices only: every engine's Core ML backends are declared for the ios kind with this reason.
+IOS_ONLY = "Core ML runs only on iPhones/iPads (the ios device kind)"
+
 
 @dataclass(frozen=True)
 class InputSpec:

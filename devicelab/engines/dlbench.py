@@ -17,7 +17,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inputs, write_feed_files
+from devicelab.engines.base import IOS_ONLY, Engine, PreparedModel, SourceModel, make_inputs, write_feed_files
 
 # Which registered build serves which device kind, best first: a phone runs the NDK build, else the static
 # arm64 Linux build (static binaries need no bionic). An iPhone runs the runner app its inventory entry names.
@@ -27,7 +27,6 @@ TARGETS_BY_KIND: dict[str, tuple[str, ...]] = {"host": ("host",), "android": ("a
 COMPUTE_UNITS: dict[str, str] = {"coreml": "all", "coreml-cpu": "cpuOnly", "coreml-gpu": "cpuAndGPU",
                                  "coreml-ane": "cpuAndNeuralEngine"}
 COREML_BACKENDS = tuple(COMPUTE_UNITS)
-IOS_ONLY = "Core ML runs only on iPhones/iPads (the ios device kind)"
 
 
 def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path, index: int = 0) -> list[dict[str, Any]]:
