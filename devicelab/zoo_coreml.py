@@ -28,8 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from devicelab.zoo import INPUT_NAME, OUTPUT_NAME, Graph
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -57,8 +55,8 @@ def _ct() -> Any:
 
 def to_program(graph: Graph) -> Any:
     """The graph as a MIL program: input named like the ONNX input (NCHW float32), one output named like the ONNX
-    output, every weight a named const (`<op>.weight`, `<op>.bias`, the names the ONNX initializers carry before
-    their ':N' suffix)."""
+    output, every weight a const named after its op (`conv_3.weight`, which MIL spells `conv_3_weight`; the ONNX
+    initializer is `conv_3.weight:N`), so a package's weights can be matched to the ONNX model's."""
     ct = _ct()
     from coremltools.converters.mil import Builder as mb
 
