@@ -80,6 +80,9 @@ def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
         return f"{info.name} is not available: {info.reason}"
     if kind not in info.device_kinds:
         return f"{info.name} does not run on {kind} devices (runs on: {', '.join(info.device_kinds)})"
+    # A backend that exists on other kinds only says so before anything this kind lacks (a build, a converter).
+    if backend in info.only_on and kind not in info.only_on[backend][0]:
+        return info.only_on[backend][1]
     if kind in info.kind_reasons:
         return info.kind_reasons[kind]
     if precision not in info.precisions:
@@ -88,8 +91,6 @@ def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
     if backend not in info.backends:
         return info.unsupported.get(backend) or \
             f"{info.name} supports backends {', '.join(info.backends)}, not {backend}"
-    if backend in info.only_on and kind not in info.only_on[backend][0]:
-        return info.only_on[backend][1]
     if f"{precision}/{backend}" in info.unsupported:
         return info.unsupported[f"{precision}/{backend}"]
     if backend in info.backend_reasons:

@@ -285,3 +285,19 @@ def test_a_package_has_one_content_hash(packages: dict[tuple[str, str], Path], t
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert sha256_file(copy) != sha256_file(package)
+
+
+def test_core_ml_on_the_host_is_an_unsupported_row_through_the_cli(env: dict[str, str], tmp_path: Path) -> None:
+    """End to end through `devicelab run`: Core ML backends on this Linux host are stored as unsupported rows with the
+    reason (nothing is converted, nothing runs)."""
+    from helpers import run_json
+
+    env = dict(env, DEVICELAB_DATA=str(tmp_path / "data"))  # its own data folder: nothing converted shows there
+    code, out, err = run_json("run", "--engine", "dlbench", "--model", "squeezenet1_1", "--threads", "1",
+                              "--precision", "fp16", "--backend", "coreml-ane", "--backend", "coreml-gpu", env=env)
+    assert code == 0, err
+    # The Core ML reason, not what the host lacks besides (a dlbench build): there is nothing to build for it here.
+    assert sorted((r["backend"], r["precision"], r["status"], r["reason"]) for r in out["results"]) == [
+        ("coreml-ane", "fp16", "unsupported", "Core ML runs only on iPhones/iPads (the ios device kind)"),
+        ("coreml-gpu", "fp16", "unsupported", "Core ML runs only on iPhones/iPads (the ios device kind)")]
+    assert not (Path(env["DEVICELAB_DATA"]) / "converted" / "coreml").exists()
