@@ -113,7 +113,8 @@ class DlbenchEngine(Engine):
                                             build)
         notes = list(zoo_coreml.NOTES.get(precision, ()))
         if backend == "coreml-ane" and precision == "fp32":
-            notes.append("the Neural Engine computes in fp16 only: Core ML runs a float32 program on the CPU or GPU")
+            notes.append("the Neural Engine computes in fp16 only: Core ML may run this float32 program on the CPU "
+                         "instead (which unit ran each layer is Core ML's choice)")
         return PreparedModel(package, tuple(notes), {"library": "coreml", "compute_units": COMPUTE_UNITS[backend]})
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
