@@ -278,8 +278,10 @@ def engines(devices_file: Optional[str] = DevicesOpt, as_json: bool = JsonOpt) -
     cells: list[list[str]] = []
     for r in rows:
         here = next((d for d in r["devices"] if d["kind"] == "host"), None)
+        # An engine available in general may still run nothing here (dlbench not built for the host): say why.
+        why_not_here = next(iter(here["unsupported"].values()), "") if here and not here["runs"] else ""
         cells.append([r["name"], r["version"] or "—", "yes" if r["available"] else "no", ",".join(r["formats"]),
-                      " ".join(here["runs"]) if here else "", r["reason"] or ""])
+                      " ".join(here["runs"]) if here else "", r["reason"] or why_not_here])
     print_table(out(), ["engine", "version", "available", "formats", "runs here (precision/backend)", "reason"], cells)
 
 

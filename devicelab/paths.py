@@ -75,7 +75,13 @@ _HASHES: dict[tuple[str, int, int], str] = {}
 
 def sha256_file(path: Path) -> str:
     """A file's content hash, remembered per (path, size, mtime): the same model or runner is hashed for many
-    configs (content-addressed pushes, model identity), and re-reading it each time costs seconds on big models."""
+    configs (content-addressed pushes, model identity), and re-reading it each time costs seconds on big models.
+    A folder (a Core ML .mlpackage) hashes its files' relative names and hashes, in order."""
+    if Path(path).is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{sha256_file(f)}\n".encode())
+        return h.hexdigest()
     st = os.stat(path)
     key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
     if key not in _HASHES:

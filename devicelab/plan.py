@@ -70,12 +70,19 @@ def resolve_cpus(facts: DeviceFacts, affinity: str, threads: int | str) -> tuple
     return n, cpus
 
 
+# Formats devicelab writes from the zoo's graph itself (zoo_tflite, zoo_coreml), which a user's ONNX file never reaches.
+_ZOO_WRITES = {"tflite": "TFLite", "coreml": "Core ML"}
+
+
 def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
                       model_formats: tuple[str, ...]) -> str | None:
     if not info.available:
         return f"{info.name} is not available: {info.reason}"
     if kind not in info.device_kinds:
         return f"{info.name} does not run on {kind} devices (runs on: {', '.join(info.device_kinds)})"
+    # A backend that exists on other kinds only says so before anything this kind lacks (a build, a converter).
+    if backend in info.only_on and kind not in info.only_on[backend][0]:
+        return info.only_on[backend][1]
     if kind in info.kind_reasons:
         return info.kind_reasons[kind]
     if precision not in info.precisions:
@@ -84,9 +91,19 @@ def capability_reason(info: EngineInfo, kind: str, precision: str, backend: str,
     if backend not in info.backends:
         return info.unsupported.get(backend) or \
             f"{info.name} supports backends {', '.join(info.backends)}, not {backend}"
-    if not set(info.formats) & set(model_formats):
-        return (f"{info.name} reads {', '.join(info.formats)}; this model is {', '.join(model_formats)}"
-                + (" (devicelab writes TFLite for zoo models only)" if "tflite" in info.formats else ""))
+    if f"{precision}/{backend}" in info.unsupported:
+        return info.unsupported[f"{precision}/{backend}"]
+    if backend in info.backend_reasons:
+        return info.backend_reasons[backend]
+    reads = info.backend_formats.get(backend, info.formats)
+    if not set(reads) & set(model_formats):
+        written = [name for fmt, name in _ZOO_WRITES.items() if fmt in reads]
+        return (f"{info.name}{'' if reads == info.formats else ' ' + backend} reads {', '.join(reads)}; "
+                f"this model is {', '.join(model_formats)}"
+                + (f" (devicelab writes {' and '.join(written)} for zoo models only)" if written else ""))
+    here = [f for f in set(reads) & set(model_formats) if f not in info.only_on or kind in info.only_on[f][0]]
+    if not here:
+        return info.only_on[sorted(set(reads) & set(model_formats))[0]][1]
     if kind == "host" and f"{precision}/{backend}" in info.probes:
         return f"{info.name} {precision} on {backend}: {info.probes[f'{precision}/{backend}']}"
     return None

@@ -180,8 +180,18 @@ def _gpu_tag(r: Result) -> str:
     return f" ({'software: ' if gpu.get('software') else ''}{gpu.get('name')})"
 
 
+# What each backend runs on, for the Backends table (Core ML's backends are its MLComputeUnits: the units it may use).
+BACKEND_TEXT = {
+    "cpu": "CPU", "gpu": "GPU", "opencl": "GPU (OpenCL)", "vulkan": "GPU (Vulkan)", "metal": "GPU (Metal)",
+    "nnapi": "NNAPI (Android chooses the unit)", "coreml": "Core ML, all units (Core ML chooses)",
+    "coreml-cpu": "Core ML, CPU only", "coreml-gpu": "Core ML, CPU and GPU",
+    "coreml-ane": "Core ML, CPU and Neural Engine",
+}
+
+
 def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
-    """GPU (or other non-CPU) backends next to the CPU engines on the same device, when any ran."""
+    """GPU, Core ML (or other non-CPU) backends next to the CPU engines on the same device, when any ran: the other
+    backends first, then the CPU rows, each with what it ran on."""
     ok = _ok(results)
     if not any(r.backend != "cpu" for r in ok):
         return []
@@ -191,11 +201,15 @@ def backend_tables(results: Sequence[Result], several: bool) -> list[dict[str, A
             continue
         threads = sorted({r.threads for r in rs})
         rows: dict[str, dict[int, str]] = {}
-        ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine))
+        runs_on: dict[str, str] = {}
+        ordered = sorted(rs, key=lambda r: (r.backend == "cpu", r.engine, r.backend))
         for (name, t), processes in _configs(ordered, lambda r: (_variant(r, several) + _gpu_tag(r), r.threads)).items():
             rows.setdefault(name, {})[t] = _ms(config_median(processes))
+            runs_on[name] = BACKEND_TEXT.get(processes[0].backend, processes[0].backend)
         out.append({"device": device, "model": model, "threads": threads,
-                    "rows": [{"name": k, "cells": [v.get(t, "—") for t in threads]} for k, v in rows.items()]})
+                    "coreml": any(r.backend.startswith("coreml") for r in rs),
+                    "rows": [{"name": k, "runs_on": runs_on[k], "cells": [v.get(t, "—") for t in threads]}
+                             for k, v in rows.items()]})
     return out
 
 

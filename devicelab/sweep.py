@@ -236,7 +236,7 @@ class Executor:
         self.progress = progress or (lambda kind, obj: None)
         for device in prepared.devices.values():
             device.on_event = self.progress  # e.g. ("push", {device, files, pushed_files, bytes, seconds})
-        self._converted: dict[tuple[str, str, str], PreparedModel | str] = {}
+        self._converted: dict[tuple[str, str, str, str], PreparedModel | str] = {}
         self._sources: dict[str, SourceModel] = {}
 
     def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> list[Result]:
@@ -348,7 +348,7 @@ class Executor:
         """The config as a session runs it, or why its model could not be converted."""
         cfg = pc.config
         source = self._source(cfg.model)
-        converted = self._convert(cfg.engine, source, cfg.precision)
+        converted = self._convert(cfg.engine, source, cfg.precision, cfg.backend)
         if isinstance(converted, str):
             return converted
         return Job(run_id=self.run_id, config=cfg, source=source, prepared=converted, settings=self.p.suite.protocol,
@@ -381,12 +381,12 @@ class Executor:
                                               dataset=zoo.ZOO[name].dataset if model.source == "zoo" else None)
         return self._sources[name]
 
-    def _convert(self, engine: str, model: SourceModel, precision: str) -> PreparedModel | str:
-        key = (engine, model.sha256, precision)
+    def _convert(self, engine: str, model: SourceModel, precision: str, backend: str) -> PreparedModel | str:
+        key = (engine, model.sha256, precision, backend)
         if key not in self._converted:
             try:
-                self._converted[key] = get_engine(engine).prepare(model, precision,
-                                                                  paths.data_dir() / "converted" / engine)
+                self._converted[key] = get_engine(engine).prepare_for(model, precision, backend,
+                                                                      paths.data_dir() / "converted" / engine)
             except Exception as e:  # noqa: BLE001 - a converter failure is a failed row with its message
                 self._converted[key] = f"conversion for {engine} ({precision}) failed: {type(e).__name__}: {e}"
         return self._converted[key]

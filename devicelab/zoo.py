@@ -74,8 +74,9 @@ class ModelFile:
 
     @property
     def formats(self) -> tuple[str, ...]:
-        """Formats devicelab can hand engines: zoo models are also written as TFLite (zoo_tflite)."""
-        return ("onnx", "tflite") if self.source == "zoo" else ("onnx",)
+        """Formats devicelab can hand engines: zoo models are also written as TFLite (zoo_tflite) and Core ML
+        (zoo_coreml)."""
+        return ("onnx", "tflite", "coreml") if self.source == "zoo" else ("onnx",)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -220,3 +220,96 @@ def test_every_section_shows_the_median_of_process_medians() -> None:
         ("ncnn int8 1t", "1.00 ms", "2.00 ms", 2.0)]
     (tradeoff,) = [c["svg"] for c in data.charts if c["kind"] == "tradeoff"]
     assert tradeoff.count("ncnn int8 1t: ") == 1 and "ncnn int8 1t: 1.00 ms" in tradeoff  # one point per config
+
+
+# ---- Core ML and GPU rows beside the CPU engines. No iPhone ran here (the emulated one runs the host build of
+# dlbench, on the CPU), so these Results are SYNTHETIC: made up in memory by this test to check the rendering, labelled so
+# in the run's suite name, every row's version and notes, and never stored as a measurement.
+
+SYNTHETIC = "synthetic: made up by test_report.py to check the rendering, not a measurement"
+HOSTILE_LABEL = "<img src=x onerror=alert(2)>"
+
+
+def _synthetic_iphone_run() -> tuple[list[Any], list[Any]]:
+    from devicelab.result import Config, Result
+    from devicelab.store import RunRecord
+
+    def row(engine: str, precision: str, backend: str, threads: int, median_ms: float, label: str = "",
+            **fields: Any) -> Result:
+        cfg = Config("iphone-13", engine, label, "synthetic", HOSTILE, "ab" * 32, 1, precision, backend, threads, (),
+                     "all", 0)
+        samples = tuple(median_ms * 1e-3 * f for f in (0.98, 1.0, 1.02))
+        return Result.for_config("synthetic-run", cfg, "ok", samples_s=samples, median_s=median_ms * 1e-3,
+                                 notes=(SYNTHETIC,), **fields)
+
+    results = [
+        row("dlbench", "fp32", "cpu", 1, 20.0), row("dlbench", "fp32", "cpu", 2, 11.0),
+        row("dlbench", "fp16", "coreml-ane", 1, 2.0), row("dlbench", "fp16", "coreml-gpu", 1, 4.0),
+        row("dlbench", "fp32", "coreml", 1, 3.0, label=HOSTILE_LABEL),
+        row("ncnn", "fp32", "vulkan", 1, 6.0, ext={"gpu_device": {"name": "Apple A15 GPU", "type": "integrated",
+                                                                  "software": False}}),
+        row("ncnn", "fp32", "cpu", 1, 18.0),
+    ]
+    facts = {"id": "iphone-13", "kind": "ios", "model": "iPhone14,5", "os": "iOS 16.7.2", "abi": "arm64e", "cpus": 6,
+             "cpu_ids": list(range(6)), "clusters": []}
+    run = RunRecord("synthetic-run", "2026-12-06T00:00:00", {"name": "SYNTHETIC rendering fixture"}, 1,
+                    {"platform": "synthetic", "python": "3.11", "devices": {"iphone-13": facts}}, "0.1.0")
+    return [run], results
+
+
+def test_backends_table_lists_core_ml_and_gpu_rows_beside_the_cpu() -> None:
+    from devicelab.report import build
+
+    runs, results = _synthetic_iphone_run()
+    (table,) = build(runs, results).backends
+    assert (table["device"], table["model"], table["threads"], table["coreml"]) == ("iphone-13", HOSTILE, [1, 2], True)
+    assert [(row["name"], row["runs_on"], row["cells"]) for row in table["rows"]] == BACKEND_ROWS
+
+
+# The Backends table of the synthetic run: the other backends first, then the CPU rows, each at its thread counts.
+BACKEND_ROWS = [
+    (f"dlbench [{HOSTILE_LABEL}] fp32 coreml", "Core ML, all units (Core ML chooses)", ["3.00 ms", "—"]),
+    ("dlbench fp16 coreml-ane", "Core ML, CPU and Neural Engine", ["2.00 ms", "—"]),
+    ("dlbench fp16 coreml-gpu", "Core ML, CPU and GPU", ["4.00 ms", "—"]),
+    ("ncnn fp32 vulkan (Apple A15 GPU)", "GPU (Vulkan)", ["6.00 ms", "—"]),
+    ("dlbench fp32", "CPU", ["20.00 ms", "11.00 ms"]),
+    ("ncnn fp32", "CPU", ["18.00 ms", "—"]),
+]
+
+
+def test_backends_section_renders_in_chromium_with_names_escaped(tmp_path: Path) -> None:
+    """The synthetic run's report in headless Chromium: the Backends table lists every Core ML and GPU row beside the
+    CPU rows, the model and label named like markup stay text, nothing runs, nothing is fetched."""
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    from devicelab import report
+
+    runs, results = _synthetic_iphone_run()
+    path = report.write(tmp_path / "synthetic.html", runs, results)
+    html = path.read_text()
+    assert HOSTILE not in html and HOSTILE_LABEL not in html  # escaped everywhere, the raw-data block included
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        problems: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("dialog", lambda d: (problems.append("dialog: " + d.message), d.dismiss()))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri())
+        page.wait_for_load_state("load")
+        heading = page.locator("#backends ~ h3").first.inner_text()
+        rows = page.locator("table.backends tr").all_inner_texts()
+        nav = page.locator("nav a").all_inner_texts()
+        text = page.inner_text("body")
+        browser.close()
+    assert problems == [] and all(u.startswith(("file://", "data:", "blob:")) for u in requests)
+    assert heading == f"{HOSTILE} on iphone-13" and "backends" in nav
+    assert rows[0].split("\t") == ["engine / backend", "runs on", "1 thread", "2 threads"]
+    assert [r.split("\t") for r in rows[1:]] == [[name, runs_on, *cells] for name, runs_on, cells in BACKEND_ROWS]
+    assert "Core ML schedules its own threads" in text and "iphone-13 (ios)" in text

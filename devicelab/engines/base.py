@@ -24,6 +24,9 @@ INPUT_SEED = 1_000_003
 CALIBRATION_SEED = 7_000_001
 CALIBRATION_SAMPLES = 16
 
+# Core ML exists on Apple devices only: every engine's Core ML backends are declared for the ios kind with this reason.
+IOS_ONLY = "Core ML runs only on iPhones/iPads (the ios device kind)"
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -53,13 +56,23 @@ class EngineInfo:
     probes: dict[str, str] = field(default_factory=dict)
     # Why the engine cannot run on a device kind it declares, here and now (e.g. dlbench not built for arm64).
     kind_reasons: dict[str, str] = field(default_factory=dict)
+    # Backends or formats that exist only on some device kinds: name → (those kinds, the reason a config elsewhere
+    # reads), e.g. {"coreml-ane": (("ios",), "Core ML runs only on iPhones/iPads (the ios device kind)")}.
+    only_on: dict[str, tuple[tuple[str, ...], str]] = field(default_factory=dict)
+    # The formats a backend reads, where that is not every format of the engine (Core ML reads Core ML only).
+    backend_formats: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Why this controller cannot prepare models for a declared backend now (e.g. its converter is not installed).
+    backend_reasons: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "available": self.available, "reason": self.reason,
                 "formats": list(self.formats), "precisions": list(self.precisions),
                 "backends": list(self.backends), "device_kinds": list(self.device_kinds),
                 "unsupported": dict(self.unsupported), "host_probes": dict(self.probes),
-                "device_kind_reasons": dict(self.kind_reasons)}
+                "device_kind_reasons": dict(self.kind_reasons),
+                "only_on": {k: {"kinds": list(kinds), "reason": why} for k, (kinds, why) in self.only_on.items()},
+                "backend_formats": {k: list(v) for k, v in self.backend_formats.items()},
+                "backend_reasons": dict(self.backend_reasons)}
 
 
 @dataclass(frozen=True)
@@ -151,8 +164,13 @@ class Engine:
     precisions: ClassVar[tuple[str, ...]]
     backends: ClassVar[tuple[str, ...]]
     device_kinds: ClassVar[tuple[str, ...]] = ("host",)
-    # Precisions or backends this engine cannot do, with the reason a user should read.
+    # Precisions or backends this engine cannot do, with the reason a user should read; a "precision/backend" key names
+    # one pair the engine cannot do although it has both (e.g. "bf16/coreml").
     unsupported: ClassVar[dict[str, str]] = {}
+    # Backends or formats that exist only on some device kinds (EngineInfo.only_on), and the formats a backend reads
+    # where that is not every format of the engine (EngineInfo.backend_formats).
+    only_on: ClassVar[dict[str, tuple[tuple[str, ...], str]]] = {}
+    backend_formats: ClassVar[dict[str, tuple[str, ...]]] = {}
     # How the runner starts. None: devicelab's Python runner (devicelab.runners.host) imports this engine in the
     # measured process. Otherwise the name of a native artifact from `devicelab build-native` (devicelab.native's
     # registry, per target) that speaks runner protocol v1 itself, e.g. "dlbench".
@@ -183,6 +201,10 @@ class Engine:
         """Why this engine cannot run on devices of `kind` (one it declares) on this machine now, or None."""
         return None
 
+    def backend_reason(self, backend: str) -> str | None:
+        """Why this controller cannot prepare models for `backend` (one the engine declares) now, or None."""
+        return None
+
     def probe_host(self, precision: str, backend: str) -> str | None:
         """Why this precision/backend cannot run on this host (e.g. no GPU, no bf16 in the CPU), or None.
         Called in the controller, only for combinations a suite asks for."""
@@ -198,12 +220,19 @@ class Engine:
                     if why:
                         probes[f"{precision}/{backend}"] = why
         kind_reasons = {k: why for k in self.device_kinds if (why := self.kind_reason(k))} if available else {}
+        backend_reasons = {b: why for b in self.backends if (why := self.backend_reason(b))} if available else {}
         return EngineInfo(self.name, self.version(), available, reason, self.formats, self.precisions,
-                          self.backends, self.device_kinds, dict(self.unsupported), probes, kind_reasons)
+                          self.backends, self.device_kinds, dict(self.unsupported), probes, kind_reasons,
+                          dict(self.only_on), dict(self.backend_formats), backend_reasons)
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         """Convert (and cache by content) the source model into what the runner loads."""
         raise NotImplementedError
+
+    def prepare_for(self, model: SourceModel, precision: str, backend: str, cache_dir: Path) -> PreparedModel:
+        """prepare() for one backend: an engine whose backends read different formats (dlbench: ncnn files for the CPU,
+        a Core ML package for Core ML) overrides this; the others convert once for every backend."""
+        return self.prepare(model, precision, cache_dir)
 
     def version_for(self, options: dict[str, Any]) -> str | None:
         """The version a suite's engine entry runs (the protocol engine: its binary's content hash)."""

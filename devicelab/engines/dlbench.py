@@ -3,18 +3,30 @@
 The same ncnn as the pip engine (built from its sdist at the installed version), the same pnnx-converted
 model and the same seeded inputs (written to files for the runner), but timed by a C++ loop speaking runner
 protocol v1, with no Python in the measured process — and the same binary runs on an arm64 phone.
+
+On an iPhone dlbench runs inside the runner app, which adds Core ML: the backends `coreml` (Core ML chooses),
+`coreml-cpu`, `coreml-gpu` and `coreml-ane` (its compute units), fed a Core ML package written from the zoo's graph
+(zoo_coreml). Core ML exists on Apple devices only, so these backends and the format are declared for the ios kind
+alone and every other device gets an unsupported row saying so.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, SourceModel, make_inputs, write_feed_files
+from devicelab.engines.base import IOS_ONLY, Engine, PreparedModel, SourceModel, make_inputs, write_feed_files
 
 # Which registered build serves which device kind, best first: a phone runs the NDK build, else the static
-# arm64 Linux build (static binaries need no bionic).
+# arm64 Linux build (static binaries need no bionic). An iPhone runs the runner app its inventory entry names.
 TARGETS_BY_KIND: dict[str, tuple[str, ...]] = {"host": ("host",), "android": ("android-arm64", "arm64")}
+
+# Core ML's backends and the MLComputeUnits the runner app loads the model with for each.
+COMPUTE_UNITS: dict[str, str] = {"coreml": "all", "coreml-cpu": "cpuOnly", "coreml-gpu": "cpuAndGPU",
+                                 "coreml-ane": "cpuAndNeuralEngine"}
+COREML_BACKENDS = tuple(COMPUTE_UNITS)
 
 
 def write_inputs(specs: list[dict[str, Any]], seed: int, folder: Path, index: int = 0) -> list[dict[str, Any]]:
@@ -28,11 +40,15 @@ class DlbenchEngine(Engine):
     name = "dlbench"
     package = "ncnn"  # not used for the version: see version()
     module = "ncnn"
-    formats = ("onnx",)  # converted to ncnn .param/.bin with pnnx, like the pip ncnn engine
+    # ONNX is converted to ncnn .param/.bin with pnnx, like the pip ncnn engine; Core ML is written from the zoo's graph.
+    formats = ("onnx", "coreml")
     precisions = ("fp32", "fp16", "bf16", "int8")  # int8: the pip engine's quantized files (ncnn_int8)
-    backends = ("cpu",)
+    backends = ("cpu", *COREML_BACKENDS)
     device_kinds = ("host", "android", "ios")
     native_runner = "dlbench"
+    unsupported = {f"bf16/{b}": "Core ML computes in fp32 or fp16 (no bf16)" for b in COREML_BACKENDS}
+    only_on = {name: (("ios",), IOS_ONLY) for name in (*COREML_BACKENDS, "coreml")}
+    backend_formats = {"cpu": ("onnx",), **{b: ("coreml",) for b in COREML_BACKENDS}}
 
     def _record(self) -> Any:
         from devicelab import native
@@ -47,8 +63,8 @@ class DlbenchEngine(Engine):
     def kind_reason(self, kind: str) -> str | None:
         from devicelab import native
 
-        if kind == "ios":  # dlbench's core runs as the runner app the user brings; the iPhone's transport installs it
-            return None
+        if kind == "ios":
+            return None  # the runner app (the entry's runner_app) is dlbench there; nothing is built on this machine
         targets = TARGETS_BY_KIND.get(kind, ())
         if any(native.registered(t) for t in targets):
             return None
@@ -60,13 +76,46 @@ class DlbenchEngine(Engine):
         return record.dlbench_version if record else None
 
     def availability(self) -> tuple[bool, str | None]:
+        # Nothing is needed engine-wide: each device kind needs its build (kind_reason; an iPhone brings the runner
+        # app), and each backend its converter (backend_reason: pnnx for ncnn, coremltools for Core ML).
+        return True, None
+
+    def backend_reason(self, backend: str) -> str | None:
+        if backend in COREML_BACKENDS:
+            if importlib.util.find_spec("coremltools") is None:
+                from devicelab.zoo_coreml import INSTALL_HINT
+
+                return f"writing Core ML models needs coremltools ({INSTALL_HINT})"
+            return None
         from devicelab.engines.ncnn import pnnx_binary
 
-        if self._record() is None:
-            return False, "dlbench is not built: run `devicelab build-native --target host` (or arm64, android-arm64)"
         if pnnx_binary() is None:
-            return False, "the pnnx converter is not installed (pip install --no-deps pnnx)"
-        return True, None
+            return "the pnnx converter is not installed (pip install --no-deps pnnx)"
+        return None
+
+    def prepare_for(self, model: SourceModel, precision: str, backend: str, cache_dir: Path) -> PreparedModel:
+        if backend not in COREML_BACKENDS:
+            return self.prepare(model, precision, cache_dir)
+        from devicelab import zoo, zoo_coreml
+
+        if not model.zoo:
+            raise RuntimeError("Core ML needs a Core ML model; devicelab writes Core ML for zoo models only")
+
+        def build(out: Path) -> None:
+            # Only when the package is not cached: building a trained zoo model's graph trains it.
+            graph = zoo.build_graph(model.name)
+            if hashlib.sha256(zoo.to_onnx(graph)).hexdigest() != model.sha256:
+                raise RuntimeError(f"zoo model {model.name} changed under its cache; rebuild the zoo")
+            zoo_coreml.write_package(graph, precision, out)
+
+        # One package per model and precision serves every compute unit (chosen at load), so the cache is shared.
+        package = zoo_coreml.cached_package(cache_dir.parent / "coreml", zoo_coreml.package_name(model.sha256, precision),
+                                            build)
+        notes = list(zoo_coreml.NOTES.get(precision, ()))
+        if backend == "coreml-ane" and precision == "fp32":
+            notes.append("the Neural Engine computes in fp16 only: Core ML may run this float32 program on the CPU "
+                         "instead (which unit ran each layer is Core ML's choice)")
+        return PreparedModel(package, tuple(notes), {"library": "coreml", "compute_units": COMPUTE_UNITS[backend]})
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         from devicelab.engines.ncnn import convert_onnx
@@ -96,13 +145,23 @@ class DlbenchEngine(Engine):
         accuracy = runner_config.get("accuracy_files") or [
             write_inputs(list(runner_config["inputs"]), seed, folder, k) for k in range(1, count + 1)]
         options = dict(runner_config.get("options") or {})
-        links = {"model.param": Path(runner_config["model"])}
-        if options.get("weights"):
-            links["model.bin"] = Path(options["weights"])
-            options["weights"] = "model.bin"
+        if options.get("library") == "coreml":
+            # A Core ML package is a folder: the same folder, each file linked in at its place inside it.
+            from devicelab.zoo_coreml import package_files
+
+            model = "model.mlpackage"
+            links = {f"{model}/{name.split('/', 1)[1]}": path
+                     for name, path in package_files(Path(runner_config["model"]))}
+        else:
+            model = "model.param"
+            links = {model: Path(runner_config["model"])}
+            if options.get("weights"):
+                links["model.bin"] = Path(options["weights"])
+                options["weights"] = "model.bin"
         for name, target in links.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
             (folder / name).symlink_to(target.resolve())
-        return {**runner_config, "model": "model.param", "options": options, "inputs": inputs,
+        return {**runner_config, "model": model, "options": options, "inputs": inputs,
                 "accuracy_files": accuracy or None}
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import PreparedModel, SourceModel
+from devicelab.engines.base import IOS_ONLY, PreparedModel, SourceModel
 from devicelab.engines.tool_base import (NUMBER, ToolEngine, ToolRun, ToolSettings, build_run, exit_error, lines_of,
                                          seconds, target_path)
 
@@ -67,6 +67,8 @@ class MnnBenchmarkTool(ToolEngine):
     unsupported = {
         "gpu": "benchmark.out names its GPU APIs: ask for opencl, vulkan or metal",
     }
+    # MNN_FORWARD_NN is Core ML only on Apple systems (NNAPI on Android): a "coreml" row elsewhere would be mislabelled.
+    only_on = {"coreml": (("ios",), IOS_ONLY)}
 
     def availability(self) -> tuple[bool, str | None]:
         from devicelab.engines import mnn
