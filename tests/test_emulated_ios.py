@@ -59,6 +59,8 @@ class Rig:
         self.pairing = tmp_path / "pairing"
 
     async def lockdown(self, **kwargs: Any) -> UsbmuxLockdownClient:
+        # pair_timeout 0: a pairing that cannot happen fails at once instead of waiting on the Trust dialog
+        kwargs.setdefault("pair_timeout", 0)
         return await create_using_usbmux(serial=UDID, usbmux_address=self.mux.address,
                                          pairing_records_cache_folder=self.pairing, **kwargs)
 
