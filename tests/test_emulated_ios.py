@@ -104,6 +104,7 @@ def test_list_devices_values_and_listen(rig: Rig) -> None:
             assert values["BuildVersion"] == "20H115"
             assert lockdown.ecid == 0x000A1B2C3D4E5F60
             assert await lockdown.get_developer_mode_status() is True
+            assert (await lockdown.stop_session())["Result"] == "Success"
 
         # Listen: the current device arrives as Attached, a pulled cable as Detached
         mux = await usbmux.create_mux(usbmux_address=rig.mux.address)
