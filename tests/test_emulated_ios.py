@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("pymobiledevice3")
 
 from pymobiledevice3 import usbmux  # noqa: E402
-from pymobiledevice3.exceptions import (AppNotInstalledError, ConnectionFailedError,  # noqa: E402
+from pymobiledevice3.exceptions import (AfcException, AppNotInstalledError, ConnectionFailedError,  # noqa: E402
                                         ConnectionFailedToUsbmuxdError, ConnectionTerminatedError,
                                         DeviceNotFoundError, InvalidServiceError, NotPairedError,
                                         PairingDialogResponsePendingError, PasswordRequiredError,
@@ -245,6 +245,8 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
                 assert await ha.listdir("/") == ["Documents"]
                 await ha.set_file_contents("Documents/result.jsonl", b"{}\n")
                 assert not await ha.exists("Library")
+                with pytest.raises(AfcException):  # outside Documents nothing is reachable, not even to write
+                    await ha.set_file_contents("Library/Preferences/x.plist", b"")
             assert (installed.container / "Documents" / "result.jsonl").read_bytes() == b"{}\n"
 
             with pytest.raises(AppNotInstalledError):
