@@ -26,7 +26,7 @@ import pytest
 pytest.importorskip("pymobiledevice3")
 
 from pymobiledevice3 import usbmux  # noqa: E402
-from pymobiledevice3.exceptions import (AppNotInstalledError, ConnectionFailedError,  # noqa: E402
+from pymobiledevice3.exceptions import (AfcException, AppNotInstalledError, ConnectionFailedError,  # noqa: E402
                                         ConnectionFailedToUsbmuxdError, ConnectionTerminatedError,
                                         DeviceNotFoundError, InvalidServiceError, NotPairedError,
                                         PairingDialogResponsePendingError, PasswordRequiredError,
@@ -59,6 +59,8 @@ class Rig:
         self.pairing = tmp_path / "pairing"
 
     async def lockdown(self, **kwargs: Any) -> UsbmuxLockdownClient:
+        # pair_timeout 0: a pairing that cannot happen fails at once instead of waiting on the Trust dialog
+        kwargs.setdefault("pair_timeout", 0)
         return await create_using_usbmux(serial=UDID, usbmux_address=self.mux.address,
                                          pairing_records_cache_folder=self.pairing, **kwargs)
 
@@ -102,6 +104,7 @@ def test_list_devices_values_and_listen(rig: Rig) -> None:
             assert values["BuildVersion"] == "20H115"
             assert lockdown.ecid == 0x000A1B2C3D4E5F60
             assert await lockdown.get_developer_mode_status() is True
+            assert (await lockdown.stop_session())["Result"] == "Success"
 
         # Listen: the current device arrives as Attached, a pulled cable as Detached
         mux = await usbmux.create_mux(usbmux_address=rig.mux.address)
@@ -242,6 +245,8 @@ def test_install_get_apps_house_arrest_and_uninstall(rig: Rig) -> None:
                 assert await ha.listdir("/") == ["Documents"]
                 await ha.set_file_contents("Documents/result.jsonl", b"{}\n")
                 assert not await ha.exists("Library")
+                with pytest.raises(AfcException):  # outside Documents nothing is reachable, not even to write
+                    await ha.set_file_contents("Library/Preferences/x.plist", b"")
             assert (installed.container / "Documents" / "result.jsonl").read_bytes() == b"{}\n"
 
             with pytest.raises(AppNotInstalledError):
