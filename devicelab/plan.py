@@ -30,6 +30,12 @@ class PlannedConfig:
         return self.unsupported is None
 
 
+def engine_version_on(facts: DeviceFacts, engine: str, info: EngineInfo | None) -> str:
+    """The engine's version on a device: a device may run its own build of an engine (an iPhone's runner app), and
+    then its facts name that build's version; else the version this host has (empty when it has none)."""
+    return (facts.extra.get("engine_versions") or {}).get(engine) or (info.version if info else "") or ""
+
+
 def affinity_set(facts: DeviceFacts, affinity: str) -> tuple[int, ...] | str:
     """The CPUs an affinity names on this device, or the reason it names none."""
     clusters = sorted(facts.clusters, key=lambda c: ((c.capacity or 0), (c.max_khz or 0)))
@@ -161,8 +167,7 @@ def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFil
     else:
         (n, cpus), reason = resolved, None
     reason = capability_reason(info, facts.kind, precision, backend, model.formats) or reason
-    # A device may run its own build of an engine (an iPhone's runner app): its facts name that build's version.
-    version = (facts.extra.get("engine_versions") or {}).get(spec.name) or info.version or ""
+    version = engine_version_on(facts, spec.name, info)
     config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=version,
                     model=model.name, model_sha256=model.sha256, model_bytes=model.bytes, precision=precision,
                     backend=backend, threads=n, cpus=cpus, affinity=affinity)

@@ -23,7 +23,7 @@ from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceEntry, DeviceFacts
-from devicelab.plan import PlannedConfig, expand
+from devicelab.plan import PlannedConfig, engine_version_on, expand
 from devicelab.result import FAILED, INFRA_FAILED, Result, utc_now
 from devicelab.session import Job
 from devicelab.store import FINISHED, INTERRUPTED, PlannedRow, RunRecord, Store
@@ -161,10 +161,11 @@ def replan_problems(todo: list[PlannedConfig], devices: dict[str, DeviceFacts],
             absent = ",".join(map(str, sorted(set(c.cpus) - set(facts.cpu_ids))))
             problems.append(f"device {c.device} here has no CPU {absent}, which the run planned to pin to")
         info = engines.get((c.engine, c.label))
-        version = (info.version or "") if info else None
+        version = engine_version_on(facts, c.engine, info) if facts is not None else (info.version if info else None)
         if version != c.engine_version:
             name = f"{c.engine} [{c.label}]" if c.label else c.engine
-            problems.append(f"{name} is version {version or 'not installed'} on this host, the run planned "
+            where = f"device {c.device}" if facts is not None and facts.extra.get("engine_versions") else "this host"
+            problems.append(f"{name} is version {version or 'not installed'} on {where}, the run planned "
                             f"{c.engine_version}: resume it where that version is installed")
         model = models.get(c.model)
         if model is None or model.sha256 != c.model_sha256:
