@@ -36,6 +36,31 @@ class RunRecord:
                 "devicelab_version": self.devicelab_version, "git": self.git, "argv": self.argv}
 
 
+@dataclass
+class Heartbeat:
+    """A farm phone's latest beat (devicelab farm): how it was when its worker last looked. `missed` counts the
+    beats in a row that could not reach it; `job` is what its worker runs now (None: idle)."""
+
+    device: str
+    host: str
+    worker: str
+    at: str
+    interval_s: float
+    reachable: bool
+    missed: int = 0
+    battery_percent: float | None = None
+    temperature_c: float | None = None
+    charging: bool | None = None
+    job: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "host": self.host, "worker": self.worker, "at": self.at,
+                "interval_s": self.interval_s, "reachable": self.reachable, "missed": self.missed,
+                "battery_percent": self.battery_percent, "temperature_c": self.temperature_c,
+                "charging": self.charging, "job": self.job, "detail": self.detail}
+
+
 class Store(Protocol):
     """What every store offers (SQLite here; PostgreSQL for the farm)."""
 
@@ -51,12 +76,24 @@ class Store(Protocol):
     def add_result(self, result: Result) -> None: ...
     def results(self, run_id: str) -> list[Result]: ...
     def status_counts(self, run_id: str) -> dict[str, int]: ...
+    def record_heartbeat(self, beat: Heartbeat) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?)",
+                             (beat.device, beat.at, json.dumps(beat.to_dict())))
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every farm phone's latest beat, by device id."""
+        rows = self._db.execute("SELECT beat_json FROM heartbeats ORDER BY device")
+        return [Heartbeat(**json.loads(r[0])) for r in rows]
+
     def done_keys(self, run_id: str) -> set[str]: ...
     def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]: ...
     def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None: ...
     def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None: ...
     def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None: ...
     def baselines(self) -> dict[str, str]: ...
+    def record_heartbeat(self, beat: Heartbeat) -> None: ...
+    def heartbeats(self) -> list[Heartbeat]: ...
     def close(self) -> None: ...
 
 
@@ -111,6 +148,14 @@ CREATE TABLE IF NOT EXISTS baselines (
     note TEXT
 );
 """
+# The farm's phone health: one row per phone, its latest beat (created on open, like a table of v1: additive).
+_SCHEMA_FARM = """
+CREATE TABLE IF NOT EXISTS heartbeats (
+    device TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    beat_json TEXT NOT NULL
+);
+"""
 # v3: every results row holds a Result of schema v2 (rows of v1 are migrated on open by result.migrate).
 _USER_VERSION = 3
 
@@ -139,6 +184,8 @@ class SqliteStore:
                 if version < 3:
                     self._migrate_results()
                 self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
+        with self._db:
+            self._db.executescript(_SCHEMA_FARM)
 
     def _migrate_results(self) -> None:
         """Rows of an older Result schema, rewritten in the current one (in the open transaction: all or none). A
@@ -249,6 +296,16 @@ class SqliteStore:
         """Series key ('*' for all) → the run from which history counts, latest reset wins."""
         rows = self._db.execute("SELECT series_key, run_id FROM baselines ORDER BY created_at")
         return {k: r for k, r in rows}
+
+    def record_heartbeat(self, beat: Heartbeat) -> None:
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?)",
+                             (beat.device, beat.at, json.dumps(beat.to_dict())))
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every farm phone's latest beat, by device id."""
+        rows = self._db.execute("SELECT beat_json FROM heartbeats ORDER BY device")
+        return [Heartbeat(**json.loads(r[0])) for r in rows]
 
     def done_keys(self, run_id: str) -> set[str]:
         """Identity keys that --resume must not run again: everything but infra failures."""

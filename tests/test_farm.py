@@ -1,0 +1,284 @@
+"""The device farm on loopback, as users run it: `devicelab farm scheduler` and `devicelab farm agent` (real Dask
+distributed, one worker process per phone) in subprocesses, the emulated Android phones behind a real adb server,
+arm64 runners under qemu, and `devicelab run --farm` writing to one SQLite store shared by every process of this
+host. Timings under qemu are never looked at; only their order is (two jobs on one phone must not overlap)."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from android_env import AdbServer, EmulatedPhone, cli_env, needs_adb, needs_namespace, needs_qemu
+from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
+
+from devicelab.result import Result
+from devicelab.store import Heartbeat, SqliteStore
+
+BEAT_S = 1.0
+PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}
+
+F = Callable[..., None]
+
+
+def farm_test(test: F) -> F:
+    """A test on the emulated farm: slow, and it needs adb, a private namespace and qemu (as the Android tests)."""
+    for mark in (pytest.mark.slow, needs_adb(), needs_namespace(), needs_qemu()):
+        test = mark(test)
+    return test
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes: every one started here is stopped here, by its pid
+
+
+class Proc:
+    """A devicelab subprocess with its stderr in a file; `first_line` is what it printed first on stdout."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path, read_first_line: bool = False) -> None:
+        self.log = log
+        with log.open("ab") as f:
+            self.proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=f)
+        self.first_line = ""
+        if read_first_line:
+            assert self.proc.stdout is not None
+            self.first_line = self.proc.stdout.readline().decode().strip()
+            assert self.first_line, f"{argv[:3]} printed nothing: {self.text()[-3000:]}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: float = 0.3) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(every)
+
+
+def beats(db: Path) -> dict[str, Heartbeat]:
+    if not db.exists():
+        return {}
+    store = SqliteStore(db)
+    try:
+        return {b.device: b for b in store.heartbeats()}
+    finally:
+        store.close()
+
+
+def status(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    if not Path(env["DEVICELAB_DB"]).exists():
+        return {}  # the agent creates it when it starts
+    code, rows, err = run_json("farm", "status", env=env)
+    assert code == 0, err
+    return {r["device"]: r for r in rows}  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------------------------------
+# The farm: three emulated phones, a scheduler and an agent, for the module
+
+
+class Farm:
+    def __init__(self, env: dict[str, str], db: Path, phones: list[EmulatedPhone], scheduler: Proc, agent: Proc,
+                 tmp: Path) -> None:
+        self.env, self.db, self.phones, self.scheduler, self.agent, self.tmp = env, db, phones, scheduler, agent, tmp
+
+    @property
+    def address(self) -> str:
+        return self.scheduler.first_line
+
+    def run(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return devicelab("run", "--farm", self.address, *args, env=self.env, timeout=timeout)
+
+    def wait_idle(self, serials: list[str]) -> None:
+        wait_for(f"{serials} idle", lambda: all(status(self.env).get(s, {}).get("state") == "idle" for s in serials))
+
+
+@pytest.fixture(scope="module")
+def farm(server: AdbServer, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    tmp = tmp_path_factory.mktemp("farm")
+    db = tmp / "farm.sqlite"
+    (tmp / "home").mkdir()
+    env = cli_env({**os.environ, "DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": str(db), "COLUMNS": "200"}, server)
+    env.pop("DEVICELAB_DEVICES", None)
+    phones: list[EmulatedPhone] = []
+    procs: list[Proc] = []
+    try:
+        for name in ("a", "b", "c"):
+            phones.append(EmulatedPhone(server, tmp / name))
+            phones[-1].start()
+        scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp / "scheduler.log", True)
+        procs.append(scheduler)
+        assert scheduler.first_line.startswith("tcp://127.0.0.1:")
+        agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--beat-seconds", str(BEAT_S),
+                      "--scan-seconds", "1"], env, tmp / "agent.log")
+        procs.append(agent)
+        f = Farm(env, db, phones, scheduler, agent, tmp)
+        f.wait_idle([p.serial for p in phones])
+        yield f
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+        for phone in phones:
+            phone.stop()
+
+
+def suite(path: Path, devices: list[str], runner: Path, **fields: Any) -> Path:
+    data = {"name": "farm", "models": fields.pop("models", ["squeezenet1_1", "mobilenet_v2"]), "threads": [1],
+            "engines": [{"name": "protocol", "options": {"binary": str(runner)}}], "devices": devices,
+            "protocol": {**PROTOCOL, **fields.pop("protocol", {})}, **fields}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def run_results(farm: Farm, run_id: str) -> list[Result]:
+    store = SqliteStore(farm.db)
+    try:
+        return store.results(run_id)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The tests on the farm (they share it: in file order)
+
+
+@farm_test
+def test_each_job_runs_on_its_own_phone_one_at_a_time(farm: Farm, runner_arm64: Path) -> None:
+    a, b = farm.phones[0], farm.phones[1]
+    s = suite(farm.tmp / "both.yaml", [a.serial, b.serial], runner_arm64, repeats=2, seed=5)
+    p = farm.run("--suite", str(s), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    data = json.loads(p.stdout)
+    results = data["results"]
+    assert len(results) == 8 and all(r["status"] == "ok" for r in results), [(r["status"], r["reason"])
+                                                                             for r in results]
+    log = farm.agent.text()
+    for serial in (a.serial, b.serial):
+        mine = sorted((r for r in results if r["device"] == serial), key=lambda r: r["started_at"])
+        assert len(mine) == 4
+        # one job at a time on a phone: each starts after the one before it finished
+        for before, after in zip(mine, mine[1:]):
+            assert before["finished_at"] <= after["started_at"], (before, after)
+        # and every job of the phone was run by the phone's own worker (its log lines carry its serial)
+        for r in mine:
+            assert f"{serial}: start {data['run_id']}: protocol {r['model']} fp32 1t round {r['repeat'] + 1}" in log
+    other = farm.phones[2].serial
+    assert f"{other}: start {data['run_id']}" not in log
+    # the two phones worked at the same time: some job of b started before a's last one finished
+    a_rows = [r for r in results if r["device"] == a.serial]
+    b_rows = [r for r in results if r["device"] == b.serial]
+    assert min(r["started_at"] for r in b_rows) < max(r["finished_at"] for r in a_rows)
+    assert min(r["started_at"] for r in a_rows) < max(r["finished_at"] for r in b_rows)
+
+
+@farm_test
+def test_a_killed_worker_gives_infra_failed_rows_and_resume_finishes(farm: Farm, runner_arm64: Path) -> None:
+    a, b = farm.phones[0], farm.phones[1]
+    s = suite(farm.tmp / "kill.yaml", [a.serial, b.serial], runner_arm64, seed=7,
+              protocol={"min_seconds": 3.0, "max_seconds": 4.0, "max_iterations": 100000})
+    p = subprocess.Popen([DEVICELAB, "run", "--farm", farm.address, "--suite", str(s), "--json"], env=farm.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        busy = wait_for(f"{a.serial} busy", lambda: (bt := beats(farm.db).get(a.serial)) and bt.job and bt)
+        victim = int(busy.detail["pid"])
+        os.kill(victim, signal.SIGKILL)  # mid-job: the worker process of phone a, nothing else
+        out, err = p.communicate(timeout=600)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 1, err[-3000:]
+    data = json.loads(out)
+    rows = {(r["device"], r["model"]): r for r in data["results"]}
+    assert len(rows) == 4
+    lost = [r for r in rows.values() if r["device"] == a.serial]
+    assert lost and all(r["status"] == "infra-failed" and "farm worker was lost" in r["reason"] for r in lost), \
+        [(r["status"], r["reason"]) for r in lost]
+    assert all(r["status"] == "ok" for r in rows.values() if r["device"] == b.serial)
+    assert f"worker {a.serial} (pid {victim}) exited" in farm.agent.text()
+    # the agent starts a new worker for the phone; --resume runs what was lost, and only that
+    wait_for("a new worker", lambda: (bt := beats(farm.db).get(a.serial)) and int(bt.detail["pid"]) != victim)
+    farm.wait_idle([a.serial])
+    p2 = farm.run("--resume", data["run_id"], "--json")
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    again = json.loads(p2.stdout)["results"]
+    assert sorted(r["status"] for r in again) == ["ok"] * 4
+    done_before = {r["started_at"] for r in data["results"] if r["status"] == "ok"}
+    assert done_before <= {r["started_at"] for r in again}  # b's rows were not run again
+
+
+@farm_test
+def test_a_dropped_phone_goes_offline_after_three_beats_and_gets_no_work(farm: Farm, runner_arm64: Path) -> None:
+    c = farm.phones[2]
+    before = beats(farm.db)[c.serial]
+    assert before.reachable and before.missed == 0
+    c.drop()  # SIGUSR1: the phone is gone for adb
+    try:
+        seen: list[Heartbeat] = []
+
+        def offline() -> bool:
+            bt = beats(farm.db)[c.serial]
+            if not seen or seen[-1].at != bt.at:
+                seen.append(bt)
+            return bool(status(farm.env)[c.serial]["state"] == "offline")
+
+        wait_for(f"{c.serial} offline", offline, timeout=60)
+        assert seen[-1].missed >= 3 and not seen[-1].reachable
+        # the state follows the beats: unreachable while fewer than 3 were missed
+        assert all(bt.missed < 3 for bt in seen[:-1] if not bt.reachable)
+        assert f"{c.serial}: offline: resource 0" in farm.agent.text()
+        s = suite(farm.tmp / "offline.yaml", [c.serial], runner_arm64, models=["squeezenet1_1"])
+        p = farm.run("--suite", str(s), "--farm-wait", "3", "--json")
+        assert p.returncode == 1, p.stderr[-3000:]
+        [r] = json.loads(p.stdout)["results"]
+        assert r["status"] == "infra-failed" and "offline" in r["reason"] and "never started" in r["reason"], r
+        assert f"{c.serial}: start" not in farm.agent.text()  # no work reached its worker
+        run_id = json.loads(p.stdout)["run_id"]
+    finally:
+        c.restore()
+        c.connect()
+    # back: the resource returns to 1 and --resume runs the config on it
+    wait_for(f"{c.serial} back", lambda: f"{c.serial}: back: resource 1" in farm.agent.text(), timeout=60)
+    p = farm.run("--resume", run_id, "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert [r["status"] for r in json.loads(p.stdout)["results"]] == ["ok"]
+    assert f"{c.serial}: start {run_id}" in farm.agent.text()
+
+
+@farm_test
+def test_status_shows_every_phone_with_its_beat(farm: Farm) -> None:
+    rows = status(farm.env)
+    assert set(rows) >= {p.serial for p in farm.phones}
+    for row in rows.values():
+        assert row["battery_percent"] == 80 and row["charging"] is False and row["temperature_c"] > 0
+        assert row["state"] in ("idle", "busy") and row["age_s"] >= 0
+    p = devicelab("farm", "status", env=farm.env)
+    assert p.returncode == 0 and all(s in p.stdout for s in rows), p.stderr
+
