@@ -23,6 +23,7 @@ import yaml
 from android_env import AdbServer, EmulatedPhone, cli_env, needs_adb, needs_namespace, needs_qemu
 from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
 
+from devicelab.farm.client import phone_state
 from devicelab.result import Result
 from devicelab.store import Heartbeat, SqliteStore
 
@@ -243,16 +244,20 @@ def test_a_dropped_phone_goes_offline_after_three_beats_and_gets_no_work(farm: F
     try:
         seen: list[Heartbeat] = []
 
-        def offline() -> bool:
+        def third_missed() -> bool:
             bt = beats(farm.db)[c.serial]
             if not seen or seen[-1].at != bt.at:
                 seen.append(bt)
-            return bool(status(farm.env)[c.serial]["state"] == "offline")
+            return bt.missed >= 3
 
-        wait_for(f"{c.serial} offline", offline, timeout=60)
-        assert seen[-1].missed >= 3 and not seen[-1].reachable
-        # the state follows the beats: unreachable while fewer than 3 were missed
-        assert all(bt.missed < 3 for bt in seen[:-1] if not bt.reachable)
+        wait_for(f"{c.serial} missing 3 beats", third_missed, every=0.1, timeout=60)
+        assert status(farm.env)[c.serial]["state"] == "offline"
+        # beats in a row that could not reach it, counted one by one; before the third it was not offline
+        missed = [bt.missed for bt in seen if not bt.reachable]
+        assert missed == list(range(missed[0], missed[0] + len(missed))) and missed[0] <= 2, missed
+        assert all(phone_state(bt, datetime.datetime.fromisoformat(bt.at)) == "unreachable"
+                   for bt in seen if bt.missed in (1, 2))
+        assert all(bt.detail.get("error") for bt in seen if not bt.reachable)
         assert f"{c.serial}: offline: resource 0" in farm.agent.text()
         s = suite(farm.tmp / "offline.yaml", [c.serial], runner_arm64, models=["squeezenet1_1"])
         p = farm.run("--suite", str(s), "--farm-wait", "3", "--json")

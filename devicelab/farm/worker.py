@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,8 @@ class PhonePlugin(WorkerPlugin):
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._run: tuple[str, Transport, dict[str, Any]] | None = None  # (run id, open transport, idle baseline)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"read {serial}")
+        self._reading: Future[dict[str, Any]] | None = None
 
     # ---- life cycle (called by distributed)
     def setup(self, worker: Any) -> None:
@@ -191,6 +195,7 @@ class PhonePlugin(WorkerPlugin):
         if self._thread is not None:
             self._thread.join(timeout=self.beat_s + 30)
         self._close_run()
+        self._reader.shutdown(wait=False, cancel_futures=True)
 
     # ---- the heartbeat
     def _beats(self) -> None:
@@ -211,16 +216,9 @@ class PhonePlugin(WorkerPlugin):
             reachable, values = True, dict(self.last)
             detail["read"] = "not read during a job"
         else:
-            try:
-                phone = open_device(phone_entry(self.serial))
-                state = phone.state()
-                reachable, values = True, beat_values(state)
-                self.last = values
-                if self.facts is None:
-                    self.facts = phone.facts()
-            except Exception as e:  # noqa: BLE001 - unreachable is what a beat finds out, whatever the cause
-                reachable, values = False, {}
-                detail["error"] = f"{type(e).__name__}: {e}"[:300]
+            reachable, values, error = self._read()
+            if error:
+                detail["error"] = error
         self.missed = 0 if reachable else self.missed + 1
         if self.missed >= MISSED_BEATS_OFFLINE and not self.offline:
             self.offline = True
@@ -233,6 +231,28 @@ class PhonePlugin(WorkerPlugin):
                          detail=detail, **values)
         self._write_beat(beat)
         return beat
+
+    def _read(self) -> tuple[bool, dict[str, Any], str | None]:
+        """The phone's state, read within one beat interval (at least a second): adb can take much longer to give
+        up on a phone that is gone, and a beat that does not come back in time is a missed beat. A read still
+        running from an earlier beat is not doubled."""
+        if self._reading is None or self._reading.done():
+            self._reading = self._reader.submit(self._read_phone)
+        try:
+            values = self._reading.result(timeout=max(1.0, self.beat_s))
+        except FuturesTimeout:
+            return False, {}, f"no answer within {max(1.0, self.beat_s):g} s"
+        except Exception as e:  # noqa: BLE001 - unreachable is what a beat finds out, whatever the cause
+            return False, {}, f"{type(e).__name__}: {e}"[:300]
+        self.last = values
+        return True, values, None
+
+    def _read_phone(self) -> dict[str, Any]:
+        phone = open_device(phone_entry(self.serial))
+        values = beat_values(phone.state())
+        if self.facts is None:
+            self.facts = phone.facts()
+        return values
 
     def _write_beat(self, beat: Heartbeat) -> None:
         """A beat is not spooled: the next one replaces it, and a stale beat says the store could not be reached."""
