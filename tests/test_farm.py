@@ -287,3 +287,205 @@ def test_status_shows_every_phone_with_its_beat(farm: Farm) -> None:
     p = devicelab("farm", "status", env=farm.env)
     assert p.returncode == 0 and all(s in p.stdout for s in rows), p.stderr
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Connecting: what the client refuses, and TLS (no phone needed: a worker whose phone is not there)
+
+
+def plain_env(tmp_path: Path, data_dir: Path) -> dict[str, str]:
+    e = {**os.environ, "DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": str(tmp_path / "db.sqlite"),
+         "HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    e.pop("DEVICELAB_DEVICES", None)
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return e
+
+
+def phoneless_worker(address: str, env: dict[str, str], tmp_path: Path, name: str, *extra: str) -> Proc:
+    """A farm worker process for a phone that is not attached (its beats miss; it joins the scheduler)."""
+    return Proc([sys.executable, "-P", "-m", "devicelab.farm.worker", "--scheduler", address, "--serial", name,
+                 "--db", str(tmp_path / "db.sqlite"), "--beat-seconds", "5", *extra], env,
+                tmp_path / f"{name}.log", read_first_line=True)
+
+
+def run_suite_file(tmp_path: Path) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "s", "models": ["squeezenet1_1"], "engines": ["onnxruntime"],
+                                    "threads": [1], "devices": ["127.0.0.1:5999"]}))
+    return path
+
+
+def test_a_scheduler_that_would_rerun_tasks_is_refused(tmp_path: Path, data_dir: Path) -> None:
+    env = plain_env(tmp_path, data_dir)
+    dask_cli = str(Path(sys.executable).parent / "dask")
+    plain = Proc([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0"],
+                 env, tmp_path / "dask-scheduler.log")
+    try:
+        address = wait_for("the scheduler's address", lambda: next(
+            (line.split("Scheduler at:")[1].strip() for line in plain.text().splitlines() if "Scheduler at:" in line),
+            None), timeout=60)
+        p = devicelab("run", "--farm", address, "--suite", str(run_suite_file(tmp_path)), env=env)
+    finally:
+        plain.stop()
+    assert p.returncode == 2
+    [line] = p.stderr.strip().splitlines()
+    assert "allowed-failures" in line and "devicelab farm scheduler" in line, line
+    assert json.loads(devicelab("runs", "--json", env=env).stdout) == []  # nothing was recorded
+
+
+def test_a_host_with_another_devicelab_is_refused_in_one_line(tmp_path: Path, data_dir: Path) -> None:
+    import devicelab as installed
+
+    env = plain_env(tmp_path, data_dir)
+    # another devicelab release on the worker's host: the installed package with another version, as pip puts it
+    other = tmp_path / "other"
+    shutil.copytree(Path(installed.__file__).parent, other / "devicelab")
+    init = other / "devicelab" / "__init__.py"
+    init.write_text(init.read_text().replace(f'__version__ = "{installed.__version__}"', '__version__ = "0.0.1"'))
+    meta = other / "devicelab-0.0.1.dist-info"
+    meta.mkdir()
+    (meta / "METADATA").write_text("Metadata-Version: 2.1\nName: devicelab\nVersion: 0.0.1\n")
+    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
+    worker = None
+    try:
+        worker = phoneless_worker(scheduler.first_line, {**env, "PYTHONPATH": str(other)}, tmp_path, "old-phone")
+        p = devicelab("run", "--farm", scheduler.first_line, "--suite", str(run_suite_file(tmp_path)), env=env)
+    finally:
+        if worker is not None:
+            worker.stop()
+        scheduler.stop()
+    assert p.returncode == 2
+    [line] = p.stderr.strip().splitlines()
+    assert "worker old-phone" in line and "devicelab 0.0.1" in line and f"this client {installed.__version__}" \
+        in line and line.endswith("refused"), line
+
+
+def mint_certificates(folder: Path) -> dict[str, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it (scheduler, workers and clients share it), and a second,
+    unrelated CA with its own certificate (a stranger)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+        return path
+
+    def write_cert(cert: x509.Certificate, path: Path) -> Path:
+        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    out: dict[str, Path] = {}
+    for prefix in ("", "stranger-"):
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca = (x509.CertificateBuilder().subject_name(name(f"{prefix}devicelab test CA")).issuer_name(
+            name(f"{prefix}devicelab test CA")).public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(ca_key, hashes.SHA256()))
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name("farm")).issuer_name(ca.subject)
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                                                            x509.DNSName("localhost")]), critical=False)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        out[f"{prefix}ca"] = write_cert(ca, folder / f"{prefix}ca.pem")
+        out[f"{prefix}cert"] = write_cert(cert, folder / f"{prefix}cert.pem")
+        out[f"{prefix}key"] = write_key(key, folder / f"{prefix}key.pem")
+    return out
+
+
+def test_tls_is_one_option_away(tmp_path: Path, data_dir: Path) -> None:
+    from distributed import Client
+
+    from devicelab.farm import client as farm_client
+    from devicelab.farm.security import security
+
+    env = plain_env(tmp_path, data_dir)
+    c = mint_certificates(tmp_path)
+    tls = ["--tls-ca", str(c["ca"]), "--tls-cert", str(c["cert"]), "--tls-key", str(c["key"])]
+    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0", *tls], env, tmp_path / "scheduler.log", True)
+    worker = None
+    try:
+        address = scheduler.first_line
+        assert address.startswith("tls://127.0.0.1:")
+        worker = phoneless_worker(address, env, tmp_path, "tls-phone", *tls)
+        assert worker.first_line.startswith("worker tls-phone tls://127.0.0.1:")
+        client = farm_client.connect(address, (str(c["ca"]), str(c["cert"]), str(c["key"])))
+        try:  # the checks passed over TLS, and the worker joined over TLS
+            assert set(farm_client.farm_phones(client)) == {"tls-phone"}
+        finally:
+            client.close()
+        # without a certificate, or with one the farm's CA did not sign, nobody connects (or submits)
+        for who in ("plain", "stranger"):
+            sec = (security((str(c["stranger-ca"]), str(c["stranger-cert"]), str(c["stranger-key"])))
+                   if who == "stranger" else None)
+            target = address if sec else address.replace("tls://", "tcp://")
+            with pytest.raises((OSError, TimeoutError)):
+                Client(target, security=sec, timeout=3, set_as_default=False)
+        p = devicelab("run", "--farm", address, "--suite", str(run_suite_file(tmp_path)), "--tls-ca", str(c["ca"]),
+                      env=env)
+        assert p.returncode == 2 and p.stderr.strip() == (
+            "error: --tls-cert, --tls-key: TLS needs --tls-ca, --tls-cert and --tls-key together"), p.stderr
+    finally:
+        if worker is not None:
+            worker.stop()
+        scheduler.stop()
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker's spool
+
+
+def test_results_wait_in_the_spool_while_the_store_is_unreachable(tmp_path: Path) -> None:
+    from devicelab.farm.worker import Spool
+    from devicelab.result import OK, Config
+    from devicelab.store import RunRecord
+
+    db = tmp_path / "store" / "farm.sqlite"
+    store = SqliteStore(db)
+    store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
+    store.close()
+    made = [Result.for_config("run-1", Config("phone", "protocol", "", "1", f"m{i}", f"{i:064x}", 10, "fp32", "cpu", 1,
+                                              (0,), "big"), OK, samples_s=(0.01, 0.011), median_s=0.0105)
+            for i in range(4)]
+    spool = Spool(tmp_path / "spool" / "phone.jsonl")
+    assert spool.write(str(db), made[0]) is True
+    away = db.with_name("moved.sqlite")
+    db.rename(away)  # the store is gone (a PostgreSQL server down looks the same to the worker: it cannot open it)
+    assert [spool.write(str(db), r) for r in made[1:3]] == [False, False]
+    assert spool.pending() == 2 and not db.exists()  # nothing written anywhere else meanwhile
+    assert spool.flush() == 2
+    away.rename(db)  # back
+    assert spool.write(str(db), made[3]) is True  # the spooled ones go first, then this one
+    assert spool.pending() == 0 and not spool.path.exists()
+    store = SqliteStore(db)
+    try:
+        stored = store.results("run-1")
+    finally:
+        store.close()
+    assert [r.model for r in stored] == ["m0", "m1", "m2", "m3"]  # in the order they were made, once each
+    assert [r.to_json() for r in stored] == [r.to_json() for r in made]
+    # a row committed whose answer was lost is spooled again: flushing it is a no-op, not a duplicate or a refusal
+    spool._append([{"location": str(db), "result": made[1].to_dict()}])
+    assert spool.flush() == 0 and not spool.rejected.exists()
+    store = SqliteStore(db)
+    try:
+        assert len(store.results("run-1")) == 4
+    finally:
+        store.close()
+    # a different ok row for a stored config is refused by the store: kept aside on this host, never dropped
+    other = Result.for_config("run-1", made[2].config, OK, samples_s=(0.5, 0.6), median_s=0.55)
+    spool.write(str(db), other)
+    [kept] = [json.loads(line) for line in spool.rejected.read_text().splitlines()]
+    assert kept["refused"] and Result.from_dict(kept["result"]).to_json() == other.to_json()

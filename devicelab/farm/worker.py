@@ -55,9 +55,9 @@ class Spool:
     overtakes an earlier one of the same config). Stores are opened per write: a store that was unreachable is
     looked for again next time, never through a connection that broke."""
 
-    def __init__(self, path: Path, opener: Callable[[str], Store] = open_store) -> None:
+    def __init__(self, path: Path, opener: Callable[[str], Store] | None = None) -> None:
         self.path = path
-        self.opener = opener
+        self.opener = opener or existing_store
         self.rejected = path.with_suffix(".rejected.jsonl")
         self._lock = threading.Lock()
 
@@ -133,6 +133,12 @@ class Spool:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
         os.replace(tmp, self.path)
+
+
+def existing_store(location: str) -> Store:
+    """The store at `location`, never a new one: a missing SQLite file is a store that cannot be reached (a fresh
+    file there would hold rows of a run it does not know)."""
+    return open_store(location, create=False)
 
 
 def spool_path(serial: str) -> Path:
@@ -257,7 +263,7 @@ class PhonePlugin(WorkerPlugin):
     def _write_beat(self, beat: Heartbeat) -> None:
         """A beat is not spooled: the next one replaces it, and a stale beat says the store could not be reached."""
         try:
-            store = open_store(self.location)
+            store = existing_store(self.location)
         except Exception:  # noqa: BLE001 - the store is unreachable: this beat is lost, the next one tries again
             return
         try:
