@@ -130,7 +130,7 @@ def test_results_are_created_in_the_session_and_rows_only() -> None:
 REPLACES = {
     ("devicelab.plan", "r"), ("devicelab.plan", "r.config"),
     ("devicelab.measure", "ProtocolSettings()"),
-    ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"),
+    ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"), ("devicelab.farm.client", "suite"),
     ("devicelab.engines.tool_base", "self"),
     ("devicelab.engines.tool_benchmark_model", "prepared"),
     ("devicelab.engines.tool_benchncnn", "run"),
