@@ -79,6 +79,8 @@ def violations(rules: list[tuple[tuple[str, ...], tuple[str, ...], str]] = RULES
             found.append(f"{name} imports adbutils (only devicelab.devices.android may)")
         if "pymobiledevice3" in {d.split(".")[0] for d in deps} and not _within(name, "devicelab.devices.ios"):
             found.append(f"{name} imports pymobiledevice3 (only devicelab.devices.ios may)")
+        if {"dask", "distributed"} & {d.split(".")[0] for d in deps} and not _within(name, "devicelab.farm"):
+            found.append(f"{name} imports Dask (only devicelab.farm may)")
     return found
 
 

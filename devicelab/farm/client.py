@@ -218,6 +218,19 @@ class FarmRun:
                     if t.future is not None and not t.future.done():
                         t.future.cancel()
             self.store.set_run_status(self.run_id, FINISHED if finished else INTERRUPTED)
+            self._end_run({t.device for t in tasks})
+
+    def _end_run(self, devices: set[str]) -> None:
+        """Each phone of the run closed by its worker (its begin_run undone); a worker that is gone has nothing to
+        close, and one that does not answer closes it at its next run or when it stops."""
+        from devicelab.farm.worker import end_run
+
+        workers = [p.address for d, p in farm_phones(self.client).items() if d in devices]
+        if workers:
+            try:
+                self.client.run(end_run, self.run_id, workers=workers, on_error="return")
+            except Exception:  # noqa: BLE001 - best effort, as a local run's close of a phone that went away
+                pass
 
     def _submit_ready(self, tasks: list[Task], ac: Any) -> None:
         """Submit the work of every phone that is available now; a phone unavailable for longer than wait_s gets its

@@ -390,6 +390,16 @@ def phone_facts(dask_worker: Any) -> DeviceFacts | str:
     return plugin.facts
 
 
+def end_run(run_id: str, dask_worker: Any) -> bool:
+    """The run is over (client.run on its workers): close the phone now, undoing what begin_run changed, rather than
+    when the next run's first task arrives. True when this worker had it open."""
+    plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
+    if plugin._run is not None and plugin._run[0] == run_id and plugin.job is None:
+        plugin._close_run()
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------------------------------
 # The process
 
