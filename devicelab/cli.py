@@ -93,7 +93,7 @@ def err() -> Console:
     return Console(stderr=True, highlight=False, markup=False, emoji=False)
 
 
-DbOpt = typer.Option(None, "--db", help="SQLite database (default: DEVICELAB_DB or the data folder)")
+DbOpt = typer.Option(None, "--db", help="SQLite file or postgresql:// URL (default: DEVICELAB_DB, else the data folder)")
 DevicesOpt = typer.Option(None, "--devices", help="inventory YAML (default: DEVICELAB_DEVICES, ./devices.yaml, built-in)")
 JsonOpt = typer.Option(False, "--json", help="print machine-readable JSON on stdout")
 

@@ -1,20 +1,28 @@
 """Stores: where Runs and Results live. Callers are typed against the `Store` protocol; SQLite is the default
-(embedded) and PostgreSQL (the farm) implements the same protocol, schema and migrations. Each Result is committed
-the moment it exists, so a crash or Ctrl-C loses no finished row. Imports no device kind and no engine."""
+(embedded) and PostgreSQL (the farm, devicelab.store_pg) implements the same protocol with the same schema,
+migrations and queries: both are a `SqlStore`, which differs per database only in how it connects, opens a write
+transaction and keeps its schema version. Each Result is committed the moment it exists, so a crash or Ctrl-C loses
+no finished row. Imports no device kind and no engine."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from devicelab.errors import DevicelabError, unknown_name_message
-from devicelab.result import INFRA_FAILED, SCHEMA_VERSION, Result, migrate, utc_now
+from devicelab.result import CONFIG_FIELDS, INFRA_FAILED, OK, SCHEMA_VERSION, Config, Result, migrate, utc_now
 
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
+
+# What add_result did: a new row, a row that replaced one that was not ok, or nothing (the same row was there).
+Written = Literal["inserted", "replaced", "unchanged"]
 
 
 @dataclass
@@ -34,6 +42,16 @@ class RunRecord:
         return {"run_id": self.run_id, "created_at": self.created_at, "finished_at": self.finished_at,
                 "status": self.status, "suite": self.suite, "seed": self.seed, "host": self.host,
                 "devicelab_version": self.devicelab_version, "git": self.git, "argv": self.argv}
+
+
+@dataclass(frozen=True)
+class PlannedRow:
+    """One planned config of a run as the store keeps it (the plan's PlannedConfig without the planner's types):
+    written with the run before anything runs, so `--resume` on any host re-plans from it."""
+
+    config: Config
+    engine_options: dict[str, Any] = field(default_factory=dict)
+    unsupported: str | None = None  # why the plan knew it cannot run
 
 
 @dataclass
@@ -61,31 +79,27 @@ class Heartbeat:
                 "charging": self.charging, "job": self.job, "detail": self.detail}
 
 
+class ResultConflict(DevicelabError, ValueError):
+    """A Result for a (run, identity key) that already has a different ok row: a finished measurement is never
+    overwritten, by a resume, a retried farm task or a spool flush alike."""
+
+
 class Store(Protocol):
     """What every store offers (SQLite here; PostgreSQL for the farm)."""
 
     @property
     def location(self) -> str:
-        """Where the records are, for messages (a file path; a URL without its credentials)."""
+        """Where the records are, for messages (a file path; a URL without its password)."""
         ...
 
-    def create_run(self, run: RunRecord) -> None: ...
+    def create_run(self, run: RunRecord, planned: Sequence[PlannedRow] = ()) -> None: ...
     def set_run_status(self, run_id: str, status: str) -> None: ...
     def get_run(self, run_id: str) -> RunRecord: ...
     def runs(self, limit: int = 50) -> list[RunRecord]: ...
-    def add_result(self, result: Result) -> None: ...
+    def planned(self, run_id: str) -> list[PlannedRow]: ...
+    def add_result(self, result: Result) -> Written: ...
     def results(self, run_id: str) -> list[Result]: ...
     def status_counts(self, run_id: str) -> dict[str, int]: ...
-    def record_heartbeat(self, beat: Heartbeat) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?)",
-                             (beat.device, beat.at, json.dumps(beat.to_dict())))
-
-    def heartbeats(self) -> list[Heartbeat]:
-        """Every farm phone's latest beat, by device id."""
-        rows = self._db.execute("SELECT beat_json FROM heartbeats ORDER BY device")
-        return [Heartbeat(**json.loads(r[0])) for r in rows]
-
     def done_keys(self, run_id: str) -> set[str]: ...
     def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]: ...
     def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None: ...
@@ -97,13 +111,15 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+# The one schema, in SQL that SQLite and PostgreSQL both take (REAL is 4 bytes in PostgreSQL: floats are DOUBLE
+# PRECISION; JSON is kept as the text devicelab wrote, so a row reads back identical from either store).
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     created_at TEXT NOT NULL,
     finished_at TEXT,
     status TEXT NOT NULL,
-    seed INTEGER NOT NULL,
+    seed BIGINT NOT NULL,
     devicelab_version TEXT NOT NULL,
     suite_json TEXT NOT NULL,
     host_json TEXT NOT NULL,
@@ -123,7 +139,7 @@ CREATE TABLE IF NOT EXISTS results (
     backend TEXT NOT NULL,
     threads INTEGER NOT NULL,
     status TEXT NOT NULL,
-    median_s REAL,
+    median_s DOUBLE PRECISION,
     started_at TEXT,
     schema_version INTEGER NOT NULL,
     result_json TEXT NOT NULL,
@@ -136,7 +152,7 @@ _SCHEMA_V2 = """
 CREATE TABLE IF NOT EXISTS noise_floors (
     device TEXT NOT NULL,
     series_key TEXT NOT NULL,
-    floor REAL NOT NULL,
+    floor DOUBLE PRECISION NOT NULL,
     run_id TEXT NOT NULL,
     measured_at TEXT NOT NULL,
     detail_json TEXT NOT NULL
@@ -148,19 +164,274 @@ CREATE TABLE IF NOT EXISTS baselines (
     note TEXT
 );
 """
-# The farm's phone health: one row per phone, its latest beat (created on open, like a table of v1: additive).
-_SCHEMA_FARM = """
+# v3: every results row holds a Result of schema v2 (rows of v1 are migrated on open by result.migrate).
+# v4: a run's plan, one row per planned config in plan order, written with the run (runs before v4 have none).
+_SCHEMA_V4 = """
+CREATE TABLE IF NOT EXISTS planned (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    identity_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    device TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    engine_options_json TEXT NOT NULL,
+    unsupported TEXT,
+    PRIMARY KEY (run_id, identity_key)
+);
+"""
+# v5: the farm's phone health, each phone's latest beat (devicelab farm status).
+_SCHEMA_V5 = """
 CREATE TABLE IF NOT EXISTS heartbeats (
     device TEXT PRIMARY KEY,
     at TEXT NOT NULL,
     beat_json TEXT NOT NULL
 );
 """
-# v3: every results row holds a Result of schema v2 (rows of v1 are migrated on open by result.migrate).
-_USER_VERSION = 3
+STORE_SCHEMA_VERSION = 5
+_USER_VERSION = STORE_SCHEMA_VERSION  # the name SQLite's PRAGMA gives it
 
 
-class SqliteStore:
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+# Postgres URLs carry a password in the authority (user:secret@) or as a query parameter (?password=secret).
+_URL_PASSWORD = re.compile(r"((?:postgres|postgresql)://[^/?#@\s]*?:)([^/?#\s]*)(@)", re.IGNORECASE)
+_PARAM_PASSWORD = re.compile(r"([?&]password=)([^&#\s]*)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with the password of every PostgreSQL URL in it replaced by ***: what is recorded (a run's argv) and
+    printed (a store's location, its errors) never holds a credential."""
+    text = _URL_PASSWORD.sub(r"\1***\3", text)
+    if re.search(r"postgres(?:ql)?://", text, re.IGNORECASE):
+        text = _PARAM_PASSWORD.sub(r"\1***", text)
+    return text
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.lower().startswith(("postgresql://", "postgres://"))
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return {name: (list(config.cpus) if name == "cpus" else getattr(config, name)) for name in CONFIG_FIELDS}
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return Config(**{k: (tuple(v) if k == "cpus" else v) for k, v in data.items()})
+
+
+class SqlStore:
+    """The Store protocol in SQL both databases run: the subclasses give a connection and its dialect."""
+
+    name = "sql"
+    _for_update = ""  # the row lock a write transaction takes on its run (" FOR UPDATE" where rows lock)
+
+    # ---- what a database provides
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement (placeholders are ?) and return its rows (none for a write)."""
+        raise NotImplementedError
+
+    def _write(self) -> contextlib.AbstractContextManager[None]:
+        """A write transaction: everything in it commits together or not at all."""
+        raise NotImplementedError
+
+    def _version(self) -> int:
+        raise NotImplementedError
+
+    def _set_version(self, version: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # ---- schema
+
+    def _migrate(self) -> None:
+        """Bring the schema to STORE_SCHEMA_VERSION, step by step (each idempotent, all in one transaction), so any
+        older database reaches the current one. Called inside `_write()` by the subclass's open."""
+        version = self._version()
+        if version > STORE_SCHEMA_VERSION:
+            raise DevicelabError(f"{self.location} was written by a newer devicelab (store schema {version}); "
+                                 "upgrade devicelab")
+        if version == STORE_SCHEMA_VERSION:
+            return
+        steps: list[tuple[int, Callable[[], None]]] = [
+            (1, lambda: self._script(_SCHEMA)), (2, lambda: self._script(_SCHEMA_V2)),
+            (3, self._migrate_results), (4, lambda: self._script(_SCHEMA_V4)), (5, lambda: self._script(_SCHEMA_V5))]
+        for target, step in steps:
+            if version < target:
+                step()
+        self._set_version(STORE_SCHEMA_VERSION)
+
+    def _script(self, script: str) -> None:
+        for statement in _statements(script):
+            self._rows(statement)
+
+    def _migrate_results(self) -> None:
+        """Rows of an older Result schema, rewritten in the current one (in the open transaction: all or none). A
+        row that does not migrate stops the open with its run and error: nothing is dropped or half-written."""
+        rows = self._rows("SELECT run_id, identity_key, result_json FROM results WHERE schema_version < ?",
+                          (SCHEMA_VERSION,))
+        for run_id, key, data in rows:
+            try:
+                migrated = Result.from_dict(migrate(json.loads(data)))
+            except (ValueError, TypeError, KeyError) as e:
+                raise DevicelabError(f"{self.location}: a result of run {run_id} cannot be migrated to schema "
+                                     f"v{SCHEMA_VERSION}: {e}") from None
+            self._rows("UPDATE results SET schema_version=?, result_json=? WHERE run_id=? AND identity_key=?",
+                       (SCHEMA_VERSION, migrated.to_json(), run_id, key))
+
+    # ---- runs and their plans
+
+    def create_run(self, run: RunRecord, planned: Sequence[PlannedRow] = ()) -> None:
+        """The run and its whole plan, in one transaction: a run is never stored without its plan. The argv is stored
+        with any URL password redacted."""
+        with self._write():
+            self._rows("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
+                       (run.run_id, run.created_at, run.finished_at, run.status, run.seed, run.devicelab_version,
+                        json.dumps(run.suite), json.dumps(run.host), json.dumps(run.git),
+                        json.dumps([redact(a) for a in run.argv])))
+            for seq, row in enumerate(planned):
+                self._rows("INSERT INTO planned VALUES (?,?,?,?,?,?,?)",
+                           (run.run_id, row.config.identity_key(), seq, row.config.device,
+                            json.dumps(config_to_dict(row.config)), json.dumps(row.engine_options), row.unsupported))
+
+    def planned(self, run_id: str) -> list[PlannedRow]:
+        """The run's plan in plan order; empty for a run stored before plans were (store schema < 4)."""
+        rows = self._rows("SELECT config_json, engine_options_json, unsupported FROM planned WHERE run_id=? "
+                          "ORDER BY seq", (run_id,))
+        return [PlannedRow(config_from_dict(json.loads(c)), json.loads(o), u) for c, o, u in rows]
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self._write():
+            self._rows("UPDATE runs SET status=?, finished_at=? WHERE run_id=?",
+                       (status, utc_now() if status != RUNNING else None, run_id))
+
+    def _record(self, row: Sequence[Any]) -> RunRecord:
+        (run_id, created, finished, status, seed, version, suite, host, git, argv) = row
+        return RunRecord(run_id, created, json.loads(suite), int(seed), json.loads(host), version, json.loads(git),
+                         json.loads(argv), status, finished)
+
+    def get_run(self, run_id: str) -> RunRecord:
+        rows = self._rows("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        if not rows:
+            recent = [r[0] for r in self._rows("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 5")]
+            raise DevicelabError(unknown_name_message("run id", run_id, recent) if recent
+                                 else f"unknown run id '{run_id}': no runs stored in {self.location}")
+        return self._record(rows[0])
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        rows = self._rows("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?", (limit,))
+        return [self._record(r) for r in rows]
+
+    # ---- results
+
+    def add_result(self, result: Result) -> Written:
+        """Store a Result, idempotently per (run, identity key) so that writers on many hosts, a resume, a retried
+        task and a spool flush can all write without duplicating or losing a row:
+
+        * no row yet: inserted;
+        * the same Result again: nothing happens ("unchanged");
+        * a row that is not ok (infra-failed, failed, unsupported): replaced, keeping its place in the run;
+        * a different Result where an ok row is: refused (ResultConflict) — a finished measurement stays.
+
+        The run's row is locked for the transaction, so concurrent writers of one run take turns and each decides
+        on what the last one committed."""
+        key = result.config.identity_key()
+        with self._write():
+            if not self._rows("SELECT run_id FROM runs WHERE run_id=?" + self._for_update, (result.run_id,)):
+                raise DevicelabError(f"unknown run id '{result.run_id}' in {self.location}: a result needs its run")
+            old = self._rows("SELECT status, seq, result_json FROM results WHERE run_id=? AND identity_key=?",
+                             (result.run_id, key))
+            if old:
+                status, seq, data = old[0]
+                if Result.from_dict(json.loads(data)) == result:
+                    return "unchanged"
+                if status == OK:
+                    c = result.config
+                    raise ResultConflict(
+                        f"run {result.run_id} already has a different ok result for {c.engine} {c.model} on "
+                        f"{c.device} ({c.precision}, {c.backend}, {c.threads} threads, repeat {c.repeat}); "
+                        f"refusing to overwrite an ok result")
+                self._rows("DELETE FROM results WHERE run_id=? AND identity_key=?", (result.run_id, key))
+            else:
+                seq = self._rows("SELECT COALESCE(MAX(seq), -1) + 1 FROM results WHERE run_id=?",
+                                 (result.run_id,))[0][0]
+            self._rows("INSERT INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                       (result.run_id, key, result.config.series_key(), seq, result.device, result.engine,
+                        result.label, result.model, result.precision, result.backend, result.threads, result.status,
+                        result.median_s, result.started_at, result.schema_version, result.to_json()))
+        return "replaced" if old else "inserted"
+
+    def results(self, run_id: str) -> list[Result]:
+        rows = self._rows("SELECT result_json FROM results WHERE run_id=? ORDER BY seq", (run_id,))
+        return [Result.from_dict(json.loads(r[0])) for r in rows]
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        """Results per status, counted in SQL: `devicelab runs` lists many runs without parsing their samples."""
+        rows = self._rows("SELECT status, COUNT(*) FROM results WHERE run_id=? GROUP BY status", (run_id,))
+        return {status: int(n) for status, n in rows}
+
+    def done_keys(self, run_id: str) -> set[str]:
+        """Identity keys that --resume must not run again: everything but infra failures."""
+        rows = self._rows("SELECT identity_key FROM results WHERE run_id=? AND status != ?", (run_id, INFRA_FAILED))
+        return {r[0] for r in rows}
+
+    def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]:
+        """Every ok Result by series key, oldest run first: (run_id, run created_at, result)."""
+        query = ("SELECT r.series_key, r.run_id, runs.created_at, r.result_json FROM results r JOIN runs USING (run_id) "
+                 "WHERE r.status = 'ok'" + (" AND r.device = ?" if device else "") +
+                 " ORDER BY runs.created_at, r.run_id, r.seq")
+        out: dict[str, list[tuple[str, str, Result]]] = {}
+        for key, run_id, created, data in self._rows(query, (device,) if device else ()):
+            out.setdefault(key, []).append((run_id, created, Result.from_dict(json.loads(data))))
+        return out
+
+    # ---- noise floors and baselines
+
+    def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None:
+        with self._write():
+            self._rows("INSERT INTO noise_floors VALUES (?,?,?,?,?,?)",
+                       (device, series_key, floor, run_id, utc_now(), json.dumps(detail)))
+
+    def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None:
+        """The device's latest A/A noise floor (relative) measured paired (lockstep rounds) or unpaired (separate
+        processes), and the run that measured it. Floors stored before `paired` was recorded were unpaired."""
+        rows = self._rows("SELECT floor, run_id, detail_json FROM noise_floors WHERE device=? "
+                          "ORDER BY measured_at DESC", (device,))
+        for floor, run_id, detail in rows:
+            if bool(json.loads(detail or "{}").get("paired", False)) == paired:
+                return float(floor), run_id
+        return None
+
+    def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None:
+        with self._write():
+            self._rows("INSERT INTO baselines VALUES (?,?,?,?)", (series_key, run_id, utc_now(), note))
+
+    def baselines(self) -> dict[str, str]:
+        """Series key ('*' for all) → the run from which history counts, latest reset wins."""
+        rows = self._rows("SELECT series_key, run_id FROM baselines ORDER BY created_at")
+        return {k: r for k, r in rows}
+
+    # ---- the farm's phone health
+
+    def record_heartbeat(self, beat: Heartbeat) -> None:
+        """The phone's latest beat replaces its previous one (both databases run this upsert)."""
+        with self._write():
+            self._rows("INSERT INTO heartbeats VALUES (?,?,?) ON CONFLICT (device) DO UPDATE SET at=excluded.at, "
+                       "beat_json=excluded.beat_json", (beat.device, beat.at, json.dumps(beat.to_dict())))
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every farm phone's latest beat, by device id."""
+        return [Heartbeat(**json.loads(r[0])) for r in self._rows("SELECT beat_json FROM heartbeats ORDER BY device")]
+
+
+class SqliteStore(SqlStore):
     name = "sqlite"
 
     def __init__(self, path: Path, create: bool = True) -> None:
@@ -168,38 +439,15 @@ class SqliteStore:
         if not create and not path.exists():
             raise DevicelabError(f"no devicelab database at {path} (set --db or DEVICELAB_DB)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), timeout=30.0)
+        # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE of _write() (Python's implicit BEGIN is
+        # deferred, and a deferred reader that then writes fails at once, waiting for nobody, when another process
+        # writes at the same time).
+        self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (show, report) never block a running sweep
         self._db.execute("PRAGMA synchronous=NORMAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > _USER_VERSION:
-            raise DevicelabError(f"{path} was written by a newer devicelab (store schema {version}); upgrade devicelab")
-        if version < _USER_VERSION:
-            # Migrations run step by step, each idempotent, so any older file reaches the current schema.
-            with self._db:
-                if version < 1:
-                    self._db.executescript(_SCHEMA)
-                if version < 2:
-                    self._db.executescript(_SCHEMA_V2)
-                if version < 3:
-                    self._migrate_results()
-                self._db.execute(f"PRAGMA user_version={_USER_VERSION}")
-        with self._db:
-            self._db.executescript(_SCHEMA_FARM)
-
-    def _migrate_results(self) -> None:
-        """Rows of an older Result schema, rewritten in the current one (in the open transaction: all or none). A
-        row that does not migrate stops the open with its run and error: nothing is dropped or half-written."""
-        rows = self._db.execute("SELECT run_id, identity_key, result_json FROM results WHERE schema_version < ?",
-                                (SCHEMA_VERSION,)).fetchall()
-        for run_id, key, data in rows:
-            try:
-                migrated = Result.from_dict(migrate(json.loads(data)))
-            except (ValueError, TypeError, KeyError) as e:
-                raise DevicelabError(f"{self.path}: a result of run {run_id} cannot be migrated to schema "
-                                     f"v{SCHEMA_VERSION}: {e}") from None
-            self._db.execute("UPDATE results SET schema_version=?, result_json=? WHERE run_id=? AND identity_key=?",
-                             (SCHEMA_VERSION, migrated.to_json(), run_id, key))
+        if self._version() != STORE_SCHEMA_VERSION:
+            with self._write():
+                self._migrate()
 
     @property
     def location(self) -> str:
@@ -208,114 +456,35 @@ class SqliteStore:
     def close(self) -> None:
         self._db.close()
 
-    def create_run(self, run: RunRecord) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run.run_id, run.created_at, run.finished_at, run.status, run.seed, run.devicelab_version,
-                 json.dumps(run.suite), json.dumps(run.host), json.dumps(run.git), json.dumps(run.argv)))
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, tuple(params)).fetchall()
 
-    def set_run_status(self, run_id: str, status: str) -> None:
-        with self._db:
-            self._db.execute("UPDATE runs SET status=?, finished_at=? WHERE run_id=?",
-                             (status, utc_now() if status != RUNNING else None, run_id))
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")  # the write lock now: the transaction decides on what is committed
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
-    def _record(self, row: Sequence[Any]) -> RunRecord:
-        (run_id, created, finished, status, seed, version, suite, host, git, argv) = row
-        return RunRecord(run_id, created, json.loads(suite), seed, json.loads(host), version, json.loads(git),
-                         json.loads(argv), status, finished)
+    def _version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
-    def get_run(self, run_id: str) -> RunRecord:
-        row = self._db.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
-        if row is None:
-            recent = [r[0] for r in self._db.execute("SELECT run_id FROM runs ORDER BY created_at DESC LIMIT 5")]
-            raise DevicelabError(unknown_name_message("run id", run_id, recent) if recent
-                                 else f"unknown run id '{run_id}': no runs stored in {self.path}")
-        return self._record(row)
-
-    def runs(self, limit: int = 50) -> list[RunRecord]:
-        rows = self._db.execute("SELECT * FROM runs ORDER BY created_at DESC, run_id DESC LIMIT ?", (limit,))
-        return [self._record(r) for r in rows]
-
-    def add_result(self, result: Result) -> None:
-        """Insert, or replace an earlier row of the same config unless that row is ok (resume never
-        overwrites a finished measurement)."""
-        key = result.config.identity_key()
-        with self._db:
-            old = self._db.execute("SELECT status, seq FROM results WHERE run_id=? AND identity_key=?",
-                                   (result.run_id, key)).fetchone()
-            if old is not None and old[0] == "ok":
-                raise ValueError(f"refusing to overwrite an ok result of run {result.run_id}")
-            seq = old[1] if old else self._db.execute(
-                "SELECT COALESCE(MAX(seq), -1) + 1 FROM results WHERE run_id=?", (result.run_id,)).fetchone()[0]
-            self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (result.run_id, key, result.config.series_key(), seq, result.device, result.engine, result.label,
-                 result.model, result.precision, result.backend, result.threads, result.status, result.median_s,
-                 result.started_at, result.schema_version, result.to_json()))
-
-    def results(self, run_id: str) -> list[Result]:
-        rows = self._db.execute("SELECT result_json FROM results WHERE run_id=? ORDER BY seq", (run_id,))
-        return [Result.from_dict(json.loads(r[0])) for r in rows]
-
-    def status_counts(self, run_id: str) -> dict[str, int]:
-        """Results per status, counted in SQL: `devicelab runs` lists many runs without parsing their samples."""
-        rows = self._db.execute("SELECT status, COUNT(*) FROM results WHERE run_id=? GROUP BY status", (run_id,))
-        return {status: n for status, n in rows}
-
-    def history(self, device: str | None = None) -> dict[str, list[tuple[str, str, Result]]]:
-        """Every ok Result by series key, oldest run first: (run_id, run created_at, result)."""
-        query = ("SELECT r.series_key, r.run_id, runs.created_at, r.result_json FROM results r JOIN runs USING (run_id) "
-                 "WHERE r.status = 'ok'" + (" AND r.device = ?" if device else "") +
-                 " ORDER BY runs.created_at, r.run_id, r.seq")
-        out: dict[str, list[tuple[str, str, Result]]] = {}
-        for key, run_id, created, data in self._db.execute(query, (device,) if device else ()):
-            out.setdefault(key, []).append((run_id, created, Result.from_dict(json.loads(data))))
-        return out
-
-    def add_noise_floor(self, device: str, series_key: str, floor: float, run_id: str, detail: dict[str, Any]) -> None:
-        with self._db:
-            self._db.execute("INSERT INTO noise_floors VALUES (?,?,?,?,?,?)",
-                             (device, series_key, floor, run_id, utc_now(), json.dumps(detail)))
-
-    def noise_floor(self, device: str, paired: bool = False) -> tuple[float, str] | None:
-        """The device's latest A/A noise floor (relative) measured paired (lockstep rounds) or unpaired (separate
-        processes), and the run that measured it. Floors stored before `paired` was recorded were unpaired."""
-        rows = self._db.execute("SELECT floor, run_id, detail_json FROM noise_floors WHERE device=? "
-                                "ORDER BY measured_at DESC", (device,))
-        for floor, run_id, detail in rows:
-            if bool(json.loads(detail or "{}").get("paired", False)) == paired:
-                return float(floor), run_id
-        return None
-
-    def reset_baseline(self, series_key: str, run_id: str, note: str | None) -> None:
-        with self._db:
-            self._db.execute("INSERT INTO baselines VALUES (?,?,?,?)", (series_key, run_id, utc_now(), note))
-
-    def baselines(self) -> dict[str, str]:
-        """Series key ('*' for all) → the run from which history counts, latest reset wins."""
-        rows = self._db.execute("SELECT series_key, run_id FROM baselines ORDER BY created_at")
-        return {k: r for k, r in rows}
-
-    def record_heartbeat(self, beat: Heartbeat) -> None:
-        with self._db:
-            self._db.execute("INSERT OR REPLACE INTO heartbeats VALUES (?,?,?)",
-                             (beat.device, beat.at, json.dumps(beat.to_dict())))
-
-    def heartbeats(self) -> list[Heartbeat]:
-        """Every farm phone's latest beat, by device id."""
-        rows = self._db.execute("SELECT beat_json FROM heartbeats ORDER BY device")
-        return [Heartbeat(**json.loads(r[0])) for r in rows]
-
-    def done_keys(self, run_id: str) -> set[str]:
-        """Identity keys that --resume must not run again: everything but infra failures."""
-        rows = self._db.execute("SELECT identity_key FROM results WHERE run_id=? AND status != ?",
-                                (run_id, INFRA_FAILED))
-        return {r[0] for r in rows}
+    def _set_version(self, version: int) -> None:
+        self._db.execute(f"PRAGMA user_version={int(version)}")
 
 
 def open_store(db: str | None, create: bool = True) -> Store:
+    """The store `--db` names, else DEVICELAB_DB's, else the data folder's SQLite file: a postgresql:// (or
+    postgres://) URL is a PostgreSQL store, anything else a SQLite file."""
     from devicelab.paths import default_db
 
-    path = Path(db).expanduser() if db else default_db()
+    target = db or os.environ.get("DEVICELAB_DB") or ""
+    if is_postgres_url(target):
+        from devicelab.store_pg import PostgresStore  # only a PostgreSQL user pays for importing psycopg
+
+        return PostgresStore(target, create=create)
+    path = Path(target).expanduser() if target else default_db()
     return SqliteStore(path, create=create)

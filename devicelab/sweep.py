@@ -22,11 +22,11 @@ from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
-from devicelab.facts import DeviceEntry
+from devicelab.facts import DeviceEntry, DeviceFacts
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import FAILED, INFRA_FAILED, Result, utc_now
 from devicelab.session import Job
-from devicelab.store import FINISHED, INTERRUPTED, RunRecord, Store
+from devicelab.store import FINISHED, INTERRUPTED, PlannedRow, RunRecord, Store
 
 
 @dataclass
@@ -114,7 +114,10 @@ def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
     return out
 
 
-def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
+def prepare(suite: Suite, inventory: Inventory, seed: int, stored: list[PlannedConfig] | None = None,
+            skip: set[str] | frozenset[str] = frozenset()) -> Prepared:
+    """Devices opened, models resolved, engines probed and the plan made — or, given a run's `stored` plan, that plan
+    (a resume), checked against what this host has for the configs still to run (`stored` minus `skip`)."""
     entries, problems = select_devices(list(suite.devices) if suite.devices is not None else None, inventory)
     if problems:
         raise ConfigError("devices", problems)
@@ -125,10 +128,49 @@ def prepare(suite: Suite, inventory: Inventory, seed: int) -> Prepared:
     wanted = [(p, b) for p in suite.precisions for b in suite.backends]
     probe = wanted if any(f.kind == "host" for f in facts) else []
     engines = {(spec.name, spec.label): engine_info(spec, probe) for spec in suite.engines}
-    planned = expand(suite, facts, engines, models, seed)
+    if stored is None:
+        planned = expand(suite, facts, engines, models, seed)
+    else:
+        planned = stored
+        mismatch = replan_problems([pc for pc in stored if pc.config.identity_key() not in skip],
+                                   {f.id: f for f in facts}, engines, models)
+        if mismatch:
+            for device in devices.values():
+                device.close()
+            raise DevicelabError(mismatch[0] + (f" (and {len(mismatch) - 1} more)" if len(mismatch) > 1 else ""))
     prepared = Prepared(suite, seed, devices, models, engines, planned, {f.id: f.to_dict() for f in facts})
     begin_run(prepared)
     return prepared
+
+
+def replan_problems(todo: list[PlannedConfig], devices: dict[str, DeviceFacts],
+                    engines: dict[tuple[str, str], EngineInfo],
+                    models: dict[str, zoo.ModelFile]) -> list[str]:
+    """Why this host cannot run a stored plan's configs as planned: a config's identity (its key in the store)
+    names the device, engine version and model file it was planned with, and a result of another one under that
+    key would be a lie. One line per difference, first seen first."""
+    problems: list[str] = []
+    for pc in todo:
+        c = pc.config
+        facts = devices.get(c.device)
+        if facts is None:
+            problems.append(f"device {c.device} was planned but is not in the run's devices here")
+        if not pc.runnable:
+            continue
+        if facts is not None and not set(c.cpus) <= set(facts.cpu_ids):
+            absent = ",".join(map(str, sorted(set(c.cpus) - set(facts.cpu_ids))))
+            problems.append(f"device {c.device} here has no CPU {absent}, which the run planned to pin to")
+        info = engines.get((c.engine, c.label))
+        version = (info.version or "") if info else None
+        if version != c.engine_version:
+            name = f"{c.engine} [{c.label}]" if c.label else c.engine
+            problems.append(f"{name} is version {version or 'not installed'} on this host, the run planned "
+                            f"{c.engine_version}: resume it where that version is installed")
+        model = models.get(c.model)
+        if model is None or model.sha256 != c.model_sha256:
+            problems.append(f"model {c.model} here is not the file the run planned (sha256 "
+                            f"{(model.sha256[:12] if model else 'missing')} != {c.model_sha256[:12]})")
+    return list(dict.fromkeys(problems))
 
 
 def begin_run(prepared: Prepared) -> None:
@@ -361,9 +403,11 @@ def start_run(store: Store, suite: Suite, inventory: Inventory, argv: list[str],
     prepared = prepare(suite, inventory, seed)
     try:
         run_id = new_run_id()
+        # The run and its whole plan are stored before anything runs: `--resume` on any host re-plans from them.
         store.create_run(RunRecord(run_id, utc_now(), suite.to_dict(), seed,
                                    {**host_facts(), "devices": prepared.facts}, devicelab.__version__, git_state(),
-                                   argv))
+                                   argv),
+                         [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
         if progress:
             progress("run", run_id)
         Executor(store, run_id, prepared, progress).execute()
@@ -374,11 +418,17 @@ def start_run(store: Store, suite: Suite, inventory: Inventory, argv: list[str],
 
 def resume_run(store: Store, run_id: str, inventory: Inventory, progress: Progress | None = None
                ) -> list[Result]:
+    """Run what RUN_ID is missing (no row, or an infra-failed one). The plan is the run's stored one when it has one
+    (any host with the same store and the planned engine versions and models can finish it); a run stored before
+    plans were is re-planned from its stored suite and seed, as it was then."""
     record = store.get_run(run_id)
     suite = validate(record.suite, f"run {run_id}", inventory)
-    prepared = prepare(suite, inventory, record.seed)
+    done = store.done_keys(run_id)
+    stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]
+    prepared = prepare(suite, inventory, record.seed, stored or None, done)
     try:
         store.set_run_status(run_id, "running")
+        # Read again: on a farm, other hosts may have finished configs while this one prepared.
         Executor(store, run_id, prepared, progress).execute(skip=store.done_keys(run_id))
     finally:
         prepared.close()  # execute() closes them too; this covers a failure before it starts

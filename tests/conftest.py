@@ -118,3 +118,39 @@ def phone(server: Any, tmp_path: Path) -> Iterator[Any]:
 
     with EmulatedPhone(server, tmp_path / "phone") as p:
         yield p
+
+
+# ---- a real PostgreSQL server for the store tests (tests/pg_server.py)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """One PostgreSQL cluster for the session, started on first use. Missing binaries fail the test in one line
+    (CI always has them: ./scripts/test installs Debian's postgresql as root) unless DEVICELAB_SKIP_PG=1 skips it."""
+    from pg_server import SKIP_ENV, PgServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        if os.environ.get(SKIP_ENV) == "1":
+            pytest.skip(f"{SKIP_ENV}=1: {reason}")
+        pytest.fail(reason, pytrace=False)
+    server = PgServer()
+    try:
+        server.start()
+        # libpq in this process and in every child (the devicelab CLI) finds the password here, never in a URL.
+        os.environ["PGPASSFILE"] = str(server.passfile)
+        yield server
+    finally:
+        os.environ.pop("PGPASSFILE", None)
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """The same store test on both backends: a SQLite file, and a database of its own on the session's PostgreSQL."""
+    from helpers import StoreTarget
+
+    if request.param == "sqlite":
+        return StoreTarget("sqlite", str(tmp_path / "db.sqlite"), str(tmp_path / "missing.sqlite"))
+    server = request.getfixturevalue("pg_server")
+    return StoreTarget("postgresql", server.url(server.create_database()), server.url(server.create_database()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +87,22 @@ def store_history(db: Path) -> None:
                 store.add_result(Result.for_config(run_id, cfg, status, reason=reason))
         store.set_run_status(run_id, FINISHED)
     store.close()
+
+
+@dataclass
+class StoreTarget:
+    """A fresh, empty store of one backend for one test: a SQLite file or a PostgreSQL database (tests/pg_server.py),
+    named as a user names it to --db."""
+
+    backend: str
+    db: str  # the --db value: a path or a postgresql:// URL (no password: the server's is in PGPASSFILE)
+    missing_db: str
+
+    def open(self, create: bool = True) -> Any:
+        from devicelab.store import open_store
+
+        return open_store(self.db, create=create)
+
+    def missing(self) -> str:
+        """A --db value naming a store that holds no devicelab records (no file; an empty database)."""
+        return self.missing_db

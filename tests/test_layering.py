@@ -54,7 +54,7 @@ RULES = [
     (("devicelab.plan", "devicelab.config", "devicelab.facts"), ("devicelab.devices",),
      "planning and configuration read device facts, never a device kind"),
     (("devicelab.analysis",), ("devicelab.devices", "devicelab.session"), "analysis is pure statistics over Results"),
-    (("devicelab.store",), ("devicelab.devices", "devicelab.engines", "devicelab.session"),
+    (("devicelab.store", "devicelab.store_pg"), ("devicelab.devices", "devicelab.engines", "devicelab.session"),
      "the store keeps records; it runs nothing"),
     (("devicelab.devices", "devicelab.engines", "devicelab.session", "devicelab.energy", "devicelab.measure"),
      ("devicelab.cli", "devicelab.terminal"), "only the CLI parses and renders"),
@@ -79,6 +79,9 @@ def violations(rules: list[tuple[tuple[str, ...], tuple[str, ...], str]] = RULES
             found.append(f"{name} imports adbutils (only devicelab.devices.android may)")
         if "pymobiledevice3" in {d.split(".")[0] for d in deps} and not _within(name, "devicelab.devices.ios"):
             found.append(f"{name} imports pymobiledevice3 (only devicelab.devices.ios may)")
+        # The PostgreSQL client has one home too: SQLite users never import it.
+        if "psycopg" in {d.split(".")[0] for d in deps} and not _within(name, "devicelab.store_pg"):
+            found.append(f"{name} imports psycopg (only devicelab.store_pg may)")
         if {"dask", "distributed"} & {d.split(".")[0] for d in deps} and not _within(name, "devicelab.farm"):
             found.append(f"{name} imports Dask (only devicelab.farm may)")
     return found

@@ -1,8 +1,11 @@
-"""The Result schema (v2: validation, unknown fields, migrations) and the store: round trip, resume rules, a v1
-database made by the v1 code opening as v2."""
+"""The Result schema (v2: validation, unknown fields, migrations) and the stores: round trip, resume rules, a v1
+database made by the v1 code opening as v2. Every store test runs against SQLite and a real PostgreSQL server
+(tests/pg_server.py, started once per session); the idempotency, concurrency and redaction tests are in
+test_store_pg.py (PostgreSQL only) and below (both)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -13,7 +16,8 @@ import pytest
 from devicelab.errors import DevicelabError
 from devicelab.result import (FAILED, INFRA_FAILED, OK, RESULT_FIELDS, SCHEMA_VERSION, UNSUPPORTED, Config,
                               EnergyWindow, Result, RunProtocol, Warmup, migrate)
-from devicelab.store import FINISHED, RunRecord, SqliteStore
+from devicelab.store import FINISHED, STORE_SCHEMA_VERSION, RunRecord, SqliteStore, Store, open_store
+from helpers import StoreTarget
 
 # A database written by devicelab's v1 code (HEAD 53685ed): a quick host run (ok rows of two engines, an A/B pair
 # in lockstep, an unsupported row and a failed one) and an emulated phone's run (pushes, pinning, dlprobe).
@@ -39,24 +43,32 @@ def test_result_has_every_contract_field() -> None:
     assert set(CONTRACT_FIELDS) <= set(RESULT_FIELDS)
 
 
-def test_round_trip(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite")
+def test_round_trip(store_target: StoreTarget) -> None:
+    store = store_target.open()
     store.create_run(record())
     r = Result.for_config("r1", config(), OK, samples_s=(0.01, 0.012), median_s=0.011, notes=("n",),
                           state_before={"temperatures_c": {"cpu": 40.0}}, accuracy=None,
                           protocol=RunProtocol({"min_iterations": 10}, "ci", 2, warmup=Warmup("controller", 3, 0.5)),
                           ext={"iter_t_s": (0.0, 0.011)})
-    store.add_result(r)
+    assert store.add_result(r) == "inserted"
     assert store.results("r1") == [r]
     assert store.get_run("r1").seed == 7
     store.set_run_status("r1", FINISHED)
     assert store.get_run("r1").status == FINISHED and store.get_run("r1").finished_at
-    again = SqliteStore(tmp_path / "db.sqlite")  # reopening migrates nothing and reads the same
-    assert again.results("r1") == [r]
+    assert store.status_counts("r1") == {OK: 1}
+    assert list(store.history()) == [r.config.series_key()] and store.history("host")[r.config.series_key()][0][2] == r
+    store.add_noise_floor("host", "k", 0.0125, "r1", {"paired": True})
+    assert store.noise_floor("host", paired=True) == (0.0125, "r1") and store.noise_floor("host") is None
+    store.reset_baseline("*", "r1", "new phone")
+    assert store.baselines() == {"*": "r1"}
+    store.close()
+    again = store_target.open(create=False)  # reopening migrates nothing and reads the same
+    assert again.results("r1") == [r] and [x.run_id for x in again.runs()] == ["r1"]
+    again.close()
 
 
-def test_resume_rules(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "db.sqlite")
+def test_resume_rules(store_target: StoreTarget) -> None:
+    store = store_target.open()
     store.create_run(record())
     ok = Result.for_config("r1", config(1), OK, samples_s=(0.01,))
     infra = Result.for_config("r1", config(2), INFRA_FAILED, reason="device disconnected")
@@ -64,22 +76,148 @@ def test_resume_rules(tmp_path: Path) -> None:
     store.add_result(infra)
     assert store.done_keys("r1") == {ok.config.identity_key()}  # infra-failed rows run again
     retried = Result.for_config("r1", config(2), FAILED, reason="engine crashed")
-    store.add_result(retried)  # replaces the infra-failed row in place
+    assert store.add_result(retried) == "replaced"  # replaces the infra-failed row in place
     assert [r.status for r in store.results("r1")] == [OK, FAILED]
     with pytest.raises(ValueError, match="refusing to overwrite an ok result"):
         store.add_result(Result.for_config("r1", config(1), FAILED, reason="engine crashed"))
+    store.close()
 
 
-def test_unknown_run_and_missing_database(tmp_path: Path) -> None:
-    with pytest.raises(DevicelabError, match="no devicelab database"):
-        SqliteStore(tmp_path / "missing.sqlite", create=False)
-    assert not (tmp_path / "missing.sqlite").exists()
-    store = SqliteStore(tmp_path / "db.sqlite")
+def test_writes_are_idempotent_per_run_and_identity_key(store_target: StoreTarget) -> None:
+    """Identical ok row again: nothing happens; ok replaces infra-failed in its place; a different ok row for the
+    same key is refused with a message naming the config, and the stored row stays."""
+    from devicelab.store import ResultConflict
+
+    store = store_target.open()
+    store.create_run(record())
+    ok = Result.for_config("r1", config(1), OK, samples_s=(0.01, 0.011), median_s=0.0105)
+    lost = Result.for_config("r1", config(2), INFRA_FAILED, reason="farm worker lost")
+    assert [store.add_result(r) for r in (ok, lost)] == ["inserted", "inserted"]
+    assert store.add_result(ok) == "unchanged" and store.add_result(lost) == "unchanged"
+    assert store.results("r1") == [ok, lost]
+    measured = Result.for_config("r1", config(2), OK, samples_s=(0.02,), median_s=0.02)
+    assert store.add_result(measured) == "replaced"
+    assert store.results("r1") == [ok, measured]  # in the infra-failed row's place
+    assert store.add_result(measured) == "unchanged"
+    other = Result.for_config("r1", config(1), OK, samples_s=(0.03,), median_s=0.03)
+    with pytest.raises(ResultConflict, match=r"run r1 already has a different ok result for onnxruntime "
+                                             r"mobilenet_v2 on host \(fp32, cpu, 1 threads, repeat 0\)"):
+        store.add_result(other)
+    with pytest.raises(ResultConflict):  # nor does a later failure of the same config replace its measurement
+        store.add_result(Result.for_config("r1", config(1), INFRA_FAILED, reason="device gone"))
+    assert store.results("r1") == [ok, measured] and store.status_counts("r1") == {OK: 2}
+    store.create_run(record("r2"))  # the key is (run, identity key): the same config in another run is its own row
+    assert store.add_result(dataclasses.replace(other, run_id="r2")) == "inserted"
+    store.close()
+
+
+# One writer process: opens the store (all at once on a fresh database: the migration races too), then on "go"
+# writes 12 rows every writer writes identically, 5 of its own, and its own ok row for one contested config.
+WRITER = r"""
+import hashlib, json, sys
+from devicelab.result import OK, Config, Result
+from devicelab.store import ResultConflict, open_store
+db, me = sys.argv[1], int(sys.argv[2])
+store = open_store(db)
+print("ready", flush=True)
+sys.stdin.readline()
+def row(model, median):
+    sha = hashlib.sha256(model.encode()).hexdigest()  # the model's file is in the identity key, its name is not
+    cfg = Config("host", "onnxruntime", "", "1.0", model, sha, 1000, "fp32", "cpu", 1, (0,), "big")
+    return Result.for_config("r1", cfg, OK, samples_s=(median,), median_s=median)
+out = {}
+for i in range(12):
+    out[f"shared{i}"] = store.add_result(row(f"shared{i}", 0.01 * (i + 1)))
+for i in range(5):
+    out[f"own{i}"] = store.add_result(row(f"w{me}-{i}", 0.001 * (i + 1)))
+try:
+    out["contested"] = store.add_result(row("contested", 0.1 * (me + 1)))
+except ResultConflict:
+    out["contested"] = "refused"
+print(json.dumps(out), flush=True)
+"""
+
+
+def test_concurrent_writers_from_many_processes(store_target: StoreTarget, tmp_path: Path) -> None:
+    """Four processes open a fresh store at once, then write at once: every row is there once, in a unique place,
+    each shared row was inserted by exactly one writer, and exactly one ok row of the contested config won."""
+    import subprocess
+    import sys
+
+    # cwd: not the checkout, whose devicelab/ `python -c` would import instead of the installed package.
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, store_target.db, str(n)], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+               for n in range(4)]
+    try:
+        for w in writers:
+            assert w.stdout is not None and w.stdout.readline().strip() == "ready", w.stderr.read() if w.stderr else ""
+        store = store_target.open()
+        store.create_run(record())
+        for w in writers:  # all at once
+            assert w.stdin is not None
+            w.stdin.write("go\n")
+            w.stdin.flush()
+        outcomes = []
+        for w in writers:
+            out, err = w.communicate(timeout=120)
+            assert w.returncode == 0, err
+            outcomes.append(json.loads(out))
+    finally:
+        for w in writers:
+            if w.poll() is None:
+                w.kill()
+    for i in range(12):
+        assert sorted(o[f"shared{i}"] for o in outcomes) == ["inserted"] + ["unchanged"] * 3
+    assert all(o[f"own{i}"] == "inserted" for o in outcomes for i in range(5))
+    assert sorted(o["contested"] for o in outcomes) == ["inserted"] + ["refused"] * 3
+    winner = next(n for n, o in enumerate(outcomes) if o["contested"] == "inserted")
+    results = store.results("r1")
+    assert len(results) == 12 + 4 * 5 + 1 and len({r.config.identity_key() for r in results}) == len(results)
+    assert next(r for r in results if r.model == "contested").median_s == pytest.approx(0.1 * (winner + 1))
+    assert [r for r in results if r.model == "shared3"][0].median_s == pytest.approx(0.04)
+    store.close()
+
+
+def test_the_plan_is_stored_with_the_run(store_target: StoreTarget) -> None:
+    from devicelab.store import PlannedRow
+
+    store = store_target.open()
+    plan = [PlannedRow(config(2), {}, "the engine has no fp16 here"), PlannedRow(config(1), {"python": "/x/py"}),
+            PlannedRow(dataclasses.replace(config(1), repeat=1))]
+    store.create_run(record("r1"), plan)
+    store.create_run(record("r2"))  # a run without a plan (as every run stored before v4)
+    assert store.planned("r1") == plan and store.planned("r2") == []
+    assert store.results("r1") == []  # planned is not a Result status: nothing ran yet
+    import psycopg
+
+    with pytest.raises((sqlite3.IntegrityError, psycopg.IntegrityError)):  # one transaction: a duplicate adds no plan
+        store.create_run(record("r1"), [PlannedRow(config(4))])
+    assert store.planned("r1") == plan
+    store.close()
+
+
+def test_unknown_run_and_missing_database(store_target: StoreTarget) -> None:
+    missing = store_target.missing()
+    with pytest.raises(DevicelabError, match="no devicelab (database|records)"):
+        open_store(missing, create=False)
+    store = store_target.open()
     with pytest.raises(DevicelabError, match="unknown run id 'nope': no runs stored"):
         store.get_run("nope")
     store.create_run(record("20261122-000000-abcd"))
     with pytest.raises(DevicelabError, match="did you mean '20261122-000000-abcd'"):
         store.get_run("20261122-000000-abce")
+    with pytest.raises(DevicelabError, match="unknown run id 'r9'.*a result needs its run"):
+        store.add_result(Result.for_config("r9", config(), OK, samples_s=(0.01,)))
+    store.close()
+
+
+def test_a_store_written_by_a_newer_devicelab_is_refused(store_target: StoreTarget) -> None:
+    store = store_target.open()
+    with store._write():  # type: ignore[attr-defined]
+        store._set_version(STORE_SCHEMA_VERSION + 1)  # type: ignore[attr-defined]
+    store.close()
+    with pytest.raises(DevicelabError, match=f"newer devicelab \\(store schema {STORE_SCHEMA_VERSION + 1}\\)"):
+        store_target.open()
 
 
 def test_newer_schema_and_unknown_fields_fail_loudly() -> None:
@@ -180,6 +318,40 @@ def test_a_v1_database_made_by_the_v1_code_opens_as_v2(tmp_path: Path) -> None:
     # Rewritten in place: the file is v2 now, and opening it again migrates nothing.
     raw = sqlite3.connect(db)
     assert {v for (v,) in raw.execute("SELECT DISTINCT schema_version FROM results")} == {2}
-    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == STORE_SCHEMA_VERSION
     raw.close()
     assert [r for run in runs for r in SqliteStore(db).results(run)] == migrated
+
+
+def test_a_v1_postgresql_database_migrates_as_sqlite_does(pg_server: object, tmp_path: Path) -> None:
+    """The same migrations: the v1 golden rows loaded into a PostgreSQL database of store schema 1 come out of
+    PostgresStore exactly as they come out of the migrated SQLite file."""
+    import psycopg
+
+    from devicelab.store import _SCHEMA, _statements
+
+    db = tmp_path / "v1.sqlite"
+    shutil.copy(V1_DB, db)
+    raw = sqlite3.connect(db)
+    runs = raw.execute("SELECT * FROM runs").fetchall()
+    results = raw.execute("SELECT * FROM results").fetchall()
+    raw.close()
+    url = pg_server.url(pg_server.create_database())  # type: ignore[attr-defined]
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in _statements(_SCHEMA):
+            conn.execute(statement)
+        conn.execute("CREATE TABLE devicelab_schema (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO devicelab_schema VALUES (1)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO runs VALUES (" + ",".join(["%s"] * 10) + ")", runs)
+            cur.executemany("INSERT INTO results VALUES (" + ",".join(["%s"] * 16) + ")", results)
+    pg = open_store(url)
+    sq = SqliteStore(db)
+    ids = sorted(r.run_id for r in sq.runs())
+    assert sorted(r.run_id for r in pg.runs()) == ids
+    assert [r for run in ids for r in pg.results(run)] == [r for run in ids for r in sq.results(run)]
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT DISTINCT schema_version FROM results").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT version FROM devicelab_schema").fetchall() == [(STORE_SCHEMA_VERSION,)]
+    pg.close()
+    sq.close()

@@ -21,7 +21,7 @@ from devicelab.farm import MISSED_BEATS_OFFLINE, resource
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import INFRA_FAILED, Result, utc_now
 from devicelab.session import Job
-from devicelab.store import FINISHED, INTERRUPTED, Heartbeat, RunRecord, Store
+from devicelab.store import FINISHED, INTERRUPTED, Heartbeat, PlannedRow, RunRecord, Store
 
 # What must match between this client, the scheduler and every worker: a task is pickled here and run there.
 MATCHING = ("devicelab", "dask", "distributed", "cloudpickle", "msgpack")
@@ -271,10 +271,16 @@ class FarmRun:
         status = t.future.status
         if status == "finished":
             for result, committed in t.future.result():
-                self.progress("result", result)
                 if not committed:
+                    # The worker could not reach the store and keeps the row in its spool; the client writes it too
+                    # (a write of the same row is a no-op), so the row is there as soon as either side reaches it.
                     self.progress("notice", {"device": t.device, "message": f"{result.status} row spooled on the "
                                                                              "worker's host: the store was unreachable"})
+                    try:
+                        self.store.add_result(result)
+                    except Exception:  # noqa: BLE001 - unreachable here too: the worker's spool flushes it later
+                        pass
+                self.progress("result", result)
             return
         if status == "cancelled":
             return  # its rows were written when it was given up
@@ -318,13 +324,29 @@ def _run_task(location: str, jobs: list[Job]) -> Any:
 
 
 def store_location(store: Store) -> str:
-    """What a worker is told: the store's location, never credentials (a path is made absolute: workers run
-    elsewhere)."""
+    """What a worker is told: the store's location without credentials — a PostgreSQL URL without its password
+    (each host has its own libpq password file or service), a SQLite path made absolute."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from devicelab.store import is_postgres_url
+
     location = store.location
-    return location if "://" in location else os.path.abspath(location)
+    if not is_postgres_url(location):
+        return os.path.abspath(location)
+    parts = urlsplit(location)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{host}" if user else host
+    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def prepare_farm(client: Any, suite: Suite, source: str, seed: int) -> sweep.Prepared:
+def prepare_farm(client: Any, suite: Suite, source: str, seed: int, stored: list[PlannedConfig] | None = None,
+                 skip: set[str] | frozenset[str] = frozenset()) -> sweep.Prepared:
+    """As sweep.prepare, with the farm's phones (their workers' facts) for devices: the plan made, or a run's
+    `stored` plan checked against what the farm and this client have for the configs still to run."""
     phones = farm_phones(client)
     facts = phone_facts(client, phones)
     suite = select_farm_devices(suite, facts, source)
@@ -334,7 +356,14 @@ def prepare_farm(client: Any, suite: Suite, source: str, seed: int) -> sweep.Pre
     chosen = [f for d in suite.devices or () if isinstance(f := facts[d], DeviceFacts)]
     models = sweep.resolve_models(suite)
     engines = {(spec.name, spec.label): sweep.engine_info(spec, []) for spec in suite.engines}
-    planned = expand(suite, chosen, engines, models, seed)
+    if stored is None:
+        planned = expand(suite, chosen, engines, models, seed)
+    else:
+        planned = stored
+        mismatch = sweep.replan_problems([pc for pc in stored if pc.config.identity_key() not in skip],
+                                         {f.id: f for f in chosen}, engines, models)
+        if mismatch:
+            raise DevicelabError(mismatch[0] + (f" (and {len(mismatch) - 1} more)" if len(mismatch) > 1 else ""))
     return sweep.Prepared(suite, seed, {}, models, engines, planned, {f.id: f.to_dict() for f in chosen})
 
 
@@ -348,7 +377,8 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     run_id = sweep.new_run_id()
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
                                {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
-                               devicelab.__version__, sweep.git_state(), argv))
+                               devicelab.__version__, sweep.git_state(), argv),
+                     [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
     progress("run", run_id)
     FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute()
     return run_id
@@ -358,7 +388,8 @@ def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progr
                     ) -> None:
     record = store.get_run(run_id)
     suite = parse_suite(record.suite, f"run {run_id}")
-    prepared = prepare_farm(client, suite, f"run {run_id}", record.seed)
+    stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]
+    prepared = prepare_farm(client, suite, f"run {run_id}", record.seed, stored or None, store.done_keys(run_id))
     store.set_run_status(run_id, "running")
     FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute(
         skip=store.done_keys(run_id))
