@@ -25,7 +25,8 @@ from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
 
 from devicelab.farm.client import phone_state
 from devicelab.result import Result
-from devicelab.store import Heartbeat, SqliteStore
+from devicelab.errors import DevicelabError
+from devicelab.store import Heartbeat, SqliteStore, open_store
 
 BEAT_S = 1.0
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}
@@ -83,10 +84,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: f
         time.sleep(every)
 
 
-def beats(db: Path) -> dict[str, Heartbeat]:
-    if not db.exists():
-        return {}
-    store = SqliteStore(db)
+def beats(db: str) -> dict[str, Heartbeat]:
+    try:
+        store = open_store(db, create=False)
+    except DevicelabError:
+        return {}  # the agent creates it when it starts
     try:
         return {b.device: b for b in store.heartbeats()}
     finally:
@@ -94,8 +96,8 @@ def beats(db: Path) -> dict[str, Heartbeat]:
 
 
 def status(env: dict[str, str]) -> dict[str, dict[str, Any]]:
-    if not Path(env["DEVICELAB_DB"]).exists():
-        return {}  # the agent creates it when it starts
+    if not beats(env["DEVICELAB_DB"]):
+        return {}  # the agent creates the store when it starts
     code, rows, err = run_json("farm", "status", env=env)
     assert code == 0, err
     return {r["device"]: r for r in rows}  # type: ignore[union-attr]
@@ -106,7 +108,7 @@ def status(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 
 
 class Farm:
-    def __init__(self, env: dict[str, str], db: Path, phones: list[EmulatedPhone], scheduler: Proc, agent: Proc,
+    def __init__(self, env: dict[str, str], db: str, phones: list[EmulatedPhone], scheduler: Proc, agent: Proc,
                  tmp: Path) -> None:
         self.env, self.db, self.phones, self.scheduler, self.agent, self.tmp = env, db, phones, scheduler, agent, tmp
 
@@ -121,12 +123,18 @@ class Farm:
         wait_for(f"{serials} idle", lambda: all(status(self.env).get(s, {}).get("state") == "idle" for s in serials))
 
 
-@pytest.fixture(scope="module")
-def farm(server: AdbServer, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def farm(request: pytest.FixtureRequest, server: AdbServer, data_dir: Path,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Farm]:
+    """The farm with its store: a SQLite file shared by every process of the host, or a database on a real
+    PostgreSQL server (the password in a libpq password file, as on a farm host, never in the URL)."""
     tmp = tmp_path_factory.mktemp("farm")
-    db = tmp / "farm.sqlite"
-    (tmp / "home").mkdir()
-    env = cli_env({**os.environ, "DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": str(db), "COLUMNS": "200"}, server)
+    if request.param == "sqlite":
+        db = str(tmp / "farm.sqlite")
+    else:
+        pg = request.getfixturevalue("pg_server")
+        db = pg.url(pg.create_database())
+    env = cli_env({**os.environ, "DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": db, "COLUMNS": "200"}, server)
     env.pop("DEVICELAB_DEVICES", None)
     phones: list[EmulatedPhone] = []
     procs: list[Proc] = []
@@ -156,14 +164,6 @@ def suite(path: Path, devices: list[str], runner: Path, **fields: Any) -> Path:
             "protocol": {**PROTOCOL, **fields.pop("protocol", {})}, **fields}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def run_results(farm: Farm, run_id: str) -> list[Result]:
-    store = SqliteStore(farm.db)
-    try:
-        return store.results(run_id)
-    finally:
-        store.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -447,29 +447,66 @@ def test_tls_is_one_option_away(tmp_path: Path, data_dir: Path) -> None:
 # The worker's spool
 
 
-def test_results_wait_in_the_spool_while_the_store_is_unreachable(tmp_path: Path) -> None:
+class Reachability:
+    """Takes a store away and gives it back: a SQLite file moved aside, or a PostgreSQL database refusing
+    connections (ALLOW_CONNECTIONS false: what a worker sees of a server that is down or cut off)."""
+
+    def __init__(self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.backend = backend
+        if backend == "sqlite":
+            self.path = tmp_path / "store" / "farm.sqlite"
+            self.location = str(self.path)
+            SqliteStore(self.path).close()
+        else:
+            import psycopg
+
+            pg = request.getfixturevalue("pg_server")
+            self.name = pg.create_database()
+            self.location = pg.url(self.name)
+            open_store(self.location).close()
+            self.admin = psycopg.connect(pg.url("postgres"), autocommit=True)
+
+    def away(self) -> None:
+        if self.backend == "sqlite":
+            self.path.rename(self.path.with_name("moved.sqlite"))
+        else:
+            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+
+    def back(self) -> None:
+        if self.backend == "sqlite":
+            self.path.with_name("moved.sqlite").rename(self.path)
+        else:
+            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+            self.admin.close()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest) -> None:
     from devicelab.farm.worker import Spool
     from devicelab.result import OK, Config
     from devicelab.store import RunRecord
 
-    db = tmp_path / "store" / "farm.sqlite"
-    store = SqliteStore(db)
+    target = Reachability(backend, tmp_path, request)
+    db = target.location
+    store = open_store(db)
     store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
     store.close()
     made = [Result.for_config("run-1", Config("phone", "protocol", "", "1", f"m{i}", f"{i:064x}", 10, "fp32", "cpu", 1,
                                               (0,), "big"), OK, samples_s=(0.01, 0.011), median_s=0.0105)
             for i in range(4)]
     spool = Spool(tmp_path / "spool" / "phone.jsonl")
-    assert spool.write(str(db), made[0]) is True
-    away = db.with_name("moved.sqlite")
-    db.rename(away)  # the store is gone (a PostgreSQL server down looks the same to the worker: it cannot open it)
-    assert [spool.write(str(db), r) for r in made[1:3]] == [False, False]
-    assert spool.pending() == 2 and not db.exists()  # nothing written anywhere else meanwhile
+    assert spool.write(db, made[0]) is True
+    target.away()
+    assert [spool.write(db, r) for r in made[1:3]] == [False, False]
+    assert spool.pending() == 2
+    if backend == "sqlite":
+        assert not Path(db).exists()  # no new file was made in its place
     assert spool.flush() == 2
-    away.rename(db)  # back
-    assert spool.write(str(db), made[3]) is True  # the spooled ones go first, then this one
+    target.back()
+    assert spool.write(db, made[3]) is True  # the spooled ones go first, then this one
     assert spool.pending() == 0 and not spool.path.exists()
-    store = SqliteStore(db)
+    store = open_store(db)
     try:
         stored = store.results("run-1")
     finally:
@@ -477,15 +514,15 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(tmp_path: Path
     assert [r.model for r in stored] == ["m0", "m1", "m2", "m3"]  # in the order they were made, once each
     assert [r.to_json() for r in stored] == [r.to_json() for r in made]
     # a row committed whose answer was lost is spooled again: flushing it is a no-op, not a duplicate or a refusal
-    spool._append([{"location": str(db), "result": made[1].to_dict()}])
+    spool._append([{"location": db, "result": made[1].to_dict()}])
     assert spool.flush() == 0 and not spool.rejected.exists()
-    store = SqliteStore(db)
+    store = open_store(db)
     try:
         assert len(store.results("run-1")) == 4
     finally:
         store.close()
     # a different ok row for a stored config is refused by the store: kept aside on this host, never dropped
     other = Result.for_config("run-1", made[2].config, OK, samples_s=(0.5, 0.6), median_s=0.55)
-    spool.write(str(db), other)
+    spool.write(db, other)
     [kept] = [json.loads(line) for line in spool.rejected.read_text().splitlines()]
     assert kept["refused"] and Result.from_dict(kept["result"]).to_json() == other.to_json()
