@@ -457,8 +457,8 @@ def farm_status(db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
     from devicelab.farm.client import phone_state
     from devicelab.store import open_store
 
-    now = datetime.now(timezone.utc)
     beats = open_store(db, create=False).heartbeats()
+    now = datetime.now(timezone.utc)  # after reading: a beat written meanwhile is not in the future
     rows = [{**b.to_dict(), "state": phone_state(b, now),
              "age_s": round((now - datetime.fromisoformat(b.at)).total_seconds(), 1)} for b in beats]
     if as_json:
