@@ -336,6 +336,9 @@ class PhonePlugin(WorkerPlugin):
 
     def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
         run_id = jobs[0].run_id
+        wrong = [j for j in jobs if j.config.device != self.serial]
+        if wrong:  # only a task bound to this phone's resource belongs here: never measure another phone's config
+            return [rows.device_gone(run_id, j.config, f"the task reached the worker of {self.serial}") for j in jobs]
         try:
             transport, baseline = self._transport(run_id)
         except (DevicelabError, OSError) as e:
