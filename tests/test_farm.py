@@ -107,10 +107,42 @@ def status(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 # The farm: three emulated phones, a scheduler and an agent, for the module
 
 
+class Reachability:
+    """Takes a store away from new connections and gives it back: a SQLite file moved aside (a process that has it
+    open keeps writing to it), or a PostgreSQL database refusing connections (ALLOW_CONNECTIONS false: what a worker
+    opening its store sees of a server that is down or cut off)."""
+
+    def __init__(self, location: str, admin_url: str | None = None) -> None:
+        self.location = location
+        self.admin: Any = None
+        if admin_url is not None:
+            import psycopg
+
+            self.name = location.rsplit("/", 1)[1]
+            self.admin = psycopg.connect(admin_url, autocommit=True)
+
+    def away(self) -> None:
+        if self.admin is None:
+            Path(self.location).rename(Path(self.location).with_name("moved.sqlite"))
+        else:
+            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+
+    def back(self) -> None:
+        if self.admin is None:
+            Path(self.location).with_name("moved.sqlite").rename(self.location)
+        else:
+            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+    def close(self) -> None:
+        if self.admin is not None:
+            self.admin.close()
+
+
 class Farm:
     def __init__(self, env: dict[str, str], db: str, phones: list[EmulatedPhone], scheduler: Proc, agent: Proc,
-                 tmp: Path) -> None:
+                 tmp: Path, reach: Reachability) -> None:
         self.env, self.db, self.phones, self.scheduler, self.agent, self.tmp = env, db, phones, scheduler, agent, tmp
+        self.reach = reach
 
     @property
     def address(self) -> str:
@@ -131,9 +163,11 @@ def farm(request: pytest.FixtureRequest, server: AdbServer, data_dir: Path,
     tmp = tmp_path_factory.mktemp("farm")
     if request.param == "sqlite":
         db = str(tmp / "farm.sqlite")
+        reach = Reachability(db)
     else:
         pg = request.getfixturevalue("pg_server")
         db = pg.url(pg.create_database())
+        reach = Reachability(db, pg.url("postgres"))
     env = cli_env({**os.environ, "DEVICELAB_DATA": str(data_dir), "DEVICELAB_DB": db, "COLUMNS": "200"}, server)
     env.pop("DEVICELAB_DEVICES", None)
     phones: list[EmulatedPhone] = []
@@ -148,7 +182,7 @@ def farm(request: pytest.FixtureRequest, server: AdbServer, data_dir: Path,
         agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--beat-seconds", str(BEAT_S),
                       "--scan-seconds", "1"], env, tmp / "agent.log")
         procs.append(agent)
-        f = Farm(env, db, phones, scheduler, agent, tmp)
+        f = Farm(env, db, phones, scheduler, agent, tmp, reach)
         f.wait_idle([p.serial for p in phones])
         yield f
     finally:
@@ -156,6 +190,7 @@ def farm(request: pytest.FixtureRequest, server: AdbServer, data_dir: Path,
             proc.stop()
         for phone in phones:
             phone.stop()
+        reach.close()
 
 
 def suite(path: Path, devices: list[str], runner: Path, **fields: Any) -> Path:
@@ -275,6 +310,49 @@ def test_a_dropped_phone_goes_offline_after_three_beats_and_gets_no_work(farm: F
     assert p.returncode == 0, p.stderr[-3000:]
     assert [r["status"] for r in json.loads(p.stdout)["results"]] == ["ok"]
     assert f"{c.serial}: start {run_id}" in farm.agent.text()
+
+
+@farm_test
+def test_a_store_unreachable_from_the_worker_spools_its_rows_then_flushes(farm: Farm, runner_arm64: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's store goes away mid-job (new connections refused; the client's own stays open): the row waits in
+    the worker's spool, the client writes it from what the task returned, and once the store is back the spool is
+    flushed onto it with nothing duplicated."""
+    from devicelab.farm.worker import spool_path
+
+    b = farm.phones[1]
+    monkeypatch.setenv("DEVICELAB_DATA", farm.env["DEVICELAB_DATA"])  # the agent's: its workers spool there
+    spool = spool_path(b.serial)
+    s = suite(farm.tmp / "spool.yaml", [b.serial], runner_arm64, models=["squeezenet1_1"], seed=11,
+              protocol={"min_seconds": 3.0, "max_seconds": 4.0, "max_iterations": 100000})
+    p = subprocess.Popen([DEVICELAB, "run", "--farm", farm.address, "--suite", str(s), "--json"], env=farm.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    away = False
+    try:
+        wait_for(f"{b.serial} busy", lambda: (bt := beats(farm.db).get(b.serial)) and bt.job)
+        farm.reach.away()
+        away = True
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+        assert "spooled on the worker's host" in err
+        [entry] = [json.loads(line) for line in spool.read_text().splitlines()]  # still waiting: store away
+        farm.reach.back()
+        away = False
+        wait_for("the spool flushed", lambda: not spool.exists(), timeout=60)
+    finally:
+        if away:
+            farm.reach.back()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    [r] = json.loads(out)["results"]
+    assert r["status"] == "ok" and Result.from_dict(entry["result"]).to_json() == Result.from_dict(r).to_json()
+    store = open_store(farm.db, create=False)
+    try:
+        [stored] = store.results(r["run_id"])
+    finally:
+        store.close()
+    assert stored.to_json() == Result.from_dict(r).to_json()
 
 
 @farm_test
@@ -447,39 +525,6 @@ def test_tls_is_one_option_away(tmp_path: Path, data_dir: Path) -> None:
 # The worker's spool
 
 
-class Reachability:
-    """Takes a store away and gives it back: a SQLite file moved aside, or a PostgreSQL database refusing
-    connections (ALLOW_CONNECTIONS false: what a worker sees of a server that is down or cut off)."""
-
-    def __init__(self, backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-        self.backend = backend
-        if backend == "sqlite":
-            self.path = tmp_path / "store" / "farm.sqlite"
-            self.location = str(self.path)
-            SqliteStore(self.path).close()
-        else:
-            import psycopg
-
-            pg = request.getfixturevalue("pg_server")
-            self.name = pg.create_database()
-            self.location = pg.url(self.name)
-            open_store(self.location).close()
-            self.admin = psycopg.connect(pg.url("postgres"), autocommit=True)
-
-    def away(self) -> None:
-        if self.backend == "sqlite":
-            self.path.rename(self.path.with_name("moved.sqlite"))
-        else:
-            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
-
-    def back(self) -> None:
-        if self.backend == "sqlite":
-            self.path.with_name("moved.sqlite").rename(self.path)
-        else:
-            self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
-            self.admin.close()
-
-
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, tmp_path: Path,
                                                                    request: pytest.FixtureRequest) -> None:
@@ -487,7 +532,11 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, 
     from devicelab.result import OK, Config
     from devicelab.store import RunRecord
 
-    target = Reachability(backend, tmp_path, request)
+    if backend == "sqlite":
+        target = Reachability(str(tmp_path / "store" / "farm.sqlite"))
+    else:
+        pg = request.getfixturevalue("pg_server")
+        target = Reachability(pg.url(pg.create_database()), pg.url("postgres"))
     db = target.location
     store = open_store(db)
     store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
@@ -504,6 +553,7 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, 
         assert not Path(db).exists()  # no new file was made in its place
     assert spool.flush() == 2
     target.back()
+    target.close()
     assert spool.write(db, made[3]) is True  # the spooled ones go first, then this one
     assert spool.pending() == 0 and not spool.path.exists()
     store = open_store(db)
