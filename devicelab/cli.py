@@ -301,6 +301,13 @@ def run(
     db: Optional[str] = DbOpt,
     report_path: Optional[str] = typer.Option(None, "--report", help="where to write the HTML report",
                                               callback=_output_file),
+    farm: Optional[str] = typer.Option(None, "--farm", metavar="ADDRESS",
+                                       help="run on the device farm whose scheduler is at ADDRESS (tcp://host:port)"),
+    farm_wait: float = typer.Option(600.0, "--farm-wait", min=0.0, help="with --farm: seconds work waits for an "
+                                    "offline phone before its configs are infra-failed"),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="with --farm: CA certificate (TLS)"),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="with --farm: this client's certificate"),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="with --farm: this client's private key"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a suite (or --resume one) and store every Result. Exit 1 if any config failed."""
@@ -311,11 +318,20 @@ def run(
     inventory = load_inventory(devices_file)
     overrides = {"device": device, "engine": engine, "model": model, "threads": threads, "precision": precision,
                  "backend": backend, "affinity": affinity}
+    if not farm and any((tls_ca, tls_cert, tls_key)):
+        raise DevicelabError("--tls-ca/--tls-cert/--tls-key: only with --farm")
     if resume:
         if suite or quick or any(overrides.values()):
             raise DevicelabError("--resume re-runs the stored suite; it takes no --suite, --quick or narrowing flags")
         store = open_store(db, create=False)
         store.get_run(resume)  # unknown ids fail here, before anything runs
+        parsed = None
+    elif farm:
+        from devicelab.config import parse_suite
+
+        raw, source = resolve_suite(suite, quick, overrides)
+        parse_suite(raw, source)  # every problem of the suite at once, before the farm is asked anything
+        store = open_store(db)
         parsed = None
     else:
         raw, source = resolve_suite(suite, quick, overrides)
@@ -330,7 +346,11 @@ def run(
             progress.event(kind, obj)
 
         try:
-            if resume:
+            if farm:
+                run_id = _run_on_farm(farm, (tls_ca, tls_cert, tls_key), farm_wait, store, resume,
+                                      None if resume else raw, None if resume else source, on_event)
+                results = store.results(run_id)
+            elif resume:
                 results = sweep.resume_run(store, resume, inventory, on_event)
                 run_id = resume
             else:
@@ -365,6 +385,98 @@ def run(
                               first="  ", rest="    ")
         out().print(f"report: {path}")
     raise typer.Exit(code)
+
+
+def _run_on_farm(address: str, tls_files: tuple[Optional[str], Optional[str], Optional[str]], wait_s: float,
+                 store: Any, resume: Optional[str], raw: Optional[dict[str, Any]], source: Optional[str],
+                 on_event: Any) -> str:
+    """A run (or --resume) on the farm: dask is imported here, never by a local run."""
+    from devicelab.farm import client as farm_client
+    from devicelab.farm.security import tls_options
+
+    tls = tls_options(*tls_files)
+    client = farm_client.connect(address, tls)
+    try:
+        if resume:
+            farm_client.resume_farm_run(client, store, resume, wait_s, on_event)
+            return resume
+        assert raw is not None and source is not None
+        return farm_client.start_farm_run(client, store, raw, source, sys.argv, wait_s, on_event)
+    finally:
+        client.close()
+
+
+farm_app = typer.Typer(no_args_is_help=True, help="The device farm: a Dask scheduler, an agent per host with phones, "
+                                                  "their health.")
+app.add_typer(farm_app, name="farm")
+TlsCaOpt = typer.Option(None, "--tls-ca", help="CA certificate: TLS on every farm connection")
+TlsCertOpt = typer.Option(None, "--tls-cert", help="this process's certificate (signed by the CA)")
+TlsKeyOpt = typer.Option(None, "--tls-key", help="this process's private key")
+
+
+@farm_app.command("scheduler")
+def farm_scheduler(
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0: every interface)"),
+    port: int = typer.Option(8786, "--port", min=0, max=65535, help="port (0: the OS picks one)"),
+    tls_ca: Optional[str] = TlsCaOpt, tls_cert: Optional[str] = TlsCertOpt, tls_key: Optional[str] = TlsKeyOpt,
+) -> None:
+    """Serve the farm's Dask scheduler (allowed-failures 0: a lost worker's task is never re-run). Prints its
+    address first."""
+    import asyncio
+
+    from devicelab.farm import scheduler
+    from devicelab.farm.security import tls_options
+
+    asyncio.run(scheduler.serve(host, port, tls_options(tls_ca, tls_cert, tls_key)))
+
+
+@farm_app.command("agent")
+def farm_agent(
+    scheduler: str = typer.Option(..., "--scheduler", metavar="ADDRESS", help="the scheduler (tcp://host:port)"),
+    db: Optional[str] = typer.Option(None, "--db", help="the store heartbeats go to (default: DEVICELAB_DB or the "
+                                                        "data folder)"),
+    beat_seconds: float = typer.Option(10.0, "--beat-seconds", min=0.1, help="heartbeat interval per phone"),
+    scan_seconds: float = typer.Option(10.0, "--scan-seconds", min=0.1, help="how often adb is asked for phones"),
+    tls_ca: Optional[str] = TlsCaOpt, tls_cert: Optional[str] = TlsCertOpt, tls_key: Optional[str] = TlsKeyOpt,
+) -> None:
+    """Run one Dask worker per phone attached to this host (adb), each its own process, until stopped."""
+    from devicelab.farm.agent import Agent
+    from devicelab.farm.client import store_location
+    from devicelab.farm.security import tls_options
+    from devicelab.store import open_store
+
+    tls = tls_options(tls_ca, tls_cert, tls_key)
+    store = open_store(db)  # created here if missing, so that the workers' first beats find it
+    location = store_location(store)
+    store.close()
+    err().print(f"devicelab farm agent: scheduler {scheduler}, heartbeats every {beat_seconds:g} s to {location}",
+                markup=False)
+    Agent(scheduler, location, beat_seconds, scan_seconds, tls, lambda m: err().print(m, markup=False)).serve()
+
+
+@farm_app.command("status")
+def farm_status(db: Optional[str] = DbOpt, as_json: bool = JsonOpt) -> None:
+    """Every farm phone: its state (idle, busy, unreachable, offline), last beat, battery, temperature, job."""
+    from datetime import datetime, timezone
+
+    from devicelab.farm.client import phone_state
+    from devicelab.store import open_store
+
+    beats = open_store(db, create=False).heartbeats()
+    now = datetime.now(timezone.utc)  # after reading: a beat written meanwhile is not in the future
+    rows = [{**b.to_dict(), "state": phone_state(b, now),
+             "age_s": round((now - datetime.fromisoformat(b.at)).total_seconds(), 1)} for b in beats]
+    if as_json:
+        _print_json(rows)
+        return
+    from devicelab.terminal import print_table
+
+    cells = [[r["device"], r["state"], f"{_when(r['at'])} ({r['age_s']:.0f} s ago)",
+              "" if r["battery_percent"] is None else f"{r['battery_percent']:g} %"
+              + (" charging" if r["charging"] else ""),
+              "" if r["temperature_c"] is None else f"{r['temperature_c']:.1f} °C", r["host"], r["job"] or ""]
+             for r in rows]
+    print_table(out(), ["phone", "state", "last beat (UTC)", "battery", "temperature", "host", "job"], cells)
 
 
 class _RunProgress:

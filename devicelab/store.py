@@ -54,6 +54,31 @@ class PlannedRow:
     unsupported: str | None = None  # why the plan knew it cannot run
 
 
+@dataclass
+class Heartbeat:
+    """A farm phone's latest beat (devicelab farm): how it was when its worker last looked. `missed` counts the
+    beats in a row that could not reach it; `job` is what its worker runs now (None: idle)."""
+
+    device: str
+    host: str
+    worker: str
+    at: str
+    interval_s: float
+    reachable: bool
+    missed: int = 0
+    battery_percent: float | None = None
+    temperature_c: float | None = None
+    charging: bool | None = None
+    job: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "host": self.host, "worker": self.worker, "at": self.at,
+                "interval_s": self.interval_s, "reachable": self.reachable, "missed": self.missed,
+                "battery_percent": self.battery_percent, "temperature_c": self.temperature_c,
+                "charging": self.charging, "job": self.job, "detail": self.detail}
+
+
 class ResultConflict(DevicelabError, ValueError):
     """A Result for a (run, identity key) that already has a different ok row: a finished measurement is never
     overwritten, by a resume, a retried farm task or a spool flush alike."""
@@ -86,6 +111,8 @@ class Store(Protocol):
     def add_acceptance(self, series_key: str, run_id: str, label: str, engine_version: str | None,
                        note: str | None) -> None: ...
     def acceptances(self) -> dict[str, str]: ...
+    def record_heartbeat(self, beat: Heartbeat) -> None: ...
+    def heartbeats(self) -> list[Heartbeat]: ...
     def close(self) -> None: ...
 
 
@@ -174,7 +201,15 @@ CREATE TABLE IF NOT EXISTS acceptances (
     note TEXT
 );
 """
-STORE_SCHEMA_VERSION = 5
+# v6: the farm's phone health, each phone's latest beat (devicelab farm status).
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS heartbeats (
+    device TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    beat_json TEXT NOT NULL
+);
+"""
+STORE_SCHEMA_VERSION = 6
 _USER_VERSION = STORE_SCHEMA_VERSION  # the name SQLite's PRAGMA gives it
 
 
@@ -251,7 +286,8 @@ class SqlStore:
         steps: list[tuple[int, Callable[[], None]]] = [
             (1, lambda: self._script(_SCHEMA)), (2, lambda: self._script(_SCHEMA_V2)),
             (3, self._migrate_results), (4, lambda: self._script(_SCHEMA_V4)),
-            (5, lambda: self._script(_SCHEMA_V5))]
+            (5, lambda: self._script(_SCHEMA_V5)),
+            (6, lambda: self._script(_SCHEMA_V6))]
         for target, step in steps:
             if version < target:
                 step()
@@ -429,6 +465,18 @@ class SqlStore:
         """Nightly series key → the run whose candidate was accepted last (its history restarts after it)."""
         rows = self._rows("SELECT series_key, run_id FROM acceptances ORDER BY created_at")
         return {k: r for k, r in rows}
+
+    # ---- the farm's phone health
+
+    def record_heartbeat(self, beat: Heartbeat) -> None:
+        """The phone's latest beat replaces its previous one (both databases run this upsert)."""
+        with self._write():
+            self._rows("INSERT INTO heartbeats VALUES (?,?,?) ON CONFLICT (device) DO UPDATE SET at=excluded.at, "
+                       "beat_json=excluded.beat_json", (beat.device, beat.at, json.dumps(beat.to_dict())))
+
+    def heartbeats(self) -> list[Heartbeat]:
+        """Every farm phone's latest beat, by device id."""
+        return [Heartbeat(**json.loads(r[0])) for r in self._rows("SELECT beat_json FROM heartbeats ORDER BY device")]
 
 
 class SqliteStore(SqlStore):

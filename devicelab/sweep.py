@@ -231,6 +231,27 @@ def git_state() -> dict[str, Any] | None:
 Progress = Callable[[str, Any], None]  # ("start", PlannedConfig) / ("result", Result)
 
 
+def lockstep_groups(todo: list[PlannedConfig], suite: Suite, lockstep: Callable[[str], bool]
+                    ) -> dict[str, list[PlannedConfig]]:
+    """identity key → the labels of its A/B config in the same round (in plan order), for devices that time
+    them in lockstep (`lockstep(device id)`); runner-protocol engines only (a tool times itself in one go) and not
+    while energy is measured (its window wants the device to itself). A farm task runs one such group."""
+    from devicelab.config import ab_pairs
+
+    if not suite.protocol.lockstep or suite.protocol.energy:
+        return {}
+    paired = {engine for engine, _, _ in ab_pairs(suite.engines)}
+    by_config: dict[tuple[Any, ...], list[PlannedConfig]] = {}
+    for pc in todo:
+        c = pc.config
+        if (pc.runnable and c.engine in paired and lockstep(c.device)
+                and not isinstance(get_engine(c.engine), ToolEngine)):
+            key = (c.device, c.engine, c.model, c.precision, c.backend, c.threads, tuple(c.cpus), c.affinity,
+                   c.repeat)
+            by_config.setdefault(key, []).append(pc)
+    return {pc.config.identity_key(): group for group in by_config.values() if len(group) > 1 for pc in group}
+
+
 class Executor:
     def __init__(self, store: Store, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
         self.store, self.run_id, self.p = store, run_id, prepared
@@ -327,23 +348,7 @@ class Executor:
         return {"rounds": rounds, "decided": counts["unknown"] == 0 and sum(counts.values()) > 0, "verdicts": counts}
 
     def _lockstep_groups(self, todo: list[PlannedConfig]) -> dict[str, list[PlannedConfig]]:
-        """identity key → the labels of its A/B config in the same round (in plan order), for devices that time
-        them in lockstep; runner-protocol engines only (a tool times itself in one go) and not while energy is
-        measured (its window wants the device to itself)."""
-        from devicelab.config import ab_pairs
-
-        if not self.p.suite.protocol.lockstep or self.p.suite.protocol.energy:
-            return {}
-        paired = {engine for engine, _, _ in ab_pairs(self.p.suite.engines)}
-        by_config: dict[tuple[Any, ...], list[PlannedConfig]] = {}
-        for pc in todo:
-            c = pc.config
-            if (pc.runnable and c.engine in paired and self.p.devices[c.device].lockstep
-                    and not isinstance(get_engine(c.engine), ToolEngine)):
-                key = (c.device, c.engine, c.model, c.precision, c.backend, c.threads, tuple(c.cpus), c.affinity,
-                       c.repeat)
-                by_config.setdefault(key, []).append(pc)
-        return {pc.config.identity_key(): group for group in by_config.values() if len(group) > 1 for pc in group}
+        return lockstep_groups(todo, self.p.suite, lambda device: self.p.devices[device].lockstep)
 
     def _job(self, pc: PlannedConfig) -> Job | str:
         """The config as a session runs it, or why its model could not be converted."""

@@ -16,9 +16,10 @@ from devicelab.store import SqliteStore
 from helpers import DEVICELAB, HISTORY_RUNS, devicelab, store_history
 
 # The data stack, the report's templates, the engines, the phone library; and pydantic, which typer (0.29) loads to
-# convert parameters unless devicelab.cli._defer_typer_coercion keeps it for the values that need converting.
+# convert parameters unless devicelab.cli._defer_typer_coercion keeps it for the values that need converting; Dask,
+# which only the farm commands load.
 HEAVY = ("numpy", "pandas", "scipy", "jinja2", "onnx", "onnxruntime", "adbutils", "pyarrow", "sklearn", "openvino",
-         "ncnn", "MNN", "ai_edge_litert", "pydantic")
+         "ncnn", "MNN", "ai_edge_litert", "pydantic", "dask", "distributed")
 
 # A fresh interpreter runs devicelab.cli.main(argv) and writes the names in sys.modules to a file, whatever the exit.
 PROBE = """

@@ -82,6 +82,8 @@ def violations(rules: list[tuple[tuple[str, ...], tuple[str, ...], str]] = RULES
         # The PostgreSQL client has one home too: SQLite users never import it.
         if "psycopg" in {d.split(".")[0] for d in deps} and not _within(name, "devicelab.store_pg"):
             found.append(f"{name} imports psycopg (only devicelab.store_pg may)")
+        if {"dask", "distributed"} & {d.split(".")[0] for d in deps} and not _within(name, "devicelab.farm"):
+            found.append(f"{name} imports Dask (only devicelab.farm may)")
     return found
 
 
@@ -133,7 +135,7 @@ def test_results_are_created_in_the_session_and_rows_only() -> None:
 REPLACES = {
     ("devicelab.plan", "r"), ("devicelab.plan", "r.config"),
     ("devicelab.measure", "ProtocolSettings()"),
-    ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"),
+    ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"), ("devicelab.farm.client", "suite"),
     ("devicelab.engines.tool_base", "self"),
     ("devicelab.engines.tool_benchmark_model", "prepared"),
     ("devicelab.engines.tool_benchncnn", "run"),

@@ -1,0 +1,410 @@
+"""`devicelab run --farm`: plan as a local run does, then one Dask task per config (or per lockstep group of A/B
+labels) bound to its phone's resource; completions stream back for the progress bar while the workers commit the
+Results to the run's store. Also the connect checks and `devicelab farm status`."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import devicelab
+from devicelab import rows, sweep
+from devicelab.config import ConfigError, Suite, parse_suite
+from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.facts import DeviceFacts
+from devicelab.farm import MISSED_BEATS_OFFLINE, resource
+from devicelab.plan import PlannedConfig, expand
+from devicelab.result import INFRA_FAILED, Result, utc_now
+from devicelab.session import Job
+from devicelab.store import FINISHED, INTERRUPTED, Heartbeat, PlannedRow, RunRecord, Store
+
+# What must match between this client, the scheduler and every worker: a task is pickled here and run there.
+MATCHING = ("devicelab", "dask", "distributed", "cloudpickle", "msgpack")
+
+
+# --------------------------------------------------------------------------------------------------
+# Connecting
+
+
+def connect(address: str, tls: tuple[str, str, str] | None, timeout: float = 30) -> Any:
+    """A Client of the farm, checked: its scheduler never re-runs a task, and every host runs the same devicelab
+    (and Dask) as this one. Each refusal is one line."""
+    from distributed import Client
+
+    from devicelab.farm.security import security
+
+    try:
+        client = Client(address, security=security(tls), timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as e:
+        raise DevicelabError(f"--farm {address}: cannot connect to the scheduler: {e}") from None
+    try:
+        check_farm(client, address)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _allowed_failures(dask_scheduler: Any) -> int:
+    return int(dask_scheduler.allowed_failures)
+
+
+def check_farm(client: Any, address: str) -> None:
+    allowed = client.run_on_scheduler(_allowed_failures)
+    if allowed != 0:
+        raise DevicelabError(f"--farm {address}: the scheduler re-runs a task up to {allowed} times after its worker "
+                             "is lost (distributed.scheduler.allowed-failures); start it with `devicelab farm "
+                             "scheduler`, which sets 0")
+    problem = version_problem(client.get_versions(packages=["devicelab"]), names=_worker_names(client))
+    if problem:
+        raise DevicelabError(f"--farm {address}: {problem}: refused")
+
+
+def _worker_names(client: Any) -> dict[str, str]:
+    return {addr: str(w.get("name")) for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+
+
+def version_problem(versions: dict[str, Any], names: dict[str, str] | None = None) -> str | None:
+    """The first host whose devicelab, dask, distributed, cloudpickle, msgpack or Python (major.minor) differs
+    from this client's, as one phrase; None when all match. `versions` is distributed's get_versions()."""
+    names = names or {}
+
+    def packages(entry: Any) -> dict[str, str]:
+        pkgs = dict((entry or {}).get("packages") or {})
+        pkgs["python"] = ".".join(str(pkgs.get("python", "")).split(".")[:2])
+        return {k: str(v) for k, v in pkgs.items()}
+
+    mine = packages(versions.get("client"))
+    hosts = [("the scheduler", versions.get("scheduler"))]
+    hosts += [(f"worker {names.get(addr, addr)} ({addr})", v) for addr, v in (versions.get("workers") or {}).items()]
+    for who, entry in hosts:
+        theirs = packages(entry)
+        for pkg in ("python", *MATCHING):
+            if pkg == "devicelab" and who == "the scheduler" and theirs.get(pkg) in (None, "None"):
+                continue  # a scheduler needs no devicelab beyond the one that started it
+            if theirs.get(pkg) != mine.get(pkg):
+                return f"{who} runs {pkg} {theirs.get(pkg, 'MISSING')}, this client {mine.get(pkg, 'MISSING')}"
+    return None
+
+
+@dataclass
+class FarmPhone:
+    serial: str
+    address: str
+    available: bool  # its worker offers the phone's resource (0 while the phone is offline)
+
+
+def farm_phones(client: Any) -> dict[str, FarmPhone]:
+    """The phones the scheduler knows, by serial (a worker's name)."""
+    out: dict[str, FarmPhone] = {}
+    for addr, w in client.scheduler_info(n_workers=-1)["workers"].items():
+        serial = str(w.get("name"))
+        quantity = (w.get("resources") or {}).get(resource(serial))
+        if quantity is not None:
+            out[serial] = FarmPhone(serial, addr, quantity >= 1)
+    return out
+
+
+def phone_facts(client: Any, phones: dict[str, FarmPhone]) -> dict[str, DeviceFacts | str]:
+    from devicelab.farm.worker import phone_facts as on_worker
+
+    if not phones:
+        return {}
+    found = client.run(on_worker, workers=[p.address for p in phones.values()], on_error="return")
+    by_addr = {p.address: p.serial for p in phones.values()}
+    return {by_addr[a]: (f if isinstance(f, (DeviceFacts, str)) else f"{type(f).__name__}: {f}")
+            for a, f in found.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning on the farm
+
+
+def select_farm_devices(suite: Suite, facts: dict[str, DeviceFacts | str], source: str) -> Suite:
+    """The suite's devices among the farm's phones (all reachable ones when it names none): one ConfigError naming
+    every device that is not there."""
+    usable = {serial: f for serial, f in facts.items() if isinstance(f, DeviceFacts)}
+    if suite.devices is None:
+        if not usable:
+            raise DevicelabError(f"the farm has no reachable phone ({len(facts)} workers)")
+        return dataclasses.replace(suite, devices=tuple(sorted(usable)))
+    problems = []
+    for i, name in enumerate(suite.devices):
+        if name not in usable:
+            why = f" ({facts[name]})" if isinstance(facts.get(name), str) else ""
+            problems.append(f"devices[{i}]: " + unknown_name_message("farm phone", name, sorted(usable)) + why)
+    if problems:
+        raise ConfigError(source, problems)
+    return suite
+
+
+@dataclass
+class Task:
+    device: str
+    planned: list[PlannedConfig]
+    jobs: list[Job]
+    future: Any = None
+    submitted_at: float | None = None
+
+
+@dataclass
+class FarmRun:
+    """One run on the farm, from plan to the last row."""
+
+    client: Any
+    store: Store
+    run_id: str
+    prepared: sweep.Prepared
+    wait_s: float  # how long work waits for a phone that is offline or has no worker, before its rows are infra-failed
+    progress: Callable[[str, Any], None] = lambda kind, obj: None
+    poll_s: float = 0.5
+    location: str = ""
+    _unavailable: dict[str, float] = field(default_factory=dict)
+    _before: dict[str, str | None] = field(default_factory=dict)  # infra-failed rows before this execution
+
+    def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        from distributed import as_completed
+
+        todo = [pc for pc in self.prepared.planned if pc.config.identity_key() not in skip]
+        self._before = {r.config.identity_key(): r.started_at for r in self.store.results(self.run_id)
+                        if r.status == INFRA_FAILED}
+        self.progress("planned", sum(pc.runnable for pc in todo))
+        executor = sweep.Executor(self.store, self.run_id, self.prepared)  # its model conversions, as a local run
+        from devicelab.devices import transport_class
+
+        kinds = {d: str(f.get("kind", "android")) for d, f in self.prepared.facts.items()}
+        groups = sweep.lockstep_groups(todo, self.prepared.suite, lambda d: transport_class(kinds[d]).lockstep)
+        tasks: list[Task] = []
+        seen: set[str] = set()
+        for pc in todo:
+            key = pc.config.identity_key()
+            if key in seen:
+                continue
+            if not pc.runnable:
+                seen.add(key)
+                self._commit(rows.unsupported(self.run_id, pc.config, str(pc.unsupported)))
+                continue
+            group = groups.get(key, [pc])
+            seen.update(m.config.identity_key() for m in group)
+            jobs: list[Job] = []
+            for member in group:
+                made = executor._job(member)  # conversion happens here, once per (engine, model, precision)
+                if isinstance(made, str):
+                    self._commit(rows.not_converted(self.run_id, member.config, made))
+                else:
+                    jobs.append(made)
+            if jobs:
+                tasks.append(Task(pc.config.device, group, jobs))
+        finished = False
+        ac = as_completed([], with_results=False, loop=self.client.loop)
+        try:
+            while True:
+                self._submit_ready(tasks, ac)
+                for future in ac.next_batch(block=False) if ac.has_ready() else []:
+                    self._finished(next(t for t in tasks if t.future is future))
+                if all(t.future is not None and t.future.done() for t in tasks) and not ac.has_ready() \
+                        and ac.is_empty():
+                    break
+                time.sleep(self.poll_s)
+            finished = True
+        finally:
+            if not finished:
+                for t in tasks:
+                    if t.future is not None and not t.future.done():
+                        t.future.cancel()
+            self.store.set_run_status(self.run_id, FINISHED if finished else INTERRUPTED)
+            self._end_run({t.device for t in tasks})
+
+    def _end_run(self, devices: set[str]) -> None:
+        """Each phone of the run closed by its worker (its begin_run undone); a worker that is gone has nothing to
+        close, and one that does not answer closes it at its next run or when it stops."""
+        from devicelab.farm.worker import end_run
+
+        workers = [p.address for d, p in farm_phones(self.client).items() if d in devices]
+        if workers:
+            try:
+                self.client.run(end_run, self.run_id, workers=workers, on_error="return")
+            except Exception:  # noqa: BLE001 - best effort, as a local run's close of a phone that went away
+                pass
+
+    def _submit_ready(self, tasks: list[Task], ac: Any) -> None:
+        """Submit the work of every phone that is available now; a phone unavailable for longer than wait_s gets its
+        waiting work (not submitted, or submitted and not started) as infra-failed rows, its futures cancelled."""
+        pending = [t for t in tasks if t.future is None or not t.future.done()]
+        if not pending:
+            return
+        phones = farm_phones(self.client)
+        now = time.monotonic()
+        for device in {t.device for t in pending}:
+            phone = phones.get(device)
+            if phone is not None and phone.available:
+                self._unavailable.pop(device, None)
+                for t in pending:
+                    if t.device == device and t.future is None:
+                        t.future = self.client.submit(
+                            _run_task, self.location, t.jobs, resources={resource(device): 1}, pure=False,
+                            key=f"devicelab-{self.run_id}-{t.jobs[0].config.identity_key()}")
+                        t.submitted_at = now
+                        ac.add(t.future)
+                continue
+            since = self._unavailable.setdefault(device, now)
+            if now - since < self.wait_s:
+                continue
+            why = ("no farm worker" if phone is None else "offline (missed heartbeats; its resource is 0)")
+            for t in pending:
+                if t.device != device:
+                    continue
+                if t.future is None:
+                    self._write_lost(t, f"{why} for {self.wait_s:g} s: never started (devicelab run --resume runs it)")
+                    t.future = _Done()
+                elif not t.future.done():
+                    t.future.cancel()
+                    self._write_lost(t, f"{why} for {self.wait_s:g} s: not started on it (devicelab run --resume "
+                                        "runs it)")
+
+    def _finished(self, t: Task) -> None:
+        status = t.future.status
+        if status == "finished":
+            for result, committed in t.future.result():
+                if not committed:
+                    # The worker could not reach the store and keeps the row in its spool; the client writes it too
+                    # (a write of the same row is a no-op), so the row is there as soon as either side reaches it.
+                    self.progress("notice", {"device": t.device, "message": f"{result.status} row spooled on the "
+                                                                             "worker's host: the store was unreachable"})
+                    try:
+                        self.store.add_result(result)
+                    except Exception:  # noqa: BLE001 - unreachable here too: the worker's spool flushes it later
+                        pass
+                self.progress("result", result)
+            return
+        if status == "cancelled":
+            return  # its rows were written when it was given up
+        exc = t.future.exception()
+        from distributed.scheduler import KilledWorker
+
+        if isinstance(exc, KilledWorker):
+            why = ("its farm worker was lost while the task was on it (allowed-failures 0: no re-run; devicelab run "
+                   "--resume runs it)")
+        else:
+            why = f"farm task failed: {type(exc).__name__}: {exc}"
+        self._write_lost(t, why)
+
+    def _write_lost(self, t: Task, why: str) -> None:
+        """infra-failed rows for the configs of `t` that got no row in this execution (its worker may have
+        committed some before it was lost; an infra-failed row of an earlier attempt is replaced)."""
+        stored = {r.config.identity_key(): r.started_at for r in self.store.results(self.run_id)}
+        for job in t.jobs:
+            key = job.config.identity_key()
+            if key not in stored or stored[key] == self._before.get(key):
+                self._commit(rows.device_gone(self.run_id, job.config, why))
+
+    def _commit(self, result: Result) -> None:
+        self.store.add_result(result)
+        self.progress("result", result)
+
+
+class _Done:
+    """A finished stand-in for a task that was never submitted (its rows are written)."""
+
+    status = "cancelled"
+
+    def done(self) -> bool:
+        return True
+
+
+def _run_task(location: str, jobs: list[Job]) -> Any:
+    from devicelab.farm.worker import run_task
+
+    return run_task(location, jobs)
+
+
+def store_location(store: Store) -> str:
+    """What a worker is told: the store's location without credentials — a PostgreSQL URL without its password
+    (each host has its own libpq password file or service), a SQLite path made absolute."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    from devicelab.store import is_postgres_url
+
+    location = store.location
+    if not is_postgres_url(location):
+        return os.path.abspath(location)
+    parts = urlsplit(location)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        netloc = f"{user}@{host}" if user else host
+    query = "&".join(q for q in parts.query.split("&") if q and not q.lower().startswith("password="))
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def prepare_farm(client: Any, suite: Suite, source: str, seed: int, stored: list[PlannedConfig] | None = None,
+                 skip: set[str] | frozenset[str] = frozenset()) -> sweep.Prepared:
+    """As sweep.prepare, with the farm's phones (their workers' facts) for devices: the plan made, or a run's
+    `stored` plan checked against what the farm and this client have for the configs still to run."""
+    phones = farm_phones(client)
+    facts = phone_facts(client, phones)
+    suite = select_farm_devices(suite, facts, source)
+    if suite.min_repeats:
+        raise DevicelabError("protocol.min_repeats (adaptive A/B rounds) is not supported with --farm yet: "
+                             "every round is planned up front; drop min_repeats")
+    chosen = [f for d in suite.devices or () if isinstance(f := facts[d], DeviceFacts)]
+    models = sweep.resolve_models(suite)
+    engines = {(spec.name, spec.label): sweep.engine_info(spec, []) for spec in suite.engines}
+    if stored is None:
+        planned = expand(suite, chosen, engines, models, seed)
+    else:
+        planned = stored
+        mismatch = sweep.replan_problems([pc for pc in stored if pc.config.identity_key() not in skip],
+                                         {f.id: f for f in chosen}, engines, models)
+        if mismatch:
+            raise DevicelabError(mismatch[0] + (f" (and {len(mismatch) - 1} more)" if len(mismatch) > 1 else ""))
+    return sweep.Prepared(suite, seed, {}, models, engines, planned, {f.id: f.to_dict() for f in chosen})
+
+
+def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, argv: list[str], wait_s: float,
+                   progress: Callable[[str, Any], None]) -> str:
+    import secrets
+
+    suite = parse_suite(raw, source)
+    seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
+    prepared = prepare_farm(client, suite, source, seed)
+    run_id = sweep.new_run_id()
+    store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
+                               {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
+                               devicelab.__version__, sweep.git_state(), argv),
+                     [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
+    progress("run", run_id)
+    FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute()
+    return run_id
+
+
+def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progress: Callable[[str, Any], None]
+                    ) -> None:
+    record = store.get_run(run_id)
+    suite = parse_suite(record.suite, f"run {run_id}")
+    stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]
+    prepared = prepare_farm(client, suite, f"run {run_id}", record.seed, stored or None, store.done_keys(run_id))
+    store.set_run_status(run_id, "running")
+    FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute(
+        skip=store.done_keys(run_id))
+
+
+# --------------------------------------------------------------------------------------------------
+# Status
+
+
+def phone_state(beat: Heartbeat, now: datetime) -> str:
+    """offline after MISSED_BEATS_OFFLINE missed beats: unreachable that many times in a row, or no beat for that
+    many intervals (its worker or agent is gone); else unreachable, busy or idle."""
+    age = (now - datetime.fromisoformat(beat.at)).total_seconds()
+    if beat.missed >= MISSED_BEATS_OFFLINE or age > MISSED_BEATS_OFFLINE * beat.interval_s:
+        return "offline"
+    if not beat.reachable:
+        return "unreachable"
+    return "busy" if beat.job else "idle"

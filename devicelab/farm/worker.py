@@ -1,0 +1,453 @@
+"""One farm worker: a Dask worker process bound to one phone (`python -m devicelab.farm.worker`, started by the
+agent). Its plugin beats the phone's health into the store and takes the phone's resource to 0 while the phone is
+offline; its tasks run configs through the same session code as a local run and commit each Result to the run's
+store, or to a host-local spool while that store is unreachable."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from pathlib import Path
+from typing import Any
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from devicelab import rows, session
+from devicelab.devices import Transport, open_device
+from devicelab.errors import DevicelabError
+from devicelab.facts import DeviceEntry, DeviceFacts
+from devicelab.farm import MISSED_BEATS_OFFLINE, PLUGIN_NAME, resource
+from devicelab.result import Result, utc_now
+from devicelab.session import Job
+from devicelab.store import Heartbeat, Store, open_store
+
+
+def phone_entry(serial: str) -> DeviceEntry:
+    """The phone as a discovered adb device (its id is its serial, as in a local run without an inventory)."""
+    return DeviceEntry(serial, "android", {"serial": serial, "discovered": True})
+
+
+def job_label(jobs: Sequence[Job]) -> str:
+    """What a task runs, for `devicelab farm status`: run, engine [labels], model, precision, threads, round."""
+    c = jobs[0].config
+    labels = ",".join(j.config.label for j in jobs if j.config.label)
+    return (f"{jobs[0].run_id}: {c.engine}{f' [{labels}]' if labels else ''} {c.model} {c.precision} "
+            f"{c.threads}t round {c.repeat + 1}")
+
+
+# --------------------------------------------------------------------------------------------------
+# The spool: Results that could not reach the store, kept on this host until it is back
+
+
+class Spool:
+    """Results waiting for their store, one JSON line each ({"location", "result"}) in a file of this host, in the
+    order they were made. A Result goes to the store only after every spooled one before it (so a later row never
+    overtakes an earlier one of the same config). Stores are opened per write: a store that was unreachable is
+    looked for again next time, never through a connection that broke."""
+
+    def __init__(self, path: Path, opener: Callable[[str], Store] | None = None) -> None:
+        self.path = path
+        self.opener = opener or existing_store
+        self.rejected = path.with_suffix(".rejected.jsonl")
+        self._lock = threading.Lock()
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._read())
+
+    def write(self, location: str, result: Result) -> bool:
+        """Commit `result` to the store at `location` (True), or keep it in the spool (False) when that store, or an
+        earlier spooled Result, cannot be written now."""
+        with self._lock:
+            if self._flush() == 0 and self._commit(location, result):
+                return True
+            self._append([{"location": location, "result": result.to_dict()}])
+            return False
+
+    def flush(self) -> int:
+        """Write what the spool holds to its stores; how many Results are still waiting."""
+        with self._lock:
+            return self._flush()
+
+    def _commit(self, location: str, result: Result) -> bool:
+        try:
+            store = self.opener(location)
+        except Exception:  # noqa: BLE001 - any store that cannot be opened is unreachable for now: keep the row
+            return False
+        try:
+            store.add_result(result)
+            return True
+        except ValueError:  # refused: an ok row of this config is stored; the same row committed before is done
+            if any(r.to_json() == result.to_json() for r in store.results(result.run_id)
+                   if r.config.identity_key() == result.config.identity_key()):
+                return True
+            self._append([{"location": location, "result": result.to_dict(), "refused": True}], self.rejected)
+            return True
+        except Exception:  # noqa: BLE001 - the store went away mid-write (locked, disk, network): keep the row
+            return False
+        finally:
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                pass
+
+    def _flush(self) -> int:
+        waiting = self._read()
+        if not waiting:
+            return 0
+        for i, entry in enumerate(waiting):
+            if not self._commit(entry["location"], Result.from_dict(entry["result"])):
+                self._rewrite(waiting[i:])
+                return len(waiting) - i
+        self._rewrite([])
+        return 0
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def _append(self, entries: list[dict[str, Any]], path: Path | None = None) -> None:
+        path = path or self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            for entry in entries:
+                f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())  # a spooled Result survives the worker's host going down
+
+    def _rewrite(self, entries: list[dict[str, Any]]) -> None:
+        if not entries:
+            self.path.unlink(missing_ok=True)
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+        os.replace(tmp, self.path)
+
+
+def existing_store(location: str) -> Store:
+    """The store at `location`, never a new one: a missing SQLite file is a store that cannot be reached (a fresh
+    file there would hold rows of a run it does not know)."""
+    return open_store(location, create=False)
+
+
+def spool_path(serial: str) -> Path:
+    """This host's spool for one phone, under devicelab's data folder."""
+    from devicelab import paths
+
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in serial)
+    return paths.data_dir() / "farm" / f"spool-{safe}.jsonl"
+
+
+# --------------------------------------------------------------------------------------------------
+# The worker plugin: heartbeat, the phone's resource, and the tasks
+
+
+def beat_values(state: dict[str, Any]) -> dict[str, Any]:
+    """Battery %, a temperature (the battery's, else the hottest zone) and charging, from a transport's state()."""
+    power = state.get("power") or {}
+    temps = [t for t in (state.get("temperatures_c") or {}).values() if isinstance(t, (int, float))]
+    temperature = power.get("battery_temp_c")
+    if temperature is None and temps:
+        temperature = max(temps)
+    return {"battery_percent": power.get("battery_percent"), "temperature_c": temperature,
+            "charging": state.get("charging")}
+
+
+class PhonePlugin(WorkerPlugin):
+    """The Dask worker plugin of one phone.
+
+    Every `beat_s` seconds it reads the phone's state (battery, temperature, charging) and writes a Heartbeat to
+    the store at `location`; a beat that cannot reach the phone is a missed beat. After MISSED_BEATS_OFFLINE missed
+    beats in a row the phone's resource goes to 0 (the scheduler gives it no work), and back to 1 on the first beat
+    that reaches it again. While a task runs, the beat does not touch the phone (it is measuring): it says which job
+    runs and repeats the last values read."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, serial: str, location: str, beat_s: float, spool: Spool) -> None:
+        self.serial, self.location, self.beat_s, self.spool = serial, location, beat_s, spool
+        self.worker: Any = None
+        self.missed = 0
+        self.offline = False
+        self.job: str | None = None
+        self.last: dict[str, Any] = {}
+        self.facts: DeviceFacts | None = None  # read once reachable: a run can be planned while the phone is away
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._run: tuple[str, Transport, dict[str, Any]] | None = None  # (run id, open transport, idle baseline)
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"read {serial}")
+        self._reading: Future[dict[str, Any]] | None = None
+
+    # ---- life cycle (called by distributed)
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+        self._thread = threading.Thread(target=self._beats, name=f"heartbeat {self.serial}", daemon=True)
+        self._thread.start()
+
+    def teardown(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.beat_s + 30)
+        self._close_run()
+        self._reader.shutdown(wait=False, cancel_futures=True)
+
+    # ---- the heartbeat
+    def _beats(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.beat()
+            except Exception as e:  # noqa: BLE001 - a beat must never end the thread: say why, beat again
+                print(f"{self.serial}: heartbeat failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            self.spool.flush()  # the store may be back: what waited goes first
+            self._stop.wait(max(0.0, self.beat_s - (time.monotonic() - started)))
+
+    def beat(self) -> Heartbeat:
+        with self._lock:
+            job = self.job
+        detail: dict[str, Any] = {"pid": os.getpid(), "spooled": self.spool.pending()}
+        if job is not None:
+            reachable, values = True, dict(self.last)
+            detail["read"] = "not read during a job"
+        else:
+            reachable, values, error = self._read()
+            if error:
+                detail["error"] = error
+        self.missed = 0 if reachable else self.missed + 1
+        if self.missed >= MISSED_BEATS_OFFLINE and not self.offline:
+            self.offline = True
+            self._set_resource(0)
+        elif reachable and self.offline:
+            self.offline = False
+            self._set_resource(1)
+        beat = Heartbeat(device=self.serial, host=platform.node(), worker=str(getattr(self.worker, "address", "")),
+                         at=utc_now(), interval_s=self.beat_s, reachable=reachable, missed=self.missed, job=job,
+                         detail=detail, **values)
+        self._write_beat(beat)
+        return beat
+
+    def _read(self) -> tuple[bool, dict[str, Any], str | None]:
+        """The phone's state, read within one beat interval (at least a second): adb can take much longer to give
+        up on a phone that is gone, and a beat that does not come back in time is a missed beat. A read still
+        running from an earlier beat is not doubled."""
+        if self._reading is None or self._reading.done():
+            self._reading = self._reader.submit(self._read_phone)
+        try:
+            values = self._reading.result(timeout=max(1.0, self.beat_s))
+        except FuturesTimeout:
+            return False, {}, f"no answer within {max(1.0, self.beat_s):g} s"
+        except Exception as e:  # noqa: BLE001 - unreachable is what a beat finds out, whatever the cause
+            return False, {}, f"{type(e).__name__}: {e}"[:300]
+        self.last = values
+        return True, values, None
+
+    def _read_phone(self) -> dict[str, Any]:
+        phone = open_device(phone_entry(self.serial))
+        values = beat_values(phone.state())
+        if self.facts is None:
+            self.facts = phone.facts()
+        return values
+
+    def _write_beat(self, beat: Heartbeat) -> None:
+        """A beat is not spooled: the next one replaces it, and a stale beat says the store could not be reached."""
+        try:
+            store = existing_store(self.location)
+        except Exception:  # noqa: BLE001 - the store is unreachable: this beat is lost, the next one tries again
+            return
+        try:
+            store.record_heartbeat(beat)
+        except Exception:  # noqa: BLE001 - as above
+            pass
+        finally:
+            store.close()
+
+    def _set_resource(self, quantity: int) -> None:
+        """The phone's resource on this worker and the scheduler. Called from the beat thread: the change runs on
+        the worker's event loop, where distributed expects it."""
+        if self.worker is None:
+            return
+
+        async def change() -> None:
+            await self.worker.set_resources(**{resource(self.serial): quantity})
+            if quantity:
+                # set_resources is no state-machine event: tasks that waited for the resource on this worker would
+                # wait for the next event; unpausing (the worker runs) lets the worker start them now.
+                from distributed.core import Status
+                from distributed.worker_state_machine import UnpauseEvent
+
+                if self.worker.status == Status.running:
+                    self.worker.handle_stimulus(UnpauseEvent(stimulus_id=f"phone-back-{time.time()}"))
+
+        future = asyncio.run_coroutine_threadsafe(change(), self.worker.loop.asyncio_loop)
+        try:
+            future.result(timeout=30)
+            print(f"{self.serial}: {'back: resource 1' if quantity else 'offline: resource 0'}", file=sys.stderr,
+                  flush=True)
+        except Exception as e:  # noqa: BLE001 - the next beat tries again
+            print(f"{self.serial}: setting the resource to {quantity} failed: {e}", file=sys.stderr, flush=True)
+            self.offline = not quantity
+
+    # ---- tasks
+    def run(self, location: str, jobs: Sequence[Job]) -> list[tuple[Result, bool]]:
+        """Run one config (or the A/B labels of one, together) on the phone; each Result committed to the run's
+        store or spooled on this host. (Result, committed) per job, in order."""
+        label = job_label(jobs)
+        with self._lock:
+            self.job = label
+        print(f"{self.serial}: start {label}", file=sys.stderr, flush=True)
+        try:
+            self.beat_soon()
+            results = self._run_jobs(jobs)
+            out = [(r, self.spool.write(location, r)) for r in results]
+        finally:
+            with self._lock:
+                self.job = None
+            print(f"{self.serial}: end {label}", file=sys.stderr, flush=True)
+            self.beat_soon()
+        return out
+
+    def beat_soon(self) -> None:
+        """A beat now (not waiting for the next one), so status shows a job the moment it starts and ends."""
+        threading.Thread(target=self._quiet_beat, daemon=True).start()
+
+    def _quiet_beat(self) -> None:
+        try:
+            with self._lock:
+                job = self.job
+            self._write_beat(Heartbeat(device=self.serial, host=platform.node(),
+                                       worker=str(getattr(self.worker, "address", "")), at=utc_now(),
+                                       interval_s=self.beat_s, reachable=not self.offline, missed=self.missed,
+                                       job=job, detail={"pid": os.getpid(), "read": "job start/end"},
+                                       **self.last))
+        except Exception:  # noqa: BLE001 - best effort: the periodic beat follows
+            pass
+
+    def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
+        run_id = jobs[0].run_id
+        wrong = [j for j in jobs if j.config.device != self.serial]
+        if wrong:  # only a task bound to this phone's resource belongs here: never measure another phone's config
+            return [rows.device_gone(run_id, j.config, f"the task reached the worker of {self.serial}") for j in jobs]
+        try:
+            transport, baseline = self._transport(run_id)
+        except (DevicelabError, OSError) as e:
+            return [rows.device_gone(run_id, j.config, str(e)) for j in jobs]
+        cooldown = session.cooldown(transport, baseline, jobs[0].settings)
+        try:
+            return session.run_jobs(transport, list(jobs), cooldown)
+        except OSError as e:  # the session makes rows of device faults; this is the device failing outside them
+            return [rows.device_gone(run_id, j.config, str(e)) for j in jobs]
+
+    def _transport(self, run_id: str) -> tuple[Transport, dict[str, Any]]:
+        """The phone opened and set up for this run (begin_run, idle baseline) once, kept for its next tasks; a task
+        of another run closes it first (undoing what begin_run changed)."""
+        if self._run is not None and self._run[0] == run_id:
+            return self._run[1], self._run[2]
+        self._close_run()
+        transport = open_device(phone_entry(self.serial))
+        transport.facts()
+        transport.begin_run()
+        self._run = (run_id, transport, session.idle_baseline(transport))
+        return self._run[1], self._run[2]
+
+    def _close_run(self) -> None:
+        if self._run is not None:
+            try:
+                self._run[1].close()
+            except Exception:  # noqa: BLE001 - a phone that went away cannot be set back
+                pass
+            self._run = None
+
+
+def _plugin() -> PhonePlugin:
+    from distributed import get_worker
+
+    plugin: PhonePlugin = get_worker().plugins[PLUGIN_NAME]
+    return plugin
+
+
+def run_task(location: str, jobs: list[Job]) -> list[tuple[Result, bool]]:
+    """The farm's task (pickled by reference: every farm host has the same devicelab, checked on connect)."""
+    return _plugin().run(location, jobs)
+
+
+def phone_facts(dask_worker: Any) -> DeviceFacts | str:
+    """This worker's phone's facts, for the client's planning (run with client.run); why not when unreachable."""
+    plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
+    if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
+        try:
+            plugin.facts = open_device(phone_entry(plugin.serial)).facts()
+        except (DevicelabError, OSError) as e:
+            return str(e)
+    return plugin.facts
+
+
+def end_run(run_id: str, dask_worker: Any) -> bool:
+    """The run is over (client.run on its workers): close the phone now, undoing what begin_run changed, rather than
+    when the next run's first task arrives. True when this worker had it open."""
+    plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
+    if plugin._run is not None and plugin._run[0] == run_id and plugin.job is None:
+        plugin._close_run()
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The process
+
+
+async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: tuple[str, str, str] | None) -> None:
+    import dask
+    from distributed import Worker
+
+    from devicelab.farm.security import security
+
+    plugin = PhonePlugin(serial, location, beat_s, Spool(spool_path(serial)))
+    # distributed always starts an HTTP server next to a worker; with no routes it serves nothing (no metrics, no
+    # task names) to whoever reaches its port.
+    dask.config.set({"distributed.worker.http.routes": []})
+    worker = Worker(scheduler, name=serial, nthreads=1, resources={resource(serial): 1}, security=security(tls),
+                    plugins=(plugin,), dashboard=False, host="127.0.0.1" if _loopback(scheduler) else None,
+                    protocol="tls" if tls else None)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.close(reason="agent stopped")))
+    await worker
+    print(f"worker {serial} {worker.address} pid {os.getpid()}", flush=True)
+    await worker.finished()
+
+
+def _loopback(address: str) -> bool:
+    return "://127.0.0.1:" in address or "://localhost:" in address
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="devicelab.farm.worker", description="One farm worker for one phone.")
+    parser.add_argument("--scheduler", required=True)
+    parser.add_argument("--serial", required=True)
+    parser.add_argument("--db", required=True, help="where heartbeats go (a store location, no credentials)")
+    parser.add_argument("--beat-seconds", type=float, default=10.0)
+    parser.add_argument("--tls-ca")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
+    args = parser.parse_args(argv)
+    from devicelab.farm.security import tls_options
+
+    tls = tls_options(args.tls_ca, args.tls_cert, args.tls_key)
+    asyncio.run(serve(args.scheduler, args.serial, args.db, args.beat_seconds, tls))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
