@@ -26,7 +26,7 @@ from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
 from devicelab.farm.client import phone_state
 from devicelab.result import Result
 from devicelab.errors import DevicelabError
-from devicelab.store import Heartbeat, SqliteStore, open_store
+from devicelab.store import Heartbeat, open_store
 
 BEAT_S = 1.0
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0, "cooldown_timeout_seconds": 20}

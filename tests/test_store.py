@@ -16,7 +16,7 @@ import pytest
 from devicelab.errors import DevicelabError
 from devicelab.result import (FAILED, INFRA_FAILED, OK, RESULT_FIELDS, SCHEMA_VERSION, UNSUPPORTED, Config,
                               EnergyWindow, Result, RunProtocol, Warmup, migrate)
-from devicelab.store import FINISHED, STORE_SCHEMA_VERSION, RunRecord, SqliteStore, Store, open_store
+from devicelab.store import FINISHED, STORE_SCHEMA_VERSION, RunRecord, SqliteStore, open_store
 from helpers import StoreTarget
 
 # A database written by devicelab's v1 code (HEAD 53685ed): a quick host run (ok rows of two engines, an A/B pair
