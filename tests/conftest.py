@@ -35,6 +35,22 @@ def _free_port() -> int:
 os.environ["ANDROID_ADB_SERVER_PORT"] = str(_free_port())
 
 
+def _empty_usbmuxd() -> tuple[str, Any]:
+    """An emulated usbmuxd with no phone attached (it lives as long as this process); without the emulated
+    iPhone's dependencies, a loopback port nothing listens on."""
+    try:
+        from devicelab.testing.emulated_ios import EmulatedUsbmuxd
+    except ImportError:
+        return f"127.0.0.1:{_free_port()}", None
+    mux = EmulatedUsbmuxd()
+    return mux.address, mux
+
+
+# Likewise no test may reach the machine's own usbmuxd (and a real iPhone on it): every process of this session —
+# `devicelab devices`, the sweep's discovery — lists iPhones from this empty one unless the test names its own.
+os.environ["USBMUXD_SOCKET_ADDRESS"], _EMPTY_USBMUXD = _empty_usbmuxd()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_adb_server() -> Any:
     yield

@@ -18,26 +18,32 @@ def installed() -> bool:
 
 def discovered_entries(known: set[str]) -> tuple[list[DeviceEntry], list[str]]:
     """iPhones usbmuxd lists (USBMUXD_SOCKET_ADDRESS, else the system usbmuxd) that the inventory does not (UDIDs
-    in `known` are skipped), and one note when they cannot be listed."""
+    in `known` are skipped), and one note when they cannot be listed. The listing runs on an event loop of its own
+    in a thread of its own, so a caller that is itself inside a running loop (a Dask worker, a notebook) gets the
+    listing rather than asyncio.run's refusal."""
     if not installed():
         return [], [MISSING]
-    import asyncio
     import os
 
     from devicelab.devices.ios import errors
+    from devicelab.devices.ios.loop import DeviceLoop
+
+    address = os.environ.get("USBMUXD_SOCKET_ADDRESS") or None
 
     async def listed() -> list[str]:
         from pymobiledevice3 import usbmux
 
-        return [d.serial for d in await usbmux.list_devices()]
+        return [d.serial for d in await usbmux.list_devices(usbmux_address=address)]
 
-    address = os.environ.get("USBMUXD_SOCKET_ADDRESS")
+    loop = DeviceLoop("devicelab-ios-discovery")
     try:
-        serials = asyncio.run(asyncio.wait_for(listed(), 10))
+        serials = loop.run(listed(), 10)
     except Exception as e:  # noqa: BLE001 - usbmuxd absent or refusing: one note, the rest of devicelab works
         if not address and not os.path.exists("/var/run/usbmuxd"):
             return [], []  # no usbmuxd on this machine at all: nobody uses iPhones here
         return [], [errors.usbmuxd_not_running(address, f"{type(e).__name__}: {e}")]
+    finally:
+        loop.close()
     entries = [DeviceEntry(s, "ios", {"udid": s}) for s in dict.fromkeys(serials) if s not in known]
     return entries, []
 

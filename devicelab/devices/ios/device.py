@@ -25,7 +25,7 @@ from devicelab.devices.base import (Exit, Placed, Process, ResultExtras, Transpo
                                     env_assignments, relative_name)
 from devicelab.devices.ios import errors
 from devicelab.devices.ios.errors import IOSSetupError
-from devicelab.devices.ios.files import (INSTALLED, MANIFEST, ROOT, RUNS, config_bytes, file_path,
+from devicelab.devices.ios.files import (INSTALLED, MANIFEST, ROOT, RUNS, config_bytes, file_path, inside_root,
                                          port_file_port, run_folder_of)
 from devicelab.devices.ios.loop import DeviceLoop
 from devicelab.errors import DevicelabError
@@ -368,7 +368,7 @@ class IOSTransport(Transport):
         host, _, port = str(o.get("tunneld_address") or "127.0.0.1:49151").rpartition(":")
         self.tunneld: tuple[str, int] = (host, int(port))
         self._app_sha: str | None = None
-        self.loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")
+        self._loop: DeviceLoop | None = None  # started on first use (listing a phone may never need it)
         self._ld: Any = None
         self._lock: asyncio.Lock | None = None
         self._facts: DeviceFacts | None = None
@@ -378,8 +378,17 @@ class IOSTransport(Transport):
 
     # ---- the connection
 
+    @property
+    def loop(self) -> DeviceLoop:
+        """This iPhone's event loop, started on first use and again after close(): a device that is closed and used
+        once more (a second run in one process) finds a live loop, and a closed one leaves no thread behind."""
+        if self._loop is None or self._loop.closed:
+            self._loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")
+            self._lock = None  # an asyncio.Lock belongs to the loop it was first used on
+        return self._loop
+
     def loop_closed(self) -> bool:
-        return self.loop._closed
+        return self._loop is None or self._loop.closed
 
     async def _lockdown(self, autopair: bool = True) -> Any:
         from pymobiledevice3.lockdown import create_using_usbmux
@@ -411,14 +420,15 @@ class IOSTransport(Transport):
             except Exception:  # noqa: BLE001
                 listed = []
             self._gone = f"{detail}; {errors.not_attached(self.udid, listed)}"
-            self._ld = None
+            self._drop_lockdown()
             return self._gone
         return detail
 
     def call(self, what: str, make: Callable[[], Awaitable[T]], timeout: float = CALL_TIMEOUT_S) -> T:
         """Run one exchange with the iPhone on its loop, as the session needs it: a fault the user can fix is an
         IOSSetupError with its one line; a phone usbmuxd no longer lists is a TransportLostError; anything else
-        the iPhone refused is a plain OSError (a failed row). A broken connection is retried once."""
+        the iPhone refused is a plain OSError (a failed row). A connection that broke is retried once on a fresh
+        one; a timeout is not (a second wait would double it), nor is a refusal."""
         async def guarded() -> T:
             if self._lock is None:
                 self._lock = asyncio.Lock()
@@ -434,15 +444,23 @@ class IOSTransport(Transport):
                 line = errors.classify(e, self.udid, self._version, self._bundle_id, self.address)
                 if line is not None:
                     raise IOSSetupError(line) from None
-                self._ld = None  # the next call opens lockdown again
+                self._drop_lockdown()  # the next call opens lockdown again
                 detail = f"{what}: {type(e).__name__}: {e}".rstrip(": ")
                 if self.gone():
                     raise TransportLostError(self.why_gone(detail)) from None
-                # A broken connection (lockdown's, a service's) is tried once more on a fresh one; a refusal is not.
-                broken = _connection_fault(e) or (isinstance(e, OSError) and not _afc_refusal(e))
-                if attempt == 2 or not broken:
+                lost = not isinstance(e, TimeoutError) and (
+                    _connection_fault(e) or (isinstance(e, OSError) and not _afc_refusal(e)))
+                if attempt == 2 or not lost:
                     raise OSError(detail) from None
         raise AssertionError("unreachable")
+
+    def _drop_lockdown(self) -> None:
+        """Forget the lockdown connection after a failed exchange, closing it (its socket, its TLS session) rather
+        than leaving it to the garbage collector."""
+        ld, self._ld = self._ld, None
+        if ld is not None and self._loop is not None and not self._loop.closed:
+            with contextlib.suppress(Exception):
+                self._loop.run(ld.close(), 5)
 
     async def _house_arrest(self) -> Any:
         from pymobiledevice3.services.house_arrest import HouseArrestService
@@ -487,20 +505,20 @@ class IOSTransport(Transport):
         return self._facts
 
     async def _values(self) -> dict[str, Any]:
-        """lockdown's values; an iPhone that is not paired still lists (without provoking the trust dialog)."""
+        """lockdown's values; an iPhone that is not paired still lists. Opened with autopair off: listing never sends
+        a Pair request, which would put the Trust dialog on the phone's screen."""
         from pymobiledevice3.lockdown import create_using_usbmux
 
-        try:
-            ld = await self._lockdown()
-            return {**ld.all_values, "_paired": True}
-        except Exception as e:  # noqa: BLE001
-            if errors.classify(e, self.udid, "?") not in (errors.not_paired(self.udid),
-                                                           errors.trust_pending(self.udid)):
-                raise
+        if self._ld is not None:
+            return {**self._ld.all_values, "_paired": True}
         ld = await create_using_usbmux(serial=self.udid, usbmux_address=self.address,
                                        pairing_records_cache_folder=self.records, autopair=False)
+        if ld.paired:  # pairing validated and the session started: later exchanges reuse it
+            self._ld = ld
+            self._version = str(ld.all_values.get("ProductVersion") or "?")
+            return {**ld.all_values, "_paired": True}
         try:
-            return {**ld.all_values, "_paired": bool(ld.paired)}
+            return {**ld.all_values, "_paired": False}
         finally:
             await ld.close()
 
@@ -579,6 +597,9 @@ class IOSTransport(Transport):
         return folder
 
     def pull(self, path: str, local: Path) -> bool:
+        """A file of devicelab's folder in the container (ValueError for any other path: nothing else is read)."""
+        path = inside_root(path)
+
         async def get() -> bytes | None:
             from pymobiledevice3.exceptions import AfcFileNotFoundError
 
@@ -658,7 +679,9 @@ class IOSTransport(Transport):
         return IOSProcess(self, session, pid, conn)
 
     def _wait_port(self, session: _DvtSession, pid: int, port_file: str) -> int:
-        """The port the runner app listens on, from its port file in the container (polled through AFC)."""
+        """The port the runner app listens on, from its port file in the container (polled through AFC, then removed:
+        only a path under devicelab's folder is read or removed)."""
+        port_file = inside_root(port_file)
         deadline = time.monotonic() + PORT_FILE_TIMEOUT_S
 
         async def poll() -> tuple[int, int | None] | None:
@@ -801,6 +824,11 @@ class IOSTransport(Transport):
         return {"device": self.id, "removed": where if size is not None else None, "bytes": size or 0}
 
     def close(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is None or loop.closed:
+            self._ld = None
+            return
+
         async def shut() -> None:
             if self._ld is not None:
                 with contextlib.suppress(Exception):
@@ -808,10 +836,10 @@ class IOSTransport(Transport):
                 self._ld = None
 
         with contextlib.suppress(Exception):
-            self.loop.run(shut(), 5)
-        self.loop.close()
-        self.loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")  # a later call (a second run) finds a live loop
-        self._lock = None  # an asyncio.Lock belongs to the loop it was first used on
+            loop.run(shut(), 5)
+        self._ld = None
+        loop.close()
+        self._lock = None
 
     # ---- hooks
 

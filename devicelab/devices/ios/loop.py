@@ -22,6 +22,13 @@ class DeviceLoop:
         self._thread.start()
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def thread_alive(self) -> bool:
+        return self._thread.is_alive()
+
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """The coroutine's result; TimeoutError (the coroutine is cancelled) when it takes longer than `timeout`."""
         if self._closed:

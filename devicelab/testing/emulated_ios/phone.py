@@ -187,6 +187,9 @@ class EmulatedIPhone:
         self._next_port = FIRST_SERVICE_PORT
         self._conns: set[Conn] = set()
         self._mux: EmulatedUsbmuxd | None = None
+        # every lockdownd request's name, in arrival order: a test can tell what a client asked for (a Pair request
+        # is what puts the Trust dialog on a real phone's screen)
+        self.lockdown_requests: list[str] = []
 
     # ------------------------------------------------------------------ pairing
 
@@ -317,6 +320,8 @@ class EmulatedIPhone:
             if request is None:
                 return
             name = str(request.get("Request", ""))
+            with self._lock:
+                self.lockdown_requests.append(name)
             reply: dict[str, Any] = {"Request": name}
             start_tls: ssl.SSLContext | None = None
             if name == "QueryType":

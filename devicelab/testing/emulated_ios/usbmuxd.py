@@ -54,6 +54,7 @@ class EmulatedUsbmuxd:
         # pymobiledevice3's own folder), so ReadPairRecord finds nothing and the client falls back to the folder
         self.serves_pair_records = True
         self._closed = False
+        self.requests: list[str] = []  # every request's MessageType, in arrival order (what clients asked)
         self._thread = threading.Thread(target=self._accept_loop, name="usbmuxd-accept", daemon=True)
         self._thread.start()
 
@@ -204,6 +205,8 @@ class EmulatedUsbmuxd:
     def _handle(self, conn: Conn, tag: int, message: dict[str, Any]) -> bool:
         """Answer one request; True when the socket now belongs to a device port (Connect succeeded)."""
         kind = message.get("MessageType")
+        with self._lock:
+            self.requests.append(str(kind))
         if kind == "ReadBUID":
             self._send(conn, tag, {"BUID": self.buid})
         elif kind == "ListDevices":
