@@ -51,6 +51,14 @@ def _empty_usbmuxd() -> tuple[str, Any]:
 os.environ["USBMUXD_SOCKET_ADDRESS"], _EMPTY_USBMUXD = _empty_usbmuxd()
 
 
+@pytest.fixture
+def empty_usbmuxd() -> Any:
+    """The session's empty emulated usbmuxd (None without the emulated iPhone's dependencies)."""
+    if _EMPTY_USBMUXD is None:
+        pytest.skip("the emulated iPhone needs the test extra's dependencies")
+    return _EMPTY_USBMUXD
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _private_adb_server() -> Any:
     yield

@@ -54,6 +54,19 @@ def test_devices_lists_the_emulated_iphone_with_its_facts(iphone: IPhone, env: d
     assert table.returncode == 0 and f"iPhone14,2 ({row['hardware_model']})" in table.stdout
 
 
+def test_an_unpaired_phone_is_listed_without_a_pair_request(iphone: IPhone, env: dict[str, str]) -> None:
+    """Listing never pairs: a Pair request is what puts "Trust This Computer?" on a real phone's screen."""
+    shutil.rmtree(iphone.records)  # the host's record is not the phone's: none in the folder either
+    iphone.phone.faults.not_paired = True
+    iphone.phone.faults.trust_dialog = "accept"  # a Pair request would succeed (and be seen) if one were sent
+    code, rows, err = run_json("devices", env=cli_env(env, iphone))
+    assert code == 0, err
+    row = next(r for r in rows if r["id"] == iphone.udid)
+    assert row["paired"] is False and row["model"] == "iPhone14,2"
+    assert "GetValue" in iphone.phone.lockdown_requests and "Pair" not in iphone.phone.lockdown_requests, \
+        iphone.phone.lockdown_requests
+
+
 def test_run_stores_ok_results_pushes_once_and_clean_removes_only_devicelabs_folder(
         iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
     e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app))

@@ -265,7 +265,7 @@ def test_ios17_dvt_goes_through_the_tunnels_rsd(monkeypatch: pytest.MonkeyPatch,
         source = phone.loop.run(phone._dvt_source(), 10)
         assert source is rsd and udids == [UDID]
         session = _DvtSession(source)
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionRefusedError, match="fake RSD"):
             phone.loop.run(session.open(), 10)
         assert asked and all(name == "com.apple.instruments.dtservicehub" for name in asked), asked
         phone._version = "16.7.2"
@@ -337,3 +337,120 @@ def test_a_closed_transport_runs_again_on_a_fresh_loop(tmp_path: Path) -> None:
     phone.close()
     assert two_at_once() == [3, 3]
     phone.loop.close()
+
+
+def test_close_leaves_no_loop_thread_and_a_listing_starts_none(tmp_path: Path) -> None:
+    """The device's loop starts on first use and close() stops it without starting another."""
+    import threading
+
+    udid = "00008110-00LOOPTHREAD0"  # a UDID of its own: its loop thread's name is this test's alone
+    phone = IOSTransport(DeviceEntry("p", "ios", {"udid": udid, "runner_app": str(_app(tmp_path)),
+                                                  "usbmux_address": "127.0.0.1:1"}))
+
+    def loops() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == f"devicelab-ios-{udid[:12]}"]
+
+    assert loops() == [] and phone.loop_closed()  # nothing started yet
+
+    async def value() -> int:
+        return 3
+
+    assert phone.call("an exchange", value) == 3
+    assert len(loops()) == 1
+    phone.close()
+    phone.close()
+    assert loops() == [] and phone.loop_closed()
+
+
+def test_pull_and_the_port_file_stay_in_devicelabs_folder(tmp_path: Path) -> None:
+    """Nothing outside Documents/devicelab is read (nor removed, for the port file) — refused before any exchange."""
+    phone = IOSTransport(DeviceEntry("p", "ios", {"udid": UDID, "runner_app": str(_app(tmp_path)),
+                                                  "usbmux_address": "127.0.0.1:1"}))
+    try:
+        for outside in ("Documents/devicelab/runs/../../Library/Preferences/x.plist", "Library/x", "/etc/passwd",
+                        "Documents/devicelab"):
+            with pytest.raises(ValueError, match="is not under devicelab's folder"):
+                phone.pull(outside, tmp_path / "x")
+            with pytest.raises(ValueError, match="is not under devicelab's folder"):
+                phone._wait_port(None, 1, outside)  # type: ignore[arg-type]
+        assert phone.loop_closed()  # refused before anything reached the (absent) phone
+    finally:
+        phone.close()
+
+
+def test_discovery_runs_on_its_own_loop_inside_a_running_one(env: dict[str, str], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """A caller inside a running event loop (a Dask worker, a notebook) gets the listing, not a false "usbmuxd is
+    not running" note; the address is USBMUXD_SOCKET_ADDRESS's."""
+    from ios_env import start_iphone
+
+    from devicelab.devices import ios
+
+    iphone = start_iphone(tmp_path)
+    try:
+        monkeypatch.setenv("USBMUXD_SOCKET_ADDRESS", iphone.mux.address)
+
+        async def inside() -> tuple[list[DeviceEntry], list[str]]:
+            return ios.discovered_entries(set())
+
+        entries, notes = asyncio.run(inside())
+        assert notes == [] and [e.id for e in entries] == [iphone.udid]
+        assert "ListDevices" in iphone.mux.requests
+    finally:
+        iphone.close()
+
+
+def test_tests_reach_no_real_usbmuxd(env: dict[str, str], empty_usbmuxd: Any) -> None:
+    """Every CLI a test starts lists iPhones from the session's empty emulated usbmuxd, never the machine's own."""
+    from helpers import run_json
+
+    assert env["USBMUXD_SOCKET_ADDRESS"] == empty_usbmuxd.address
+    before = empty_usbmuxd.requests.count("ListDevices")
+    code, rows, err = run_json("devices", env=env)
+    assert code == 0, err
+    assert not [r for r in rows if r["kind"] == "ios"] and "usbmuxd" not in err, err
+    assert empty_usbmuxd.requests.count("ListDevices") > before  # the listing went there
+
+
+def test_a_call_retries_a_lost_connection_once_and_a_timeout_never(tmp_path: Path) -> None:
+    """A broken connection is retried on a fresh lockdown (the dropped one is closed); a timeout is not retried (a
+    600 s push would become 1200 s)."""
+    from ios_env import start_iphone
+
+    iphone = start_iphone(tmp_path)
+    phone = IOSTransport(DeviceEntry("p", "ios", {"udid": iphone.udid, "runner_app": str(_app(tmp_path)),
+                                                  "usbmux_address": iphone.mux.address,
+                                                  "pairing_records": str(iphone.records)}))
+    closed: list[str] = []
+
+    class Lockdown:
+        all_values = {"ProductVersion": "16.7.2"}
+
+        async def close(self) -> None:
+            closed.append("closed")
+
+    try:
+        attempts: list[int] = []
+
+        async def slow() -> int:
+            attempts.append(1)
+            await asyncio.sleep(30)
+            return 0
+
+        phone._ld = Lockdown()
+        with pytest.raises(OSError, match="TimeoutError"):
+            phone.call("a slow exchange", slow, 0.3)
+        assert len(attempts) == 1 and closed == ["closed"] and phone._ld is None
+
+        async def flaky() -> int:
+            attempts.append(1)
+            if len(attempts) == 2:
+                raise ConnectionResetError("the connection broke")
+            return 5
+
+        phone._ld = Lockdown()
+        assert phone.call("a flaky exchange", flaky) == 5
+        assert len(attempts) == 3 and closed == ["closed", "closed"]
+    finally:
+        phone.close()
+        iphone.close()

@@ -369,6 +369,7 @@ class IOSTransport(Transport):
         self.tunneld: tuple[str, int] = (host, int(port))
         self._app_sha: str | None = None
         self._loop: DeviceLoop | None = None  # started on first use (listing a phone may never need it)
+        self._loop_guard = threading.Lock()
         self._ld: Any = None
         self._lock: asyncio.Lock | None = None
         self._facts: DeviceFacts | None = None
@@ -382,10 +383,11 @@ class IOSTransport(Transport):
     def loop(self) -> DeviceLoop:
         """This iPhone's event loop, started on first use and again after close(): a device that is closed and used
         once more (a second run in one process) finds a live loop, and a closed one leaves no thread behind."""
-        if self._loop is None or self._loop.closed:
-            self._loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")
-            self._lock = None  # an asyncio.Lock belongs to the loop it was first used on
-        return self._loop
+        with self._loop_guard:  # two threads' first calls must share one loop
+            if self._loop is None or self._loop.closed:
+                self._loop = DeviceLoop(f"devicelab-ios-{self.udid[:12]}")
+                self._lock = None  # an asyncio.Lock belongs to the loop it was first used on
+            return self._loop
 
     def loop_closed(self) -> bool:
         return self._loop is None or self._loop.closed
@@ -824,7 +826,8 @@ class IOSTransport(Transport):
         return {"device": self.id, "removed": where if size is not None else None, "bytes": size or 0}
 
     def close(self) -> None:
-        loop, self._loop = self._loop, None
+        with self._loop_guard:
+            loop, self._loop = self._loop, None
         if loop is None or loop.closed:
             self._ld = None
             return
