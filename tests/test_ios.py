@@ -188,6 +188,87 @@ def test_each_fault_gives_its_line_and_exit_2(fault: str, iphone: IPhone, ios_ru
     assert code == 0 and stored == [], stored  # refused before the run: nothing stored
 
 
+def test_the_app_is_installed_when_its_content_changes_or_someone_else_reinstalled_it(
+        iphone: IPhone, ios_runner_app: Path, native_host: dict[str, Any], tmp_path: Path) -> None:
+    """begin_run installs the runner app when its content hash differs from the one recorded in the container, and
+    also when installd's bundle folder is not the one recorded: a reinstall from Xcode keeps the container (and
+    the record in it) but not the folder."""
+    from ios_env import build_runner_app
+
+    from devicelab.devices.ios.device import IOSTransport, app_sha256
+    from devicelab.facts import DeviceEntry
+
+    def begin(app: Path) -> None:
+        phone = IOSTransport(DeviceEntry("iphone", "ios", {"udid": iphone.udid, "runner_app": str(app),
+                                                           "usbmux_address": iphone.mux.address,
+                                                           "pairing_records": str(iphone.records)}))
+        try:
+            phone.begin_run()
+        finally:
+            phone.close()
+
+    def installed() -> tuple[Path, str, dict[str, Any]]:
+        app = iphone.phone.apps.get(BUNDLE_ID)
+        record = json.loads((app.container / "Documents/devicelab/installed.json").read_text())
+        return app.bundle_path, (app.bundle_path / "DevicelabRunner").read_text(), record
+
+    dlbench = Path(native_host["artifacts"]["dlbench"]["path"])
+    rebuilt = build_runner_app(tmp_path / "rebuilt", dlbench, marker="\n# rebuilt\n")
+    xcode = build_runner_app(tmp_path / "xcode", dlbench, marker="\n# from Xcode\n")
+    ours = (ios_runner_app / "DevicelabRunner").read_text()
+    begin(ios_runner_app)
+    first, exe, record = installed()
+    assert exe == ours and record["sha256"] == app_sha256(ios_runner_app)
+    begin(ios_runner_app)
+    assert installed()[0] == first  # same content, same install: not installed again
+    iphone.phone.apps.install_bundle(xcode)  # reinstalled behind devicelab's back; installed.json survives
+    assert installed()[1].endswith("# from Xcode\n") and installed()[2] == record
+    begin(ios_runner_app)
+    path, exe, record = installed()
+    assert exe == ours and path != first  # installed again: the engine version is the app that runs
+    begin(rebuilt)  # the app's content changed: installed
+    path2, exe, record = installed()
+    assert exe.endswith("# rebuilt\n") and path2 != path and record["sha256"] == app_sha256(rebuilt)
+
+
+def _bad_app(folder: Path, missing_executable: bool) -> Path:
+    import plistlib
+
+    app = folder / "Broken.app"
+    app.mkdir(parents=True)
+    (app / "Info.plist").write_bytes(plistlib.dumps({"CFBundleIdentifier": BUNDLE_ID,
+                                                     "CFBundleExecutable": "Missing" if missing_executable else "x"}))
+    if not missing_executable:
+        (app / "x").write_text("#!/bin/sh\n")
+        (app / "x").chmod(0o755)
+    return app
+
+
+@pytest.mark.parametrize("case", ["installd_refuses", "bundle_id_not_the_apps", "runner_app_missing"])
+def test_an_app_that_cannot_be_installed_gives_one_line_and_exit_2(case: str, iphone: IPhone, ios_runner_app: Path,
+                                                                    env: dict[str, str], tmp_path: Path) -> None:
+    extra: dict[str, Any] = {}
+    app = ios_runner_app
+    if case == "installd_refuses":  # installd inspects the package and refuses it (no executable in the bundle)
+        app, words = _bad_app(tmp_path / "b", True), f"the runner app {BUNDLE_ID} is not installed on iPhone"
+    elif case == "bundle_id_not_the_apps":  # devices.yaml names another app: installing this one cannot provide it
+        extra["bundle_id"] = "org.example.other"
+        words = "the runner app org.example.other is not installed on iPhone"
+    else:
+        app, words = tmp_path / "Gone.app", "runner_app"
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, app, **extra))
+    p = devicelab("run", "--suite", str(_suite(tmp_path / "s.yaml", precisions=["fp32"])), "--device", "iphone",
+                  env=e)
+    assert p.returncode == 2, (p.returncode, p.stderr[-2000:])
+    lines = [line for line in p.stderr.splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and words in lines[0], p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    if case == "runner_app_missing":
+        assert "does not exist" in lines[0], lines
+    else:
+        assert iphone.phone.apps.get("org.example.other") is None
+
+
 def test_usbmuxd_not_running_and_phone_not_attached(iphone: IPhone, ios_runner_app: Path, env: dict[str, str],
                                                     tmp_path: Path) -> None:
     suite = str(_suite(tmp_path / "s.yaml", precisions=["fp32"]))

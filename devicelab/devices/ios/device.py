@@ -743,18 +743,22 @@ class IOSTransport(Transport):
         if not self.call("reading Developer Mode", developer_mode):
             raise IOSSetupError(errors.developer_mode_off(self.udid))
 
-        async def installed_sha() -> str | None:
+        async def installed_as_recorded() -> bool:
+            """Whether the app on the phone is the one devicelab installed last: its content hash recorded in the
+            container, and installd's bundle Path then. The record lives in the container, which survives a
+            reinstall from Xcode; the bundle Path does not (installd puts every install in a new folder), so an app
+            replaced behind devicelab's back is installed again."""
             from pymobiledevice3.services.installation_proxy import InstallationProxyService
 
             async with InstallationProxyService(lockdown=await self._lockdown()) as proxy:
                 apps = await proxy.get_apps(bundle_identifiers=[bundle_id])
             if bundle_id not in apps:
-                return None
+                return False
             async with await self._house_arrest() as afc:
                 record = await _read_json(afc, INSTALLED) or {}
-            return record.get("sha256") if isinstance(record.get("sha256"), str) else ""
+            return record.get("sha256") == sha and record.get("bundle_path") == apps[bundle_id].get("Path")
 
-        if self.call("looking up the runner app", installed_sha) != sha:
+        if not self.call("looking up the runner app", installed_as_recorded):
             self.on_event("notice", {"device": self.id, "message": f"installing the runner app {bundle_id} "
                                                                   f"({self.app.name})"})
             self._install(bundle_id, sha)
@@ -798,10 +802,16 @@ class IOSTransport(Transport):
                     if type(e).__name__ == "AppInstallError":
                         raise IOSSetupError(errors.app_unusable(self.udid, bundle_id, e)) from None
                     raise
+                installed = (await proxy.get_apps(bundle_identifiers=[bundle_id])).get(bundle_id)
+            if installed is None:  # installd took the package but lists no app by this id: bundle_id is not the app's
+                raise IOSSetupError(errors.app_unusable(
+                    self.udid, bundle_id, f"installd installed {app.name} but lists no app {bundle_id}"))
             async with await self._house_arrest() as afc:
                 await afc.makedirs(ROOT)
-                await afc.set_file_contents(INSTALLED, json.dumps({"sha256": sha, "bundle_id": bundle_id,
-                                                                   "app": app.name, "at": utc_now()}).encode())
+                await afc.set_file_contents(INSTALLED, json.dumps({
+                    "sha256": sha, "bundle_id": bundle_id, "app": app.name, "at": utc_now(),
+                    # installd's folder for this install: a reinstall by anyone else moves it
+                    "bundle_path": installed.get("Path")}).encode())
 
         self.call("installing the runner app", install, INSTALL_TIMEOUT_S)
 
