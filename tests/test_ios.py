@@ -343,6 +343,29 @@ def test_energy_window_reads_the_battery_and_refuses_while_charging(
     assert "a charger feeds the iPhone" in r["energy_reason"], r["energy_reason"]
 
 
+def test_energy_per_inference_comes_from_the_known_draw(iphone: IPhone, ios_runner_app: Path, env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    """A check of the plumbing, not a measurement: the emulated battery draws a test-set 300 mA more while the app
+    is busy, so the window's power above idle must come out as 300 mA × the battery's voltage, and the joules per
+    inference as that power × the window's wall time / its iterations."""
+    iphone.phone.battery.busy_extra_ma = 300
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app))
+    energy = {"energy": True, "energy_idle_seconds": 3.0, "energy_window_seconds": 4.0,
+              "energy_min_window_seconds": 1.0}
+    code, data, err = _run(e, "--suite", str(_suite(tmp_path / "s.yaml", precisions=["fp32"], protocol=energy)),
+                           "--device", "iphone")
+    assert code == 0, err
+    [r] = data["results"]
+    assert r["status"] == "ok", r["reason"]
+    window = r["protocol"]["energy"]
+    assert r["energy_j_per_inference"] is not None, (r["energy_reason"], window)
+    known_w = 0.300 * iphone.phone.battery.voltage_mv / 1000
+    # boundary reads (CPU use averaged over a read's 0.5 s) may straddle the window's start and end: a tolerance
+    assert window["window_w"] - window["idle_w"] == pytest.approx(known_w, rel=0.25), window
+    assert r["energy_j_per_inference"] == pytest.approx(
+        (window["window_w"] - window["idle_w"]) * window["window_s"] / window["iterations"], rel=0.01), window
+
+
 def test_phone_locked_during_a_run_gives_infra_failed_rows_with_the_line(
         iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
     """A fault the user must fix, met during the run (here: the phone locks itself after the first config's runner

@@ -277,6 +277,12 @@ class Apps:
             return None
         return max(0.0, (cpu - previous[1]) / (now - previous[0]))
 
+    def busy(self, cores: float) -> bool:
+        """Whether any running app process used at least `cores` of CPU since the previous call (the battery's
+        reads): what makes the emulated battery draw its test-set extra current."""
+        fractions = [self._cpu_fraction(process, "battery") for process in self._running()]
+        return any(f is not None and f >= cores for f in fractions)
+
     def processes(self) -> list[dict[str, Any]]:
         """Sysmontap rows for the running app processes, read from the host's /proc with the DVT module's
         definitions (physFootprint = Private_Dirty + Swap: see docs/emulated-iphone-dvt.md)."""

@@ -119,7 +119,8 @@ def serve_diagnostics(conn: Conn, phone: EmulatedIPhone) -> None:
         if kind == "IORegistry":
             battery = request.get("EntryClass") == "IOPMPowerSource" or \
                 request.get("EntryName") == "AppleSmartBattery"
-            registry = phone.battery.ioregistry() if battery else {}
+            busy = phone.apps.busy(phone.battery.busy_cores) if battery and phone.battery.busy_extra_ma else False
+            registry = phone.battery.ioregistry(busy) if battery else {}
             send_plist_be(conn, {"Status": "Success", "Diagnostics": {"IORegistry": registry}})
         elif kind == "MobileGestalt":
             send_plist_be(conn, {"Status": "Success",
