@@ -319,6 +319,67 @@ def test_hostile_model_names_arrive_literally(iphone: IPhone, ios_runner_app: Pa
     assert all(path.startswith("Documents/devicelab/files/") for path in manifest)
 
 
+HOSTILE = ["m o'd;$(touch pwned1) `touch pwned2` \"q\"&x|y>z.param", "new\nline.bin", "模型 é ☃.json",
+           "-rf *.json", "a;b && c || d.bin"]
+
+
+def test_hostile_names_reach_the_container_literally(iphone: IPhone, tmp_path: Path) -> None:
+    """The transport's own put, run_folder and pull with names a user or a model may bring: each lands at exactly
+    the container path its name says, nothing runs, and `..` (or a path outside devicelab's folder) is refused."""
+    from ios_env import build_runner_app
+
+    from devicelab.devices.ios.device import IOSTransport
+    from devicelab.facts import DeviceEntry
+    from devicelab.paths import sha256_file
+
+    app = build_runner_app(tmp_path / "app", Path("/bin/true"))
+    iphone.phone.apps.install_bundle(app)  # the container house_arrest vends
+    container = iphone.container()
+    local = tmp_path / "local"
+    local.mkdir()
+    files = []
+    for i, name in enumerate(HOSTILE):
+        path = local / f"f{i}"
+        path.write_bytes(json.dumps({"weights": HOSTILE[1], "n": i}).encode() if name.endswith(".json")
+                         else f"content {i}".encode())
+        files.append((name, path))
+    phone = IOSTransport(DeviceEntry("iphone", "ios", {"udid": iphone.udid, "runner_app": str(app),
+                                                       "usbmux_address": iphone.mux.address,
+                                                       "pairing_records": str(iphone.records)}))
+    try:
+        placed = phone.put(files)
+        expected = [f"Documents/devicelab/files/{sha256_file(p)}/{name}" for name, p in files]
+        assert placed.paths == expected
+        for (name, path), where in zip(files, expected):
+            assert (container / where).read_bytes() == path.read_bytes(), where
+        folder = phone.run_folder(dict(zip(HOSTILE, expected)))
+        assert folder.startswith("Documents/devicelab/runs/")
+        config = json.loads((container / folder / HOSTILE[2]).read_text())
+        assert config["weights"] == f"../../files/{sha256_file(files[1][1])}/{HOSTILE[1]}"  # named literally
+        # what the app would leave in its run folder, pulled back under the same hostile names
+        for name in HOSTILE:
+            (container / folder / f"out {name}").write_text(f"result of {name}")
+            assert phone.pull(f"{folder}/out {name}", local / "pulled") is True
+            assert (local / "pulled").read_text() == f"result of {name}"
+        assert phone.pull(f"{folder}/not there", local / "x") is False
+        for bad in ("..", "../x/.."):
+            with pytest.raises(ValueError, match="cannot be placed on the iPhone"):
+                phone.put([(bad, files[0][1])])
+        with pytest.raises(ValueError):
+            phone.run_folder({"../escape.json": expected[2]})
+        with pytest.raises(ValueError, match="is not under devicelab's folder"):
+            phone.pull(f"{folder}/../../../Library/x", local / "x")
+        phone.remove(folder)
+        assert not (container / folder).exists()
+    finally:
+        phone.close()
+    assert not list(iphone.phone.root.rglob("pwned*")) and not list(tmp_path.rglob("pwned*"))
+    assert not list(Path.cwd().glob("pwned*"))
+    outside = [p for p in container.rglob("*") if p.is_file() and not p.relative_to(container).as_posix().startswith(
+        "Documents/devicelab/")]
+    assert outside == [], outside
+
+
 def test_energy_window_reads_the_battery_and_refuses_while_charging(
         iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
     """The window samples IOPMPowerSource over lockdown; the emulated battery draws the same current idle and busy,
