@@ -454,3 +454,50 @@ def test_a_call_retries_a_lost_connection_once_and_a_timeout_never(tmp_path: Pat
     finally:
         phone.close()
         iphone.close()
+
+
+def test_ios17_a_listed_tunnel_that_cannot_be_connected_says_what_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tunneld lists the phone, but its tunnel refuses: pymobiledevice3's get_tunneld_device_by_udid then indexes an
+    empty list (IndexError); the user gets the tunnel line, not a traceback."""
+    from pymobiledevice3.remote.remote_service_discovery import RemoteServiceDiscoveryService
+    from pymobiledevice3.tunneld import api
+
+    monkeypatch.setattr(api, "_list_tunnels", lambda address=None: {UDID: [
+        {"tunnel-address": "fd00::1", "tunnel-port": 1, "interface": "utun9"}]})
+
+    async def refuse(self: Any, *a: Any, **k: Any) -> None:
+        raise ConnectionRefusedError("fake tunnel: nothing behind it")
+
+    monkeypatch.setattr(RemoteServiceDiscoveryService, "connect", refuse)
+    with pytest.raises(errors.IOSSetupError) as e:
+        asyncio.run(rsd_for(UDID, "17.4"))
+    assert "could not be connected" in str(e.value) and "sudo pymobiledevice3 remote tunneld" in str(e.value)
+
+
+def test_ios17_the_rsd_connection_is_closed_with_its_dvt_session() -> None:
+    """Each use opens its own RSD connection through tunneld (rsd_for): the DVT session closes it when it stops;
+    up to iOS 16 the provider is the transport's shared lockdown, which the session leaves open."""
+    from pymobiledevice3.remote.remote_service_discovery import RemoteServiceDiscoveryService
+
+    closed: list[str] = []
+
+    class FakeRsd(RemoteServiceDiscoveryService):
+        def __init__(self) -> None:  # no tunnel to dial
+            pass
+
+        async def close(self) -> None:
+            closed.append("rsd")
+
+    class FakeLockdown:
+        async def close(self) -> None:
+            closed.append("lockdown")
+
+    class FakeDvt:
+        async def close(self) -> None:
+            closed.append("dvt")
+
+    for provider in (FakeRsd(), FakeLockdown()):
+        session = _DvtSession(provider)
+        session.dvt = FakeDvt()
+        asyncio.run(session.stop())
+    assert closed == ["dvt", "rsd", "dvt"]

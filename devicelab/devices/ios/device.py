@@ -261,7 +261,13 @@ class _DvtSession:
     it runs, Sysmontap (physFootprint every 0.25 s) and EnergyMonitor (unitless Energy Impact), on its own loop."""
 
     def __init__(self, provider: Any) -> None:
+        from pymobiledevice3.remote.remote_service_discovery import RemoteServiceDiscoveryService
+
         self.provider = provider
+        # iOS 17+: the RSD connection to tunneld's tunnel is this session's own (rsd_for opens one per use) and is
+        # closed with it; up to iOS 16 the provider is the transport's shared lockdown, which stays open.
+        self.owned: Any = provider if isinstance(provider, RemoteServiceDiscoveryService) else None
+        self.dvt: Any = None
         self.pc: Any = None
         self.info: Any = None
         self.samplers: list[asyncio.Task[None]] = []
@@ -281,6 +287,16 @@ class _DvtSession:
         await self.pc.connect()
         self.info = DeviceInfo(self.dvt)
         await self.info.connect()
+
+    async def close(self) -> None:
+        """DVT's connection, and the RSD connection when it is this session's own."""
+        if getattr(self, "dvt", None) is not None:
+            with contextlib.suppress(Exception):
+                await self.dvt.close()
+        owned, self.owned = self.owned, None
+        if owned is not None:
+            with contextlib.suppress(Exception):
+                await owned.close()
 
     async def launch(self, bundle_id: str, arguments: list[str], environment: dict[str, str]) -> int:
         return int(await self.pc.launch(bundle_id, arguments=arguments, environment=environment, kill_existing=True))
@@ -331,8 +347,7 @@ class _DvtSession:
             task.cancel()
         await asyncio.gather(*self.samplers, return_exceptions=True)
         self.samplers = []
-        with contextlib.suppress(Exception):
-            await self.dvt.close()
+        await self.close()
         energy: dict[str, Any] | None = None
         scores = [r["energy.cost"] for r in self.energy if isinstance(r.get("energy.cost"), (int, float))]
         if scores:
@@ -767,8 +782,8 @@ class IOSTransport(Transport):
             """DVT opens (image mounted; on 17+ the tunnel) and iOS launches the app (signature valid): the app runs
             `--version` and ends by itself; it is killed if it has not."""
             session = _DvtSession(await self._dvt_source())
-            await session.open()
             try:
+                await session.open()
                 try:
                     pid = await session.launch(bundle_id, ["--version"], {})
                 except Exception as e:  # noqa: BLE001 - DVT's refusal of the launch: no app, a bad signature
@@ -783,8 +798,7 @@ class IOSTransport(Transport):
                 else:
                     await session.kill(pid)
             finally:
-                with contextlib.suppress(Exception):
-                    await session.dvt.close()
+                await session.close()
 
         self.call("launching the runner app", probe_launch)
 
@@ -906,6 +920,9 @@ async def rsd_for(udid: str, version: str, tunneld: tuple[str, int] = ("127.0.0.
         rsd = await api.get_tunneld_device_by_udid(udid, tunneld)
     except TunneldConnectionError as e:
         raise IOSSetupError(errors.tunnel_missing(udid, version, f"tunneld is not running: {e}")) from None
+    except IndexError:  # pymobiledevice3 11: tunneld lists the phone's tunnel, but none of them could be connected
+        raise IOSSetupError(errors.tunnel_missing(
+            udid, version, "tunneld lists a tunnel to this iPhone but it could not be connected")) from None
     if rsd is None:
         raise IOSSetupError(errors.tunnel_missing(udid, version, "tunneld has no tunnel to this iPhone"))
     return rsd
