@@ -192,7 +192,7 @@ def build(store: Store, threshold: float, reference: str = verdicts.REFERENCE_LA
     builds: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
     for rows in history.values():
         first = rows[0][2]
-        per_run = builds.setdefault((verdicts._series_without_label(first), first.label), {})
+        per_run = builds.setdefault((verdicts.series_without_label(first), first.label), {})
         for run_id, _, r in rows:
             per_run.setdefault(run_id, (r.engine_version, r.model_sha256))
     out: list[HistorySeries] = []
