@@ -60,6 +60,21 @@ def test_ios_entry_checks_name_each_key(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in e.value.problems] == ["devices[0].udid", "devices[0].runner_app"]
 
 
+def test_channel_is_tcp_or_batch(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    entry = {"id": "phone", "kind": "ios", "udid": UDID, "runner_app": str(app)}
+    for channel, batch in ((None, False), ("tcp", False), ("batch", True)):
+        inventory = parse_inventory({"devices": [{**entry, **({"channel": channel} if channel else {})}]}, "t")
+        found = inventory.find("phone")
+        assert found is not None
+        transport = IOSTransport(found)
+        assert transport.batch is batch
+        transport.loop.close()
+    with pytest.raises(ConfigError) as e:
+        parse_inventory({"devices": [{**entry, "channel": "usb"}]}, "t")
+    assert e.value.problems == ["devices[0].channel: 'usb' is not allowed; allowed: tcp, batch"]
+
+
 # ---- planning: threads only
 
 
