@@ -7,7 +7,12 @@ class on `ready`, ProcessInfo.thermalState on each `batch` (runners/ios). Here t
 script that forks a relay and then execs dlbench itself, so the process DVT launched, samples and kills *is*
 dlbench (its pid, its memory); the relay listens on the port the controller is told about, connects to dlbench's
 own --listen port, and adds those two keys to the events as the app's hooks would, with the thermal state read
-from Documents/thermal_state in the container (a test writes it; "nominal" otherwise)."""
+from Documents/thermal_state in the container (a test writes it; "nominal" otherwise). Like the real app it sends
+its stderr to Documents/devicelab/runner-stderr.txt in the container. Launched without --listen (batch mode, or
+--version) it execs dlbench with its arguments as they are — so batch mode's lines carry neither hook's key —
+unless the test's switch Documents/crash_mid_batch exists: then it runs dlbench as a child, and once the results
+file shows `ready` kills it, writes the switch's text to its stderr and kills itself (an app dying mid-batch).
+For the tests it keeps a copy of every config it is launched with beside the .app (launched_folder)."""
 
 from __future__ import annotations
 
