@@ -94,6 +94,9 @@ def test_run_stores_ok_results_pushes_once_and_clean_removes_only_devicelabs_fol
             assert state["power"]["battery_percent"] == 81 and state["charging"] is False
             assert any(u.startswith("cpufreq") for u in state["unavailable"])
         assert any(n.startswith("not pinned: iOS has no CPU-affinity API") for n in r["notes"])
+        # iOS relays no stderr: the app's stderr file, pulled from the container when it ended (dlbench says where
+        # it listened there)
+        assert "dlbench: listening on 127.0.0.1:" in (r["stderr_tail"] or ""), r["stderr_tail"]
     first_push = sum(r["protocol"]["push"]["bytes"] for r in rows.values())
     assert first_push > 0
     # Second run: every file is in the container already (content-addressed), the app is not installed again, and

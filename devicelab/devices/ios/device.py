@@ -206,6 +206,7 @@ class IOSProcess(Process):
                 return self._exit
             if not running:
                 self._output_over.wait(max(0.0, min(2.0, deadline - time.monotonic())))
+                self._pull_stderr()
                 if self._lost and self._phone.gone():
                     self._exit = Exit(None, lost=self._phone.why_gone(self._lost))
                 else:
@@ -217,12 +218,23 @@ class IOSProcess(Process):
                 return None
             time.sleep(POLL_S)
 
+    def _pull_stderr(self) -> None:
+        """The app's stderr file (runners/ios sends its stderr there; iOS relays none) into the row's stderr tail,
+        once the app has ended. A phone that went away leaves the tail empty: the row says why it ended anyway."""
+        try:
+            err = self._phone.read_file(RUNNER_STDERR)
+        except (OSError, ValueError):
+            return
+        if err:
+            self._stderr(err)
+
     def kill(self) -> str:
         with contextlib.suppress(Exception):
             self._phone.loop.run(self._dvt.kill(self.pid), CALL_TIMEOUT_S)
         with contextlib.suppress(Exception):
             self._phone.loop.run(self._conn.close(), 5)
         self._output_over.wait(5)
+        self._pull_stderr()
         return "the runner app was killed (DVT ProcessControl, SIGKILL)"
 
     def extras(self) -> ResultExtras:
@@ -747,14 +759,14 @@ class IOSTransport(Transport):
         port_file = f"{cwd or ROOT}/port-{secrets.token_hex(4)}.json"
         # Batch mode: just the config (its `iterations` and `results_file` say the rest); else the TCP channel.
         arguments = [*argv[1:]] if self.batch else ["--listen", "0", "--port-file", port_file, *argv[1:]]
-        if self.batch:
-            async def no_stale_stderr() -> None:
-                # The app rewrites its stderr file at launch; one left from an earlier launch must not be taken for
-                # this one's if the app dies before that.
-                async with await self._house_arrest() as afc:
-                    await afc.rm(RUNNER_STDERR, force=True)
+        # Both channels: the app's stderr file becomes the row's stderr tail when the app ends.
+        async def no_stale_stderr() -> None:
+            # The app rewrites its stderr file at launch; one left from an earlier launch must not be taken for
+            # this one's if the app dies before that.
+            async with await self._house_arrest() as afc:
+                await afc.rm(RUNNER_STDERR, force=True)
 
-            self.call("removing the runner app's old stderr file", no_stale_stderr)
+        self.call("removing the runner app's old stderr file", no_stale_stderr)
 
         async def launch() -> tuple[_DvtSession, int]:
             session = _DvtSession(await self._dvt_source())
