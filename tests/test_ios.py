@@ -6,6 +6,7 @@ host build are never looked at. iOS 17+ (tunneld, RSD) is tested with object-lev
 from __future__ import annotations
 
 import json
+import re
 import posixpath
 import shutil
 import socket
@@ -366,8 +367,8 @@ def test_hostile_names_reach_the_container_literally(iphone: IPhone, tmp_path: P
             assert phone.pull(f"{folder}/out {name}", local / "pulled") is True
             assert (local / "pulled").read_text() == f"result of {name}"
         assert phone.pull(f"{folder}/not there", local / "x") is False
-        for bad in ("..", "../x/.."):
-            with pytest.raises(ValueError, match="cannot be placed on the iPhone"):
+        for bad in ("..", "../x/..", "../escape.param"):
+            with pytest.raises(ValueError, match=re.escape(bad)):  # the refusal names the name
                 phone.put([(bad, files[0][1])])
         with pytest.raises(ValueError):
             phone.run_folder({"../escape.json": expected[2]})
