@@ -356,6 +356,58 @@ def test_a_store_unreachable_from_the_worker_spools_its_rows_then_flushes(farm: 
 
 
 @farm_test
+def test_postgresql_stopped_mid_run_spools_then_every_row_is_stored_once(farm: Farm, runner_arm64: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          request: pytest.FixtureRequest) -> None:
+    """The PostgreSQL server itself stops (fast shutdown: every connection cut, the client's included) while a farm
+    run is in flight, and starts again on the same port and cluster: the rows finished meanwhile wait in the workers'
+    spools, the client reconnects and its run ends, the spools are flushed, and every planned config has exactly one
+    row."""
+    if not farm.db.startswith("postgresql://"):
+        pytest.skip("stops the PostgreSQL server")
+    from devicelab.farm.worker import spool_path
+
+    pg = request.getfixturevalue("pg_server")
+    a, b = farm.phones[0], farm.phones[1]
+    monkeypatch.setenv("DEVICELAB_DATA", farm.env["DEVICELAB_DATA"])  # the agent's: its workers spool there
+    spools = [spool_path(a.serial), spool_path(b.serial)]
+    s = suite(farm.tmp / "pg-stop.yaml", [a.serial, b.serial], runner_arm64, seed=13,
+              protocol={"min_seconds": 2.0, "max_seconds": 3.0, "max_iterations": 100000})
+    p = subprocess.Popen([DEVICELAB, "run", "--farm", farm.address, "--suite", str(s), "--json"], env=farm.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    down = False
+    try:
+        wait_for(f"{a.serial} busy", lambda: (bt := beats(farm.db).get(a.serial)) and bt.job)
+        pg.halt()
+        down = True
+        # a job ends while the server is down: its row waits in its worker's spool
+        wait_for("a spooled row", lambda: any(path.exists() for path in spools), timeout=120, every=0.1)
+        pg.resume()
+        down = False
+        out, err = p.communicate(timeout=600)
+        wait_for("the spools flushed", lambda: not any(path.exists() for path in spools), timeout=60)
+    finally:
+        if down:
+            pg.resume()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    assert "spooled on the worker's host" in err
+    data = json.loads(out)
+    store = open_store(farm.db, create=False)
+    try:
+        planned = [row.config.identity_key() for row in store.planned(data["run_id"])]
+        stored = store.results(data["run_id"])
+    finally:
+        store.close()
+    assert len(planned) == 4
+    assert sorted(r.config.identity_key() for r in stored) == sorted(planned)  # each once: none lost, none twice
+    assert all(r.status == "ok" for r in stored), [(r.status, r.reason) for r in stored]
+    assert sorted(r.to_json() for r in stored) == sorted(Result.from_dict(r).to_json() for r in data["results"])
+
+
+@farm_test
 def test_status_shows_every_phone_with_its_beat(farm: Farm) -> None:
     rows = status(farm.env)
     assert set(rows) >= {p.serial for p in farm.phones}
