@@ -628,3 +628,47 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, 
     spool.write(db, other)
     [kept] = [json.loads(line) for line in spool.rejected.read_text().splitlines()]
     assert kept["refused"] and Result.from_dict(kept["result"]).to_json() == other.to_json()
+
+
+def test_the_clients_own_rows_wait_in_its_spool_while_postgresql_is_down(pg_server: Any, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows the client makes itself (here: infra-failed for a lost worker) while the PostgreSQL server is stopped
+    wait in the client's spool, in order, and are written once over its reopened connection when the server is back;
+    the run's end with the server still down stops the client in one line naming the spool."""
+    from devicelab import rows
+    from devicelab.farm.client import FarmRun
+    from devicelab.result import OK, Config
+    from devicelab.store import RunRecord
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))
+    url = pg_server.url(pg_server.create_database())
+    store = open_store(url)
+    store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
+    configs = [Config("phone", "protocol", "", "1", f"m{i}", f"{i:064x}", 10, "fp32", "cpu", 1, (0,), "big")
+               for i in range(3)]
+    events: list[tuple[str, Any]] = []
+    run = FarmRun(None, store, "run-1", None, 1.0, lambda kind, obj: events.append((kind, obj)),  # type: ignore[arg-type]
+                  location=url)
+    try:
+        run._commit(Result.for_config("run-1", configs[0], OK, samples_s=(0.01,), median_s=0.01))
+        lost = [rows.device_gone("run-1", c, "its farm worker was lost") for c in configs[1:]]
+        pg_server.halt()
+        try:
+            for r in lost:
+                run._commit(r)
+            assert run.spool.pending() == 2
+            assert [k for k, _ in events].count("notice") == 2
+            with pytest.raises(DevicelabError) as end:
+                run.record_end("finished")
+            [line] = str(end.value).splitlines()
+            assert "unreachable at the end of the run" in line and str(run.spool.path) in line, line
+        finally:
+            pg_server.resume()
+        run.record_end("finished")  # the spool first, then the run's status
+        assert run.spool.pending() == 0 and not run.spool.path.exists()
+        stored = store.results("run-1")
+        assert [r.model for r in stored] == ["m0", "m1", "m2"]
+        assert [r.to_json() for r in stored[1:]] == [r.to_json() for r in lost]
+        assert store.get_run("run-1").status == "finished"
+    finally:
+        store.close()
