@@ -4,7 +4,7 @@ a run of the cheapest real config the farm can run on a phone — the protocol e
 (runner protocol v1 in C, static arm64, run under qemu on the emulated phone) — K rounds per phone, submitted by the
 client API in this process.
 
-    python benchmarks/farm.py [--phones 3] [--jobs 6] [--db STORE]
+    python benchmarks/farm.py [--phones 2] [--jobs 6] [--db STORE]     (FARM_BENCH_DEBUG=1: each task's parts)
 
 Per task (one config on one phone) the worker reads the clock four times (farm.worker.TaskDone) and the client
 twice (farm.client.TaskTiming). Scheduling overhead of a job =
@@ -130,7 +130,7 @@ def overheads(timings: list[Any]) -> tuple[list[float], list[float], list[float]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--phones", type=int, default=3, help="emulated phones, one farm worker each")
+    parser.add_argument("--phones", type=int, default=2, help="emulated phones, one farm worker each")
     parser.add_argument("--jobs", type=int, default=6, help="jobs (rounds of the one config) per phone")
     parser.add_argument("--db", help="the store (default: a SQLite file in the temp folder)")
     args = parser.parse_args()
