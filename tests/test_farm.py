@@ -356,6 +356,7 @@ def test_a_store_unreachable_from_the_worker_spools_its_rows_then_flushes(farm: 
 
 
 @farm_test
+@pytest.mark.parametrize("farm", ["postgresql"], indirect=True)  # it stops the PostgreSQL server: no SQLite run
 def test_postgresql_stopped_mid_run_spools_then_every_row_is_stored_once(farm: Farm, runner_arm64: Path,
                                                                           monkeypatch: pytest.MonkeyPatch,
                                                                           request: pytest.FixtureRequest) -> None:
@@ -363,8 +364,7 @@ def test_postgresql_stopped_mid_run_spools_then_every_row_is_stored_once(farm: F
     run is in flight, and starts again on the same port and cluster: the rows finished meanwhile wait in the workers'
     spools, the client reconnects and its run ends, the spools are flushed, and every planned config has exactly one
     row."""
-    if not farm.db.startswith("postgresql://"):
-        pytest.skip("stops the PostgreSQL server")
+    assert farm.db.startswith("postgresql://")
     from devicelab.farm.worker import spool_path
 
     pg = request.getfixturevalue("pg_server")
