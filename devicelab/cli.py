@@ -401,7 +401,7 @@ def _run_on_farm(address: str, tls_files: tuple[Optional[str], Optional[str], Op
             farm_client.resume_farm_run(client, store, resume, wait_s, on_event)
             return resume
         assert raw is not None and source is not None
-        return farm_client.start_farm_run(client, store, raw, source, sys.argv, wait_s, on_event)
+        return farm_client.start_farm_run(client, store, raw, source, sys.argv, wait_s, on_event).run_id
     finally:
         client.close()
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,20 @@ def spool_path(serial: str) -> Path:
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in serial)
     return paths.data_dir() / "farm" / f"spool-{safe}.jsonl"
+
+
+@dataclass
+class TaskDone:
+    """What a farm task returns: (Result, committed) per job, in order — committed False when the Result waits in
+    this host's spool — and the worker's wall-clock times (time.time(), seconds) of the task reaching the worker,
+    its device session (phone set up for the run, cooldown, the configs) starting and ending, and its rows committed
+    or spooled. Four clock reads per task: what the scheduling overhead is measured from (benchmarks/farm.py)."""
+
+    rows: list[tuple[Result, bool]]
+    received_at: float
+    session_start: float
+    session_end: float
+    committed_at: float
 
 
 # --------------------------------------------------------------------------------------------------
@@ -300,23 +315,27 @@ class PhonePlugin(WorkerPlugin):
             self.offline = not quantity
 
     # ---- tasks
-    def run(self, location: str, jobs: Sequence[Job]) -> list[tuple[Result, bool]]:
+    def run(self, location: str, jobs: Sequence[Job]) -> TaskDone:
         """Run one config (or the A/B labels of one, together) on the phone; each Result committed to the run's
-        store or spooled on this host. (Result, committed) per job, in order."""
+        store or spooled on this host."""
+        received = time.time()
         label = job_label(jobs)
         with self._lock:
             self.job = label
         print(f"{self.serial}: start {label}", file=sys.stderr, flush=True)
         try:
             self.beat_soon()
+            start = time.time()
             results = self._run_jobs(jobs)
+            end = time.time()
             out = [(r, self.spool.write(location, r)) for r in results]
+            committed = time.time()
         finally:
             with self._lock:
                 self.job = None
             print(f"{self.serial}: end {label}", file=sys.stderr, flush=True)
             self.beat_soon()
-        return out
+        return TaskDone(out, received, start, end, committed)
 
     def beat_soon(self) -> None:
         """A beat now (not waiting for the next one), so status shows a job the moment it starts and ends."""
@@ -377,7 +396,7 @@ def _plugin() -> PhonePlugin:
     return plugin
 
 
-def run_task(location: str, jobs: list[Job]) -> list[tuple[Result, bool]]:
+def run_task(location: str, jobs: list[Job]) -> TaskDone:
     """The farm's task (pickled by reference: every farm host has the same devicelab, checked on connect)."""
     return _plugin().run(location, jobs)
 
@@ -413,10 +432,16 @@ async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: 
 
     from devicelab.farm.security import security
 
+    # What a task unpickles (its function lives in farm.client, its jobs in session/plan/config): imported now, not
+    # while the first task of a run waits (~0.1 s of imports on a small host).
+    import devicelab.farm.client  # noqa: F401
+
     plugin = PhonePlugin(serial, location, beat_s, Spool(spool_path(serial)))
     # distributed always starts an HTTP server next to a worker; with no routes it serves nothing (no metrics, no
     # task names) to whoever reaches its port.
-    dask.config.set({"distributed.worker.http.routes": []})
+    # distributed's statistical profiler samples the worker's threads every 10 ms: a wake-up this host does not need
+    # while its phone is measured, and one that delays the next task on a small host (benchmarks/farm.py).
+    dask.config.set({"distributed.worker.http.routes": [], "distributed.worker.profile.enabled": False})
     worker = Worker(scheduler, name=serial, nthreads=1, resources={resource(serial): 1}, security=security(tls),
                     plugins=(plugin,), dashboard=False, host="127.0.0.1" if _loopback(scheduler) else None,
                     protocol="tls" if tls else None)
