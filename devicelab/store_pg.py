@@ -32,6 +32,7 @@ def _one_line(error: BaseException, url: str) -> str:
 
 class PostgresStore(SqlStore):
     name = "postgresql"
+    _blob = "BYTEA"
     _for_update = " FOR UPDATE"  # concurrent writers of one run take turns on its row
 
     def __init__(self, url: str, create: bool = True) -> None:

@@ -22,14 +22,15 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from devicelab import rows, session
+from devicelab import native, profiles, rows, session
 from devicelab.devices import Transport, open_device
 from devicelab.errors import DevicelabError
 from devicelab.facts import DeviceEntry, DeviceFacts
 from devicelab.farm import MISSED_BEATS_OFFLINE, PLUGIN_NAME, resource
+from devicelab.farm.artifacts import Shipment, localize
 from devicelab.result import Result, utc_now
 from devicelab.session import Job
-from devicelab.store import Heartbeat, Store, open_store
+from devicelab.store import ArtifactMismatch, Heartbeat, Store, open_store
 
 
 def phone_entry(serial: str) -> DeviceEntry:
@@ -258,7 +259,22 @@ class PhonePlugin(WorkerPlugin):
         values = beat_values(phone.state())
         if self.facts is None:
             self.facts = phone.facts()
+            try:
+                self.publish_facts()
+            except (DevicelabError, OSError) as e:  # the next worker start (or a client's request) publishes them
+                print(f"{self.serial}: publishing its facts failed: {e}", file=sys.stderr, flush=True)
         return values
+
+    def publish_facts(self) -> None:
+        """The phone's facts into the store, where a client on any host plans with them (the phone need not be
+        attached to the client, nor its worker running then)."""
+        if self.facts is None:
+            return
+        store = existing_store(self.location)
+        try:
+            store.publish_facts(self.serial, platform.node(), self.facts.to_dict())
+        finally:
+            store.close()
 
     def _write_beat(self, beat: Heartbeat) -> None:
         """A beat is not spooled: the next one replaces it, and a stale beat says the store could not be reached."""
@@ -300,16 +316,17 @@ class PhonePlugin(WorkerPlugin):
             self.offline = not quantity
 
     # ---- tasks
-    def run(self, location: str, jobs: Sequence[Job]) -> list[tuple[Result, bool]]:
-        """Run one config (or the A/B labels of one, together) on the phone; each Result committed to the run's
-        store or spooled on this host. (Result, committed) per job, in order."""
+    def run(self, location: str, jobs: Sequence[Job], shipment: Shipment | None = None) -> list[tuple[Result, bool]]:
+        """Run one config (or the A/B labels of one, together) on the phone, with the files of `shipment` fetched from
+        the store into this host's cache first; each Result committed to the run's store or spooled on this host.
+        (Result, committed) per job, in order."""
         label = job_label(jobs)
         with self._lock:
             self.job = label
         print(f"{self.serial}: start {label}", file=sys.stderr, flush=True)
         try:
             self.beat_soon()
-            results = self._run_jobs(jobs)
+            results = self._run_shipped(location, jobs, shipment or Shipment())
             out = [(r, self.spool.write(location, r)) for r in results]
         finally:
             with self._lock:
@@ -333,6 +350,32 @@ class PhonePlugin(WorkerPlugin):
                                        **self.last))
         except Exception:  # noqa: BLE001 - best effort: the periodic beat follows
             pass
+
+    def _run_shipped(self, location: str, jobs: Sequence[Job], shipment: Shipment) -> list[Result]:
+        """The jobs run with their files from the store (this host's cached copies in place of the client's paths)
+        and the client's native programs; infra-failed rows, nothing run, when a file does not arrive."""
+        run_id = jobs[0].run_id
+        try:
+            store = existing_store(location)
+        except Exception as e:  # noqa: BLE001 - no store, no files: the rows say why (and wait in the spool)
+            return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
+        try:
+            local, builds = localize(store, jobs, shipment)
+        except ArtifactMismatch as e:
+            # The stored copy is damaged: forget it, so that --resume (which publishes the file again) stores it anew.
+            try:
+                store.drop_artifact(e.sha256)
+            except Exception:  # noqa: BLE001 - the row says what happened either way
+                pass
+            print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, str(e)) for j in jobs]
+        except (DevicelabError, OSError) as e:
+            print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
+        finally:
+            store.close()
+        with native.shipped_builds(builds):
+            return self._run_jobs(local)
 
     def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
         run_id = jobs[0].run_id
@@ -377,20 +420,22 @@ def _plugin() -> PhonePlugin:
     return plugin
 
 
-def run_task(location: str, jobs: list[Job]) -> list[tuple[Result, bool]]:
+def run_task(location: str, jobs: list[Job], shipment: Shipment | None = None) -> list[tuple[Result, bool]]:
     """The farm's task (pickled by reference: every farm host has the same devicelab, checked on connect)."""
-    return _plugin().run(location, jobs)
+    return _plugin().run(location, jobs, shipment)
 
 
-def phone_facts(dask_worker: Any) -> DeviceFacts | str:
-    """This worker's phone's facts, for the client's planning (run with client.run); why not when unreachable."""
+def phone_facts(dask_worker: Any) -> str | None:
+    """This worker's phone's facts published to the store, now (client.run, for a client that finds none stored:
+    the phone joined since its last beat); why not when the phone or the store cannot be reached."""
     plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
-    if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
-        try:
+    try:
+        if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
             plugin.facts = open_device(phone_entry(plugin.serial)).facts()
-        except (DevicelabError, OSError) as e:
-            return str(e)
-    return plugin.facts
+        plugin.publish_facts()
+    except (DevicelabError, OSError) as e:
+        return str(e)
+    return None
 
 
 def end_run(run_id: str, dask_worker: Any) -> bool:
@@ -445,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     from devicelab.farm.security import tls_options
 
     tls = tls_options(args.tls_ca, args.tls_cert, args.tls_key)
+    profiles.use_store(args.db)  # a phone's profile (battery calibration) lives where its Results go
     asyncio.run(serve(args.scheduler, args.serial, args.db, args.beat_seconds, tls))
     return 0
 
