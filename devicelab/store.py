@@ -135,7 +135,7 @@ class Store(Protocol):
     def record_heartbeat(self, beat: Heartbeat) -> None: ...
     def heartbeats(self) -> list[Heartbeat]: ...
     def put_artifact(self, path: Path, name: str | None = None) -> str: ...
-    def get_artifact(self, sha256: str, dest: Path) -> Path: ...
+    def get_artifact(self, sha256: str, dest: Path, mode: int = 0o644) -> Path: ...
     def has_artifact(self, sha256: str) -> bool: ...
     def drop_artifact(self, sha256: str) -> None: ...
     def publish_facts(self, device: str, host: str, facts: dict[str, Any]) -> None: ...
@@ -576,10 +576,11 @@ class SqlStore:
                                      f"{check.hexdigest()[:12]}… when stored): nothing stored")
         return digest
 
-    def get_artifact(self, sha256: str, dest: Path) -> Path:
-        """The artifact `sha256` written to `dest`, checked on arrival: its content must hash to its address. It is
-        written to a temporary file beside `dest` and renamed only when it checks, so `dest` is either the whole,
-        checked file or untouched; a mismatch is one line (DevicelabError)."""
+    def get_artifact(self, sha256: str, dest: Path, mode: int = 0o644) -> Path:
+        """The artifact `sha256` written to `dest` with permissions `mode` (a runner binary needs its execute bits),
+        checked on arrival: its content must hash to its address. It is written to a temporary file beside `dest` and
+        renamed only when it checks, so `dest` is either the whole, checked file or untouched; a mismatch is one line
+        (ArtifactMismatch)."""
         head = self._rows("SELECT name, bytes, chunks FROM artifacts WHERE sha256=?", (sha256,))
         if not head:
             raise DevicelabError(f"artifact sha256 {sha256[:12]}… is not in {self.location}: publish it first "
@@ -602,6 +603,7 @@ class SqlStore:
                 raise ArtifactMismatch(f"artifact {name} from {self.location} failed its check on arrival: sha256 "
                                        f"{check.hexdigest()} ({got} bytes), expected {sha256} ({size} bytes); "
                                        f"nothing written to {dest}", sha256)
+            os.chmod(tmp, mode)
             os.replace(tmp, dest)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -235,6 +235,70 @@ def test_each_job_runs_on_its_own_phone_one_at_a_time(farm: Farm, runner_arm64: 
 
 
 @farm_test
+def test_a_worker_runs_files_only_the_client_has_from_the_store(farm: Farm, runner_arm64: Path) -> None:
+    """The model and the runner exist only in the client's own mount namespace (a tmpfs over a folder that is empty
+    for every other process, as another host's disk is): the task's files reach the worker through the store, are
+    checked by sha256 into its host's cache, and the job runs from there. A stored copy damaged afterwards gives
+    infra-failed rows with the one-line sha256 error, nothing run; --resume publishes it again and finishes."""
+    import hashlib
+
+    from devicelab import zoo
+
+    a = farm.phones[0]
+    private = farm.tmp / "client-only"
+    private.mkdir()
+    staged = farm.tmp / "staged"
+    staged.mkdir()
+    (staged / "privnet.onnx").write_bytes(zoo.build_bytes("squeezenet1_1"))
+    shutil.copy(runner_arm64, staged / "runner")
+    s = suite(farm.tmp / "private.yaml", [a.serial], private / "runner", models=[str(private / "privnet.onnx")],
+              seed=11)
+
+    def client_only(*args: str) -> subprocess.CompletedProcess[str]:
+        script = (f"mount -t tmpfs tmpfs '{private}' && cp '{staged}/privnet.onnx' '{staged}/runner' '{private}/' && "
+                  f"exec '{DEVICELAB}' run --farm '{farm.address}' --json " + " ".join(f"'{x}'" for x in args))
+        return subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], env=farm.env,
+                              capture_output=True, text=True, timeout=600)
+
+    def rows_of(p: subprocess.CompletedProcess[str]) -> Any:
+        return [(r["status"], r["reason"]) for r in json.loads(p.stdout)["results"]] if p.stdout.strip() else p.stderr
+
+    p = client_only("--suite", str(s))
+    assert list(private.iterdir()) == []  # what the worker's host sees of the client's folder
+    assert p.returncode == 0, rows_of(p)
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "ok" and row["device"] == a.serial, (row["status"], row["reason"])
+    runner_sha = hashlib.sha256(runner_arm64.read_bytes()).hexdigest()
+    cached = Path(farm.env["DEVICELAB_DATA"]) / "farm" / "artifacts" / f"{runner_sha}-755" / "runner"
+    assert cached.read_bytes() == runner_arm64.read_bytes()  # the worker ran the store's copy, checked on arrival
+
+    # the stored model damaged, and the worker's cached copy gone (a new host): one line, infra-failed, nothing ran
+    model_sha = row["model_sha256"]
+    [cached_model] = (Path(farm.env["DEVICELAB_DATA"]) / "farm" / "artifacts").glob(f"{model_sha}-*")
+    shutil.rmtree(cached_model)
+    store = open_store(farm.db)
+    with store._write():  # type: ignore[attr-defined]
+        store._rows("UPDATE artifact_chunks SET content=? WHERE sha256=? AND seq=0",  # type: ignore[attr-defined]
+                    (b"not the model", model_sha))
+    store.close()
+    p = client_only("--suite", str(s))
+    assert p.returncode == 1, rows_of(p)
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "infra-failed" and "\n" not in row["reason"], row
+    assert "artifact privnet.onnx from" in row["reason"] and "failed its check on arrival" in row["reason"] and \
+        f"expected {model_sha}" in row["reason"], row["reason"]
+    assert not (cached_model / "privnet.onnx").exists()
+    assert f"{a.serial}: start {data['run_id']}" in farm.agent.text()  # the task reached the worker ...
+    assert row["samples_s"] == []  # ... and measured nothing
+    # the damaged copy was dropped: the resume publishes the file again and the config runs
+    p = client_only("--resume", data["run_id"])
+    assert p.returncode == 0, rows_of(p)
+    assert [r["status"] for r in json.loads(p.stdout)["results"]] == ["ok"]
+
+
+@farm_test
 def test_a_killed_worker_gives_infra_failed_rows_and_resume_finishes(farm: Farm, runner_arm64: Path) -> None:
     a, b = farm.phones[0], farm.phones[1]
     s = suite(farm.tmp / "kill.yaml", [a.serial, b.serial], runner_arm64, seed=7,
@@ -391,6 +455,49 @@ def run_suite_file(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump({"name": "s", "models": ["squeezenet1_1"], "engines": ["onnxruntime"],
                                     "threads": [1], "devices": ["127.0.0.1:5999"]}))
     return path
+
+
+def test_the_client_plans_from_the_facts_agents_published(tmp_path: Path, data_dir: Path) -> None:
+    """A phone whose agent published its facts and whose worker is not running now: the run is planned from the
+    stored facts (no phone is attached to this client, nor to any worker), the task's files are published, and its
+    rows are infra-failed once the phone has waited --farm-wait."""
+    import hashlib
+
+    env = plain_env(tmp_path, data_dir)
+    facts = {"id": "ghost-phone", "kind": "android", "model": "Pixel 8", "os": "Android 14", "abi": "arm64-v8a",
+             "cpus": 4, "cpu_ids": [0, 1, 2, 3], "clusters": [{"cpus": [0, 1], "capacity": 512, "max_khz": 1800000},
+                                                               {"cpus": [2, 3], "capacity": 1024, "max_khz": 2900000}],
+             "manufacturer": "Google", "memory_bytes": 8 << 30, "serial": "ghost-phone"}
+    store = open_store(env["DEVICELAB_DB"])
+    store.publish_facts("ghost-phone", "host-b", facts)  # as host b's agent did while the phone was there
+    store.close()
+    runner = tmp_path / "runner"
+    runner.write_bytes(b"#!/bin/sh\nexit 3\n")
+    runner.chmod(0o755)
+    path = tmp_path / "ghost.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "models": ["squeezenet1_1"], "threads": [2], "devices": ["ghost-phone"],
+                                    "engines": [{"name": "protocol", "options": {"binary": str(runner)}}],
+                                    "protocol": PROTOCOL}))
+    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
+    try:
+        p = devicelab("run", "--farm", scheduler.first_line, "--suite", str(path), "--farm-wait", "1", "--json",
+                      env=env)
+    finally:
+        scheduler.stop()
+    assert p.returncode == 1, p.stderr[-3000:]
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "infra-failed" and "no farm worker for 1 s" in row["reason"], row
+    assert row["cpus"] == [2, 3]  # pinned to the stored facts' big cluster
+    store = open_store(env["DEVICELAB_DB"])
+    try:
+        planned = store.planned(data["run_id"])
+        assert [r.config.device for r in planned] == ["ghost-phone"]
+        assert store.get_run(data["run_id"]).host["devices"]["ghost-phone"]["abi"] == "arm64-v8a"
+        assert store.has_artifact(hashlib.sha256(runner.read_bytes()).hexdigest())
+        assert store.has_artifact(row["model_sha256"])
+    finally:
+        store.close()
 
 
 def test_a_scheduler_that_would_rerun_tasks_is_refused(tmp_path: Path, data_dir: Path) -> None:

@@ -5,7 +5,7 @@ The client (`publish`) stores every file a task's jobs name — the suite's mode
 file, or a folder such as a Core ML package, carried as a tar), the weights beside it, a user's runner binary and its
 libraries — and devicelab's native programs registered on the client (`devicelab build-native`: dlbench, dlprobe),
 and hands the task a `Shipment`: each client path's sha256. The worker (`localize`) fetches each into its host's
-cache (`<data>/farm/artifacts/<sha256>/<name>`), checked by sha256 on arrival, and gives the session the same jobs with
+cache (`<data>/farm/artifacts/<sha256>-<mode>/<name>`), checked by sha256 on arrival, and gives the session the same jobs with
 the cached paths in place of the client's; the session itself is unchanged."""
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ PATH_OPTIONS = ("binary", "libraries", "weights")
 class Shipped:
     sha256: str
     name: str  # the file's (or folder's) own name: runners and engines may look at it (a suffix, a package name)
-    folder: bool = False  # a folder, stored as a tar of its files
+    folder: bool = False  # a folder, stored as a tar of its files (each file's mode in the tar)
+    mode: int = 0o644  # the client file's permission bits: a runner binary arrives executable
 
 
 @dataclass
@@ -79,7 +80,7 @@ def put(store: Store, path: Path) -> Shipped:
             return Shipped(store.put_artifact(packed, f"{path.name}.tar"), path.name, folder=True)
     if not path.is_file():
         raise DevicelabError(f"{path}: a farm task needs this file and it is not on this host")
-    return Shipped(store.put_artifact(path), path.name)
+    return Shipped(store.put_artifact(path), path.name, mode=path.stat().st_mode & 0o777)
 
 
 def publish(store: Store, jobs: Iterable[Job]) -> Shipment:
@@ -107,13 +108,13 @@ def cache_dir() -> Path:
 
 def fetch(store: Store, item: Shipped, cache: Path) -> Path:
     """The artifact in this host's cache (fetched and checked once; a cached entry got there only by a rename after
-    its check)."""
-    home = cache / item.sha256
+    its check). Keyed by content and mode: the same bytes as a data file and as a program are two entries."""
+    home = cache / (item.sha256 if item.folder else f"{item.sha256}-{item.mode:o}")
     dest = home / item.name
     if dest.exists():
         return dest
     if not item.folder:
-        return store.get_artifact(item.sha256, dest)
+        return store.get_artifact(item.sha256, dest, item.mode)
     home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=home) as tmp:
         packed = store.get_artifact(item.sha256, Path(tmp) / "folder.tar")
