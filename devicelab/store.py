@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.paths import sha256_file
 from devicelab.result import CONFIG_FIELDS, INFRA_FAILED, OK, SCHEMA_VERSION, Config, Result, migrate, utc_now
 
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
@@ -551,7 +552,7 @@ class SqlStore:
         """The file at `path` stored under its sha256 (returned); nothing is written when that content is stored
         already. The file is read twice, a chunk at a time: once for its hash, once into the store (checked against
         the first: a file that changes while it is published is refused, never stored under a wrong address)."""
-        digest = _sha256_file(path)
+        digest = sha256_file(path)
         if self.has_artifact(digest):
             return digest
         size = path.stat().st_size
@@ -639,13 +640,6 @@ class SqlStore:
             self._rows("INSERT INTO profiles VALUES (?,?,?) ON CONFLICT (profile_key) DO UPDATE SET at=excluded.at, "
                        "profile_json=excluded.profile_json", (key, utc_now(), json.dumps(profile, sort_keys=True)))
 
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1024 * 1024):
-            h.update(block)
-    return h.hexdigest()
 
 
 class SqliteStore(SqlStore):

@@ -431,14 +431,14 @@ def test_a_file_that_changes_while_it_is_published_is_not_stored(store_target: S
 
     source = tmp_path / "m.bin"
     source.write_bytes(b"a" * 100)
-    real = store_module._sha256_file
+    real = store_module.sha256_file
 
     def hash_then_change(path: Path) -> str:
         digest = real(path)
         path.write_bytes(b"b" * 100)  # written by someone else between the hash and the copy
         return digest
 
-    monkeypatch.setattr(store_module, "_sha256_file", hash_then_change)
+    monkeypatch.setattr(store_module, "sha256_file", hash_then_change)
     store = store_target.open()
     with pytest.raises(DevicelabError, match="changed while it was published.*nothing stored"):
         store.put_artifact(source)
