@@ -641,7 +641,6 @@ class SqlStore:
                        "profile_json=excluded.profile_json", (key, utc_now(), json.dumps(profile, sort_keys=True)))
 
 
-
 class SqliteStore(SqlStore):
     name = "sqlite"
 

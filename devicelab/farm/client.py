@@ -114,7 +114,7 @@ def farm_facts(client: Any, store: Store, phones: dict[str, FarmPhone]) -> dict[
     """Every phone's facts as the store has them (published by its host's agent), by serial: the client plans from
     these alone, whether or not the phone is attached anywhere now. A phone with a worker but nothing stored yet (it
     joined since) is asked to publish now; why it could not, for a phone that has none."""
-    from devicelab.farm.worker import phone_facts as publish_on_worker
+    from devicelab.farm.worker import publish_phone_facts as publish_on_worker
 
     stored = store.device_facts()
     problems: dict[str, str] = {}

@@ -425,7 +425,7 @@ def run_task(location: str, jobs: list[Job], shipment: Shipment | None = None) -
     return _plugin().run(location, jobs, shipment)
 
 
-def phone_facts(dask_worker: Any) -> str | None:
+def publish_phone_facts(dask_worker: Any) -> str | None:
     """This worker's phone's facts published to the store, now (client.run, for a client that finds none stored:
     the phone joined since its last beat); why not when the phone or the store cannot be reached."""
     plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
