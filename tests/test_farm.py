@@ -687,3 +687,74 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, 
     spool.write(db, other)
     [kept] = [json.loads(line) for line in spool.rejected.read_text().splitlines()]
     assert kept["refused"] and Result.from_dict(kept["result"]).to_json() == other.to_json()
+
+
+# --------------------------------------------------------------------------------------------------
+# A task's files through the store, without Dask: what the client publishes and what a worker's host makes of it
+
+
+def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten(
+        store_target: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's model, converted folder (a package: a tar), weights, runner binary and libraries and its native
+    build, published; every client file then deleted; a worker host with its own data folder gets the same Jobs with
+    its cached paths, identical bytes, the runner still executable, the folder whole, and the client's build as its
+    registry's answer while the task runs."""
+    from devicelab import native
+    from devicelab.engines.base import PreparedModel, SourceModel
+    from devicelab.farm import artifacts
+    from devicelab.measure import ProtocolSettings
+    from devicelab.result import Config
+    from devicelab.session import Job
+
+    client = tmp_path / "client"
+    (client / "pkg.mlpackage" / "Data").mkdir(parents=True)
+    (client / "pkg.mlpackage" / "Manifest.json").write_text('{"m": 1}')
+    (client / "pkg.mlpackage" / "Data" / "weights.bin").write_bytes(b"\x01\x02" * 5000)
+    (client / "m.onnx").write_bytes(b"onnx bytes")
+    (client / "m.bin").write_bytes(b"weights")
+    (client / "runner").write_bytes(b"#!/bin/sh\necho hi\n")
+    (client / "runner").chmod(0o755)
+    (client / "libx.so").write_bytes(b"library")
+    (client / "native" / "android-arm64").mkdir(parents=True)
+    (client / "native" / "android-arm64" / "dlprobe").write_bytes(b"probe program")
+    (client / "native" / "android-arm64" / "dlprobe").chmod(0o755)
+    monkeypatch.setenv("DEVICELAB_DATA", str(client / "data"))
+    probe = client / "native" / "android-arm64" / "dlprobe"
+    record = native.BuildRecord("android-arm64", {"dlprobe": native.Artifact("dlprobe", probe, "x", 13)}, "1", "ab" * 32,
+                                {}, "now")
+    native.registry_path().parent.mkdir(parents=True)
+    native.registry_path().write_text(json.dumps({"version": native.REGISTRY_VERSION,
+                                                  "targets": {"android-arm64": record.to_dict()}}))
+    config = Config("phone", "protocol", "", "1", "m", "cd" * 32, 10, "fp32", "cpu", 1, (0,), "big")
+    job = Job("run-1", config, SourceModel("m", client / "m.onnx", "cd" * 32, ()),
+              PreparedModel(client / "pkg.mlpackage", (), {"weights": str(client / "m.bin")}), ProtocolSettings(),
+              options={"binary": str(client / "runner"), "libraries": [str(client / "libx.so")], "threads": 1})
+    store = store_target.open()
+    shipment = artifacts.publish(store, [job])
+    assert set(shipment.files) == {str(p) for p in (client / "m.onnx", client / "pkg.mlpackage", client / "m.bin",
+                                                    client / "runner", client / "libx.so", probe)}
+    assert artifacts.publish(store, [job]).files == shipment.files  # published again: the same artifacts
+    originals = {name: (client / name).read_bytes() for name in ("m.onnx", "m.bin", "runner", "libx.so")}
+    weights = (client / "pkg.mlpackage" / "Data" / "weights.bin").read_bytes()
+    shutil.rmtree(client)  # the worker's host has none of it
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "worker-data"))
+    [local], builds = artifacts.localize(store, [job], shipment)
+    cache = tmp_path / "worker-data" / "farm" / "artifacts"
+    assert local.source.path.read_bytes() == originals["m.onnx"] and local.source.path.is_relative_to(cache)
+    assert local.prepared.path.name == "pkg.mlpackage" and local.prepared.path.is_relative_to(cache)
+    assert (local.prepared.path / "Data" / "weights.bin").read_bytes() == weights
+    assert json.loads((local.prepared.path / "Manifest.json").read_text()) == {"m": 1}
+    assert Path(local.prepared.options["weights"]).read_bytes() == originals["m.bin"]
+    assert Path(local.options["binary"]).read_bytes() == originals["runner"] and os.access(local.options["binary"], os.X_OK)
+    assert [Path(x).read_bytes() for x in local.options["libraries"]] == [originals["libx.so"]]
+    assert local.options["threads"] == 1 and local.config == job.config
+    assert native.registered("android-arm64") is None  # the worker's own registry has no build ...
+    with native.shipped_builds(builds):  # ... but while the task runs, the client's is the answer
+        shipped = native.registered("android-arm64")
+        assert shipped is not None and shipped.artifacts["dlprobe"].path.read_bytes() == b"probe program"
+        assert os.access(shipped.artifacts["dlprobe"].path, os.X_OK)
+    assert native.registered("android-arm64") is None
+    again, _ = artifacts.localize(store, [job], shipment)  # a second task: served from the cache
+    assert again[0].prepared.path == local.prepared.path
+    store.close()
