@@ -492,3 +492,48 @@ def test_profiles_follow_a_phone_through_a_postgresql_store(store_target: StoreT
         monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "host-b"))
         assert profiles.load("SER1") == {}
     store.close()
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from devicelab.store import open_store
+store = open_store(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+print(store.put_artifact(Path(sys.argv[2])), flush=True)
+store.close()
+"""
+
+
+def test_processes_publishing_the_same_file_at_once_store_it_once(store_target: StoreTarget, tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    source = tmp_path / "model.bin"
+    source.write_bytes(hashlib.sha256(b"seed").digest() * (300 * 1024))  # 9.4 MiB: three chunks
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    store_target.open().close()  # the schema exists before they start
+    publishers = [subprocess.Popen([sys.executable, "-c", PUBLISHER, store_target.db, str(source)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=tmp_path) for _ in range(4)]
+    try:
+        for p in publishers:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+        for p in publishers:  # all at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in publishers:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == digest, err[-2000:]
+    finally:
+        for p in publishers:
+            if p.poll() is None:
+                p.kill()
+    store = store_target.open()
+    assert store._rows("SELECT COUNT(*) FROM artifacts")[0][0] == 1  # type: ignore[attr-defined]
+    assert store._rows("SELECT COUNT(*) FROM artifact_chunks")[0][0] == 3  # type: ignore[attr-defined]
+    assert store.get_artifact(digest, tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    store.close()
