@@ -206,3 +206,143 @@ def scatter_chart(title: str, points: Sequence[dict[str, object]], xlabel: str, 
     out += _legend(f, groups)
     out.append("</svg>")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# The history page: one small chart per series, panels stacked over the same runs (x = the run's place in the
+# series, so nights are evenly spaced whatever the calendar says).
+
+
+@dataclass(frozen=True)
+class HistoryPanel:
+    """One panel of a history chart: lines over the runs (None where a run has no value), an optional band around the
+    first line (its CI) and an optional dashed level (the value the runs were judged against)."""
+
+    ylabel: str
+    lines: dict[str, list[float | None]]
+    band: tuple[list[float | None], list[float | None]] | None = None
+    level: list[float | None] | None = None
+    level_name: str = "level"
+
+
+@dataclass(frozen=True)
+class HistoryMark:
+    """Something that happened at a run: kind is `change` (a change point), `version` (the build or model changed from
+    the run before), or `alert` (an alert opened; state names its state)."""
+
+    index: int
+    kind: str
+    text: str
+    run_id: str
+    state: str = ""
+
+
+_MARK_COLOR = {"change": "#9467bd", "version": "#7f7f7f", "confirmed": "#d62728", "suspected": "#ff7f0e",
+               "acknowledged": "#2ca02c", "cleared": "#7f7f7f"}
+
+
+def _segments(xs: Sequence[float], ys: Sequence[float | None]) -> list[list[tuple[float, float]]]:
+    """Runs of consecutive present values: a missing night breaks the line instead of bridging it."""
+    out: list[list[tuple[float, float]]] = [[]]
+    for x, y in zip(xs, ys):
+        if y is None:
+            if out[-1]:
+                out.append([])
+        else:
+            out[-1].append((x, y))
+    return [s for s in out if s]
+
+
+def history_chart(title: str, xlabels: Sequence[str], panels: Sequence[HistoryPanel],
+                  marks: Sequence[HistoryMark] = ()) -> str:
+    """Stacked panels over the same runs, with vertical marks (change points, build changes) across all panels and
+    alert triangles on top of the first panel. Every element that names a run has a <title> (hover text)."""
+    n = len(xlabels)
+    if not n or not panels:
+        return ""
+    panel_h, gap = 110, 26
+    f = Frame(height=36 + len(panels) * (panel_h + gap) + 20, top=36, right=170)  # room for the alert marks
+
+    def sx(i: float) -> float:
+        return f.left + (0.5 if n == 1 else i / (n - 1)) * f.plot_w
+
+    out = _open(f, title, "history")
+    every = max(1, math.ceil(n / 6))  # at most ~6 tick labels: a small chart, not a table
+    for p_i, panel in enumerate(panels):
+        top = f.top + p_i * (panel_h + gap)
+        values = [v for line in panel.lines.values() for v in line if v is not None]
+        if panel.band:
+            values += [v for side in panel.band for v in side if v is not None]
+        if panel.level:
+            values += [v for v in panel.level if v is not None]
+        if not values:
+            continue
+        lo, hi = min(values), max(values)
+        pad = (hi - lo) * 0.08 or abs(hi) * 0.02 or 1.0
+        yt = _nice_ticks(lo - pad, hi + pad, 4)
+        y0, y1 = yt[0], yt[-1]
+
+        def sy(v: float, top: int = top, y0: float = y0, y1: float = y1) -> float:
+            return top + panel_h - (v - y0) / (y1 - y0) * panel_h
+
+        out.append(f'<g class="panel" data-panel="{p_i}">')
+        out.append(f'<rect x="{f.left}" y="{top}" width="{f.plot_w}" height="{panel_h}" fill="none" stroke="#999"/>')
+        for y in yt:
+            out.append(f'<line x1="{f.left}" y1="{sy(y):.1f}" x2="{f.left + f.plot_w}" y2="{sy(y):.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{f.left - 6}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{esc(_fmt(y))}</text>')
+        out.append(f'<text x="14" y="{top + panel_h / 2:.1f}" font-size="10" text-anchor="middle" '
+                   f'transform="rotate(-90 14 {top + panel_h / 2:.1f})">{esc(panel.ylabel)}</text>')
+        xs = [sx(i) for i in range(n)]
+        if panel.band:
+            for seg_lo, seg_hi in zip(_segments(xs, panel.band[0]), _segments(xs, panel.band[1])):
+                poly = [*seg_hi, *reversed(seg_lo)]
+                band_pts = " ".join(f"{x:.1f},{sy(y):.1f}" for x, y in poly)
+                out.append(f'<polygon class="band" points="{band_pts}" fill="{color(0)}" fill-opacity="0.18" stroke="none"/>')
+        if panel.level:
+            for seg in _segments(xs, panel.level):
+                # A step line: the level holds from one run to the next.
+                pts: list[str] = []
+                for k, (x, y) in enumerate(seg):
+                    if k:
+                        pts.append(f"{x:.1f},{sy(seg[k - 1][1]):.1f}")
+                    pts.append(f"{x:.1f},{sy(y):.1f}")
+                out.append(f'<polyline class="level" points="{" ".join(pts)}" fill="none" stroke="#000" '
+                           f'stroke-dasharray="5 3" stroke-width="1.2"><title>{esc(panel.level_name)}</title></polyline>')
+        for li, (name, ys) in enumerate(panel.lines.items()):
+            c = color(li)
+            for seg in _segments(xs, ys):
+                pts_text = " ".join(f"{x:.1f},{sy(y):.1f}" for x, y in seg)
+                out.append(f'<polyline points="{pts_text}" fill="none" stroke="{c}" stroke-width="1.8"/>')
+            for i, y in enumerate(ys):
+                if y is not None:
+                    out.append(f'<circle cx="{xs[i]:.1f}" cy="{sy(y):.1f}" r="2.8" fill="{c}">'
+                               f"<title>{esc(name)}: {_fmt(y)} at {esc(xlabels[i])}</title></circle>")
+        legend = list(panel.lines) + ([panel.level_name] if panel.level else [])
+        lx = f.left + f.plot_w + 12
+        for li, name in enumerate(legend):
+            ly = top + 10 + li * 15
+            fill = "#000" if panel.level and li == len(legend) - 1 else color(li)
+            out.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="{3 if fill == "#000" else 10}" fill="{fill}"/>')
+            out.append(f'<text x="{lx + 14}" y="{ly + 1}" font-size="10">{esc(name[:26])}</text>')
+        out.append("</g>")
+    bottom = f.top + len(panels) * (panel_h + gap) - gap
+    for i in range(0, n, every):
+        out.append(f'<text x="{sx(i):.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">{esc(xlabels[i])}</text>')
+    for m in marks:
+        if not 0 <= m.index < n:
+            continue
+        x = sx(m.index)
+        c = _MARK_COLOR.get(m.state or m.kind, "#7f7f7f")
+        attrs = f'class="mark mark-{esc(m.kind)}" data-run="{esc(m.run_id)}" data-state="{esc(m.state)}"'
+        if m.kind == "alert":
+            y = f.top
+            out.append(f'<g {attrs}><polygon points="{x - 6:.1f},{y - 9} {x + 6:.1f},{y - 9} {x:.1f},{y + 2}" '
+                       f'fill="{c}" stroke="#000" stroke-width="0.6"/><title>{esc(m.text)}</title></g>')
+        else:
+            dash = "6 3" if m.kind == "change" else "2 3"
+            out.append(f'<g {attrs}><line x1="{x:.1f}" y1="{f.top}" x2="{x:.1f}" y2="{bottom}" stroke="{c}" '
+                       f'stroke-width="{2 if m.kind == "change" else 1.5}" stroke-dasharray="{dash}"/>'
+                       f'<rect x="{x - 4:.1f}" y="{bottom - 8}" width="8" height="8" fill="{c}"/>'
+                       f"<title>{esc(m.text)}</title></g>")
+    out.append("</svg>")
+    return "\n".join(out)

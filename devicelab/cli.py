@@ -404,7 +404,7 @@ def _run_on_farm(address: str, tls_files: tuple[Optional[str], Optional[str], Op
             farm_client.resume_farm_run(client, store, resume, wait_s, on_event)
             return resume
         assert raw is not None and source is not None
-        return farm_client.start_farm_run(client, store, raw, source, sys.argv, wait_s, on_event)
+        return farm_client.start_farm_run(client, store, raw, source, sys.argv, wait_s, on_event).run_id
     finally:
         client.close()
 
@@ -737,16 +737,40 @@ def accept(
 
 @app.command()
 def report(
-    run_ids: list[str] = typer.Argument(..., metavar="RUN_ID...", help="one or more runs, side by side"),
+    run_ids: Optional[list[str]] = typer.Argument(None, metavar="RUN_ID...", help="one or more runs, side by side"),
+    history: bool = typer.Option(False, "--history", help="instead of runs: the history page, a chart per series "
+                                 "over the stored runs with the alerts and change points regress finds"),
+    device: Optional[str] = typer.Option(None, "--device", help="with --history: only this device's series"),
+    since: Optional[str] = typer.Option(None, "--since", metavar="DATE",
+                                        help="with --history: only runs created on or after DATE (ISO, 2026-11-01)"),
+    threshold: str = ThresholdOpt,
+    reference: str = typer.Option("reference", "--reference", metavar="LABEL",
+                                  help="with --history: the label that carries the reference build in nightly A/B runs"),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="where to write the HTML file",
                                          callback=_output_file),
     db: Optional[str] = DbOpt,
 ) -> None:
-    """Write the offline HTML review report of one or more runs."""
+    """Write the offline HTML review report of one or more runs, or (--history) the history page of the store."""
     from devicelab import paths
     from devicelab import report as report_module
     from devicelab.store import open_store
 
+    if history:
+        from devicelab import report_history, verdicts
+
+        if run_ids:
+            raise DevicelabError("report: RUN_ID and --history are not allowed together; allowed: RUN_ID... or --history")
+        t = verdicts.parse_threshold(threshold)
+        when = report_history.parse_since(since) if since is not None else None  # checked before anything is read
+        store = open_store(db, create=False)
+        path = Path(output).expanduser() if output else paths.reports_dir() / "history.html"
+        _, count = report_history.write(path, store, t, reference, device, when)
+        out().print(f"history: {path} ({count} series)")
+        return
+    if device is not None or since is not None:
+        raise DevicelabError("report: --device and --since are only allowed with --history")
+    if not run_ids:
+        raise DevicelabError("report: RUN_ID is missing; allowed: one or more run ids, or --history")
     store = open_store(db, create=False)
     records = [store.get_run(r) for r in run_ids]
     results = [x for r in run_ids for x in store.results(r)]

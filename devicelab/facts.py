@@ -154,6 +154,9 @@ def _check_ios(options: dict[str, Any]) -> list[str]:
         if not (isinstance(tunneld, str) and host and port.isdigit() and 0 < int(port) < 65536):
             problems.append(f"tunneld_address: {tunneld!r} is not allowed; allowed: HOST:PORT of `pymobiledevice3 "
                             "remote tunneld` (default 127.0.0.1:49151)")
+    channel = options.get("channel")
+    if channel is not None and channel not in ("tcp", "batch"):
+        problems.append(f"channel: {channel!r} is not allowed; allowed: tcp, batch")
     records = options.get("pairing_records")
     if records is not None and not isinstance(records, str):
         problems.append(f"pairing_records: {records!r} is not allowed; allowed: a folder path")
@@ -192,7 +195,10 @@ KINDS: dict[str, KindSpec] = {
                                 "USBMUXD_SOCKET_ADDRESS, else the system usbmuxd)",
               "pairing_records": "folder of lockdown pair records (default: pymobiledevice3's, in the home folder)",
               "tunneld_address": "HOST:PORT of `pymobiledevice3 remote tunneld`, which iOS 17+ needs for DVT "
-                                 "(default 127.0.0.1:49151)"},
+                                 "(default 127.0.0.1:49151)",
+              "channel": "how the runner app is driven: tcp (default; the runner protocol over a TCP port reached "
+                         "through usbmuxd) or batch (a fixed iteration count in its config, its results file pulled "
+                         "after it exits)"},
         check=_check_ios,
         no_pinning="iOS has no CPU-affinity API (threads only; the runner's QoS class is recorded)"),
 }

@@ -145,6 +145,18 @@ def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float 
 # --------------------------------------------------------------------------------------------------
 # Warmup rule (pure)
 
+# The stop reason of a batch-mode run: its iteration count was fixed up front (batch_iterations), so the stopping
+# rule could not apply.
+BATCH_STOP = "batch"
+
+
+def batch_iterations(s: ProtocolSettings) -> int:
+    """Iterations a batch-mode runner is asked for up front, before any time is known: max_iterations, the most
+    the stopping rule ever takes by count (it cannot stop a batch early at its precision target, and max_seconds
+    cannot cut a batch short; timeout_seconds still kills a runner that overruns)."""
+    return max(1, s.max_iterations)
+
+
 SLOW_MODEL_S = 0.2  # a model this slow per inference is warmed up for warmup_iterations only
 WARMUP_WINDOW_S = 0.05  # a steadiness window holds at least this much inference (and 3 iterations)
 EPSILON_S = 1e-9  # sums of float seconds: ten 0.01 s iterations are 0.1 s, not 0.09999999999999999
@@ -330,6 +342,11 @@ def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, An
 def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]], cmd: str = "run") -> Batch:
     """Ask for n iterations (`run`, or v2's `warmup`); their times and, when the runner sends them, their starts."""
     channel.send({"cmd": cmd, "iterations": n})
+    return receive_batch(channel, n, deadline, ops)
+
+
+def receive_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]]) -> Batch:
+    """A batch of n iterations as the runner reports it (asked for by `run_batch`, or by the config in batch mode)."""
     got: list[float] = []
     starts: list[float | None] = []
     while True:
@@ -379,8 +396,11 @@ class Driver:
     (devicelab.session starts, drives and finishes them)."""
 
     def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False,
-                 warmup_floor_s: float = 0.0) -> None:
+                 warmup_floor_s: float = 0.0, batch: int | None = None) -> None:
         self.channel, self.s, self.deadline = channel, s, deadline
+        # Batch mode (a runner that reads no commands): its config asked for `batch` iterations up front; the runner
+        # warms itself, times them as one batch and stops by itself, and the driver only reads what it reported.
+        self.batch = batch
         self.controller_warmup = controller_warmup  # the runner was told to leave warmup to us (if it speaks v2)
         self.warmup_floor_s = warmup_floor_s  # seconds of warmup the device needs whatever the rule says
         self.ops: list[dict[str, Any]] = []
@@ -412,7 +432,7 @@ class Driver:
         # The first batch is sized from what every runner sends: the warmup's mean when it reports one, else the
         # first inference (slower than steady state, so the first batch errs short, never runs away).
         self.estimate = (warm_s / warmups) if warmups and warm_s else (first or None)
-        if self.protocol >= 2 and self.controller_warmup and warmups == 0:
+        if self.protocol >= 2 and self.controller_warmup and warmups == 0 and self.batch is None:
             self._warm_up()
 
     def _warm_up(self) -> None:
@@ -426,16 +446,23 @@ class Driver:
         self.warmup_stopped = why
 
     def reason(self) -> str | None:
+        if self.batch is not None:
+            return BATCH_STOP if self.batches else None
         return stop_reason(self.samples, self.s)
 
     def capped(self) -> bool:
         """No more batches, whatever the others need: both minimums hold and an iteration or time cap is reached."""
+        if self.batch is not None:
+            return bool(self.batches)
         return minimums_met(self.samples, self.s) and (
             len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
 
     def step(self, most: int | None = None) -> None:
-        n = next_batch(self.samples, self.s, self.estimate)
-        batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+        if self.batch is not None:
+            batch = receive_batch(self.channel, self.batch, self.deadline, self.ops)
+        else:
+            n = next_batch(self.samples, self.s, self.estimate)
+            batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
         self.samples.extend(batch.samples)
         if self.starts is not None and batch.starts is not None:
             self.starts.extend(batch.starts)
@@ -451,9 +478,10 @@ class Driver:
 
     def finish(self, before_stop: BeforeStop | None = None) -> Measurement:
         extra: dict[str, Any] = {}
-        if before_stop is not None:
+        if before_stop is not None and self.batch is None:
             extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
-        self.channel.send({"cmd": "stop"})
+        if self.batch is None:
+            self.channel.send({"cmd": "stop"})  # in batch mode the runner stops by itself after its batch
         done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
                        self.ops)
         starts = None

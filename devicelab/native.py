@@ -509,8 +509,9 @@ def ios_steps(ncnn: str | None = None) -> list[Step]:
               + " -DNCNN_SIMPLEOMP=ON",
               "cmake --build build-ncnn-ios --target install --parallel")),
         Step("Generate the Xcode project (your team's ID from developer.apple.com → Membership; add "
-             "-DDLBENCH_WITH_NCNN=ON -Dncnn_DIR=$PWD/ncnn-ios/lib/cmake/ncnn for ncnn; -DRUNNER_BUNDLE_ID=... when the "
-             "default bundle ID is taken):",
+             "-DDLBENCH_WITH_NCNN=ON -Dncnn_DIR=$PWD/ncnn-ios/lib/cmake/ncnn for ncnn; -DDLBENCH_WITH_MNN=ON "
+             "-DMNN_ROOT=<the folder holding MNN.framework> for MNN, built with MNN's package_scripts/ios/buildiOS.sh; "
+             "-DRUNNER_BUNDLE_ID=... when the default bundle ID is taken):",
              (f"cmake -S runners/ios -B build-ios -G Xcode {ios} -DDEVELOPMENT_TEAM=<TEAM_ID>",)),
         Step("Build and sign (automatic signing registers the phone and the app's capabilities with the team; the "
              "same project opens in Xcode: build-ios/DevicelabRunner.xcodeproj). iOS 16+ needs Developer Mode on the "

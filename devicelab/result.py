@@ -189,12 +189,14 @@ class RunProtocol:
     dlprobe: dict[str, Any] | None = None
     tool: dict[str, Any] | None = None
     energy: EnergyWindow | None = None
+    # Batch mode (a runner that reads no commands): {iterations, results_file, rule}; None when driven batch by batch.
+    batch: dict[str, Any] | None = None
     legacy: dict[str, Any] | None = None  # keys of a migrated v1 record that v2 does not name (kept, never dropped)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"settings": dict(self.settings), "stop_reason": self.stop_reason, "batches": self.batches}
         for name in ("runner_protocol", "runner_version", "artifact_bytes", "outputs_sha256", "dlprobe", "tool",
-                     "legacy"):
+                     "batch", "legacy"):
             value = getattr(self, name)
             if value is not None:
                 d[name] = value

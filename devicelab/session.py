@@ -19,16 +19,16 @@ from typing import Any
 
 from devicelab import native, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Start, Transport,
-                                   TransportLostError)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Start,
+                                   Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
 from devicelab.engines.tool_base import ToolEngine, ToolSettings
 from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
-                               JsonLines, Measurement, ProtocolSettings, RunnerError, byte_count, lockstep,
-                               now_deadline, seconds_field)
+                               JsonLines, Measurement, ProtocolSettings, RunnerError, batch_iterations, byte_count,
+                               lockstep, minimums_met, now_deadline, seconds_field)
 from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
                               Pinning, Result, RunProtocol, Warmup, utc_now)
 
@@ -165,10 +165,16 @@ def tool_settings(job: Job, facts: DeviceFacts, engine: ToolEngine) -> ToolSetti
                         affinity=cfg.affinity if cfg.affinity in ("big", "little", "all") else None)
 
 
+def _size(path: Path) -> int:
+    """A file's bytes, or a folder's (a Core ML package): the sum of the files in it, not the folder entry's size."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
 def artifact_bytes(prepared: PreparedModel) -> int | None:
     try:
-        return prepared.path.stat().st_size + sum(Path(v).stat().st_size for k, v in prepared.options.items()
-                                                  if k == "weights")
+        return _size(prepared.path) + sum(_size(Path(v)) for k, v in prepared.options.items() if k == "weights")
     except OSError:
         return None
 
@@ -398,8 +404,16 @@ class _Attempt:
         if self.accuracy_pass and self.job.source.dataset is not None:
             cfg = stage_dataset(cfg, self.job.source, staging)
         cfg = self.engine.stage(cfg, staging)
+        if self.t.batch:
+            # Batch mode: the count is fixed before any time is known (measure.batch_iterations), and every event
+            # line goes to a file the transport brings back once the runner has exited.
+            cfg = {**cfg, "iterations": batch_iterations(self.s), "results_file": BATCH_RESULTS_FILE}
+            self.record["batch"] = {"iterations": cfg["iterations"], "results_file": BATCH_RESULTS_FILE,
+                                    "rule": "max_iterations, fixed before the runner started: the runner reads no "
+                                            "commands, so the stopping rule (precision, max_seconds) could not apply"}
         (staging / CONFIG_FILE).write_text(json.dumps(cfg))
-        return [(p.name, p) for p in sorted(staging.iterdir()) if p.is_file()]
+        # Every file, subfolders included: a model can be a folder (a Core ML package, staged file by file).
+        return [(p.relative_to(staging).as_posix(), p) for p in sorted(staging.rglob("*")) if p.is_file()]
 
     def _remove_run_dir(self) -> None:
         if self.run_dir is not None:
@@ -432,8 +446,10 @@ class _Attempt:
             self.process.close_stdin()
             return
         # Where clocks ramp slowly (phones), warmup never ends before warmup_seconds, steady or not.
+        batch = self.record["batch"]["iterations"] if self.t.batch and "batch" in self.record else None
         self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
-                             controller_warmup=True, warmup_floor_s=self.s.warmup_seconds if self.t.slow_clock_ramp else 0)
+                             controller_warmup=batch is None,
+                             warmup_floor_s=self.s.warmup_seconds if self.t.slow_clock_ramp else 0, batch=batch)
         try:
             self.driver.start()
         except FAULTS as e:
@@ -480,6 +496,10 @@ class _Attempt:
             self.energy = unmeasured("engine tools are not measured for energy (load, warmup and timing share one "
                                      "process): use a runner-protocol engine (dlbench, protocol)")
             return None
+        if self.t.batch and self.s.energy:
+            self.energy = unmeasured("batch mode: the runner reads no commands, so it cannot be asked for the energy "
+                                     "window's iterations")
+            return None
         source = self.t.energy_source()
         if isinstance(source, str):
             self.energy = unmeasured(source)
@@ -505,6 +525,9 @@ class _Attempt:
             return
         if "energy" in m.extra:
             self.energy = m.extra["energy"]
+        if self.driver.batch is not None and not minimums_met(m.samples_s, self.s):
+            self.notes.append(f"batch mode: the {len(m.samples_s)} iterations asked for up front took "
+                              f"{sum(m.samples_s):.3g} s, less than min_seconds={self.s.min_seconds:g}")
         if len(labels) > 1:
             self.record["lockstep"] = Lockstep(tuple(x for x in labels if x != self.cfg.label), LOCKSTEP_SLICE_S)
         assert self.process is not None
@@ -763,7 +786,7 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
     """Results for `jobs` on `transport`, in order. Several runner-protocol jobs (the A/B labels of one config) are
     started one after another (loads never contend) and timed in lockstep; tools run one at a time, to the end."""
     tools = [job for job in jobs if isinstance(get_engine(job.config.engine), ToolEngine)]
-    if len(jobs) > 1 and (tools or not transport.lockstep):  # one at a time: a tool runs to its end alone
+    if len(jobs) > 1 and (tools or not transport.lockstep or transport.batch):  # one at a time: a tool runs to its end alone
         return [r for job in jobs for r in run_jobs(transport, [job], cooldown_record)]
     with contextlib.ExitStack() as stack:
         attempts = [_Attempt(transport, job, cooldown_record, stack) for job in jobs]

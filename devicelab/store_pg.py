@@ -8,11 +8,15 @@ from __future__ import annotations
 import contextlib
 import os
 import zlib
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from devicelab.errors import DevicelabError
-from devicelab.store import _PARAM_PASSWORD, _URL_PASSWORD, STORE_SCHEMA_VERSION, SqlStore, redact
+from devicelab.result import Result
+from devicelab.store import (_PARAM_PASSWORD, _URL_PASSWORD, STORE_SCHEMA_VERSION, Heartbeat, PlannedRow, RunRecord,
+                             SqlStore, Written, redact)
+
+T = TypeVar("T")
 
 # Every opener of a database takes this transaction-level lock before it looks at the schema version, so hosts that
 # open a fresh (or older) database at once migrate it once, one after the other.
@@ -38,22 +42,17 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, create: bool = True) -> None:
         self._location = redact(url)
         try:
-            import psycopg
+            import psycopg  # noqa: F401 - only whether it is installed: _connect() uses it
         except ImportError:
             raise DevicelabError(f"--db {self._location} needs psycopg 3 (pip install 'psycopg[binary]>=3.2,<4')") \
                 from None
         # A farm host whose database is unreachable says so after a while instead of hanging (libpq's own default
         # is to wait forever); an explicit connect_timeout in the URL or PGCONNECT_TIMEOUT wins.
-        timeout = {} if ("connect_timeout" in url or os.environ.get("PGCONNECT_TIMEOUT")) else {"connect_timeout": 10}
-        try:
-            # Autocommit: a read is its own statement (no transaction left open between calls to hold back a
-            # migration or vacuum); writes are the explicit transactions of _write().
-            self._db = psycopg.connect(url, autocommit=True, application_name="devicelab", **timeout)
-        except psycopg.Error as e:
-            raise DevicelabError(f"cannot open the PostgreSQL store {self._location}: {_one_line(e, url)}") from None
-        except Exception as e:  # noqa: BLE001 - libpq's URL parser: a malformed URL is bad input, said in one line
-            raise DevicelabError(f"--db {self._location} is not a PostgreSQL URL libpq accepts: {_one_line(e, url)}") \
-                from None
+        self._timeout: dict[str, Any] = ({} if ("connect_timeout" in url or os.environ.get("PGCONNECT_TIMEOUT"))
+                                         else {"connect_timeout": 10})
+        # Kept in memory only, to reconnect after the server went away (restart, failover, network cut).
+        self._url = url
+        self._db = self._connect()
         try:
             with self._write():
                 self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
@@ -65,9 +64,85 @@ class PostgresStore(SqlStore):
             self._db.close()
             raise
 
+    def _connect(self) -> Any:
+        import psycopg
+
+        try:
+            # Autocommit: a read is its own statement (no transaction left open between calls to hold back a
+            # migration or vacuum); writes are the explicit transactions of _write().
+            return psycopg.connect(self._url, autocommit=True, application_name="devicelab", **self._timeout)
+        except psycopg.Error as e:
+            raise DevicelabError(f"cannot open the PostgreSQL store {self._location}: {_one_line(e, self._url)}") \
+                from None
+        except Exception as e:  # noqa: BLE001 - libpq's URL parser: a malformed URL is bad input, said in one line
+            raise DevicelabError(f"--db {self._location} is not a PostgreSQL URL libpq accepts: "
+                                 f"{_one_line(e, self._url)}") from None
+
     @property
     def location(self) -> str:
         return self._location
+
+    # ---- a lost connection: reopened, and an idempotent call retried once
+
+    def _retried(self, call: Callable[[], T]) -> T:
+        """`call` on the open connection; if that connection turns out to be lost (the server restarted or went
+        away: psycopg raises OperationalError), reopen it and run `call` once more.
+        Only calls that are safe to repeat come here: reads, and writes that are idempotent (a Result committed
+        just before the connection broke is "unchanged" the second time). A server that is still down raises the
+        open's DevicelabError, as the first open does."""
+        import psycopg
+
+        if self._db.closed:  # lost during an earlier call (that one raised): open again before this one
+            self._db = self._connect()
+        try:
+            return call()
+        except psycopg.OperationalError:
+            if self._alive():
+                raise  # an error of the statement itself, the connection is fine: not something a retry fixes
+        self._db.close()
+        self._db = self._connect()
+        return call()
+
+    def _alive(self) -> bool:
+        """Whether the connection still reaches the server. psycopg marks a connection cut by the server as broken
+        only on some paths (a cut found on entering a transaction leaves its status as it was), so it is asked."""
+        if self._db.closed:
+            return False
+        try:
+            self._db.execute("SELECT 1")
+            return True
+        except Exception:  # noqa: BLE001 - whatever fails here, the connection cannot be used
+            return False
+
+    def add_result(self, result: Result) -> Written:
+        return self._retried(lambda: super(PostgresStore, self).add_result(result))
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        self._retried(lambda: super(PostgresStore, self).set_run_status(run_id, status))
+
+    def record_heartbeat(self, beat: Heartbeat) -> None:
+        self._retried(lambda: super(PostgresStore, self).record_heartbeat(beat))
+
+    def results(self, run_id: str) -> list[Result]:
+        return self._retried(lambda: super(PostgresStore, self).results(run_id))
+
+    def done_keys(self, run_id: str) -> set[str]:
+        return self._retried(lambda: super(PostgresStore, self).done_keys(run_id))
+
+    def status_counts(self, run_id: str) -> dict[str, int]:
+        return self._retried(lambda: super(PostgresStore, self).status_counts(run_id))
+
+    def get_run(self, run_id: str) -> RunRecord:
+        return self._retried(lambda: super(PostgresStore, self).get_run(run_id))
+
+    def runs(self, limit: int = 50) -> list[RunRecord]:
+        return self._retried(lambda: super(PostgresStore, self).runs(limit))
+
+    def planned(self, run_id: str) -> list[PlannedRow]:
+        return self._retried(lambda: super(PostgresStore, self).planned(run_id))
+
+    def heartbeats(self) -> list[Heartbeat]:
+        return self._retried(lambda: super(PostgresStore, self).heartbeats())
 
     def close(self) -> None:
         self._db.close()

@@ -61,7 +61,7 @@ def resolve_side(store: Store, spec: str) -> Side:
     return Side(",".join(run_ids), label or None, results)
 
 
-def _series_without_label(r: Result) -> str:
+def series_without_label(r: Result) -> str:
     return json.dumps([r.device, r.engine, r.model, r.precision, r.backend, r.threads, list(r.cpus)])
 
 
@@ -94,7 +94,7 @@ def compare_sides(store: Store, base: Side, cand: Side, threshold: float, pair: 
                   ) -> list[cmp.Comparison]:
     """Matched configs and their verdicts; two labels of one run are paired by round unless `pair` is False."""
     by_label = base.label is not None or cand.label is not None
-    key: Callable[[Result], str] = _series_without_label if by_label else (lambda r: r.config.series_key())
+    key: Callable[[Result], str] = series_without_label if by_label else (lambda r: r.config.series_key())
     groups_b: dict[str, list[Result]] = {}
     groups_c: dict[str, list[Result]] = {}
     for r in base.results:
@@ -167,7 +167,7 @@ def _paired_groups(store: Store, reference: str, device: str | None
     groups: dict[str, dict[str, list[tuple[str, str, Result]]]] = {}
     for rows in store.history(device).values():
         r = rows[0][2]
-        groups.setdefault(_series_without_label(r), {}).setdefault(r.label, []).extend(rows)
+        groups.setdefault(series_without_label(r), {}).setdefault(r.label, []).extend(rows)
     return {k: v for k, v in groups.items() if reference in v and len(v) > 1}
 
 
@@ -254,10 +254,10 @@ def accept(store: Store, spec: str, note: str | None, reference: str = REFERENCE
     if label == reference:
         raise DevicelabError(f"LABEL: '{label}' is the reference itself; name the candidate label to accept")
     results = [r for r in store.results(run_id) if r.status == OK]
-    refs = {_series_without_label(r) for r in results if r.label == reference}
+    refs = {series_without_label(r) for r in results if r.label == reference}
     accepted: list[str] = []
     for r in results:
-        base = _series_without_label(r)
+        base = series_without_label(r)
         if r.label == label and base in refs:
             key = json.dumps([base, label, reference])
             if key not in accepted:
@@ -268,7 +268,7 @@ def accept(store: Store, spec: str, note: str | None, reference: str = REFERENCE
         raise DevicelabError(f"{run_id} has no ok results of label '{label}' beside the '{reference}' label; labels "
                              f"there: {', '.join(repr(x) for x in labels)}")
     return [display_name(next(r for r in results if r.label == label and json.dumps(
-        [_series_without_label(r), label, reference]) == k), False) for k in accepted]
+        [series_without_label(r), label, reference]) == k), False) for k in accepted]
 
 
 def reset_baseline(store: Store, run_id: str, pattern: str | None, note: str | None) -> list[str]:

@@ -7,7 +7,12 @@ class on `ready`, ProcessInfo.thermalState on each `batch` (runners/ios). Here t
 script that forks a relay and then execs dlbench itself, so the process DVT launched, samples and kills *is*
 dlbench (its pid, its memory); the relay listens on the port the controller is told about, connects to dlbench's
 own --listen port, and adds those two keys to the events as the app's hooks would, with the thermal state read
-from Documents/thermal_state in the container (a test writes it; "nominal" otherwise)."""
+from Documents/thermal_state in the container (a test writes it; "nominal" otherwise). Like the real app it sends
+its stderr to Documents/devicelab/runner-stderr.txt in the container. Launched without --listen (batch mode, or
+--version) it execs dlbench with its arguments as they are — so batch mode's lines carry neither hook's key —
+unless the test's switch Documents/crash_mid_batch exists: then it runs dlbench as a child, and once the results
+file shows `ready` kills it, writes the switch's text to its stderr and kills itself (an app dying mid-batch).
+For the tests it keeps a copy of every config it is launched with beside the .app (launched_folder)."""
 
 from __future__ import annotations
 
@@ -23,10 +28,32 @@ BUNDLE_ID = "org.devicelab.dlbench"
 UDID = "00008110-000A1B2C3D4E5F60"
 
 APP_SCRIPT = r'''#!{python}
-import json, os, socket, sys, time
+import json, os, shutil, signal, socket, subprocess, sys, time
 
 DLBENCH = {dlbench!r}
+LAUNCHED = {launched!r}
 args = sys.argv[1:]
+# As the real app does (runners/ios/AppDelegate.mm): stderr to a file in the container, which iOS does not relay.
+os.makedirs("Documents/devicelab", exist_ok=True)
+err = os.open("Documents/devicelab/runner-stderr.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+os.dup2(err, 2)
+if args and os.path.isfile(args[-1]):  # for the tests: the config as the app was given it
+    os.makedirs(LAUNCHED, exist_ok=True)
+    shutil.copyfile(args[-1], os.path.join(LAUNCHED, f"{{os.getpid()}}.json"))
+    with open(os.path.join(LAUNCHED, f"{{os.getpid()}}.path"), "w") as f:
+        f.write(args[-1])
+if "--listen" not in args:  # batch mode (or --version): dlbench's core with the arguments as they are
+    if os.path.exists("Documents/crash_mid_batch"):  # a test's switch: the app dies once its batch has begun
+        why = open("Documents/crash_mid_batch").read()
+        results = json.load(open(args[-1]))["results_file"]
+        core = subprocess.Popen([DLBENCH, *args])
+        while core.poll() is None and not (os.path.exists(results) and b'"ready"' in open(results, "rb").read()):
+            time.sleep(0.001)
+        core.kill()
+        sys.stderr.write(why)
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.execv(DLBENCH, [DLBENCH, *args])
 i = args.index("--port-file")
 port_file = args[i + 1]
 inner_file = port_file + ".dlbench"
@@ -86,9 +113,16 @@ def build_runner_app(folder: Path, dlbench: Path, bundle_id: str = BUNDLE_ID, ma
                                                      "CFBundleExecutable": "DevicelabRunner",
                                                      "CFBundleName": "DevicelabRunner", "UIFileSharingEnabled": True}))
     exe = app / "DevicelabRunner"
-    exe.write_text(APP_SCRIPT.format(python=sys.executable, dlbench=str(dlbench)) + marker)
+    exe.write_text(APP_SCRIPT.format(python=sys.executable, dlbench=str(dlbench), launched=str(launched_folder(app)))
+                   + marker)
     exe.chmod(0o755)
     return app
+
+
+def launched_folder(app: Path) -> Path:
+    """Where the stand-in keeps a copy of every config it was launched with (`<pid>.json`, and `<pid>.path`: the
+    config's path as launched, relative to the container): beside the .app, outside the phone."""
+    return app.parent / "launched"
 
 
 @dataclass

@@ -91,23 +91,46 @@ class PgServer:
             os.chown(self.sockets, self._as["user"], self._as["group"])
         for _ in range(5):  # the port was free when picked; another process may take it before postgres binds it
             self.port = _free_port()
-            log = open(self.root / "server.log", "ab")
-            self.process = subprocess.Popen(
-                [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-c",
-                 "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockets}", "-c", "fsync=off",
-                 "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=100"],
-                stdout=log, stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
-                **self._as)
-            log.close()
-            if self._wait_ready():
+            if self._launch():
                 break
-            self.process.wait(timeout=30)
-            self.process = None
         else:
             raise RuntimeError(f"PostgreSQL did not start: {(self.root / 'server.log').read_text()[-2000:]}")
         self.passfile.write_text(f"127.0.0.1:{self.port}:*:{ADMIN}:{self.password}\n")
         self.passfile.chmod(0o600)  # libpq ignores a password file others can read
         return self
+
+    def _launch(self) -> bool:
+        """postgres on self.port and the cluster in self.data; False if it exited before accepting connections."""
+        log = open(self.root / "server.log", "ab")
+        self.process = subprocess.Popen(
+            [str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port), "-c",
+             "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.sockets}", "-c", "fsync=off",
+             "-c", "synchronous_commit=off", "-c", "full_page_writes=off", "-c", "max_connections=100"],
+            stdout=log, stderr=subprocess.STDOUT, env={"PATH": os.environ.get("PATH", ""), "LC_ALL": "C"},
+            **self._as)
+        log.close()
+        if self._wait_ready():
+            return True
+        self.process.wait(timeout=30)
+        self.process = None
+        return False
+
+    def halt(self) -> None:
+        """Stop the server as an administrator does (`pg_ctl stop -m fast`: SIGINT to its pid; every client's
+        connection is cut), keeping its cluster for resume()."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=60)
+        self.process = None
+
+    def resume(self) -> None:
+        """Start the halted server again: same cluster, same port (its clients come back to the same address)."""
+        assert self.process is None
+        deadline = time.monotonic() + 30
+        while not self._launch():  # the port is ours; only a server still shutting down holds it for a moment
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not restart: {(self.root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.2)
 
     def _wait_ready(self) -> bool:
         """True once the server accepts connections; False if it exited (a port taken in the meantime)."""

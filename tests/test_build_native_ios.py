@@ -36,13 +36,14 @@ def test_prints_the_xcode_steps_and_builds_nothing(env: dict[str, str], tmp_path
     named = {a[2:].split("=")[0] for step in doc["steps"] for text in (step["title"], *step["commands"])
              for a in shlex.split(text.replace("(", " ").replace(")", " ").replace(";", " "), posix=False)
              if a.startswith("-D") and not a.startswith(("-DCMAKE_", "-DNCNN_", "-DVulkan_"))}
-    assert {"DEVELOPMENT_TEAM", "RUNNER_BUNDLE_ID", "DLBENCH_WITH_NCNN"} <= named
+    assert {"DEVELOPMENT_TEAM", "RUNNER_BUNDLE_ID", "DLBENCH_WITH_NCNN", "DLBENCH_WITH_MNN", "MNN_ROOT"} <= named
     assert named - {"ncnn_DIR"} <= declared, named - declared
     # Every file the project compiles exists (the app's own and the shared dlbench core).
     code = "\n".join(line.split("#", 1)[0] for line in project.splitlines())
     sources = [s for call in re.findall(r"(?:add_executable|target_sources)\(([^)]*)\)", code)
                for s in call.split() if s.endswith((".mm", ".cpp"))]
     assert "AppDelegate.mm" in sources and "backend_coreml.mm" in sources and len(sources) >= 7
+    assert "${CORE}/backend_mnn.cpp" in sources and "${CORE}/backend_ncnn.cpp" in sources
     for source in sources:
         path = source.replace("${CORE}", str(REPO / "native" / "dlbench"))
         assert (REPO / "runners" / "ios" / path).is_file() or Path(path).is_file(), source

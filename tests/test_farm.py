@@ -424,6 +424,58 @@ def test_a_store_unreachable_from_the_worker_spools_its_rows_then_flushes(farm: 
 
 
 @farm_test
+@pytest.mark.parametrize("farm", ["postgresql"], indirect=True)  # it stops the PostgreSQL server: no SQLite run
+def test_postgresql_stopped_mid_run_spools_then_every_row_is_stored_once(farm: Farm, runner_arm64: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          request: pytest.FixtureRequest) -> None:
+    """The PostgreSQL server itself stops (fast shutdown: every connection cut, the client's included) while a farm
+    run is in flight, and starts again on the same port and cluster: the rows finished meanwhile wait in the workers'
+    spools, the client reconnects and its run ends, the spools are flushed, and every planned config has exactly one
+    row."""
+    assert farm.db.startswith("postgresql://")
+    from devicelab.farm.worker import spool_path
+
+    pg = request.getfixturevalue("pg_server")
+    a, b = farm.phones[0], farm.phones[1]
+    monkeypatch.setenv("DEVICELAB_DATA", farm.env["DEVICELAB_DATA"])  # the agent's: its workers spool there
+    spools = [spool_path(a.serial), spool_path(b.serial)]
+    s = suite(farm.tmp / "pg-stop.yaml", [a.serial, b.serial], runner_arm64, seed=13,
+              protocol={"min_seconds": 2.0, "max_seconds": 3.0, "max_iterations": 100000})
+    p = subprocess.Popen([DEVICELAB, "run", "--farm", farm.address, "--suite", str(s), "--json"], env=farm.env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    down = False
+    try:
+        wait_for(f"{a.serial} busy", lambda: (bt := beats(farm.db).get(a.serial)) and bt.job)
+        pg.halt()
+        down = True
+        # a job ends while the server is down: its row waits in its worker's spool
+        wait_for("a spooled row", lambda: any(path.exists() for path in spools), timeout=120, every=0.1)
+        pg.resume()
+        down = False
+        out, err = p.communicate(timeout=600)
+        wait_for("the spools flushed", lambda: not any(path.exists() for path in spools), timeout=60)
+    finally:
+        if down:
+            pg.resume()
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    assert "spooled on the worker's host" in err
+    data = json.loads(out)
+    store = open_store(farm.db, create=False)
+    try:
+        planned = [row.config.identity_key() for row in store.planned(data["run_id"])]
+        stored = store.results(data["run_id"])
+    finally:
+        store.close()
+    assert len(planned) == 4
+    assert sorted(r.config.identity_key() for r in stored) == sorted(planned)  # each once: none lost, none twice
+    assert all(r.status == "ok" for r in stored), [(r.status, r.reason) for r in stored]
+    assert sorted(r.to_json() for r in stored) == sorted(Result.from_dict(r).to_json() for r in data["results"])
+
+
+@farm_test
 def test_status_shows_every_phone_with_its_beat(farm: Farm) -> None:
     rows = status(farm.env)
     assert set(rows) >= {p.serial for p in farm.phones}
@@ -687,6 +739,50 @@ def test_results_wait_in_the_spool_while_the_store_is_unreachable(backend: str, 
     spool.write(db, other)
     [kept] = [json.loads(line) for line in spool.rejected.read_text().splitlines()]
     assert kept["refused"] and Result.from_dict(kept["result"]).to_json() == other.to_json()
+
+
+def test_the_clients_own_rows_wait_in_its_spool_while_postgresql_is_down(pg_server: Any, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows the client makes itself (here: infra-failed for a lost worker) while the PostgreSQL server is stopped
+    wait in the client's spool, in order, and are written once over its reopened connection when the server is back;
+    the run's end with the server still down stops the client in one line naming the spool."""
+    from devicelab import rows
+    from devicelab.farm.client import FarmRun
+    from devicelab.result import OK, Config
+    from devicelab.store import RunRecord
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))
+    url = pg_server.url(pg_server.create_database())
+    store = open_store(url)
+    store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
+    configs = [Config("phone", "protocol", "", "1", f"m{i}", f"{i:064x}", 10, "fp32", "cpu", 1, (0,), "big")
+               for i in range(3)]
+    events: list[tuple[str, Any]] = []
+    run = FarmRun(None, store, "run-1", None, 1.0, lambda kind, obj: events.append((kind, obj)),  # type: ignore[arg-type]
+                  location=url)
+    try:
+        run._commit(Result.for_config("run-1", configs[0], OK, samples_s=(0.01,), median_s=0.01))
+        lost = [rows.device_gone("run-1", c, "its farm worker was lost") for c in configs[1:]]
+        pg_server.halt()
+        try:
+            for r in lost:
+                run._commit(r)
+            assert run.spool.pending() == 2
+            assert [k for k, _ in events].count("notice") == 2
+            with pytest.raises(DevicelabError) as end:
+                run.record_end("finished")
+            [line] = str(end.value).splitlines()
+            assert "unreachable at the end of the run" in line and str(run.spool.path) in line, line
+        finally:
+            pg_server.resume()
+        run.record_end("finished")  # the spool first, then the run's status
+        assert run.spool.pending() == 0 and not run.spool.path.exists()
+        stored = store.results("run-1")
+        assert [r.model for r in stored] == ["m0", "m1", "m2"]
+        assert [r.to_json() for r in stored[1:]] == [r.to_json() for r in lost]
+        assert store.get_run("run-1").status == "finished"
+    finally:
+        store.close()
 
 
 # --------------------------------------------------------------------------------------------------

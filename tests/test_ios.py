@@ -6,6 +6,7 @@ host build are never looked at. iOS 17+ (tunneld, RSD) is tested with object-lev
 from __future__ import annotations
 
 import json
+import posixpath
 import shutil
 import socket
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 from helpers import FAST_PROTOCOL, devicelab, run_json
-from ios_env import BUNDLE_ID, IPhone, cli_env, write_devices
+from ios_env import BUNDLE_ID, IPhone, cli_env, launched_folder, write_devices
 
 pytest.importorskip("pymobiledevice3")
 pytestmark = [pytest.mark.slow]
@@ -279,3 +280,79 @@ def test_phone_locked_during_a_run_gives_infra_failed_rows_with_the_line(
     code, data, err = _run(e, "--resume", data["run_id"])
     assert code == 0, err
     assert sorted(r["status"] for r in data["results"]) == ["ok", "ok"]
+
+
+def _launched_configs(app: Path, before: set[Path]) -> list[tuple[str, dict[str, Any]]]:
+    """The configs the runner app was launched with since `before` (the stand-in keeps a copy of each): (the config's
+    path in the container, its content), oldest first."""
+    folder = launched_folder(app)
+    new = sorted((p for p in folder.glob("*.json") if p not in before), key=lambda p: p.stat().st_mtime)
+    return [(p.with_suffix(".path").read_text(), json.loads(p.read_text())) for p in new]
+
+
+def test_core_ml_package_reaches_the_container_whole_and_a_second_run_pushes_nothing(
+        iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """A Core ML config stages a folder (model.mlpackage): every file of it lands in the app's container under one
+    content-addressed folder, and the config the app is launched with names that folder. The emulated iPhone runs the
+    host build of dlbench, which has no Core ML: the row is failed with dlbench's own words, never a measurement."""
+    pytest.importorskip("coremltools")
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app))
+    args = ("--suite", str(_suite(tmp_path / "s.yaml", precisions=["fp32"])), "--device", iphone.udid,
+            "--engine", "dlbench", "--model", "squeezenet1_1", "--backend", "coreml-cpu")
+    folder = launched_folder(ios_runner_app)
+    before = set(folder.glob("*.json")) if folder.is_dir() else set()
+    code, data, err = _run(e, *args)
+    [r] = data["results"]
+    assert code == 1 and r["status"] == "failed" and r["backend"] == "coreml-cpu", (code, r["reason"], err[-2000:])
+    assert r["reason"].startswith("options.library:") and "coreml" in r["reason"] and "\n" not in r["reason"]
+    assert not r.get("samples_s") and r.get("median_s") is None  # no timing was produced
+    [(config_path, config)] = _launched_configs(ios_runner_app, before)
+    assert config["options"]["library"] == "coreml" and config["options"]["compute_units"] == "cpuOnly"
+    model = posixpath.normpath(posixpath.join(posixpath.dirname(config_path), config["model"]))
+    assert model.startswith("Documents/devicelab/files/") and model.endswith("/model.mlpackage"), model
+    [local] = [p for p in Path(env["DEVICELAB_DATA"]).rglob("*-fp32-*.mlpackage") if (p / "Manifest.json").is_file()]
+    local_files = {p.relative_to(local).as_posix(): p.read_bytes() for p in local.rglob("*") if p.is_file()}
+    there = iphone.container() / model
+    device_files = {p.relative_to(there).as_posix(): p.read_bytes() for p in there.rglob("*") if p.is_file()}
+    assert device_files == local_files  # Manifest.json, the model spec and the weights, byte for byte
+    assert {"Manifest.json", "Data/com.apple.CoreML/model.mlmodel"} <= set(device_files)
+    assert any(name.startswith("Data/com.apple.CoreML/weights/") for name in device_files), sorted(device_files)
+    assert r["protocol"]["artifact_bytes"] == sum(len(b) for b in local_files.values())
+    assert r["protocol"]["push"]["bytes"] >= r["protocol"]["artifact_bytes"]
+    code, data, err = _run(e, *args)
+    [r] = data["results"]
+    assert r["status"] == "failed" and r["reason"].startswith("options.library:"), r["reason"]
+    assert r["protocol"]["push"]["bytes"] == 0 and r["protocol"]["push"]["pushed_files"] == 0
+
+
+def test_batch_mode_runs_a_fixed_count_pulls_the_results_and_a_crash_keeps_its_stderr(
+        iphone: IPhone, ios_runner_app: Path, env: dict[str, str], tmp_path: Path) -> None:
+    """`channel: batch`: the app gets its iteration count (max_iterations) in its config and no connection; its
+    results file, pulled after it exits, is parsed as the live channel would be. Then the app dies mid-batch: a
+    failed row whose stderr tail is the app's stderr file, pulled from the container."""
+    e = cli_env(env, iphone, write_devices(tmp_path / "devices.yaml", iphone, ios_runner_app, channel="batch"))
+    suite = _suite(tmp_path / "s.yaml", precisions=["fp32"], protocol={"max_iterations": 12, "min_iterations": 5})
+    folder = launched_folder(ios_runner_app)
+    before = set(folder.glob("*.json")) if folder.is_dir() else set()
+    code, data, err = _run(e, "--suite", str(suite), "--device", "iphone")
+    assert code == 0, err[-3000:]
+    [r] = data["results"]
+    assert r["status"] == "ok", r["reason"]
+    assert len(r["samples_s"]) == 12 and all(x > 0 for x in r["samples_s"])
+    protocol = r["protocol"]
+    assert protocol["stop_reason"] == "batch" and protocol["batches"] == 1
+    assert protocol["batch"]["iterations"] == 12 and "stopping rule" in protocol["batch"]["rule"]
+    assert protocol["warmup"]["by"] == "runner"
+    [(config_path, config)] = _launched_configs(ios_runner_app, before)
+    assert config["iterations"] == 12
+    assert config["results_file"] == f"{posixpath.dirname(config_path)}/results.jsonl"
+    assert not [f for f in _devicelab_files(iphone) if f.startswith("Documents/devicelab/runs/")]
+
+    (iphone.container() / "Documents" / "crash_mid_batch").write_text("libc++abi: terminating (test crash)\n")
+    suite = _suite(tmp_path / "s2.yaml", precisions=["fp32"], protocol={"max_iterations": 100000,
+                                                                        "min_iterations": 5})
+    code, data, err = _run(e, "--suite", str(suite), "--device", "iphone")
+    [r] = data["results"]
+    assert code == 1 and r["status"] == "failed", (r["status"], r["reason"])
+    assert r["reason"].startswith("runner ended before finishing") and "said `done`" in r["reason"], r["reason"]
+    assert "libc++abi: terminating (test crash)" in (r["stderr_tail"] or ""), r["stderr_tail"]

@@ -60,6 +60,21 @@ def test_ios_entry_checks_name_each_key(tmp_path: Path) -> None:
     assert [p.split(":")[0] for p in e.value.problems] == ["devices[0].udid", "devices[0].runner_app"]
 
 
+def test_channel_is_tcp_or_batch(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    entry = {"id": "phone", "kind": "ios", "udid": UDID, "runner_app": str(app)}
+    for channel, batch in ((None, False), ("tcp", False), ("batch", True)):
+        inventory = parse_inventory({"devices": [{**entry, **({"channel": channel} if channel else {})}]}, "t")
+        found = inventory.find("phone")
+        assert found is not None
+        transport = IOSTransport(found)
+        assert transport.batch is batch
+        transport.loop.close()
+    with pytest.raises(ConfigError) as e:
+        parse_inventory({"devices": [{**entry, "channel": "usb"}]}, "t")
+    assert e.value.problems == ["devices[0].channel: 'usb' is not allowed; allowed: tcp, batch"]
+
+
 # ---- planning: threads only
 
 
@@ -104,6 +119,36 @@ def test_config_names_the_content_addressed_files() -> None:
     assert out["inputs"][0]["file"] == "../../files/cc/input0.bin"
     assert out["outputs_file"] == "outputs.npz" and out["threads"] == 2 and out["label"] == "model.param x"
     assert files.config_bytes(b"not json", folder, links) is None
+
+
+def test_a_folder_is_placed_whole_under_its_tree_hash_and_the_config_names_it() -> None:
+    """A Core ML package (a folder the app opens as one) lands in one place, named by the whole folder's content;
+    the config's `model.mlpackage` becomes the path to that folder, and batch mode's results file a path from the
+    app's home into the run folder."""
+    a, b, c = "aa" * 32, "bb" * 32, "cc" * 32
+    staged = [("config.json", a), ("model.mlpackage/Manifest.json", b),
+              ("model.mlpackage/Data/com.apple.CoreML/model.mlmodel", c), ("input0.bin", c)]
+    placed = files.placements(staged)
+    assert placed[0] == f"Documents/devicelab/files/{a}/config.json" and placed[3].endswith(f"/{c}/input0.bin")
+    tree = placed[1].split("/")[3]
+    assert placed[1] == f"Documents/devicelab/files/{tree}/model.mlpackage/Manifest.json"
+    assert placed[2] == f"Documents/devicelab/files/{tree}/model.mlpackage/Data/com.apple.CoreML/model.mlmodel"
+    assert tree not in (a, b, c)
+    changed = files.placements([(n, a if n.endswith("model.mlmodel") else h) for n, h in staged])
+    assert changed[1].split("/")[3] != tree  # another file inside: another folder, nothing overwritten
+    assert files.placements(list(reversed(staged)))[::-1] == placed  # order does not change the tree
+    with pytest.raises(ValueError):
+        files.placements([("model.mlpackage/../../x", a)])
+    folder = "Documents/devicelab/runs/r1"
+    links = dict(zip((n for n, _ in staged), placed))
+    config = {"model": "model.mlpackage", "inputs": [{"file": "input0.bin"}], "results_file": "results.jsonl"}
+    out = json.loads(files.config_bytes(json.dumps(config).encode(), folder, links) or b"")
+    assert out["model"] == f"../../files/{tree}/model.mlpackage"
+    assert out["inputs"][0]["file"] == f"../../files/{c}/input0.bin"
+    assert out["results_file"] == f"{folder}/results.jsonl"
+    # A folder whose files are not laid out under one path cannot be named: the value is kept as it is.
+    scattered = {"m/x": "Documents/devicelab/files/11/m/x", "m/y": "Documents/devicelab/files/22/m/y"}
+    assert files.folder_targets(scattered) == {}
 
 
 def test_port_file_is_read_only_when_complete() -> None:

@@ -270,3 +270,41 @@ def test_lockstep_reaches_the_minimums_before_any_cap() -> None:
         m = d.finish()
         assert sum(m.samples_s) >= S.min_seconds, (len(m.samples_s), sum(m.samples_s))
         assert m.stop_reason == "max_iterations" and len(m.samples_s) >= len(alone.samples_s)
+
+
+class BatchFile:
+    """What a batch-mode runner left in its results file: every event line, written without any command."""
+
+    def __init__(self, events: list[dict[str, Any]]) -> None:
+        self.queue, self.sent = list(events), []  # type: list[dict[str, Any]], list[dict[str, Any]]
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        raise ChannelClosedError("batch mode: the runner reads no commands")
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        if not self.queue:
+            raise ChannelClosedError("no more output")
+        return self.queue.pop(0)
+
+
+def test_batch_mode_reads_one_fixed_batch_and_sends_nothing() -> None:
+    from devicelab.measure import batch_iterations
+
+    n = batch_iterations(S)
+    assert n == S.max_iterations
+    ready = {"event": "ready", "protocol": 2, "load_s": 0.1, "first_s": 0.02, "warmups": 0}
+    lines = [ready, *({"event": "iter", "s": 0.01 + k * 1e-4} for k in range(n)), {"event": "batch"},
+             {"event": "done", "peak_rss_bytes": 9}]
+    runner = BatchFile(lines)
+    d = Driver(runner, S, time.monotonic() + 10, controller_warmup=True, batch=n)
+    d.start()  # a v2 runner that left warmup to the controller is not warmed up: nothing can be sent to it
+    d.time_alone()
+    m = d.finish(lambda run_more, samples: {"energy": run_more(5)})  # no window: it would need commands
+    assert runner.sent == [] and m.stop_reason == "batch" and m.batches == 1 and len(m.samples_s) == n
+    assert m.done["peak_rss_bytes"] == 9 and m.extra == {} and m.warmup_by == "runner"
+    short = BatchFile([ready, *({"event": "iter", "s": 0.01} for _ in range(3)), {"event": "batch"}])
+    d = Driver(short, S, time.monotonic() + 10, batch=n)
+    d.start()
+    with pytest.raises(RunnerError, match=f"asked for {n} iterations, got 3"):
+        d.time_alone()

@@ -234,3 +234,22 @@ def test_a_malformed_runner_line_fails_its_row_naming_it_and_the_others_run(tmp_
     broken, fine = run_jobs(toy, [_job(tmp_path, bad, "bad"), _job(tmp_path, runner, "fine")])
     assert broken.status == "failed" and '"s": "fast"' in str(broken.reason) and "'s' must be" in str(broken.reason)
     assert fine.status == OK
+
+
+def test_artifact_bytes_of_a_folder_model_are_the_sum_of_its_files(tmp_path: Path) -> None:
+    """A Core ML package is a folder: its artifact bytes are its files' (nested ones included), not the size of the
+    folder entry."""
+    from devicelab.session import artifact_bytes
+
+    package = tmp_path / "m.mlpackage"
+    (package / "Data" / "com.apple.CoreML" / "weights").mkdir(parents=True)
+    sizes = {"Manifest.json": 300, "Data/com.apple.CoreML/model.mlmodel": 5000,
+             "Data/com.apple.CoreML/weights/weight.bin": 123457}
+    for name, size in sizes.items():
+        (package / name).write_bytes(b"x" * size)
+    assert artifact_bytes(PreparedModel(package)) == sum(sizes.values())
+    single = tmp_path / "model.param"
+    single.write_bytes(b"y" * 77)
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"z" * 1000)
+    assert artifact_bytes(PreparedModel(single, options={"weights": str(weights)})) == 1077

@@ -151,3 +151,35 @@ def test_run_on_postgresql_and_resume_from_the_stored_plan(pg_server: Any, env: 
     assert code == 0, err
     assert [r["status"] for r in replanned["results"]] == ["ok"]
     assert _sql(url, "SELECT identity_key FROM results") == [(planned[0][0],)]
+
+
+def test_a_store_reconnects_after_the_server_restarts(pg_server: Any) -> None:
+    """The server is stopped (fast: every connection cut) and started again on the same port and cluster: the open
+    store reopens its connection and its next call works; while the server is down a call fails in one line naming
+    the store (no password), and an idempotent write retried after a lost answer is one row."""
+    from devicelab.result import OK, Config, Result
+
+    url = pg_server.url(pg_server.create_database())
+    store = open_store(url)
+    made = [Result.for_config("run-1", Config("phone", "protocol", "", "1", f"m{i}", f"{i:064x}", 10, "fp32", "cpu",
+                                              1, (0,), "big"), OK, samples_s=(0.01, 0.011), median_s=0.0105)
+            for i in range(3)]
+    try:
+        store.create_run(RunRecord("run-1", "2026-12-06T12:00:00.000+00:00", {"name": "s"}, 1, {}, "0.1.0"))
+        assert store.add_result(made[0]) == "inserted"
+        pg_server.halt()
+        try:
+            with pytest.raises(DevicelabError) as down:
+                store.add_result(made[1])
+            assert str(down.value).startswith(f"cannot open the PostgreSQL store {url}: ") and "\n" not in \
+                str(down.value) and pg_server.password not in str(down.value)
+        finally:
+            pg_server.resume()
+        assert store.add_result(made[1]) == "inserted"  # the connection was reopened
+        pg_server.halt()
+        pg_server.resume()
+        assert store.add_result(made[1]) == "unchanged"  # a lost connection found by a write: reopened, retried
+        assert store.add_result(made[2]) == "inserted"
+        assert [r.to_json() for r in store.results("run-1")] == [r.to_json() for r in made]
+    finally:
+        store.close()

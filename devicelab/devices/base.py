@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from devicelab.energy import EnergySource
 
 
+# Batch mode's results file, in the run folder (docs/runner-protocol.md, "Without stdin").
+BATCH_RESULTS_FILE = "results.jsonl"
+
+
 class TransportLostError(OSError):
     """The device stopped answering: unplugged, offline, its connection gone. Its configs become infra-failed rows;
     any other OSError from a transport is the device refusing something (a failed row)."""
@@ -158,6 +162,10 @@ class Transport(ABC):
     slow_clock_ramp: ClassVar[bool] = False
     # Whether spawn_python() can fork the Python runner from a pre-imported zygote (then dlprobe does not wrap it).
     zygotes: ClassVar[bool] = False
+    # Batch mode: the runner gets no commands (an instance attribute where devices.yaml chooses it). The session then
+    # puts `iterations` and `results_file` (BATCH_RESULTS_FILE) in the runner's config, and the Process spawn()
+    # returns delivers the results file's event lines once the runner has exited (its write() refuses).
+    batch: bool = False
 
     def __init__(self, entry: DeviceEntry) -> None:
         self.entry = entry

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import devicelab
 from devicelab import rows, sweep
@@ -21,7 +21,7 @@ from devicelab.farm import MISSED_BEATS_OFFLINE, artifacts, resource
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import INFRA_FAILED, Result, utc_now
 from devicelab.session import Job
-from devicelab.store import FINISHED, INTERRUPTED, Heartbeat, PlannedRow, RunRecord, Store
+from devicelab.store import FINISHED, INTERRUPTED, Heartbeat, PlannedRow, ResultConflict, RunRecord, Store
 
 # What must match between this client, the scheduler and every worker: a task is pickled here and run there.
 MATCHING = ("devicelab", "dask", "distributed", "cloudpickle", "msgpack")
@@ -161,6 +161,23 @@ class Task:
     jobs: list[Job]
     future: Any = None
     submitted_at: float | None = None
+    submitted_wall: float | None = None  # time.time(), comparable with the worker's clock on one host
+
+
+@dataclass(frozen=True)
+class TaskTiming:
+    """One finished task's wall-clock times (time.time(), seconds): submitted by this client, reaching its worker,
+    its device session starting and ending, its rows committed (or spooled) by the worker, and its completion seen
+    here. On one host the clocks are one; across hosts the worker's times are on the worker's clock."""
+
+    device: str
+    jobs: int
+    submitted: float
+    received: float
+    session_start: float
+    session_end: float
+    committed: float
+    returned: float
 
 
 @dataclass
@@ -173,11 +190,17 @@ class FarmRun:
     prepared: sweep.Prepared
     wait_s: float  # how long work waits for a phone that is offline or has no worker, before its rows are infra-failed
     progress: Callable[[str, Any], None] = lambda kind, obj: None
-    poll_s: float = 0.5
+    poll_s: float = 0.1  # a completion waits up to this long to be seen (the run's wall grows by as much)
     location: str = ""
+    timings: list[TaskTiming] = field(default_factory=list)  # per finished task, in the order they completed
     _unavailable: dict[str, float] = field(default_factory=dict)
     _before: dict[str, str | None] = field(default_factory=dict)  # infra-failed rows before this execution
     shipment: artifacts.Shipment = field(default_factory=lambda: artifacts.Shipment())
+    spool: Any = None  # the client's own spool (farm.worker.Spool); made from the store when not given
+
+    def __post_init__(self) -> None:
+        if self.spool is None:
+            self.spool = client_spool(self.store)
 
     def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
         from distributed import as_completed
@@ -225,6 +248,7 @@ class FarmRun:
                 if all(t.future is not None and t.future.done() for t in tasks) and not ac.has_ready() \
                         and ac.is_empty():
                     break
+                self.spool.flush()  # rows this client kept while the store was unreachable: written once it is back
                 time.sleep(self.poll_s)
             finished = True
         finally:
@@ -232,8 +256,23 @@ class FarmRun:
                 for t in tasks:
                     if t.future is not None and not t.future.done():
                         t.future.cancel()
-            self.store.set_run_status(self.run_id, FINISHED if finished else INTERRUPTED)
             self._end_run({t.device for t in tasks})
+            self.record_end(FINISHED if finished else INTERRUPTED)
+
+    def record_end(self, status: str) -> None:
+        """The run's status, once every row this client kept is written; a store still unreachable now stops the
+        client in one line (its rows stay in the spool, written by this host's next farm run)."""
+        waiting = self.spool.flush()
+        try:
+            if waiting:
+                raise DevicelabError(f"{waiting} rows wait")
+            self.store.set_run_status(self.run_id, status)
+        except Exception as e:  # noqa: BLE001 - whatever keeps the store away, the message is the same
+            raise DevicelabError(
+                f"run {self.run_id}: the store {self.store.location} is unreachable at the end of the run ({e}); "
+                f"rows this client could not write wait in {self.spool.path} and are written by this host's next "
+                f"`devicelab run --farm`; then `devicelab run --resume {self.run_id} --farm ADDRESS` finishes it"
+            ) from None
 
     def _end_run(self, devices: set[str]) -> None:
         """Each phone of the run closed by its worker (its begin_run undone); a worker that is gone has nothing to
@@ -265,7 +304,7 @@ class FarmRun:
                             _run_task, self.location, t.jobs, self._shipment_of(t), resources={resource(device): 1},
                             pure=False,
                             key=f"devicelab-{self.run_id}-{t.jobs[0].config.identity_key()}")
-                        t.submitted_at = now
+                        t.submitted_at, t.submitted_wall = now, time.time()
                         ac.add(t.future)
                 continue
             since = self._unavailable.setdefault(device, now)
@@ -292,7 +331,11 @@ class FarmRun:
     def _finished(self, t: Task) -> None:
         status = t.future.status
         if status == "finished":
-            for result, committed in t.future.result():
+            done = t.future.result()
+            assert t.submitted_wall is not None
+            self.timings.append(TaskTiming(t.device, len(t.jobs), t.submitted_wall, done.received_at,
+                                           done.session_start, done.session_end, done.committed_at, time.time()))
+            for result, committed in done.rows:
                 if not committed:
                     # The worker could not reach the store and keeps the row in its spool; the client writes it too
                     # (a write of the same row is a no-op), so the row is there as soon as either side reaches it.
@@ -319,15 +362,62 @@ class FarmRun:
     def _write_lost(self, t: Task, why: str) -> None:
         """infra-failed rows for the configs of `t` that got no row in this execution (its worker may have
         committed some before it was lost; an infra-failed row of an earlier attempt is replaced)."""
-        stored = {r.config.identity_key(): r.started_at for r in self.store.results(self.run_id)}
+        try:
+            stored = {r.config.identity_key(): r.started_at for r in self.store.results(self.run_id)}
+        except Exception:  # noqa: BLE001 - the store is unreachable: the rows go to the spool, where a stored ok row
+            stored = {}   # of the same config refuses them (kept aside, never replacing it)
         for job in t.jobs:
             key = job.config.identity_key()
             if key not in stored or stored[key] == self._before.get(key):
                 self._commit(rows.device_gone(self.run_id, job.config, why))
 
     def _commit(self, result: Result) -> None:
-        self.store.add_result(result)
+        """A row this client makes (unsupported, not converted, infra-failed), written to the store or, while the
+        store is unreachable, kept in this client's spool (written before any later row of the spool's)."""
+        try:
+            if self.spool.pending():
+                raise DevicelabError("earlier rows wait in the spool")  # keep their order
+            self.store.add_result(result)
+        except ResultConflict:
+            raise
+        except Exception:  # noqa: BLE001 - unreachable (a server down, a connection cut): the spool keeps it
+            if not self.spool.write(self.location, result):
+                self.progress("notice", {"device": result.device, "message": f"{result.status} row kept in "
+                                                                             f"{self.spool.path}: the store was "
+                                                                             "unreachable"})
         self.progress("result", result)
+
+
+class _Borrowed:
+    """The client's open store lent to its spool, whose writes close the store they opened: closing this does not
+    close it (its connection reopens itself when the server cut it)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def close(self) -> None:
+        pass
+
+
+def client_spool_path(location: str) -> Any:
+    """This host's spool for the rows a farm client makes itself for the store at `location` (one file per store,
+    under devicelab's data folder: a row for one store never waits behind a row for another)."""
+    import hashlib
+
+    from devicelab import paths
+
+    return paths.data_dir() / "farm" / f"client-spool-{hashlib.sha256(location.encode()).hexdigest()[:16]}.jsonl"
+
+
+def client_spool(store: Store) -> Any:
+    """The client's spool for its store, writing through the client's own store object (its connection reaches the
+    store as the client did, credentials included, and reopens itself after a cut)."""
+    from devicelab.farm.worker import Spool
+
+    return Spool(client_spool_path(store_location(store)), lambda _location: cast(Store, _Borrowed(store)))
 
 
 class _Done:
@@ -391,9 +481,12 @@ def prepare_farm(client: Any, store: Store, suite: Suite, source: str, seed: int
 
 
 def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, argv: list[str], wait_s: float,
-                   progress: Callable[[str, Any], None]) -> str:
+                   progress: Callable[[str, Any], None]) -> FarmRun:
+    """Plan the run, store it with its plan, and execute it on the farm; the FarmRun (its run id, its tasks'
+    timings) once every row is in."""
     import secrets
 
+    client_spool(store).flush()  # rows an earlier run on this host could not write
     suite = parse_suite(raw, source)
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
     prepared = prepare_farm(client, store, suite, source, seed)
@@ -403,12 +496,14 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
                                devicelab.__version__, sweep.git_state(), argv),
                      [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
     progress("run", run_id)
-    FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute()
-    return run_id
+    farm_run = FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store))
+    farm_run.execute()
+    return farm_run
 
 
 def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progress: Callable[[str, Any], None]
                     ) -> None:
+    client_spool(store).flush()  # rows this host could not write are written before --resume decides what is left
     record = store.get_run(run_id)
     suite = parse_suite(record.suite, f"run {run_id}")
     stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]

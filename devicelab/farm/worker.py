@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,20 @@ def spool_path(serial: str) -> Path:
 
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in serial)
     return paths.data_dir() / "farm" / f"spool-{safe}.jsonl"
+
+
+@dataclass
+class TaskDone:
+    """What a farm task returns: (Result, committed) per job, in order — committed False when the Result waits in
+    this host's spool — and the worker's wall-clock times (time.time(), seconds) of the task reaching the worker,
+    its device session (phone set up for the run, cooldown, the configs) starting and ending, and its rows committed
+    or spooled. Four clock reads per task: what the scheduling overhead is measured from (benchmarks/farm.py)."""
+
+    rows: list[tuple[Result, bool]]
+    received_at: float
+    session_start: float
+    session_end: float
+    committed_at: float
 
 
 # --------------------------------------------------------------------------------------------------
@@ -316,24 +331,33 @@ class PhonePlugin(WorkerPlugin):
             self.offline = not quantity
 
     # ---- tasks
-    def run(self, location: str, jobs: Sequence[Job], shipment: Shipment | None = None) -> list[tuple[Result, bool]]:
+    def run(self, location: str, jobs: Sequence[Job], shipment: Shipment | None = None) -> TaskDone:
         """Run one config (or the A/B labels of one, together) on the phone, with the files of `shipment` fetched from
         the store into this host's cache first; each Result committed to the run's store or spooled on this host.
-        (Result, committed) per job, in order."""
+        The session's clock reads are taken after the fetch: fetching is the task's overhead, not its session."""
+        received = time.time()
         label = job_label(jobs)
         with self._lock:
             self.job = label
         print(f"{self.serial}: start {label}", file=sys.stderr, flush=True)
         try:
             self.beat_soon()
-            results = self._run_shipped(location, jobs, shipment or Shipment())
+            fetched = self._fetch(location, jobs, shipment or Shipment())
+            start = time.time()
+            if isinstance(fetched, list):  # the files did not arrive: nothing ran
+                results = fetched
+            else:
+                with native.shipped_builds(fetched[1]):
+                    results = self._run_jobs(fetched[0])
+            end = time.time()
             out = [(r, self.spool.write(location, r)) for r in results]
+            committed = time.time()
         finally:
             with self._lock:
                 self.job = None
             print(f"{self.serial}: end {label}", file=sys.stderr, flush=True)
             self.beat_soon()
-        return out
+        return TaskDone(out, received, start, end, committed)
 
     def beat_soon(self) -> None:
         """A beat now (not waiting for the next one), so status shows a job the moment it starts and ends."""
@@ -351,16 +375,17 @@ class PhonePlugin(WorkerPlugin):
         except Exception:  # noqa: BLE001 - best effort: the periodic beat follows
             pass
 
-    def _run_shipped(self, location: str, jobs: Sequence[Job], shipment: Shipment) -> list[Result]:
-        """The jobs run with their files from the store (this host's cached copies in place of the client's paths)
-        and the client's native programs; infra-failed rows, nothing run, when a file does not arrive."""
+    def _fetch(self, location: str, jobs: Sequence[Job], shipment: Shipment
+               ) -> tuple[list[Job], dict[str, native.BuildRecord]] | list[Result]:
+        """The jobs with their files from the store (this host's cached copies in place of the client's paths) and
+        the client's native programs; or infra-failed rows, when a file does not arrive."""
         run_id = jobs[0].run_id
         try:
             store = existing_store(location)
         except Exception as e:  # noqa: BLE001 - no store, no files: the rows say why (and wait in the spool)
             return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
         try:
-            local, builds = localize(store, jobs, shipment)
+            return localize(store, jobs, shipment)
         except ArtifactMismatch as e:
             # The stored copy is damaged: forget it, so that --resume (which publishes the file again) stores it anew.
             try:
@@ -374,8 +399,6 @@ class PhonePlugin(WorkerPlugin):
             return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
         finally:
             store.close()
-        with native.shipped_builds(builds):
-            return self._run_jobs(local)
 
     def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
         run_id = jobs[0].run_id
@@ -420,7 +443,7 @@ def _plugin() -> PhonePlugin:
     return plugin
 
 
-def run_task(location: str, jobs: list[Job], shipment: Shipment | None = None) -> list[tuple[Result, bool]]:
+def run_task(location: str, jobs: list[Job], shipment: Shipment | None = None) -> TaskDone:
     """The farm's task (pickled by reference: every farm host has the same devicelab, checked on connect)."""
     return _plugin().run(location, jobs, shipment)
 
@@ -458,10 +481,16 @@ async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: 
 
     from devicelab.farm.security import security
 
+    # What a task unpickles (its function lives in farm.client, its jobs in session/plan/config): imported now, not
+    # while the first task of a run waits (~0.1 s of imports on a small host).
+    import devicelab.farm.client  # noqa: F401
+
     plugin = PhonePlugin(serial, location, beat_s, Spool(spool_path(serial)))
     # distributed always starts an HTTP server next to a worker; with no routes it serves nothing (no metrics, no
     # task names) to whoever reaches its port.
-    dask.config.set({"distributed.worker.http.routes": []})
+    # distributed's statistical profiler samples the worker's threads every 10 ms: a wake-up this host does not need
+    # while its phone is measured, and one that delays the next task on a small host (benchmarks/farm.py).
+    dask.config.set({"distributed.worker.http.routes": [], "distributed.worker.profile.enabled": False})
     worker = Worker(scheduler, name=serial, nthreads=1, resources={resource(serial): 1}, security=security(tls),
                     plugins=(plugin,), dashboard=False, host="127.0.0.1" if _loopback(scheduler) else None,
                     protocol="tls" if tls else None)

@@ -12,11 +12,11 @@ std::unique_ptr<Backend> make_openvino_backend();
 #ifdef DLBENCH_WITH_COREML
 std::unique_ptr<Backend> make_coreml_backend();  // runners/ios/backend_coreml.mm: the iOS runner app only
 #endif
+#ifdef DLBENCH_WITH_MNN
+std::unique_ptr<Backend> make_mnn_backend();  // against an MNN the user builds (MNN_ROOT); never built here
+#endif
 // Seams for engines built against libraries a user supplies; each one is a backend_<name>.cpp like
 // backend_ncnn.cpp plus a CMake option (native/README.md, "Adding a backend").
-#ifdef DLBENCH_WITH_MNN
-std::unique_ptr<Backend> make_mnn_backend();
-#endif
 #ifdef DLBENCH_WITH_LITERT
 std::unique_ptr<Backend> make_litert_backend();
 #endif

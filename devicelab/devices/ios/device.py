@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from devicelab.devices.base import (Exit, Placed, Process, ResultExtras, Transport, TransportLostError,
-                                    env_assignments, relative_name)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, Exit, Placed, Process, ResultExtras, Transport,
+                                    TransportLostError, env_assignments, relative_name)
 from devicelab.devices.ios import errors
 from devicelab.devices.ios.errors import IOSSetupError
-from devicelab.devices.ios.files import (INSTALLED, MANIFEST, ROOT, RUNS, config_bytes, file_path,
+from devicelab.devices.ios.files import (INSTALLED, MANIFEST, ROOT, RUNNER_STDERR, RUNS, config_bytes, placements,
                                          port_file_port, run_folder_of)
 from devicelab.devices.ios.loop import DeviceLoop
 from devicelab.errors import DevicelabError
@@ -134,7 +134,10 @@ class IOSProcess(Process):
         self._extras: ResultExtras | None = None
         self.qos: str | None = None
         self.thermal: list[str] = []
-        self._reader = phone.loop.submit(self._read())
+        self._reader = self._start()
+
+    def _start(self) -> Any:
+        return self._phone.loop.submit(self._read())
 
     async def _read(self) -> None:
         try:
@@ -226,8 +229,9 @@ class IOSProcess(Process):
         """QoS, thermal state before/after, peak physFootprint and Energy Impact: what the app and DVT said."""
         if self._extras is not None:
             return self._extras
-        with contextlib.suppress(Exception):
-            self._phone.loop.run(self._conn.close(), 5)
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._phone.loop.run(self._conn.close(), 5)
         try:
             samples = self._phone.loop.run(self._dvt.stop(), 15)
         except Exception as e:  # noqa: BLE001 - the phone went away: what was sampled so far is lost with it
@@ -254,6 +258,73 @@ class IOSProcess(Process):
                          "the last: at serious or critical iOS slows the device down, so these timings are throttled")
         self._extras = ResultExtras(ext, tuple(notes), bool(hot))
         return self._extras
+
+
+class IOSBatchProcess(IOSProcess):
+    """The runner app in batch mode (devices.yaml `channel: batch`): launched with just its config, which asks for a
+    fixed count of iterations and a results file; nobody connects to it. A watcher polls DVT's is_running_pid until
+    the app has ended (or was killed), then pulls the app's stderr file and the results file through house_arrest
+    and hands their event lines on as the app's output, so the session parses them as it parses a live channel."""
+
+    def __init__(self, phone: IOSTransport, session: _DvtSession, pid: int, results: str) -> None:
+        self._results = results
+        super().__init__(phone, session, pid, None)
+
+    def _start(self) -> Any:
+        watcher = threading.Thread(target=self._watch, name=f"devicelab-ios-batch-{self.pid}", daemon=True)
+        watcher.start()
+        return watcher
+
+    def _watch(self) -> None:
+        try:
+            while True:
+                try:
+                    running = self._phone.loop.run(self._dvt.is_running(self.pid), CALL_TIMEOUT_S)
+                except Exception as e:  # noqa: BLE001 - DVT's connection broke (ConnectionTerminatedError...)
+                    detail = f"DVT: {type(e).__name__}: {e}"
+                    self._exit = Exit(None, lost=self._phone.why_gone(detail)) if self._phone.gone() else \
+                        Exit(None, detail=f"the runner app's fate is unknown ({detail})")
+                    return
+                if not running:
+                    break
+                time.sleep(POLL_S)
+            try:
+                err = self._phone.read_file(RUNNER_STDERR)
+                lines = self._phone.read_file(self._results)
+            except TransportLostError as e:
+                self._exit = Exit(None, lost=str(e))
+                return
+            except OSError as e:
+                self._exit = Exit(None, detail=f"the runner app ended; its files could not be pulled ({e})")
+                return
+            if err:
+                self._stderr(err)
+            for line in (lines or b"").splitlines():
+                self._observe(line)
+                self._line(line)
+            self._exit = Exit(0) if self._said_done else Exit(None, detail=(
+                "the runner app ended before its results file said `done` (iOS reports no exit status through DVT)"
+                if lines is not None else f"the runner app ended without writing {self._results}"))
+        finally:
+            self._output_over.set()
+            self._ended()
+
+    def write(self, data: bytes) -> None:
+        raise ChannelClosedError("batch mode: the runner app reads no commands")
+
+    def close_stdin(self) -> None:
+        pass  # there is no channel: the app stops by itself after its batch
+
+    def wait(self, timeout: float) -> Exit | None:
+        if not self._output_over.wait(max(0.0, timeout)):
+            return None
+        return self._exit
+
+    def kill(self) -> str:
+        with contextlib.suppress(Exception):
+            self._phone.loop.run(self._dvt.kill(self.pid), CALL_TIMEOUT_S)
+        self._output_over.wait(CALL_TIMEOUT_S)
+        return "the runner app was killed (DVT ProcessControl, SIGKILL)"
 
 
 class _DvtSession:
@@ -365,6 +436,8 @@ class IOSTransport(Transport):
         self.records: Path | None = Path(o["pairing_records"]).expanduser() if o.get("pairing_records") else None
         self.app: Path | None = Path(o["runner_app"]).expanduser() if o.get("runner_app") else None
         self._bundle_id: str | None = o.get("bundle_id")
+        # channel: batch — the runner app gets its iteration count in its config and is never connected to.
+        self.batch = o.get("channel", "tcp") == "batch"
         host, _, port = str(o.get("tunneld_address") or "127.0.0.1:49151").rpartition(":")
         self.tunneld: tuple[str, int] = (host, int(port))
         self._app_sha: str | None = None
@@ -521,8 +594,8 @@ class IOSTransport(Transport):
 
     def put(self, files: Sequence[tuple[str, Path]]) -> Placed:
         start = time.monotonic()
-        wanted = [(file_path(sha256_file(Path(local)), posixpath.basename(name)), Path(local).resolve())
-                  for name, local in files]
+        wanted = [(path, Path(local).resolve()) for path, (_, local) in zip(placements(
+            [(name, sha256_file(Path(local))) for name, local in files]), files)]
         for path, local in wanted:
             self._local[path] = local
 
@@ -551,14 +624,15 @@ class IOSTransport(Transport):
                                                        seconds=round(time.monotonic() - start, 3)))
 
     def run_folder(self, links: Mapping[str, str]) -> str:
-        """A folder under Documents/devicelab/runs holding the run's JSON files (the runner config) rewritten to
-        name the content-addressed files they refer to; other files stay where put() placed them."""
+        """A folder under Documents/devicelab/runs holding the run's top-level JSON files (the runner config)
+        rewritten to name the content-addressed files and folders they refer to; other files stay where put()
+        placed them (a folder such as a Core ML package whole, under one path: files.placements)."""
         folder = f"{RUNS}/{secrets.token_hex(6)}"
         writes: dict[str, bytes] = {}
         for rel, target in links.items():
             dst = f"{folder}/{relative_name(rel)}"
             local = self._local.get(target)
-            if rel.endswith(".json") and local is not None:
+            if "/" not in relative_name(rel) and rel.endswith(".json") and local is not None:
                 text = config_bytes(local.read_bytes(), posixpath.dirname(dst), links)
                 if text is not None:
                     writes[dst] = text
@@ -579,6 +653,14 @@ class IOSTransport(Transport):
         return folder
 
     def pull(self, path: str, local: Path) -> bool:
+        data = self.read_file(path)
+        if data is None:
+            return False
+        local.write_bytes(data)
+        return True
+
+    def read_file(self, path: str) -> bytes | None:
+        """A file in the app's container, or None when it does not exist."""
         async def get() -> bytes | None:
             from pymobiledevice3.exceptions import AfcFileNotFoundError
 
@@ -588,11 +670,7 @@ class IOSTransport(Transport):
                 except AfcFileNotFoundError:
                     return None
 
-        data = self.call(f"pulling {path}", get, PUSH_TIMEOUT_S)
-        if data is None:
-            return False
-        local.write_bytes(data)
-        return True
+        return self.call(f"pulling {path}", get, PUSH_TIMEOUT_S)
 
     def remove(self, folder: str) -> None:
         norm = run_folder_of(folder)
@@ -628,7 +706,16 @@ class IOSTransport(Transport):
         env_assignments(env)  # names checked: they reach the app's environment as they are
         bundle_id = program[len("app:"):]
         port_file = f"{cwd or ROOT}/port-{secrets.token_hex(4)}.json"
-        arguments = ["--listen", "0", "--port-file", port_file, *argv[1:]]
+        # Batch mode: just the config (its `iterations` and `results_file` say the rest); else the TCP channel.
+        arguments = [*argv[1:]] if self.batch else ["--listen", "0", "--port-file", port_file, *argv[1:]]
+        if self.batch:
+            async def no_stale_stderr() -> None:
+                # The app rewrites its stderr file at launch; one left from an earlier launch must not be taken for
+                # this one's if the app dies before that.
+                async with await self._house_arrest() as afc:
+                    await afc.rm(RUNNER_STDERR, force=True)
+
+            self.call("removing the runner app's old stderr file", no_stale_stderr)
 
         async def launch() -> tuple[_DvtSession, int]:
             session = _DvtSession(await self._dvt_source())
@@ -645,6 +732,9 @@ class IOSTransport(Transport):
             return session, pid
 
         session, pid = self.call("launching the runner app", launch)
+        if self.batch:
+            self.loop.run(_start_sampling(session, pid), 10)
+            return IOSBatchProcess(self, session, pid, f"{cwd or ROOT}/{BATCH_RESULTS_FILE}")
         try:
             port = self._wait_port(session, pid, port_file)
             conn = self.call("connecting to the runner app", lambda: self._connect(port))
