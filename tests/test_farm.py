@@ -300,6 +300,7 @@ def test_a_worker_runs_files_only_the_client_has_from_the_store(farm: Farm, runn
     p = client_only("--resume", data["run_id"])
     assert p.returncode == 0, rows_of(p)
     assert [r["status"] for r in json.loads(p.stdout)["results"]] == ["ok"]
+    farm.wait_idle([a.serial])  # the next test reads a's beats: none of this test's may still say busy
 
 
 @farm_test
@@ -853,4 +854,13 @@ def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten
     assert native.registered("android-arm64") is None
     again, _ = artifacts.localize(store, [job], shipment)  # a second task: served from the cache
     assert again[0].prepared.path == local.prepared.path
+
+    def unreachable() -> Any:
+        raise DevicelabError("cannot open the store: down")
+
+    # every file cached: the store is not even opened (a task runs while it is unreachable)
+    assert artifacts.localize(unreachable, [job], shipment)[0] == again
+    shutil.rmtree(cache / f"{shipment.files[str(client / 'm.bin')].sha256}-644")
+    with pytest.raises(DevicelabError, match="cannot open the store: down"):  # one file missing: the store is needed
+        artifacts.localize(unreachable, [job], shipment)
     store.close()

@@ -14,7 +14,7 @@ import dataclasses
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,11 +106,17 @@ def cache_dir() -> Path:
     return paths.data_dir() / "farm" / "artifacts"
 
 
+def cached(item: Shipped, cache: Path) -> Path:
+    """Where the artifact lives in this host's cache. Keyed by content and mode: the same bytes as a data file and as
+    a program are two entries."""
+    return cache / (item.sha256 if item.folder else f"{item.sha256}-{item.mode:o}") / item.name
+
+
 def fetch(store: Store, item: Shipped, cache: Path) -> Path:
     """The artifact in this host's cache (fetched and checked once; a cached entry got there only by a rename after
-    its check). Keyed by content and mode: the same bytes as a data file and as a program are two entries."""
-    home = cache / (item.sha256 if item.folder else f"{item.sha256}-{item.mode:o}")
-    dest = home / item.name
+    its check)."""
+    dest = cached(item, cache)
+    home = dest.parent
     if dest.exists():
         return dest
     if not item.folder:
@@ -129,13 +135,26 @@ def fetch(store: Store, item: Shipped, cache: Path) -> Path:
     return dest
 
 
-def localize(store: Store, jobs: Sequence[Job], shipment: Shipment, cache: Path | None = None
+def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: Shipment, cache: Path | None = None
              ) -> tuple[list[Job], dict[str, native.BuildRecord]]:
     """The jobs with every client path replaced by its cached copy on this host, and the client's native builds
-    with their cached paths. Raises DevicelabError (one line) when an artifact is missing from the store or fails
-    its sha256 check on arrival."""
+    with their cached paths. `store` may be an opener: it is called (and its store closed) only when something is
+    not cached yet, so a host whose cache has a task's files runs it while the store is unreachable. Raises
+    DevicelabError (one line) when an artifact is missing from the store or fails its sha256 check on arrival."""
     cache = cache or cache_dir()
-    local = {client: str(fetch(store, item, cache)) for client, item in shipment.files.items()}
+    local: dict[str, str] = {}
+    opened: Store | None = None
+    try:
+        for client, item in shipment.files.items():
+            if cached(item, cache).exists():
+                local[client] = str(cached(item, cache))
+                continue
+            if opened is None:
+                opened = store() if callable(store) else store
+            local[client] = str(fetch(opened, item, cache))
+    finally:
+        if opened is not None and callable(store):
+            opened.close()
 
     def here(value: Any) -> Any:
         if isinstance(value, (list, tuple)):

@@ -377,28 +377,27 @@ class PhonePlugin(WorkerPlugin):
 
     def _fetch(self, location: str, jobs: Sequence[Job], shipment: Shipment
                ) -> tuple[list[Job], dict[str, native.BuildRecord]] | list[Result]:
-        """The jobs with their files from the store (this host's cached copies in place of the client's paths) and
-        the client's native programs; or infra-failed rows, when a file does not arrive."""
+        """The jobs with their files from this host's cache, fetched from the store first when not cached yet (their
+        cached copies in place of the client's paths), and the client's native programs; or infra-failed rows, when a
+        file does not arrive."""
         run_id = jobs[0].run_id
         try:
-            store = existing_store(location)
-        except Exception as e:  # noqa: BLE001 - no store, no files: the rows say why (and wait in the spool)
-            return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
-        try:
-            return localize(store, jobs, shipment)
+            return localize(lambda: existing_store(location), jobs, shipment)
         except ArtifactMismatch as e:
             # The stored copy is damaged: forget it, so that --resume (which publishes the file again) stores it anew.
             try:
-                store.drop_artifact(e.sha256)
+                store = existing_store(location)
+                try:
+                    store.drop_artifact(e.sha256)
+                finally:
+                    store.close()
             except Exception:  # noqa: BLE001 - the row says what happened either way
                 pass
             print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
             return [rows.not_delivered(run_id, j.config, str(e)) for j in jobs]
-        except (DevicelabError, OSError) as e:
-            print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
+        except Exception as e:  # noqa: BLE001 - a store that cannot be opened or read, a cache that cannot be written
+            print(f"{self.serial}: the task's files could not be fetched: {e}", file=sys.stderr, flush=True)
             return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
-        finally:
-            store.close()
 
     def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
         run_id = jobs[0].run_id
