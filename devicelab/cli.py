@@ -338,6 +338,9 @@ def run(
         parsed = sweep.validate(raw, source, inventory)  # every problem at once, before any device is touched
         store = open_store(db)
 
+    from devicelab import profiles
+
+    profiles.use_store(db)  # a PostgreSQL store keeps the phones' profiles (battery calibrations) too; None: DEVICELAB_DB
     state: dict[str, Any] = {"run_id": resume}
     with _RunProgress(enabled=err().is_terminal) as progress:
         def on_event(kind: str, obj: Any) -> None:

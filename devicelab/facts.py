@@ -25,6 +25,10 @@ class Cluster:
         return {"cpus": list(self.cpus), "capacity": self.capacity, "max_khz": self.max_khz}
 
 
+_FACT_KEYS = frozenset({"id", "kind", "model", "os", "abi", "cpus", "cpu_ids", "clusters", "manufacturer",
+                        "memory_bytes"})
+
+
 @dataclass(frozen=True)
 class DeviceFacts:
     id: str
@@ -43,6 +47,14 @@ class DeviceFacts:
                 "cpus": len(self.cpu_ids), "cpu_ids": list(self.cpu_ids),
                 "clusters": [c.to_dict() for c in self.clusters], "manufacturer": self.manufacturer,
                 "memory_bytes": self.memory_bytes, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DeviceFacts:
+        """The facts `to_dict` wrote (e.g. as a farm agent published them): every key it does not name is extra."""
+        clusters = tuple(Cluster(tuple(c["cpus"]), c.get("capacity"), c.get("max_khz")) for c in d.get("clusters", ()))
+        return cls(str(d["id"]), str(d["kind"]), str(d["model"]), str(d["os"]), str(d["abi"]),
+                   tuple(int(c) for c in d["cpu_ids"]), clusters, d.get("manufacturer"), d.get("memory_bytes"),
+                   {k: v for k, v in d.items() if k not in _FACT_KEYS})
 
     def biggest_cluster(self) -> tuple[int, ...]:
         """The CPUs of the highest-capacity cluster (all CPUs when the device reports no clusters)."""

@@ -437,8 +437,28 @@ def read_registry() -> dict[str, Any]:
     return data
 
 
+# Builds that came with a farm task (devicelab.farm.artifacts): the client's programs, fetched into this host's
+# cache, used in place of this data folder's registry while the task runs, so a farm phone runs what was planned.
+_shipped: dict[str, BuildRecord] = {}
+
+
+@contextlib.contextmanager
+def shipped_builds(records: dict[str, BuildRecord]) -> Iterator[None]:
+    """`registered` answers with `records` (by target) first, for the duration."""
+    saved = dict(_shipped)
+    _shipped.update(records)
+    try:
+        yield
+    finally:
+        _shipped.clear()
+        _shipped.update(saved)
+
+
 def registered(target: str) -> BuildRecord | None:
-    """The target's registry entry, if it was built into this data folder and its files are still there."""
+    """The target's registry entry, if it was built into this data folder and its files are still there (a build
+    shipped with a farm task first)."""
+    if target in _shipped:
+        return _shipped[target]
     entry = read_registry()["targets"].get(target)
     if not entry:
         return None

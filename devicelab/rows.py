@@ -25,3 +25,9 @@ def not_converted(run_id: str, config: Config, reason: str) -> Result:
 def device_gone(run_id: str, config: Config, reason: str) -> Result:
     """The device could not be reached before the config started (or its farm worker was lost with it)."""
     return _row(run_id, config, INFRA_FAILED, f"device {config.device}: {reason}")
+
+
+def not_delivered(run_id: str, config: Config, reason: str) -> Result:
+    """A farm task's file did not reach its worker's host (missing from the store, or failed its sha256 check on
+    arrival): nothing of the config ran; `--resume` publishes the file again and runs it."""
+    return _row(run_id, config, INFRA_FAILED, reason)

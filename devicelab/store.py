@@ -7,16 +7,19 @@ no finished row. Imports no device kind and no engine."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from devicelab.errors import DevicelabError, unknown_name_message
+from devicelab.paths import sha256_file
 from devicelab.result import CONFIG_FIELDS, INFRA_FAILED, OK, SCHEMA_VERSION, Config, Result, migrate, utc_now
 
 RUNNING, FINISHED, INTERRUPTED = "running", "finished", "interrupted"
@@ -79,6 +82,25 @@ class Heartbeat:
                 "charging": self.charging, "job": self.job, "detail": self.detail}
 
 
+@dataclass(frozen=True)
+class StoredFacts:
+    """A phone's facts as its farm agent published them: which host has it, and when they were read."""
+
+    device: str
+    host: str
+    at: str
+    facts: dict[str, Any]
+
+
+class ArtifactMismatch(DevicelabError):
+    """An artifact whose content, as it arrived, does not hash to its address: the stored copy (or its transfer) is
+    damaged, and nothing was written."""
+
+    def __init__(self, message: str, sha256: str) -> None:
+        super().__init__(message)
+        self.sha256 = sha256
+
+
 class ResultConflict(DevicelabError, ValueError):
     """A Result for a (run, identity key) that already has a different ok row: a finished measurement is never
     overwritten, by a resume, a retried farm task or a spool flush alike."""
@@ -113,6 +135,14 @@ class Store(Protocol):
     def acceptances(self) -> dict[str, str]: ...
     def record_heartbeat(self, beat: Heartbeat) -> None: ...
     def heartbeats(self) -> list[Heartbeat]: ...
+    def put_artifact(self, path: Path, name: str | None = None) -> str: ...
+    def get_artifact(self, sha256: str, dest: Path, mode: int = 0o644) -> Path: ...
+    def has_artifact(self, sha256: str) -> bool: ...
+    def drop_artifact(self, sha256: str) -> None: ...
+    def publish_facts(self, device: str, host: str, facts: dict[str, Any]) -> None: ...
+    def device_facts(self) -> dict[str, StoredFacts]: ...
+    def profile(self, key: str) -> dict[str, Any] | None: ...
+    def put_profile(self, key: str, profile: dict[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -209,7 +239,40 @@ CREATE TABLE IF NOT EXISTS heartbeats (
     beat_json TEXT NOT NULL
 );
 """
-STORE_SCHEMA_VERSION = 6
+# v7: what farm hosts share besides Results. Artifacts: files addressed by their sha256 (models, converted models,
+# runner binaries) that a worker on another host fetches and checks on arrival; their content is kept in chunks of
+# ARTIFACT_CHUNK bytes so neither end holds a whole model in one statement. Device facts: what an agent read from
+# each of its phones, so a client plans for phones that are not attached to it. Profiles: what devicelab learned
+# about one physical device (its battery calibration), so it follows the phone from host to host. BLOB is a
+# placeholder: the database's own binary type (SQLite BLOB, PostgreSQL BYTEA).
+_SCHEMA_V7 = """
+CREATE TABLE IF NOT EXISTS artifacts (
+    sha256 TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    bytes BIGINT NOT NULL,
+    chunks INTEGER NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifact_chunks (
+    sha256 TEXT NOT NULL REFERENCES artifacts(sha256),
+    seq INTEGER NOT NULL,
+    content BLOB NOT NULL,
+    PRIMARY KEY (sha256, seq)
+);
+CREATE TABLE IF NOT EXISTS device_facts (
+    device TEXT PRIMARY KEY,
+    host TEXT NOT NULL,
+    at TEXT NOT NULL,
+    facts_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS profiles (
+    profile_key TEXT PRIMARY KEY,
+    at TEXT NOT NULL,
+    profile_json TEXT NOT NULL
+);
+"""
+STORE_SCHEMA_VERSION = 7
+ARTIFACT_CHUNK = 4 * 1024 * 1024  # bytes per stored chunk: a few statements per model, each a few MB
 _USER_VERSION = STORE_SCHEMA_VERSION  # the name SQLite's PRAGMA gives it
 
 
@@ -247,6 +310,7 @@ class SqlStore:
     """The Store protocol in SQL both databases run: the subclasses give a connection and its dialect."""
 
     name = "sql"
+    _blob = "BLOB"  # the database's type for bytes
     _for_update = ""  # the row lock a write transaction takes on its run (" FOR UPDATE" where rows lock)
 
     # ---- what a database provides
@@ -287,7 +351,8 @@ class SqlStore:
             (1, lambda: self._script(_SCHEMA)), (2, lambda: self._script(_SCHEMA_V2)),
             (3, self._migrate_results), (4, lambda: self._script(_SCHEMA_V4)),
             (5, lambda: self._script(_SCHEMA_V5)),
-            (6, lambda: self._script(_SCHEMA_V6))]
+            (6, lambda: self._script(_SCHEMA_V6)),
+            (7, lambda: self._script(_SCHEMA_V7.replace("BLOB", self._blob)))]
         for target, step in steps:
             if version < target:
                 step()
@@ -477,6 +542,103 @@ class SqlStore:
     def heartbeats(self) -> list[Heartbeat]:
         """Every farm phone's latest beat, by device id."""
         return [Heartbeat(**json.loads(r[0])) for r in self._rows("SELECT beat_json FROM heartbeats ORDER BY device")]
+
+    # ---- artifacts: files by content, for hosts that do not share the client's disk
+
+    def has_artifact(self, sha256: str) -> bool:
+        return bool(self._rows("SELECT 1 FROM artifacts WHERE sha256=?", (sha256,)))
+
+    def put_artifact(self, path: Path, name: str | None = None) -> str:
+        """The file at `path` stored under its sha256 (returned); nothing is written when that content is stored
+        already. The file is read twice, a chunk at a time: once for its hash, once into the store (checked against
+        the first: a file that changes while it is published is refused, never stored under a wrong address)."""
+        digest = sha256_file(path)
+        if self.has_artifact(digest):
+            return digest
+        size = path.stat().st_size
+        chunks = max(1, -(-size // ARTIFACT_CHUNK))
+        with self._write():
+            # Two hosts publishing the same content at once: the second insert waits for the first to commit and
+            # then finds the row (PostgreSQL), or runs after it (SQLite's write lock): content is stored once.
+            if not self._rows("INSERT INTO artifacts VALUES (?,?,?,?,?) ON CONFLICT (sha256) DO NOTHING RETURNING sha256",
+                              (digest, name or path.name, size, chunks, utc_now())):
+                return digest
+            check = hashlib.sha256()
+            written = 0
+            with path.open("rb") as f:
+                for seq in range(chunks):
+                    block = f.read(ARTIFACT_CHUNK)
+                    check.update(block)
+                    written += len(block)
+                    self._rows("INSERT INTO artifact_chunks VALUES (?,?,?)", (digest, seq, block))
+                rest = f.read(1)
+            if check.hexdigest() != digest or written != size or rest:
+                raise DevicelabError(f"{path} changed while it was published (sha256 {digest[:12]}… when hashed, "
+                                     f"{check.hexdigest()[:12]}… when stored): nothing stored")
+        return digest
+
+    def get_artifact(self, sha256: str, dest: Path, mode: int = 0o644) -> Path:
+        """The artifact `sha256` written to `dest` with permissions `mode` (a runner binary needs its execute bits),
+        checked on arrival: its content must hash to its address. It is written to a temporary file beside `dest` and
+        renamed only when it checks, so `dest` is either the whole, checked file or untouched; a mismatch is one line
+        (ArtifactMismatch)."""
+        head = self._rows("SELECT name, bytes, chunks FROM artifacts WHERE sha256=?", (sha256,))
+        if not head:
+            raise DevicelabError(f"artifact sha256 {sha256[:12]}… is not in {self.location}: publish it first "
+                                 "(devicelab run --farm publishes what its tasks need)")
+        name, size, chunks = head[0]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        tmp = Path(tmp_name)
+        check = hashlib.sha256()
+        got = 0
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for seq in range(int(chunks)):
+                    rows = self._rows("SELECT content FROM artifact_chunks WHERE sha256=? AND seq=?", (sha256, seq))
+                    block = bytes(rows[0][0]) if rows else b""
+                    check.update(block)
+                    got += len(block)
+                    f.write(block)
+            if check.hexdigest() != sha256 or got != int(size):
+                raise ArtifactMismatch(f"artifact {name} from {self.location} failed its check on arrival: sha256 "
+                                       f"{check.hexdigest()} ({got} bytes), expected {sha256} ({size} bytes); "
+                                       f"nothing written to {dest}", sha256)
+            os.chmod(tmp, mode)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return dest
+
+    def drop_artifact(self, sha256: str) -> None:
+        """Forget a damaged artifact, so that the next publication of its file stores it again."""
+        with self._write():
+            self._rows("DELETE FROM artifact_chunks WHERE sha256=?", (sha256,))
+            self._rows("DELETE FROM artifacts WHERE sha256=?", (sha256,))
+
+    # ---- device facts and profiles: what follows a phone between hosts
+
+    def publish_facts(self, device: str, host: str, facts: dict[str, Any]) -> None:
+        """The phone's facts as its host's agent read them (a later publication replaces an earlier one)."""
+        with self._write():
+            self._rows("INSERT INTO device_facts VALUES (?,?,?,?) ON CONFLICT (device) DO UPDATE SET "
+                       "host=excluded.host, at=excluded.at, facts_json=excluded.facts_json",
+                       (device, host, utc_now(), json.dumps(facts, sort_keys=True)))
+
+    def device_facts(self) -> dict[str, StoredFacts]:
+        rows = self._rows("SELECT device, host, at, facts_json FROM device_facts ORDER BY device")
+        return {d: StoredFacts(d, h, a, json.loads(f)) for d, h, a, f in rows}
+
+    def profile(self, key: str) -> dict[str, Any] | None:
+        """A physical device's profile (devicelab.profiles), None when the store has none."""
+        rows = self._rows("SELECT profile_json FROM profiles WHERE profile_key=?", (key,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def put_profile(self, key: str, profile: dict[str, Any]) -> None:
+        with self._write():
+            self._rows("INSERT INTO profiles VALUES (?,?,?) ON CONFLICT (profile_key) DO UPDATE SET at=excluded.at, "
+                       "profile_json=excluded.profile_json", (key, utc_now(), json.dumps(profile, sort_keys=True)))
 
 
 class SqliteStore(SqlStore):

@@ -9,12 +9,13 @@ import contextlib
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from devicelab.errors import DevicelabError
 from devicelab.result import Result
 from devicelab.store import (_PARAM_PASSWORD, _URL_PASSWORD, STORE_SCHEMA_VERSION, Heartbeat, PlannedRow, RunRecord,
-                             SqlStore, Written, redact)
+                             SqlStore, StoredFacts, Written, redact)
 
 T = TypeVar("T")
 
@@ -36,6 +37,7 @@ def _one_line(error: BaseException, url: str) -> str:
 
 class PostgresStore(SqlStore):
     name = "postgresql"
+    _blob = "BYTEA"
     _for_update = " FOR UPDATE"  # concurrent writers of one run take turns on its row
 
     def __init__(self, url: str, create: bool = True) -> None:
@@ -142,6 +144,32 @@ class PostgresStore(SqlStore):
 
     def heartbeats(self) -> list[Heartbeat]:
         return self._retried(lambda: super(PostgresStore, self).heartbeats())
+
+    # Store schema 7's calls are all safe to repeat: a publication of stored content is a no-op, a fetch writes a new
+    # temporary file (the broken one is removed), facts and profiles are upserts, a dropped artifact stays dropped.
+    def put_artifact(self, path: Path, name: str | None = None) -> str:
+        return self._retried(lambda: super(PostgresStore, self).put_artifact(path, name))
+
+    def get_artifact(self, sha256: str, dest: Path, mode: int = 0o644) -> Path:
+        return self._retried(lambda: super(PostgresStore, self).get_artifact(sha256, dest, mode))
+
+    def has_artifact(self, sha256: str) -> bool:
+        return self._retried(lambda: super(PostgresStore, self).has_artifact(sha256))
+
+    def drop_artifact(self, sha256: str) -> None:
+        self._retried(lambda: super(PostgresStore, self).drop_artifact(sha256))
+
+    def publish_facts(self, device: str, host: str, facts: dict[str, Any]) -> None:
+        self._retried(lambda: super(PostgresStore, self).publish_facts(device, host, facts))
+
+    def device_facts(self) -> dict[str, StoredFacts]:
+        return self._retried(lambda: super(PostgresStore, self).device_facts())
+
+    def profile(self, key: str) -> dict[str, Any] | None:
+        return self._retried(lambda: super(PostgresStore, self).profile(key))
+
+    def put_profile(self, key: str, profile: dict[str, Any]) -> None:
+        self._retried(lambda: super(PostgresStore, self).put_profile(key, profile))
 
     def close(self) -> None:
         self._db.close()

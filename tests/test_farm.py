@@ -9,6 +9,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -235,6 +236,74 @@ def test_each_job_runs_on_its_own_phone_one_at_a_time(farm: Farm, runner_arm64: 
 
 
 @farm_test
+def test_a_worker_runs_files_only_the_client_has_from_the_store(farm: Farm, runner_arm64: Path) -> None:
+    """The model and the runner exist only in the client's own mount namespace (a tmpfs over a folder that is empty
+    for every other process, as another host's disk is): the task's files reach the worker through the store, are
+    checked by sha256 into its host's cache, and the job runs from there. A stored copy damaged afterwards gives
+    infra-failed rows with the one-line sha256 error, nothing run; --resume publishes it again and finishes."""
+    import hashlib
+
+    from devicelab import zoo
+
+    a = farm.phones[0]
+    private = farm.tmp / "client-only"
+    private.mkdir()
+    staged = farm.tmp / "staged"
+    staged.mkdir()
+    (staged / "privnet.onnx").write_bytes(zoo.build_bytes("squeezenet1_1"))
+    shutil.copy(runner_arm64, staged / "runner")
+    s = suite(farm.tmp / "private.yaml", [a.serial], private / "runner", models=[str(private / "privnet.onnx")],
+              seed=11)
+
+    def client_only(*args: str) -> subprocess.CompletedProcess[str]:
+        script = (f"mount -t tmpfs tmpfs '{private}' && cp '{staged}/privnet.onnx' '{staged}/runner' '{private}/' && "
+                  f"exec '{DEVICELAB}' run --farm '{farm.address}' --json " + " ".join(f"'{x}'" for x in args))
+        return subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], env=farm.env,
+                              capture_output=True, text=True, timeout=600)
+
+    def rows_of(p: subprocess.CompletedProcess[str]) -> Any:
+        return [(r["status"], r["reason"]) for r in json.loads(p.stdout)["results"]] if p.stdout.strip() else p.stderr
+
+    p = client_only("--suite", str(s))
+    assert list(private.iterdir()) == []  # what the worker's host sees of the client's folder
+    assert p.returncode == 0, rows_of(p)
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "ok" and row["device"] == a.serial, (row["status"], row["reason"])
+    runner_sha = hashlib.sha256(runner_arm64.read_bytes()).hexdigest()
+    cached = Path(farm.env["DEVICELAB_DATA"]) / "farm" / "artifacts" / f"{runner_sha}-755" / "runner"
+    assert cached.read_bytes() == runner_arm64.read_bytes()  # the worker ran the store's copy, checked on arrival
+
+    # the stored model damaged, and the worker's cached copy gone (a new host): one line, infra-failed, nothing ran
+    model_sha = row["model_sha256"]
+    [cached_model] = (Path(farm.env["DEVICELAB_DATA"]) / "farm" / "artifacts").glob(f"{model_sha}-*")
+    shutil.rmtree(cached_model)
+    store = open_store(farm.db)
+    with store._write():  # type: ignore[attr-defined]
+        store._rows("UPDATE artifact_chunks SET content=? WHERE sha256=? AND seq=0",  # type: ignore[attr-defined]
+                    (b"not the model", model_sha))
+    store.close()
+    p = client_only("--suite", str(s))
+    assert p.returncode == 1, rows_of(p)
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "infra-failed" and "\n" not in row["reason"], row
+    # (the artifact's name is the one its content was first published under: the zoo's file, when an earlier test
+    # published the same model)
+    assert re.fullmatch(rf"artifact \S+\.onnx from \S+ failed its check on arrival: sha256 [0-9a-f]{{64}} \(\d+ bytes\), "
+                        rf"expected {model_sha} \(\d+ bytes\); nothing written to \S+/privnet\.onnx", row["reason"]), \
+        row["reason"]
+    assert not (cached_model / "privnet.onnx").exists()
+    assert f"{a.serial}: start {data['run_id']}" in farm.agent.text()  # the task reached the worker ...
+    assert row["samples_s"] == []  # ... and measured nothing
+    # the damaged copy was dropped: the resume publishes the file again and the config runs
+    p = client_only("--resume", data["run_id"])
+    assert p.returncode == 0, rows_of(p)
+    assert [r["status"] for r in json.loads(p.stdout)["results"]] == ["ok"]
+    farm.wait_idle([a.serial])  # the next test reads a's beats: none of this test's may still say busy
+
+
+@farm_test
 def test_a_killed_worker_gives_infra_failed_rows_and_resume_finishes(farm: Farm, runner_arm64: Path) -> None:
     a, b = farm.phones[0], farm.phones[1]
     s = suite(farm.tmp / "kill.yaml", [a.serial, b.serial], runner_arm64, seed=7,
@@ -443,6 +512,49 @@ def run_suite_file(tmp_path: Path) -> Path:
     path.write_text(yaml.safe_dump({"name": "s", "models": ["squeezenet1_1"], "engines": ["onnxruntime"],
                                     "threads": [1], "devices": ["127.0.0.1:5999"]}))
     return path
+
+
+def test_the_client_plans_from_the_facts_agents_published(tmp_path: Path, data_dir: Path) -> None:
+    """A phone whose agent published its facts and whose worker is not running now: the run is planned from the
+    stored facts (no phone is attached to this client, nor to any worker), the task's files are published, and its
+    rows are infra-failed once the phone has waited --farm-wait."""
+    import hashlib
+
+    env = plain_env(tmp_path, data_dir)
+    facts = {"id": "ghost-phone", "kind": "android", "model": "Pixel 8", "os": "Android 14", "abi": "arm64-v8a",
+             "cpus": 4, "cpu_ids": [0, 1, 2, 3], "clusters": [{"cpus": [0, 1], "capacity": 512, "max_khz": 1800000},
+                                                               {"cpus": [2, 3], "capacity": 1024, "max_khz": 2900000}],
+             "manufacturer": "Google", "memory_bytes": 8 << 30, "serial": "ghost-phone"}
+    store = open_store(env["DEVICELAB_DB"])
+    store.publish_facts("ghost-phone", "host-b", facts)  # as host b's agent did while the phone was there
+    store.close()
+    runner = tmp_path / "runner"
+    runner.write_bytes(b"#!/bin/sh\nexit 3\n")
+    runner.chmod(0o755)
+    path = tmp_path / "ghost.yaml"
+    path.write_text(yaml.safe_dump({"name": "g", "models": ["squeezenet1_1"], "threads": [2], "devices": ["ghost-phone"],
+                                    "engines": [{"name": "protocol", "options": {"binary": str(runner)}}],
+                                    "protocol": PROTOCOL}))
+    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
+    try:
+        p = devicelab("run", "--farm", scheduler.first_line, "--suite", str(path), "--farm-wait", "1", "--json",
+                      env=env)
+    finally:
+        scheduler.stop()
+    assert p.returncode == 1, p.stderr[-3000:]
+    data = json.loads(p.stdout)
+    [row] = data["results"]
+    assert row["status"] == "infra-failed" and "no farm worker for 1 s" in row["reason"], row
+    assert row["cpus"] == [2, 3]  # pinned to the stored facts' big cluster
+    store = open_store(env["DEVICELAB_DB"])
+    try:
+        planned = store.planned(data["run_id"])
+        assert [r.config.device for r in planned] == ["ghost-phone"]
+        assert store.get_run(data["run_id"]).host["devices"]["ghost-phone"]["abi"] == "arm64-v8a"
+        assert store.has_artifact(hashlib.sha256(runner.read_bytes()).hexdigest())
+        assert store.has_artifact(row["model_sha256"])
+    finally:
+        store.close()
 
 
 def test_a_scheduler_that_would_rerun_tasks_is_refused(tmp_path: Path, data_dir: Path) -> None:
@@ -672,3 +784,83 @@ def test_the_clients_own_rows_wait_in_its_spool_while_postgresql_is_down(pg_serv
         assert store.get_run("run-1").status == "finished"
     finally:
         store.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# A task's files through the store, without Dask: what the client publishes and what a worker's host makes of it
+
+
+def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten(
+        store_target: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's model, converted folder (a package: a tar), weights, runner binary and libraries and its native
+    build, published; every client file then deleted; a worker host with its own data folder gets the same Jobs with
+    its cached paths, identical bytes, the runner still executable, the folder whole, and the client's build as its
+    registry's answer while the task runs."""
+    from devicelab import native
+    from devicelab.engines.base import PreparedModel, SourceModel
+    from devicelab.farm import artifacts
+    from devicelab.measure import ProtocolSettings
+    from devicelab.result import Config
+    from devicelab.session import Job
+
+    client = tmp_path / "client"
+    (client / "pkg.mlpackage" / "Data").mkdir(parents=True)
+    (client / "pkg.mlpackage" / "Manifest.json").write_text('{"m": 1}')
+    (client / "pkg.mlpackage" / "Data" / "weights.bin").write_bytes(b"\x01\x02" * 5000)
+    (client / "m.onnx").write_bytes(b"onnx bytes")
+    (client / "m.bin").write_bytes(b"weights")
+    (client / "runner").write_bytes(b"#!/bin/sh\necho hi\n")
+    (client / "runner").chmod(0o755)
+    (client / "libx.so").write_bytes(b"library")
+    (client / "native" / "android-arm64").mkdir(parents=True)
+    (client / "native" / "android-arm64" / "dlprobe").write_bytes(b"probe program")
+    (client / "native" / "android-arm64" / "dlprobe").chmod(0o755)
+    monkeypatch.setenv("DEVICELAB_DATA", str(client / "data"))
+    probe = client / "native" / "android-arm64" / "dlprobe"
+    record = native.BuildRecord("android-arm64", {"dlprobe": native.Artifact("dlprobe", probe, "x", 13)}, "1", "ab" * 32,
+                                {}, "now")
+    native.registry_path().parent.mkdir(parents=True)
+    native.registry_path().write_text(json.dumps({"version": native.REGISTRY_VERSION,
+                                                  "targets": {"android-arm64": record.to_dict()}}))
+    config = Config("phone", "protocol", "", "1", "m", "cd" * 32, 10, "fp32", "cpu", 1, (0,), "big")
+    job = Job("run-1", config, SourceModel("m", client / "m.onnx", "cd" * 32, ()),
+              PreparedModel(client / "pkg.mlpackage", (), {"weights": str(client / "m.bin")}), ProtocolSettings(),
+              options={"binary": str(client / "runner"), "libraries": [str(client / "libx.so")], "threads": 1})
+    store = store_target.open()
+    shipment = artifacts.publish(store, [job])
+    assert set(shipment.files) == {str(p) for p in (client / "m.onnx", client / "pkg.mlpackage", client / "m.bin",
+                                                    client / "runner", client / "libx.so", probe)}
+    assert artifacts.publish(store, [job]).files == shipment.files  # published again: the same artifacts
+    originals = {name: (client / name).read_bytes() for name in ("m.onnx", "m.bin", "runner", "libx.so")}
+    weights = (client / "pkg.mlpackage" / "Data" / "weights.bin").read_bytes()
+    shutil.rmtree(client)  # the worker's host has none of it
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "worker-data"))
+    [local], builds = artifacts.localize(store, [job], shipment)
+    cache = tmp_path / "worker-data" / "farm" / "artifacts"
+    assert local.source.path.read_bytes() == originals["m.onnx"] and local.source.path.is_relative_to(cache)
+    assert local.prepared.path.name == "pkg.mlpackage" and local.prepared.path.is_relative_to(cache)
+    assert (local.prepared.path / "Data" / "weights.bin").read_bytes() == weights
+    assert json.loads((local.prepared.path / "Manifest.json").read_text()) == {"m": 1}
+    assert Path(local.prepared.options["weights"]).read_bytes() == originals["m.bin"]
+    assert Path(local.options["binary"]).read_bytes() == originals["runner"] and os.access(local.options["binary"], os.X_OK)
+    assert [Path(x).read_bytes() for x in local.options["libraries"]] == [originals["libx.so"]]
+    assert local.options["threads"] == 1 and local.config == job.config
+    assert native.registered("android-arm64") is None  # the worker's own registry has no build ...
+    with native.shipped_builds(builds):  # ... but while the task runs, the client's is the answer
+        shipped = native.registered("android-arm64")
+        assert shipped is not None and shipped.artifacts["dlprobe"].path.read_bytes() == b"probe program"
+        assert os.access(shipped.artifacts["dlprobe"].path, os.X_OK)
+    assert native.registered("android-arm64") is None
+    again, _ = artifacts.localize(store, [job], shipment)  # a second task: served from the cache
+    assert again[0].prepared.path == local.prepared.path
+
+    def unreachable() -> Any:
+        raise DevicelabError("cannot open the store: down")
+
+    # every file cached: the store is not even opened (a task runs while it is unreachable)
+    assert artifacts.localize(unreachable, [job], shipment)[0] == again
+    shutil.rmtree(cache / f"{shipment.files[str(client / 'm.bin')].sha256}-644")
+    with pytest.raises(DevicelabError, match="cannot open the store: down"):  # one file missing: the store is needed
+        artifacts.localize(unreachable, [job], shipment)
+    store.close()

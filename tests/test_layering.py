@@ -140,6 +140,9 @@ REPLACES = {
     ("devicelab.engines.tool_benchmark_model", "prepared"),
     ("devicelab.engines.tool_benchncnn", "run"),
     ("devicelab.engines.tool_onnxruntime_perf_test", "run"),
+    # a farm worker's copy of a Job (not a Result) with its host's cached paths in place of the client's
+    ("devicelab.farm.artifacts", "job"), ("devicelab.farm.artifacts", "job.source"),
+    ("devicelab.farm.artifacts", "job.prepared"),
 }
 
 

@@ -369,3 +369,171 @@ def test_a_v1_postgresql_database_migrates_as_sqlite_does(pg_server: object, tmp
         assert conn.execute("SELECT version FROM devicelab_schema").fetchall() == [(STORE_SCHEMA_VERSION,)]
     pg.close()
     sq.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Store schema 7: artifacts by content, device facts and profiles (what the farm's hosts share besides Results)
+
+
+def test_artifacts_are_stored_by_content_and_checked_on_arrival(store_target: StoreTarget, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    import devicelab.store as store_module
+    from devicelab.store import ArtifactMismatch
+
+    monkeypatch.setattr(store_module, "ARTIFACT_CHUNK", 1000)  # several chunks from a small file
+    source = tmp_path / "model.bin"
+    source.write_bytes(bytes(range(256)) * 10)  # 2560 bytes: three chunks, the last one short
+    store = store_target.open()
+    digest = store.put_artifact(source)
+    assert digest == hashlib.sha256(source.read_bytes()).hexdigest() and store.has_artifact(digest)
+    count = "SELECT COUNT(*) FROM artifact_chunks WHERE sha256=?"
+    assert store._rows(count, (digest,))[0][0] == 3  # type: ignore[attr-defined]
+    copy = tmp_path / "copy.bin"
+    copy.write_bytes(source.read_bytes())
+    assert store.put_artifact(copy, "other-name") == digest  # the same content again: nothing written
+    assert store._rows(count, (digest,))[0][0] == 3  # type: ignore[attr-defined]
+    assert store._rows("SELECT name FROM artifacts")[0][0] == "model.bin"  # type: ignore[attr-defined]
+
+    got = store.get_artifact(digest, tmp_path / "cache" / digest / "model.bin")
+    assert got.read_bytes() == source.read_bytes()
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    assert store.get_artifact(store.put_artifact(empty), tmp_path / "e2").read_bytes() == b""
+    with pytest.raises(DevicelabError, match=r"artifact sha256 0{12}… is not in .*: publish it first"):
+        store.get_artifact("0" * 64, tmp_path / "nope")
+    assert not (tmp_path / "nope").exists()
+
+    # a damaged stored chunk: one line, nothing written at dest (an earlier file there is left as it was), no
+    # temporary file left beside it
+    with store._write():  # type: ignore[attr-defined]
+        store._rows("UPDATE artifact_chunks SET content=? WHERE sha256=? AND seq=1",  # type: ignore[attr-defined]
+                    (b"x" * 1000, digest))
+    dest = tmp_path / "arrive" / "model.bin"
+    dest.parent.mkdir()
+    dest.write_bytes(b"old")
+    with pytest.raises(ArtifactMismatch) as caught:
+        store.get_artifact(digest, dest)
+    message = str(caught.value)
+    assert "\n" not in message and f"expected {digest} (2560 bytes)" in message and "failed its check on arrival" \
+        in message and f"nothing written to {dest}" in message, message
+    assert dest.read_bytes() == b"old" and sorted(p.name for p in dest.parent.iterdir()) == ["model.bin"]
+    store.drop_artifact(digest)  # forgotten: the next publication stores it again, whole
+    assert not store.has_artifact(digest) and store.put_artifact(source) == digest
+    assert store.get_artifact(digest, dest).read_bytes() == source.read_bytes()
+    store.close()
+
+
+def test_a_file_that_changes_while_it_is_published_is_not_stored(store_target: StoreTarget, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import devicelab.store as store_module
+
+    source = tmp_path / "m.bin"
+    source.write_bytes(b"a" * 100)
+    real = store_module.sha256_file
+
+    def hash_then_change(path: Path) -> str:
+        digest = real(path)
+        path.write_bytes(b"b" * 100)  # written by someone else between the hash and the copy
+        return digest
+
+    monkeypatch.setattr(store_module, "sha256_file", hash_then_change)
+    store = store_target.open()
+    with pytest.raises(DevicelabError, match="changed while it was published.*nothing stored"):
+        store.put_artifact(source)
+    assert store._rows("SELECT COUNT(*) FROM artifacts")[0][0] == 0  # type: ignore[attr-defined]
+    assert store._rows("SELECT COUNT(*) FROM artifact_chunks")[0][0] == 0  # type: ignore[attr-defined]
+    store.close()
+
+
+def test_device_facts_and_profiles_are_kept_per_device(store_target: StoreTarget) -> None:
+    store = store_target.open()
+    assert store.device_facts() == {} and store.profile("SER1") is None
+    store.publish_facts("SER1", "host-a", {"id": "SER1", "abi": "arm64-v8a"})
+    store.publish_facts("SER2", "host-a", {"id": "SER2"})
+    store.publish_facts("SER1", "host-b", {"id": "SER1", "abi": "arm64-v8a", "moved": True})  # the phone moved
+    store.put_profile("SER1", {"energy": {"sign": -1}})
+    store.put_profile("SER1", {"energy": {"sign": 1}})
+    store.close()
+    again = store_target.open()
+    facts = again.device_facts()
+    assert sorted(facts) == ["SER1", "SER2"]
+    assert facts["SER1"].host == "host-b" and facts["SER1"].facts == {"id": "SER1", "abi": "arm64-v8a", "moved": True}
+    assert again.profile("SER1") == {"energy": {"sign": 1}} and again.profile("SER2") is None
+    again.close()
+
+
+def test_profiles_follow_a_phone_through_a_postgresql_store(store_target: StoreTarget, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a PostgreSQL store a profile lives in it (a local file is moved in on first use); with SQLite it stays
+    a file of the host's data folder."""
+    from devicelab import profiles
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "host-a"))
+    monkeypatch.delenv("DEVICELAB_DB", raising=False)
+    profiles.use_store(None)
+    profiles.update("SER1", "energy", {"sign": -1})  # calibrated before the farm: a file of host a
+    assert profiles.profile_path("SER1").is_file()
+    monkeypatch.setattr(profiles, "_location", store_target.db)  # as `run --db`/the farm worker set it
+    assert profiles.load("SER1") == {"energy": {"sign": -1}}
+    store = store_target.open()
+    if store_target.backend == "postgresql":
+        assert store.profile("SER1") == {"energy": {"sign": -1}}  # moved into the store on first use
+        where = profiles.update("SER1", "energy", {"sign": 1})
+        assert "(profile SER1)" in where and store.profile("SER1") == {"energy": {"sign": 1}}
+        # another host (its own data folder, no file) reads the phone's profile from the store
+        monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "host-b"))
+        assert profiles.load("SER1") == {"energy": {"sign": 1}}
+        assert not profiles.profile_path("SER1").exists()
+    else:
+        assert store.profile("SER1") is None  # a SQLite store is one host's: the profile stays its file
+        assert profiles.update("SER1", "energy", {"sign": 1}) == str(profiles.profile_path("SER1"))
+        monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "host-b"))
+        assert profiles.load("SER1") == {}
+    store.close()
+
+
+PUBLISHER = """
+import sys
+from pathlib import Path
+from devicelab.store import open_store
+store = open_store(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+print(store.put_artifact(Path(sys.argv[2])), flush=True)
+store.close()
+"""
+
+
+def test_processes_publishing_the_same_file_at_once_store_it_once(store_target: StoreTarget, tmp_path: Path) -> None:
+    import hashlib
+    import subprocess
+    import sys
+
+    source = tmp_path / "model.bin"
+    source.write_bytes(hashlib.sha256(b"seed").digest() * (300 * 1024))  # 9.4 MiB: three chunks
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    store_target.open().close()  # the schema exists before they start
+    publishers = [subprocess.Popen([sys.executable, "-c", PUBLISHER, store_target.db, str(source)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   cwd=tmp_path) for _ in range(4)]
+    try:
+        for p in publishers:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
+        for p in publishers:  # all at once
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        for p in publishers:
+            out, err = p.communicate(timeout=120)
+            assert p.returncode == 0 and out.strip() == digest, err[-2000:]
+    finally:
+        for p in publishers:
+            if p.poll() is None:
+                p.kill()
+    store = store_target.open()
+    assert store._rows("SELECT COUNT(*) FROM artifacts")[0][0] == 1  # type: ignore[attr-defined]
+    assert store._rows("SELECT COUNT(*) FROM artifact_chunks")[0][0] == 3  # type: ignore[attr-defined]
+    assert store.get_artifact(digest, tmp_path / "back.bin").read_bytes() == source.read_bytes()
+    store.close()

@@ -19,7 +19,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devicelab import profiles
@@ -258,7 +257,7 @@ class BatterySource:
 
 
 def calibrate_device(transport: Transport, seconds: float = 60.0, load: bool = True, allow_charging: bool = False
-                     ) -> tuple[Calibration, Path]:
+                     ) -> tuple[Calibration, str]:
     """Discharge for `seconds` (with a busy loop on every CPU unless load is False, so the charge moves) while
     sampling current_now and charge_counter; store the sign and scale in the device's profile."""
     state = transport.state()

@@ -17,7 +17,7 @@ from devicelab import rows, sweep
 from devicelab.config import ConfigError, Suite, parse_suite
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceFacts
-from devicelab.farm import MISSED_BEATS_OFFLINE, resource
+from devicelab.farm import MISSED_BEATS_OFFLINE, artifacts, resource
 from devicelab.plan import PlannedConfig, expand
 from devicelab.result import INFRA_FAILED, Result, utc_now
 from devicelab.session import Job
@@ -110,29 +110,40 @@ def farm_phones(client: Any) -> dict[str, FarmPhone]:
     return out
 
 
-def phone_facts(client: Any, phones: dict[str, FarmPhone]) -> dict[str, DeviceFacts | str]:
-    from devicelab.farm.worker import phone_facts as on_worker
+def farm_facts(client: Any, store: Store, phones: dict[str, FarmPhone]) -> dict[str, DeviceFacts | str]:
+    """Every phone's facts as the store has them (published by its host's agent), by serial: the client plans from
+    these alone, whether or not the phone is attached anywhere now. A phone with a worker but nothing stored yet (it
+    joined since) is asked to publish now; why it could not, for a phone that has none."""
+    from devicelab.farm.worker import publish_phone_facts as publish_on_worker
 
-    if not phones:
-        return {}
-    found = client.run(on_worker, workers=[p.address for p in phones.values()], on_error="return")
-    by_addr = {p.address: p.serial for p in phones.values()}
-    return {by_addr[a]: (f if isinstance(f, (DeviceFacts, str)) else f"{type(f).__name__}: {f}")
-            for a, f in found.items()}
+    stored = store.device_facts()
+    problems: dict[str, str] = {}
+    missing = [p for serial, p in phones.items() if serial not in stored]
+    if missing:
+        answers = client.run(publish_on_worker, workers=[p.address for p in missing], on_error="return")
+        by_addr = {p.address: p.serial for p in missing}
+        problems = {by_addr[a]: (why if isinstance(why, str) else f"{type(why).__name__}: {why}")
+                    for a, why in answers.items() if why is not None}
+        stored = store.device_facts()
+    out: dict[str, DeviceFacts | str] = {d: DeviceFacts.from_dict(f.facts) for d, f in stored.items()}
+    out.update({serial: why for serial, why in problems.items() if serial not in out})
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
 # Planning on the farm
 
 
-def select_farm_devices(suite: Suite, facts: dict[str, DeviceFacts | str], source: str) -> Suite:
-    """The suite's devices among the farm's phones (all reachable ones when it names none): one ConfigError naming
-    every device that is not there."""
+def select_farm_devices(suite: Suite, facts: dict[str, DeviceFacts | str], source: str,
+                        present: set[str] | None = None) -> Suite:
+    """The suite's devices among the farm's phones with stored facts (when it names none: those of them whose worker
+    is `present` now): one ConfigError naming every device that is not there."""
     usable = {serial: f for serial, f in facts.items() if isinstance(f, DeviceFacts)}
     if suite.devices is None:
-        if not usable:
-            raise DevicelabError(f"the farm has no reachable phone ({len(facts)} workers)")
-        return dataclasses.replace(suite, devices=tuple(sorted(usable)))
+        here = sorted(d for d in usable if present is None or d in present)
+        if not here:
+            raise DevicelabError(f"the farm has no reachable phone ({len(present or ())} workers)")
+        return dataclasses.replace(suite, devices=tuple(here))
     problems = []
     for i, name in enumerate(suite.devices):
         if name not in usable:
@@ -184,6 +195,7 @@ class FarmRun:
     timings: list[TaskTiming] = field(default_factory=list)  # per finished task, in the order they completed
     _unavailable: dict[str, float] = field(default_factory=dict)
     _before: dict[str, str | None] = field(default_factory=dict)  # infra-failed rows before this execution
+    shipment: artifacts.Shipment = field(default_factory=lambda: artifacts.Shipment())
     spool: Any = None  # the client's own spool (farm.worker.Spool); made from the store when not given
 
     def __post_init__(self) -> None:
@@ -223,6 +235,9 @@ class FarmRun:
                     jobs.append(made)
             if jobs:
                 tasks.append(Task(pc.config.device, group, jobs))
+        # What the tasks need from this host's disk goes to the store before any task is submitted: a worker on
+        # another host fetches it by sha256 (devicelab.farm.artifacts).
+        self.shipment = artifacts.publish(self.store, [j for t in tasks for j in t.jobs])
         finished = False
         ac = as_completed([], with_results=False, loop=self.client.loop)
         try:
@@ -286,7 +301,8 @@ class FarmRun:
                 for t in pending:
                     if t.device == device and t.future is None:
                         t.future = self.client.submit(
-                            _run_task, self.location, t.jobs, resources={resource(device): 1}, pure=False,
+                            _run_task, self.location, t.jobs, self._shipment_of(t), resources={resource(device): 1},
+                            pure=False,
                             key=f"devicelab-{self.run_id}-{t.jobs[0].config.identity_key()}")
                         t.submitted_at, t.submitted_wall = now, time.time()
                         ac.add(t.future)
@@ -305,6 +321,12 @@ class FarmRun:
                     t.future.cancel()
                     self._write_lost(t, f"{why} for {self.wait_s:g} s: not started on it (devicelab run --resume "
                                         "runs it)")
+
+    def _shipment_of(self, t: Task) -> artifacts.Shipment:
+        """The part of the run's shipment this task's jobs name, and the native builds (a task carries no more)."""
+        wanted = {str(p) for j in t.jobs for p in artifacts.job_paths(j)}
+        wanted |= {a["path"] for build in self.shipment.native.values() for a in build["artifacts"].values()}
+        return artifacts.Shipment({k: v for k, v in self.shipment.files.items() if k in wanted}, self.shipment.native)
 
     def _finished(self, t: Task) -> None:
         status = t.future.status
@@ -407,10 +429,10 @@ class _Done:
         return True
 
 
-def _run_task(location: str, jobs: list[Job]) -> Any:
+def _run_task(location: str, jobs: list[Job], shipment: artifacts.Shipment) -> Any:
     from devicelab.farm.worker import run_task
 
-    return run_task(location, jobs)
+    return run_task(location, jobs, shipment)
 
 
 def store_location(store: Store) -> str:
@@ -433,13 +455,14 @@ def store_location(store: Store) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
-def prepare_farm(client: Any, suite: Suite, source: str, seed: int, stored: list[PlannedConfig] | None = None,
-                 skip: set[str] | frozenset[str] = frozenset()) -> sweep.Prepared:
-    """As sweep.prepare, with the farm's phones (their workers' facts) for devices: the plan made, or a run's
-    `stored` plan checked against what the farm and this client have for the configs still to run."""
+def prepare_farm(client: Any, store: Store, suite: Suite, source: str, seed: int,
+                 stored: list[PlannedConfig] | None = None, skip: set[str] | frozenset[str] = frozenset()
+                 ) -> sweep.Prepared:
+    """As sweep.prepare, with the farm's phones (their facts as stored by their agents) for devices: the plan made,
+    or a run's `stored` plan checked against what the farm and this client have for the configs still to run."""
     phones = farm_phones(client)
-    facts = phone_facts(client, phones)
-    suite = select_farm_devices(suite, facts, source)
+    facts = farm_facts(client, store, phones)
+    suite = select_farm_devices(suite, facts, source, set(phones))
     if suite.min_repeats:
         raise DevicelabError("protocol.min_repeats (adaptive A/B rounds) is not supported with --farm yet: "
                              "every round is planned up front; drop min_repeats")
@@ -466,7 +489,7 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     client_spool(store).flush()  # rows an earlier run on this host could not write
     suite = parse_suite(raw, source)
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
-    prepared = prepare_farm(client, suite, source, seed)
+    prepared = prepare_farm(client, store, suite, source, seed)
     run_id = sweep.new_run_id()
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
                                {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
@@ -484,7 +507,7 @@ def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progr
     record = store.get_run(run_id)
     suite = parse_suite(record.suite, f"run {run_id}")
     stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]
-    prepared = prepare_farm(client, suite, f"run {run_id}", record.seed, stored or None, store.done_keys(run_id))
+    prepared = prepare_farm(client, store, suite, f"run {run_id}", record.seed, stored or None, store.done_keys(run_id))
     store.set_run_status(run_id, "running")
     FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute(
         skip=store.done_keys(run_id))

@@ -23,14 +23,15 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from devicelab import rows, session
+from devicelab import native, profiles, rows, session
 from devicelab.devices import Transport, open_device
 from devicelab.errors import DevicelabError
 from devicelab.facts import DeviceEntry, DeviceFacts
 from devicelab.farm import MISSED_BEATS_OFFLINE, PLUGIN_NAME, resource
+from devicelab.farm.artifacts import Shipment, localize
 from devicelab.result import Result, utc_now
 from devicelab.session import Job
-from devicelab.store import Heartbeat, Store, open_store
+from devicelab.store import ArtifactMismatch, Heartbeat, Store, open_store
 
 
 def phone_entry(serial: str) -> DeviceEntry:
@@ -273,7 +274,22 @@ class PhonePlugin(WorkerPlugin):
         values = beat_values(phone.state())
         if self.facts is None:
             self.facts = phone.facts()
+            try:
+                self.publish_facts()
+            except (DevicelabError, OSError) as e:  # the next worker start (or a client's request) publishes them
+                print(f"{self.serial}: publishing its facts failed: {e}", file=sys.stderr, flush=True)
         return values
+
+    def publish_facts(self) -> None:
+        """The phone's facts into the store, where a client on any host plans with them (the phone need not be
+        attached to the client, nor its worker running then)."""
+        if self.facts is None:
+            return
+        store = existing_store(self.location)
+        try:
+            store.publish_facts(self.serial, platform.node(), self.facts.to_dict())
+        finally:
+            store.close()
 
     def _write_beat(self, beat: Heartbeat) -> None:
         """A beat is not spooled: the next one replaces it, and a stale beat says the store could not be reached."""
@@ -315,9 +331,10 @@ class PhonePlugin(WorkerPlugin):
             self.offline = not quantity
 
     # ---- tasks
-    def run(self, location: str, jobs: Sequence[Job]) -> TaskDone:
-        """Run one config (or the A/B labels of one, together) on the phone; each Result committed to the run's
-        store or spooled on this host."""
+    def run(self, location: str, jobs: Sequence[Job], shipment: Shipment | None = None) -> TaskDone:
+        """Run one config (or the A/B labels of one, together) on the phone, with the files of `shipment` fetched from
+        the store into this host's cache first; each Result committed to the run's store or spooled on this host.
+        The session's clock reads are taken after the fetch: fetching is the task's overhead, not its session."""
         received = time.time()
         label = job_label(jobs)
         with self._lock:
@@ -325,8 +342,13 @@ class PhonePlugin(WorkerPlugin):
         print(f"{self.serial}: start {label}", file=sys.stderr, flush=True)
         try:
             self.beat_soon()
+            fetched = self._fetch(location, jobs, shipment or Shipment())
             start = time.time()
-            results = self._run_jobs(jobs)
+            if isinstance(fetched, list):  # the files did not arrive: nothing ran
+                results = fetched
+            else:
+                with native.shipped_builds(fetched[1]):
+                    results = self._run_jobs(fetched[0])
             end = time.time()
             out = [(r, self.spool.write(location, r)) for r in results]
             committed = time.time()
@@ -352,6 +374,30 @@ class PhonePlugin(WorkerPlugin):
                                        **self.last))
         except Exception:  # noqa: BLE001 - best effort: the periodic beat follows
             pass
+
+    def _fetch(self, location: str, jobs: Sequence[Job], shipment: Shipment
+               ) -> tuple[list[Job], dict[str, native.BuildRecord]] | list[Result]:
+        """The jobs with their files from this host's cache, fetched from the store first when not cached yet (their
+        cached copies in place of the client's paths), and the client's native programs; or infra-failed rows, when a
+        file does not arrive."""
+        run_id = jobs[0].run_id
+        try:
+            return localize(lambda: existing_store(location), jobs, shipment)
+        except ArtifactMismatch as e:
+            # The stored copy is damaged: forget it, so that --resume (which publishes the file again) stores it anew.
+            try:
+                store = existing_store(location)
+                try:
+                    store.drop_artifact(e.sha256)
+                finally:
+                    store.close()
+            except Exception:  # noqa: BLE001 - the row says what happened either way
+                pass
+            print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, str(e)) for j in jobs]
+        except Exception as e:  # noqa: BLE001 - a store that cannot be opened or read, a cache that cannot be written
+            print(f"{self.serial}: the task's files could not be fetched: {e}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, f"the task's files could not be fetched: {e}") for j in jobs]
 
     def _run_jobs(self, jobs: Sequence[Job]) -> list[Result]:
         run_id = jobs[0].run_id
@@ -396,20 +442,22 @@ def _plugin() -> PhonePlugin:
     return plugin
 
 
-def run_task(location: str, jobs: list[Job]) -> TaskDone:
+def run_task(location: str, jobs: list[Job], shipment: Shipment | None = None) -> TaskDone:
     """The farm's task (pickled by reference: every farm host has the same devicelab, checked on connect)."""
-    return _plugin().run(location, jobs)
+    return _plugin().run(location, jobs, shipment)
 
 
-def phone_facts(dask_worker: Any) -> DeviceFacts | str:
-    """This worker's phone's facts, for the client's planning (run with client.run); why not when unreachable."""
+def publish_phone_facts(dask_worker: Any) -> str | None:
+    """This worker's phone's facts published to the store, now (client.run, for a client that finds none stored:
+    the phone joined since its last beat); why not when the phone or the store cannot be reached."""
     plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
-    if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
-        try:
+    try:
+        if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
             plugin.facts = open_device(phone_entry(plugin.serial)).facts()
-        except (DevicelabError, OSError) as e:
-            return str(e)
-    return plugin.facts
+        plugin.publish_facts()
+    except (DevicelabError, OSError) as e:
+        return str(e)
+    return None
 
 
 def end_run(run_id: str, dask_worker: Any) -> bool:
@@ -470,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     from devicelab.farm.security import tls_options
 
     tls = tls_options(args.tls_ca, args.tls_cert, args.tls_key)
+    profiles.use_store(args.db)  # a phone's profile (battery calibration) lives where its Results go
     asyncio.run(serve(args.scheduler, args.serial, args.db, args.beat_seconds, tls))
     return 0
 
