@@ -118,6 +118,13 @@ def test_config_names_the_content_addressed_files() -> None:
     assert out["options"]["weights"] == "../../files/bb/model.bin"
     assert out["inputs"][0]["file"] == "../../files/cc/input0.bin"
     assert out["outputs_file"] == "outputs.npz" and out["threads"] == 2 and out["label"] == "model.param x"
+    assert out["inputs"][0]["name"] == "model.bin"  # a tensor name is data, even when it equals a file's name
+    labelled = json.loads(files.config_bytes(json.dumps({**config, "label": "input0.bin"}).encode(), folder, links)
+                          or b"")
+    assert labelled["label"] == "input0.bin"
+    nested = {**config, "accuracy_files": [[{"name": "x", "file": "input0.bin"}]]}
+    out = json.loads(files.config_bytes(json.dumps(nested).encode(), folder, links) or b"")
+    assert out["accuracy_files"][0][0]["file"] == "../../files/cc/input0.bin"
     assert files.config_bytes(b"not json", folder, links) is None
 
 

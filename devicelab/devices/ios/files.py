@@ -89,24 +89,45 @@ def run_folder_of(path: str) -> str:
     return norm
 
 
+# Where a runner config names files (docs/runner-protocol.md): the model, the weights option, and the `file` of each
+# input spec (`inputs`, `accuracy_files`). Only these are rewritten: a tensor name or a label that happens to equal a
+# file's name is data, not a path.
+PATH_KEYS = ("model",)
+PATH_OPTIONS = ("weights",)
+SPEC_LISTS = ("inputs", "accuracy_files")
+
+
 def rewrite_config(config: Any, folder: str, links: Mapping[str, str]) -> Any:
     """A runner config that names the run folder's files by their content-addressed paths, relative to the folder
-    (dlbench resolves relative paths against its config's folder): every string value equal to a link's name
-    becomes the path to the file it links, and one equal to a folder of links (`model.mlpackage`) the path to
-    that folder as `placements` laid it out. Other values are kept as they are."""
+    (dlbench resolves relative paths against its config's folder): where the config names a file (PATH_KEYS,
+    PATH_OPTIONS, the `file` of the specs in SPEC_LISTS), a value equal to a link's name becomes the path to the file
+    it links, and one equal to a folder of links (`model.mlpackage`) the path to that folder as `placements` laid it
+    out. Everything else is kept as it is."""
     where = {relative_name(rel): posixpath.relpath(target, folder) for rel, target in links.items()}
     where.update({name: posixpath.relpath(target, folder) for name, target in folder_targets(links).items()})
 
-    def walk(value: Any) -> Any:
-        if isinstance(value, str):
-            return where.get(value, value)
+    def path(value: Any) -> Any:
+        return where.get(value, value) if isinstance(value, str) else value
+
+    def specs(value: Any) -> Any:
         if isinstance(value, list):
-            return [walk(v) for v in value]
-        if isinstance(value, dict):
-            return {k: walk(v) for k, v in value.items()}
+            return [specs(v) for v in value]
+        if isinstance(value, dict) and "file" in value:
+            return {**value, "file": path(value["file"])}
         return value
 
-    return walk(config)
+    if not isinstance(config, dict):
+        return config
+    out = dict(config)
+    for key in PATH_KEYS:
+        if key in out:
+            out[key] = path(out[key])
+    if isinstance(out.get("options"), dict):
+        out["options"] = {k: path(v) if k in PATH_OPTIONS else v for k, v in out["options"].items()}
+    for key in SPEC_LISTS:
+        if key in out:
+            out[key] = specs(out[key])
+    return out
 
 
 def config_bytes(text: bytes, folder: str, links: Mapping[str, str]) -> bytes | None:
