@@ -345,7 +345,7 @@ def test_hostile_names_reach_the_container_literally(iphone: IPhone, tmp_path: P
     files = []
     for i, name in enumerate(HOSTILE):
         path = local / f"f{i}"
-        path.write_bytes(json.dumps({"weights": HOSTILE[1], "n": i}).encode() if name.endswith(".json")
+        path.write_bytes(json.dumps({"options": {"weights": HOSTILE[1]}, "n": i}).encode() if name.endswith(".json")
                          else f"content {i}".encode())
         files.append((name, path))
     phone = IOSTransport(DeviceEntry("iphone", "ios", {"udid": iphone.udid, "runner_app": str(app),
@@ -360,7 +360,7 @@ def test_hostile_names_reach_the_container_literally(iphone: IPhone, tmp_path: P
         folder = phone.run_folder(dict(zip(HOSTILE, expected)))
         assert folder.startswith("Documents/devicelab/runs/")
         config = json.loads((container / folder / HOSTILE[2]).read_text())
-        assert config["weights"] == f"../../files/{sha256_file(files[1][1])}/{HOSTILE[1]}"  # named literally
+        assert config["options"]["weights"] == f"../../files/{sha256_file(files[1][1])}/{HOSTILE[1]}"  # literally
         # what the app would leave in its run folder, pulled back under the same hostile names
         for name in HOSTILE:
             (container / folder / f"out {name}").write_text(f"result of {name}")
