@@ -138,6 +138,31 @@ def calibrate(samples: Sequence[Sample], when: str = "") -> Calibration | str:
     return Calibration(sign, ua_per_unit, ratio, round(window, 3), len(samples), delta_uah, round(mean_ma, 3), when)
 
 
+def window_batches(seconds: float, median: float, run_more: Callable[[int], list[float]]) -> list[float]:
+    """Batches until the inference time reaches the energy window: the timed phase's median only estimates an
+    iteration, so each batch is sized from what is left and the latest batch's median."""
+    from devicelab.analysis import stats  # numpy: only when a window is measured
+
+    times: list[float] = []
+    iterations = 1
+    while sum(times) < seconds:
+        estimate = float(stats.median(times[-iterations:]) or median) if times else median
+        iterations = max(1, math.ceil((seconds - sum(times)) / estimate))
+        times += run_more(iterations)
+    return times
+
+
+def settled(got: Sequence[Sample], idle_start: float, window_start: float, window_end: float, idle_seconds: float
+            ) -> tuple[list[Sample], list[Sample]]:
+    """The idle and the window samples without each one's first moments, which still show the state before it
+    (the gauge and the clocks settle)."""
+    settle_idle = min(1.0, 0.1 * idle_seconds)
+    settle = min(1.0, 0.1 * (window_end - window_start))
+    idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
+    window = [x for x in got if window_start + settle <= x.at_s <= window_end]
+    return idle, window
+
+
 def energy_per_inference(idle: Sequence[Sample], window: Sequence[Sample], window_s: float, iterations: int,
                          calibration: Calibration | None, min_window_s: float) -> EnergyResult:
     """(mean power in the window − mean idle power) × window / iterations, or None with the reason. `window_s` is the
@@ -209,7 +234,6 @@ class BatterySource:
         calibration = self.calibration()
         supply = str((state.get("power") or {}).get("battery_supply"))
         median = float(stats.median(samples) or 0.01)
-        iterations = 1
         got: list[Sample] = []
         sampler = _sampler(self.transport, sampler_script(supply))
 
@@ -229,21 +253,12 @@ class BatterySource:
             idle_start, idle_start_unix = time.monotonic(), time.time()
             time.sleep(s.energy_idle_seconds)
             window_start, window_start_unix = time.monotonic(), time.time()
-            times: list[float] = []
-            # Batches until the inference time reaches the window: the timed phase's median only estimates it.
-            while sum(times) < s.energy_window_seconds:
-                estimate = float(stats.median(times[-iterations:]) or median) if times else median
-                iterations = max(1, math.ceil((s.energy_window_seconds - sum(times)) / estimate))
-                times += run_more(iterations)
+            times = window_batches(s.energy_window_seconds, median, run_more)
             window_end, window_end_unix = time.monotonic(), time.time()
         finally:
             sampler.kill()
             reader.join(5)
-        # The first moments of each window still show the state before it: the gauge and the clocks settle.
-        settle_idle = min(1.0, 0.1 * s.energy_idle_seconds)
-        settle = min(1.0, 0.1 * (window_end - window_start))
-        idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
-        window = [x for x in got if window_start + settle <= x.at_s <= window_end]
+        idle, window = settled(got, idle_start, window_start, window_end, s.energy_idle_seconds)
         # Energy = Δpower × the window's wall time (its mean power estimated from the part after it settled).
         result = energy_per_inference(idle, window, window_end - window_start, len(times), calibration,
                                       s.energy_min_window_seconds)

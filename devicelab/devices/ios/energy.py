@@ -9,14 +9,13 @@ stands in for a calibration; the record says so."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from devicelab.energy import EnergyResult, unmeasured
-from devicelab.energy.battery import Calibration, Sample, energy_per_inference
+from devicelab.energy.battery import Calibration, Sample, energy_per_inference, settled, window_batches
 
 if TYPE_CHECKING:
     from devicelab.devices.ios.device import IOSTransport
@@ -87,24 +86,16 @@ class IOSBatterySource:
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
         median = float(stats.median(samples) or 0.01)
-        iterations = 1
         try:
             idle_start = time.monotonic()
             time.sleep(s.energy_idle_seconds)
             window_start = time.monotonic()
-            times: list[float] = []
-            while sum(times) < s.energy_window_seconds:
-                estimate = float(stats.median(times[-iterations:]) or median) if times else median
-                iterations = max(1, math.ceil((s.energy_window_seconds - sum(times)) / estimate))
-                times += run_more(iterations)
+            times = window_batches(s.energy_window_seconds, median, run_more)
             window_end = time.monotonic()
         finally:
             stop.set()
             reader.join(10)
-        settle_idle = min(1.0, 0.1 * s.energy_idle_seconds)
-        settle = min(1.0, 0.1 * (window_end - window_start))
-        idle = [x for x in got if idle_start + settle_idle <= x.at_s < window_start]
-        window = [x for x in got if window_start + settle <= x.at_s <= window_end]
+        idle, window = settled(got, idle_start, window_start, window_end, s.energy_idle_seconds)
         result = energy_per_inference(idle, window, window_end - window_start, len(times), IORegistryUnits,
                                       s.energy_min_window_seconds)
         detail = {k: v for k, v in result.detail.items() if k != "calibration"}  # none was made: fixed units
