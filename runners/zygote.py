@@ -20,6 +20,7 @@ import importlib
 import io
 import json
 import os
+import re
 import selectors
 import signal
 import socket
@@ -43,6 +44,10 @@ MADV_POPULATE_READ = 22  # Linux 5.14+: fault pages in as a read would, without 
 CHUNK_PAGES = 4096  # pagemap entries read at once: 32 KiB
 
 
+_WANTED = bytes(ord("1") if b & 0xA0 == 0xA0 else ord("0") for b in range(256))
+_RUN = re.compile(b"1+")
+
+
 def resident_file_pages() -> array.array:
     """(address, length) runs of file-backed pages this process has mapped now (/proc/self/pagemap: present, and
     a file page rather than a copy-on-write one), e.g. the libraries' code the imports ran, as one flat array
@@ -53,9 +58,9 @@ def resident_file_pages() -> array.array:
     The child maps these runs again (`map_again`), and its RSS before load is then a fresh process's after the same
     imports (docs/architecture.md).
 
-    Plain Python, not numpy: numpy code run here would be resident in the zygote and so mapped again in every child,
-    pages a fresh runner never touches before its load (~0.4 MB of numpy's core library, measured)."""
-    wanted = (1 << 63) | (1 << 61)  # present, and file-backed or shared
+    Bytes and a regular expression, not numpy: numpy code run here would be resident in the zygote and so mapped
+    again in every child, pages a fresh runner never touches before its load (~0.4 MB of numpy's core library,
+    measured)."""
     runs = array.array("q")
     with open("/proc/self/maps") as maps, open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
         for line in maps:
@@ -69,16 +74,11 @@ def resident_file_pages() -> array.array:
             for lo in range(start, end, CHUNK_PAGES * PAGE):
                 hi = min(end, lo + CHUNK_PAGES * PAGE)
                 pagemap.seek(lo // PAGE * 8)
-                run_start = -1
-                for i, entry in enumerate(memoryview(pagemap.read((hi - lo) // PAGE * 8)).cast("Q")):
-                    if entry & wanted == wanted:
-                        if run_start < 0:
-                            run_start = i
-                    elif run_start >= 0:
-                        runs.extend((lo + run_start * PAGE, (i - run_start) * PAGE))
-                        run_start = -1
-                if run_start >= 0:
-                    runs.extend((lo + run_start * PAGE, (hi - lo) // PAGE * PAGE - run_start * PAGE))
+                # Each entry is 8 little-endian bytes; its top byte holds bit 63 (present) and bit 61 (file page or
+                # shared). One byte per page, mapped to b"1" when both are set: runs are then runs of b"1".
+                flags = pagemap.read((hi - lo) // PAGE * 8)[7::8].translate(_WANTED)
+                for found in _RUN.finditer(flags):
+                    runs.extend((lo + found.start() * PAGE, (found.end() - found.start()) * PAGE))
     return runs
 
 
@@ -144,7 +144,8 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
         importlib.import_module(name)
     resident = resident_file_pages()
     n = threads()
-    _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": resident_bytes(resident), "threads": n, "after": "devicelab.engines",
+    _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": resident_bytes(resident), "threads": n,
+                 "after": "devicelab.engines",
                  "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
     if n != 1:
         return 0
