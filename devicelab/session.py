@@ -105,9 +105,13 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
     runner sees it (None: no accuracy pass). `warmup.by`: a protocol v2 runner leaves the warmup to the controller;
     a v1 runner ignores the key and warms itself."""
     cfg, s = job.config, job.settings
+    options = job.options
+    if s.profile and cfg.engine == "dlbench" and not options.get("layer_times"):
+        # dlbench speaks protocol 1: its profiling pass is `layer_times` passes after timing, reported at stop
+        options = {**options, "layer_times": s.profile_iterations}
     return {"engine": cfg.engine, "model": str(job.prepared.path), "inputs": list(job.source.inputs),
             "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend,
-            "seed": job.seed, "options": job.options,
+            "seed": job.seed, "options": options,
             "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds, "by": "controller"},
             "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
 
@@ -585,10 +589,13 @@ class _Attempt:
                 return opprof.unsupported(str(m.profiled["unsupported"]))
             if m.profiled.get("error"):
                 return opprof.unsupported(f"the profiling pass failed: {m.profiled['error']}")
-            return opprof.build(m.profile_ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
+            ops, link = m.profile_ops, str(m.profiled.get("node_link") or "none")
+            if any("node" not in o for o in ops):  # named after the model's nodes, but not linked by the runner
+                ops, linked = _link_nodes(ops, self.job, engine)
+                link = link if linked else "none"
+            return opprof.build(ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
                                 iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
-                                median_s=median, node_link=str(m.profiled.get("node_link") or "none"),
-                                notes=[str(n) for n in m.profiled.get("notes") or ()])
+                                median_s=median, node_link=link, notes=[str(n) for n in m.profiled.get("notes") or ()])
         if m.ops:
             passes = {o.get("passes") for o in m.ops}
             iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
@@ -605,10 +612,9 @@ class _Attempt:
                              "apart from the timed iterations")
             if iterations is None:
                 notes.append("the op events do not say how many iterations they cover (counted as 1)")
-            ops = [{"name": o.get("name", ""), "engine_type": o.get("type", ""), "s": o["s"]} for o in m.ops
+            ops = [{"name": str(o.get("name", "")), "engine_type": str(o.get("type", "")), "s": o["s"]} for o in m.ops
                    if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
-            ops = _link_nodes(ops, self.job)
-            linked = sum(1 for o in ops if o.get("node"))
+            ops, linked = _link_nodes(ops, self.job, engine)
             link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
             return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
                                 median_s=median, node_link=link, notes=notes)
@@ -821,17 +827,19 @@ class _Attempt:
             **(self.fields if ok else {}))
 
 
-def _link_nodes(ops: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
-    """Ops whose name is a node of the config's ONNX model get that node (the runner's own names otherwise stand
-    alone): how a profile from op events reaches the model."""
-    try:
-        from devicelab.opprof import onnxgraph
+def _link_nodes(ops: list[dict[str, Any]], job: Job, engine: str) -> tuple[list[dict[str, Any]], int]:
+    """Ops named after the config's ONNX model's nodes, linked to them (node, absorbed nodes, the node's type for
+    the vocabulary): how a profile from MNN or from op events reaches the model. The model is the ONNX file the
+    engine's format was converted from (the prepared file itself when it is ONNX: a QDQ int8 model)."""
+    from devicelab.opprof import onnxgraph
 
-        names = onnxgraph.node_names(job.prepared.path if str(job.prepared.path).endswith(".onnx")
-                                     else job.source.path)
+    path = job.prepared.path if str(job.prepared.path).endswith(".onnx") else job.source.path
+    try:
+        if engine == "ncnn":  # pnnx renamed the layers: paired by type and order
+            return onnxgraph.link_by_order(ops, job.source.path, "ncnn")
+        return onnxgraph.link(ops, path)
     except Exception:  # noqa: BLE001 - a model onnx cannot read leaves the ops unlinked, never fails the row
-        return ops
-    return [{**o, "node": o["name"] if o["name"] in names else None} for o in ops]
+        return [{**o, "node": None, "fused": []} for o in ops], 0
 
 
 # --------------------------------------------------------------------------------------------------

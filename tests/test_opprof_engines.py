@@ -66,3 +66,45 @@ def test_no_profile_without_the_flag(tmp_path: Path, env: dict[str, str]) -> Non
     code, data, stderr = run_json("run", "--suite", str(path), env=env)
     assert code == 0, stderr[-2000:]
     assert "profile" not in data["results"][0]["ext"]
+
+
+def test_openvino_profiles_from_perf_counts(tmp_path: Path, env: dict[str, str]) -> None:
+    fp32, int8 = sorted(_profiled(tmp_path, env, "openvino"), key=lambda r: r["precision"])
+    p = _check(fp32)
+    assert p["engine_source"].startswith("openvino PERF_COUNT")
+    conv = next(o for o in p["ops"] if o["node"] == "conv_2_pre")
+    # OpenVINO's runtime model says it ran the Clip inside the (depthwise) convolution: originalLayersNames
+    assert conv["engine_type"] == "GroupConvolution" and conv["type"] == "DepthwiseConv"
+    assert conv["fused"] == ["conv_2_pre", "conv_2"] and conv["extra"]["exec_type"]
+    q = _check(int8)
+    assert any(o["engine_type"] == "Subgraph" and o["type"] == "Quantize" for o in q["ops"])  # typed by its node
+
+
+def test_mnn_profiles_through_the_session_api(tmp_path: Path, env: dict[str, str]) -> None:
+    fp32, int8 = sorted(_profiled(tmp_path, env, "mnn"), key=lambda r: r["precision"])
+    p = _check(fp32)
+    assert p["engine_source"] == "MNN Session API runSessionWithCallBackInfo (the timed pass used the Module API)"
+    assert any("Module API" in n for n in p["notes"])
+    conv = next(o for o in p["ops"] if o["node"] == "conv_2_pre")
+    assert conv["type"] == "DepthwiseConv" and conv["fused"] == ["conv_2_pre", "conv_2"]
+    assert any(o["engine_type"] == "BinaryOp" and o["type"] == "Add" for o in p["ops"])  # the model's Add
+    q = _check(int8)
+    assert q["by_type"].get("Quantize", 0) > 0 and any((o.get("extra") or {}).get("int8") for o in q["ops"])
+
+
+def test_ncnn_wheel_profiles_layer_by_layer_best_effort_nodes(tmp_path: Path, env: dict[str, str]) -> None:
+    fp32, int8 = sorted(_profiled(tmp_path, env, "ncnn"), key=lambda r: r["precision"])
+    for r in (fp32, int8):
+        p = _check(r)
+        assert p["node_link"] == "best-effort" and any("pnnx" in n for n in p["notes"])
+        # pnnx's convclip_0 is the model's first Conv with its Clip
+        first = next(o for o in p["ops"] if o["name"] == "convclip_0")
+        assert first["node"] == "conv_1_pre" and first["fused"] == ["conv_1_pre", "conv_1"]
+
+
+def test_litert_on_the_host_is_unsupported_with_the_reason(tmp_path: Path, env: dict[str, str]) -> None:
+    (r,) = _profiled(tmp_path, env, "litert", precisions=("fp32",))
+    assert r["status"] == "ok" and r["samples_s"]  # the timing stands
+    assert r["ext"]["profile"] == {"version": 1, "unsupported": (
+        "LiteRT's Python API (ai_edge_litert Interpreter) has no op profiler; per-op times come from "
+        "tool:benchmark_model --enable_op_profiling=true (phones)")}

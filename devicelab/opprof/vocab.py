@@ -77,8 +77,9 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
                     "qlinearsigmoid": "Activation", "nhwcconv": "Conv", "qlinearmaxpool": "Pool"},
     "openvino": {
         # OpenVINO's CPU plugin node types (ProfilingInfo.node_type)
-        "subgraph": "Activation",  # a JIT-fused run of element-wise ops; refined by its original layers when known
-        "fullyconnected": "Gemm", "mvn": "Other", "interpolate": "Resize", "pooling": "Pool",
+        # `Subgraph` (a JIT-fused run of element-wise ops) and `Reduce` are typed by the model node they came from
+        "fullyconnected": "Gemm", "fullyconnectedquantizedlegacy": "Gemm", "fullyconnectedquantized": "Gemm",
+        "clamp": "Activation", "mvn": "Other", "interpolate": "Resize", "pooling": "Pool",
         "concatenation": "Concat", "reorder": "Reshape", "eltwise": "Add", "math": "Activation",
         "shufflechannels": "Shuffle", "softmax": "Softmax", "softmaxv1": "Softmax", "softmaxv8": "Softmax",
         "fakequantize": "Quantize", "input": "Reshape", "output": "Reshape",
@@ -105,6 +106,10 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
 }
 
 
+# Engine op names that stand for several model ops: the model node's type says which.
+GENERIC = frozenset({"binaryop", "eltwise", "unaryop", "binary", "raster"})
+
+
 def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = None) -> str:
     """The shared type of one op. `engine` is the family of the engine's names ("onnxruntime", "openvino", "mnn",
     "ncnn", "litert"; anything else uses the common table only). `hint` may carry what the engine knows beside the
@@ -114,6 +119,8 @@ def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = Non
     key = _norm(engine_type)
     table = {_norm(k): v for k, v in ENGINE_TABLES.get(engine, {}).items()}
     shared = table.get(key) or _COMMON.get(key)
+    if key in GENERIC and hint.get("original_type"):  # "a binary op" says less than the model node's Add or Mul
+        shared = _COMMON.get(_norm(str(hint["original_type"]))) or shared
     if shared is None and hint.get("original_type"):
         shared = table.get(_norm(str(hint["original_type"]))) or _COMMON.get(_norm(str(hint["original_type"])))
     if shared is None:
