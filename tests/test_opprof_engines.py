@@ -108,3 +108,15 @@ def test_litert_on_the_host_is_unsupported_with_the_reason(tmp_path: Path, env: 
     assert r["ext"]["profile"] == {"version": 1, "unsupported": (
         "LiteRT's Python API (ai_edge_litert Interpreter) has no op profiler; per-op times come from "
         "tool:benchmark_model --enable_op_profiling=true (phones)")}
+
+
+def test_dlbench_layer_times_become_the_profile(native_host: dict[str, Any], tmp_path: Path,
+                                                env: dict[str, str]) -> None:
+    (r,) = _profiled(tmp_path, env, "dlbench", precisions=("fp32",))
+    p = _check(r)
+    assert p["engine_source"].startswith("dlbench op events (ncnn") and p["iterations"] == 20
+    assert p["node_link"] == "best-effort"
+    first = next(o for o in p["ops"] if o["name"] == "convclip_0")
+    assert first["node"] == "conv_1_pre" and first["fused"] == ["conv_1_pre", "conv_1"]
+    # the layer passes ran after timing, outside the samples; the row's own op events are kept as before
+    assert len(r["protocol"]["ops"]) == len(p["ops"])
