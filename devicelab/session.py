@@ -243,6 +243,7 @@ class _Attempt:
         self.fields: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
+        self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -646,6 +647,37 @@ class _Attempt:
             self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
         self.tool_stdout = "\n".join(lines) + "\n"
 
+    def profile_tool(self) -> None:
+        """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
+        (`profile_iterations` runs, pinned like the timed one), only its op table kept. Read before `collect`
+        removes the run folder; the row's profile is made in `_tool_fields`, once the timed run's median is known."""
+        if not self.s.profile or self.status != OK or self.tool is None or self.tool.profile_flags is None:
+            return
+        assert self.tool_s is not None and self.run_dir is not None
+        settings = dataclasses.replace(self.tool_s, iterations=self.s.profile_iterations,
+                                       extra_args=(*self.tool_s.extra_args, *self.tool.profile_flags))
+        argv = self.tool.argv(self.target[0], self.run_dir, settings)
+        lines: list[str] = []
+        try:
+            process = self.t.spawn(argv, self.env, tuple(self.cfg.cpus), self.run_dir)
+            deadline = now_deadline(self.s.timeout_seconds)
+            try:
+                while True:
+                    lines.append(process.read_line(deadline).decode(errors="replace"))
+            except ChannelClosedError:
+                pass
+            done = process.wait(EXIT_WAIT_S)
+            if done is None:
+                process.kill()
+            code = done.code if done is not None and done.code is not None else 1
+            run = self.tool.parse("\n".join(lines) + "\n", process.stderr(), code, {})
+            self.tool_profile = (run, f"{self.tool.tool} exited with {code}" if code else run.error)
+        except ChannelTimeoutError:
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} did not finish within "
+                                       f"timeout_seconds={self.s.timeout_seconds:g}")
+        except (OSError, ValueError) as e:
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} could not start: {e}")
+
     # ---- after the program
 
     def collect(self) -> None:
@@ -723,6 +755,19 @@ class _Attempt:
         fields["samples_s"] = tuple(fields["samples_s"])
         self.fields = fields
         self._memory(report, peak, method)
+        if self.s.profile:
+            self.ext["profile"] = self._tool_profile(fields.get("median_s"))
+
+    def _tool_profile(self, median: float | None) -> dict[str, Any]:
+        assert self.tool is not None
+        if self.tool.profile_flags is None:
+            return opprof.unsupported(self.tool.no_profile)
+        run, error = self.tool_profile
+        if run is None or error:
+            return opprof.unsupported(f"the profiling pass failed: {error}")
+        if not run.ops:
+            return opprof.unsupported(f"the profiling run of {self.tool.tool} printed no op table")
+        return self.tool.profile(run, self.s.profile_iterations, median)
 
     def _accuracy(self, outputs: Path) -> None:
         import numpy as np
@@ -863,6 +908,7 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
                 continue
             if a.tool:
                 a.safely(a.run_tool)
+                a.safely(a.profile_tool)
                 a.safely(a.collect)
                 a._reap()
             else:

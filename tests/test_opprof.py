@@ -3,6 +3,7 @@ are checked in tests/test_opprof_engines.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +69,32 @@ def test_a_broken_profile_is_refused_by_the_result() -> None:
     assert any("ops[0].type" in p for p in opprof.problems(bad))
     with pytest.raises(ValueError):
         Result.for_config("r", cfg, OK, samples_s=(0.004,), ext={"profile": bad})
+
+
+# benchmark_model's op tables: the parser's golden outputs of the real tool (tests/golden/tools/benchmark_model).
+GOLDEN = Path(__file__).parent / "golden" / "tools" / "benchmark_model"
+
+
+def _tool_run(variant: str) -> Any:
+    from devicelab.engines.tool_benchmark_model import ENGINE
+
+    def read(ext: str) -> str:
+        path = GOLDEN / f"{variant}.{ext}"
+        return path.read_text() if path.exists() else ""
+
+    return ENGINE.parse(read("stdout"), read("stderr"), 0, None)
+
+
+def test_benchmark_model_op_tables_become_profiles() -> None:
+    from devicelab.engines.tool_benchmark_model import op_profile
+
+    p = op_profile(_tool_run("op_profiling_xnnpack").ops, 5, 0.0060)
+    assert opprof.problems(p) == []
+    # XNNPACK's own rows, not the delegate row that holds them all (no time counted twice)
+    assert [o["type"] for o in p["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm"]
+    assert p["total_s"] == pytest.approx(0.001187 + 0.000531 + 0.000840 + 0.000044 + 0.000203)
+    assert p["mapped"] == 1.0 and p["node_link"] == "none" and p["engine_source"].startswith("benchmark_model")
+    for variant in ("op_profiling_start_column", "op_profiling_csv"):
+        q = op_profile(_tool_run(variant).ops, 5, 0.0033)
+        assert [o["type"] for o in q["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm", "Softmax"]
+        assert q["mapped"] == 1.0 and q["overhead"] == pytest.approx(q["total_s"] / 0.0033 - 1)

@@ -120,3 +120,16 @@ def test_dlbench_layer_times_become_the_profile(native_host: dict[str, Any], tmp
     assert first["node"] == "conv_1_pre" and first["fused"] == ["conv_1_pre", "conv_1"]
     # the layer passes ran after timing, outside the samples; the row's own op events are kept as before
     assert len(r["protocol"]["ops"]) == len(p["ops"])
+
+
+@pytest.mark.parametrize("value, says", [
+    (3, "profile: 3 is not allowed; allowed: true, false, or {iterations: N}"),
+    ({"iterations": 0}, "profile.iterations: 0 is not a positive integer"),
+    ({"passes": 2}, "profile.passes: unknown key; allowed: iterations"),
+])
+def test_a_bad_profile_key_is_one_line_and_exit_2(tmp_path: Path, env: dict[str, str], value: Any, says: str) -> None:
+    from tests.helpers import devicelab
+
+    path = write_suite(tmp_path / "s.yaml", profile=value)
+    p = devicelab("run", "--suite", str(path), env=env)
+    assert p.returncode == 2 and says in p.stderr, p.stderr
