@@ -733,6 +733,9 @@ class _Attempt:
             peak, method, note = native.peak_memory(report, peak, method)
             if note:
                 self.notes.append(note)
+            if self.s.profile:
+                self.notes.append("peak memory: dlprobe's wait4 ru_maxrss covers the runner's whole life, its "
+                                  "profiling pass included (the runner's own figure is read before that pass)")
             method += " (RSS before load: the runner's VmRSS before the model loads)"
         self.fields.update(peak_rss_bytes=peak, memory_method=method)
 

@@ -133,3 +133,23 @@ def test_a_bad_profile_key_is_one_line_and_exit_2(tmp_path: Path, env: dict[str,
     path = write_suite(tmp_path / "s.yaml", profile=value)
     p = devicelab("run", "--suite", str(path), env=env)
     assert p.returncode == 2 and says in p.stderr, p.stderr
+
+
+def test_a_runner_without_the_profile_command_is_never_sent_it(tmp_path: Path, env: dict[str, str]) -> None:
+    """The README's example runner (protocol v1, no `profile` in its ready line, no op events): timed as always,
+    its profile says why there is none — it would have failed on a command it does not know."""
+    import shutil
+    import subprocess
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("needs a C compiler for the example runner")
+    runner = tmp_path / "protocol_runner"
+    example = Path(__file__).resolve().parent.parent / "examples" / "protocol_runner.c"
+    subprocess.run([cc, "-O2", "-o", str(runner), str(example)], check=True, capture_output=True)
+    (r,) = _profiled(tmp_path, env, {"name": "protocol", "options": {"binary": str(runner)}},  # type: ignore[arg-type]
+                     models=["squeezenet1_1"], precisions=("fp32",))
+    assert r["status"] == "ok", r["reason"]
+    assert r["ext"]["profile"] == {"version": 1, "unsupported": (
+        "the runner (protocol 1) does not offer the 'profile' command (no \"profile\": true in its ready line) and "
+        "sent no op events")}
