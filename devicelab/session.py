@@ -605,8 +605,8 @@ class _Attempt:
                 source = f"dlbench op events ({m.ready.get('library', 'its library')}: options.layer_times passes " \
                          "after timing; each op's time is the median over the passes)"
                 if engine == "ncnn":
-                    notes.append("ncnn layers are named by pnnx, not after the ONNX nodes: the node link is by name "
-                                 "where they agree, best-effort")
+                    notes.append("pnnx renames ncnn's layers (convclip_0 for a model's Conv+Clip): each layer is "
+                                 "paired with the model's nodes of the same shared type in order, best-effort")
             else:
                 source = "the runner's op events"
                 notes.append("the runner sent op events by itself: devicelab cannot tell whether they were timed "
@@ -660,23 +660,28 @@ class _Attempt:
         lines: list[str] = []
         try:
             process = self.t.spawn(argv, self.env, tuple(self.cfg.cpus), self.run_dir)
-            deadline = now_deadline(self.s.timeout_seconds)
-            try:
-                while True:
-                    lines.append(process.read_line(deadline).decode(errors="replace"))
-            except ChannelClosedError:
-                pass
-            done = process.wait(EXIT_WAIT_S)
-            if done is None:
-                process.kill()
-            code = done.code if done is not None and done.code is not None else 1
-            run = self.tool.parse("\n".join(lines) + "\n", process.stderr(), code, {})
-            self.tool_profile = (run, f"{self.tool.tool} exited with {code}" if code else run.error)
-        except ChannelTimeoutError:
-            self.tool_profile = (None, f"the profiling run of {self.tool.tool} did not finish within "
-                                       f"timeout_seconds={self.s.timeout_seconds:g}")
+        except TransportLostError:
+            raise  # the device went: the row says so (safely)
         except (OSError, ValueError) as e:
             self.tool_profile = (None, f"the profiling run of {self.tool.tool} could not start: {e}")
+            return
+        deadline = now_deadline(self.s.timeout_seconds)
+        try:
+            while True:
+                lines.append(process.read_line(deadline).decode(errors="replace"))
+        except ChannelClosedError:
+            pass
+        except ChannelTimeoutError:
+            how = process.kill()
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} did not finish within "
+                                       f"timeout_seconds={self.s.timeout_seconds:g}; {how}")
+            return
+        done = process.wait(EXIT_WAIT_S)
+        if done is None:
+            process.kill()
+        code = done.code if done is not None and done.code is not None else 1
+        run = self.tool.parse("\n".join(lines) + "\n", process.stderr(), code, {})
+        self.tool_profile = (run, f"{self.tool.tool} exited with {code}" if code else run.error)
 
     # ---- after the program
 

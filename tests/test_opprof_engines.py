@@ -48,6 +48,8 @@ def test_onnxruntime_profiles_map_and_attribute_fused_nodes(tmp_path: Path, env:
     conv1 = next(o for o in p["ops"] if o["node"] == "conv_1")
     assert conv1["type"] == "Conv" and conv1["fused"] == ["conv_1", "conv_1_pre"]
     assert p["by_type"]["DepthwiseConv"] > 0  # groups == channels, read from the model
+    # the residual Add ran inside the convolution that computes its last input
+    assert "add_10" in next(o for o in p["ops"] if o["node"] == "conv_9")["fused"]
     q = _check(int8)
     assert {"Conv", "DepthwiseConv", "Quantize"} <= set(q["by_type"])
     qconv = next(o for o in q["ops"] if o["engine_type"] == "QLinearConv")
@@ -76,6 +78,7 @@ def test_openvino_profiles_from_perf_counts(tmp_path: Path, env: dict[str, str])
     # OpenVINO's runtime model says it ran the Clip inside the (depthwise) convolution: originalLayersNames
     assert conv["engine_type"] == "GroupConvolution" and conv["type"] == "DepthwiseConv"
     assert conv["fused"] == ["conv_2_pre", "conv_2"] and conv["extra"]["exec_type"]
+    assert "add_10" in next(o for o in p["ops"] if o["node"] == "conv_9")["fused"]
     q = _check(int8)
     assert any(o["engine_type"] == "Subgraph" and o["type"] == "Quantize" for o in q["ops"])  # typed by its node
 

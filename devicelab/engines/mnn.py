@@ -213,7 +213,9 @@ class _MnnSession:
                           "same .mnn file (Debug mode, same backend, threads and precision), while the timed "
                           "iterations ran through the Module API",
                           "each op's time is measured between MNN's begin and end callbacks (Python), which adds a "
-                          "little per op"]}
+                          "little per op",
+                          *(["on a GPU backend the callbacks do not wait for the device: an op's time is its "
+                             "submission's"] if config["backend"] != "cpu" else [])]}
 
     def prepare(self, feeds: dict[str, Any]) -> Any:
         F = self._mnn.expr

@@ -16,6 +16,10 @@ ACTIVATIONS = frozenset({"Relu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid", 
                          "Selu", "Gelu", "Mish", "Softplus"})
 
 
+# Model ops an engine fuses an activation into.
+FUSE_ACTIVATIONS = frozenset({"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul"})
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -93,9 +97,10 @@ def absorbed(nodes: Iterable[Node], present: Collection[str]) -> dict[str, list[
         if n.name in present:
             continue
         # A kernel may carry the name of the activation it absorbed (ONNX Runtime names Conv+Clip after the Clip):
-        # then the producer went into its consumer.
+        # then the convolution or product went into its consumer.
         into_activation = next((c.name for o in n.outputs for c in consumers.get(o, ())
-                                if c.name in present and c.op_type in ACTIVATIONS), None)
+                                if c.name in present and c.op_type in ACTIVATIONS), None) \
+            if n.op_type in FUSE_ACTIVATIONS else None
         first, second = (downstream, upstream) if n.op_type == "DequantizeLinear" else (upstream, downstream)
         target = into_activation or first(n) or second(n)
         if target:

@@ -52,7 +52,7 @@ _COMMON: dict[str, str] = {
     "reorderoutput": "Reshape", "convert": "Reshape", "expanddims": "Reshape", "shape": "Reshape",
     "gather": "Reshape", "slice": "Reshape", "split": "Reshape", "stridedslice": "Reshape", "identity": "Reshape",
     "copy": "Reshape", "tile": "Reshape", "expand": "Reshape", "crop": "Reshape", "packing": "Reshape",
-    "noop": "Reshape", "memorydata": "Reshape", "gathernd": "Reshape", "strided_slice": "Reshape",
+    "noop": "Reshape", "memorydata": "Reshape", "gathernd": "Reshape",
     "shufflechannel": "Shuffle", "channelshuffle": "Shuffle", "depthtospace": "Shuffle", "spacetodepth": "Shuffle",
     "pixelshuffle": "Shuffle",
     # activations
@@ -87,7 +87,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
     "mnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convint8": "Conv",
             "depthwiseconvint8": "DepthwiseConv", "pooling": "Pool", "eltwise": "Add", "binaryop": "Add",
             "relu6": "Activation", "int8tofloat": "Dequantize", "floattoint8": "Quantize", "raster": "Reshape",
-            "convertTensor": "Reshape", "converttensor": "Reshape", "interp": "Resize", "concat": "Concat",
+            "converttensor": "Reshape", "interp": "Resize", "concat": "Concat",
             "softmax": "Softmax", "innerproduct": "Gemm", "unaryop": "Activation"},
     "ncnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convolution1d": "Conv",
              "pooling": "Pool", "eltwise": "Add", "binaryop": "Add", "innerproduct": "Gemm", "split": "Reshape",
@@ -99,10 +99,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
                "averagepool2d": "Pool", "maxpool2d": "Pool", "mean": "Pool", "add": "Add", "mul": "Mul",
                "concatenation": "Concat", "reshape": "Reshape", "pad": "Pad", "padv2": "Pad",
                "quantize": "Quantize", "dequantize": "Dequantize", "softmax": "Softmax", "logistic": "Activation",
-               "hardswish": "Activation", "relu": "Activation", "relu6": "Activation",
-               # XNNPACK runs a delegated subgraph as one op named after the delegate (refined when the tool names
-               # the node inside it)
-               "tfliteXNNPackDelegate": "Other"},
+               "hardswish": "Activation", "relu": "Activation", "relu6": "Activation"},
 }
 
 
@@ -133,5 +130,5 @@ def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = Non
 def engine_family(engine: str) -> str:
     """Which name table an engine's op names follow: dlbench's are its library's (ncnn, MNN, OpenVINO), a tool's its
     engine's (`tool:benchmark_model` → litert)."""
-    return {"tool:benchmark_model": "litert", "tool:benchncnn": "ncnn", "tool:mnn_benchmark": "mnn",
+    return {"tool:benchmark_model": "litert", "tool:benchncnn": "ncnn", "tool:mnn-benchmark": "mnn",
             "tool:onnxruntime_perf_test": "onnxruntime"}.get(engine, engine)
