@@ -1,0 +1,1 @@
+"""Per-op profiles and timelines (docs/results.md: ext.profile, ext.timeline)."""
