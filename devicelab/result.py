@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from devicelab import opprof
+
 SCHEMA_VERSION = 2
 
 OK = "ok"
@@ -306,7 +308,7 @@ EXTENSIONS: dict[str, ExtField] = {
                                   "Xcode's unitless Energy Impact of the iOS runner app (EnergyMonitor; not joules)"),
     "gpu_device": ExtField(lambda x: isinstance(x, dict), None,
                            "the device a GPU backend ran on: {name, type, software}"),
-    "profile": ExtField(lambda x: isinstance(x, dict), None, "per-op profile (profiles issue)"),
+    "profile": ExtField(opprof.valid, None, "a per-op profile, version 1 (devicelab.opprof; docs/results.md)"),
     "timeline": ExtField(_timeline, "s", "the timed iterations against time with the pinned cores' frequencies (kHz) "
                                          "and the temperatures (°C) sampled meanwhile, on iter_t_s's clock; marks for "
                                          "warmup, batches, lockstep slices"),
