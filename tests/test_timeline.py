@@ -93,9 +93,9 @@ def test_lockstep_labels_get_slice_marks(env: dict[str, str], tmp_path: Path) ->
 def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[str, Any], phone: Any, server: Any,
                                                            env: dict[str, str], tmp_path: Path) -> None:
     suite = tmp_path / "s.yaml"
-    suite.write_text(yaml.safe_dump({"name": "dlbench-phone", "models": ["squeezenet1_1"], "engines": ["dlbench"],
+    suite.write_text(yaml.safe_dump({"name": "dlbench-phone", "models": ["digits_cnn"], "engines": ["dlbench"],
                                      "threads": [1], "devices": [phone.serial],
-                                     "protocol": {**FAST_PROTOCOL, "min_iterations": 5, "max_iterations": 12,
+                                     "protocol": {**FAST_PROTOCOL, "min_iterations": 3, "max_iterations": 4,
                                                   "min_seconds": 0.5, "accuracy_inputs": 0,
                                                   "cooldown_timeout_seconds": 20}}))
     code, data, err = run_json("run", "--suite", str(suite), env=cli_env(env, server))
@@ -107,14 +107,18 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
     assert freq is not None and temp is not None, tl["unavailable"]
     assert freq["align"] == {"method": "same monotonic clock as the runner's t"}
     assert set(freq["values"]) == {str(c) for c in r["cpus"]}
-    # dlprobe started the runner, so its samples begin before the first iteration (model load, warmup) and run past
-    # the last one; every 10 ms sample lies within one interval of its neighbour.
+    # dlprobe started the runner, so its samples begin before the first iteration (model load, warmup), and it
+    # stops sampling when the runner exits, which is just after the last iteration (stop, done, exit: no accuracy
+    # pass here). So on the iterations' clock its last sample falls after the last iteration's end and before it
+    # plus 0.35 s (measured: 0.02-0.11 s under qemu); samples placed 0.35 s or more off either way fail here.
     t = freq["t_s"]
     end = tl["span_s"][1]
-    assert t[0] < 0.0 and t[-1] >= end - 0.05, (t[0], t[-1], end)
+    assert t[0] < 0.0 and end <= t[-1] < end + 0.35, (t[0], t[-1], end)
     assert all(0 < b - a < 0.5 for a, b in zip(t, t[1:]))
     # The fixture's cpufreq follows load: while the pinned core runs iterations it sits above the cluster's idle
     # minimum; the readings are the cluster's own steps.
     during = [v for x, v in zip(t, freq["values"][str(r["cpus"][0])]) if 0.0 <= x <= end and v is not None]
     assert during and max(during) > min(freq["values"][str(r["cpus"][0])]), during
     assert all(v > 0 for vs in temp["values"].values() for v in vs if v is not None)
+    print({"phone timeline": {"span": tl["span_s"], "freq samples": len(t), "first": t[0], "last": t[-1],
+                              "during (kHz)": sorted(set(during)), "zones": list(temp["values"])}})

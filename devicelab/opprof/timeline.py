@@ -24,7 +24,7 @@ from typing import Any
 
 VERSION = 1
 MAX_POINTS = 400  # per series: enough for a chart, small enough for a database row (a 10 s config at 10 ms is 1000)
-MARGIN_S = 0.25  # samples this long before the first warmup and after the last iteration are kept (context)
+MARGIN_S = 0.5  # samples this long before the first warmup and after the last iteration are kept (context)
 
 
 @dataclass(frozen=True)
