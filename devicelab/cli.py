@@ -308,6 +308,8 @@ def run(
     tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="with --farm: CA certificate (TLS)"),
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="with --farm: this client's certificate"),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="with --farm: this client's private key"),
+    profile: bool = typer.Option(False, "--profile", help="after each config's timing, a per-op profiling pass "
+                                 "(the row's ext.profile); the suite's `profile: true` does the same"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a suite (or --resume one) and store every Result. Exit 1 if any config failed."""
@@ -321,8 +323,9 @@ def run(
     if not farm and any((tls_ca, tls_cert, tls_key)):
         raise DevicelabError("--tls-ca/--tls-cert/--tls-key: only with --farm")
     if resume:
-        if suite or quick or any(overrides.values()):
-            raise DevicelabError("--resume re-runs the stored suite; it takes no --suite, --quick or narrowing flags")
+        if suite or quick or profile or any(overrides.values()):
+            raise DevicelabError("--resume re-runs the stored suite; it takes no --suite, --quick, --profile or "
+                                 "narrowing flags")
         store = open_store(db, create=False)
         store.get_run(resume)  # unknown ids fail here, before anything runs
         parsed = None
@@ -330,11 +333,15 @@ def run(
         from devicelab.config import parse_suite
 
         raw, source = resolve_suite(suite, quick, overrides)
+        if profile and not raw.get("profile"):  # a suite's {iterations: N} stays
+            raw["profile"] = True
         parse_suite(raw, source)  # every problem of the suite at once, before the farm is asked anything
         store = open_store(db)
         parsed = None
     else:
         raw, source = resolve_suite(suite, quick, overrides)
+        if profile and not raw.get("profile"):  # a suite's {iterations: N} stays
+            raw["profile"] = True
         parsed = sweep.validate(raw, source, inventory)  # every problem at once, before any device is touched
         store = open_store(db)
 

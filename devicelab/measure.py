@@ -55,6 +55,10 @@ class ProtocolSettings:
     # A/B labels of one config (same round, device, CPUs) alive together and timed in alternating ~0.1 s slices:
     # the machine's drift then falls on both sides alike.
     lockstep: bool = True
+    # Per-op profile (the suite's `profile: true`, `run --profile`): after timing, a separate pass of
+    # profile_iterations iterations with the engine's op profiler on; its ops become the row's ext.profile.
+    profile: bool = False
+    profile_iterations: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +102,8 @@ def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSet
         problems.append(f"{where}.max_iterations: must be at least 1")
     if result.timeout_seconds <= 0:
         problems.append(f"{where}.timeout_seconds: must be above 0")
+    if result.profile_iterations < 1:
+        problems.append(f"{where}.profile_iterations: must be at least 1")
     return result
 
 
@@ -389,6 +395,10 @@ class Measurement:
     warmup_seconds: float | None = None
     warmup_stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The profiling pass (runner protocol v2 `profile`): its op lines and its `profiled` line; or why none ran.
+    profile_ops: list[dict[str, Any]] = field(default_factory=list)
+    profiled: dict[str, Any] | None = None
+    no_profile: str | None = None
 
 
 # Called once timing has stopped, before "stop": what a device measures with the runner still warm and loaded
@@ -496,10 +506,38 @@ class Driver:
         while self.reason() is None:
             self.step()
 
-    def finish(self, before_stop: BeforeStop | None = None) -> Measurement:
+    def profile(self, n: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str | None]:
+        """The profiling pass, after timing and before `stop`: (op lines, the `profiled` line, None), or ([], None,
+        why no pass could be asked for). Only a runner whose `ready` line says `"profile": true` is asked: a v1 or
+        third-party runner would fail on a command it does not know."""
+        if self.batch is not None:
+            return [], None, "batch mode: the runner reads no commands, so it cannot be asked for a profiling pass"
+        if self.ready.get("profile") is not True:
+            return [], None, (f"the runner (protocol {self.protocol}) does not offer the 'profile' command (no "
+                              "\"profile\": true in its ready line) and sent no op events")
+        self.channel.send({"cmd": "profile", "iterations": n})
+        ops: list[dict[str, Any]] = []
+        while True:
+            event = self.channel.receive(max(self.deadline, time.monotonic() + 60))
+            kind = event.get("event")
+            if kind == "op":
+                ops.append(event)
+            elif kind == "profiled":
+                return ops, event, None
+            elif kind == "error":
+                raise _error(event)
+            else:
+                raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a profile")
+
+    def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0) -> Measurement:
         extra: dict[str, Any] = {}
         if before_stop is not None and self.batch is None:
             extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
+        profile_ops: list[dict[str, Any]] = []
+        profiled: dict[str, Any] | None = None
+        no_profile: str | None = None
+        if profile_iterations > 0:  # after the timed iterations and the energy window: never mixed into them
+            profile_ops, profiled, no_profile = self.profile(profile_iterations)
         if self.batch is None:
             self.channel.send({"cmd": "stop"})  # in batch mode the runner stops by itself after its batch
         done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
@@ -513,9 +551,11 @@ class Driver:
         else:
             w_n, w_s = self.ready.get("warmups"), seconds_field(self.ready, "warmup_s", required=False)
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
-                           starts_s=starts, t0_s=t0, batch_marks=self.marks, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
+                           starts_s=starts, t0_s=t0, batch_marks=self.marks, ops=self.ops,
+                           stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
-                           warmup_stopped=self.warmup_stopped, extra=extra)
+                           warmup_stopped=self.warmup_stopped, extra=extra, profile_ops=profile_ops,
+                           profiled=profiled, no_profile=no_profile)
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicelab import native, paths, variants
+from devicelab import native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
 from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
                                    Start, Transport, TransportLostError)
@@ -527,7 +527,7 @@ class _Attempt:
         if self.driver is None or self.status != OK:
             return
         try:
-            m = self.driver.finish(self.hook)
+            m = self.driver.finish(self.hook, self.s.profile_iterations if self.s.profile else 0)
             self.fields = self._measurement_fields(m)
         except FAULTS as e:
             self.fail(e)
@@ -536,6 +536,8 @@ class _Attempt:
             if isinstance(self.sampler, Sampler):
                 self.sampler.stop()
         self.measurement = m
+        if self.s.profile:
+            self.ext["profile"] = self._profile(m)
         if "energy" in m.extra:
             self.energy = m.extra["energy"]
         if self.driver.batch is not None and not minimums_met(m.samples_s, self.s):
@@ -584,6 +586,47 @@ class _Attempt:
                 "rss_before_load_bytes": byte_count(ready, "rss_before_load_bytes"), "peak_rss_bytes": peak,
                 "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
                                  "(RSS before load: its VmRSS after the engine import, before the model loads)"}
+
+    def _profile(self, m: Measurement) -> dict[str, Any]:
+        """The row's ext.profile: the runner's profiling pass (protocol v2 `profile`), else the op events a runner
+        sent by itself (dlbench's `layer_times` pass after timing, a `protocol` runner's), else why there is none."""
+        median = self.fields.get("median_s")
+        engine = self.cfg.engine
+        if engine == "dlbench" and m.ready.get("library"):
+            engine = str(m.ready["library"])  # dlbench's op names are its library's
+        if m.profiled is not None:
+            if m.profiled.get("unsupported"):
+                return opprof.unsupported(str(m.profiled["unsupported"]))
+            if m.profiled.get("error"):
+                return opprof.unsupported(f"the profiling pass failed: {m.profiled['error']}")
+            return opprof.build(m.profile_ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
+                                iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
+                                median_s=median, node_link=str(m.profiled.get("node_link") or "none"),
+                                notes=[str(n) for n in m.profiled.get("notes") or ()])
+        if m.ops:
+            passes = {o.get("passes") for o in m.ops}
+            iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
+            notes = []
+            if self.cfg.engine == "dlbench":
+                source = f"dlbench op events ({m.ready.get('library', 'its library')}: options.layer_times passes " \
+                         "after timing; each op's time is the median over the passes)"
+                if engine == "ncnn":
+                    notes.append("ncnn layers are named by pnnx, not after the ONNX nodes: the node link is by name "
+                                 "where they agree, best-effort")
+            else:
+                source = "the runner's op events"
+                notes.append("the runner sent op events by itself: devicelab cannot tell whether they were timed "
+                             "apart from the timed iterations")
+            if iterations is None:
+                notes.append("the op events do not say how many iterations they cover (counted as 1)")
+            ops = [{"name": o.get("name", ""), "engine_type": o.get("type", ""), "s": o["s"]} for o in m.ops
+                   if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
+            ops = _link_nodes(ops, self.job)
+            linked = sum(1 for o in ops if o.get("node"))
+            link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
+            return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
+                                median_s=median, node_link=link, notes=notes)
+        return opprof.unsupported(m.no_profile or "the runner reported no per-op times")
 
     # ---- an engine's own tool: once, to the end
 
@@ -819,6 +862,19 @@ class _Attempt:
             started_at=self.started, finished_at=utc_now(), stderr_tail=self.stderr[-STDERR_TAIL_BYTES:] or None,
             protocol=protocol, ext={**(self.ext if ok else {}), **extras.ext}, **energy,
             **(self.fields if ok else {}))
+
+
+def _link_nodes(ops: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
+    """Ops whose name is a node of the config's ONNX model get that node (the runner's own names otherwise stand
+    alone): how a profile from op events reaches the model."""
+    try:
+        from devicelab.opprof import onnxgraph
+
+        names = onnxgraph.node_names(job.prepared.path if str(job.prepared.path).endswith(".onnx")
+                                     else job.source.path)
+    except Exception:  # noqa: BLE001 - a model onnx cannot read leaves the ops unlinked, never fails the row
+        return ops
+    return [{**o, "node": o["name"] if o["name"] in names else None} for o in ops]
 
 
 # --------------------------------------------------------------------------------------------------
