@@ -359,7 +359,7 @@ def stacked_bar_chart(title: str, bars: Sequence[tuple[str, dict[str, float]]], 
     if not bars:
         return ""
     row = 22
-    f = Frame(height=44 + 28 + row * len(bars), left=260, right=130)
+    f = Frame(height=44 + 28 + max(row * len(bars), 16 * min(len(kinds), 15)), left=260, right=130)
     hi = max(sum(v.values()) for _, v in bars) or 1.0
     xt = _nice_ticks(0.0, hi * 1.02)
 
@@ -401,8 +401,11 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
                                   for k, vs in vals.items()}, name.split(" ")[0]))  # type: ignore[union-attr]
     ph = 110
     f = Frame(height=40 + len(panels) * (ph + 18) + 30, left=64, right=130)
-    lo = min([*t_s, *(float(m["start_s"]) for m in marks)])  # type: ignore[arg-type]
-    hi = max([t + s / 1e3 for t, s in zip(t_s, latency_ms)] + [float(m["end_s"]) for m in marks])  # type: ignore[arg-type]
+    # The axis spans the iterations, the marks and the samples around them (kept a little before and after).
+    around = [t for _, series, _ in panels[1:] for pts in series.values() for t, _ in pts]
+    lo = min([*t_s, *(float(m["start_s"]) for m in marks), *around])  # type: ignore[arg-type]
+    hi = max([t + s / 1e3 for t, s in zip(t_s, latency_ms)] + [float(m["end_s"]) for m in marks]  # type: ignore[arg-type]
+             + around)
     hi = hi if hi > lo else lo + 1.0
 
     def sx(v: float) -> float:
@@ -418,7 +421,8 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
         ylo, yhi = min(ys), max(ys)
         pad = (yhi - ylo) * 0.1 or abs(yhi) * 0.05 or 1.0
         yt = _nice_ticks(max(0.0, ylo - pad) if ylo >= 0 else ylo - pad, yhi + pad, 3)
-        y0, y1 = yt[0], yt[-1]
+        y0, y1 = yt[0], max(yt[-1], yhi)
+        yt = [y for y in yt if y <= y1]
 
         def sy(v: float, top: int = top, y0: float = y0, y1: float = y1) -> float:
             return top + ph - (v - y0) / (y1 - y0) * ph

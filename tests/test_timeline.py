@@ -98,11 +98,16 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
                                      "protocol": {**FAST_PROTOCOL, "min_iterations": 3, "max_iterations": 4,
                                                   "min_seconds": 0.5, "accuracy_inputs": 0,
                                                   "cooldown_timeout_seconds": 20}}))
-    code, data, err = run_json("run", "--suite", str(suite), env=cli_env(env, server))
+    code, data, err = run_json("run", "--suite", str(suite), "--report", str(tmp_path / "r.html"),
+                               env=cli_env(env, server))
     assert code == 0, err
     [r] = data["results"]
     assert r["status"] == "ok", r
     tl = _check_marks(r, "batch")
+    # the report's detail draws the three panels on one time axis (Chromium checks the page in test_profile_view)
+    html = (tmp_path / "r.html").read_text()
+    for panel in ("iterations", "frequency", "temperature"):
+        assert f'data-panel="{panel}"' in html
     freq, temp = tl["freq_khz"], tl["temp_c"]
     assert freq is not None and temp is not None, tl["unavailable"]
     assert freq["align"] == {"method": "same monotonic clock as the runner's t"}
