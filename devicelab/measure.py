@@ -518,7 +518,8 @@ class Driver:
         self.channel.send({"cmd": "profile", "iterations": n})
         ops: list[dict[str, Any]] = []
         while True:
-            event = self.channel.receive(max(self.deadline, time.monotonic() + 60))
+            # a pass of its own: as long as a whole runner may take, from now
+            event = self.channel.receive(max(self.deadline, time.monotonic() + self.s.timeout_seconds))
             kind = event.get("event")
             if kind == "op":
                 ops.append(event)

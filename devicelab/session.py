@@ -106,9 +106,13 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
     runner sees it (None: no accuracy pass). `warmup.by`: a protocol v2 runner leaves the warmup to the controller;
     a v1 runner ignores the key and warms itself."""
     cfg, s = job.config, job.settings
+    options = job.options
+    if s.profile and cfg.engine == "dlbench" and not options.get("layer_times"):
+        # dlbench speaks protocol 1: its profiling pass is `layer_times` passes after timing, reported at stop
+        options = {**options, "layer_times": s.profile_iterations}
     return {"engine": cfg.engine, "model": str(job.prepared.path), "inputs": list(job.source.inputs),
             "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend,
-            "seed": job.seed, "options": job.options,
+            "seed": job.seed, "options": options,
             "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds, "by": "controller"},
             "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
 
@@ -240,6 +244,7 @@ class _Attempt:
         self.fields: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
+        self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -599,10 +604,13 @@ class _Attempt:
                 return opprof.unsupported(str(m.profiled["unsupported"]))
             if m.profiled.get("error"):
                 return opprof.unsupported(f"the profiling pass failed: {m.profiled['error']}")
-            return opprof.build(m.profile_ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
+            ops, link = m.profile_ops, str(m.profiled.get("node_link") or "none")
+            if any("node" not in o for o in ops):  # named after the model's nodes, but not linked by the runner
+                ops, linked = _link_nodes(ops, self.job, engine)
+                link = link if linked else "none"
+            return opprof.build(ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
                                 iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
-                                median_s=median, node_link=str(m.profiled.get("node_link") or "none"),
-                                notes=[str(n) for n in m.profiled.get("notes") or ()])
+                                median_s=median, node_link=link, notes=[str(n) for n in m.profiled.get("notes") or ()])
         if m.ops:
             passes = {o.get("passes") for o in m.ops}
             iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
@@ -611,18 +619,17 @@ class _Attempt:
                 source = f"dlbench op events ({m.ready.get('library', 'its library')}: options.layer_times passes " \
                          "after timing; each op's time is the median over the passes)"
                 if engine == "ncnn":
-                    notes.append("ncnn layers are named by pnnx, not after the ONNX nodes: the node link is by name "
-                                 "where they agree, best-effort")
+                    notes.append("pnnx renames ncnn's layers (convclip_0 for a model's Conv+Clip): each layer is "
+                                 "paired with the model's nodes of the same shared type in order, best-effort")
             else:
                 source = "the runner's op events"
                 notes.append("the runner sent op events by itself: devicelab cannot tell whether they were timed "
                              "apart from the timed iterations")
             if iterations is None:
                 notes.append("the op events do not say how many iterations they cover (counted as 1)")
-            ops = [{"name": o.get("name", ""), "engine_type": o.get("type", ""), "s": o["s"]} for o in m.ops
+            ops = [{"name": str(o.get("name", "")), "engine_type": str(o.get("type", "")), "s": o["s"]} for o in m.ops
                    if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
-            ops = _link_nodes(ops, self.job)
-            linked = sum(1 for o in ops if o.get("node"))
+            ops, linked = _link_nodes(ops, self.job, engine)
             link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
             return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
                                 median_s=median, node_link=link, notes=notes)
@@ -653,6 +660,42 @@ class _Attempt:
         elif self.exit.code is None:
             self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
         self.tool_stdout = "\n".join(lines) + "\n"
+
+    def profile_tool(self) -> None:
+        """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
+        (`profile_iterations` runs, pinned like the timed one), only its op table kept. Read before `collect`
+        removes the run folder; the row's profile is made in `_tool_fields`, once the timed run's median is known."""
+        if not self.s.profile or self.status != OK or self.tool is None or self.tool.profile_flags is None:
+            return
+        assert self.tool_s is not None and self.run_dir is not None
+        settings = dataclasses.replace(self.tool_s, iterations=self.s.profile_iterations,
+                                       extra_args=(*self.tool_s.extra_args, *self.tool.profile_flags))
+        argv = self.tool.argv(self.target[0], self.run_dir, settings)
+        lines: list[str] = []
+        try:
+            process = self.t.spawn(argv, self.env, tuple(self.cfg.cpus), self.run_dir)
+        except TransportLostError:
+            raise  # the device went: the row says so (safely)
+        except (OSError, ValueError) as e:
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} could not start: {e}")
+            return
+        deadline = now_deadline(self.s.timeout_seconds)
+        try:
+            while True:
+                lines.append(process.read_line(deadline).decode(errors="replace"))
+        except ChannelClosedError:
+            pass
+        except ChannelTimeoutError:
+            how = process.kill()
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} did not finish within "
+                                       f"timeout_seconds={self.s.timeout_seconds:g}; {how}")
+            return
+        done = process.wait(EXIT_WAIT_S)
+        if done is None:
+            process.kill()
+        code = done.code if done is not None and done.code is not None else 1
+        run = self.tool.parse("\n".join(lines) + "\n", process.stderr(), code, {})
+        self.tool_profile = (run, f"{self.tool.tool} exited with {code}" if code else run.error)
 
     # ---- after the program
 
@@ -738,6 +781,9 @@ class _Attempt:
             peak, method, note = native.peak_memory(report, peak, method)
             if note:
                 self.notes.append(note)
+            if self.s.profile:
+                self.notes.append("peak memory: dlprobe's wait4 ru_maxrss covers the runner's whole life, its "
+                                  "profiling pass included (the runner's own figure is read before that pass)")
             method += " (RSS before load: the runner's VmRSS before the model loads)"
         self.fields.update(peak_rss_bytes=peak, memory_method=method)
 
@@ -760,6 +806,19 @@ class _Attempt:
         fields["samples_s"] = tuple(fields["samples_s"])
         self.fields = fields
         self._memory(report, peak, method)
+        if self.s.profile:
+            self.ext["profile"] = self._tool_profile(fields.get("median_s"))
+
+    def _tool_profile(self, median: float | None) -> dict[str, Any]:
+        assert self.tool is not None
+        if self.tool.profile_flags is None:
+            return opprof.unsupported(self.tool.no_profile)
+        run, error = self.tool_profile
+        if run is None or error:
+            return opprof.unsupported(f"the profiling pass failed: {error}")
+        if not run.ops:
+            return opprof.unsupported(f"the profiling run of {self.tool.tool} printed no op table")
+        return self.tool.profile(run, self.s.profile_iterations, median)
 
     def _accuracy(self, outputs: Path) -> None:
         import numpy as np
@@ -864,17 +923,19 @@ class _Attempt:
             **(self.fields if ok else {}))
 
 
-def _link_nodes(ops: list[dict[str, Any]], job: Job) -> list[dict[str, Any]]:
-    """Ops whose name is a node of the config's ONNX model get that node (the runner's own names otherwise stand
-    alone): how a profile from op events reaches the model."""
-    try:
-        from devicelab.opprof import onnxgraph
+def _link_nodes(ops: list[dict[str, Any]], job: Job, engine: str) -> tuple[list[dict[str, Any]], int]:
+    """Ops named after the config's ONNX model's nodes, linked to them (node, absorbed nodes, the node's type for
+    the vocabulary): how a profile from MNN or from op events reaches the model. The model is the ONNX file the
+    engine's format was converted from (the prepared file itself when it is ONNX: a QDQ int8 model)."""
+    from devicelab.opprof import onnxgraph
 
-        names = onnxgraph.node_names(job.prepared.path if str(job.prepared.path).endswith(".onnx")
-                                     else job.source.path)
+    path = job.prepared.path if str(job.prepared.path).endswith(".onnx") else job.source.path
+    try:
+        if engine == "ncnn":  # pnnx renamed the layers: paired by type and order
+            return onnxgraph.link_by_order(ops, job.source.path, "ncnn")
+        return onnxgraph.link(ops, path)
     except Exception:  # noqa: BLE001 - a model onnx cannot read leaves the ops unlinked, never fails the row
-        return ops
-    return [{**o, "node": o["name"] if o["name"] in names else None} for o in ops]
+        return [{**o, "node": None, "fused": []} for o in ops], 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -898,6 +959,7 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
                 continue
             if a.tool:
                 a.safely(a.run_tool)
+                a.safely(a.profile_tool)
                 a.safely(a.collect)
                 a._reap()
             else:

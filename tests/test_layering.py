@@ -138,6 +138,7 @@ REPLACES = {
     ("devicelab.plan", "r"), ("devicelab.plan", "r.config"),
     ("devicelab.measure", "ProtocolSettings()"),
     ("devicelab.config", "settings"),  # the suite's `profile:` key onto its protocol settings
+    ("devicelab.session", "self.tool_s"),  # a tool's profiling run: its settings with the per-op flags
     ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"), ("devicelab.farm.client", "suite"),
     ("devicelab.engines.tool_base", "self"),
     ("devicelab.engines.tool_benchmark_model", "prepared"),

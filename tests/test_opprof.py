@@ -3,6 +3,7 @@ are checked in tests/test_opprof_engines.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -68,3 +69,56 @@ def test_a_broken_profile_is_refused_by_the_result() -> None:
     assert any("ops[0].type" in p for p in opprof.problems(bad))
     with pytest.raises(ValueError):
         Result.for_config("r", cfg, OK, samples_s=(0.004,), ext={"profile": bad})
+
+
+# benchmark_model's op tables: the parser's golden outputs of the real tool (tests/golden/tools/benchmark_model).
+GOLDEN = Path(__file__).parent / "golden" / "tools" / "benchmark_model"
+
+
+def _tool_run(variant: str) -> Any:
+    from devicelab.engines.tool_benchmark_model import ENGINE
+
+    def read(ext: str) -> str:
+        path = GOLDEN / f"{variant}.{ext}"
+        return path.read_text() if path.exists() else ""
+
+    return ENGINE.parse(read("stdout"), read("stderr"), 0, None)
+
+
+def test_benchmark_model_op_tables_become_profiles() -> None:
+    from devicelab.engines.tool_benchmark_model import op_profile
+
+    p = op_profile(_tool_run("op_profiling_xnnpack").ops, 5, 0.0060)
+    assert opprof.problems(p) == []
+    # XNNPACK's own rows, not the delegate row that holds them all (no time counted twice)
+    assert [o["type"] for o in p["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm"]
+    assert p["total_s"] == pytest.approx(0.001187 + 0.000531 + 0.000840 + 0.000044 + 0.000203)
+    assert p["mapped"] == 1.0 and p["node_link"] == "none" and p["engine_source"].startswith("benchmark_model")
+    for variant in ("op_profiling_start_column", "op_profiling_csv"):
+        q = op_profile(_tool_run(variant).ops, 5, 0.0033)
+        assert [o["type"] for o in q["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm", "Softmax"]
+        assert q["mapped"] == 1.0 and q["overhead"] == pytest.approx(q["total_s"] / 0.0033 - 1)
+
+
+def test_absorbed_nodes_go_where_engines_fuse_them(tmp_path: Path) -> None:
+    """The attribution rules on a small graph: x → Conv a → Relu b → Conv c → Add d(b, c) → Clip e → Conv f."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devicelab.opprof import onnxgraph
+
+    w = numpy_helper.from_array(np.zeros((4, 4, 1, 1), np.float32), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], "a"), helper.make_node("Relu", ["a"], ["b"], "b"),
+             helper.make_node("Conv", ["b", "w"], ["c"], "c"), helper.make_node("Add", ["b", "c"], ["d"], "d"),
+             helper.make_node("Clip", ["d"], ["e"], "e"), helper.make_node("Conv", ["e", "w"], ["f"], "f")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("f", TensorProto.FLOAT, [1, 4, 8, 8])], [w])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    read = onnxgraph.read(path)
+    # Relu after a: into a; the Add into c (the latest producer of its inputs); the Clip into the Add's owner
+    assert onnxgraph.absorbed(read, {"a", "c", "f"}) == {"a": ["a", "b"], "c": ["c", "d", "e"]}
+    # an engine that names the fused kernel after the activation (ONNX Runtime's Conv+Clip): the Conv goes into it;
+    # an Add before a kept Clip still goes to its convolution
+    assert onnxgraph.absorbed(read, {"b", "c", "e", "f"}) == {"b": ["b", "a"], "c": ["c", "d"]}

@@ -46,7 +46,7 @@ def build(ops: Iterable[Mapping[str, Any]], *, engine: str, engine_source: str, 
         if not math.isfinite(s) or s < 0:
             continue  # an engine's timer glitch is not a time; the op is dropped rather than poison the sums
         entry: dict[str, Any] = {"name": str(op.get("name", "")), "engine_type": engine_type,
-                                 "type": op.get("shared") or classify(family, engine_type, op.get("hint")), "s": s,
+                                 "type": classify(family, engine_type, op.get("hint")), "s": s,
                                  "node": op.get("node"), "fused": [str(n) for n in op.get("fused") or ()]}
         if op.get("extra"):
             entry["extra"] = dict(op["extra"])

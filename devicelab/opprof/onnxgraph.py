@@ -16,6 +16,10 @@ ACTIVATIONS = frozenset({"Relu", "Clip", "Sigmoid", "HardSwish", "HardSigmoid", 
                          "Selu", "Gelu", "Mish", "Softplus"})
 
 
+# Model ops an engine fuses an activation into.
+FUSE_ACTIVATIONS = frozenset({"Conv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "MatMul"})
+
+
 @dataclass(frozen=True)
 class Node:
     name: str
@@ -93,9 +97,10 @@ def absorbed(nodes: Iterable[Node], present: Collection[str]) -> dict[str, list[
         if n.name in present:
             continue
         # A kernel may carry the name of the activation it absorbed (ONNX Runtime names Conv+Clip after the Clip):
-        # then the producer went into its consumer.
+        # then the convolution or product went into its consumer.
         into_activation = next((c.name for o in n.outputs for c in consumers.get(o, ())
-                                if c.name in present and c.op_type in ACTIVATIONS), None)
+                                if c.name in present and c.op_type in ACTIVATIONS), None) \
+            if n.op_type in FUSE_ACTIVATIONS else None
         first, second = (downstream, upstream) if n.op_type == "DequantizeLinear" else (upstream, downstream)
         target = into_activation or first(n) or second(n)
         if target:
@@ -106,3 +111,51 @@ def absorbed(nodes: Iterable[Node], present: Collection[str]) -> dict[str, list[
 def describe(path: str | Path) -> dict[str, Any]:
     """{node name: {"op_type", "depthwise"}} for hints."""
     return {n.name: {"op_type": n.op_type, "depthwise": n.depthwise} for n in read(path)}
+
+
+def link(ops: list[dict[str, Any]], path: str | Path) -> tuple[list[dict[str, Any]], int]:
+    """Ops an engine named after the model's nodes (MNN, a runner's op events), linked to the model: `node` where
+    the op's name is a node (or a tensor a node computes), the model nodes it absorbed (`absorbed`), and for the
+    vocabulary the node's type and whether its convolution is depthwise. Returns the ops and how many were linked."""
+    nodes = read(path)
+    by_name = {**{o: n for n in nodes for o in n.outputs}, **{n.name: n for n in nodes}}
+    node_of = {op["name"]: by_name[op["name"]].name for op in ops if op.get("name") in by_name}
+    fused = absorbed(nodes, set(node_of.values()))
+    graph = {n.name: n for n in nodes}
+    out = []
+    for op in ops:
+        node = node_of.get(op.get("name", ""))
+        if node is None:
+            out.append({**op, "node": None, "fused": []})
+            continue
+        hint = {"original_type": graph[node].op_type,
+                "depthwise": any(graph[n].depthwise for n in [node, *fused.get(node, [])])}
+        out.append({**op, "node": node, "fused": fused.get(node, []), "hint": {**hint, **(op.get("hint") or {})}})
+    return out, len(node_of)
+
+
+def link_by_order(ops: list[dict[str, Any]], path: str | Path, family: str) -> tuple[list[dict[str, Any]], int]:
+    """Ops whose names are not the model's (pnnx renames ncnn's layers: `convclip_0` for a Conv+Clip), paired with
+    the model's nodes best-effort: the k-th op of a shared type with the k-th node of that type, in graph order,
+    where the op and node counts of that type agree (a type whose counts differ stays unlinked). The nodes the
+    paired ones absorbed are attributed as in `absorbed`. Returns the ops and how many were linked."""
+    from devicelab.opprof.vocab import OTHER, classify
+
+    nodes = read(path)
+    by_type: dict[str, list[Node]] = {}
+    for n in nodes:
+        by_type.setdefault(classify("onnx", n.op_type, {"depthwise": n.depthwise}), []).append(n)
+    op_types = [classify(family, str(op.get("engine_type", op.get("type", ""))), op.get("hint")) for op in ops]
+    paired: dict[int, Node] = {}
+    for shared in set(op_types) - {OTHER}:
+        idx = [i for i, t in enumerate(op_types) if t == shared]
+        # Activations and reshapes come and go with fusion; pairing them would be a guess
+        if shared in ("Activation", "Reshape") or len(idx) != len(by_type.get(shared, ())):
+            continue
+        paired.update(zip(idx, by_type[shared]))
+    fused = absorbed(nodes, {n.name for n in paired.values()})
+    out = []
+    for i, op in enumerate(ops):
+        node = paired.get(i)
+        out.append({**op, "node": node.name if node else None, "fused": fused.get(node.name, []) if node else []})
+    return out, len(paired)

@@ -52,7 +52,7 @@ _COMMON: dict[str, str] = {
     "reorderoutput": "Reshape", "convert": "Reshape", "expanddims": "Reshape", "shape": "Reshape",
     "gather": "Reshape", "slice": "Reshape", "split": "Reshape", "stridedslice": "Reshape", "identity": "Reshape",
     "copy": "Reshape", "tile": "Reshape", "expand": "Reshape", "crop": "Reshape", "packing": "Reshape",
-    "noop": "Reshape", "memorydata": "Reshape", "gathernd": "Reshape", "strided_slice": "Reshape",
+    "noop": "Reshape", "memorydata": "Reshape", "gathernd": "Reshape",
     "shufflechannel": "Shuffle", "channelshuffle": "Shuffle", "depthtospace": "Shuffle", "spacetodepth": "Shuffle",
     "pixelshuffle": "Shuffle",
     # activations
@@ -77,8 +77,9 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
                     "qlinearsigmoid": "Activation", "nhwcconv": "Conv", "qlinearmaxpool": "Pool"},
     "openvino": {
         # OpenVINO's CPU plugin node types (ProfilingInfo.node_type)
-        "subgraph": "Activation",  # a JIT-fused run of element-wise ops; refined by its original layers when known
-        "fullyconnected": "Gemm", "mvn": "Other", "interpolate": "Resize", "pooling": "Pool",
+        # `Subgraph` (a JIT-fused run of element-wise ops) and `Reduce` are typed by the model node they came from
+        "fullyconnected": "Gemm", "fullyconnectedquantizedlegacy": "Gemm", "fullyconnectedquantized": "Gemm",
+        "clamp": "Activation", "mvn": "Other", "interpolate": "Resize", "pooling": "Pool",
         "concatenation": "Concat", "reorder": "Reshape", "eltwise": "Add", "math": "Activation",
         "shufflechannels": "Shuffle", "softmax": "Softmax", "softmaxv1": "Softmax", "softmaxv8": "Softmax",
         "fakequantize": "Quantize", "input": "Reshape", "output": "Reshape",
@@ -86,7 +87,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
     "mnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convint8": "Conv",
             "depthwiseconvint8": "DepthwiseConv", "pooling": "Pool", "eltwise": "Add", "binaryop": "Add",
             "relu6": "Activation", "int8tofloat": "Dequantize", "floattoint8": "Quantize", "raster": "Reshape",
-            "convertTensor": "Reshape", "converttensor": "Reshape", "interp": "Resize", "concat": "Concat",
+            "converttensor": "Reshape", "interp": "Resize", "concat": "Concat",
             "softmax": "Softmax", "innerproduct": "Gemm", "unaryop": "Activation"},
     "ncnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convolution1d": "Conv",
              "pooling": "Pool", "eltwise": "Add", "binaryop": "Add", "innerproduct": "Gemm", "split": "Reshape",
@@ -98,11 +99,12 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
                "averagepool2d": "Pool", "maxpool2d": "Pool", "mean": "Pool", "add": "Add", "mul": "Mul",
                "concatenation": "Concat", "reshape": "Reshape", "pad": "Pad", "padv2": "Pad",
                "quantize": "Quantize", "dequantize": "Dequantize", "softmax": "Softmax", "logistic": "Activation",
-               "hardswish": "Activation", "relu": "Activation", "relu6": "Activation",
-               # XNNPACK runs a delegated subgraph as one op named after the delegate (refined when the tool names
-               # the node inside it)
-               "tfliteXNNPackDelegate": "Other"},
+               "hardswish": "Activation", "relu": "Activation", "relu6": "Activation"},
 }
+
+
+# Engine op names that stand for several model ops: the model node's type says which.
+GENERIC = frozenset({"binaryop", "eltwise", "unaryop", "binary", "raster"})
 
 
 def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = None) -> str:
@@ -114,6 +116,8 @@ def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = Non
     key = _norm(engine_type)
     table = {_norm(k): v for k, v in ENGINE_TABLES.get(engine, {}).items()}
     shared = table.get(key) or _COMMON.get(key)
+    if key in GENERIC and hint.get("original_type"):  # "a binary op" says less than the model node's Add or Mul
+        shared = _COMMON.get(_norm(str(hint["original_type"]))) or shared
     if shared is None and hint.get("original_type"):
         shared = table.get(_norm(str(hint["original_type"]))) or _COMMON.get(_norm(str(hint["original_type"])))
     if shared is None:
@@ -126,5 +130,5 @@ def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = Non
 def engine_family(engine: str) -> str:
     """Which name table an engine's op names follow: dlbench's are its library's (ncnn, MNN, OpenVINO), a tool's its
     engine's (`tool:benchmark_model` → litert)."""
-    return {"tool:benchmark_model": "litert", "tool:benchncnn": "ncnn", "tool:mnn_benchmark": "mnn",
+    return {"tool:benchmark_model": "litert", "tool:benchncnn": "ncnn", "tool:mnn-benchmark": "mnn",
             "tool:onnxruntime_perf_test": "onnxruntime"}.get(engine, engine)
