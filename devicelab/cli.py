@@ -860,11 +860,29 @@ def profile(
     _render_profiles(summaries, diffs)
 
 
+def _timeline_text(t: dict[str, Any]) -> str:
+    """A config's timeline in one sentence: its marks, and the frequency and temperature ranges while timed."""
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else ('es' if word.endswith('h') else 's')}"
+
+    parts = [f"{t['timed_s']:.3g} s timed in {n(t['slices'], 'lockstep slice')}" if t["slices"] else
+             f"{t['timed_s']:.3g} s timed in {n(t['batches'], 'batch')}"]
+    if t["warmup_iterations"]:
+        parts.append(f"warmup {n(t['warmup_iterations'], 'iteration')} in {t['warmup_s']:.3g} s")
+    for key, unit, scale in (("freq_khz", "MHz", 1e-3), ("temp_c", "°C", 1.0)):
+        for k, (lo, hi) in (t[key] or {}).items():
+            parts.append(f"{'cpu' + k if key == 'freq_khz' else k} {lo * scale:.0f}–{hi * scale:.0f} {unit}")
+    parts.extend(t["unavailable"])
+    return "; ".join(parts)
+
+
 def _render_profiles(summaries: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:
     from devicelab.terminal import print_table, print_wrapped
 
     for s in summaries:
         p = s["profile"]
+        if s["timeline"]:
+            print_wrapped(out(), f"{s['config']}: timeline {_timeline_text(s['timeline'])}")
         if p is None:
             print_wrapped(out(), f"{s['config']}: {s['why']}")
             continue

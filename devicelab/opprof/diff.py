@@ -137,10 +137,14 @@ def top_nodes(p: Mapping[str, Any], n: int = TOP_N) -> list[dict[str, Any]]:
 
 def summary(r: Result) -> dict[str, Any]:
     """One config's profile in brief: where it came from, totals, the overhead, the share mapped to a shared type,
-    by type (largest first), the top nodes — or why there is none."""
+    by type (largest first), the top nodes — or why there is none; and its timeline in a few figures
+    (timeline.brief), or None."""
+    from devicelab.opprof import timeline
+
     p = profile_of(r)
     base: dict[str, Any] = {"config": config_name(r), "model": r.model, "engine": r.engine, "label": r.label,
-                            "precision": r.precision, "backend": r.backend, "threads": r.threads, "status": r.status}
+                            "precision": r.precision, "backend": r.backend, "threads": r.threads, "status": r.status,
+                            "timeline": timeline.brief(r.ext.get("timeline"))}
     if p is None:
         return {**base, "profile": None, "why": "not profiled (run with --profile)"}
     if p.get("unsupported"):

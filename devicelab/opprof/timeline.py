@@ -189,3 +189,28 @@ def probe_series(doc: Mapping[str, Any], t0: float, samples_s: Sequence[float], 
     else:
         unavailable.append("temperatures: dlprobe found no thermal zone on this device")
     return freq, temp
+
+
+def brief(tl: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A timeline in a few figures, for `devicelab profile`: its marks counted, and per core and zone the lowest and
+    highest reading while the timed iterations ran (0 to the last iteration's end), or why there is none."""
+    if not tl:
+        return None
+    lo, hi = 0.0, float(tl["span_s"][1])
+    marks = tl.get("marks") or []
+    warm = [m for m in marks if m["kind"] == "warmup"]
+    out: dict[str, Any] = {
+        "batches": sum(1 for m in marks if m["kind"] == "batch"), "slices": sum(1 for m in marks if m["kind"] == "slice"),
+        "warmup_iterations": warm[0]["iterations"] if warm else None,
+        "warmup_s": round(warm[0]["end_s"] - warm[0]["start_s"], 6) if warm else None,
+        "timed_s": round(hi - lo, 6), "unavailable": list(tl.get("unavailable") or [])}
+    for key in ("freq_khz", "temp_c"):
+        s = tl.get(key)
+        ranges: dict[str, list[float]] = {}
+        if s:
+            for k, values in s["values"].items():
+                got = [v for t, v in zip(s["t_s"], values) if v is not None and lo <= t <= hi]
+                if got:
+                    ranges[k] = [min(got), max(got)]
+        out[key] = ranges or None
+    return out
