@@ -45,14 +45,15 @@ def profiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "DEVICELAB_DATA": str(base / "data"), "DEVICELAB_DB": str(base / "db.sqlite"),
            "HOME": str(base / "home"), "COLUMNS": "80"}
     env.pop("DEVICELAB_DEVICES", None)
-    suite = write_suite(base / "s.yaml", models=["mobilenet_v2"], engines=["onnxruntime"],
+    suite = write_suite(base / "s.yaml", models=["mobilenet_v2"], engines=["onnxruntime", "ncnn"],
                         precisions=["fp32", "int8"], protocol={"accuracy_inputs": 0})
     code, out, err = run_json("run", "--suite", str(suite), "--profile", "--report", str(base / "report.html"),
                               env=env)
     assert code == 0, err
-    results = {r["precision"]: r for r in out["results"]}
-    assert set(results) == {"fp32", "int8"} and all(r["status"] == "ok" for r in results.values()), results
-    return {"env": env, "run_id": out["run_id"], "results": results, "base": base}
+    every = {(r["engine"], r["precision"]): r for r in out["results"]}
+    assert len(every) == 4 and all(r["status"] == "ok" for r in every.values()), every
+    results = {p: every[("onnxruntime", p)] for p in ("fp32", "int8")}
+    return {"env": env, "run_id": out["run_id"], "results": results, "every": every, "base": base}
 
 
 def _name(r: dict[str, Any]) -> str:
@@ -64,7 +65,7 @@ def test_profile_json_diffs_fp32_and_int8_of_real_profiles(profiled: dict[str, A
     assert code == 0, err
     fp32, int8 = profiled["results"]["fp32"], profiled["results"]["int8"]
     configs = {c["config"]: c for c in out["configs"]}
-    assert set(configs) == {_name(fp32), _name(int8)}
+    assert set(configs) == {_name(r) for r in profiled["every"].values()}
     for r in (fp32, int8):
         p, stored = configs[_name(r)]["profile"], r["ext"]["profile"]
         assert p["total_s"] == stored["total_s"] and p["overhead"] == stored["overhead"]
@@ -76,8 +77,10 @@ def test_profile_json_diffs_fp32_and_int8_of_real_profiles(profiled: dict[str, A
         top = p["top"]
         assert 0 < len(top) <= 10 and [n["s"] for n in top] == sorted((o["s"] for o in stored["ops"]),
                                                                        reverse=True)[:len(top)]
-    [d] = out["diffs"]
-    assert (d["a"], d["b"]) == (_name(fp32), _name(int8))
+    # one diff per engine that ran fp32 and int8: the two engines' int8 side by side
+    assert sorted((d["a"], d["b"]) for d in out["diffs"]) == sorted(
+        (_name(profiled["every"][(e, "fp32")]), _name(profiled["every"][(e, "int8")])) for e in ("ncnn", "onnxruntime"))
+    [d] = [d for d in out["diffs"] if d["a"] == _name(fp32)]
     by = {x["type"]: x for x in d["rows"]}
     for t in {*fp32["ext"]["profile"]["by_type"], *int8["ext"]["profile"]["by_type"]}:
         a, b = fp32["ext"]["profile"]["by_type"].get(t, 0.0), int8["ext"]["profile"]["by_type"].get(t, 0.0)
@@ -128,17 +131,17 @@ def test_export_profiles_csv_and_json(profiled: dict[str, Any]) -> None:
     p = devicelab("export", run_id, "--what", "profiles", env=env)
     assert p.returncode == 0, p.stderr
     rows = list(csv.DictReader(io.StringIO(p.stdout)))
-    for prec, r in profiled["results"].items():
-        mine = [x for x in rows if x["precision"] == prec]
+    for (engine, prec), r in profiled["every"].items():
+        mine = [x for x in rows if x["precision"] == prec and x["engine"] == engine]
         assert len(mine) == len(r["ext"]["profile"]["ops"])
         assert sum(float(x["seconds"]) for x in mine) == pytest.approx(r["ext"]["profile"]["total_s"])
         assert {x["type"] for x in mine} == set(r["ext"]["profile"]["by_type"])
     p = devicelab("export", run_id, "--what", "profiles", "--format", "json", env=env)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert len(out) == 2 and all(len(c["profile"]["ops"]) > 0 for c in out)
+    assert len(out) == 4 and all(len(c["profile"]["ops"]) > 0 for c in out)
     for c in out:
-        r = profiled["results"][c["precision"]]
+        r = profiled["every"][(c["engine"], c["precision"])]
         assert c["profile"]["ops"] == r["ext"]["profile"]["ops"] and c["profile"]["overhead"] == r["ext"]["profile"]["overhead"]
     p = devicelab("export", run_id, "--what", "ops", env=env)
     assert p.returncode == 2 and "--what" in p.stderr and "profiles" in p.stderr
@@ -150,7 +153,6 @@ def test_report_profile_sections_in_chromium(profiled: dict[str, Any]) -> None:
     from playwright.sync_api import sync_playwright
 
     path: Path = profiled["base"] / "report.html"
-    fp32, int8 = profiled["results"]["fp32"], profiled["results"]["int8"]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=shutil.which("chromium"),
                                      args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -165,24 +167,32 @@ def test_report_profile_sections_in_chromium(profiled: dict[str, Any]) -> None:
         page.wait_for_load_state("load")
         section = page.locator("section.profile")
         assert section.count() == 1
-        # one stacked bar per config, a segment per op type it has, drawn with a width
-        bars = page.locator('[data-kind="profile"] svg[data-chart="stacked"] rect.segment')
-        want = len(fp32["ext"]["profile"]["by_type"]) + len(int8["ext"]["profile"]["by_type"])
-        assert bars.count() == want
+        every = profiled["every"]
+        # one stacked bar per config, a segment per op type it has, drawn with a width; engines side by side, each
+        # engine's precisions side by side
+        chart = page.locator('[data-kind="profile"] svg[data-chart="stacked"]')
+        bars = chart.locator("rect.segment")
+        assert bars.count() == sum(len(r["ext"]["profile"]["by_type"]) for r in every.values())
         assert all(float(bars.nth(i).get_attribute("width") or 0) > 0 for i in range(bars.count()))
+        names = [t for t in chart.locator("text").all_text_contents() if t.endswith(" 1t")]
+        assert names == ["ncnn fp32 1t", "ncnn int8 1t", "onnxruntime fp32 1t", "onnxruntime int8 1t"], names
         totals = page.locator("table.profile-totals tr").all_inner_texts()
-        assert len(totals) == 3 and all("%" in row for row in totals[1:])  # the overhead, with every profile
-        diff_rows = page.locator("table.profile-diff tr").all_inner_texts()
-        types = set(fp32["ext"]["profile"]["by_type"]) | set(int8["ext"]["profile"]["by_type"])
-        assert len(diff_rows) == 1 + len(types)
-        assert page.locator("p.diff-sentence").inner_text().startswith("int8 ")
+        assert len(totals) == 5 and all("%" in row for row in totals[1:])  # the overhead, with every profile
+        tables = page.locator("table.profile-diff")
+        assert tables.count() == 2
+        for k, engine in enumerate(("ncnn", "onnxruntime")):
+            a, b = every[(engine, "fp32")], every[(engine, "int8")]
+            types = {t for r in (a, b) for t, v in r["ext"]["profile"]["by_type"].items() if v > 0}
+            assert tables.nth(k).locator("tr").count() == 1 + len(types)
+            assert page.locator("p.diff-sentence").nth(k).inner_text().startswith("int8 ")
         # each config's detail: its timeline (iterations drawn, batch marks) and its top nodes
         details = page.locator("details.config-detail")
-        assert details.count() == 2
+        assert details.count() == 4
         details.nth(0).locator("summary").click()
         svg = details.nth(0).locator('svg[data-chart="timeline"]')
         assert svg.is_visible()
-        r0 = fp32 if "fp32" in details.nth(0).locator("summary").inner_text() else int8
+        summary = details.nth(0).locator("summary").inner_text()
+        r0 = next(r for (e, p), r in every.items() if summary.startswith(f"{e} {p} "))
         assert svg.locator("circle.iteration").count() == len(r0["samples_s"])
         marks = svg.locator('g[data-panel="iterations"] rect.mark[data-kind="batch"]')
         assert marks.count() == r0["protocol"]["batches"]
