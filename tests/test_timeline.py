@@ -60,6 +60,9 @@ def test_host_config_timeline_marks_line_up_with_iter_t_s(env: dict[str, str], t
     tl = _check_marks(r, "batch")
     assert r["protocol"]["batches"] == len([m for m in tl["marks"] if m["kind"] == "batch"])
     assert r["protocol"]["warmup"]["by"] == "controller" and tl["marks"][0]["kind"] == "warmup"
+    # The runner's perf_counter and the controller's monotonic clock are one clock on the host: every batch's send
+    # and receive times bound the offset to exactly 0.
+    assert tl["controller_offset"] == {"offset_s": 0.0, "error_s": 0.0}
     # The host's sampler reads /sys where it has cpufreq or thermal zones; without them the record says so.
     if tl["freq_khz"] is None:
         assert any("cpu frequencies" in u for u in tl["unavailable"]), tl["unavailable"]
@@ -111,6 +114,8 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
     freq, temp = tl["freq_khz"], tl["temp_c"]
     assert freq is not None and temp is not None, tl["unavailable"]
     assert freq["align"] == {"method": "same monotonic clock as the runner's t"}
+    # qemu-user runs dlbench on the host's kernel: its steady_clock is the controller's clock, through adb too
+    assert tl["controller_offset"] == {"offset_s": 0.0, "error_s": 0.0}
     assert set(freq["values"]) == {str(c) for c in r["cpus"]}
     # dlprobe started the runner, so its samples begin before the first iteration (model load, warmup), and it
     # stops sampling when the runner exits, which is just after the last iteration (stop, done, exit: no accuracy

@@ -149,6 +149,9 @@ def build(x: Inputs) -> dict[str, Any]:
         "temp_c": _place(x.temp_c, t0, offset, (start, end), None, unavailable, "temperatures"),
         "unavailable": unavailable,
     }
+    # How the runner's clock relates to the controller's (the batches' bounds): 0 when they are one clock (the host,
+    # the emulated phone); a phone's own clock gives its offset, within error_s.
+    record["controller_offset"] = {"offset_s": offset[0], "error_s": offset[1]} if offset else None
     if x.lockstep_with:
         record["lockstep_with"] = list(x.lockstep_with)
     if not warm:
