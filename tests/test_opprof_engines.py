@@ -156,3 +156,10 @@ def test_a_runner_without_the_profile_command_is_never_sent_it(tmp_path: Path, e
     assert r["ext"]["profile"] == {"version": 1, "unsupported": (
         "the runner (protocol 1) does not offer the 'profile' command (no \"profile\": true in its ready line) and "
         "sent no op events")}
+
+
+def test_resume_takes_no_profile_flag(env: dict[str, str]) -> None:
+    from tests.helpers import devicelab
+
+    p = devicelab("run", "--resume", "20261206-000000-abcd", "--profile", env=env)
+    assert p.returncode == 2 and "--profile" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
