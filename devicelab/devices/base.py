@@ -256,7 +256,7 @@ class Transport(ABC):
         """What samples the pinned cores' frequencies and the temperatures while a config is timed, on the
         controller's monotonic clock (a config's timeline, devicelab.opprof.timeline), or why nothing does. Kinds
         whose runners run under dlprobe get its samples instead."""
-        return f"no sampler beside the runner on {self.kind} devices (dlprobe samples there where it is built)"
+        return f"no sampler beside the runner on {self.kind} devices"
 
     def result_extras(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ResultExtras:
         """What this kind reads in `state()`s taken around one config (`after` is None when the row has none), for
