@@ -431,7 +431,7 @@ class Driver:
         self.warmup_stopped: str | None = None
         self.marks: list[dict[str, Any]] = []  # every batch, for the timeline (Measurement.batch_marks)
 
-    def _mark(self, kind: str, batch: Batch, sent: float) -> None:
+    def _mark(self, kind: str, batch: Batch, sent: float | None) -> None:
         end = None
         if batch.starts:
             end = batch.starts[-1] + batch.samples[-1]
@@ -486,7 +486,8 @@ class Driver:
             len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
 
     def step(self, most: int | None = None) -> None:
-        sent = time.monotonic()
+        # In batch mode nothing is sent: the runner may have begun before this, so no bound on its clock is known.
+        sent: float | None = time.monotonic() if self.batch is None else None
         if self.batch is not None:
             batch = receive_batch(self.channel, self.batch, self.deadline, self.ops)
         else:
