@@ -59,10 +59,10 @@ def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
 
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
-    fork_caveat = ("peak memory: ONNX Runtime's peak RSS takes one of a few values up to ~5 % apart from one process to "
-                   "the next, fresh or forked, and forked from a zygote it lands 0.5-2 % above a fresh process's value "
-                   "(MobileNet-v2); for memory series across runs before the zygote, run it with "
-                   "options: {process: exec}")
+    fork_caveat = ("peak memory: ONNX Runtime's peak RSS depends on the heap's history (glibc's dynamic mmap "
+                   "threshold), so a zygote's child, whose imports ran in another order, can peak a few % away from a "
+                   "fresh process (the fork itself moves it < 0.1 %); for memory series across runs before the "
+                   "zygote, run it with options: {process: exec}")
     package = "onnxruntime"
     module = "onnxruntime"
     formats = ("onnx",)
