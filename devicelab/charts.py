@@ -404,8 +404,8 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
     # The axis spans the iterations, the marks and the samples around them (kept a little before and after).
     around = [t for _, series, _ in panels[1:] for pts in series.values() for t, _ in pts]
     lo = min([*t_s, *(float(m["start_s"]) for m in marks), *around])  # type: ignore[arg-type]
-    hi = max([t + s / 1e3 for t, s in zip(t_s, latency_ms)] + [float(m["end_s"]) for m in marks]  # type: ignore[arg-type]
-             + around)
+    ends = [t + s / 1e3 for t, s in zip(t_s, latency_ms)]
+    hi = max(ends + [float(m["end_s"]) for m in marks] + around)  # type: ignore[arg-type]
     hi = hi if hi > lo else lo + 1.0
 
     def sx(v: float) -> float:
@@ -433,8 +433,8 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
             fill = "#bbb" if m["kind"] == "warmup" else "#dde8f5"
             out.append(f'<rect class="mark" data-kind="{esc(m["kind"])}" x="{x0:.1f}" y="{top}" '
                        f'width="{max(x1 - x0, 0.5):.1f}" height="{ph}" fill="{fill}" fill-opacity="0.6">'
-                       f'<title>{esc(m["kind"])}: {m.get("iterations")} iterations, {_fmt(float(m["start_s"]))}–'  # type: ignore[arg-type]
-                       f'{_fmt(float(m["end_s"]))} s</title></rect>')  # type: ignore[arg-type]
+                       f'<title>{esc(m["kind"])}: {m.get("iterations")} iterations, '
+                       f'{_fmt(float(m["start_s"]))}–{_fmt(float(m["end_s"]))} s</title></rect>')
         out.append(f'<rect x="{f.left}" y="{top}" width="{f.plot_w}" height="{ph}" fill="none" stroke="#999"/>')
         for y in yt:
             out.append(f'<text x="{f.left - 6}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(y)}</text>')

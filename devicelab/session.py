@@ -762,8 +762,10 @@ class _Attempt:
             sp = self.sampler
             keys = sorted({k for row in sp.freq for k in row})
             zones = sorted({k for row in sp.temps for k in row})
-            freq = timeline.Series(sp.source, "controller", sp.freq_t, {k: [row.get(k) for row in sp.freq] for k in keys})
-            temp = timeline.Series(sp.source, "controller", sp.temp_t, {z: [row.get(z) for row in sp.temps] for z in zones})
+            freq = timeline.Series(sp.source, "controller", sp.freq_t,
+                                   {k: [row.get(k) for row in sp.freq] for k in keys})
+            temp = timeline.Series(sp.source, "controller", sp.temp_t,
+                                   {z: [row.get(z) for row in sp.temps] for z in zones})
             if not zones:
                 unavailable.append("temperatures: no /sys/class/thermal zone on this host")
                 temp = None

@@ -174,7 +174,8 @@ class HostTransport(Transport):
     def timeline_sampler(self, cpus: Sequence[int]) -> Sampler | str:
         """The pinned cores' scaling_cur_freq every 50 ms and every thermal zone every 0.5 s, read by the controller
         (a forked runner is not under dlprobe); why not when /sys has neither (a VM usually has no cpufreq)."""
-        freq = {str(c): f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq" for c in cpus or range(os.cpu_count() or 1)}
+        freq = {str(c): f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq"
+                for c in cpus or range(os.cpu_count() or 1)}
         freq = {c: p for c, p in freq.items() if os.path.exists(p)}
         zones: dict[str, str] = {}
         for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):

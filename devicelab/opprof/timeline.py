@@ -104,8 +104,11 @@ def _place(series: Series | None, t0: float, offset: tuple[float, float] | None,
         unavailable.append(f"{what}: {series.source} has no sample while the config ran")
         return None
     t = [series.t[i] + shift for i in picked]
-    got = {k: [None if v is None or i >= len(v) or v[i] is None or not math.isfinite(v[i]) else v[i]  # type: ignore[arg-type]
-               for i in picked] for k, v in values.items()}
+    def reading(v: Sequence[float | None], i: int) -> float | None:
+        x = v[i] if i < len(v) else None
+        return x if x is not None and math.isfinite(x) else None
+
+    got = {k: [reading(v, i) for i in picked] for k, v in values.items()}
     t, thinned = _thin(t, got)
     return {"source": series.source, "align": align, "t_s": t, "values": thinned}
 
@@ -203,7 +206,8 @@ def brief(tl: Mapping[str, Any] | None) -> dict[str, Any] | None:
     marks = tl.get("marks") or []
     warm = [m for m in marks if m["kind"] == "warmup"]
     out: dict[str, Any] = {
-        "batches": sum(1 for m in marks if m["kind"] == "batch"), "slices": sum(1 for m in marks if m["kind"] == "slice"),
+        "batches": sum(1 for m in marks if m["kind"] == "batch"),
+        "slices": sum(1 for m in marks if m["kind"] == "slice"),
         "warmup_iterations": warm[0]["iterations"] if warm else None,
         "warmup_s": round(warm[0]["end_s"] - warm[0]["start_s"], 6) if warm else None,
         "timed_s": round(hi - lo, 6), "unavailable": list(tl.get("unavailable") or [])}
