@@ -381,6 +381,12 @@ class Measurement:
     protocol: int
     samples_s: list[float] = field(default_factory=list)
     starts_s: list[float] | None = None  # iteration starts relative to the first timed one (v2 `t`)
+    # The first timed iteration's `t` as the runner sent it (its monotonic clock): what ties devices' own samples
+    # (dlprobe's, the host's) to iter_t_s. None when the runner sent no `t`.
+    t0_s: float | None = None
+    # Every batch as the runner timed it, in order (the timeline's marks): {kind: warmup | run, iterations,
+    # start_t, end_t (the runner's clock, when it sent `t`), sent_s, received_s (the controller's monotonic clock)}.
+    batch_marks: list[dict[str, Any]] = field(default_factory=list)
     ops: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = ""
     batches: int = 0
@@ -423,6 +429,15 @@ class Driver:
         self.warmup_by = "runner"
         self.warmups: list[float] = []
         self.warmup_stopped: str | None = None
+        self.marks: list[dict[str, Any]] = []  # every batch, for the timeline (Measurement.batch_marks)
+
+    def _mark(self, kind: str, batch: Batch, sent: float | None) -> None:
+        end = None
+        if batch.starts:
+            end = batch.starts[-1] + batch.samples[-1]
+        self.marks.append({"kind": kind, "iterations": len(batch.samples),
+                           "start_t": batch.starts[0] if batch.starts else None, "end_t": end,
+                           "sent_s": sent, "received_s": time.monotonic()})
 
     def start(self) -> None:
         """Wait for 'ready' (the runner has loaded; a v1 runner has warmed up too), then warm up a v2 runner that
@@ -450,7 +465,10 @@ class Driver:
         self.warmup_by = "controller"
         while (why := warmup_stop(self.warmups, self.s, self.warmup_floor_s)) is None:
             n = warmup_batch(self.warmups, self.s, self.estimate, self.warmup_floor_s)
-            got = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup").samples
+            sent = time.monotonic()
+            batch = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup")
+            self._mark("warmup", batch, sent)
+            got = batch.samples
             self.warmups.extend(got)
             self.estimate = float(stats.median(got) or 0) or self.estimate
         self.warmup_stopped = why
@@ -468,11 +486,14 @@ class Driver:
             len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
 
     def step(self, most: int | None = None) -> None:
+        # In batch mode nothing is sent: the runner may have begun before this, so no bound on its clock is known.
+        sent: float | None = time.monotonic() if self.batch is None else None
         if self.batch is not None:
             batch = receive_batch(self.channel, self.batch, self.deadline, self.ops)
         else:
             n = next_batch(self.samples, self.s, self.estimate)
             batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+        self._mark("run", batch, sent)
         self.samples.extend(batch.samples)
         if self.starts is not None and batch.starts is not None:
             self.starts.extend(batch.starts)
@@ -523,15 +544,17 @@ class Driver:
             self.channel.send({"cmd": "stop"})  # in batch mode the runner stops by itself after its batch
         done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
                        self.ops)
-        starts = None
+        starts, t0 = None, None
         if self.starts and len(self.starts) == len(self.samples):
-            starts = [t - self.starts[0] for t in self.starts]
+            t0 = self.starts[0]
+            starts = [t - t0 for t in self.starts]
         if self.warmup_by == "controller":
             w_n, w_s = len(self.warmups), float(sum(self.warmups))
         else:
             w_n, w_s = self.ready.get("warmups"), seconds_field(self.ready, "warmup_s", required=False)
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
-                           starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
+                           starts_s=starts, t0_s=t0, batch_marks=self.marks, ops=self.ops,
+                           stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
                            warmup_stopped=self.warmup_stopped, extra=extra, profile_ops=profile_ops,
                            profiled=profiled, no_profile=no_profile)

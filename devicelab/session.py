@@ -19,8 +19,8 @@ from typing import Any
 
 from devicelab import native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Start,
-                                   Transport, TransportLostError)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
+                                   Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -29,6 +29,7 @@ from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
                                JsonLines, Measurement, ProtocolSettings, RunnerError, batch_iterations, byte_count,
                                lockstep, minimums_met, now_deadline, seconds_field)
+from devicelab.opprof import timeline
 from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
                               Pinning, Result, RunProtocol, Warmup, utc_now)
 
@@ -255,6 +256,9 @@ class _Attempt:
         self.hook: Any = None
         self.installed: dict[str, str] = {}  # native programs the device has installed (Transport.installed_program)
         self.process_extras = ResultExtras()  # what the transport observed of the program (Process.extras)
+        self.sampler: Sampler | str | None = None  # frequencies and temperatures while timed (the timeline)
+        self.measurement: Measurement | None = None
+        self.lockstep_with: tuple[str, ...] = ()
         self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-session-")))
 
     def end(self, status: str, reason: str) -> None:
@@ -450,6 +454,11 @@ class _Attempt:
         if self.tool:
             self.process.close_stdin()
             return
+        if not self.probed:  # under dlprobe its own samples make the timeline
+            self.sampler = self.t.timeline_sampler(self.cfg.cpus)
+            if isinstance(self.sampler, Sampler):
+                self.sampler.start()
+                self.stack.callback(self.sampler.stop)
         # Where clocks ramp slowly (phones), warmup never ends before warmup_seconds, steady or not.
         batch = self.record["batch"]["iterations"] if self.t.batch and "batch" in self.record else None
         self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
@@ -528,6 +537,10 @@ class _Attempt:
         except FAULTS as e:
             self.fail(e)
             return
+        finally:
+            if isinstance(self.sampler, Sampler):
+                self.sampler.stop()
+        self.measurement = m
         if self.s.profile:
             self.ext["profile"] = self._profile(m)
         if "energy" in m.extra:
@@ -536,7 +549,8 @@ class _Attempt:
             self.notes.append(f"batch mode: the {len(m.samples_s)} iterations asked for up front took "
                               f"{sum(m.samples_s):.3g} s, less than min_seconds={self.s.min_seconds:g}")
         if len(labels) > 1:
-            self.record["lockstep"] = Lockstep(tuple(x for x in labels if x != self.cfg.label), LOCKSTEP_SLICE_S)
+            self.lockstep_with = tuple(x for x in labels if x != self.cfg.label)
+            self.record["lockstep"] = Lockstep(self.lockstep_with, LOCKSTEP_SLICE_S)
         assert self.process is not None
         self.exit = self.process.wait(EXIT_WAIT_S)
         if self.exit is None:
@@ -717,6 +731,8 @@ class _Attempt:
             if self.status == FAILED and report.exit_signal and self.reason and "ended before" in self.reason:
                 # dlprobe exits 128 + signal; say what happened to the runner itself
                 self.reason = f"runner ended before finishing ({Exit(128 + report.exit_signal, report.exit_signal).describe()})"
+        if self.status == OK and self.measurement is not None:
+            self._timeline(report)
         if self.tool and self.status == OK:
             self._tool_fields(report, files)
         elif self.status == OK and report is not None:
@@ -731,6 +747,35 @@ class _Attempt:
                               f"accuracy: this variant's pass in run {self.reuse.run_id}, not run again")
         if self.status != OK:
             self.fields = {}
+
+    def _timeline(self, report: native.ProbeReport | None) -> None:
+        """`ext.timeline`: the timed iterations against time with the frequencies and temperatures sampled meanwhile
+        (dlprobe's, else the transport's sampler), when the runner sent each iteration's start (`t`)."""
+        m = self.measurement
+        if m is None or m.t0_s is None or m.starts_s is None:
+            return
+        unavailable: list[str] = []
+        freq = temp = None
+        if report is not None:
+            freq, temp = timeline.probe_series(report.raw, m.t0_s, m.samples_s, m.starts_s, unavailable)
+        elif isinstance(self.sampler, Sampler):
+            sp = self.sampler
+            keys = sorted({k for row in sp.freq for k in row})
+            zones = sorted({k for row in sp.temps for k in row})
+            freq = timeline.Series(sp.source, "controller", sp.freq_t,
+                                   {k: [row.get(k) for row in sp.freq] for k in keys})
+            temp = timeline.Series(sp.source, "controller", sp.temp_t,
+                                   {z: [row.get(z) for row in sp.temps] for z in zones})
+            if not zones:
+                unavailable.append("temperatures: no /sys/class/thermal zone on this host")
+                temp = None
+        elif isinstance(self.sampler, str):
+            unavailable.append(f"cpu frequencies and temperatures: {self.sampler}")
+        else:
+            unavailable.append("cpu frequencies and temperatures: dlprobe wrote no report")
+        self.ext["timeline"] = timeline.build(timeline.Inputs(
+            iter_t_s=m.starts_s, samples_s=m.samples_s, t0_s=m.t0_s, batch_marks=m.batch_marks, cpus=self.cfg.cpus,
+            lockstep_with=self.lockstep_with, freq_khz=freq, temp_c=temp, unavailable=unavailable))
 
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
