@@ -60,6 +60,26 @@ class LlamaBenchTool(ToolEngine):
                    "bf16": "llama-bench's weight type is the model file's (the config's llm.quant)",
                    "int8": "llama-bench's weight type is the model file's (the config's llm.quant)"}
 
+    def check_options(self, options: dict[str, Any]) -> list[str]:
+        """options.binary may be left out on the host: the llama-bench `devicelab build-native --target host --llm`
+        built and registered (the arm64 build has none: a phone needs the user's, in options.binary)."""
+        if "binary" not in options and registered_binary() is not None:
+            options = {**options, "binary": str(registered_binary())}
+        return super().check_options(options)
+
+    def user_runner(self, options: dict[str, Any]) -> tuple[Path, tuple[Path, ...]] | None:
+        if "binary" not in options and (built := registered_binary()) is not None:
+            return built, ()
+        return super().user_runner(options)
+
+    def version_for(self, options: dict[str, Any]) -> str | None:
+        if "binary" not in options:
+            from devicelab import native_llm
+
+            record = native_llm.registered("host")
+            return f"llama.cpp-{record.llama_cpp_commit}" if record else None
+        return super().version_for(options)
+
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         return PreparedModel(model.path)
 
@@ -106,6 +126,13 @@ class LlamaBenchTool(ToolEngine):
         std = float(gen["stddev_ns"]) / 1e9 / n_gen if "stddev_ns" in gen else None
         return build_run(samples, count=len(samples), avg_s=avg, std_s=std, min_s=min(samples) if samples else None,
                          max_s=max(samples) if samples else None, warmups=1, raw=raw)
+
+
+def registered_binary() -> Path | None:
+    from devicelab import native_llm
+
+    record = native_llm.registered("host")
+    return record.artifacts.get("llama-bench") if record else None
 
 
 def tests_of(stdout: str) -> list[dict[str, Any]] | None:
