@@ -209,7 +209,10 @@ def build(target: str, *, jobs: int | None = None, log: Log | None = None,
         if fresh:
             say(f"building llama.cpp {commit} (llama-cpp-python {version}) and dlllm for {target} "
                 f"(the first time ~20-30 min on 2 shared cores; later only dlllm): {log_path}")
-            nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+            # At least niceness 10, not 10 more than the caller's (a caller already at 10 would otherwise get 19,
+            # starved on a busy machine).
+            bump = max(0, 10 - os.nice(0))
+            nice = ["nice", "-n", str(bump)] if bump and shutil.which("nice") else []
             _run(["cmake", "-S", str(src / "llm"), "-B", str(build_dir), *_cmake_generator(), f"-DLLAMA_CPP_DIR={llama}",
                   *chain.cmake_args, *flags, f"-DDLLLM_VERSION=dlllm-{digest[:12]}"], log_path,
                  f"configuring llama.cpp/dlllm for {target}")
