@@ -272,13 +272,13 @@ def test_llama_bench_runs_for_real(llm_host: dict[str, Any], zoo_dir: Path, tmp_
 # ---------------------------------------------------------------------------------------------------- the phone
 
 
-def test_arm64_dlllm_runs_on_the_emulated_phone(llm_arm64: dict[str, Any], phone: Any, server: Any,
-                                                zoo_dir: Path, tmp_path: Path) -> None:
+def test_arm64_dlllm_runs_on_the_emulated_phone(llm_host: dict[str, Any], llm_arm64: dict[str, Any], phone: Any,
+                                                server: Any, zoo_dir: Path, tmp_path: Path) -> None:
     """The static arm64 dlllm, pushed through the real adb server to the emulated phone and run there under qemu: the
     same protocol and the same greedy logits as the host build (timings under qemu mean nothing)."""
     import adbutils
 
-    model = zoo_llm.llm_model("llama-tiny", "Q8_0", zoo_dir)
+    model = zoo_llm.llm_model("llama-tiny", "Q8_0", zoo_dir, _quantizer(llm_host))
     local = _config(tmp_path, model.path, model="model.gguf", iterations=1, outputs_file="logits.f32",
                     llm={"gen_tokens": 2, "depth": []})
     (tmp_path / "model.gguf").symlink_to(model.path)
