@@ -5,14 +5,14 @@ under the build cache, `devicelab build-native --llm`), real models (llama-tiny)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from android_env import needs_adb, needs_namespace, needs_qemu
 
 from devicelab import zoo_llm
 from devicelab.engines.base import PreparedModel, SourceModel
@@ -272,6 +272,10 @@ def test_llama_bench_runs_for_real(llm_host: dict[str, Any], zoo_dir: Path, tmp_
 # ---------------------------------------------------------------------------------------------------- the phone
 
 
+@pytest.mark.slow
+@needs_adb()
+@needs_namespace()
+@needs_qemu()
 def test_arm64_dlllm_runs_on_the_emulated_phone(llm_host: dict[str, Any], llm_arm64: dict[str, Any], phone: Any,
                                                 server: Any, zoo_dir: Path, tmp_path: Path) -> None:
     """The static arm64 dlllm, pushed through the real adb server to the emulated phone and run there under qemu: the
