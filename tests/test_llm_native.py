@@ -121,15 +121,15 @@ def test_each_quantization_is_made_by_libllama_and_loads(llm_host: dict[str, Any
 # ---------------------------------------------------------------------------------------------------- dlllm
 
 
-def _config(folder: Path, model: Path, **over: Any) -> Path:
+def _config(folder: Path, model_path: Path, **over: Any) -> Path:
     rng = np.random.default_rng(5)
     first = zoo_llm.first_plain_token()
-    cfg: dict[str, Any] = {"model": str(model), "threads": 1, "cpus": [], "precision": "fp32", "backend": "cpu",
+    cfg: dict[str, Any] = {"model": str(model_path), "threads": 1, "cpus": [], "precision": "fp32", "backend": "cpu",
                            "warmup": {"min_iterations": 1, "min_seconds": 0.0, "by": "controller"},
                            "outputs_file": "logits.f32",
                            "llm": {"prompt": [int(x) for x in rng.integers(first, 512, 16)],
                                    "depth": [int(x) for x in rng.integers(first, 512, 8)], "gen_tokens": G, "seed": 1,
-                                   "quant": file_quant(model)}}
+                                   "quant": file_quant(model_path)}}
     for k, v in over.items():
         if k == "llm":
             cfg["llm"] = {**cfg["llm"], **v}
