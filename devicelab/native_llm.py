@@ -208,7 +208,7 @@ def build(target: str, *, jobs: int | None = None, log: Log | None = None,
         fresh = recorded.get("dlllm_sha256") != digest or not all(built(build_dir, n) for n in LLM_ARTIFACTS[target])
         if fresh:
             say(f"building llama.cpp {commit} (llama-cpp-python {version}) and dlllm for {target} "
-                f"(the first time ~20-30 min on 2 shared cores; later only dlllm): {log_path}")
+                f"(the first time compiles llama.cpp: tens of minutes on 2 busy cores; later only what changed): {log_path}")
             # At least niceness 10, not 10 more than the caller's (a caller already at 10 would otherwise get 19,
             # starved on a busy machine).
             bump = max(0, 10 - os.nice(0))
