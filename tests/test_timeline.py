@@ -118,13 +118,15 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
     assert tl["controller_offset"] == {"offset_s": 0.0, "error_s": 0.0}
     assert set(freq["values"]) == {str(c) for c in r["cpus"]}
     # dlprobe started the runner, so its samples begin before the first iteration (model load, warmup), and it
-    # stops sampling when the runner exits, which is just after the last iteration (stop, done, exit: no accuracy
-    # pass here). So on the iterations' clock its last sample falls after the last iteration's end and before it
-    # plus 0.35 s (measured: 0.02-0.11 s under qemu); samples placed 0.35 s or more off either way fail here.
+    # stops sampling when the runner exits, just after the last iteration (stop, done, exit: no accuracy pass here).
+    # So on the iterations' clock its last sample falls after the last iteration's end, and the tail after it is
+    # shorter than everything before it (load, warmup, timing). No absolute time: a sign error or another clock
+    # fails the bounds; a shift earlier than the tail fails the first.
     t = freq["t_s"]
     end = tl["span_s"][1]
-    assert t[0] < 0.0 and end <= t[-1] < end + 0.35, (t[0], t[-1], end)
-    assert all(0 < b - a < 0.5 for a, b in zip(t, t[1:]))
+    assert t[0] < 0.0 <= end <= t[-1], (t[0], t[-1], end)
+    assert t[-1] - end < end - t[0], (t[0], t[-1], end)
+    assert all(a < b for a, b in zip(t, t[1:]))
     # The fixture's cpufreq follows load: while the pinned core runs iterations it sits above the cluster's idle
     # minimum; the readings are the cluster's own steps.
     during = [v for x, v in zip(t, freq["values"][str(r["cpus"][0])]) if 0.0 <= x <= end and v is not None]
