@@ -1,0 +1,234 @@
+"""LLM workloads, controller side: the suite's `llm:` settings and their bad input, the synthetic prompt read from a
+GGUF file's vocabulary, runner protocol v3 driven end to end (ext.llm, the statistics' samples) and its malformed
+event streams, accuracy drift of logits. The runner here is tests/llm_fixture_runner.py, a protocol-v3 fixture for
+the `protocol` engine (no language model: llama.cpp's own runner is tested with its plug-in)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from devicelab import llm
+from devicelab.config import ConfigError, parse_suite
+from devicelab.devices.host import HostTransport
+from devicelab.engines import PreparedModel, SourceModel
+from devicelab.facts import DeviceEntry
+from devicelab.measure import ProtocolSettings
+from devicelab.result import OK, Config, Result
+from devicelab.session import Job, run_jobs
+from helpers import FAST_PROTOCOL, devicelab, run_json
+
+RUNNER = Path(__file__).resolve().parent / "llm_fixture_runner.py"
+N_VOCAB = 64
+SPECIAL = {0, 1, 2}  # <unk>, <s>, </s>: CONTROL / UNKNOWN tokens
+
+
+def write_gguf(path: Path, n_vocab: int = N_VOCAB) -> Path:
+    """A small GGUF file with a real tokenizer section (the `gguf` package's writer): tokens 0-2 special."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([b"<unk>", b"<s>", b"</s>", *(f"t{i}".encode() for i in range(3, n_vocab))])
+    w.add_token_types([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
+                       *([gguf.TokenType.NORMAL] * (n_vocab - 3))])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_tensor("token_embd.weight", np.zeros((n_vocab, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+@pytest.fixture(scope="module")
+def gguf_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+# ---- the suite's llm: settings
+
+
+def _suite(model: Path, **llm_settings: Any) -> dict[str, Any]:
+    return {"models": [str(model)], "engines": [{"name": "protocol", "options": {"binary": str(RUNNER),
+                                                                                  "formats": ["gguf"]}}],
+            "llm": llm_settings}
+
+
+def test_llm_lists_expand_into_workloads_in_the_identity(gguf_file: Path) -> None:
+    suite = parse_suite(_suite(gguf_file, prompt_tokens=[8, 16], gen_tokens=4, context_depth=[0, 32],
+                               quant=["F32", "Q4_0"]), "t")
+    assert len(suite.llm) == 8 and llm.LlmWorkload("Q4_0", 16, 4, 32) in suite.llm
+    assert parse_suite(suite.to_dict(), "again").llm == suite.llm  # what --resume re-reads
+    keys = {llm.LlmWorkload("F32", 8, 4, 0).key(), llm.LlmWorkload("F32", 8, 4, 32).key()}
+    cfgs = [Config("host", "protocol", "", "v", "tiny", "ab", 1, "fp32", "cpu", 1, (0,), "big", 0, k) for k in keys]
+    assert len({c.identity_key() for c in cfgs}) == len({c.series_key() for c in cfgs}) == 2
+    plain = Config("host", "protocol", "", "v", "tiny", "ab", 1, "fp32", "cpu", 1, (0,), "big")
+    assert "workload" not in Result.for_config("r", plain, "failed", reason="x").to_dict()  # old rows unchanged
+    assert llm.workload_from_key(cfgs[0].workload) in suite.llm
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"prompt_tokens": 0, "gen_tokens": 4}, "llm.prompt_tokens: 0 is not allowed; allowed: an integer from 1"),
+    ({"prompt_tokens": 8, "gen_tokens": -1}, "llm.gen_tokens: -1 is not allowed; allowed: an integer from 1"),
+    ({"prompt_tokens": 8, "gen_tokens": 4, "quant": "Q2_K"},
+     "llm.quant: 'Q2_K' is not allowed; allowed: F32, F16, Q8_0, Q4_0, Q4_K"),
+    ({"prompt_tokens": 8, "gen_tokens": 4, "depth": 3}, "llm.depth: unknown key; allowed: prompt_tokens"),
+    ({"gen_tokens": 4}, "llm.prompt_tokens: missing"),
+])
+def test_bad_llm_settings_name_the_field_and_what_is_allowed(gguf_file: Path, settings: dict[str, Any],
+                                                             expected: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_suite(_suite(gguf_file, **settings), "t")
+    assert expected in str(e.value)
+
+
+def test_bad_llm_input_at_the_cli_is_one_line_exit_2_and_nothing_written(env: dict[str, str], tmp_path: Path,
+                                                                         gguf_file: Path) -> None:
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"ONNX" + bytes(64))
+    for raw, expected in [(_suite(fake, prompt_tokens=8, gen_tokens=4), "models[0].path: "),
+                          (_suite(gguf_file, prompt_tokens=8, gen_tokens=0), "llm.gen_tokens: 0 is not allowed")]:
+        suite = tmp_path / "s.yaml"
+        suite.write_text(yaml.safe_dump(raw))
+        p = devicelab("run", "--suite", str(suite), env=env)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and expected in p.stderr, p.stderr
+        assert not Path(env["DEVICELAB_DB"]).exists()
+    assert "is not a GGUF language model (it does not start with the GGUF magic" in \
+        devicelab("run", "--suite", str(_write(tmp_path, _suite(fake, prompt_tokens=8, gen_tokens=4))),
+                  env=env).stderr
+
+
+def _write(tmp: Path, raw: dict[str, Any]) -> Path:
+    path = tmp / "suite.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+# ---- the synthetic prompt
+
+
+def test_the_prompt_is_seeded_token_ids_without_the_special_tokens(gguf_file: Path) -> None:
+    voc = llm.vocab(gguf_file)
+    assert voc.size == N_VOCAB and voc.special == SPECIAL
+    w = llm.LlmWorkload("F32", 500, 4, 100)
+    depth, prompt = llm.synthetic_tokens(7, w, voc)
+    assert len(depth) == 100 and len(prompt) == 500 and not (set(depth) | set(prompt)) & SPECIAL
+    assert set(prompt) == set(range(3, N_VOCAB))  # 500 draws cover the 61 ordinary tokens
+    assert llm.synthetic_tokens(7, w, voc) == (depth, prompt)
+    assert llm.synthetic_tokens(8, w, voc) != (depth, prompt)
+
+
+# ---- protocol v3 through the session
+
+
+FAST = ProtocolSettings(**{**{k: v for k, v in FAST_PROTOCOL.items() if k != "accuracy_inputs"},
+                           "accuracy_inputs": 0})
+
+
+def _job(gguf_file: Path, quant: str = "F32", label: str = "", **options: Any) -> Job:
+    w = llm.LlmWorkload(quant, 8, 4, 16)
+    cpu = max(os.sched_getaffinity(0))
+    cfg = Config("host", "protocol", label, "sha256:fixture", "tiny", "ab" * 32, gguf_file.stat().st_size, "fp32",
+                 "cpu", 1, (cpu,), "big", 0, w.key())
+    return Job("run-1", cfg, SourceModel("tiny", gguf_file, "ab" * 32, ()), PreparedModel(gguf_file), FAST,
+               options={"binary": str(RUNNER), **options},  # the fixture assumes 64 tokens
+               llm=llm.runner_payload(1, w, llm.vocab(gguf_file)))
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> HostTransport:
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))  # its own logits folder: drift starts empty
+    return HostTransport(DeviceEntry("host", "host"))
+
+
+def test_a_v3_runner_gives_an_ok_row_with_ext_llm(host: HostTransport, gguf_file: Path) -> None:
+    r = run_jobs(host, [_job(gguf_file)])[0]
+    assert r.status == OK, (r.reason, r.stderr_tail)
+    x = r.ext["llm"]
+    assert x["quant"] == "F32" and (x["prompt_tokens"], x["gen_tokens"], x["context_depth"]) == (8, 4, 16)
+    # One sample per request: its decode seconds per token; TTFT and decode t/s per request beside them.
+    assert len(r.samples_s) == x["requests"] == len(x["ttft_s"]["samples"]) == len(x["decode_tps"]["samples"])
+    assert len(x["token_s"]["samples"]) == 4 * x["requests"]
+    for sample, tps in zip(r.samples_s, x["decode_tps"]["samples"], strict=True):
+        assert sample == pytest.approx(1 / tps)
+    assert x["kv_type"] == "f16" and x["n_vocab"] == N_VOCAB and x["excluded"] == "tokenization and sampling"
+    assert "energy_per_token_j" not in x  # energy is off on the host
+    assert any(n.startswith("TTFT = the prefill") for n in r.notes)
+    assert any("tokenization and sampling excluded" in n for n in r.notes)
+    assert r.protocol is not None and r.protocol.runner_protocol == 3 and r.protocol.warmup.by == "controller"
+    assert Result.from_dict(json.loads(r.to_json())) == r
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("short", "the request had 3 token lines; asked for 4"),
+    ("no-prefill", "a token before the request's prefill"),
+    ("wrong-prompt", "'tokens' must be the prompt's 8 tokens"),
+    ("negative-token", "'s' must be a positive number of seconds"),
+    ("v2", "an LLM config needs runner protocol 3 (prefill and token events); the runner speaks 2"),
+    ("no-llm-ready", "protocol 3 for an LLM config carries 'llm'"),
+])
+def test_malformed_v3_streams_fail_the_row_naming_the_line(host: HostTransport, gguf_file: Path, mode: str,
+                                                            expected: str) -> None:
+    r = run_jobs(host, [_job(gguf_file, mode=mode)])[0]
+    assert r.status == "failed" and expected in (r.reason or ""), r.reason
+    assert r.ext["llm"] == {"quant": "F32", "prompt_tokens": 8, "gen_tokens": 4, "context_depth": 16}
+
+
+def test_a_quant_the_build_lacks_is_an_unsupported_row(host: HostTransport, gguf_file: Path) -> None:
+    r = run_jobs(host, [_job(gguf_file, "Q4_K", lacks=["Q4_K"])])[0]
+    assert r.status == "unsupported" and r.reason == "this build has no Q4_K kernels"
+
+
+# ---- accuracy drift
+
+
+def test_drift_of_quantized_logits_against_f32(host: HostTransport, gguf_file: Path) -> None:
+    q = run_jobs(host, [_job(gguf_file, "Q4_0", label="first")])[0]
+    assert "vs_f32" not in q.ext["llm"].get("drift", {})
+    assert any("no F32 logits of protocol for this model and prompt yet" in n for n in q.notes)
+    f32, f16, q4 = (run_jobs(host, [_job(gguf_file, quant)])[0] for quant in ("F32", "F16", "Q4_0"))
+    assert f32.ext["llm"]["drift"]["steps"] == 5
+    assert any("no other engine's F32 logits" in n for n in f32.notes)
+    near, far = f16.ext["llm"]["drift"]["vs_f32"], q4.ext["llm"]["drift"]["vs_f32"]
+    assert near["top1_agreement"] == 1.0 and near["cosine_min"] > 0.999 and near["first_disagreement"] is None
+    assert far["cosine_min"] < near["cosine_min"] and far["top1_agreement"] < 1.0
+    # A second engine (here the same program under another label) at F32 is compared with the first.
+    other = run_jobs(host, [_job(gguf_file, "F32", label="other")])[0]
+    assert other.ext["llm"]["drift"]["vs_engines_f32"]["protocol"]["top1_agreement"] == 1.0
+
+
+def test_drift_is_cosine_and_top1_per_step() -> None:
+    ref = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    got = np.array([[1.0, 0.0, 0.0], [1.0, 0.5, 0.0]])
+    d = llm.drift(ref, got)
+    assert d["steps"] == 2 and d["cosine_min"] == pytest.approx(0.5 / np.sqrt(1.25))
+    assert d["top1_agreement"] == 0.5 and d["first_disagreement"] == 1
+    with pytest.raises(ValueError):
+        llm.drift(ref, got[:1])
+
+
+# ---- a whole run at the CLI
+
+
+def test_devicelab_run_with_an_llm_suite(env: dict[str, str], tmp_path: Path, gguf_file: Path) -> None:
+    raw = _suite(gguf_file, prompt_tokens=8, gen_tokens=4, context_depth=[0, 32], quant=["F32", "Q8_0"])
+    raw["protocol"] = {**FAST_PROTOCOL, "accuracy_inputs": 0}
+    raw["seed"] = 3
+    code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), env=env)
+    assert code == 0, err
+    rows = data["results"]
+    assert len(rows) == 4 and all(r["status"] == OK for r in rows), [r.get("reason") for r in rows]
+    assert sorted((r["ext"]["llm"]["quant"], r["ext"]["llm"]["context_depth"]) for r in rows) == \
+        [("F32", 0), ("F32", 32), ("Q8_0", 0), ("Q8_0", 32)]
+    assert len({r["workload"] for r in rows}) == 4
+    with sqlite3.connect(env["DEVICELAB_DB"]) as db:
+        assert db.execute("SELECT count(DISTINCT series_key) FROM results").fetchone()[0] == 4
