@@ -232,3 +232,68 @@ def test_devicelab_run_with_an_llm_suite(env: dict[str, str], tmp_path: Path, gg
     assert len({r["workload"] for r in rows}) == 4
     with sqlite3.connect(env["DEVICELAB_DB"]) as db:
         assert db.execute("SELECT count(DISTINCT series_key) FROM results").fetchone()[0] == 4
+
+
+# ---- report, A/B and regress on LLM series
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def test_the_report_shows_the_llm_table_and_the_depth_chart_in_chromium(env: dict[str, str], tmp_path: Path,
+                                                                          gguf_file: Path) -> None:
+    import shutil
+
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    raw = _suite(gguf_file, prompt_tokens=8, gen_tokens=4, context_depth=[0, 64], quant=["F32", "Q4_0"])
+    raw["models"] = [{"path": str(gguf_file), "name": HOSTILE}]
+    raw["engines"][0]["label"] = HOSTILE
+    raw.update(threads=[1, 2], seed=5, protocol={**FAST_PROTOCOL, "accuracy_inputs": 0})
+    code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), "--report",
+                               str(tmp_path / "report.html"), env=env)
+    assert code == 0 and all(r["status"] == OK for r in data["results"]), err
+    html = (tmp_path / "report.html").read_text()
+    assert HOSTILE not in html
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        problems: list[str] = []
+        page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("dialog", lambda d: (problems.append("dialog: " + d.message), d.dismiss()))
+        page.goto((tmp_path / "report.html").as_uri())
+        page.wait_for_load_state("load")
+        heading = page.locator("#llm ~ h3").first.inner_text()
+        rows = [r.split("\t") for r in page.locator("table.llm tr").all_inner_texts()]
+        depth_charts = page.locator('[data-kind="llm-depth"] svg').count()
+        engines_tables = page.locator("table.engines").count()
+        nav = page.locator("nav a").all_inner_texts()
+        browser.close()
+    assert problems == [] and "language models" in nav
+    assert heading == f"{HOSTILE} on host — P=8, G=4, depth 0"
+    assert rows[0][:6] == ["engine", "quant", "TTFT at P=8 (1t)", "prefill t/s (1t)", "decode t/s (1t)",
+                           "decode t/s (2t)"]
+    assert [r[:2] for r in rows[1:]] == [[f"protocol [{HOSTILE}]", "F32"], [f"protocol [{HOSTILE}]", "Q4_0"]]
+    assert rows[1][-1] == "reference" and all(c.endswith(" ms") for c in (rows[1][2], rows[2][2]))
+    assert depth_charts == 1 and engines_tables == 0  # LLM rows stay out of the latency tables
+
+
+def test_ab_labels_and_regress_work_on_llm_series(env: dict[str, str], tmp_path: Path, gguf_file: Path) -> None:
+    raw = _suite(gguf_file, prompt_tokens=8, gen_tokens=4)
+    raw["engines"] = [{**raw["engines"][0], "label": "a"}, {**raw["engines"][0], "label": "b"}]
+    raw.update(repeats=3, seed=6, protocol={**FAST_PROTOCOL, "accuracy_inputs": 0})
+    code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), env=env)
+    assert code == 0, err
+    run_id = data["run_id"]
+    assert all(r["protocol"]["lockstep"]["with"] for r in data["results"])  # the labels ran in lockstep
+    code, out, err = run_json("compare", f"{run_id}:a", f"{run_id}:b", env=env)
+    assert code in (0, 1), err
+    (c,) = out["comparisons"]
+    assert "llm F32 P8 G4 D0" in json.dumps(c) and c["verdict"] in ("same", "faster", "slower", "unknown")
+    code, out, err = run_json("regress", env=env)
+    assert code in (0, 1), err
+    assert any("llm F32 P8 G4 D0" in s["series"] for s in out["series"])
