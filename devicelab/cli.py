@@ -811,6 +811,8 @@ def build_native(
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
     with_: Optional[list[str]] = typer.Option(None, "--with", help="extra dlbench backend: openvino (host only, "
                                               "links the installed openvino wheel)"),
+    llm: bool = typer.Option(False, "--llm", help="also build llama.cpp (from the llama-cpp-python sdist, cached by "
+                             "version and flags) with dlllm and llama-bench (host, arm64)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
@@ -834,20 +836,30 @@ def build_native(
             for line in step.commands:
                 out().print(f"     {line}", markup=False, highlight=False, soft_wrap=True)
         return
+    if llm:
+        from devicelab import native_llm
+
+        if target not in native_llm.LLM_TARGETS:
+            raise DevicelabError(f"--llm: --target {target} is not allowed; allowed: {', '.join(native_llm.LLM_TARGETS)}")
     try:
         record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err().print(m, markup=False),
                               extra_backends=split_values(with_) or ())
+        llm_build = native_llm.build(target, jobs=jobs, log=lambda m: err().print(m, markup=False)) if llm else None
     except native.NativeBuildError as e:  # not bad input: a step failed (exit 1), the message names its log
         err().print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    if llm_build is not None:
+        record = native.registered(target) or record  # now with dlllm (and llama-bench) among its artifacts
     if as_json:
-        _print_json(record.to_dict())
+        _print_json({**record.to_dict(), **({"llm": llm_build.to_dict()} if llm_build else {})})
         return
     from devicelab.terminal import print_table
 
     print_table(out(), ["artifact", "path", "size", "sha256"],
                 [[name, str(a.path), format_bytes(a.bytes), a.sha256[:12]] for name, a in record.artifacts.items()],
                 title=f"{target}: {record.dlbench_version} (backends: {', '.join(record.backends)})")
+    if llm_build is not None:
+        out().print(f"llama.cpp: {llm_build.version} ({llm_build.seconds:.0f} s)", markup=False, highlight=False)
     out().print(f"registered in {native.registry_path()}")
 
 

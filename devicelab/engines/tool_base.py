@@ -103,6 +103,8 @@ class ToolSettings:
     # unknown. Tools that re-pin their own threads (benchncnn, MNN) can honour only what they can express; with
     # None, big_cores decides.
     affinity: str | None = None
+    # An LLM config's request shape (prompt_tokens, gen_tokens, context_depth); None for every other config.
+    llm: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
