@@ -21,6 +21,7 @@ from devicelab.llm import LLM_KEYS, LlmWorkload, gguf_problem, parse_llm
 from devicelab.measure import ProtocolSettings, settings_from_dict
 from devicelab.result import BACKENDS, PRECISIONS
 from devicelab.zoo import ZOO
+from devicelab.zoo_llm import LLM_ZOO
 
 NAMED_AFFINITIES = ("big", "little", "all")
 _CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -346,9 +347,9 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes, calibration))
         else:
             name = m.get("name")
-            if name not in ZOO:
-                problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), ZOO)
-                                + " (or give a path to an .onnx file)")
+            if name not in ZOO and name not in LLM_ZOO:
+                problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), [*ZOO, *LLM_ZOO])
+                                + " (or give a path to an .onnx or .gguf file)")
                 continue
             models.append(ModelSpec(str(name), None, shapes, calibration))
     if not models and not any(p.startswith("models[") for p in problems):
@@ -437,12 +438,14 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
 
     llm = parse_llm(raw.get("llm"), "llm", problems)
-    gguf = [m.name for m in models if m.path and m.path.lower().endswith(".gguf")]
+    gguf = [m.name for m in models if (m.path and m.path.lower().endswith(".gguf")) or
+            (not m.path and m.name in LLM_ZOO)]
     if gguf and raw.get("llm") is None:
         problems.append(f"llm: GGUF model(s) {', '.join(gguf)} need the request shape: llm: {{prompt_tokens: P, "
                         "gen_tokens: G, context_depth: D (default 0), quant: F32|F16|Q8_0|Q4_0|Q4_K}")
     elif llm and not gguf:
-        problems.append("llm: set, but no model is a GGUF language model (models: a .gguf path)")
+        problems.append(f"llm: set, but no model is a GGUF language model (models: a .gguf path or one of "
+                        f"{', '.join(LLM_ZOO)})")
 
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import devicelab
-from devicelab import llm, paths, rows, session, zoo
+from devicelab import llm, paths, rows, session, zoo, zoo_llm
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
@@ -111,7 +111,11 @@ def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
     cache = paths.zoo_dir()
     out: dict[str, zoo.ModelFile] = {}
     for m in suite.models:
-        out[m.name] = zoo.user_model(Path(m.path), m.name) if m.path else zoo.zoo_model(m.name, cache)
+        if not m.path and m.name in zoo_llm.LLM_ZOO:  # an LLM: its F32 GGUF (the engine makes the other quants)
+            f32 = zoo_llm.llm_model(m.name, "F32", cache / "llm")
+            out[m.name] = zoo.ModelFile(m.name, f32.path, f32.sha256, f32.bytes, "zoo")
+        else:
+            out[m.name] = zoo.user_model(Path(m.path), m.name) if m.path else zoo.zoo_model(m.name, cache)
     return out
 
 
@@ -405,9 +409,10 @@ class Executor:
             gguf = "gguf" in model.formats  # an LLM: its runner gets token ids, not input tensors
             self._sources[name] = SourceModel(name, model.path, model.sha256,
                                               () if gguf else tuple(zoo.onnx_inputs(model.path, spec.input_shapes)),
-                                              zoo=model.source == "zoo",
+                                              zoo=model.source == "zoo" and not gguf,
                                               calibration=Path(spec.calibration) if spec.calibration else None,
-                                              dataset=zoo.ZOO[name].dataset if model.source == "zoo" else None)
+                                              dataset=zoo.ZOO[name].dataset if model.source == "zoo" and not gguf
+                                              else None)
         return self._sources[name]
 
     def _convert(self, engine: str, model: SourceModel, precision: str, backend: str) -> PreparedModel | str:
