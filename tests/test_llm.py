@@ -232,6 +232,8 @@ def test_devicelab_run_with_an_llm_suite(env: dict[str, str], tmp_path: Path, gg
     assert len({r["workload"] for r in rows}) == 4
     with sqlite3.connect(env["DEVICELAB_DB"]) as db:
         assert db.execute("SELECT count(DISTINCT series_key) FROM results").fetchone()[0] == 4
+    shown = devicelab("show", data["run_id"], env=env)
+    assert shown.returncode == 0 and all(f"{q} P8 G4 D{d}" in shown.stdout for q in ("F32", "Q8_0") for d in (0, 32))
 
 
 # ---- report, A/B and regress on LLM series
@@ -297,3 +299,48 @@ def test_ab_labels_and_regress_work_on_llm_series(env: dict[str, str], tmp_path:
     code, out, err = run_json("regress", env=env)
     assert code in (0, 1), err
     assert any("llm F32 P8 G4 D0" in s["series"] for s in out["series"])
+
+
+# ---- the LLM zoo and llama.cpp (the llamacpp engine's dlllm, built from the llama-cpp-python sdist, cached)
+
+
+def test_llm_zoo_names_are_models_of_a_suite() -> None:
+    suite = parse_suite({"models": ["llama-tiny"], "engines": ["llamacpp"], "llm": {"prompt_tokens": 8,
+                                                                                       "gen_tokens": 2}}, "t")
+    assert [m.name for m in suite.models] == ["llama-tiny"] and len(suite.llm) == 1
+    with pytest.raises(ConfigError) as e:
+        parse_suite({"models": ["llama-tny"], "engines": ["llamacpp"], "llm": {"prompt_tokens": 8, "gen_tokens": 2}},
+                    "t")
+    assert "unknown zoo model 'llama-tny' (did you mean 'llama-tiny'?)" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_suite({"models": ["llama-tiny"], "engines": ["llamacpp"]}, "t")
+    assert "llm: GGUF model(s) llama-tiny need the request shape" in str(e.value)
+
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "llm.yaml"
+
+
+def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], env: dict[str, str],
+                                                      tmp_path: Path) -> None:
+    """examples/llm.yaml as it is, but for a shorter protocol and two depths: ok rows for llama.cpp at F32, F16, Q8_0
+    and Q4_0, 1 and 2 threads, with TTFT, prefill and decode figures and samples; the report's LLM table."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw["llm"]["context_depth"] = [0, 64]
+    raw["protocol"] = {**FAST_PROTOCOL, "accuracy_inputs": 0}
+    code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), "--report",
+                               str(tmp_path / "report.html"), env=env)
+    assert code == 0, err
+    rows = data["results"]
+    assert len(rows) == 16 and all(r["status"] == OK for r in rows), [r.get("reason") for r in rows]
+    assert {(r["ext"]["llm"]["quant"], r["threads"]) for r in rows} == \
+        {(q, t) for q in ("F32", "F16", "Q8_0", "Q4_0") for t in (1, 2)}
+    for r in rows:
+        x = r["ext"]["llm"]
+        assert r["engine"] == "llamacpp" and r["protocol"]["runner_protocol"] == 3
+        assert x["ttft_s"]["median"] > 0 and x["prefill_tps"]["median"] > 0 and x["decode_tps"]["median"] > 0
+        assert len(r["samples_s"]) == x["requests"] and x["n_vocab"] == 512 and x["model_quant"] == x["quant"]
+    # Drift: every quantized row whose F32 reference had already run compares with it.
+    drifted = [r["ext"]["llm"]["drift"]["vs_f32"] for r in rows if "vs_f32" in r["ext"]["llm"].get("drift", {})]
+    assert drifted and all(0 < d["cosine_min"] <= 1 for d in drifted)
+    html = (tmp_path / "report.html").read_text()
+    assert 'id="llm"' in html and html.count('data-kind="llm-depth"') == 1
