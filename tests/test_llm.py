@@ -344,3 +344,18 @@ def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], 
     assert drifted and all(0 < d["cosine_min"] <= 1 for d in drifted)
     html = (tmp_path / "report.html").read_text()
     assert 'id="llm"' in html and html.count('data-kind="llm-depth"') == 1
+
+
+def test_ext_llm_energy_is_per_generated_token_and_the_validator_refuses_bad_records() -> None:
+    w = llm.LlmWorkload("Q4_0", 8, 4, 0)
+    reqs = [llm.Request(0.02, (0.01, 0.01, 0.01, 0.01), 0.06), llm.Request(0.03, (0.01, 0.02, 0.01, 0.02), 0.09)]
+    x = llm.ext_llm(w, reqs, {"n_vocab": 64, "kv_type": "f16"}, energy_j_per_request=2.0)
+    assert x["energy_per_token_j"] == 0.5 and x["ttft_s"]["samples"] == [0.02, 0.03]
+    assert x["decode_tps"]["samples"] == [pytest.approx(100.0), pytest.approx(4 / 0.06)]
+    assert x["prefill_tps"]["median"] == pytest.approx((400 + 800 / 3) / 2)
+    assert llm.check_ext_llm(x) and llm.check_ext_llm(w.to_dict())
+    assert not llm.check_ext_llm({**x, "quant": "Q3_K"}) and not llm.check_ext_llm({**x, "gen_tokens": 0})
+    assert not llm.check_ext_llm({**w.to_dict(), "decode_tps": x["decode_tps"]})  # figures without TTFT
+    with pytest.raises(ValueError, match="ext.llm"):
+        Result.for_config("r", Config("host", "protocol", "", "v", "tiny", "ab", 1, "fp32", "cpu", 1, (0,), "big", 0,
+                                      w.key()), "failed", reason="x", ext={"llm": {**x, "excluded": "nothing"}})
