@@ -277,7 +277,7 @@ def check_ext_llm(x: Any) -> bool:
     return (_spread_ok(x.get("ttft_s"), True) and _spread_ok(x.get("prefill_tps"), False)
             and _spread_ok(x.get("decode_tps"), True) and _spread_ok(x.get("token_s"), True)
             and x.get("excluded") == EXCLUDED
-            and all(_num(x[k]) for k in ("energy_per_token_j", "model_bytes", "n_params") if k in x))
+            and all(_num(x[k]) for k in ("energy_per_token_j", "model_bytes", "n_params", "file_bytes") if k in x))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -66,7 +66,7 @@ def llm_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
                 "decode_low": _tps(_median(at[low], "decode_tps") if at[low] else None),
                 "decode_high": _tps(_median(at[high], "decode_tps") if at[high] else None),
                 "peak": format_bytes(max((r.peak_rss_bytes or 0 for r in mine), default=0) or None),
-                "model_bytes": format_bytes(mine[0].ext["llm"].get("model_bytes")),
+                "model_bytes": format_bytes(mine[0].ext["llm"].get("file_bytes")),
                 "kv_type": mine[0].ext["llm"].get("kv_type", "—"),
                 "drift": (f"top-1 {d['top1_agreement']:.0%}, cos ≥ {d['cosine_min']:.4f}" if (d := drift) else
                           "reference" if quant == llm.REFERENCE_QUANT else "—"),

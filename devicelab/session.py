@@ -849,7 +849,9 @@ class _Attempt:
             if self.status == OK and self.llm_requests:
                 self.ext["llm"] = {**llm.ext_llm(w, self.llm_requests, self.llm_ready,
                                                  energy.get("energy_j_per_inference")),
-                                   **({"drift": self.llm_drift} if self.llm_drift else {})}
+                                   **({"drift": self.llm_drift} if self.llm_drift else {}),
+                                   # the GGUF file of this quantization (Config.model_bytes is the suite's file)
+                                   **({"file_bytes": size} if (size := artifact_bytes(self.job.prepared)) else {})}
         if self.energy is not None and self.energy.detail:
             self.record["energy"] = EnergyWindow.from_record(self.energy.detail)
         protocol = RunProtocol(settings=self.s.to_dict(), cooldown=self.cooldown,

@@ -161,6 +161,7 @@ def test_a_v3_runner_gives_an_ok_row_with_ext_llm(host: HostTransport, gguf_file
     for sample, tps in zip(r.samples_s, x["decode_tps"]["samples"], strict=True):
         assert sample == pytest.approx(1 / tps)
     assert x["kv_type"] == "f16" and x["n_vocab"] == N_VOCAB and x["excluded"] == "tokenization and sampling"
+    assert x["file_bytes"] == gguf_file.stat().st_size
     assert "energy_per_token_j" not in x  # energy is off on the host
     assert any(n.startswith("TTFT = the prefill") for n in r.notes)
     assert any("tokenization and sampling excluded" in n for n in r.notes)
