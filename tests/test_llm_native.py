@@ -5,14 +5,14 @@ under the build cache, `devicelab build-native --llm`), real models (llama-tiny)
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+from android_env import needs_adb, needs_namespace, needs_qemu
 
 from devicelab import zoo_llm
 from devicelab.engines.base import PreparedModel, SourceModel
@@ -121,15 +121,15 @@ def test_each_quantization_is_made_by_libllama_and_loads(llm_host: dict[str, Any
 # ---------------------------------------------------------------------------------------------------- dlllm
 
 
-def _config(folder: Path, model: Path, **over: Any) -> Path:
+def _config(folder: Path, model_path: Path, **over: Any) -> Path:
     rng = np.random.default_rng(5)
     first = zoo_llm.first_plain_token()
-    cfg: dict[str, Any] = {"model": str(model), "threads": 1, "cpus": [], "precision": "fp32", "backend": "cpu",
+    cfg: dict[str, Any] = {"model": str(model_path), "threads": 1, "cpus": [], "precision": "fp32", "backend": "cpu",
                            "warmup": {"min_iterations": 1, "min_seconds": 0.0, "by": "controller"},
                            "outputs_file": "logits.f32",
                            "llm": {"prompt": [int(x) for x in rng.integers(first, 512, 16)],
                                    "depth": [int(x) for x in rng.integers(first, 512, 8)], "gen_tokens": G, "seed": 1,
-                                   "quant": file_quant(model)}}
+                                   "quant": file_quant(model_path)}}
     for k, v in over.items():
         if k == "llm":
             cfg["llm"] = {**cfg["llm"], **v}
@@ -272,13 +272,17 @@ def test_llama_bench_runs_for_real(llm_host: dict[str, Any], zoo_dir: Path, tmp_
 # ---------------------------------------------------------------------------------------------------- the phone
 
 
-def test_arm64_dlllm_runs_on_the_emulated_phone(llm_arm64: dict[str, Any], phone: Any, server: Any,
-                                                zoo_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+@needs_adb()
+@needs_namespace()
+@needs_qemu()
+def test_arm64_dlllm_runs_on_the_emulated_phone(llm_host: dict[str, Any], llm_arm64: dict[str, Any], phone: Any,
+                                                server: Any, zoo_dir: Path, tmp_path: Path) -> None:
     """The static arm64 dlllm, pushed through the real adb server to the emulated phone and run there under qemu: the
     same protocol and the same greedy logits as the host build (timings under qemu mean nothing)."""
     import adbutils
 
-    model = zoo_llm.llm_model("llama-tiny", "Q8_0", zoo_dir)
+    model = zoo_llm.llm_model("llama-tiny", "Q8_0", zoo_dir, _quantizer(llm_host))
     local = _config(tmp_path, model.path, model="model.gguf", iterations=1, outputs_file="logits.f32",
                     llm={"gen_tokens": 2, "depth": []})
     (tmp_path / "model.gguf").symlink_to(model.path)
