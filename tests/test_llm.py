@@ -341,8 +341,12 @@ def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], 
         assert x["ttft_s"]["median"] > 0 and x["prefill_tps"]["median"] > 0 and x["decode_tps"]["median"] > 0
         assert len(r["samples_s"]) == x["requests"] and x["n_vocab"] == 512 and x["model_quant"] == x["quant"]
     # Drift: every quantized row whose F32 reference had already run compares with it.
-    drifted = [r["ext"]["llm"]["drift"]["vs_f32"] for r in rows if "vs_f32" in r["ext"]["llm"].get("drift", {})]
-    assert drifted and all(0 < d["cosine_min"] <= 1 for d in drifted)
+    drifted = {(r["ext"]["llm"]["quant"], r["threads"], r["ext"]["llm"]["context_depth"]):
+               r["ext"]["llm"]["drift"]["vs_f32"] for r in rows if "vs_f32" in r["ext"]["llm"].get("drift", {})}
+    assert drifted and all(-1 <= d["cosine_min"] <= d["cosine_mean"] <= 1 and d["steps"] == 17
+                           for d in drifted.values())
+    f16 = [d for (q, _, _), d in drifted.items() if q == "F16"]
+    assert f16 and all(d["top1_agreement"] == 1.0 and d["cosine_min"] > 0.999 for d in f16)
     html = (tmp_path / "report.html").read_text()
     assert 'id="llm"' in html and html.count('data-kind="llm-depth"') == 1
 
