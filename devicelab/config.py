@@ -18,9 +18,11 @@ import yaml
 from devicelab.engines import ENGINE_MODULES
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import KINDS, DeviceEntry
+from devicelab.llm import LLM_KEYS, LlmWorkload, gguf_problem, parse_llm
 from devicelab.measure import ProtocolSettings, settings_from_dict
 from devicelab.result import BACKENDS, PRECISIONS
 from devicelab.zoo import ZOO
+from devicelab.zoo_llm import LLM_ZOO
 
 NAMED_AFFINITIES = ("big", "little", "all")
 _CPU_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
@@ -186,6 +188,8 @@ class Suite:
     # Adaptive A/B: rounds go on past this many until compare decides every label pair (faster / slower / same),
     # at most `repeats` rounds. None: exactly `repeats` rounds.
     min_repeats: int | None = None
+    # LLM request shapes (`llm:`, lists expanded): every GGUF model runs each of them; other models none.
+    llm: tuple[LlmWorkload, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """The normalized suite, as stored with the Run (and re-read by --resume)."""
@@ -201,13 +205,19 @@ class Suite:
             "protocol": self.protocol.to_dict(),
             "seed": self.seed,
             "repeats": {"min": self.min_repeats, "max": self.repeats} if self.min_repeats else self.repeats,
+            **({"llm": llm_to_dict(self.llm)} if self.llm else {}),
         }
+
+
+def llm_to_dict(workloads: tuple[LlmWorkload, ...]) -> dict[str, list[Any]]:
+    """A suite's workloads as the `llm:` mapping that expands to exactly them (they are always a full product)."""
+    return {key: list(dict.fromkeys(getattr(w, key) for w in workloads)) for key in LLM_KEYS}
 
 
 AB_DEFAULT_REPEATS = {"min": 3, "max": 24}
 
 SUITE_KEYS = ("name", "models", "engines", "threads", "precisions", "backends", "affinity", "devices",
-              "protocol", "seed", "repeats", "profile")
+              "protocol", "seed", "repeats", "profile", "llm")
 
 BUILTIN_SUITES = ("default", "quick")
 
@@ -267,7 +277,10 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def _is_model_path(text: str) -> bool:
-    return text.endswith(".onnx") or "/" in text or os.sep in text
+    return text.endswith((".onnx", ".gguf")) or "/" in text or os.sep in text
+
+
+MODEL_FORMATS = "onnx, gguf (an LLM, with llm:)"
 
 
 def parse_suite(raw: dict[str, Any], source: str) -> Suite:
@@ -283,7 +296,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         if isinstance(m, str):
             m = {"path": m} if _is_model_path(m) else {"name": m}
         if not isinstance(m, dict):
-            problems.append(f"{where}: must be a zoo name, an .onnx path, or a mapping with name/path")
+            problems.append(f"{where}: must be a zoo name, an .onnx or .gguf path, or a mapping with name/path")
             continue
         for key in m:
             if key not in ("name", "path", "input_shapes", "calibration"):
@@ -316,8 +329,17 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             if not p.is_file():
                 problems.append(f"{where}.path: model file not found: {p}")
                 continue
+            if p.suffix.lower() == ".gguf":
+                invalid = gguf_problem(p)
+                if invalid:
+                    problems.append(f"{where}.path: {p} is not a GGUF language model ({invalid}); formats read: "
+                                    f"{MODEL_FORMATS}")
+                    continue
+                models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes, calibration))
+                continue
             if p.suffix.lower() != ".onnx":
-                problems.append(f"{where}.path: {p.name} is not an .onnx file (formats read: onnx)")
+                problems.append(f"{where}.path: {p.name} is not an .onnx or .gguf file (formats read: "
+                                f"{MODEL_FORMATS})")
                 continue
             invalid = _onnx_problem(p)
             if invalid:
@@ -326,9 +348,9 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             models.append(ModelSpec(str(m.get("name") or p.stem), str(p.resolve()), shapes, calibration))
         else:
             name = m.get("name")
-            if name not in ZOO:
-                problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), ZOO)
-                                + " (or give a path to an .onnx file)")
+            if name not in ZOO and name not in LLM_ZOO:
+                problems.append(f"{where}: " + unknown_name_message("zoo model", str(name), [*ZOO, *LLM_ZOO])
+                                + " (or give a path to an .onnx or .gguf file)")
                 continue
             models.append(ModelSpec(str(name), None, shapes, calibration))
     if not models and not any(p.startswith("models[") for p in problems):
@@ -417,6 +439,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
     settings = _profile_setting(raw.get("profile"), settings, problems)
 
+    llm = parse_llm(raw.get("llm"), "llm", problems)
+    gguf = [m.name for m in models if (m.path and m.path.lower().endswith(".gguf")) or
+            (not m.path and m.name in LLM_ZOO)]
+    if gguf and raw.get("llm") is None:
+        problems.append(f"llm: GGUF model(s) {', '.join(gguf)} need the request shape: llm: {{prompt_tokens: P, "
+                        "gen_tokens: G, context_depth: D (default 0), quant: F32|F16|Q8_0|Q4_0|Q4_K}")
+    elif llm and not gguf:
+        problems.append(f"llm: set, but no model is a GGUF language model (models: a .gguf path or one of "
+                        f"{', '.join(LLM_ZOO)})")
+
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         problems.append(f"seed: {seed!r} is not a non-negative integer")
@@ -473,7 +505,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
     if problems:
         raise ConfigError(source, problems)
     return Suite(str(name), tuple(models), tuple(engines), tuple(threads), tuple(precisions), tuple(backends),
-                 tuple(affinities), device_ids, settings, seed, repeats, min_repeats)
+                 tuple(affinities), device_ids, settings, seed, repeats, min_repeats, llm)
 
 
 def _native_runner(engine: str) -> str | None:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from devicelab.analysis import stats
+from devicelab.llm import Request
 
-SUPPORTED_PROTOCOLS = (1, 2)  # the runner protocol versions this controller drives (docs/runner-protocol.md)
+SUPPORTED_PROTOCOLS = (1, 2, 3)  # the runner protocol versions this controller drives (docs/runner-protocol.md)
+LLM_PROTOCOL = 3  # the version that adds LLM requests (prefill and token events)
 
 
 @dataclass(frozen=True)
@@ -111,19 +113,22 @@ def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSet
 # Stopping rule (pure)
 
 
-def minimums_met(samples: Sequence[float], s: ProtocolSettings) -> bool:
-    return len(samples) >= max(1, s.min_iterations) and float(sum(samples)) >= s.min_seconds
+def minimums_met(samples: Sequence[float], s: ProtocolSettings, spent: Sequence[float] | None = None) -> bool:
+    """`spent`: each sample's wall time when a sample is not one (an LLM request's sample is its decode time per
+    token; the time minimums and caps count the whole request)."""
+    return len(samples) >= max(1, s.min_iterations) and \
+        float(sum(samples if spent is None else spent)) >= s.min_seconds
 
 
-def stop_reason(samples: Sequence[float], s: ProtocolSettings) -> str | None:
+def stop_reason(samples: Sequence[float], s: ProtocolSettings, spent: Sequence[float] | None = None) -> str | None:
     """Why timing may stop now, or None to keep sampling.
 
     Both minimums come first (iterations and seconds); only then does the first of precision reached,
     iteration cap or time cap apply.
     """
-    if not minimums_met(samples, s):
+    if not minimums_met(samples, s, spent):
         return None
-    n, total = len(samples), float(sum(samples))
+    n, total = len(samples), float(sum(samples if spent is None else spent))
     if n >= s.max_iterations:
         return "max_iterations"
     if total >= s.max_seconds:
@@ -134,14 +139,15 @@ def stop_reason(samples: Sequence[float], s: ProtocolSettings) -> str | None:
     return None
 
 
-def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float | None) -> int:
+def next_batch(samples: Sequence[float], s: ProtocolSettings, estimate_s: float | None,
+               spent: Sequence[float] | None = None) -> int:
     """How many iterations to ask for next: enough to reach both minimums, then ~10 % more at a time (so the rule
     is checked often without a round trip per iteration). Never more than the time cap allows at the estimated
     speed, never past the iteration cap once the minimums hold; one iteration when there is no estimate yet."""
     if estimate_s is None or estimate_s <= 0:
         return 1
-    n, total = len(samples), float(sum(samples))
-    if not minimums_met(samples, s):
+    n, total = len(samples), float(sum(samples if spent is None else spent))
+    if not minimums_met(samples, s, spent):
         want = max(s.min_iterations - n, math.ceil((s.min_seconds - total) / estimate_s), 1)
     else:
         want = min(max(1, math.ceil(0.1 * n)), max(1, s.max_iterations - n))
@@ -329,6 +335,15 @@ def byte_count(event: dict[str, Any], key: str) -> int | None:
 class Batch:
     samples: list[float]
     starts: list[float] | None  # protocol v2's `t` of each iteration, when every line carried one
+    requests: list[Request] | None = None  # protocol v3's LLM requests (samples: each one's whole time)
+
+
+@dataclass(frozen=True)
+class LlmShape:
+    """What a v3 runner is asked per request: P prompt tokens, G generated tokens."""
+
+    prompt_tokens: int
+    gen_tokens: int
 
 
 def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -345,22 +360,54 @@ def _expect(channel: Channel, deadline: float, want: str, ops: list[dict[str, An
         raise RunnerError(f"runner protocol: expected '{want}' event, got {json.dumps(event)[:200]}")
 
 
-def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]], cmd: str = "run") -> Batch:
+def run_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]], cmd: str = "run",
+              llm: LlmShape | None = None) -> Batch:
     """Ask for n iterations (`run`, or v2's `warmup`); their times and, when the runner sends them, their starts."""
     channel.send({"cmd": cmd, "iterations": n})
-    return receive_batch(channel, n, deadline, ops)
+    return receive_batch(channel, n, deadline, ops, llm)
 
 
-def receive_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]]) -> Batch:
-    """A batch of n iterations as the runner reports it (asked for by `run_batch`, or by the config in batch mode)."""
+def _bad(event: dict[str, Any], why: str) -> RunnerError:
+    return RunnerError(f"runner protocol: bad '{event.get('event')}' line {json.dumps(event)[:200]}: {why}")
+
+
+def receive_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str, Any]],
+                  llm: LlmShape | None = None) -> Batch:
+    """A batch of n iterations as the runner reports it (asked for by `run_batch`, or by the config in batch mode).
+    With `llm` (protocol v3) each iteration is a request: a `prefill`, then G `token` lines, then its `iter`."""
     got: list[float] = []
     starts: list[float | None] = []
+    requests: list[Request] = []
+    prefill: float | None = None
+    tokens: list[float] = []
     while True:
         event = channel.receive(deadline)
         kind = event.get("event")
-        if kind == "iter":
+        if llm is not None and kind == "prefill":
+            if prefill is not None:
+                raise _bad(event, "a second prefill before the request's 'iter'")
+            if event.get("tokens") != llm.prompt_tokens:
+                raise _bad(event, f"'tokens' must be the prompt's {llm.prompt_tokens} tokens")
+            prefill = seconds_field(event, "s", positive=True)
+            tokens = []
+        elif llm is not None and kind == "token":
+            if prefill is None:
+                raise _bad(event, "a token before the request's prefill")
+            tokens.append(seconds_field(event, "s", positive=True))  # type: ignore[arg-type]
+        elif kind == "iter":
+            if llm is not None:
+                if prefill is None:
+                    raise _bad(event, "a request's 'iter' without its prefill")
+                if len(tokens) != llm.gen_tokens:
+                    raise _bad(event, f"the request had {len(tokens)} token lines; asked for {llm.gen_tokens}")
             got.append(seconds_field(event, "s", positive=True))  # type: ignore[arg-type]
             starts.append(seconds_field(event, "t", required=False))
+            if llm is not None:
+                assert prefill is not None
+                if got[-1] < prefill:
+                    raise _bad(event, "a request's 's' is shorter than its prefill")
+                requests.append(Request(prefill, tuple(tokens), got[-1]))
+                prefill, tokens = None, []
         elif kind == "batch":
             break
         elif kind == "op":
@@ -369,9 +416,12 @@ def receive_batch(channel: Channel, n: int, deadline: float, ops: list[dict[str,
             raise _error(event)
         else:
             raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a batch")
+    if prefill is not None:
+        raise RunnerError("runner protocol: the batch ended inside a request (a prefill without its 'iter')")
     if len(got) != n:
         raise RunnerError(f"runner protocol: asked for {n} iterations, got {len(got)}")
-    return Batch(got, None if any(t is None for t in starts) else [float(t) for t in starts])  # type: ignore[arg-type]
+    return Batch(got, None if any(t is None for t in starts) else [float(t) for t in starts],  # type: ignore[arg-type]
+                 requests if llm is not None else None)
 
 
 @dataclass
@@ -399,6 +449,7 @@ class Measurement:
     profile_ops: list[dict[str, Any]] = field(default_factory=list)
     profiled: dict[str, Any] | None = None
     no_profile: str | None = None
+    requests: list[Request] | None = None  # protocol v3: the timed requests (samples_s: their decode s per token)
 
 
 # Called once timing has stopped, before "stop": what a device measures with the runner still warm and loaded
@@ -412,7 +463,7 @@ class Driver:
     (devicelab.session starts, drives and finishes them)."""
 
     def __init__(self, channel: Channel, s: ProtocolSettings, deadline: float, controller_warmup: bool = False,
-                 warmup_floor_s: float = 0.0, batch: int | None = None) -> None:
+                 warmup_floor_s: float = 0.0, batch: int | None = None, llm: LlmShape | None = None) -> None:
         self.channel, self.s, self.deadline = channel, s, deadline
         # Batch mode (a runner that reads no commands): its config asked for `batch` iterations up front; the runner
         # warms itself, times them as one batch and stops by itself, and the driver only reads what it reported.
@@ -430,6 +481,11 @@ class Driver:
         self.warmups: list[float] = []
         self.warmup_stopped: str | None = None
         self.marks: list[dict[str, Any]] = []  # every batch, for the timeline (Measurement.batch_marks)
+        # An LLM config (protocol v3): a sample is a request's decode time per token, while the time minimums, caps
+        # and batch sizes count each request's whole time (`spent`).
+        self.llm = llm
+        self.requests: list[Request] = []
+        self.spent: list[float] | None = [] if llm is not None else None
 
     def _mark(self, kind: str, batch: Batch, sent: float | None) -> None:
         end = None
@@ -447,6 +503,12 @@ class Driver:
         if self.protocol not in SUPPORTED_PROTOCOLS:
             raise RunnerError(f"runner speaks protocol {self.protocol!r}; devicelab speaks "
                               f"{', '.join(map(str, SUPPORTED_PROTOCOLS))}")
+        if self.llm is not None and self.protocol != LLM_PROTOCOL:
+            raise RunnerError(f"an LLM config needs runner protocol {LLM_PROTOCOL} (prefill and token events); the "
+                              f"runner speaks {self.protocol}")
+        if self.llm is not None and not isinstance(self.ready.get("llm"), dict):
+            raise RunnerError(f"runner protocol: bad 'ready' line {json.dumps(self.ready)[:200]}: protocol 3 for an "
+                              "LLM config carries 'llm' (n_params, model_bytes, quant, kv_type, n_ctx, n_vocab)")
         first = seconds_field(self.ready, "first_s")
         warmups = self.ready.get("warmups")
         if not (isinstance(warmups, int) and not isinstance(warmups, bool) and warmups >= 0):
@@ -466,7 +528,7 @@ class Driver:
         while (why := warmup_stop(self.warmups, self.s, self.warmup_floor_s)) is None:
             n = warmup_batch(self.warmups, self.s, self.estimate, self.warmup_floor_s)
             sent = time.monotonic()
-            batch = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup")
+            batch = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup", llm=self.llm)
             self._mark("warmup", batch, sent)
             got = batch.samples
             self.warmups.extend(got)
@@ -476,25 +538,31 @@ class Driver:
     def reason(self) -> str | None:
         if self.batch is not None:
             return BATCH_STOP if self.batches else None
-        return stop_reason(self.samples, self.s)
+        return stop_reason(self.samples, self.s, self.spent)
 
     def capped(self) -> bool:
         """No more batches, whatever the others need: both minimums hold and an iteration or time cap is reached."""
         if self.batch is not None:
             return bool(self.batches)
-        return minimums_met(self.samples, self.s) and (
-            len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
+        spent = self.samples if self.spent is None else self.spent
+        return minimums_met(self.samples, self.s, self.spent) and (
+            len(self.samples) >= self.s.max_iterations or float(sum(spent)) >= self.s.max_seconds)
 
     def step(self, most: int | None = None) -> None:
         # In batch mode nothing is sent: the runner may have begun before this, so no bound on its clock is known.
         sent: float | None = time.monotonic() if self.batch is None else None
         if self.batch is not None:
-            batch = receive_batch(self.channel, self.batch, self.deadline, self.ops)
+            batch = receive_batch(self.channel, self.batch, self.deadline, self.ops, self.llm)
         else:
-            n = next_batch(self.samples, self.s, self.estimate)
-            batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+            n = next_batch(self.samples, self.s, self.estimate, self.spent)
+            batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops, llm=self.llm)
         self._mark("run", batch, sent)
-        self.samples.extend(batch.samples)
+        if batch.requests is not None and self.spent is not None:
+            self.requests.extend(batch.requests)
+            self.spent.extend(batch.samples)
+            self.samples.extend(r.per_token_s for r in batch.requests)
+        else:
+            self.samples.extend(batch.samples)
         if self.starts is not None and batch.starts is not None:
             self.starts.extend(batch.starts)
         else:
@@ -534,7 +602,9 @@ class Driver:
     def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0) -> Measurement:
         extra: dict[str, Any] = {}
         if before_stop is not None and self.batch is None:
-            extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
+            # An LLM runner's energy window counts whole requests (prefill and G decode steps each).
+            extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, [], llm=self.llm).samples,
+                                self.samples if self.spent is None else self.spent)
         profile_ops: list[dict[str, Any]] = []
         profiled: dict[str, Any] | None = None
         no_profile: str | None = None
@@ -557,7 +627,8 @@ class Driver:
                            stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
                            warmup_stopped=self.warmup_stopped, extra=extra, profile_ops=profile_ops,
-                           profiled=profiled, no_profile=no_profile)
+                           profiled=profiled, no_profile=no_profile,
+                           requests=list(self.requests) if self.llm is not None else None)
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -15,6 +15,7 @@ from typing import Any
 from devicelab.config import EngineSpec, Suite
 from devicelab.facts import KINDS, DeviceFacts, parse_cpu_list
 from devicelab.engines.base import EngineInfo
+from devicelab.llm import LlmWorkload
 from devicelab.result import Config
 from devicelab.zoo import ModelFile
 
@@ -126,12 +127,16 @@ def expand(suite: Suite, devices: Sequence[DeviceFacts], engines: Mapping[tuple[
             info = engines[(spec.name, spec.label)]
             for model_spec in suite.models:
                 model = models[model_spec.name]
+                # An LLM (a GGUF file) runs every request shape of the suite's `llm:`; other models run none.
+                workloads: tuple[LlmWorkload | None, ...] = suite.llm if "gguf" in model.formats else (None,)
                 for precision in suite.precisions:
                     for backend in suite.backends:
                         for affinity in suite.affinities:
                             for threads in suite.threads:
-                                row = _row(facts, spec, info, model, precision, backend, affinity, threads)
-                                rows.setdefault(row.config.identity_key(), row)
+                                for workload in workloads:
+                                    row = _row(facts, spec, info, model, precision, backend, affinity, threads,
+                                               workload)
+                                    rows.setdefault(row.config.identity_key(), row)
     unsupported = [r for r in rows.values() if not r.runnable]
     runnable = [r for r in rows.values() if r.runnable]
     rng = random.Random(seed)
@@ -156,7 +161,7 @@ def unpinned_threads(facts: DeviceFacts, affinity: str, threads: int | str, why:
 
 
 def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFile, precision: str,
-         backend: str, affinity: str, threads: int | str) -> PlannedConfig:
+         backend: str, affinity: str, threads: int | str, workload: LlmWorkload | None = None) -> PlannedConfig:
     spec_kind = KINDS.get(facts.kind)
     if spec_kind is not None and spec_kind.no_pinning:
         resolved = unpinned_threads(facts, affinity, threads, spec_kind.no_pinning)
@@ -170,5 +175,6 @@ def _row(facts: DeviceFacts, spec: EngineSpec, info: EngineInfo, model: ModelFil
     version = engine_version_on(facts, spec.name, info)
     config = Config(device=facts.id, engine=spec.name, label=spec.label, engine_version=version,
                     model=model.name, model_sha256=model.sha256, model_bytes=model.bytes, precision=precision,
-                    backend=backend, threads=n, cpus=cpus, affinity=affinity)
+                    backend=backend, threads=n, cpus=cpus, affinity=affinity,
+                    workload=workload.key() if workload else "")
     return PlannedConfig(config, dict(spec.options), reason)

@@ -24,7 +24,7 @@ import jinja2
 import numpy as np
 
 import devicelab
-from devicelab import charts
+from devicelab import charts, report_llm
 from devicelab.analysis.accuracy import label_text, top1, top1_text
 from devicelab.analysis.tables import config_median, format_bytes, slides_tables
 from devicelab.result import OK, PRECISIONS, Result
@@ -102,6 +102,8 @@ class ReportData:
     devices: list[dict[str, Any]] = field(default_factory=list)
     profiles: list[dict[str, Any]] = field(default_factory=list)
     details: list[dict[str, Any]] = field(default_factory=list)
+    llm: list[dict[str, Any]] = field(default_factory=list)  # report_llm.llm_tables
+    llm_charts: list[dict[str, str]] = field(default_factory=list)  # report_llm.depth_charts
 
 
 def _run_tag(r: Result, several: bool) -> str:
@@ -438,6 +440,9 @@ def config_details(results: Sequence[Result], several: bool) -> list[dict[str, A
 def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
     several = len(runs) > 1
     data = ReportData([r.to_dict() for r in runs], list(results), several)
+    # LLM rows have their own section: a sample of theirs is a request's decode time per token, not a latency.
+    data.llm, data.llm_charts = report_llm.llm_tables(results, several), report_llm.depth_charts(results, several)
+    results = [r for r in results if not report_llm.is_llm(r)]
     fp32 = [r for r in results if r.precision == "fp32" and r.backend == "cpu"]
     # The same config from two runs is kept apart in the engines tables (its rows name their run).
     data.engines = slides_tables(fp32 if fp32 else list(results), by_run=several)

@@ -68,14 +68,19 @@ class Config:
     cpus: tuple[int, ...]  # the resolved affinity: what the runner is pinned to
     affinity: str  # as the suite asked: big, little, all, or an explicit list
     repeat: int = 0  # which process of the config (an A/B round runs one process of each config per label)
+    # What is asked of the model beyond one inference: an LLM config's request shape (devicelab.llm.LlmWorkload.key:
+    # "llm QUANT P… G… D…"); empty for every other config. Part of both keys only when set, so the keys of every
+    # other config (and their stored series) are unchanged.
+    workload: str = ""
 
     def identity_key(self) -> str:
         return _key(self.device, self.engine, self.label, self.engine_version, self.model_sha256,
-                    self.precision, self.backend, self.threads, self.cpus, self.repeat)
+                    self.precision, self.backend, self.threads, self.cpus, self.repeat,
+                    *((self.workload,) if self.workload else ()))
 
     def series_key(self) -> str:
         return _key(self.device, self.engine, self.label, self.model, self.precision, self.backend,
-                    self.threads, self.cpus)
+                    self.threads, self.cpus, *((self.workload,) if self.workload else ()))
 
 
 CONFIG_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Config))
@@ -273,6 +278,12 @@ def _numbers(x: Any) -> bool:
     return isinstance(x, (list, tuple)) and all(_number(v) for v in x)
 
 
+def _check_llm(x: Any) -> bool:
+    from devicelab.llm import check_ext_llm
+
+    return check_ext_llm(x)
+
+
 # Reserved for the issues of this wave (docs/results.md lists who writes which). A key not listed here is refused
 # on construction, so a typo fails at once instead of landing in the database.
 def _timeline(x: Any) -> bool:
@@ -312,7 +323,9 @@ EXTENSIONS: dict[str, ExtField] = {
     "timeline": ExtField(_timeline, "s", "the timed iterations against time with the pinned cores' frequencies (kHz) "
                                          "and the temperatures (°C) sampled meanwhile, on iter_t_s's clock; marks for "
                                          "warmup, batches, lockstep slices"),
-    "llm": ExtField(lambda x: isinstance(x, dict), None, "LLM workload and figures (quant, P, G, TTFT...)"),
+    "llm": ExtField(lambda x: _check_llm(x), None,
+                    "the LLM workload {quant, prompt_tokens, gen_tokens, context_depth} and, on ok rows, its figures "
+                    "(ttft_s, prefill_tps, decode_tps, token_s, ...; docs/results.md)"),
 }
 
 
@@ -381,7 +394,9 @@ class Result:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"schema_version": self.schema_version, "run_id": self.run_id}
-        d.update({name: getattr(self.config, name) for name in CONFIG_FIELDS})
+        # An empty workload is left out, so every non-LLM row's JSON is what it was before the field existed.
+        d.update({name: getattr(self.config, name) for name in CONFIG_FIELDS
+                  if name != "workload" or self.config.workload})
         d["cpus"] = list(self.config.cpus)
         for f in dataclasses.fields(self):
             if f.name in ("config", "run_id", "schema_version"):

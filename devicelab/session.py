@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicelab import native, opprof, paths, variants
+from devicelab import llm, native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
 from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
                                    Start, Transport, TransportLostError)
@@ -27,8 +27,8 @@ from devicelab.engines.base import INPUT_SEED
 from devicelab.engines.tool_base import ToolEngine, ToolSettings
 from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
-                               JsonLines, Measurement, ProtocolSettings, RunnerError, batch_iterations, byte_count,
-                               lockstep, minimums_met, now_deadline, seconds_field)
+                               JsonLines, LlmShape, Measurement, ProtocolSettings, RunnerError, batch_iterations,
+                               byte_count, lockstep, minimums_met, now_deadline, seconds_field)
 from devicelab.opprof import timeline
 from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
                               Pinning, Result, RunProtocol, Warmup, utc_now)
@@ -38,6 +38,7 @@ FAULTS: tuple[type[Exception], ...] = (*RUNNER_FAULTS, TransportLostError)
 
 PYTHON_RUNNER = "devicelab.runners.host"
 OUTPUTS_FILE = "outputs.npz"
+LOGITS_FILE = "logits.f32"  # an LLM runner's logits of its last request (runner protocol v3)
 PROBE_FILE = "dlprobe.json"
 CONFIG_FILE = "config.json"
 EXIT_WAIT_S = 60.0  # after "done" the runner writes its accuracy outputs and exits
@@ -55,6 +56,13 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # engine options: the conversion's, then the suite's
     notes: tuple[str, ...] = ()
     seed: int = INPUT_SEED  # the inputs' seed (fixed: every run feeds the same data)
+    # An LLM config's request (devicelab.llm.runner_payload: the synthetic prompt's token ids, G, the seed): the
+    # runner config's `llm` key. None for every other config.
+    llm: dict[str, Any] | None = None
+
+    @property
+    def workload(self) -> llm.LlmWorkload | None:
+        return llm.workload_from_key(self.config.workload) if self.llm is not None else None
 
     @property
     def accuracy_wanted(self) -> bool:
@@ -114,7 +122,8 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
             "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend,
             "seed": job.seed, "options": options,
             "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds, "by": "controller"},
-            "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
+            "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file,
+            **({"llm": job.llm, "accuracy_inputs": 0} if job.llm is not None else {})}
 
 
 def stage_dataset(config: dict[str, Any], source: SourceModel, folder: Path) -> dict[str, Any]:
@@ -260,6 +269,10 @@ class _Attempt:
         self.measurement: Measurement | None = None
         self.lockstep_with: tuple[str, ...] = ()
         self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-session-")))
+        self.llm_requests: list[llm.Request] = []  # an LLM config's timed requests (runner protocol v3)
+        self.llm_ready: dict[str, Any] = {}  # what its runner said of the model
+        self.llm_logits: Path | None = None
+        self.llm_drift: dict[str, Any] | None = None
 
     def end(self, status: str, reason: str) -> None:
         if self.status == OK or status == INFRA_FAILED:  # the device going away explains everything after it
@@ -362,7 +375,9 @@ class _Attempt:
         """Whether this config runs the accuracy pass, or reuses its variant's (devicelab.variants)."""
         self.variant: str | None = None
         self.reuse: variants.Entry | None = None
-        self.accuracy_pass = self.job.accuracy_wanted and not self.tool
+        # An LLM's accuracy is its logits' drift from the F32 variant (devicelab.llm.drift), not outputs against an
+        # ONNX reference: its runner always writes the last request's logits.
+        self.accuracy_pass = self.job.accuracy_wanted and not self.tool and self.job.workload is None
         if not self.accuracy_pass:
             return
         cfg, job = self.cfg, self.job
@@ -409,7 +424,8 @@ class _Attempt:
             return [(rel, Path(local)) for rel, local in self.tool.model_layout(self.job.prepared).items()]
         staging = self.tmp / "stage"
         staging.mkdir()
-        cfg = runner_config(self.job, OUTPUTS_FILE if self.accuracy_pass else None)
+        cfg = runner_config(self.job, LOGITS_FILE if self.job.workload is not None else
+                            OUTPUTS_FILE if self.accuracy_pass else None)
         if self.accuracy_pass and self.job.source.dataset is not None:
             cfg = stage_dataset(cfg, self.job.source, staging)
         cfg = self.engine.stage(cfg, staging)
@@ -461,9 +477,11 @@ class _Attempt:
                 self.stack.callback(self.sampler.stop)
         # Where clocks ramp slowly (phones), warmup never ends before warmup_seconds, steady or not.
         batch = self.record["batch"]["iterations"] if self.t.batch and "batch" in self.record else None
+        w = self.job.workload
         self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
                              controller_warmup=batch is None,
-                             warmup_floor_s=self.s.warmup_seconds if self.t.slow_clock_ramp else 0, batch=batch)
+                             warmup_floor_s=self.s.warmup_seconds if self.t.slow_clock_ramp else 0, batch=batch,
+                             llm=LlmShape(w.prompt_tokens, w.gen_tokens) if w is not None else None)
         try:
             self.driver.start()
         except FAULTS as e:
@@ -583,6 +601,11 @@ class _Attempt:
             if gpu.get("software"):
                 self.notes.append(f"the {self.cfg.backend} device is a software rasterizer ({gpu['name']}, on the CPU): "
                                   "these are not GPU timings")
+        if m.requests is not None:
+            self.llm_requests = m.requests
+            self.llm_ready = dict(ready.get("llm") or {})
+            self.notes.extend([llm.TTFT_DEFINITION, f"{llm.EXCLUDED} excluded from every timing (greedy decoding)",
+                               llm.SAMPLES_DEFINITION])
         peak = byte_count(done, "peak_rss_bytes")
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
@@ -715,6 +738,12 @@ class _Attempt:
                 for name in self.tool.output_files:
                     if self.t.pull(f"{self.run_dir}/{name}", self.tmp / name):
                         files[name] = (self.tmp / name).read_text(errors="replace")
+            if self.status == OK and self.job.workload is not None:
+                logits = self.tmp / LOGITS_FILE
+                if self.t.pull(f"{self.run_dir}/{LOGITS_FILE}", logits):
+                    self.llm_logits = logits
+                else:
+                    self.notes.append("the runner wrote no logits file: accuracy drift not compared")
             if self.status == OK and self.accuracy_pass:
                 outputs = self.tmp / OUTPUTS_FILE
                 if not self.t.pull(f"{self.run_dir}/{OUTPUTS_FILE}", outputs):
@@ -737,6 +766,8 @@ class _Attempt:
             self._tool_fields(report, files)
         elif self.status == OK and report is not None:
             self._memory(report, *self.runner_peak)
+        if self.status == OK and self.llm_logits is not None:
+            self._llm_drift(self.llm_logits)
         if self.status == OK and outputs is not None:
             self._accuracy(outputs)
         elif self.status == OK and self.reuse is not None:
@@ -776,6 +807,53 @@ class _Attempt:
         self.ext["timeline"] = timeline.build(timeline.Inputs(
             iter_t_s=m.starts_s, samples_s=m.samples_s, t0_s=m.t0_s, batch_marks=m.batch_marks, cpus=self.cfg.cpus,
             lockstep_with=self.lockstep_with, freq_khz=freq, temp_c=temp, unavailable=unavailable))
+
+    def _llm_drift(self, logits: Path) -> None:
+        """Keep this variant's logits (the data folder's `llm-logits/`, by device, engine build, model, prompt and
+        quantization) and compare them with the F32 variant's of the same engine, and, at F32, with every other
+        engine's F32 logits of the same model and prompt (devicelab.llm.drift)."""
+        w, cfg = self.job.workload, self.cfg
+        assert w is not None
+        n_vocab = self.llm_ready.get("n_vocab")
+        try:
+            got = llm.read_logits(logits, int(n_vocab) if isinstance(n_vocab, int) else 0)
+        except (ValueError, OSError) as e:
+            self.notes.append(f"accuracy drift not compared: {e}")
+            return
+        folder = paths.data_dir() / "llm-logits"
+        folder.mkdir(parents=True, exist_ok=True)
+        profile = self.t.profile_key()
+        mine = llm.logits_key(cfg.engine, cfg.label, cfg.engine_version, cfg.model, w, self.job.seed, profile)
+        (folder / f"{mine}-{w.quant}.f32").write_bytes(logits.read_bytes())
+        record: dict[str, Any] = {"logits_sha256": paths.sha256_file(logits), "steps": int(got.shape[0])}
+        if w.quant != llm.REFERENCE_QUANT:
+            ref = folder / f"{mine}-{llm.REFERENCE_QUANT}.f32"
+            if ref.is_file():
+                try:
+                    record["vs_f32"] = llm.drift(llm.read_logits(ref, got.shape[1]), got)
+                except ValueError as e:
+                    self.notes.append(f"accuracy drift not compared: {e}")
+            else:
+                self.notes.append(f"accuracy drift: no F32 logits of {cfg.engine} for this model and prompt yet "
+                                  "(the F32 variant runs later, or never ran here): not compared")
+        else:
+            engines = llm.logits_key("*", "", "", cfg.model, w, self.job.seed, profile)
+            index = folder / f"{engines}-engines.json"
+            seen = json.loads(index.read_text()) if index.is_file() else {}
+            me = f"{cfg.engine}" + (f" [{cfg.label}]" if cfg.label else "")
+            seen[me] = f"{mine}-{w.quant}.f32"
+            index.write_text(json.dumps(seen))
+            others = {}
+            for name, file in sorted(seen.items()):
+                if name != me and (folder / file).is_file():
+                    with contextlib.suppress(ValueError):
+                        others[name] = llm.drift(llm.read_logits(folder / file, got.shape[1]), got)
+            if others:
+                record["vs_engines_f32"] = others
+            else:
+                self.notes.append("accuracy drift between engines: no other engine's F32 logits of this model and "
+                                  "prompt on this device: not compared")
+        self.llm_drift = record
 
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
@@ -912,6 +990,15 @@ class _Attempt:
         if self.status == OK:
             self.notes.extend(stats.stability_warnings(self.fields.get("samples_s", ()), was_throttled))
         energy = self.energy.result_fields() if self.energy is not None and self.spawned else {}
+        w = self.job.workload
+        if w is not None:  # every LLM row says which request it was; an ok one also what it measured
+            self.ext["llm"] = w.to_dict()
+            if self.status == OK and self.llm_requests:
+                self.ext["llm"] = {**llm.ext_llm(w, self.llm_requests, self.llm_ready,
+                                                 energy.get("energy_j_per_inference")),
+                                   **({"drift": self.llm_drift} if self.llm_drift else {}),
+                                   # the GGUF file of this quantization (Config.model_bytes is the suite's file)
+                                   **({"file_bytes": size} if (size := artifact_bytes(self.job.prepared)) else {})}
         if self.energy is not None and self.energy.detail:
             self.record["energy"] = EnergyWindow.from_record(self.energy.detail)
         protocol = RunProtocol(settings=self.s.to_dict(), cooldown=self.cooldown,
@@ -921,7 +1008,8 @@ class _Attempt:
             self.job.run_id, self.cfg, self.status, reason=self.reason, notes=tuple(self.notes),
             state_before=self.state_before, state_after=state_after, throttled=was_throttled,
             started_at=self.started, finished_at=utc_now(), stderr_tail=self.stderr[-STDERR_TAIL_BYTES:] or None,
-            protocol=protocol, ext={**(self.ext if ok else {}), **extras.ext}, **energy,
+            protocol=protocol, ext={**(self.ext if ok else {k: v for k, v in self.ext.items() if k == "llm"}),
+                                    **extras.ext}, **energy,
             **(self.fields if ok else {}))
 
 

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import devicelab
-from devicelab import paths, rows, session, zoo
+from devicelab import llm, paths, rows, session, zoo, zoo_llm
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
+from devicelab.engines.base import INPUT_SEED
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceEntry, DeviceFacts
@@ -110,7 +111,11 @@ def resolve_models(suite: Suite) -> dict[str, zoo.ModelFile]:
     cache = paths.zoo_dir()
     out: dict[str, zoo.ModelFile] = {}
     for m in suite.models:
-        out[m.name] = zoo.user_model(Path(m.path), m.name) if m.path else zoo.zoo_model(m.name, cache)
+        if not m.path and m.name in zoo_llm.LLM_ZOO:  # an LLM: its F32 GGUF (the engine makes the other quants)
+            f32 = zoo_llm.llm_model(m.name, "F32", cache / "llm")
+            out[m.name] = zoo.ModelFile(m.name, f32.path, f32.sha256, f32.bytes, "zoo")
+        else:
+            out[m.name] = zoo.user_model(Path(m.path), m.name) if m.path else zoo.zoo_model(m.name, cache)
     return out
 
 
@@ -193,6 +198,8 @@ def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
     version = engine.version_for(spec.options)
     if version != info.version:
         info = dataclasses.replace(info, version=version)
+    if spec.name == "protocol" and spec.options.get("formats"):  # the user's program says what it reads
+        info = dataclasses.replace(info, formats=tuple(spec.options["formats"]))
     python = spec.options.get("python")
     if not python:
         return info
@@ -354,11 +361,30 @@ class Executor:
         """The config as a session runs it, or why its model could not be converted."""
         cfg = pc.config
         source = self._source(cfg.model)
+        workload = llm.workload_from_key(cfg.workload)
+        if workload is not None:
+            return self._llm_job(pc, source, workload)
         converted = self._convert(cfg.engine, source, cfg.precision, cfg.backend)
         if isinstance(converted, str):
             return converted
         return Job(run_id=self.run_id, config=cfg, source=source, prepared=converted, settings=self.p.suite.protocol,
                    options={**converted.options, **pc.engine_options}, notes=converted.notes)
+
+    def _llm_job(self, pc: PlannedConfig, source: SourceModel, workload: llm.LlmWorkload) -> Job | str:
+        """An LLM config's Job: the GGUF file in the requested quantization (an engine that makes quantized variants
+        has `prepare_llm`; any other gets the suite's file as it is, and its runner says whether it holds that
+        quantization) and the synthetic prompt, made here so that every engine sees the same token ids."""
+        cfg = pc.config
+        engine = get_engine(cfg.engine)
+        prepare_llm = getattr(engine, "prepare_llm", None)
+        try:
+            prepared = prepare_llm(source, workload.quant, paths.data_dir() / "converted" / cfg.engine) \
+                if prepare_llm is not None else PreparedModel(source.path)
+            payload = llm.runner_payload(INPUT_SEED, workload, llm.vocab(source.path))
+        except Exception as e:  # noqa: BLE001 - a model the engine cannot prepare is a failed row with its message
+            return f"{cfg.engine} could not prepare {cfg.model} as {workload.quant}: {type(e).__name__}: {e}"
+        return Job(run_id=self.run_id, config=cfg, source=source, prepared=prepared, settings=self.p.suite.protocol,
+                   options={**prepared.options, **pc.engine_options}, notes=prepared.notes, llm=payload)
 
     def _run_group(self, group: list[PlannedConfig], baseline: dict[str, Any]) -> list[Result]:
         """One config (or the A/B labels of one, run together by the session) to Results, after one cooldown."""
@@ -380,11 +406,13 @@ class Executor:
         if name not in self._sources:
             model = self.p.models[name]
             spec = next(m for m in self.p.suite.models if m.name == name)
+            gguf = "gguf" in model.formats  # an LLM: its runner gets token ids, not input tensors
             self._sources[name] = SourceModel(name, model.path, model.sha256,
-                                              tuple(zoo.onnx_inputs(model.path, spec.input_shapes)),
-                                              zoo=model.source == "zoo",
+                                              () if gguf else tuple(zoo.onnx_inputs(model.path, spec.input_shapes)),
+                                              zoo=model.source == "zoo" and not gguf,
                                               calibration=Path(spec.calibration) if spec.calibration else None,
-                                              dataset=zoo.ZOO[name].dataset if model.source == "zoo" else None)
+                                              dataset=zoo.ZOO[name].dataset if model.source == "zoo" and not gguf
+                                              else None)
         return self._sources[name]
 
     def _convert(self, engine: str, model: SourceModel, precision: str, backend: str) -> PreparedModel | str:

@@ -33,7 +33,8 @@ def parse_threshold(text: str) -> float:
 
 def display_name(r: Result, with_label: bool = True) -> str:
     label = f" [{r.label}]" if with_label and r.label else ""
-    return f"{r.device} {r.engine}{label} {r.model} {r.precision} {r.backend} {r.threads}t"
+    workload = f" {r.config.workload}" if r.config.workload else ""  # an LLM's quant, P, G, depth
+    return f"{r.device} {r.engine}{label} {r.model}{workload} {r.precision} {r.backend} {r.threads}t"
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,8 @@ def resolve_side(store: Store, spec: str) -> Side:
 
 
 def series_without_label(r: Result) -> str:
-    return json.dumps([r.device, r.engine, r.model, r.precision, r.backend, r.threads, list(r.cpus)])
+    return json.dumps([r.device, r.engine, r.model, r.precision, r.backend, r.threads, list(r.cpus),
+                       *([r.config.workload] if r.config.workload else [])])
 
 
 def _rounds(base: Side, cand: Side, rb: list[Result], rc: list[Result]) -> list[tuple[Result, Result]] | None:

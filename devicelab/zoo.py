@@ -75,7 +75,9 @@ class ModelFile:
     @property
     def formats(self) -> tuple[str, ...]:
         """Formats devicelab can hand engines: zoo models are also written as TFLite (zoo_tflite) and Core ML
-        (zoo_coreml)."""
+        (zoo_coreml). A GGUF file (an LLM) is handed over as it is."""
+        if self.path.suffix.lower() == ".gguf":
+            return ("gguf",)
         return ("onnx", "tflite", "coreml") if self.source == "zoo" else ("onnx",)
 
 

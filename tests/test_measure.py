@@ -104,8 +104,8 @@ def test_measure_drives_the_runner_to_the_stopping_rule() -> None:
 def test_measure_reports_runner_errors_and_protocol_mismatch() -> None:
     with pytest.raises(RunnerError, match="engine exploded"):
         measure(ScriptedRunner(fail_after=30), S, time.monotonic() + 10)
-    with pytest.raises(RunnerError, match="protocol 3"):
-        measure(ScriptedRunner(protocol=3), S, time.monotonic() + 10)
+    with pytest.raises(RunnerError, match="protocol 4"):  # 3 is the LLM version (tests/test_llm.py)
+        measure(ScriptedRunner(protocol=4), S, time.monotonic() + 10)
 
 
 class LoggedRunner(ScriptedRunner):

@@ -86,6 +86,8 @@ def row_name(r: Result, with_affinity: bool, with_run: bool = False) -> str:
         name += f" {r.precision}"
     if r.backend != "cpu":
         name += f" {r.backend}"
+    if r.config.workload:  # an LLM: each quant and request shape is its own row (cells: median s per token)
+        name += " " + r.config.workload.removeprefix("llm ")
     if with_affinity:
         name += f" @{r.affinity}"
     return name

@@ -10,7 +10,7 @@ config, pinned, under dlprobe where it is built, with the same stopping rule, co
         options:
           binary: ./build/arm64/mogu_runner      # relative to the suite file
           libraries: [./build/arm64/libmogu.so]  # pushed beside it; LD_LIBRARY_PATH points at them
-          formats: [onnx]                         # what the program reads (default: onnx)
+          formats: [onnx]                         # what the program reads: onnx (default) or gguf (an LLM)
 
 The program gets the model file as the suite gives it (the zoo's or the user's ONNX), in its run folder under its
 own file name; precisions and backends are passed through, and a program that cannot do one answers with an
@@ -50,9 +50,10 @@ class ProtocolEngine(Engine):
     def check_options(self, options: dict[str, Any]) -> list[str]:
         problems = binary_option_problems(options, OPTION_KEYS, self.name, "the runner program's path")
         formats = options.get("formats", ["onnx"])
-        if formats != ["onnx"]:
-            problems.append(f"options.formats: {formats!r} is not allowed; allowed: [onnx] (devicelab hands the "
-                            "program the suite's ONNX file)")
+        if formats not in (["onnx"], ["gguf"]):
+            problems.append(f"options.formats: {formats!r} is not allowed; allowed: [onnx] or [gguf] (devicelab "
+                            "hands the program the suite's ONNX file, or its GGUF file for an LLM runner speaking "
+                            "runner protocol v3)")
         return problems
 
     def user_runner(self, options: dict[str, Any]) -> tuple[Path, tuple[Path, ...]] | None:
