@@ -297,7 +297,8 @@ def read_logits(path: Path, n_vocab: int) -> Any:
 def drift(reference: Any, got: Any) -> dict[str, Any]:
     """Per-step cosine similarity of the logits and agreement of their argmax (the greedy token) over the G + 1
     steps. After the first disagreement the two greedy paths feed different tokens, so later steps compare
-    different contexts: `first_disagreement` says where that began (None: never)."""
+    different contexts: `first_disagreement` says where that began (None: never), and `cosine_*_shared` are over
+    the `shared_steps` before it and the step itself (the same context on both sides)."""
     import numpy as np
 
     a, b = np.asarray(reference, dtype=np.float64), np.asarray(got, dtype=np.float64)
@@ -307,8 +308,13 @@ def drift(reference: Any, got: Any) -> dict[str, Any]:
     cos = np.where(norms > 0, (a * b).sum(axis=1) / np.where(norms > 0, norms, 1), 0.0)
     agree = a.argmax(axis=1) == b.argmax(axis=1)
     first = int(np.argmin(agree)) if not agree.all() else None
+    # The steps up to and including the first disagreement saw the same tokens: their cosine measures the
+    # quantization; after it, a different token went in (with seeded weights the logits sit almost level, so one
+    # flip comes soon and the later logits are of another sequence).
+    shared = cos[: (first + 1 if first is not None else len(cos))]
     return {"steps": int(a.shape[0]), "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()),
-            "top1_agreement": float(agree.mean()), "first_disagreement": first}
+            "top1_agreement": float(agree.mean()), "first_disagreement": first, "shared_steps": int(len(shared)),
+            "cosine_min_shared": float(shared.min()), "cosine_mean_shared": float(shared.mean())}
 
 
 def logits_key(engine: str, label: str, engine_version: str, model: str, workload: LlmWorkload, seed: int,

@@ -213,6 +213,11 @@ def test_drift_is_cosine_and_top1_per_step() -> None:
     d = llm.drift(ref, got)
     assert d["steps"] == 2 and d["cosine_min"] == pytest.approx(0.5 / np.sqrt(1.25))
     assert d["top1_agreement"] == 0.5 and d["first_disagreement"] == 1
+    # both steps up to the first disagreement saw the same tokens: the shared cosine covers them
+    assert d["shared_steps"] == 2 and d["cosine_min_shared"] == d["cosine_min"]
+    late = llm.drift(np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]))
+    assert late["first_disagreement"] == 1 and late["shared_steps"] == 2
+    assert late["cosine_min_shared"] == 0.0 and late["cosine_mean_shared"] == 0.5 and late["cosine_mean"] == 1 / 3
     with pytest.raises(ValueError):
         llm.drift(ref, got[:1])
 
