@@ -176,7 +176,8 @@ def tool_settings(job: Job, facts: DeviceFacts, engine: ToolEngine) -> ToolSetti
                         big_cores=bool(cfg.cpus) and set(cfg.cpus) <= set(facts.biggest_cluster()),
                         input_shapes=tuple(tuple(int(d) for d in i["shape"]) for i in job.source.inputs),
                         extra_args=engine.extra_args(job.options),
-                        affinity=cfg.affinity if cfg.affinity in ("big", "little", "all") else None)
+                        affinity=cfg.affinity if cfg.affinity in ("big", "little", "all") else None,
+                        llm=(w.prompt_tokens, w.gen_tokens, w.context_depth) if (w := job.workload) else None)
 
 
 def _size(path: Path) -> int:
