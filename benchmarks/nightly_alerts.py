@@ -74,16 +74,16 @@ def measure_pool(rounds: int, duty: float, period: float) -> Pool:
     return [(p["a"], p["b"]) for _, p in sorted(by.items()) if len(p) == 2]
 
 
-def pools(rounds: int, period: float, saved: str | None) -> list[Pool]:
+def pools(rounds: int, period: float, saved: str | None, duties: tuple[float, ...] = DUTIES) -> list[Pool]:
     if saved and Path(saved).is_file():
         with np.load(saved) as d:
             parts = np.split(d["samples"], np.cumsum(d["lengths"])[:-1])
-            out: list[Pool] = [[] for _ in DUTIES]
+            out: list[Pool] = [[] for _ in range(int(d["pool"].max()) + 1)]
             for i, k in enumerate(d["pool"]):
                 out[int(k)].append((parts[2 * i], parts[2 * i + 1]))
             return out
     measured = []
-    for duty in DUTIES:
+    for duty in duties:
         t = time.perf_counter()
         measured.append(measure_pool(rounds, duty, period))
         print(f"measured {len(measured[-1])} rounds with the neighbour at {duty:.0%} of each {period:g} s in "
@@ -283,14 +283,20 @@ def main() -> None:
                         help="the neighbour's duty period in seconds (default 0.02: on and off within an iteration)")
     parser.add_argument("--data", default=os.environ.get("NIGHTLY_ALERTS_DATA"),
                         help="an .npz keeping the measured pools (written once, then read)")
+    parser.add_argument("--duties", default=",".join(f"{d:g}" for d in DUTIES),
+                        help="the neighbour's duty per pool (default 0,0.35,0.7; a neighbour at 0 is none, whatever "
+                             "the period)")
     parser.add_argument("--measure-only", action="store_true", help="measure (and keep) the pools, no simulation")
     parser.add_argument("--per-night", type=int, default=0, metavar="N",
                         help="instead of histories: N nights with a +5 %% step, N/2 with +3 %%, 2N without a change, "
                              "per half, each judged at level 1 under every lever")
     args = parser.parse_args()
     print(machine(), f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    measured = pools(args.rounds, args.period, args.data)
-    for duty, pool in zip(DUTIES, measured, strict=True):
+    duties = tuple(float(x) for x in args.duties.split(","))
+    measured = pools(args.rounds, args.period, args.data, duties)
+    if len(measured) != len(duties):
+        raise SystemExit(f"--duties: {args.data} holds {len(measured)} pools, not {len(duties)}")
+    for duty, pool in zip(duties, measured, strict=True):
         med = float(np.median([np.median(a) for a, _ in pool]))
         print(f"pool neighbour {duty:.0%}: {len(pool)} rounds, median {med * 1e3:.2f} ms, {spread(pool)}")
     speeds = [float(np.median([np.median(a) for a, _ in pool])) for pool in measured]

@@ -30,6 +30,9 @@ import numpy as np
 from devicelab.analysis.compare import DEFAULT_THRESHOLD, Verdict, verdict
 
 SUSPECTED, CONFIRMED, CLEARED, ACKNOWLEDGED = "suspected", "confirmed", "cleared", "acknowledged"
+# An undecided night whose paired p (candidate slower than the level) is below this opens a suspected alert
+# (benchmarks/nightly_alerts.py chose it on half of the measured rounds: docs/nightly.md, "How well it works").
+SUSPECT_P = 0.01
 
 
 @dataclass(frozen=True)
@@ -230,13 +233,13 @@ class Tracker:
 
 def track(series: str, series_key: str, nights: Sequence[Night], acks: Sequence[Ack] = (),
           threshold: float = DEFAULT_THRESHOLD, noise_floor: float | None = None,
-          resamples: int = 2000) -> SeriesNights:
+          resamples: int = 2000, suspect_p: float | None = None) -> SeriesNights:
     """The series' nights in order (oldest first, from its last acceptance or reset on): each night judged against
     the level, alerts opened, confirmed, cleared or acknowledged as the module's rules say. An acknowledgement
     counts after the night it names (`at_run`; none: as soon as its alert exists)."""
     index = {n.run_id: i for i, n in enumerate(nights)}
     acked = {a.alert_id: index.get(a.at_run, -1) if a.at_run else -1 for a in acks}
-    tracker = Tracker(series, series_key, threshold, noise_floor, resamples)
+    tracker = Tracker(series, series_key, threshold, noise_floor, resamples, suspect_p)
     for i, night in enumerate(nights):
         tracker.add(night)
         current = tracker.current
