@@ -650,9 +650,10 @@ def regress(
                                                  help="history of the series in RUN_ID starts there (intended change)"),
     series: Optional[str] = typer.Option(None, "--series", help="with --reset-baseline: only series whose name contains this"),
     note: Optional[str] = typer.Option(None, "--note", help="with --reset-baseline or ack: why"),
-    suspect_p: float = typer.Option(0.01, "--suspect-p", metavar="P",
+    suspect_p: float = typer.Option(0.0, "--suspect-p", metavar="P",
                                     help="nightly A/B: an undecided night whose paired p (slower) is below P opens a "
-                                         "suspected alert; 0: only a night judged slower does"),
+                                         "suspected alert too (default 0: only a night judged slower does; p alone "
+                                         "gives about P false alerts per night without a change, docs/nightly.md)"),
     db: Optional[str] = DbOpt, as_json: bool = JsonOpt, junit: Optional[str] = JunitOpt,
     markdown: Optional[str] = MarkdownOpt,
 ) -> None:

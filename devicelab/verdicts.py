@@ -172,7 +172,7 @@ def _paired_groups(store: Store, reference: str, device: str | None
 
 
 def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None,
-            suspect_p: float | None = nt.SUSPECT_P) -> list[NightlySeries]:
+            suspect_p: float | None = None) -> list[NightlySeries]:
     """Every candidate label that ran beside the reference label, tracked night by night by the paired ratio of
     their lockstep rounds, from its last acceptance (`accept`) or baseline reset on."""
     resets = store.baselines()
@@ -228,7 +228,7 @@ def nightly_labels(store: Store, reference: str = REFERENCE_LABEL, device: str |
 
 
 def acknowledge(store: Store, alert: str, note: str | None, threshold: float, reference: str = REFERENCE_LABEL,
-                suspect_p: float | None = nt.SUSPECT_P) -> nt.Alert:
+                suspect_p: float | None = None) -> nt.Alert:
     """`regress ack ALERT`: the alert is seen; the reference stays, and from the newest night on the series is
     judged at the level the alert showed."""
     every = nightly(store, threshold, reference, suspect_p=suspect_p)

@@ -196,14 +196,16 @@ def test_regress_suspect_p_option(env: dict[str, str]) -> None:
     store = SqliteStore(Path(env["DEVICELAB_DB"]))
     nights = _dated(history([0.0] * 4 + [0.025], seed=21))  # the newest night: undecided, paired p < 0.01
     _store_nights(store, nights)
-    code, out, err = run_json("regress", env=env)
+    code, out, err = run_json("regress", env=env)  # by default only a night judged slower opens an alert
     assert code == 0, err
     (series,) = out["nightly"]
     assert series["nights"][-1]["verdict"] == "unknown"
+    assert series["status"] == "ok" and series["alerts"] == [], series
+    code, out, err = run_json("regress", "--suspect-p", "0.01", env=env)
+    assert code == 0, err
+    (series,) = out["nightly"]
     assert series["status"] == "suspected" and series["alerts"][0]["opened_run"] == nights[4].run_id, series
-    code, out, _ = run_json("regress", "--strict", env=env)
+    code, out, _ = run_json("regress", "--suspect-p", "0.01", "--strict", env=env)
     assert code == 1
-    code, out, _ = run_json("regress", "--suspect-p", "0", env=env)
-    assert code == 0 and out["nightly"][0]["status"] == "ok" and out["nightly"][0]["alerts"] == [], out
     code, _, err = run_json("regress", "--suspect-p", "1.5", env=env)
     assert code == 2 and "--suspect-p: 1.5 is not allowed" in err

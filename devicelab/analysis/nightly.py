@@ -30,9 +30,6 @@ import numpy as np
 from devicelab.analysis.compare import DEFAULT_THRESHOLD, Verdict, verdict
 
 SUSPECTED, CONFIRMED, CLEARED, ACKNOWLEDGED = "suspected", "confirmed", "cleared", "acknowledged"
-# An undecided night whose paired p (candidate slower than the level) is below this opens a suspected alert
-# (benchmarks/nightly_alerts.py chose it on half of the measured rounds: docs/nightly.md, "How well it works").
-SUSPECT_P = 0.01
 
 
 @dataclass(frozen=True)
