@@ -4,19 +4,30 @@
 
 1. Measures A/A lockstep rounds on the host, as a nightly A/B run times them: `devicelab run` of ONNX Runtime under
    two labels (SqueezeNet-1.1, 1 thread, pinned by `affinity: big`), while a *neighbour* process pinned to the same
-   CPU burns a duty cycle of each 20 ms (0 %, 35 %, 70 %): three pools of rounds, three machine speeds.
-2. Simulates HISTORIES histories of NIGHTS nights. Each night's machine is one of the pools (a random walk between
-   them: the drift), and its rounds are drawn from that pool adaptively as an A/B suite's rounds are (3 to 24, until
-   the night is decided). One history in three gets a real +5 % step in the candidate on a random night, one in
-   three +3 %, one in three none: the candidate's samples are multiplied from that night on. An operator
-   acknowledges each confirmed alert the morning after (keeping the reference), as `regress ack` does.
-Prints, per step size, the share of steps caught the night they land (caught = an alert listed as suspected or
-confirmed that night) and within two nights, the alerts' precision (an alert is true when the candidate really was
-slower than the level it was judged at), and false alerts per 100 nights without a change. Goals: precision ≥ 95 %,
-≥ 90 % of +5 % steps caught the night they land. The last line is the +5 % same-night recall alone.
+   CPU burns a duty cycle of each PERIOD seconds (--duties, default 0 %, 35 %, 70 %; --period, default 20 ms): one
+   pool of rounds per duty, one machine speed each. Prints each pool's per-round A/A ratio spread.
+2. Simulates on split data, never tuned on what it reports: each pool's even rounds choose a lever, its odd rounds
+   (with another seed) report every lever. The levers (LEVERS): at most 24 or 48 rounds a night, and whether an
+   undecided night's paired p alone opens a suspected alert (nightly.Tracker's suspect_p, `regress --suspect-p`).
+   * histories (default): HISTORIES histories of NIGHTS nights per half and lever. Each night's machine is one of
+     the pools (a random walk between them: the drift), and its rounds are drawn from that pool adaptively as an A/B
+     suite's rounds are (3 to the lever's most, until the night is decided). One history in three gets a real +5 %
+     step in the candidate on a random night, one in three +3 %, one in three none: the candidate's samples are
+     multiplied from that night on. An operator acknowledges each confirmed alert the morning after (keeping the
+     reference), as `regress ack` does. Prints, per step size, the share of steps caught the night they land
+     (caught = an alert listed as suspected or confirmed that night) and within two nights, the alerts' precision
+     (an alert is true when the candidate really was slower than the level it was judged at), and false alerts per
+     100 nights without a change;
+   * --per-night N: N nights with a +5 % step, N/2 with +3 %, 2N without a change, each at level 1 on a random pool,
+     every lever read off the same drawn night; prints the share listed the night it lands, the share of nights
+     without a change listed, the mean rounds, and the precision that implies at one step per 30 quiet nights.
+Goals: precision >= 95 %, >= 90 % of +5 % steps caught the night they land. The last line is the +5 % same-night
+recall of the lever chosen on the first half, measured on the second.
 
-usage: python benchmarks/nightly_alerts.py [HISTORIES] [NIGHTS] [ROUNDS]   (defaults 150, 24, 20 per pool)
-env: NIGHTLY_ALERTS_DATA=F.npz keeps the measured pools (written once, then read) to rerun on the same data.
+usage: python benchmarks/nightly_alerts.py [HISTORIES] [NIGHTS] [ROUNDS] [--period S] [--duties 0,0.35,0.7]
+                                           [--data F.npz] [--measure-only | --per-night N]
+       (defaults 150 histories per half, 24 nights, 20 rounds measured per pool)
+--data F.npz (or NIGHTLY_ALERTS_DATA) keeps the measured pools (written once, then read) to rerun on the same data.
 """
 
 from __future__ import annotations
@@ -275,7 +286,8 @@ def per_night_text(name: str, r: dict[str, float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("histories", type=int, nargs="?", default=150, help="histories per half (default 150)")
     parser.add_argument("nights", type=int, nargs="?", default=24)
     parser.add_argument("rounds", type=int, nargs="?", default=20, help="rounds measured per pool")
