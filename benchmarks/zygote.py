@@ -5,14 +5,18 @@ One devicelab suite lists every engine twice: label `exec` (`options: {process: 
 config) and label `zygote` (the default). MobileNet-v2, fp32, 1 thread; ROUNDS repeats, each round running the two
 labels of an engine in lockstep (alive together, timed in alternating slices), so the machine's drift falls on both.
 Per engine it prints the ratio zygote/exec of the medians with its 95 % CI, paired by round (analysis.compare,
-as `devicelab compare` pairs labels), and the peak-memory and RSS-before-load ratios (medians over rounds), plus the
-paths the runners took (what the zygote saves is in benchmarks/efficiency.py).
+as `devicelab compare` pairs labels), the peak-memory ratio paired the same way (one figure per process) with its
+CI, and the RSS-before-load ratio (median over rounds), plus the paths the runners took (what the zygote saves is in benchmarks/efficiency.py).
 
-usage: python benchmarks/zygote.py [ROUNDS]   (default 5; run it on an otherwise idle machine)
+usage: python benchmarks/zygote.py [ROUNDS] [--save RESULTS.json]   (default 5; run it on an otherwise idle machine)
+
+ONNX Runtime's peak RSS depends on the heap's history (benchmarks/heap_history.py shows how, and that the fork
+itself moves it by < 0.1 %).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import sys
@@ -25,7 +29,12 @@ ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
 
 
 def main() -> None:
-    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
+    args = sys.argv[1:]
+    save = None
+    if "--save" in args:
+        save = Path(args.pop(args.index("--save") + 1))
+        args.remove("--save")
+    rounds = int(args[0]) if args else 5
     engines = "".join(f"  - {{name: {e}, label: exec, options: {{process: exec}}}}\n  - {{name: {e}, label: zygote}}\n"
                       for e in ENGINES)
     with tempfile.TemporaryDirectory() as tmp:
@@ -34,7 +43,9 @@ def main() -> None:
                          f"repeats: {rounds}\nseed: 1\n")
         env = {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")}
         results = devicelab_run(suite, env)["results"]
-    print(f"{'engine':12s} {'median exec':>12s} {'zygote':>10s} {'ratio [95% CI]':>24s} {'peak mem':>9s} "
+    if save:
+        save.write_text(json.dumps(results))
+    print(f"{'engine':12s} {'median exec':>12s} {'zygote':>10s} {'ratio [95% CI]':>24s} {'peak mem [95% CI]':>24s} "
           f"{'rss@load':>9s}  paths")
     worst = 0.0
     for engine in ENGINES:
@@ -50,12 +61,14 @@ def main() -> None:
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "[one round]"
         if ci:
             worst = max(worst, abs(ci[0] - 1), abs(ci[1] - 1))
-        mem = statistics.median(b["peak_rss_bytes"] / a["peak_rss_bytes"] for a, b in paired)
+        # Peak memory: one figure per process, so the round's ratio is the unit too (its CI as for timing).
+        mem, mem_ci = paired_ratio([[a["peak_rss_bytes"]] for a, _ in paired], [[b["peak_rss_bytes"]] for _, b in paired])
+        mem_text = f"{mem:.4f} [{mem_ci[0]:.3f}, {mem_ci[1]:.3f}]" if mem_ci else f"{mem:.4f}"
         rss = statistics.median(b["rss_before_load_bytes"] / a["rss_before_load_bytes"] for a, b in paired)
         med = {k: statistics.median(statistics.median(r["samples_s"]) for r in v) * 1e3 for k, v in by.items()}
         paths = "/".join(sorted({r["ext"].get("exec_path", "?") for r in rows}))
         print(f"{engine:12s} {med['exec']:9.3f} ms {med['zygote']:7.3f} ms {ratio:8.4f} {ci_text:>15s} "
-              f"{mem:9.4f} {rss:9.4f}  {paths}", flush=True)
+              f"{mem_text:>24s} {rss:9.4f}  {paths}", flush=True)
     print(f"\nmachine: {machine()}; MobileNet-v2 fp32, 1 thread, {rounds} rounds, the two labels of an engine in "
           "lockstep each round; ratios are zygote / exec")
     print(f"largest distance of a CI bound from 1: {worst:.4f} (goal: every CI inside [0.99, 1.01])")

@@ -346,3 +346,117 @@ def history_chart(title: str, xlabels: Sequence[str], panels: Sequence[HistoryPa
                        f"<title>{esc(m.text)}</title></g>")
     out.append("</svg>")
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiles: where a config's time goes, per op type; a config's timeline
+
+
+def stacked_bar_chart(title: str, bars: Sequence[tuple[str, dict[str, float]]], kinds: Sequence[str],
+                      unit: str = "ms") -> str:
+    """Horizontal bars, one per config, each split into `kinds` (op types) in that order and color; a segment's
+    tooltip names its kind and value."""
+    if not bars:
+        return ""
+    row = 22
+    f = Frame(height=44 + 28 + max(row * len(bars), 16 * min(len(kinds), 15)), left=260, right=130)
+    hi = max(sum(v.values()) for _, v in bars) or 1.0
+    xt = _nice_ticks(0.0, hi * 1.02)
+
+    def sx(v: float) -> float:
+        return f.left + v / xt[-1] * f.plot_w
+
+    out = _open(f, title, "stacked") + _axes(f, [(sx(x), _fmt(x)) for x in xt], [], f"time per iteration ({unit})", "")
+    for i, (name, values) in enumerate(bars):
+        y = f.top + 6 + i * row
+        out.append(f'<text x="{f.left - 6}" y="{y + row / 2 + 1:.1f}" font-size="11" text-anchor="end">'
+                   f"{esc(name[:42])}</text>")
+        x = 0.0
+        for k, kind in enumerate(kinds):
+            v = values.get(kind, 0.0)
+            if v <= 0:
+                continue
+            out.append(f'<rect class="segment" data-type="{esc(kind)}" x="{sx(x):.1f}" y="{y + 2:.1f}" '
+                       f'width="{max(sx(x + v) - sx(x), 0.5):.1f}" height="{row - 6}" fill="{color(k)}">'
+                       f"<title>{esc(name)}: {esc(kind)} {_fmt(v)} {unit}</title></rect>")
+            x += v
+    out += _legend(f, list(kinds))
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float], marks: Sequence[dict[str, object]],
+                   freq: dict[str, object] | None, temp: dict[str, object] | None) -> str:
+    """A config's timeline: each timed iteration's latency at its start (top panel), the pinned cores' frequencies
+    (MHz) and the temperatures (°C) in panels below on the same time axis, warmup and batches (or lockstep slices)
+    shaded behind. Points are thinned to at most 600 (every k-th): the page's size stays bounded."""
+    if not t_s:
+        return ""
+    panels = [("latency (ms)", {"latency": list(zip(t_s, latency_ms))}, "iterations")]
+    for name, s, scale in (("frequency (MHz)", freq, 1e-3), ("temperature (°C)", temp, 1.0)):
+        if s:
+            ts = list(s["t_s"])  # type: ignore[call-overload]
+            vals = s["values"]  # type: ignore[index]
+            panels.append((name, {k: [(t, v * scale) for t, v in zip(ts, vs) if v is not None]
+                                  for k, vs in vals.items()}, name.split(" ")[0]))  # type: ignore[union-attr]
+    ph = 110
+    f = Frame(height=40 + len(panels) * (ph + 18) + 30, left=64, right=130)
+    # The axis spans the iterations, the marks and the samples around them (kept a little before and after).
+    around = [t for _, series, _ in panels[1:] for pts in series.values() for t, _ in pts]
+    lo = min([*t_s, *(float(m["start_s"]) for m in marks), *around])  # type: ignore[arg-type]
+    ends = [t + s / 1e3 for t, s in zip(t_s, latency_ms)]
+    hi = max(ends + [float(m["end_s"]) for m in marks] + around)  # type: ignore[arg-type]
+    hi = hi if hi > lo else lo + 1.0
+
+    def sx(v: float) -> float:
+        return f.left + (v - lo) / (hi - lo) * f.plot_w
+
+    out = _open(f, title, "timeline")
+    xt = [x for x in _nice_ticks(lo, hi) if lo <= x <= hi]
+    for p, (name, series, kind) in enumerate(panels):
+        top = 30 + p * (ph + 18)
+        ys = [y for pts in series.values() for _, y in pts]
+        if not ys:
+            continue
+        ylo, yhi = min(ys), max(ys)
+        pad = (yhi - ylo) * 0.1 or abs(yhi) * 0.05 or 1.0
+        yt = _nice_ticks(max(0.0, ylo - pad) if ylo >= 0 else ylo - pad, yhi + pad, 3)
+        y0, y1 = yt[0], max(yt[-1], yhi)
+        yt = [y for y in yt if y <= y1]
+
+        def sy(v: float, top: int = top, y0: float = y0, y1: float = y1) -> float:
+            return top + ph - (v - y0) / (y1 - y0) * ph
+
+        out.append(f'<g class="panel" data-panel="{esc(kind)}">')
+        for m in marks:
+            x0, x1 = sx(float(m["start_s"])), sx(float(m["end_s"]))  # type: ignore[arg-type]
+            fill = "#bbb" if m["kind"] == "warmup" else "#dde8f5"
+            out.append(f'<rect class="mark" data-kind="{esc(m["kind"])}" x="{x0:.1f}" y="{top}" '
+                       f'width="{max(x1 - x0, 0.5):.1f}" height="{ph}" fill="{fill}" fill-opacity="0.6">'
+                       f'<title>{esc(m["kind"])}: {m.get("iterations")} iterations, '
+                       f'{_fmt(float(m["start_s"]))}–{_fmt(float(m["end_s"]))} s</title></rect>')
+        out.append(f'<rect x="{f.left}" y="{top}" width="{f.plot_w}" height="{ph}" fill="none" stroke="#999"/>')
+        for y in yt:
+            out.append(f'<text x="{f.left - 6}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(y)}</text>')
+        out.append(f'<text x="{f.left + 4}" y="{top + 12}" font-size="11">{esc(name)}</text>')
+        for i, (key, pts) in enumerate(series.items()):
+            step = max(1, math.ceil(len(pts) / 600))
+            pts = pts[::step]
+            c = color(i)
+            if kind == "iterations":
+                out.extend(f'<circle class="iteration" cx="{sx(t):.1f}" cy="{sy(y):.1f}" r="1.6" fill="{c}"/>'
+                           for t, y in pts)
+            else:
+                path = " ".join(f"{sx(t):.1f},{sy(y):.1f}" for t, y in pts)
+                out.append(f'<polyline class="series" data-key="{esc(key)}" points="{path}" fill="none" '
+                           f'stroke="{c}" stroke-width="1.5"><title>{esc(key)}</title></polyline>')
+                out.append(f'<text x="{f.left + f.plot_w + 8}" y="{top + 12 + i * 14}" font-size="10" fill="{c}">'
+                           f"{esc(('cpu' + key) if kind == 'frequency' else key)[:20]}</text>")
+        out.append("</g>")
+    bottom = 30 + len(panels) * (ph + 18) - 18
+    for x in xt:
+        out.append(f'<text x="{sx(x):.1f}" y="{bottom + 14}" font-size="10" text-anchor="middle">{_fmt(x)}</text>')
+    out.append(f'<text x="{f.left + f.plot_w / 2:.1f}" y="{bottom + 28}" font-size="11" text-anchor="middle">'
+               "seconds from the first timed iteration (grey: warmup; blue bands: batches or lockstep slices)</text>")
+    out.append("</svg>")
+    return "\n".join(out)

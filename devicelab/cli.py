@@ -308,6 +308,8 @@ def run(
     tls_ca: Optional[str] = typer.Option(None, "--tls-ca", help="with --farm: CA certificate (TLS)"),
     tls_cert: Optional[str] = typer.Option(None, "--tls-cert", help="with --farm: this client's certificate"),
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="with --farm: this client's private key"),
+    profile: bool = typer.Option(False, "--profile", help="after each config's timing, a per-op profiling pass "
+                                 "(the row's ext.profile); the suite's `profile: true` does the same"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Run a suite (or --resume one) and store every Result. Exit 1 if any config failed."""
@@ -321,8 +323,9 @@ def run(
     if not farm and any((tls_ca, tls_cert, tls_key)):
         raise DevicelabError("--tls-ca/--tls-cert/--tls-key: only with --farm")
     if resume:
-        if suite or quick or any(overrides.values()):
-            raise DevicelabError("--resume re-runs the stored suite; it takes no --suite, --quick or narrowing flags")
+        if suite or quick or profile or any(overrides.values()):
+            raise DevicelabError("--resume re-runs the stored suite; it takes no --suite, --quick, --profile or "
+                                 "narrowing flags")
         store = open_store(db, create=False)
         store.get_run(resume)  # unknown ids fail here, before anything runs
         parsed = None
@@ -330,11 +333,15 @@ def run(
         from devicelab.config import parse_suite
 
         raw, source = resolve_suite(suite, quick, overrides)
+        if profile and not raw.get("profile"):  # a suite's {iterations: N} stays
+            raw["profile"] = True
         parse_suite(raw, source)  # every problem of the suite at once, before the farm is asked anything
         store = open_store(db)
         parsed = None
     else:
         raw, source = resolve_suite(suite, quick, overrides)
+        if profile and not raw.get("profile"):  # a suite's {iterations: N} stays
+            raw["profile"] = True
         parsed = sweep.validate(raw, source, inventory)  # every problem at once, before any device is touched
         store = open_store(db)
 
@@ -793,20 +800,122 @@ def export(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="file to write (default: stdout for csv/json)",
                                          callback=_output_file),
     db: Optional[str] = DbOpt,
+    what: str = typer.Option("samples", "--what", help="samples (every timed iteration) or profiles (every "
+                             "profiled op)"),
 ) -> None:
-    """Every sample of a run: csv and parquet one row per sample, json one object per result."""
+    """Every sample of a run: csv and parquet one row per sample, json one object per result (--what profiles:
+    every profiled op; json one object per config)."""
     from devicelab import export as export_module
     from devicelab.store import open_store
 
     if fmt not in export_module.FORMATS:
         raise DevicelabError(f"--format: '{fmt}' is not allowed; allowed: {', '.join(export_module.FORMATS)}")
+    if what not in export_module.WHAT:
+        raise DevicelabError(f"--what: '{what}' is not allowed; allowed: {', '.join(export_module.WHAT)}")
     if fmt == "parquet" and not output:
         raise DevicelabError("--format parquet needs -o PATH (parquet is binary)")
     store = open_store(db, create=False)
     store.get_run(run_id)
-    written = export_module.export(store.results(run_id), fmt, Path(output).expanduser() if output else None)
+    write = export_module.export_profiles if what == "profiles" else export_module.export
+    written = write(store.results(run_id), fmt, Path(output).expanduser() if output else None)
     if written is not None:
         sys.stdout.write(written)
+
+
+@app.command()
+def profile(
+    run_id: str = typer.Argument(..., metavar="RUN_ID"),
+    configs: Optional[list[str]] = typer.Option(None, "--config", metavar="CONFIG",
+                                                help="only this config (engine/model/precision/backend/Nt, as listed); "
+                                                     "twice: the op-type diff between the two"),
+    db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
+) -> None:
+    """Where the time goes in a run's profiled configs: per op type, the top nodes, the profiling overhead, and the
+    diff between fp32 and each other precision (or between the two --config given)."""
+    from devicelab.opprof import diff
+    from devicelab.store import open_store
+
+    store = open_store(db, create=False)
+    store.get_run(run_id)
+    results = store.results(run_id)
+    names = {diff.config_name(r): r for r in results}
+    chosen = list(names.values())
+    if configs:
+        from devicelab.errors import UnknownNameError
+
+        for c in configs:
+            if c not in names:
+                raise UnknownNameError("--config", c, names)
+        chosen = [names[c] for c in configs]
+    if configs and len(configs) == 2:
+        pairs = [(chosen[0], chosen[1])]
+    elif configs and len(configs) > 2:
+        raise DevicelabError("--config: give one config, or two to diff them")
+    else:
+        pairs = diff.precision_pairs(chosen)
+    summaries = [diff.summary(r) for r in chosen]
+    diffs = []
+    for a, b in pairs:
+        try:
+            diffs.append(diff.diff(a, b))
+        except ValueError as e:
+            if configs:
+                raise DevicelabError(f"--config: {e}") from None
+    if as_json:
+        _print_json({"run_id": run_id, "configs": summaries, "diffs": diffs})
+        return
+    _render_profiles(summaries, diffs)
+
+
+def _timeline_text(t: dict[str, Any]) -> str:
+    """A config's timeline in one sentence: its marks, and the frequency and temperature ranges while timed."""
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'' if count == 1 else ('es' if word.endswith('h') else 's')}"
+
+    parts = [f"{t['timed_s']:.3g} s timed in {n(t['slices'], 'lockstep slice')}" if t["slices"] else
+             f"{t['timed_s']:.3g} s timed in {n(t['batches'], 'batch')}"]
+    if t["warmup_iterations"]:
+        parts.append(f"warmup {n(t['warmup_iterations'], 'iteration')} in {t['warmup_s']:.3g} s")
+    for key, unit, scale in (("freq_khz", "MHz", 1e-3), ("temp_c", "°C", 1.0)):
+        for k, (lo, hi) in (t[key] or {}).items():
+            parts.append(f"{'cpu' + k if key == 'freq_khz' else k} {lo * scale:.0f}–{hi * scale:.0f} {unit}")
+    parts.extend(t["unavailable"])
+    return "; ".join(parts)
+
+
+def _render_profiles(summaries: list[dict[str, Any]], diffs: list[dict[str, Any]]) -> None:
+    from devicelab.terminal import print_table, print_wrapped
+
+    for s in summaries:
+        p = s["profile"]
+        if s["timeline"]:
+            print_wrapped(out(), f"{s['config']}: timeline {_timeline_text(s['timeline'])}")
+        if p is None:
+            print_wrapped(out(), f"{s['config']}: {s['why']}")
+            continue
+        overhead = f"{p['overhead'] * 100:+.1f} %" if isinstance(p.get("overhead"), (int, float)) else "—"
+        mapped = f"{p['mapped'] * 100:.1f} %" if isinstance(p.get("mapped"), (int, float)) else "—"
+        print_wrapped(out(), f"{s['config']}: ops {_ms(p.get('total_s'))} per iteration, timed median "
+                             f"{_ms(p.get('median_s'))}, profiling overhead {overhead}, mapped {mapped} "
+                             f"({p.get('engine_source')}, {p.get('iterations')} iterations, node link "
+                             f"{p.get('node_link')})")
+        total = p.get("total_s") or 0
+        print_table(out(), ["op type", "time", "share"],
+                    [[t, _ms(v), f"{v / total * 100:.1f} %" if total else "—"] for t, v in p["by_type"].items()],
+                    title=f"{s['config']}: by op type")
+        print_table(out(), ["node", "engine op", "type", "time", "share"],
+                    [[str(n["name"]) + (f" (fused {'+'.join(n['fused'])})" if n["fused"] else ""),
+                      str(n["engine_type"]), str(n["type"]), _ms(n["s"]),
+                      f"{n['share'] * 100:.1f} %" if n["share"] is not None else "—"] for n in p["top"]],
+                    title=f"{s['config']}: top {len(p['top'])} nodes")
+        for note in p["notes"]:
+            print_wrapped(out(), f"note: {note}", first="  ", rest="    ")
+    for d in diffs:
+        print_table(out(), ["op type", "A", "B", "B/A"],
+                    [[r["type"], _ms(r["a_s"]) if r["a_s"] else "—", _ms(r["b_s"]) if r["b_s"] else "—",
+                      f"{r['ratio']:.2f}×" if r["ratio"] else "new"] for r in d["rows"]],
+                    title=f"A {d['a']} → B {d['b']}")
+        print_wrapped(out(), d["sentence"], first="  ", rest="    ")
 
 
 @app.command("build-native")
@@ -818,6 +927,8 @@ def build_native(
     jobs: Optional[int] = typer.Option(None, "--jobs", min=1, help="parallel compile jobs (default: CPUs)"),
     with_: Optional[list[str]] = typer.Option(None, "--with", help="extra dlbench backend: openvino (host only, "
                                               "links the installed openvino wheel)"),
+    llm: bool = typer.Option(False, "--llm", help="also build llama.cpp (from the llama-cpp-python sdist, cached by "
+                             "version and flags) with dlllm and llama-bench (host, arm64)"),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build dlprobe and dlbench (with ncnn, cached per version) for a target and register them."""
@@ -841,20 +952,30 @@ def build_native(
             for line in step.commands:
                 out().print(f"     {line}", markup=False, highlight=False, soft_wrap=True)
         return
+    if llm:
+        from devicelab import native_llm
+
+        if target not in native_llm.LLM_TARGETS:
+            raise DevicelabError(f"--llm: --target {target} is not allowed; allowed: {', '.join(native_llm.LLM_TARGETS)}")
     try:
         record = native.build(target, ncnn=ncnn_version, jobs=jobs, log=lambda m: err().print(m, markup=False),
                               extra_backends=split_values(with_) or ())
+        llm_build = native_llm.build(target, jobs=jobs, log=lambda m: err().print(m, markup=False)) if llm else None
     except native.NativeBuildError as e:  # not bad input: a step failed (exit 1), the message names its log
         err().print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    if llm_build is not None:
+        record = native.registered(target) or record  # now with dlllm (and llama-bench) among its artifacts
     if as_json:
-        _print_json(record.to_dict())
+        _print_json({**record.to_dict(), **({"llm": llm_build.to_dict()} if llm_build else {})})
         return
     from devicelab.terminal import print_table
 
     print_table(out(), ["artifact", "path", "size", "sha256"],
                 [[name, str(a.path), format_bytes(a.bytes), a.sha256[:12]] for name, a in record.artifacts.items()],
                 title=f"{target}: {record.dlbench_version} (backends: {', '.join(record.backends)})")
+    if llm_build is not None:
+        out().print(f"llama.cpp: {llm_build.version} ({llm_build.seconds:.0f} s)", markup=False, highlight=False)
     out().print(f"registered in {native.registry_path()}")
 
 

@@ -5,6 +5,7 @@ Every problem is collected and reported at once, in one line, before any device 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
@@ -206,7 +207,7 @@ class Suite:
 AB_DEFAULT_REPEATS = {"min": 3, "max": 24}
 
 SUITE_KEYS = ("name", "models", "engines", "threads", "precisions", "backends", "affinity", "devices",
-              "protocol", "seed", "repeats")
+              "protocol", "seed", "repeats", "profile")
 
 BUILTIN_SUITES = ("default", "quick")
 
@@ -414,6 +415,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             device_ids = tuple(dict.fromkeys(ids))
 
     settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
+    settings = _profile_setting(raw.get("profile"), settings, problems)
 
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
@@ -507,6 +509,27 @@ def split_values(values: list[str] | None) -> list[str] | None:
     for v in values:
         out.extend(part.strip() for part in v.split(",") if part.strip())
     return out
+
+
+def _profile_setting(value: Any, settings: ProtocolSettings, problems: list[str]) -> ProtocolSettings:
+    """The suite's `profile:` — true/false, or {iterations: N} — onto the protocol settings (profile,
+    profile_iterations), where the runners' drivers read it and the Result records it."""
+    if value is None:
+        return settings
+    if isinstance(value, bool):
+        return dataclasses.replace(settings, profile=value) if value else settings
+    if isinstance(value, dict):
+        n = value.get("iterations", settings.profile_iterations)
+        unknown = [k for k in value if k != "iterations"]
+        if unknown:
+            problems.append(f"profile.{unknown[0]}: unknown key; allowed: iterations")
+        elif isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            problems.append(f"profile.iterations: {n!r} is not a positive integer")
+        else:
+            return dataclasses.replace(settings, profile=True, profile_iterations=n)
+        return settings
+    problems.append(f"profile: {value!r} is not allowed; allowed: true, false, or {{iterations: N}}")
+    return settings
 
 
 def resolve_suite(suite_path: str | None, quick: bool, overrides: dict[str, list[str] | None]) -> tuple[dict[str, Any], str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 from devicelab.result import Result
 
 FORMATS = ("csv", "json", "parquet")
+WHAT = ("samples", "profiles")  # `export --what`: every timed sample, or every profiled op
 _COLUMNS = ("run_id", "device", "engine", "label", "engine_version", "model", "model_sha256", "precision", "backend",
             "threads", "repeat", "status")
 
@@ -36,6 +37,66 @@ def export(results: Sequence[Result], fmt: str, path: Path | None) -> str | None
             return None
         return text + "\n"
     df = frame(results)
+    if fmt == "parquet":
+        df.to_parquet(path, index=False)
+        return None
+    if path:
+        df.to_csv(path, index=False)
+        return None
+    return df.to_csv(index=False)
+
+
+_OP_COLUMNS = ("op", "engine_type", "type", "node", "seconds", "share", "fused")
+
+
+def profile_frame(results: Sequence[Result]):  # -> pandas.DataFrame
+    """One row per profiled op (seconds per iteration, its share of the config's op total), with the config's
+    columns and the profile's totals; a config without a usable profile is one row saying why, op columns empty."""
+    import pandas as pd
+
+    from devicelab.opprof import diff
+
+    rows = []
+    for r in results:
+        base = {c: getattr(r, c) for c in _COLUMNS}
+        base["cpus"] = ",".join(map(str, r.cpus))
+        base["config"] = diff.config_name(r)
+        p = diff.profile_of(r)
+        if not diff.usable(p):
+            why = (p or {}).get("unsupported") or "not profiled"
+            rows.append({**base, "profile": why})
+            continue
+        assert p is not None
+        total = float(p.get("total_s") or 0.0)
+        totals = {"profile": p.get("engine_source"), "total_s": total, "median_s": p.get("median_s"),
+                  "overhead": p.get("overhead"), "mapped": p.get("mapped")}
+        for o in p.get("ops") or []:
+            s = float(o.get("s") or 0.0)
+            rows.append({**base, **totals, "op": o.get("name"), "engine_type": o.get("engine_type"),
+                         "type": o.get("type"), "node": o.get("node"), "seconds": s,
+                         "share": s / total if total > 0 else None, "fused": "+".join(o.get("fused") or [])})
+    columns = [*_COLUMNS, "cpus", "config", "profile", "total_s", "median_s", "overhead", "mapped", *_OP_COLUMNS]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def export_profiles(results: Sequence[Result], fmt: str, path: Path | None) -> str | None:
+    """`export --what profiles`: json one object per config (its summary and every op), csv/parquet one row per op."""
+    if fmt == "json":
+        from devicelab.opprof import diff
+
+        items = []
+        for r in results:
+            s = diff.summary(r)
+            p = diff.profile_of(r)
+            if s["profile"] is not None and p is not None:
+                s["profile"]["ops"] = list(p.get("ops") or [])
+            items.append(s)
+        text = json.dumps(items, indent=1)
+        if path:
+            path.write_text(text)
+            return None
+        return text + "\n"
+    df = profile_frame(results)
     if fmt == "parquet":
         df.to_parquet(path, index=False)
         return None

@@ -55,6 +55,10 @@ class ProtocolSettings:
     # A/B labels of one config (same round, device, CPUs) alive together and timed in alternating ~0.1 s slices:
     # the machine's drift then falls on both sides alike.
     lockstep: bool = True
+    # Per-op profile (the suite's `profile: true`, `run --profile`): after timing, a separate pass of
+    # profile_iterations iterations with the engine's op profiler on; its ops become the row's ext.profile.
+    profile: bool = False
+    profile_iterations: int = 20
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,6 +102,8 @@ def settings_from_dict(raw: Any, where: str, problems: list[str]) -> ProtocolSet
         problems.append(f"{where}.max_iterations: must be at least 1")
     if result.timeout_seconds <= 0:
         problems.append(f"{where}.timeout_seconds: must be above 0")
+    if result.profile_iterations < 1:
+        problems.append(f"{where}.profile_iterations: must be at least 1")
     return result
 
 
@@ -375,6 +381,12 @@ class Measurement:
     protocol: int
     samples_s: list[float] = field(default_factory=list)
     starts_s: list[float] | None = None  # iteration starts relative to the first timed one (v2 `t`)
+    # The first timed iteration's `t` as the runner sent it (its monotonic clock): what ties devices' own samples
+    # (dlprobe's, the host's) to iter_t_s. None when the runner sent no `t`.
+    t0_s: float | None = None
+    # Every batch as the runner timed it, in order (the timeline's marks): {kind: warmup | run, iterations,
+    # start_t, end_t (the runner's clock, when it sent `t`), sent_s, received_s (the controller's monotonic clock)}.
+    batch_marks: list[dict[str, Any]] = field(default_factory=list)
     ops: list[dict[str, Any]] = field(default_factory=list)
     stop_reason: str = ""
     batches: int = 0
@@ -383,6 +395,10 @@ class Measurement:
     warmup_seconds: float | None = None
     warmup_stopped: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The profiling pass (runner protocol v2 `profile`): its op lines and its `profiled` line; or why none ran.
+    profile_ops: list[dict[str, Any]] = field(default_factory=list)
+    profiled: dict[str, Any] | None = None
+    no_profile: str | None = None
 
 
 # Called once timing has stopped, before "stop": what a device measures with the runner still warm and loaded
@@ -413,6 +429,15 @@ class Driver:
         self.warmup_by = "runner"
         self.warmups: list[float] = []
         self.warmup_stopped: str | None = None
+        self.marks: list[dict[str, Any]] = []  # every batch, for the timeline (Measurement.batch_marks)
+
+    def _mark(self, kind: str, batch: Batch, sent: float | None) -> None:
+        end = None
+        if batch.starts:
+            end = batch.starts[-1] + batch.samples[-1]
+        self.marks.append({"kind": kind, "iterations": len(batch.samples),
+                           "start_t": batch.starts[0] if batch.starts else None, "end_t": end,
+                           "sent_s": sent, "received_s": time.monotonic()})
 
     def start(self) -> None:
         """Wait for 'ready' (the runner has loaded; a v1 runner has warmed up too), then warm up a v2 runner that
@@ -440,7 +465,10 @@ class Driver:
         self.warmup_by = "controller"
         while (why := warmup_stop(self.warmups, self.s, self.warmup_floor_s)) is None:
             n = warmup_batch(self.warmups, self.s, self.estimate, self.warmup_floor_s)
-            got = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup").samples
+            sent = time.monotonic()
+            batch = run_batch(self.channel, n, self.deadline, self.ops, cmd="warmup")
+            self._mark("warmup", batch, sent)
+            got = batch.samples
             self.warmups.extend(got)
             self.estimate = float(stats.median(got) or 0) or self.estimate
         self.warmup_stopped = why
@@ -458,11 +486,14 @@ class Driver:
             len(self.samples) >= self.s.max_iterations or float(sum(self.samples)) >= self.s.max_seconds)
 
     def step(self, most: int | None = None) -> None:
+        # In batch mode nothing is sent: the runner may have begun before this, so no bound on its clock is known.
+        sent: float | None = time.monotonic() if self.batch is None else None
         if self.batch is not None:
             batch = receive_batch(self.channel, self.batch, self.deadline, self.ops)
         else:
             n = next_batch(self.samples, self.s, self.estimate)
             batch = run_batch(self.channel, min(n, most) if most else n, self.deadline, self.ops)
+        self._mark("run", batch, sent)
         self.samples.extend(batch.samples)
         if self.starts is not None and batch.starts is not None:
             self.starts.extend(batch.starts)
@@ -476,25 +507,57 @@ class Driver:
         while self.reason() is None:
             self.step()
 
-    def finish(self, before_stop: BeforeStop | None = None) -> Measurement:
+    def profile(self, n: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None, str | None]:
+        """The profiling pass, after timing and before `stop`: (op lines, the `profiled` line, None), or ([], None,
+        why no pass could be asked for). Only a runner whose `ready` line says `"profile": true` is asked: a v1 or
+        third-party runner would fail on a command it does not know."""
+        if self.batch is not None:
+            return [], None, "batch mode: the runner reads no commands, so it cannot be asked for a profiling pass"
+        if self.ready.get("profile") is not True:
+            return [], None, (f"the runner (protocol {self.protocol}) does not offer the 'profile' command (no "
+                              "\"profile\": true in its ready line) and sent no op events")
+        self.channel.send({"cmd": "profile", "iterations": n})
+        ops: list[dict[str, Any]] = []
+        while True:
+            # a pass of its own: as long as a whole runner may take, from now
+            event = self.channel.receive(max(self.deadline, time.monotonic() + self.s.timeout_seconds))
+            kind = event.get("event")
+            if kind == "op":
+                ops.append(event)
+            elif kind == "profiled":
+                return ops, event, None
+            elif kind == "error":
+                raise _error(event)
+            else:
+                raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a profile")
+
+    def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0) -> Measurement:
         extra: dict[str, Any] = {}
         if before_stop is not None and self.batch is None:
             extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
+        profile_ops: list[dict[str, Any]] = []
+        profiled: dict[str, Any] | None = None
+        no_profile: str | None = None
+        if profile_iterations > 0:  # after the timed iterations and the energy window: never mixed into them
+            profile_ops, profiled, no_profile = self.profile(profile_iterations)
         if self.batch is None:
             self.channel.send({"cmd": "stop"})  # in batch mode the runner stops by itself after its batch
         done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
                        self.ops)
-        starts = None
+        starts, t0 = None, None
         if self.starts and len(self.starts) == len(self.samples):
-            starts = [t - self.starts[0] for t in self.starts]
+            t0 = self.starts[0]
+            starts = [t - t0 for t in self.starts]
         if self.warmup_by == "controller":
             w_n, w_s = len(self.warmups), float(sum(self.warmups))
         else:
             w_n, w_s = self.ready.get("warmups"), seconds_field(self.ready, "warmup_s", required=False)
         return Measurement(ready=self.ready, done=done, protocol=self.protocol, samples_s=self.samples,
-                           starts_s=starts, ops=self.ops, stop_reason=self.reason() or "", batches=self.batches,
+                           starts_s=starts, t0_s=t0, batch_marks=self.marks, ops=self.ops,
+                           stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
-                           warmup_stopped=self.warmup_stopped, extra=extra)
+                           warmup_stopped=self.warmup_stopped, extra=extra, profile_ops=profile_ops,
+                           profiled=profiled, no_profile=no_profile)
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -90,7 +90,10 @@ def sources_sha256() -> str:
     """A hash of the native sources: a changed source means a new build (and a new dlbench version)."""
     root = sources_dir()
     h = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _SOURCE_SUFFIXES):
+    # native/llm (dlllm over llama.cpp) is built by native_llm with a hash of its own: a change there must not
+    # rebuild dlbench.
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in _SOURCE_SUFFIXES
+                       and p.relative_to(root).parts[0] != "llm"):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
@@ -416,9 +419,14 @@ def register(target: str, bin_dir: Path, version: str, digest: str, chain: Toolc
         shutil.copy2(src, tmp)
         os.replace(tmp, dest / name)  # atomic: a runner starting now sees the old or the new binary, never half
         artifacts[name] = Artifact(name, dest / name, sha256_file(dest / name), (dest / name).stat().st_size)
-    record = BuildRecord(target, artifacts, version, digest, chain.to_dict(), _now(), backends, seconds)
     with _locked(registry_path().with_suffix(".lock")):
         data = read_registry()
+        # Programs other builds added to this target (dlllm and llama-bench, native_llm) stay registered.
+        previous = data["targets"].get(target) or {}
+        for name, a in (previous.get("artifacts") or {}).items():
+            if name not in artifacts and Path(a["path"]).is_file():
+                artifacts[name] = Artifact(name, Path(a["path"]), a["sha256"], int(a["bytes"]))
+        record = BuildRecord(target, artifacts, version, digest, chain.to_dict(), _now(), backends, seconds)
         data["targets"][target] = record.to_dict()
         tmp_path = registry_path().with_suffix(".tmp")
         tmp_path.write_text(json.dumps(data, indent=1))

@@ -100,6 +100,8 @@ class ReportData:
     charts: list[dict[str, str]] = field(default_factory=list)
     scorecards: list[dict[str, Any]] = field(default_factory=list)
     devices: list[dict[str, Any]] = field(default_factory=list)
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    details: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _run_tag(r: Result, several: bool) -> str:
@@ -356,6 +358,83 @@ def device_facts(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     return [{"id": k, **v} for k, v in facts.items()]
 
 
+def _pct(x: Any, signed: bool = False) -> str:
+    if not isinstance(x, (int, float)):
+        return "—"
+    return f"{x * 100:+.1f} %" if signed else f"{x * 100:.1f} %"
+
+
+def profile_sections(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """Per device and model with profiled configs: a stacked bar per config by op type (engines side by side,
+    precisions side by side), each config's profile totals with its profiling overhead (or why it has none), and the
+    op-type diff between fp32 and each other precision of the same engine (devicelab.opprof.diff)."""
+    from devicelab.opprof import diff
+
+    out = []
+    for (device, model), rs in _groups([r for r in results if r.status == OK and diff.profile_of(r)]).items():
+        rs = sorted(rs, key=lambda r: (r.engine, r.label, r.backend, r.threads, _PRECISION_ORDER.get(r.precision, 9),
+                                       r.repeat, r.run_id))
+        usable = [r for r in rs if diff.usable(diff.profile_of(r))]
+        totals: dict[str, float] = {}
+        for r in usable:
+            for t, v in (diff.profile_of(r) or {}).get("by_type", {}).items():
+                totals[t] = totals.get(t, 0.0) + float(v)
+        kinds = sorted(totals, key=lambda t: -totals[t])
+        name = {id(r): f"{_variant(r, several)} {r.threads}t" + (f" #{r.repeat}" if r.repeat else "") for r in rs}
+        bars = [(name[id(r)], {t: float(v) * 1e3 for t, v in (diff.profile_of(r) or {})["by_type"].items()})
+                for r in usable]
+        rows = []
+        for r in rs:
+            sm = diff.summary(r)
+            p = sm["profile"]
+            rows.append({"name": name[id(r)], "why": sm.get("why"), "source": p and p["engine_source"],
+                         "iterations": p and p["iterations"], "total": _ms(p and p["total_s"]),
+                         "median": _ms(p and p["median_s"]), "overhead": _pct(p and p["overhead"], signed=True),
+                         "mapped": _pct(p and p["mapped"]), "node_link": p and p["node_link"],
+                         "notes": p["notes"] if p else []})
+        diffs = []
+        for a, b in diff.precision_pairs(rs):
+            d = diff.diff(a, b)
+            diffs.append({"a": name[id(a)], "b": name[id(b)], "sentence": d["sentence"],
+                          "total_a": _ms(d["total_a_s"]), "total_b": _ms(d["total_b_s"]),
+                          "rows": [{"type": x["type"], "a": _ms(x["a_s"]) if x["a_s"] else "—",
+                                    "b": _ms(x["b_s"]) if x["b_s"] else "—",
+                                    "ratio": f"{x['ratio']:.2f}×" if x["ratio"] else "new"} for x in d["rows"]]})
+        out.append({"device": device, "model": model, "rows": rows, "diffs": diffs,
+                    "svg": charts.stacked_bar_chart(f"Time by op type: {model} on {device}", bars, kinds)})
+    return out
+
+
+def config_details(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """Each config's detail: its timeline chart (ext.timeline: latency, frequencies and temperatures over time,
+    warmup and batch marks) and, when profiled, its top nodes."""
+    from devicelab.opprof import diff
+
+    out = []
+    for i, r in enumerate(results):
+        tl = r.ext.get("timeline")
+        p = diff.profile_of(r)
+        if r.status != OK or (tl is None and not diff.usable(p)):
+            continue
+        title = f"{_variant(r, several)} {r.threads}t" + (f" #{r.repeat}" if r.repeat else "") + \
+            f" · {r.model} on {r.device}"
+        svg, missing = "", []
+        if tl is not None:
+            t_s = list(r.ext.get("iter_t_s") or [])
+            svg = charts.timeline_chart(f"Timeline: {title}", t_s, [s * 1e3 for s in r.samples_s], tl["marks"],
+                                        tl.get("freq_khz"), tl.get("temp_c"))
+            missing = list(tl.get("unavailable") or [])
+        top = []
+        if diff.usable(p):
+            assert p is not None
+            top = [{"name": n["name"], "engine_type": n["engine_type"], "type": n["type"], "node": n["node"],
+                    "time": _ms(n["s"]), "share": _pct(n["share"]), "fused": "+".join(map(str, n["fused"]))}
+                   for n in diff.top_nodes(p)]
+        out.append({"id": f"config-{i}", "title": title, "svg": svg, "unavailable": missing, "top": top,
+                    "overhead": _pct(p.get("overhead"), signed=True) if diff.usable(p) and p else None})
+    return out
+
+
 def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
     several = len(runs) > 1
     data = ReportData([r.to_dict() for r in runs], list(results), several)
@@ -368,6 +447,8 @@ def build(runs: Sequence[RunRecord], results: Sequence[Result]) -> ReportData:
     data.scorecards = scorecards(results, several)
     data.warnings = state_warnings(results)
     data.devices = device_facts(runs)
+    data.profiles = profile_sections(results, several)
+    data.details = config_details(results, several)
     return data
 
 

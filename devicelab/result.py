@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from devicelab import opprof
+
 SCHEMA_VERSION = 2
 
 OK = "ok"
@@ -273,6 +275,24 @@ def _numbers(x: Any) -> bool:
 
 # Reserved for the issues of this wave (docs/results.md lists who writes which). A key not listed here is refused
 # on construction, so a typo fails at once instead of landing in the database.
+def _timeline(x: Any) -> bool:
+    """`ext.timeline` (devicelab.opprof.timeline): version 1, marks of known kinds, series with one value per time."""
+    if not isinstance(x, dict) or x.get("version") != 1 or not isinstance(x.get("marks"), list) \
+            or not isinstance(x.get("unavailable"), list):
+        return False
+    if any(not isinstance(m, dict) or m.get("kind") not in ("warmup", "batch", "slice") for m in x["marks"]):
+        return False
+    for key in ("freq_khz", "temp_c"):
+        s = x.get(key)
+        if s is None:
+            continue
+        if not isinstance(s, dict) or not isinstance(s.get("t_s"), list) or not isinstance(s.get("values"), dict):
+            return False
+        if any(not isinstance(v, list) or len(v) != len(s["t_s"]) for v in s["values"].values()):
+            return False
+    return True
+
+
 EXTENSIONS: dict[str, ExtField] = {
     "iter_t_s": ExtField(_numbers, "s", "start of each timed iteration on the runner's monotonic clock, relative to "
                                         "the first (runner protocol v2's optional `t`), one per samples_s entry"),
@@ -288,7 +308,10 @@ EXTENSIONS: dict[str, ExtField] = {
                                   "Xcode's unitless Energy Impact of the iOS runner app (EnergyMonitor; not joules)"),
     "gpu_device": ExtField(lambda x: isinstance(x, dict), None,
                            "the device a GPU backend ran on: {name, type, software}"),
-    "profile": ExtField(lambda x: isinstance(x, dict), None, "per-op profile (profiles issue)"),
+    "profile": ExtField(opprof.valid, None, "a per-op profile, version 1 (devicelab.opprof; docs/results.md)"),
+    "timeline": ExtField(_timeline, "s", "the timed iterations against time with the pinned cores' frequencies (kHz) "
+                                         "and the temperatures (°C) sampled meanwhile, on iter_t_s's clock; marks for "
+                                         "warmup, batches, lockstep slices"),
     "llm": ExtField(lambda x: isinstance(x, dict), None, "LLM workload and figures (quant, P, G, TTFT...)"),
 }
 

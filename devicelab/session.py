@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicelab import native, paths, variants
+from devicelab import native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Start,
-                                   Transport, TransportLostError)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
+                                   Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -29,6 +29,7 @@ from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
                                JsonLines, Measurement, ProtocolSettings, RunnerError, batch_iterations, byte_count,
                                lockstep, minimums_met, now_deadline, seconds_field)
+from devicelab.opprof import timeline
 from devicelab.result import (FAILED, INFRA_FAILED, OK, UNSUPPORTED, Config, Cooldown, EnergyWindow, Lockstep,
                               Pinning, Result, RunProtocol, Warmup, utc_now)
 
@@ -105,9 +106,13 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
     runner sees it (None: no accuracy pass). `warmup.by`: a protocol v2 runner leaves the warmup to the controller;
     a v1 runner ignores the key and warms itself."""
     cfg, s = job.config, job.settings
+    options = job.options
+    if s.profile and cfg.engine == "dlbench" and not options.get("layer_times"):
+        # dlbench speaks protocol 1: its profiling pass is `layer_times` passes after timing, reported at stop
+        options = {**options, "layer_times": s.profile_iterations}
     return {"engine": cfg.engine, "model": str(job.prepared.path), "inputs": list(job.source.inputs),
             "threads": cfg.threads, "cpus": list(cfg.cpus), "precision": cfg.precision, "backend": cfg.backend,
-            "seed": job.seed, "options": job.options,
+            "seed": job.seed, "options": options,
             "warmup": {"min_iterations": s.warmup_iterations, "min_seconds": s.warmup_seconds, "by": "controller"},
             "accuracy_inputs": s.accuracy_inputs if outputs_file else 0, "outputs_file": outputs_file}
 
@@ -239,6 +244,7 @@ class _Attempt:
         self.fields: dict[str, Any] = {}
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
+        self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -250,6 +256,9 @@ class _Attempt:
         self.hook: Any = None
         self.installed: dict[str, str] = {}  # native programs the device has installed (Transport.installed_program)
         self.process_extras = ResultExtras()  # what the transport observed of the program (Process.extras)
+        self.sampler: Sampler | str | None = None  # frequencies and temperatures while timed (the timeline)
+        self.measurement: Measurement | None = None
+        self.lockstep_with: tuple[str, ...] = ()
         self.tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="devicelab-session-")))
 
     def end(self, status: str, reason: str) -> None:
@@ -445,6 +454,11 @@ class _Attempt:
         if self.tool:
             self.process.close_stdin()
             return
+        if not self.probed:  # under dlprobe its own samples make the timeline
+            self.sampler = self.t.timeline_sampler(self.cfg.cpus)
+            if isinstance(self.sampler, Sampler):
+                self.sampler.start()
+                self.stack.callback(self.sampler.stop)
         # Where clocks ramp slowly (phones), warmup never ends before warmup_seconds, steady or not.
         batch = self.record["batch"]["iterations"] if self.t.batch and "batch" in self.record else None
         self.driver = Driver(JsonLines(self.process), self.s, now_deadline(self.s.timeout_seconds),
@@ -518,18 +532,25 @@ class _Attempt:
         if self.driver is None or self.status != OK:
             return
         try:
-            m = self.driver.finish(self.hook)
+            m = self.driver.finish(self.hook, self.s.profile_iterations if self.s.profile else 0)
             self.fields = self._measurement_fields(m)
         except FAULTS as e:
             self.fail(e)
             return
+        finally:
+            if isinstance(self.sampler, Sampler):
+                self.sampler.stop()
+        self.measurement = m
+        if self.s.profile:
+            self.ext["profile"] = self._profile(m)
         if "energy" in m.extra:
             self.energy = m.extra["energy"]
         if self.driver.batch is not None and not minimums_met(m.samples_s, self.s):
             self.notes.append(f"batch mode: the {len(m.samples_s)} iterations asked for up front took "
                               f"{sum(m.samples_s):.3g} s, less than min_seconds={self.s.min_seconds:g}")
         if len(labels) > 1:
-            self.record["lockstep"] = Lockstep(tuple(x for x in labels if x != self.cfg.label), LOCKSTEP_SLICE_S)
+            self.lockstep_with = tuple(x for x in labels if x != self.cfg.label)
+            self.record["lockstep"] = Lockstep(self.lockstep_with, LOCKSTEP_SLICE_S)
         assert self.process is not None
         self.exit = self.process.wait(EXIT_WAIT_S)
         if self.exit is None:
@@ -571,6 +592,49 @@ class _Attempt:
                 "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
                                  "(RSS before load: its VmRSS after the engine import, before the model loads)"}
 
+    def _profile(self, m: Measurement) -> dict[str, Any]:
+        """The row's ext.profile: the runner's profiling pass (protocol v2 `profile`), else the op events a runner
+        sent by itself (dlbench's `layer_times` pass after timing, a `protocol` runner's), else why there is none."""
+        median = self.fields.get("median_s")
+        engine = self.cfg.engine
+        if engine == "dlbench" and m.ready.get("library"):
+            engine = str(m.ready["library"])  # dlbench's op names are its library's
+        if m.profiled is not None:
+            if m.profiled.get("unsupported"):
+                return opprof.unsupported(str(m.profiled["unsupported"]))
+            if m.profiled.get("error"):
+                return opprof.unsupported(f"the profiling pass failed: {m.profiled['error']}")
+            ops, link = m.profile_ops, str(m.profiled.get("node_link") or "none")
+            if any("node" not in o for o in ops):  # named after the model's nodes, but not linked by the runner
+                ops, linked = _link_nodes(ops, self.job, engine)
+                link = link if linked else "none"
+            return opprof.build(ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
+                                iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
+                                median_s=median, node_link=link, notes=[str(n) for n in m.profiled.get("notes") or ()])
+        if m.ops:
+            passes = {o.get("passes") for o in m.ops}
+            iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
+            notes = []
+            if self.cfg.engine == "dlbench":
+                source = f"dlbench op events ({m.ready.get('library', 'its library')}: options.layer_times passes " \
+                         "after timing; each op's time is the median over the passes)"
+                if engine == "ncnn":
+                    notes.append("pnnx renames ncnn's layers (convclip_0 for a model's Conv+Clip): each layer is "
+                                 "paired with the model's nodes of the same shared type in order, best-effort")
+            else:
+                source = "the runner's op events"
+                notes.append("the runner sent op events by itself: devicelab cannot tell whether they were timed "
+                             "apart from the timed iterations")
+            if iterations is None:
+                notes.append("the op events do not say how many iterations they cover (counted as 1)")
+            ops = [{"name": str(o.get("name", "")), "engine_type": str(o.get("type", "")), "s": o["s"]} for o in m.ops
+                   if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
+            ops, linked = _link_nodes(ops, self.job, engine)
+            link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
+            return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
+                                median_s=median, node_link=link, notes=notes)
+        return opprof.unsupported(m.no_profile or "the runner reported no per-op times")
+
     # ---- an engine's own tool: once, to the end
 
     def run_tool(self) -> None:
@@ -596,6 +660,42 @@ class _Attempt:
         elif self.exit.code is None:
             self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
         self.tool_stdout = "\n".join(lines) + "\n"
+
+    def profile_tool(self) -> None:
+        """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
+        (`profile_iterations` runs, pinned like the timed one), only its op table kept. Read before `collect`
+        removes the run folder; the row's profile is made in `_tool_fields`, once the timed run's median is known."""
+        if not self.s.profile or self.status != OK or self.tool is None or self.tool.profile_flags is None:
+            return
+        assert self.tool_s is not None and self.run_dir is not None
+        settings = dataclasses.replace(self.tool_s, iterations=self.s.profile_iterations,
+                                       extra_args=(*self.tool_s.extra_args, *self.tool.profile_flags))
+        argv = self.tool.argv(self.target[0], self.run_dir, settings)
+        lines: list[str] = []
+        try:
+            process = self.t.spawn(argv, self.env, tuple(self.cfg.cpus), self.run_dir)
+        except TransportLostError:
+            raise  # the device went: the row says so (safely)
+        except (OSError, ValueError) as e:
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} could not start: {e}")
+            return
+        deadline = now_deadline(self.s.timeout_seconds)
+        try:
+            while True:
+                lines.append(process.read_line(deadline).decode(errors="replace"))
+        except ChannelClosedError:
+            pass
+        except ChannelTimeoutError:
+            how = process.kill()
+            self.tool_profile = (None, f"the profiling run of {self.tool.tool} did not finish within "
+                                       f"timeout_seconds={self.s.timeout_seconds:g}; {how}")
+            return
+        done = process.wait(EXIT_WAIT_S)
+        if done is None:
+            process.kill()
+        code = done.code if done is not None and done.code is not None else 1
+        run = self.tool.parse("\n".join(lines) + "\n", process.stderr(), code, {})
+        self.tool_profile = (run, f"{self.tool.tool} exited with {code}" if code else run.error)
 
     # ---- after the program
 
@@ -631,6 +731,8 @@ class _Attempt:
             if self.status == FAILED and report.exit_signal and self.reason and "ended before" in self.reason:
                 # dlprobe exits 128 + signal; say what happened to the runner itself
                 self.reason = f"runner ended before finishing ({Exit(128 + report.exit_signal, report.exit_signal).describe()})"
+        if self.status == OK and self.measurement is not None:
+            self._timeline(report)
         if self.tool and self.status == OK:
             self._tool_fields(report, files)
         elif self.status == OK and report is not None:
@@ -646,12 +748,44 @@ class _Attempt:
         if self.status != OK:
             self.fields = {}
 
+    def _timeline(self, report: native.ProbeReport | None) -> None:
+        """`ext.timeline`: the timed iterations against time with the frequencies and temperatures sampled meanwhile
+        (dlprobe's, else the transport's sampler), when the runner sent each iteration's start (`t`)."""
+        m = self.measurement
+        if m is None or m.t0_s is None or m.starts_s is None:
+            return
+        unavailable: list[str] = []
+        freq = temp = None
+        if report is not None:
+            freq, temp = timeline.probe_series(report.raw, m.t0_s, m.samples_s, m.starts_s, unavailable)
+        elif isinstance(self.sampler, Sampler):
+            sp = self.sampler
+            keys = sorted({k for row in sp.freq for k in row})
+            zones = sorted({k for row in sp.temps for k in row})
+            freq = timeline.Series(sp.source, "controller", sp.freq_t,
+                                   {k: [row.get(k) for row in sp.freq] for k in keys})
+            temp = timeline.Series(sp.source, "controller", sp.temp_t,
+                                   {z: [row.get(z) for row in sp.temps] for z in zones})
+            if not zones:
+                unavailable.append("temperatures: no /sys/class/thermal zone on this host")
+                temp = None
+        elif isinstance(self.sampler, str):
+            unavailable.append(f"cpu frequencies and temperatures: {self.sampler}")
+        else:
+            unavailable.append("cpu frequencies and temperatures: dlprobe wrote no report")
+        self.ext["timeline"] = timeline.build(timeline.Inputs(
+            iter_t_s=m.starts_s, samples_s=m.samples_s, t0_s=m.t0_s, batch_marks=m.batch_marks, cpus=self.cfg.cpus,
+            lockstep_with=self.lockstep_with, freq_khz=freq, temp_c=temp, unavailable=unavailable))
+
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
         if report is not None:
             peak, method, note = native.peak_memory(report, peak, method)
             if note:
                 self.notes.append(note)
+            if self.s.profile:
+                self.notes.append("peak memory: dlprobe's wait4 ru_maxrss covers the runner's whole life, its "
+                                  "profiling pass included (the runner's own figure is read before that pass)")
             method += " (RSS before load: the runner's VmRSS before the model loads)"
         self.fields.update(peak_rss_bytes=peak, memory_method=method)
 
@@ -674,6 +808,19 @@ class _Attempt:
         fields["samples_s"] = tuple(fields["samples_s"])
         self.fields = fields
         self._memory(report, peak, method)
+        if self.s.profile:
+            self.ext["profile"] = self._tool_profile(fields.get("median_s"))
+
+    def _tool_profile(self, median: float | None) -> dict[str, Any]:
+        assert self.tool is not None
+        if self.tool.profile_flags is None:
+            return opprof.unsupported(self.tool.no_profile)
+        run, error = self.tool_profile
+        if run is None or error:
+            return opprof.unsupported(f"the profiling pass failed: {error}")
+        if not run.ops:
+            return opprof.unsupported(f"the profiling run of {self.tool.tool} printed no op table")
+        return self.tool.profile(run, self.s.profile_iterations, median)
 
     def _accuracy(self, outputs: Path) -> None:
         import numpy as np
@@ -778,6 +925,21 @@ class _Attempt:
             **(self.fields if ok else {}))
 
 
+def _link_nodes(ops: list[dict[str, Any]], job: Job, engine: str) -> tuple[list[dict[str, Any]], int]:
+    """Ops named after the config's ONNX model's nodes, linked to them (node, absorbed nodes, the node's type for
+    the vocabulary): how a profile from MNN or from op events reaches the model. The model is the ONNX file the
+    engine's format was converted from (the prepared file itself when it is ONNX: a QDQ int8 model)."""
+    from devicelab.opprof import onnxgraph
+
+    path = job.prepared.path if str(job.prepared.path).endswith(".onnx") else job.source.path
+    try:
+        if engine == "ncnn":  # pnnx renamed the layers: paired by type and order
+            return onnxgraph.link_by_order(ops, job.source.path, "ncnn")
+        return onnxgraph.link(ops, path)
+    except Exception:  # noqa: BLE001 - a model onnx cannot read leaves the ops unlinked, never fails the row
+        return [{**o, "node": None, "fused": []} for o in ops], 0
+
+
 # --------------------------------------------------------------------------------------------------
 # The entry point
 
@@ -799,6 +961,7 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
                 continue
             if a.tool:
                 a.safely(a.run_tool)
+                a.safely(a.profile_tool)
                 a.safely(a.collect)
                 a._reap()
             else:

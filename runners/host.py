@@ -90,6 +90,29 @@ def _write_outputs(session: Any, config: dict[str, Any], make_inputs: Any) -> st
     return h.hexdigest()
 
 
+def _profile(session: Any, feeds: Any, iterations: int, config: dict[str, Any], out: TextIO) -> None:
+    """Answer `profile`: one `op` line per engine op (seconds per iteration, mean over the profiled iterations), then
+    `profiled` — with `unsupported` (the reason) when the engine has no op profiler, or `error` when profiling
+    failed. Either way the timed iterations stand: profiling is a pass of its own."""
+    profile = getattr(session, "profile", None)
+    if profile is None:
+        _emit(out, {"event": "profiled", "unsupported": f"{config['engine']}'s session has no op profiler in "
+                                                          "devicelab's host runner"})
+        return
+    from devicelab.engines.base import UnsupportedError
+
+    try:
+        report = profile(feeds, iterations, config)
+    except UnsupportedError as e:
+        _emit(out, {"event": "profiled", "unsupported": str(e)})
+        return
+    except Exception as e:  # noqa: BLE001 - a profiler's failure is reported on the row, never fails the timing
+        _emit(out, {"event": "profiled", "error": f"{type(e).__name__}: {e}"})
+        return
+    out.write("".join(json.dumps({"event": "op", **op}, separators=(",", ":")) + "\n" for op in report["ops"]))
+    _emit(out, {"event": "profiled", **{k: v for k, v in report.items() if k != "ops"}})
+
+
 def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, Any] | None = None) -> int:
     """One config. `start`: how this process began when it is not a fresh exec (a zygote's child: what the zygote
     imported before the fork and how long that took, added to import_s)."""
@@ -133,12 +156,14 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, 
                 **({"gpu_device": device} if device else {}),
                 "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
                 "exec_path": start["exec_path"], "preloaded": start["preloaded"],
-                "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None})
+                "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                "profile": True})  # this runner answers the `profile` command (docs/runner-protocol.md)
 
     fixed = config.get("iterations")  # for callers that cannot write to stdin
     lines = iter(commands) if fixed is None else iter([json.dumps({"cmd": "run", "iterations": fixed}),
                                                        json.dumps({"cmd": "stop"})])
     perf, run_once = time.perf_counter, session.run
+    peak_before_profile: tuple[int | None, str] | None = None
     for line in lines:
         if not line.strip():
             continue
@@ -154,9 +179,15 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, 
             out.write("".join(f'{{"event":"iter","s":{s!r},"t":{t!r}}}\n' for s, t in zip(samples, starts))
                       + '{"event":"batch"}\n')
             out.flush()
+        elif cmd.get("cmd") == "profile":
+            # The profiling pass, after timing: it may open a second session of the model (ONNX Runtime, OpenVINO,
+            # MNN), so the peak memory is read before it and that is the one `done` reports.
+            if peak_before_profile is None:
+                peak_before_profile = _peak_rss_bytes()
+            _profile(session, feeds, int(cmd["iterations"]), config, out)
         elif cmd.get("cmd") == "stop":
             # Peak first: the accuracy pass below is not part of the measured workload.
-            peak, method = _peak_rss_bytes()
+            peak, method = peak_before_profile or _peak_rss_bytes()
             digest = _write_outputs(session, config, make_inputs)
             _emit(out, {"event": "done", "peak_rss_bytes": peak, "peak_rss_method": method,
                         "thread_cpus": _thread_cpus(),

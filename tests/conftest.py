@@ -116,6 +116,30 @@ def native_arm64(data_dir: Path) -> dict[str, Any]:
     return _build_native("arm64", data_dir)
 
 
+def _build_llm(target: str, data_dir: Path) -> dict[str, Any]:
+    """`devicelab build-native --target TARGET --llm`: llama.cpp from the llama-cpp-python sdist, cached under the build
+    cache by version, flags and compiler (the first build on a machine takes minutes; later ones only relink)."""
+    from helpers import DEVICELAB
+
+    env = dict(os.environ, DEVICELAB_DATA=str(data_dir), DEVICELAB_CACHE=BUILD_CACHE)
+    p = subprocess.run([DEVICELAB, "build-native", "--target", target, "--llm", "--json"], env=env, capture_output=True,
+                       text=True, timeout=3 * 3600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)
+
+
+@pytest.fixture(scope="session")
+def llm_host(data_dir: Path) -> dict[str, Any]:
+    return _build_llm("host", data_dir)
+
+
+@pytest.fixture(scope="session")
+def llm_arm64(data_dir: Path, llm_host: dict[str, Any]) -> dict[str, Any]:
+    if shutil.which("aarch64-linux-gnu-g++") is None or shutil.which("qemu-aarch64-static") is None:
+        pytest.skip("needs Debian's g++-aarch64-linux-gnu and qemu-user-static (scripts/test installs them as root)")
+    return {**_build_llm("arm64", data_dir), "host_dlllm": llm_host["artifacts"]["dlllm"]["path"]}
+
+
 # ---- the Android test modules' fixtures (an emulated phone on a private adb server)
 
 

@@ -69,6 +69,7 @@ def test_protocol_v1_over_stdin(native_host: dict[str, Any], model: dict[str, An
     dlbench = native_host["artifacts"]["dlbench"]["path"]
     config = _config(tmp_path / "run", model, options={"layer_times": 2})
     commands = '{"cmd":"run","iterations":3}\n{"cmd":"run","iterations":2}\n{"cmd":"stop"}\n'
+    started = time.monotonic()
     p = subprocess.run([dlbench, str(config)], input=commands, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     events = _events(p.stdout)
@@ -80,6 +81,10 @@ def test_protocol_v1_over_stdin(native_host: dict[str, Any], model: dict[str, An
     kinds = [e["event"] for e in events[1:]]
     assert kinds[:8] == ["iter"] * 3 + ["batch"] + ["iter"] * 2 + ["batch", "op"]
     assert all(e["s"] > 0 for e in events if e["event"] == "iter")
+    # `t`: each iteration's start on CLOCK_MONOTONIC (dlprobe's clock), after the previous one ended
+    its = [e for e in events if e["event"] == "iter"]
+    assert all(a["t"] + a["s"] <= b["t"] for a, b in zip(its, its[1:]))
+    assert its[0]["t"] >= started and its[-1]["t"] <= time.monotonic()
     ops = [e for e in events if e["event"] == "op"]
     assert len(ops) > 20 and {"Convolution", "Pooling"} <= {o["type"] for o in ops} and all(o["s"] >= 0 for o in ops)
     done = events[-1]

@@ -17,13 +17,14 @@ from devicelab.result import PRECISIONS
 from helpers import devicelab, run_json, write_suite
 
 ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
-TOOLS = ["tool:benchncnn", "tool:benchmark_model", "tool:mnn-benchmark", "tool:onnxruntime_perf_test"]
+TOOLS = ["tool:benchncnn", "tool:benchmark_model", "tool:mnn-benchmark", "tool:onnxruntime_perf_test",
+         "tool:llama-bench"]
 
 
 def test_every_engine_declares_its_capabilities() -> None:
     # dlbench: ncnn through devicelab's C++ runner (tests/test_dlbench); protocol: any runner-protocol program;
     # tool:*: the engines' own benchmark binaries (tests/test_tools)
-    assert engine_names() == ENGINES + ["dlbench", "protocol", *TOOLS]
+    assert engine_names() == ENGINES + ["dlbench", "protocol", "llamacpp", *TOOLS]  # llamacpp: tests/test_llm_native
     for name in ENGINES:
         e = get_engine(name)
         assert e.name == name and e.formats and set(e.precisions) <= set(PRECISIONS) and "fp32" in e.precisions
@@ -48,7 +49,7 @@ def test_engines_json_per_device(env: dict[str, str]) -> None:
     p = devicelab("engines", "--json", env=env)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
-    assert set(rows) == set(ENGINES) | {"dlbench", "protocol", *TOOLS}
+    assert set(rows) == set(ENGINES) | {"dlbench", "protocol", "llamacpp", *TOOLS}
     for r in (rows[name] for name in ENGINES):
         (host,) = r["devices"]
         assert host["id"] == "host" and host["available"] and "fp32/cpu" in host["runs"]

@@ -62,6 +62,8 @@ RULES = [
      ("devicelab.devices.host", "devicelab.devices.android"), "the session runs on any transport: no kind's module"),
     (("devicelab.result", "devicelab.rows", "devicelab.facts"), ("devicelab.devices", "devicelab.engines"),
      "the record's schema depends on nothing that runs"),
+    (("devicelab.opprof",), ("devicelab.devices", "devicelab.engines", "devicelab.session", "devicelab.store"),
+     "per-op profiles are built from what an engine reported: pure, like analysis"),
 ]
 
 
@@ -135,6 +137,8 @@ def test_results_are_created_in_the_session_and_rows_only() -> None:
 REPLACES = {
     ("devicelab.plan", "r"), ("devicelab.plan", "r.config"),
     ("devicelab.measure", "ProtocolSettings()"),
+    ("devicelab.config", "settings"),  # the suite's `profile:` key onto its protocol settings
+    ("devicelab.session", "self.tool_s"),  # a tool's profiling run: its settings with the per-op flags
     ("devicelab.sweep", "suite"), ("devicelab.sweep", "info"), ("devicelab.farm.client", "suite"),
     ("devicelab.engines.tool_base", "self"),
     ("devicelab.engines.tool_benchmark_model", "prepared"),

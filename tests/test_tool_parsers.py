@@ -13,13 +13,15 @@ from devicelab.engines.base import PreparedModel
 from devicelab.engines.tool_base import ToolEngine, ToolRun, ToolSettings, nchw_to_ncnn_shape, seconds
 from devicelab.engines.tool_benchmark_model import ENGINE as TFLITE
 from devicelab.engines.tool_benchncnn import ENGINE as BENCHNCNN
+from devicelab.engines.tool_llama_bench import ENGINE as LLAMA_BENCH
 from devicelab.engines.tool_mnn_benchmark import ENGINE as MNN
 from devicelab.engines.tool_onnxruntime_perf_test import ENGINE as ORT
 from devicelab.engines.tool_onnxruntime_perf_test import RESULT_FILE
 from devicelab.result import BACKENDS, PRECISIONS, RESULT_FIELDS
 
 GOLDEN = Path(__file__).parent / "golden" / "tools"
-TOOLS: dict[str, ToolEngine] = {"benchncnn": BENCHNCNN, "benchmark_model": TFLITE, "mnn_benchmark": MNN,
+TOOLS: dict[str, ToolEngine] = {"llama_bench": LLAMA_BENCH, "benchncnn": BENCHNCNN, "benchmark_model": TFLITE,
+                                "mnn_benchmark": MNN,
                                 "onnxruntime_perf_test": ORT}
 FOLDER = "/data/local/tmp/devicelab/run"
 
@@ -133,6 +135,12 @@ EXPECTED: dict[str, dict[str, tuple[int, dict[str, Any]]]] = {
         "error_bad_flag": (255, dict(count=None, error="ERROR: Unknown command line flag 'warmup'")),
         "error_no_test_data": (255, dict(count=None, error="there is no test data for model run")),
         "error_ep_not_built": (255, dict(count=None)),
+    },
+    # samples: the generation test's samples_ns / n_gen (per-token decode seconds); avg_s: its avg_ns / n_gen
+    "llama_bench": {
+        "tiny_p16_n4_d8": (0, dict(count=3, warmups=1, avg_s=2326242 / 1e9 / 4, summary_only=False,
+                                   error=None)),
+        "error_not_gguf": (1, dict(count=None, error="llama_bench: error: failed to load model 'gold2/model.gguf'")),
     },
 }
 CASES = [(tool, variant) for tool, variants in EXPECTED.items() for variant in variants]

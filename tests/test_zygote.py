@@ -3,6 +3,8 @@ as a fresh exec; the fall-backs when an import leaves a thread behind; exits and
 
 from __future__ import annotations
 
+import ctypes
+import mmap
 import os
 import sys
 import time
@@ -48,8 +50,50 @@ def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_
     assert code == 0, err
     by = {r["label"]: r for r in out["results"]}
     assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
-    for key in ("rss_before_load_bytes", "peak_rss_bytes"):
-        assert by["zygote"][key] == pytest.approx(by["exec"][key], rel=0.05), key
+    # Before load within 1 %: the zygote's own work (its page scan, its modules) must not stay resident in the child
+    # (it was 1.3-2 % above while the scan ran numpy code). The peak gets 5 %: it depends on the heap's history.
+    assert by["zygote"]["rss_before_load_bytes"] == pytest.approx(by["exec"]["rss_before_load_bytes"], rel=0.01)
+    assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.05)
+
+
+def test_resident_file_pages_are_the_mapped_file_pages(tmp_path: Path) -> None:
+    from devicelab.runners.zygote import PAGE, resident_file_pages
+
+    data = tmp_path / "pages.bin"
+    data.write_bytes(os.urandom(64 * PAGE))
+    with open(data, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+        view = ctypes.c_char.from_buffer(m)  # private and writable only so that ctypes gives its address; never written
+        start = ctypes.addressof(view)
+        del view
+
+        def runs_in_mapping() -> list[tuple[int, int]]:
+            runs = resident_file_pages()
+            pairs = list(zip(runs[0::2], runs[1::2]))
+            return [(a, n) for a, n in pairs if a < start + 64 * PAGE and a + n > start]
+
+        assert runs_in_mapping() == []  # mapped, never touched: not resident in this process
+        # Two far-apart pages touched: the kernel maps a window of neighbours with each (fault-around), so the truth
+        # for the count is the mapping's Rss in smaps; the runs must hold both pages and add up to exactly that.
+        assert m[10 * PAGE] >= 0 and m[50 * PAGE] >= 0
+        runs = runs_in_mapping()
+        assert sum(n for _, n in runs) == _smaps_rss(start)
+        for page in (10, 50):
+            assert any(a <= start + page * PAGE < a + n for a, n in runs), page
+        assert sum(m[i * PAGE] for i in range(64)) >= 0  # now every page
+        assert runs_in_mapping() == [(start, 64 * PAGE)]
+
+
+def _smaps_rss(start: int) -> int:
+    """Rss of the mapping that begins at `start`, from /proc/self/smaps (bytes)."""
+    found = False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()[0]
+            if "-" in head and ":" not in head:
+                found = int(head.split("-")[0], 16) == start
+            elif found and head == "Rss:":
+                return int(line.split()[1]) * 1024
+    raise AssertionError("mapping not found in smaps")
 
 
 def test_an_import_that_starts_a_thread_means_a_fresh_exec(tmp_path: Path) -> None:

@@ -252,10 +252,55 @@ class Transport(ABC):
         """What devicelab keeps per physical device (profiles) is filed under this key."""
         return self.id
 
+    def timeline_sampler(self, cpus: Sequence[int]) -> Sampler | str:
+        """What samples the pinned cores' frequencies and the temperatures while a config is timed, on the
+        controller's monotonic clock (a config's timeline, devicelab.opprof.timeline), or why nothing does. Kinds
+        whose runners run under dlprobe get its samples instead."""
+        return f"no sampler beside the runner on {self.kind} devices"
+
     def result_extras(self, before: dict[str, Any] | None, after: dict[str, Any] | None) -> ResultExtras:
         """What this kind reads in `state()`s taken around one config (`after` is None when the row has none), for
         the Result: extensions, notes, throttling the device reported. Pure: no device I/O (the row is being made)."""
         return ResultExtras()
+
+
+class Sampler:
+    """Reads frequencies (fast) and temperatures (slow) in a thread of the controller while a config is timed; a
+    kind gives the two reading functions. Readings are cheap file reads: the thread sleeps between them."""
+
+    def __init__(self, source: str, read_freq: Callable[[], dict[str, float | None]],
+                 read_temps: Callable[[], dict[str, float | None]], fast_s: float = 0.05, slow_s: float = 0.5) -> None:
+        self.source, self.fast_s, self.slow_s = source, fast_s, slow_s
+        self._read_freq, self._read_temps = read_freq, read_temps
+        self.freq_t: list[float] = []
+        self.freq: list[dict[str, float | None]] = []
+        self.temp_t: list[float] = []
+        self.temps: list[dict[str, float | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="devicelab-sampler", daemon=True)
+
+    def start(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        import time
+
+        next_slow = 0.0
+        while not self._stop.is_set():
+            now = time.monotonic()
+            self.freq_t.append(now)
+            self.freq.append(self._read_freq())
+            if now >= next_slow:
+                self.temp_t.append(now)
+                self.temps.append(self._read_temps())
+                next_slow = now + self.slow_s
+            self._stop.wait(self.fast_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
 
 
 def relative_name(name: str) -> str:

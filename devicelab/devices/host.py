@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicelab.devices.base import Exit, Placed, Process, Start, Transport, relative_name
+from devicelab.devices.base import Exit, Placed, Process, Sampler, Start, Transport, relative_name
 from devicelab.errors import DevicelabError
 from devicelab.facts import Cluster, DeviceEntry, DeviceFacts
 from devicelab.measure import ChannelClosedError
@@ -170,6 +170,30 @@ class HostTransport(Transport):
         if unavailable:
             state["unavailable"] = [f"{u}: no sensor readable in /sys on this host" for u in unavailable]
         return state
+
+    def timeline_sampler(self, cpus: Sequence[int]) -> Sampler | str:
+        """The pinned cores' scaling_cur_freq every 50 ms and every thermal zone every 0.5 s, read by the controller
+        (a forked runner is not under dlprobe); why not when /sys has neither (a VM usually has no cpufreq)."""
+        freq = {str(c): f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq"
+                for c in cpus or range(os.cpu_count() or 1)}
+        freq = {c: p for c, p in freq.items() if os.path.exists(p)}
+        zones: dict[str, str] = {}
+        for zone in sorted(glob.glob("/sys/class/thermal/thermal_zone*")):
+            kind = _read(f"{zone}/type")
+            if kind and os.path.exists(f"{zone}/temp"):
+                zones[kind if kind not in zones else f"{kind}:{Path(zone).name}"] = f"{zone}/temp"
+        if not freq and not zones:
+            return ("the host has neither /sys/devices/system/cpu/cpu*/cpufreq for the pinned cores nor "
+                    "/sys/class/thermal zones")
+
+        def read_freq() -> dict[str, float | None]:
+            return {c: (float(v) if (v := _read_int(p)) is not None else None) for c, p in freq.items()}
+
+        def read_temps() -> dict[str, float | None]:
+            return {z: (v / 1000.0 if (v := _read_int(p)) is not None else None) for z, p in zones.items()}
+
+        return Sampler("the host's /sys, read by the controller (frequencies every 50 ms, temperatures every 0.5 s)",
+                       read_freq, read_temps)
 
     # ---- files: the host's are the controller's; a run folder is a temporary folder of links
 

@@ -17,11 +17,13 @@ ENGINE_MODULES: dict[str, str] = {
     "openvino": "devicelab.engines.openvino",
     "dlbench": "devicelab.engines.dlbench",
     "protocol": "devicelab.engines.protocol",
+    "llamacpp": "devicelab.engines.llamacpp",
     # the engines' own benchmark binaries, driven as they are (the suite names the binary: options.binary)
     "tool:benchncnn": "devicelab.engines.tool_benchncnn",
     "tool:benchmark_model": "devicelab.engines.tool_benchmark_model",
     "tool:mnn-benchmark": "devicelab.engines.tool_mnn_benchmark",
     "tool:onnxruntime_perf_test": "devicelab.engines.tool_onnxruntime_perf_test",
+    "tool:llama-bench": "devicelab.engines.tool_llama_bench",
 }
 
 

@@ -12,7 +12,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, Session, SourceModel, calibration_inputs, calibration_key
+from devicelab.engines.base import (Engine, PreparedModel, Session, SourceModel, UnsupportedError, calibration_inputs,
+                                    calibration_key)
 from devicelab.paths import cached_file
 
 
@@ -86,6 +87,14 @@ class _LiteRtSession:
 
     def outputs(self, raw: Any) -> list[Any]:
         return [self._it.get_tensor(d["index"]).copy() for d in self._outputs]
+
+    def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
+        raise UnsupportedError(NO_PROFILER)
+
+
+# Why a host LiteRT config has no per-op profile (the README names it too).
+NO_PROFILER = ("LiteRT's Python API (ai_edge_litert Interpreter) has no op profiler; per-op times come from "
+               "tool:benchmark_model --enable_op_profiling=true (phones)")
 
 
 ENGINE = LiteRtEngine()

@@ -157,5 +157,50 @@ class _NcnnSession:
 
         return [np.array(raw).reshape(1, -1)]
 
+    def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The pip wheel has no per-layer profiler (that needs a build with NCNN_BENCHMARK, which dlbench's ncnn
+        reports through its `op` events), but its Extractor computes a blob only when asked and keeps what it
+        computed: asking for each layer's output in the network's order, timing each ask, gives each layer's time.
+        Light mode is off for that (every intermediate blob is kept), and each layer's time includes one Python
+        call; the timed iterations asked for the output alone."""
+        import time
+
+        layers = [layer for layer in self._net.layers() if layer.type != "Input" and len(layer.tops)]
+        clock = time.perf_counter
+
+        def once(totals: dict[int, float] | None) -> None:
+            ex = self._net.create_extractor()
+            ex.set_light_mode(False)
+            for i, mat in enumerate(prepared[1]):
+                ex.input(f"in{i}", mat)
+            for k, layer in enumerate(layers):
+                t0 = clock()
+                ret, _ = ex.extract(int(layer.tops[0]), 1)  # 1: the blob as computed, no unpacking or conversion
+                if totals is not None:
+                    totals[k] = totals.get(k, 0.0) + clock() - t0
+                if ret != 0:
+                    raise RuntimeError(f"ncnn extract of layer {layer.name} failed with {ret}")
+
+        for _ in range(PROFILE_WARMUP):
+            once(None)
+        totals: dict[int, float] = {}
+        for _ in range(iterations):
+            once(totals)
+        ops = [{"name": layer.name, "type": layer.type, "s": totals.get(k, 0.0) / iterations}
+               for k, layer in enumerate(layers)]
+        return {"ops": ops, "iterations": iterations,
+                "source": "ncnn pip wheel: each layer's output extracted in order, timed (a second extractor per "
+                          "iteration, light mode off, after timing)",
+                "node_link": "best-effort",
+                "notes": ["the ncnn wheel has no per-layer profiler: each layer is timed as the extract of its output "
+                          "blob in network order (light mode off, one Python call per layer); dlbench times its ncnn "
+                          "layers the same way in C++",
+                          "pnnx renames ncnn's layers (convclip_0 for a model's Conv+Clip): each layer is paired with "
+                          "the model's nodes of the same shared type in order, best-effort"]}
+
+
+# Iterations of the profiling extractor before the profiled ones.
+PROFILE_WARMUP = 3
+
 
 ENGINE = NcnnEngine()

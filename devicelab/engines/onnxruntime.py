@@ -7,8 +7,11 @@ quantize_dynamic: on CNNs it makes ConvInteger graphs several times slower than 
 
 from __future__ import annotations
 
+import json
 import platform
+import re
 import tempfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +59,10 @@ def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
 
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
-    fork_caveat = ("peak memory: ONNX Runtime's peak RSS takes one of a few values up to ~5 % apart from one process to "
-                   "the next, fresh or forked, and forked from a zygote it lands 0.5-2 % above a fresh process's value "
-                   "(MobileNet-v2); for memory series across runs before the zygote, run it with "
-                   "options: {process: exec}")
+    fork_caveat = ("peak memory: ONNX Runtime's peak RSS depends on the heap's history (glibc's dynamic mmap "
+                   "threshold), so a zygote's child, whose imports ran in another order, can peak a few % away from a "
+                   "fresh process (the fork itself moves it < 0.1 %); for memory series across runs before the "
+                   "zygote, run it with options: {process: exec}")
     package = "onnxruntime"
     module = "onnxruntime"
     formats = ("onnx",)
@@ -83,17 +86,28 @@ class OnnxRuntimeEngine(Engine):
     def open_session(self, config: dict[str, Any]) -> Session:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        # intra-op = the calling thread plus threads-1 workers; inter-op parallelism off so "threads" means
-        # exactly what the other engines mean by it.
-        so.intra_op_num_threads = int(config["threads"])
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        for key, value in (config.get("options") or {}).get("session_config", {}).items():
-            so.add_session_config_entry(str(key), str(value))
-        return _OrtSession(ort.InferenceSession(config["model"], so, providers=["CPUExecutionProvider"]))
+        return _OrtSession(ort.InferenceSession(config["model"], _session_options(config),
+                                                providers=["CPUExecutionProvider"]))
+
+
+def _session_options(config: dict[str, Any]) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    # intra-op = the calling thread plus threads-1 workers; inter-op parallelism off so "threads" means
+    # exactly what the other engines mean by it.
+    so.intra_op_num_threads = int(config["threads"])
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    for key, value in (config.get("options") or {}).get("session_config", {}).items():
+        so.add_session_config_entry(str(key), str(value))
+    return so
+
+
+# Runs of the profiled session before the profiled ones: a new session's first runs allocate and are slow.
+PROFILE_WARMUP = 3
 
 
 class _OrtSession(SimpleSession):
@@ -102,6 +116,85 @@ class _OrtSession(SimpleSession):
 
     def run(self, prepared: Any) -> Any:
         return self._sess.run(None, prepared)
+
+    def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
+        """A second session of the same model with the same options and `enable_profiling` on (the timed one never
+        profiles), PROFILE_WARMUP runs, then `iterations` runs; the node events of those runs, averaged per node."""
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="devicelab-ort-profile-") as tmp:
+            so = _session_options(config)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "ort")
+            sess = ort.InferenceSession(config["model"], so, providers=["CPUExecutionProvider"])
+            for _ in range(PROFILE_WARMUP + iterations):
+                sess.run(None, prepared)
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        return {"ops": profile_ops(events, iterations, config["model"]), "iterations": iterations,
+                "source": "onnxruntime enable_profiling (a second session, same options, after timing)",
+                "node_link": "exact",
+                "notes": ["ONNX Runtime's node names are the model's; ops ONNX Runtime added itself (layout reorders) "
+                          "have no model node, and model nodes it fused are listed in the op that absorbed them"]}
+
+
+def profile_ops(events: list[dict[str, Any]], iterations: int, model: str | Path | None) -> list[dict[str, Any]]:
+    """ONNX Runtime's profile (a Chrome trace) → one op per graph node: its `_kernel_time` events of the last
+    `iterations` runs, averaged (the earlier ones are the profiled session's warmup). `model`: the ONNX file the
+    session ran, for the node link, depthwise convolutions and fused nodes."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            runs.setdefault(e["name"][:-len("_kernel_time")], []).append(e)
+    graph: dict[str, Any] = {}
+    fused: dict[str, list[str]] = {}
+    node_of: dict[str, str | None] = {name: None for name in runs}
+    if model is not None:
+        from devicelab.opprof import onnxgraph
+
+        nodes = onnxgraph.read(model)
+        graph = {n.name: n for n in nodes}
+        node_of = {name: model_node(name, graph) for name in runs}
+        fused = onnxgraph.absorbed(nodes, {n for n in node_of.values() if n})
+    ops = []
+    for name, seen in runs.items():
+        last = seen[-iterations:]
+        args = last[0].get("args") or {}
+        node_name = node_of[name]
+        node = graph.get(node_name) if node_name else None
+        ops.append({"name": name, "type": str(args.get("op_name", "")),
+                    "s": sum(float(e.get("dur", 0)) for e in last) / len(last) / 1e6,  # µs per run → s
+                    "node": node_name, "fused": fused.get(node_name, []) if node_name else [],
+                    # depthwise: the model's convolution (the op's own node, or one it absorbed) says so
+                    "hint": {"depthwise": any(graph[n].depthwise for n in {node_name, *fused.get(node_name, [])})
+                             if node is not None else _depthwise_by_shape(args)},
+                    "extra": {"provider": args.get("provider"), "calls": len(last)}})
+    return ops
+
+
+# Suffixes ONNX Runtime's graph transformers add to the node they rewrite: the NCHWc layout (`conv_1_nchwc`,
+# `gap_63_pool_nchwc`) and QDQ → QLinear kernels (`conv_1_pre_token_1`).
+_ORT_SUFFIX = re.compile(r"(_nchwc|_token_\d+)$")
+
+
+def model_node(name: str, graph: Collection[str]) -> str | None:
+    """The model node an ONNX Runtime kernel came from: its name, or its name without the suffixes ONNX Runtime's
+    rewrites add; None for a kernel ONNX Runtime made up (a layout reorder, a Transpose)."""
+    while name not in graph:
+        stripped = _ORT_SUFFIX.sub("", name)
+        if stripped == name:
+            return None
+        name = stripped
+    return name
+
+
+def _depthwise_by_shape(args: dict[str, Any]) -> bool:
+    """An op ONNX Runtime made itself (no model node): depthwise when the weight is [C, 1, kh, kw] and the input has
+    C channels."""
+    shapes = [next(iter(s.values()), None) for s in args.get("input_type_shape") or () if isinstance(s, dict)]
+    if len(shapes) < 2 or not all(isinstance(s, list) for s in shapes[:2]):
+        return False
+    x, w = shapes[0], shapes[1]
+    return len(w) == 4 and len(x) >= 2 and w[1] == 1 and w[0] == x[1] and w[0] > 1
 
 
 ENGINE = OnnxRuntimeEngine()

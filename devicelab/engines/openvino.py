@@ -72,12 +72,51 @@ class OpenVinoEngine(Engine):
             name = str(core.get_property("GPU", "FULL_DEVICE_NAME"))
             device_info = {"name": name, "type": str(core.get_property("GPU", "DEVICE_TYPE")),
                            "software": is_software_gpu(name)}
-        return _OvSession(compiled.create_infer_request(), [i["name"] for i in config["inputs"]], device_info)
+        return _OvSession(compiled.create_infer_request(), [i["name"] for i in config["inputs"]], device_info,
+                          (core, device, props))
+
+
+# Runs of the profiled model before the profiled ones (its first runs are slow).
+PROFILE_WARMUP = 3
 
 
 class _OvSession:
-    def __init__(self, request: Any, names: list[str], device: dict[str, Any] | None = None) -> None:
+    def __init__(self, request: Any, names: list[str], device: dict[str, Any] | None = None,
+                 compile_args: tuple[Any, str, dict[str, Any]] | None = None) -> None:
         self._req, self._names, self._device = request, names, device
+        self._compile_args = compile_args
+
+    def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
+        """The model compiled a second time with the same properties and PERF_COUNT on (the timed one never counts),
+        PROFILE_WARMUP runs, then `iterations` runs, each followed by get_profiling_info(); the executed nodes'
+        real_time averaged. The runtime model's `originalLayersNames` says which model nodes each node absorbed."""
+        assert self._compile_args is not None
+        core, device, props = self._compile_args
+        compiled = core.compile_model(config["model"], device, {**props, "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        for _ in range(PROFILE_WARMUP):
+            request.infer(prepared)
+        totals: dict[str, float] = {}
+        first: dict[str, Any] = {}
+        for _ in range(iterations):
+            request.infer(prepared)
+            for info in request.get_profiling_info():
+                if info.status == info.Status.EXECUTED:
+                    totals[info.node_name] = totals.get(info.node_name, 0.0) + info.real_time.total_seconds()
+                    first.setdefault(info.node_name, info)
+        originals: dict[str, list[str]] = {}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            rt = op.get_rt_info()
+            if "originalLayersNames" in rt:
+                originals[op.get_friendly_name()] = [n for n in rt["originalLayersNames"].astype(str).split(",") if n]
+        ops = profile_ops([(name, first[name].node_type, first[name].exec_type, total / iterations)
+                           for name, total in totals.items()], originals, config["model"])
+        return {"ops": ops, "iterations": iterations,
+                "source": "openvino PERF_COUNT get_profiling_info (a second compiled model, same properties, after "
+                          "timing)",
+                "node_link": "exact",
+                "notes": ["the model nodes each OpenVINO node absorbed come from its runtime model's "
+                          "originalLayersNames; nodes OpenVINO added (layout reorders) have no model node"]}
 
     def device(self) -> dict[str, Any] | None:
         return self._device
@@ -93,6 +132,36 @@ class _OvSession:
 
     def outputs(self, raw: Any) -> list[Any]:
         return [t.data.copy() for t in self._req.output_tensors]
+
+
+def profile_ops(counted: list[tuple[str, str, str, float]], originals: dict[str, list[str]],
+                model: str | None) -> list[dict[str, Any]]:
+    """OpenVINO's executed nodes — (name, node type, exec type, seconds per iteration) — as profile ops: the model
+    node (the first original layer that is one, else the name before OpenVINO's `/WithoutBiases`-style suffix),
+    the model nodes it absorbed, and for the vocabulary the model node's own type (OpenVINO's `Subgraph` and `Reduce`
+    say little) and whether its convolution is depthwise."""
+    graph: dict[str, Any] = {}
+    if model is not None and str(model).endswith(".onnx"):
+        from devicelab.opprof import onnxgraph
+
+        nodes = onnxgraph.read(model)
+        # OpenVINO names a node after the model node or after the tensor it computes
+        graph = {**{o: n for n in nodes for o in n.outputs}, **{n.name: n for n in nodes}}
+    ops = []
+    for name, node_type, exec_type, s in counted:
+        in_model = list(dict.fromkeys(graph[n].name for n in originals.get(name, []) if n in graph))
+        base = name.split("/")[0]
+        node = in_model[0] if in_model else (graph[base].name if base in graph else None)
+        fused = list(dict.fromkeys([node, *in_model])) if node and len(set(in_model) - {node}) else []
+        types = [graph[n].op_type for n in in_model or ([node] if node else [])]
+        # The absorbed node that names the work: a convolution or product over the activations after it.
+        original = next((t for t in types if t not in ("Clip", "Relu", "QuantizeLinear", "DequantizeLinear", "Add")),
+                        types[0] if types else None)
+        depthwise = any(graph[n].depthwise for n in in_model) or "_dw" in exec_type
+        ops.append({"name": name, "type": node_type, "s": s, "node": node, "fused": [str(n) for n in fused if n],
+                    "hint": {"depthwise": depthwise, **({"original_type": original} if original else {})},
+                    "extra": {"exec_type": exec_type}})
+    return ops
 
 
 ENGINE = OpenVinoEngine()

@@ -103,6 +103,8 @@ class ToolSettings:
     # unknown. Tools that re-pin their own threads (benchncnn, MNN) can honour only what they can express; with
     # None, big_cores decides.
     affinity: str | None = None
+    # An LLM config's request shape (prompt_tokens, gen_tokens, context_depth); None for every other config.
+    llm: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,17 @@ class ToolEngine(Engine):
     def parse(self, stdout: str, stderr: str, exit_code: int, files: Mapping[str, str] | None = None) -> ToolRun:
         """What the tool printed. `files`: the contents of `output_files` the device read back, if any."""
         raise NotImplementedError
+
+    # Flags that make the tool print per-op times, for a profiling pass of its own after the timed run (None: this
+    # adapter has none; the row's profile then says why).
+    profile_flags: ClassVar[tuple[str, ...] | None] = None
+    no_profile: ClassVar[str] = "this tool adapter has no per-op profiling pass"
+
+    def profile(self, run: ToolRun, iterations: int, median_s: float | None) -> dict[str, Any]:
+        """ext.profile from the profiling pass's parsed run (its `ops`)."""
+        from devicelab import opprof
+
+        return opprof.unsupported(self.no_profile)
 
     def unsupported_reason(self, s: ToolSettings) -> str | None:
         """Why this tool cannot be asked for this config (a precision or backend it has no flag for), or None."""

@@ -14,7 +14,7 @@ the GPU delegate's precision loss, NNAPI's fp16 relaxation.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -109,8 +109,13 @@ class BenchmarkModelTool(ToolEngine):
                       "loss, NNAPI fp16 relaxation)",)
         return replace(prepared, notes=notes)
 
+    profile_flags = ("--enable_op_profiling=true", "--op_profiling_output_mode=stdout")
+
     def model_layout(self, prepared: PreparedModel) -> dict[str, Path]:
         return {MODEL: prepared.path}
+
+    def profile(self, run: ToolRun, iterations: int, median_s: float | None) -> dict[str, Any]:
+        return op_profile(run.ops, iterations, median_s)
 
     def delegate_flags(self, s: ToolSettings) -> list[str]:
         fp16 = "true" if s.precision == "fp16" else "false"
@@ -346,3 +351,29 @@ class BenchmarkModelTool(ToolEngine):
 
 
 ENGINE = BenchmarkModelTool()
+
+
+def op_profile(ops: Sequence[Mapping[str, Any]], iterations: int, median_s: float | None) -> dict[str, Any]:
+    """ext.profile from benchmark_model's "Run Order" table (its `ops`). With XNNPACK the delegate's row holds the
+    whole delegated graph, and XNNPACK's own rows (`Delegate/Convolution (NHWC, F32) IGEMM:0`) split it: those are
+    the ops then, the delegate row dropped so no time counts twice. An XNNPACK row is typed by the operator before
+    its parenthesis (`Convolution`, `Fully Connected`, `Mean`), DWConv marking a depthwise one."""
+    from devicelab import opprof
+
+    inside = [op for op in ops if op.get("inside_delegate")]
+    delegated = bool(inside)
+    rows = inside if delegated else [op for op in ops if not op.get("delegate_internal")]
+    out = []
+    for op in rows:
+        kind = str(op.get("type", ""))
+        base = kind.split(" (")[0]
+        out.append({"name": str(op.get("name", "")), "type": kind, "s": float(op["s"]),
+                    "hint": {"original_type": base, "depthwise": "DWConv" in kind},
+                    **({"extra": {"calls_per_run": op["calls_per_run"]}} if "calls_per_run" in op else {})})
+    notes = ["benchmark_model --enable_op_profiling=true in a second run of the tool after the timed one: 'avg ms' "
+             "of its Run Order table"]
+    if delegated:
+        notes.append("XNNPACK ran the graph: its own per-operator rows are the ops (the delegate node's row, which "
+                     "holds them all, is left out); XNNPACK's rows name no model node")
+    return opprof.build(out, engine="litert", engine_source="benchmark_model --enable_op_profiling",
+                        iterations=iterations, median_s=median_s, node_link="none", notes=notes)

@@ -362,7 +362,7 @@ int run(const std::string& config_path) {
     if (fixed_iterations > 0) script = {"{\"cmd\":\"run\",\"iterations\":" + std::to_string(fixed_iterations) + "}", "{\"cmd\":\"stop\"}"};
     size_t next_line = 0;
     std::string line;
-    std::vector<double> samples;
+    std::vector<double> samples, starts;
     while (true) {
         if (fixed_iterations > 0) {
             if (next_line >= script.size()) break;
@@ -382,14 +382,20 @@ int run(const std::string& config_path) {
         if (name == "run") {
             const int n = as_int(cmd["iterations"], "iterations", 1, 1);
             samples.assign(static_cast<size_t>(n), 0.0);
+            starts.assign(static_cast<size_t>(n), 0.0);
             for (int i = 0; i < n; i++) {
                 auto s0 = Clock::now();
                 backend->run();
                 samples[static_cast<size_t>(i)] = seconds_since(s0);
+                // `t`: the start on steady_clock (CLOCK_MONOTONIC on Linux, dlprobe's clock), so the controller can
+                // line the device's frequency and temperature samples up with the iterations.
+                starts[static_cast<size_t>(i)] = std::chrono::duration<double>(s0.time_since_epoch()).count();
             }
             // Printed after the batch, not between iterations: writing is not part of inference.
             std::string text;
-            for (double s : samples) text += "{\"event\":\"iter\",\"s\":" + dl::json_number(s) + "}\n";
+            for (size_t i = 0; i < samples.size(); i++)
+                text += "{\"event\":\"iter\",\"s\":" + dl::json_number(samples[i]) + ",\"t\":" +
+                        dl::json_number(starts[i]) + "}\n";
             dl::JsonObject batch;
             batch.add("event", "batch");
             if (g_hooks && g_hooks->batch) g_hooks->batch(batch);

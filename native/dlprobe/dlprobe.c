@@ -467,8 +467,10 @@ int main(int argc, char **argv) {
         if (a != cmd) fputc(',', out);
         json_string(out, *a);
     }
-    fprintf(out, "],\"pid\":%d,\"started_unix_s\":%.3f,\"wall_s\":%.6f,", (int)pid,
-            wall0.tv_sec + wall0.tv_usec * 1e-6, wall);
+    /* started_monotonic_s: t0 on CLOCK_MONOTONIC, the clock runners time with (steady_clock, perf_counter), so the
+     * controller can place these samples on the runner's own timeline. */
+    fprintf(out, "],\"pid\":%d,\"started_unix_s\":%.3f,\"started_monotonic_s\":%.6f,\"wall_s\":%.6f,", (int)pid,
+            wall0.tv_sec + wall0.tv_usec * 1e-6, t0, wall);
     fputs("\"cpus\":", out);
     if (pin) json_cpu_set(out, &pinned);
     else fputs("null", out);
