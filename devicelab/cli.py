@@ -657,6 +657,10 @@ def regress(
                                                  help="history of the series in RUN_ID starts there (intended change)"),
     series: Optional[str] = typer.Option(None, "--series", help="with --reset-baseline: only series whose name contains this"),
     note: Optional[str] = typer.Option(None, "--note", help="with --reset-baseline or ack: why"),
+    suspect_p: float = typer.Option(0.0, "--suspect-p", metavar="P",
+                                    help="nightly A/B: an undecided night whose paired p (slower) is below P opens a "
+                                         "suspected alert too (default 0: only a night judged slower does; p alone "
+                                         "gives about P false alerts per night without a change, docs/nightly.md)"),
     db: Optional[str] = DbOpt, as_json: bool = JsonOpt, junit: Optional[str] = JunitOpt,
     markdown: Optional[str] = MarkdownOpt,
 ) -> None:
@@ -667,6 +671,9 @@ def regress(
     from devicelab.store import open_store
 
     t = verdicts.parse_threshold(threshold)
+    if not 0 <= suspect_p < 1:
+        raise DevicelabError(f"--suspect-p: {suspect_p!r} is not allowed; allowed: 0 (off) or a p-value below 1, "
+                             "like 0.01")
     if action is not None and action != "ack":
         raise DevicelabError(f"regress: '{action}' is not allowed; allowed: ack ALERT (or no argument)")
     if action == "ack" and not alert:
@@ -674,7 +681,7 @@ def regress(
     store = open_store(db, create=False)
     if action == "ack":
         assert alert is not None
-        acked = verdicts.acknowledge(store, alert, note, t, reference)
+        acked = verdicts.acknowledge(store, alert, note, t, reference, suspect_p or None)
         if as_json:
             _print_json({"acknowledged": acked.to_dict()})
         else:
@@ -688,7 +695,7 @@ def regress(
         else:
             out().print(f"history starts at run {reset_baseline} for {len(names)} series")
         return
-    nightly = verdicts.nightly(store, t, reference, device)
+    nightly = verdicts.nightly(store, t, reference, device, suspect_p or None)
     reports = verdicts.regress(store, t, device, exclude=verdicts.nightly_labels(store, reference, device))
     verdicts.write(junit, verdicts.junit_regress(reports, strict, nightly))
     verdicts.write(markdown, (verdicts.markdown_nightly(nightly) + "\n" if nightly else "")

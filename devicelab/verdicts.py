@@ -173,8 +173,8 @@ def _paired_groups(store: Store, reference: str, device: str | None
     return {k: v for k, v in groups.items() if reference in v and len(v) > 1}
 
 
-def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None
-            ) -> list[NightlySeries]:
+def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None,
+            suspect_p: float | None = None) -> list[NightlySeries]:
     """Every candidate label that ran beside the reference label, tracked night by night by the paired ratio of
     their lockstep rounds, from its last acceptance (`accept`) or baseline reset on."""
     resets = store.baselines()
@@ -213,7 +213,8 @@ def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, de
                                        [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
                                        cand[common[0]].engine_version))
             name = f"{display_name(first, False)} [{label} / {reference}]"
-            report = nt.track(name, key, nights, acks, threshold, device_noise_floor(store, first.device, True))
+            report = nt.track(name, key, nights, acks, threshold, device_noise_floor(store, first.device, True),
+                              suspect_p=suspect_p)
             out.append(NightlySeries(key, first.config.series_key(), report))
     return out
 
@@ -228,14 +229,14 @@ def nightly_labels(store: Store, reference: str = REFERENCE_LABEL, device: str |
     return keys
 
 
-def acknowledge(store: Store, alert: str, note: str | None, threshold: float, reference: str = REFERENCE_LABEL
-                ) -> nt.Alert:
+def acknowledge(store: Store, alert: str, note: str | None, threshold: float, reference: str = REFERENCE_LABEL,
+                suspect_p: float | None = None) -> nt.Alert:
     """`regress ack ALERT`: the alert is seen; the reference stays, and from the newest night on the series is
     judged at the level the alert showed."""
-    found: list[tuple[NightlySeries, nt.Alert]] = [(s, a) for s in nightly(store, threshold, reference)
-                                                   for a in s.report.alerts if a.id == alert]
+    every = nightly(store, threshold, reference, suspect_p=suspect_p)
+    found: list[tuple[NightlySeries, nt.Alert]] = [(s, a) for s in every for a in s.report.alerts if a.id == alert]
     if not found:
-        open_ids = [a.id for s in nightly(store, threshold, reference) for a in s.report.open_alerts]
+        open_ids = [a.id for s in every for a in s.report.open_alerts]
         raise DevicelabError(f"ALERT: {alert!r} is not an alert of this store; open alerts: "
                              f"{', '.join(open_ids) or 'none'}")
     series, a = found[0]

@@ -164,3 +164,48 @@ def test_regress_ack_and_accept_commands(env: dict[str, str]) -> None:
     assert out["nightly"][0]["nights"] == [], out
     code, _, err = run_json("accept", f"{more[0].run_id}:reference", env=env)
     assert code == 2 and "is the reference itself" in err
+
+
+def test_suspect_p_opens_a_suspected_alert_on_an_undecided_slower_night_and_only_a_slower_night_confirms() -> None:
+    # +2.5 %: the CI's lower bound stays under 1 + 2 % (undecided), while the paired p says slower.
+    steps = [0.0] * 4 + [0.025, 0.025, 0.06, 0.0]
+    nights = history(steps, seed=21)
+    plain = nt.track("s", "key", nights, resamples=400)
+    assert [n.verdict.verdict for n in plain.nights[4:6]] == ["unknown", "unknown"], plain.to_dict()
+    assert all(n.verdict.p_slower is not None and n.verdict.p_slower < 0.01 for n in plain.nights[4:6])
+    assert [a.opened_run for a in plain.alerts] == ["n06"]  # the verdict alone first lists the +6 % night
+    tracker = nt.Tracker("s", "key", resamples=400, suspect_p=0.01)
+    states = []
+    for night in nights:
+        tracker.add(night)
+        states.append((tracker.counted, tracker.current.state if tracker.current else None))
+    assert states[:4] == [(False, None)] * 4
+    assert states[4] == (True, nt.SUSPECTED)  # opened by p alone
+    assert states[5] == (True, nt.SUSPECTED)  # undecided again: p alone never confirms
+    assert states[6] == (True, nt.CONFIRMED)  # judged slower
+    assert [a.opened_run for a in tracker.alerts] == ["n04"]
+    assert tracker.alerts[0].nights == ["n04", "n06"]
+
+
+def test_regress_suspect_p_option(env: dict[str, str]) -> None:
+    from pathlib import Path
+
+    from devicelab.store import SqliteStore
+    from helpers import run_json
+
+    store = SqliteStore(Path(env["DEVICELAB_DB"]))
+    nights = _dated(history([0.0] * 4 + [0.025], seed=21))  # the newest night: undecided, paired p < 0.01
+    _store_nights(store, nights)
+    code, out, err = run_json("regress", env=env)  # by default only a night judged slower opens an alert
+    assert code == 0, err
+    (series,) = out["nightly"]
+    assert series["nights"][-1]["verdict"] == "unknown"
+    assert series["status"] == "ok" and series["alerts"] == [], series
+    code, out, err = run_json("regress", "--suspect-p", "0.01", env=env)
+    assert code == 0, err
+    (series,) = out["nightly"]
+    assert series["status"] == "suspected" and series["alerts"][0]["opened_run"] == nights[4].run_id, series
+    code, out, _ = run_json("regress", "--suspect-p", "0.01", "--strict", env=env)
+    assert code == 1
+    code, _, err = run_json("regress", "--suspect-p", "1.5", env=env)
+    assert code == 2 and "--suspect-p: 1.5 is not allowed" in err

@@ -149,9 +149,13 @@ class Tracker:
     nights drives, acknowledging alerts as an operator would)."""
 
     def __init__(self, series: str, series_key: str, threshold: float = DEFAULT_THRESHOLD,
-                 noise_floor: float | None = None, resamples: int = 2000) -> None:
+                 noise_floor: float | None = None, resamples: int = 2000, suspect_p: float | None = None) -> None:
         self.series, self.series_key = series, series_key
         self.threshold, self.noise_floor, self.resamples = threshold, noise_floor, resamples
+        # With suspect_p, an undecided night (CI across level·(1 + t)) whose paired p says "slower than the level"
+        # below suspect_p opens a suspected alert too; only a night judged slower confirms one.
+        self.suspect_p = suspect_p
+        self.counted = False  # whether the newest night counted against the level (judged slower, or suspect_p)
         self.level = 1.0
         self.alerts: list[Alert] = []
         self.nights: list[NightReport] = []
@@ -164,7 +168,17 @@ class Tracker:
         report = NightReport(night.run_id, night.created_at, self.level, v, _median(night.reference),
                              _median(night.candidate), night.reference_version, night.candidate_version)
         self.nights.append(report)
-        if v.verdict == "slower":
+        p_only = (self.suspect_p is not None and v.verdict == "unknown" and v.p_slower is not None
+                  and v.p_slower < self.suspect_p and v.ratio is not None and v.ratio > self.level)
+        self.counted = v.verdict == "slower" or p_only
+        if p_only and self.current is None:
+            self.current = Alert(alert_id(self.series_key, night.run_id), self.series, night.run_id, SUSPECTED,
+                                 self.level, versions=(self._previous_version, night.candidate_version))
+            self.alerts.append(self.current)
+            assert v.ratio is not None
+            self.current.ratios.append(v.ratio)
+            self.current.nights.append(night.run_id)
+        elif v.verdict == "slower":
             if self.current is None:
                 self.current = Alert(alert_id(self.series_key, night.run_id), self.series, night.run_id, SUSPECTED,
                                      self.level, versions=(self._previous_version, night.candidate_version))
@@ -216,13 +230,13 @@ class Tracker:
 
 def track(series: str, series_key: str, nights: Sequence[Night], acks: Sequence[Ack] = (),
           threshold: float = DEFAULT_THRESHOLD, noise_floor: float | None = None,
-          resamples: int = 2000) -> SeriesNights:
+          resamples: int = 2000, suspect_p: float | None = None) -> SeriesNights:
     """The series' nights in order (oldest first, from its last acceptance or reset on): each night judged against
     the level, alerts opened, confirmed, cleared or acknowledged as the module's rules say. An acknowledgement
     counts after the night it names (`at_run`; none: as soon as its alert exists)."""
     index = {n.run_id: i for i, n in enumerate(nights)}
     acked = {a.alert_id: index.get(a.at_run, -1) if a.at_run else -1 for a in acks}
-    tracker = Tracker(series, series_key, threshold, noise_floor, resamples)
+    tracker = Tracker(series, series_key, threshold, noise_floor, resamples, suspect_p)
     for i, night in enumerate(nights):
         tracker.add(night)
         current = tracker.current
