@@ -5,6 +5,8 @@ iterations' clock."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +136,24 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
     assert all(v > 0 for vs in temp["values"].values() for v in vs if v is not None)
     print({"phone timeline": {"span": tl["span_s"], "freq samples": len(t), "first": t[0], "last": t[-1],
                               "during (kHz)": sorted(set(during)), "zones": list(temp["values"])}})
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to keep one free")
+def test_the_controllers_sampler_keeps_off_the_runners_cpus() -> None:
+    from devicelab.devices.base import Sampler
+
+    runner_cpu = min(os.sched_getaffinity(0))
+    seen: list[set[int]] = []
+
+    def read_freq() -> dict[str, float | None]:
+        seen.append(set(os.sched_getaffinity(0)))  # pid 0: the calling thread, i.e. the sampler's own
+        return {str(runner_cpu): 1.0}
+
+    sampler = Sampler("test", read_freq, lambda: {}, fast_s=0.001, avoid=[runner_cpu]).start()
+    for _ in range(5000):
+        if len(seen) >= 3:
+            break
+        time.sleep(0.001)
+    sampler.stop()
+    assert len(seen) >= 3 and all(runner_cpu not in cpus and cpus for cpus in seen), seen
+    assert sampler.cpus is not None and runner_cpu not in sampler.cpus

@@ -269,8 +269,11 @@ class Sampler:
     kind gives the two reading functions. Readings are cheap file reads: the thread sleeps between them."""
 
     def __init__(self, source: str, read_freq: Callable[[], dict[str, float | None]],
-                 read_temps: Callable[[], dict[str, float | None]], fast_s: float = 0.05, slow_s: float = 0.5) -> None:
+                 read_temps: Callable[[], dict[str, float | None]], fast_s: float = 0.05, slow_s: float = 0.5,
+                 avoid: Sequence[int] = ()) -> None:
         self.source, self.fast_s, self.slow_s = source, fast_s, slow_s
+        self.avoid = tuple(avoid)  # the runner's CPUs: the thread keeps off them where another CPU is allowed
+        self.cpus: list[int] | None = None  # where the thread ran (None: it could not be moved)
         self._read_freq, self._read_temps = read_freq, read_temps
         self.freq_t: list[float] = []
         self.freq: list[dict[str, float | None]] = []
@@ -284,8 +287,15 @@ class Sampler:
         return self
 
     def _loop(self) -> None:
+        import os
         import time
 
+        # A thread that wakes 20 times a second must not take the timed runner's core: pin it to the others.
+        if self.avoid and hasattr(os, "sched_setaffinity"):
+            others = set(os.sched_getaffinity(0)) - set(self.avoid)
+            if others:
+                os.sched_setaffinity(threading.get_native_id(), others)
+                self.cpus = sorted(others)
         next_slow = 0.0
         while not self._stop.is_set():
             now = time.monotonic()

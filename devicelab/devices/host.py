@@ -193,7 +193,7 @@ class HostTransport(Transport):
             return {z: (v / 1000.0 if (v := _read_int(p)) is not None else None) for z, p in zones.items()}
 
         return Sampler("the host's /sys, read by the controller (frequencies every 50 ms, temperatures every 0.5 s)",
-                       read_freq, read_temps)
+                       read_freq, read_temps, avoid=tuple(cpus))
 
     # ---- files: the host's are the controller's; a run folder is a temporary folder of links
 
