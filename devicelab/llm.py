@@ -226,7 +226,7 @@ def _spread(xs: Sequence[float]) -> dict[str, Any]:
 def ext_llm(workload: LlmWorkload, requests: Sequence[Request], ready_llm: Mapping[str, Any],
             energy_j_per_request: float | None) -> dict[str, Any]:
     """`ext.llm` of an ok row: the workload, the per-request figures (TTFT, prefill and decode tokens/s: medians and
-    p90s of the per-request values, which are the samples), the per-token latencies as detail, what the runner said
+    p90s of the per-request values, which are the samples; a rate's p90 is its slow tail), the per-token latencies as detail, what the runner said
     of the model, and energy per generated token when energy was measured."""
     p, g = workload.prompt_tokens, workload.gen_tokens
     ttft = [r.prefill_s for r in requests]
@@ -237,8 +237,11 @@ def ext_llm(workload: LlmWorkload, requests: Sequence[Request], ready_llm: Mappi
         **workload.to_dict(),
         "requests": len(requests),
         "ttft_s": _spread(ttft),
-        "prefill_tps": {"median": _median(prefill_tps), "p90": _p90(prefill_tps)},
-        "decode_tps": {"median": _median(decode_tps), "p90": _p90(decode_tps), "samples": decode_tps},
+        # A rate's p90 is the slow tail, as a latency's is: the rate at the 90th percentile of the request's time
+        # (the 90th percentile of the rates themselves would be the fast end).
+        "prefill_tps": {"median": _median(prefill_tps), "p90": p / _p90(ttft)},
+        "decode_tps": {"median": _median(decode_tps), "p90": g / _p90([r.decode_s for r in requests]),
+                       "samples": decode_tps},
         "token_s": _spread(tokens),
         "excluded": EXCLUDED,
     }
@@ -250,7 +253,7 @@ def ext_llm(workload: LlmWorkload, requests: Sequence[Request], ready_llm: Mappi
     if isinstance(ready_llm.get("quant"), str):
         out["model_quant"] = ready_llm["quant"]  # as the runner read it from the file
     if energy_j_per_request is not None:
-        out["energy_per_token_j"] = energy_j_per_request / g
+        out["energy_per_token_j"] = energy_j_per_request / g  # the request's energy, prefill included, per decode step
     return out
 
 

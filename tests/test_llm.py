@@ -326,6 +326,7 @@ def test_llm_zoo_names_are_models_of_a_suite() -> None:
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "llm.yaml"
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], env: dict[str, str],
                                                       tmp_path: Path) -> None:
     """examples/llm.yaml as it is, but for a shorter protocol and two depths: ok rows for llama.cpp at F32, F16, Q8_0

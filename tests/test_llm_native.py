@@ -79,6 +79,7 @@ def _registry(data_dir: Path) -> dict[str, Any]:
     return json.loads((data_dir / "native" / "registry.json").read_text())
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_build_registers_dlllm_and_llama_bench_beside_dlprobe(llm_host: dict[str, Any], data_dir: Path) -> None:
     arts = llm_host["artifacts"]
     assert {"dlprobe", "dlbench", "dlllm", "llama-bench"} <= set(arts)
@@ -103,6 +104,7 @@ def _info(dlllm: str, path: Path) -> dict[str, Any]:
     return dict(json.loads(p.stdout))
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_each_quantization_is_made_by_libllama_and_loads(llm_host: dict[str, Any], zoo_dir: Path) -> None:
     dlllm = llm_host["artifacts"]["dlllm"]["path"]
     sizes = {}
@@ -146,6 +148,7 @@ def _talk(dlllm: str, config: Path, commands: list[dict[str, Any]]) -> tuple[int
     return p.returncode, [json.loads(line) for line in p.stdout.splitlines() if line.strip()], p.stderr
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_dlllm_speaks_protocol_v3_and_writes_the_last_requests_logits(llm_host: dict[str, Any], zoo_dir: Path,
                                                                      tmp_path: Path) -> None:
     dlllm = llm_host["artifacts"]["dlllm"]["path"]
@@ -181,6 +184,7 @@ def test_dlllm_speaks_protocol_v3_and_writes_the_last_requests_logits(llm_host: 
     assert digests[0] == digests[1]  # greedy, one thread, the same prompt: the same logits in another process
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_dlllm_bad_input_is_one_error_line_exit_2(llm_host: dict[str, Any], zoo_dir: Path, tmp_path: Path) -> None:
     dlllm = llm_host["artifacts"]["dlllm"]["path"]
     model = zoo_llm.llm_model("llama-tiny", "F32", zoo_dir)
@@ -206,6 +210,7 @@ def test_dlllm_bad_input_is_one_error_line_exit_2(llm_host: dict[str, Any], zoo_
         assert not (folder / "logits.f32").exists()
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_the_plugin_prepares_each_quant_and_refuses_requantizing(llm_host: dict[str, Any], zoo_dir: Path,
                                                                 tmp_path: Path, data_dir: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -259,6 +264,7 @@ def test_llama_bench_golden_output_parses_to_per_token_samples() -> None:
     assert bad.error is not None and "failed to load model" in bad.error
 
 
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
 def test_llama_bench_runs_for_real(llm_host: dict[str, Any], zoo_dir: Path, tmp_path: Path) -> None:
     model = zoo_llm.llm_model("llama-tiny", "Q8_0", zoo_dir, _quantizer(llm_host))
     (tmp_path / "model.gguf").symlink_to(model.path)
