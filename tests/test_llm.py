@@ -364,6 +364,8 @@ def test_ext_llm_energy_is_per_generated_token_and_the_validator_refuses_bad_rec
     assert x["energy_per_token_j"] == 0.5 and x["ttft_s"]["samples"] == [0.02, 0.03]
     assert x["decode_tps"]["samples"] == [pytest.approx(100.0), pytest.approx(4 / 0.06)]
     assert x["prefill_tps"]["median"] == pytest.approx((400 + 800 / 3) / 2)
+    # a rate's p90 is its slow tail, as a time's is: at or below the median, never the fast end
+    assert x["decode_tps"]["p90"] <= x["decode_tps"]["median"] and x["prefill_tps"]["p90"] <= x["prefill_tps"]["median"]
     assert llm.check_ext_llm(x) and llm.check_ext_llm(w.to_dict())
     assert not llm.check_ext_llm({**x, "quant": "Q3_K"}) and not llm.check_ext_llm({**x, "gen_tokens": 0})
     assert not llm.check_ext_llm({**w.to_dict(), "decode_tps": x["decode_tps"]})  # figures without TTFT
