@@ -1,0 +1,132 @@
+"""The profiling pass inside a sweep: it never changes the row's timing or peak memory, a failed or malformed pass
+never loses the row nor stops the sweep, and the figures it adds (overhead, coverage) come from the pass itself.
+Runners here are real processes: devicelab's host runner under dlprobe, and `protocol` runner scripts that misbehave
+on purpose."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from devicelab import opprof
+from tests.helpers import run_json, write_suite
+
+
+def _run(tmp_path: Path, env: dict[str, str], name: str, *flags: str, **suite: Any) -> list[dict[str, Any]]:
+    path = write_suite(tmp_path / f"{name}.yaml", **suite)
+    code, data, stderr = run_json("run", "--suite", str(path), *flags, env=env)
+    assert code == 0, stderr[-3000:]
+    return data["results"]
+
+
+def test_peak_memory_under_dlprobe_is_the_timed_runs(native_host: dict[str, Any], tmp_path: Path,
+                                                     env: dict[str, str]) -> None:
+    """ONNX Runtime started afresh runs under dlprobe, whose ru_maxrss covers the whole process: with --profile that
+    includes the profiling pass's second session. The row's peak is the runner's own, read before the pass, so it
+    agrees with the same config's peak without --profile; ru_maxrss stays in protocol.dlprobe."""
+    suite = {"models": ["mobilenet_v2"], "precisions": ["fp32"],
+             "engines": [{"name": "onnxruntime", "options": {"process": "exec"}}]}
+    (plain,) = _run(tmp_path, env, "plain", **suite)
+    (profiled,) = _run(tmp_path, env, "profiled", "--profile", **suite)
+    for r in (plain, profiled):
+        assert r["status"] == "ok", r["reason"]
+        assert r["protocol"]["dlprobe"]["ru_maxrss_bytes"]
+    assert profiled["ext"]["profile"]["ops"]
+    assert "before its profiling pass" in profiled["memory_method"], profiled["memory_method"]
+    assert "before its profiling pass" not in plain["memory_method"]
+    # the second session of the pass is in dlprobe's figure, not in the row's
+    assert profiled["protocol"]["dlprobe"]["ru_maxrss_bytes"] > profiled["peak_rss_bytes"]
+    # the same config's peak with and without the pass: two processes, a few pages apart
+    assert abs(profiled["peak_rss_bytes"] - plain["peak_rss_bytes"]) <= 0.05 * plain["peak_rss_bytes"], \
+        (profiled["peak_rss_bytes"], plain["peak_rss_bytes"])
+
+
+# A `protocol` runner that times a busy loop and answers `profile` as MODE says: `ok` (valid op lines), `malformed`
+# (the lines a careless third-party runner sends), `crash` (dies in the middle of the pass), `error` (an error event).
+RUNNER = '''
+import json, os, sys, time
+
+MODE = {mode!r}
+config = json.load(open(sys.argv[1]))
+
+def emit(event):
+    sys.stdout.write(json.dumps(event) + "\\n")
+    sys.stdout.flush()
+
+def work():
+    t0 = time.perf_counter()
+    sum(i * i for i in range(20000))
+    return t0, time.perf_counter() - t0
+
+emit({{"event": "ready", "protocol": 2, "load_s": 0.0, "first_s": work()[1], "warmups": 0, "profile": True}})
+for line in sys.stdin:
+    cmd = json.loads(line)
+    if cmd["cmd"] in ("run", "warmup"):
+        got = [work() for _ in range(cmd["iterations"])]
+        for t, s in got:
+            emit({{"event": "iter", "s": s, "t": t}})
+        emit({{"event": "batch"}})
+    elif cmd["cmd"] == "profile":
+        walls = []
+        for _ in range(cmd["iterations"]):
+            walls.append(work()[1])
+        wall = sorted(walls)[len(walls) // 2]
+        if MODE == "ok":
+            emit({{"event": "op", "name": "conv", "type": "Conv", "s": wall * 0.7}})
+            emit({{"event": "op", "name": "relu", "type": "Relu", "s": wall * 0.2}})
+            emit({{"event": "profiled", "iterations": cmd["iterations"], "source": "busy loop", "node_link": "none",
+                   "wall_s": wall}})
+        elif MODE == "malformed":
+            emit({{"event": "op", "name": "conv", "type": "Conv", "s": "fast", "node": 5}})
+            emit({{"event": "op", "name": "relu", "type": "Relu"}})
+            emit({{"event": "profiled", "iterations": "x", "node_link": "maybe"}})
+        elif MODE == "crash":
+            emit({{"event": "op", "name": "conv", "type": "Conv", "s": 0.001}})
+            os._exit(7)
+        else:
+            emit({{"event": "error", "message": "the op profiler is broken"}})
+    elif cmd["cmd"] == "stop":
+        emit({{"event": "done", "peak_rss_bytes": 10000000, "peak_rss_method": "VmHWM"}})
+        sys.exit(0)
+'''
+
+
+def _runner(tmp_path: Path, mode: str) -> str:
+    path = tmp_path / f"runner_{mode}.py"
+    path.write_text(f"#!{sys.executable}\n" + RUNNER.format(mode=mode))
+    path.chmod(0o755)
+    return str(path)
+
+
+def _protocol_rows(tmp_path: Path, env: dict[str, str], *modes: str) -> list[dict[str, Any]]:
+    engines = [{"name": "protocol", "label": m, "options": {"binary": _runner(tmp_path, m)}} for m in modes]
+    return _run(tmp_path, env, "-".join(modes), "--profile", engines=engines, precisions=["fp32"], threads=[1, 2], repeats=1,
+                protocol={"lockstep": False})
+
+
+def test_a_malformed_or_failed_profiling_pass_keeps_the_timing_and_the_sweep(tmp_path: Path,
+                                                                            env: dict[str, str]) -> None:
+    """A runner whose op lines are malformed, one that sends an error event, one that dies in the middle of the
+    pass: each row keeps its timed iterations, its profile says `profiling pass failed: …`, and every config of the
+    sweep runs (two thread counts each, the good runner after them)."""
+    rows = _protocol_rows(tmp_path, env, "malformed", "error", "crash", "ok")
+    assert len(rows) == 8
+    by = {(r["label"], r["threads"]): r for r in rows}
+    for (mode, threads), r in by.items():
+        assert r["status"] == "ok", (mode, r["reason"])
+        assert len(r["samples_s"]) >= 5 and r["median_s"] > 0
+        p = r["ext"]["profile"]
+        assert opprof.problems(p) == []
+        if mode == "ok":
+            assert [o["type"] for o in p["ops"]] == ["Conv", "Activation"]
+            continue
+        assert p["unsupported"].startswith("profiling pass failed: "), p
+    malformed = by[("malformed", 1)]["ext"]["profile"]["unsupported"]
+    assert "op line 1: 's' must be a non-negative number of seconds" in malformed and "2 more" in malformed
+    assert by[("error", 1)]["ext"]["profile"]["unsupported"].endswith("the op profiler is broken")
+    crash = by[("crash", 1)]
+    assert crash["ext"]["profile"]["unsupported"] == "profiling pass failed: the runner ended during its profiling pass"
+    assert crash["peak_rss_bytes"] is None  # no `done` from a runner that died: no peak to report
+    assert any("timed iterations stand" in n for n in crash["notes"])
+    assert by[("error", 2)]["peak_rss_bytes"] == 10000000  # after an error event the runner still answers `stop`
