@@ -819,7 +819,7 @@ def export(
 def profile(
     run_id: str = typer.Argument(..., metavar="RUN_ID"),
     configs: Optional[list[str]] = typer.Option(None, "--config", metavar="CONFIG",
-                                                help="only this config (engine/model/precision/backend/Nt, as listed); "
+                                                help="only this config ([device/]engine/model/precision/backend/Nt[@cpus…], as listed); "
                                                      "twice: the op-type diff between the two"),
     db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
 ) -> None:
@@ -831,7 +831,11 @@ def profile(
     store = open_store(db, create=False)
     store.get_run(run_id)
     results = store.results(run_id)
-    names = {diff.config_name(r): r for r in results}
+    try:
+        names = diff.config_names(results)
+    except ValueError as e:
+        raise DevicelabError(f"{run_id}: {e}") from None
+    name_of = {id(r): n for n, r in names.items()}
     chosen = list(names.values())
     if configs:
         from devicelab.errors import UnknownNameError
@@ -846,11 +850,11 @@ def profile(
         raise DevicelabError("--config: give one config, or two to diff them")
     else:
         pairs = diff.precision_pairs(chosen)
-    summaries = [diff.summary(r) for r in chosen]
+    summaries = [diff.summary(r, name_of[id(r)]) for r in chosen]
     diffs = []
     for a, b in pairs:
         try:
-            diffs.append(diff.diff(a, b))
+            diffs.append(diff.diff(a, b, (name_of[id(a)], name_of[id(b)])))
         except ValueError as e:
             if configs:
                 raise DevicelabError(f"--config: {e}") from None

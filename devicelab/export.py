@@ -57,10 +57,11 @@ def profile_frame(results: Sequence[Result]):  # -> pandas.DataFrame
     from devicelab.opprof import diff
 
     rows = []
+    name_of = {id(r): n for n, r in diff.config_names(results).items()}
     for r in results:
         base = {c: getattr(r, c) for c in _COLUMNS}
         base["cpus"] = ",".join(map(str, r.cpus))
-        base["config"] = diff.config_name(r)
+        base["config"] = name_of[id(r)]
         p = diff.profile_of(r)
         if not diff.usable(p):
             why = (p or {}).get("unsupported") or "not profiled"
@@ -85,8 +86,9 @@ def export_profiles(results: Sequence[Result], fmt: str, path: Path | None) -> s
         from devicelab.opprof import diff
 
         items = []
+        name_of = {id(r): n for n, r in diff.config_names(results).items()}
         for r in results:
-            s = diff.summary(r)
+            s = diff.summary(r, name_of[id(r)])
             p = diff.profile_of(r)
             if s["profile"] is not None and p is not None:
                 s["profile"]["ops"] = list(p.get("ops") or [])

@@ -203,3 +203,34 @@ def test_report_profile_sections_in_chromium(profiled: dict[str, Any]) -> None:
         browser.close()
     assert not console, console
     assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
+
+
+def test_config_names_tell_devices_and_cpus_apart(tmp_path: Path) -> None:
+    """A run on two devices, an affinity sweep: every row keeps a name of its own in `devicelab profile` (none is
+    dropped) and `--config` picks the one named."""
+    import os
+
+    from devicelab.opprof.diff import config_names
+    from devicelab.result import OK, Config, Result
+    from helpers import HISTORY_RUNS, PHONE, store_history
+
+    db = tmp_path / "db.sqlite"
+    store_history(db)
+    env = {**os.environ, "DEVICELAB_DB": str(db), "DEVICELAB_DATA": str(tmp_path / "data"),
+           "HOME": str(tmp_path / "home"), "COLUMNS": "80"}
+    code, out, err = run_json("profile", HISTORY_RUNS[0], env=env)
+    assert code == 0, err
+    names = [c["config"] for c in out["configs"]]
+    assert len(names) == len(set(names)) == 2 * (3 * 4 * 5 + 2)  # every row of both devices
+    host, phone = "host/onnxruntime/mobilenet_v2/int8/cpu/4t#2", f"{PHONE}/onnxruntime/mobilenet_v2/int8/cpu/4t#2"
+    assert {host, phone} <= set(names)
+    code, out, err = run_json("profile", HISTORY_RUNS[0], "--config", phone, env=env)
+    assert code == 0, err
+    (only,) = out["configs"]
+    assert only["config"] == phone
+    # an affinity sweep: the same config on the big and the little cores
+    rows = [Result.for_config("r", Config("host", "onnxruntime", "", "1", "m", "0" * 64, 1, "fp32", "cpu", 2, cpus,
+                                          "big"), OK, samples_s=(0.004,)) for cpus in ((0, 1), (2, 3))]
+    assert set(config_names(rows)) == {"onnxruntime/m/fp32/cpu/2t@cpus0,1", "onnxruntime/m/fp32/cpu/2t@cpus2,3"}
+    with pytest.raises(ValueError, match="both named onnxruntime/m/fp32/cpu/2t@cpus0,1"):
+        config_names([rows[0], rows[0]])
