@@ -890,12 +890,15 @@ def _render_profiles(summaries: list[dict[str, Any]], diffs: list[dict[str, Any]
         if p is None:
             print_wrapped(out(), f"{s['config']}: {s['why']}")
             continue
-        overhead = f"{p['overhead'] * 100:+.1f} %" if isinstance(p.get("overhead"), (int, float)) else "—"
-        mapped = f"{p['mapped'] * 100:.1f} %" if isinstance(p.get("mapped"), (int, float)) else "—"
-        print_wrapped(out(), f"{s['config']}: ops {_ms(p.get('total_s'))} per iteration, timed median "
-                             f"{_ms(p.get('median_s'))}, profiling overhead {overhead}, mapped {mapped} "
-                             f"({p.get('engine_source')}, {p.get('iterations')} iterations, node link "
-                             f"{p.get('node_link')})")
+        def pct(key: str, sign: str = "") -> str:
+            return f"{p[key] * 100:{sign}.1f} %" if isinstance(p.get(key), (int, float)) else "—"
+
+        print_wrapped(out(), f"{s['config']}: op total {_ms(p.get('total_s'))} per iteration, profiled wall "
+                             f"{_ms(p.get('wall_s'))}, timed median {_ms(p.get('median_s'))}; profiling overhead "
+                             f"{pct('overhead', '+')} (profiled wall vs timed median), coverage {pct('coverage')} "
+                             f"(op total vs profiled wall), op sum vs median {pct('op_sum_vs_median', '+')}, mapped "
+                             f"{pct('mapped')} ({p.get('engine_source')}, {p.get('iterations')} iterations, node "
+                             f"link {p.get('node_link')})")
         total = p.get("total_s") or 0
         print_table(out(), ["op type", "time", "share"],
                     [[t, _ms(v), f"{v / total * 100:.1f} %" if total else "—"] for t, v in p["by_type"].items()],

@@ -547,16 +547,19 @@ class Driver:
                 bad.append(f"unexpected line {json.dumps(event)[:200]}")
 
     def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0,
-               profile_in_stop: bool = False) -> Measurement:
+               profile_in_stop: bool = False, before_profile: Callable[[], None] | None = None) -> Measurement:
         """Stop the runner and gather what it measured. `profile_iterations`: a profiling pass (the `profile`
         command) first; `profile_in_stop`: the runner profiles while answering `stop` (dlbench's layer_times). A
-        runner that fails during either keeps its timed iterations: the Measurement says so (profile_lost)."""
+        runner that fails during either keeps its timed iterations: the Measurement says so (profile_lost).
+        `before_profile`: called once timing (and the energy window) is over, before any profiling."""
         extra: dict[str, Any] = {}
         if before_stop is not None and self.batch is None:
             extra = before_stop(lambda n: run_batch(self.channel, n, self.deadline, []).samples, self.samples)
         profile_ops: list[dict[str, Any]] = []
         profiled: dict[str, Any] | None = None
         no_profile: str | None = None
+        if before_profile is not None and (profile_iterations > 0 or profile_in_stop):
+            before_profile()
         if profile_iterations > 0:  # after the timed iterations and the energy window: never mixed into them
             try:
                 profile_ops, profiled, no_profile = self.profile(profile_iterations)

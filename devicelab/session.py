@@ -246,6 +246,9 @@ class _Attempt:
         self.ext: dict[str, Any] = {}
         self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
         self.peak_before_profile = False  # the runner's own peak was read before a profiling pass in its process
+        # The device's state once timing was over, read before a profiling pass (None: no pass, or not read): the
+        # row's state_after and `throttled` are the timed run's, not the profiler's.
+        self.state_timed: dict[str, Any] | None = None
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -534,7 +537,8 @@ class _Attempt:
             return
         try:
             m = self.driver.finish(self.hook, self.s.profile_iterations if self.s.profile else 0,
-                                   profile_in_stop=bool(self.s.profile and self.cfg.engine == "dlbench"))
+                                   profile_in_stop=bool(self.s.profile and self.cfg.engine == "dlbench"),
+                                   before_profile=self._state_before_profile)
             self.fields = self._measurement_fields(m)
         except FAULTS as e:
             self.fail(e)
@@ -627,12 +631,17 @@ class _Attempt:
             if m.profiled.get("error"):
                 return opprof.unsupported(f"profiling pass failed: {m.profiled['error']}")
             ops, link = m.profile_ops, str(m.profiled.get("node_link") or "none")
+            notes = [str(n) for n in m.profiled.get("notes") or ()]
             if any("node" not in o for o in ops):  # named after the model's nodes, but not linked by the runner
                 ops, linked = _link_nodes(ops, self.job, engine)
-                link = link if linked else "none"
+                # "exact" only when every op found its node: some linked is best-effort, none linked is none
+                link = "none" if not linked else (link if linked == len(ops) else "best-effort")
+                if 0 < linked < len(ops):
+                    notes.append(f"{linked} of {len(ops)} ops linked to a model node by name; the others (ops the "
+                                 "engine added or renamed) have none")
             return opprof.build(ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
                                 iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
-                                median_s=median, node_link=link, notes=[str(n) for n in m.profiled.get("notes") or ()])
+                                median_s=median, node_link=link, notes=notes, wall_s=m.profiled.get("wall_s"))
         if m.ops:
             passes = {o.get("passes") for o in m.ops}
             iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
@@ -651,10 +660,16 @@ class _Attempt:
                 notes.append("the op events do not say how many iterations they cover (counted as 1)")
             ops = [{"name": str(o.get("name", "")), "engine_type": str(o.get("type", "")), "s": o["s"]} for o in m.ops
                    if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
+            if len(ops) < len(m.ops):
+                notes.append(f"{len(m.ops) - len(ops)} op event(s) dropped: their 's' is not a number of seconds")
             ops, linked = _link_nodes(ops, self.job, engine)
             link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
+            if link == "best-effort" and linked < len(ops):
+                notes.append(f"{linked} of {len(ops)} ops linked to a model node")
+            wall = m.done.get("layer_wall_s")  # dlbench: one layer pass's median wall time
+            wall = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0 else None
             return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
-                                median_s=median, node_link=link, notes=notes)
+                                median_s=median, node_link=link, notes=notes, wall_s=wall)
         return opprof.unsupported(m.no_profile or "the runner reported no per-op times")
 
     # ---- an engine's own tool: once, to the end
@@ -683,6 +698,13 @@ class _Attempt:
             self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
         self.tool_stdout = "\n".join(lines) + "\n"
 
+    def _state_before_profile(self) -> None:
+        """The state after timing, before the profiling pass heats the device further (the row's state_after)."""
+        try:
+            self.state_timed = self.t.state()
+        except OSError as e:
+            self.notes.append(f"state after timing (before the profiling pass) could not be read: {e}")
+
     def profile_tool(self) -> None:
         """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
         (`profile_iterations` runs, pinned like the timed one), only its op table kept. Read before `collect`
@@ -690,6 +712,7 @@ class _Attempt:
         if not self.s.profile or self.status != OK or self.tool is None or self.tool.profile_flags is None:
             return
         assert self.tool_s is not None and self.run_dir is not None
+        self._state_before_profile()
         settings = dataclasses.replace(self.tool_s, iterations=self.s.profile_iterations,
                                        extra_args=(*self.tool_s.extra_args, *self.tool.profile_flags))
         argv = self.tool.argv(self.target[0], self.run_dir, settings)
@@ -928,7 +951,11 @@ class _Attempt:
         # What a row carries depends on how far it got: one that never started its program has no state after,
         # no energy record and no stderr; one that lost its device has no state after either.
         state_after, was_throttled = None, None
-        if self.spawned and self.status != INFRA_FAILED:
+        if self.spawned and self.status != INFRA_FAILED and self.state_timed is not None:
+            state_after = self.state_timed  # read after timing, before the profiling pass
+            self.notes.append("state after: read when timing ended, before the profiling pass")
+            was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
+        elif self.spawned and self.status != INFRA_FAILED:
             try:
                 state_after = self.t.state()
             except OSError as e:

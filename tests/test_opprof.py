@@ -18,7 +18,7 @@ def _profile(**over: Any) -> dict[str, Any]:
            {"name": "Conv_2", "engine_type": "Conv", "s": 0.001, "hint": {"depthwise": True}},
            {"name": "weird", "engine_type": "SomethingNew", "s": 0.001}]
     kw: dict[str, Any] = {"engine": "onnxruntime", "engine_source": "test", "iterations": 3, "median_s": 0.004,
-                          "node_link": "exact"}
+                          "node_link": "exact", "wall_s": 0.0055}
     kw.update(over)
     return opprof.build(ops, **kw)
 
@@ -29,7 +29,10 @@ def test_build_maps_sums_and_sets_against_the_median() -> None:
     assert [o["type"] for o in p["ops"]] == ["Conv", "DepthwiseConv", "Other"]
     assert p["by_type"] == pytest.approx({"Conv": 0.003, "DepthwiseConv": 0.001, "Other": 0.001})
     assert p["total_s"] == pytest.approx(0.005)
-    assert p["overhead"] == pytest.approx(0.25)
+    # the profiling overhead is the profiled iteration's wall time against the timed median, not the op sum's
+    assert p["overhead"] == pytest.approx(0.0055 / 0.004 - 1)
+    assert p["coverage"] == pytest.approx(0.005 / 0.0055)
+    assert p["op_sum_vs_median"] == pytest.approx(0.25)
     assert p["mapped"] == pytest.approx(0.8)
     assert p["ops"][0]["fused"] == ["Conv_0", "Relu_1"]
 
@@ -37,7 +40,18 @@ def test_build_maps_sums_and_sets_against_the_median() -> None:
 def test_no_median_no_overhead_and_a_note() -> None:
     p = _profile(median_s=None)
     assert p["overhead"] is None and any("overhead" in n for n in p["notes"])
+    assert p["coverage"] == pytest.approx(0.005 / 0.0055)
     assert opprof.problems(p) == []
+    q = _profile(wall_s=None)  # a pass that did not time its iterations: no overhead, no coverage, said so
+    assert q["overhead"] is None and q["coverage"] is None and q["op_sum_vs_median"] == pytest.approx(0.25)
+    assert any("wall time" in n for n in q["notes"])
+
+
+def test_dropped_op_times_are_counted_in_a_note() -> None:
+    p = opprof.build([{"name": "a", "type": "Conv", "s": 0.001}, {"name": "b", "type": "Conv", "s": float("nan")},
+                      {"name": "c", "type": "Conv", "s": -1.0}], engine="ncnn", engine_source="t", iterations=1,
+                     median_s=0.001, node_link="none", wall_s=0.001)
+    assert len(p["ops"]) == 1 and "2 op time(s) dropped" in " ".join(p["notes"])
 
 
 def test_vocabulary_covers_each_engines_spelling() -> None:
@@ -97,7 +111,7 @@ def test_benchmark_model_op_tables_become_profiles() -> None:
     for variant in ("op_profiling_start_column", "op_profiling_csv"):
         q = op_profile(_tool_run(variant).ops, 5, 0.0033)
         assert [o["type"] for o in q["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm", "Softmax"]
-        assert q["mapped"] == 1.0 and q["overhead"] == pytest.approx(q["total_s"] / 0.0033 - 1)
+        assert q["mapped"] == 1.0 and q["op_sum_vs_median"] == pytest.approx(q["total_s"] / 0.0033 - 1)
 
 
 def test_absorbed_nodes_go_where_engines_fuse_them(tmp_path: Path) -> None:

@@ -33,7 +33,11 @@ def _check(result: dict[str, Any]) -> dict[str, Any]:
     assert p["ops"], "no ops"
     assert p["mapped"] >= MAPPED_GOAL, (result["precision"], {o["engine_type"] for o in p["ops"] if o["type"] == "Other"})
     assert p["median_s"] == result["median_s"]
-    assert p["overhead"] == pytest.approx(p["total_s"] / result["median_s"] - 1)
+    # the overhead from the pass's own wall time per iteration; coverage and the op sum vs the median apart
+    assert p["wall_s"] > 0, p["notes"]
+    assert p["overhead"] == pytest.approx(p["wall_s"] / result["median_s"] - 1)
+    assert p["coverage"] == pytest.approx(p["total_s"] / p["wall_s"])
+    assert p["op_sum_vs_median"] == pytest.approx(p["total_s"] / result["median_s"] - 1)
     assert p["total_s"] == pytest.approx(sum(o["s"] for o in p["ops"]))
     # the profiling pass is not in the samples: exactly the iterations the stopping rule asked for
     assert len(result["samples_s"]) <= result["protocol"]["settings"]["max_iterations"]

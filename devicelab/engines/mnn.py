@@ -171,6 +171,7 @@ class _MnnSession:
         """MNN's op callbacks exist only in its Interpreter/Session API (runSessionWithCallBackInfo), while the timed
         iterations ran through the Module API: the profiling pass opens a Session of the same .mnn file, same
         backend, threads and precision, in Debug mode, and times each op between its begin and end callbacks."""
+        import statistics
         import time
 
         import numpy as np
@@ -202,11 +203,14 @@ class _MnnSession:
             seq[0] += 1
             return True
 
+        walls = []
         for _ in range(iterations):
             seq[0] = 0
+            t0 = clock()
             interpreter.runSessionWithCallBackInfo(session, begin, end)
+            walls.append(clock() - t0)
         counted = [(name, kind, total / iterations) for (_, name, kind), total in sorted(totals.items())]
-        return {"ops": profile_ops(counted), "iterations": iterations,
+        return {"ops": profile_ops(counted), "iterations": iterations, "wall_s": statistics.median(walls),
                 "source": "MNN Session API runSessionWithCallBackInfo (the timed pass used the Module API)",
                 "node_link": "exact",
                 "notes": ["MNN's op callbacks exist only in its Session API: the profiled pass ran a Session of the "

@@ -179,7 +179,8 @@ def summary(r: Result, name: str | None = None) -> dict[str, Any]:
     by_type = sorted(((t, float(s)) for t, s in (p.get("by_type") or {}).items()), key=lambda x: -x[1])
     return {**base, "profile": {
         "engine_source": p.get("engine_source"), "iterations": p.get("iterations"),
-        "total_s": p.get("total_s"), "median_s": p.get("median_s"), "overhead": p.get("overhead"),
+        "total_s": p.get("total_s"), "median_s": p.get("median_s"), "wall_s": p.get("wall_s"),
+        "overhead": p.get("overhead"), "coverage": p.get("coverage"), "op_sum_vs_median": p.get("op_sum_vs_median"),
         "mapped": p.get("mapped"), "node_link": p.get("node_link"), "notes": list(p.get("notes") or []),
         "by_type": dict(by_type), "top": top_nodes(p)}}
 
