@@ -154,3 +154,34 @@ def test_benchmark_model_profiling_run_asks_for_op_tables() -> None:
     assert "--enable_op_profiling=true" in argv and "--op_profiling_output_mode=stdout" in argv
     assert "--num_runs=20" in argv
     assert not any("op_profiling" in a for a in ENGINE.argv("/x/benchmark_model", "/x", timed))
+
+
+def test_generic_and_bookkeeping_ops_are_typed_honestly(tmp_path: Path) -> None:
+    """ncnn's BinaryOp is whatever model node it was paired with (a Mul stays a Mul); OpenVINO's Convert is typed by
+    its model node (a DequantizeLinear) or is Other; graph inputs, shapes and identities are Other, never Reshape."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devicelab.opprof import onnxgraph
+
+    assert vocab.classify("openvino", "Convert") == "Other"
+    assert vocab.classify("openvino", "Convert", {"original_type": "DequantizeLinear"}) == "Dequantize"
+    for engine, name in (("ncnn", "Input"), ("openvino", "Input"), ("onnxruntime", "Shape"), ("mnn", "Identity"),
+                         ("ncnn", "MemoryData")):
+        assert vocab.classify(engine, name) == "Other", (engine, name)
+    w = numpy_helper.from_array(np.zeros((4, 4, 1, 1), np.float32), "w")
+    k = numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "k")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], "a"), helper.make_node("Mul", ["a", "k"], ["b"], "b"),
+             helper.make_node("Add", ["b", "a"], ["c"], "c")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 8, 8])], [w, k])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    ops = [{"name": "conv_0", "type": "Convolution", "s": 0.003}, {"name": "binaryop_0", "type": "BinaryOp", "s": 0.001},
+           {"name": "binaryop_1", "type": "BinaryOp", "s": 0.001}]
+    linked, count = onnxgraph.link_by_order(ops, path, "ncnn")
+    assert count == 3 and [o["node"] for o in linked] == ["a", "b", "c"]
+    p = opprof.build(linked, engine="ncnn", engine_source="t", iterations=1, median_s=0.005, node_link="best-effort",
+                     wall_s=0.005)
+    assert [o["type"] for o in p["ops"]] == ["Conv", "Mul", "Add"]
