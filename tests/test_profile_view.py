@@ -234,3 +234,44 @@ def test_config_names_tell_devices_and_cpus_apart(tmp_path: Path) -> None:
     assert set(config_names(rows)) == {"onnxruntime/m/fp32/cpu/2t@cpus0,1", "onnxruntime/m/fp32/cpu/2t@cpus2,3"}
     with pytest.raises(ValueError, match="both named onnxruntime/m/fp32/cpu/2t@cpus0,1"):
         config_names([rows[0], rows[0]])
+
+
+def test_charts_escape_hostile_names_and_keep_one_colour_per_op_type() -> None:
+    """Names from devices and engines (a thermal zone, a mark's fields) are escaped whole, never cut inside an entity:
+    the SVG parses as XML and the text reads back as given. Each shared op type has one colour in every chart."""
+    import xml.etree.ElementTree as ET
+
+    from devicelab.charts import TYPE_COLORS, stacked_bar_chart, timeline_chart
+    from devicelab.opprof.vocab import SHARED_TYPES
+
+    zone = "x" * 19 + "&<script>alert(1)</script>"
+    marks = [{"kind": "batch", "start_s": 0.0, "end_s": 0.02, "iterations": "<b>5</b>"}]
+    svg = timeline_chart("t <i>", [0.0, 0.01], [10.0, 10.0], marks, None,
+                         {"t_s": [0.0, 0.01], "values": {zone: [40.0, 41.0]}})
+    root = ET.fromstring(svg)  # an entity cut in two, or a raw '<', would not parse
+    texts = ["".join(e.itertext()) for e in root.iter()]
+    assert (zone[:20]) in texts and any("<b>5</b> iterations" in t for t in texts)
+    assert "<script>" not in svg
+    assert set(TYPE_COLORS) == set(SHARED_TYPES) and len(set(TYPE_COLORS.values())) == len(SHARED_TYPES)
+    a = stacked_bar_chart("a", [("x", {"Conv": 2.0, "Add": 1.0})], ["Conv", "Add"])
+    b = stacked_bar_chart("b", [("y", {"Quantize": 3.0, "Add": 0.5, "Conv": 1.0})], ["Quantize", "Conv", "Add"])
+    for svg in (a, b):
+        fills = {e.get("data-type"): e.get("fill") for e in ET.fromstring(svg).iter() if e.get("data-type")}
+        assert fills["Conv"] == TYPE_COLORS["Conv"] and fills["Add"] == TYPE_COLORS["Add"]
+    # every one of 17 types in the legend, none cut to "+3 more"
+    every = stacked_bar_chart("c", [("z", {t: 1.0 for t in SHARED_TYPES})], list(SHARED_TYPES))
+    assert "more</text>" not in every and all(f">{t}</text>" in every for t in SHARED_TYPES)
+
+
+def test_a_timeline_with_non_numbers_is_refused() -> None:
+    from devicelab.result import OK, Config, Result
+
+    cfg = Config("host", "onnxruntime", "", "1", "m", "0" * 64, 1, "fp32", "cpu", 1, (0,), "big")
+    good = {"version": 1, "marks": [{"kind": "batch", "start_s": 0.0, "end_s": 0.01, "iterations": 2}],
+            "unavailable": []}
+    Result.for_config("r", cfg, OK, samples_s=(0.004, 0.004), ext={"timeline": good})
+    for bad in ({**good, "marks": [{**good["marks"][0], "iterations": "<b>2</b>"}]},
+                {**good, "marks": [{**good["marks"][0], "start_s": "0"}]},
+                {**good, "temp_c": {"t_s": ["0"], "values": {"z": [40.0]}}}):
+        with pytest.raises(ValueError):
+            Result.for_config("r", cfg, OK, samples_s=(0.004, 0.004), ext={"timeline": bad})
