@@ -138,24 +138,6 @@ def test_absorbed_nodes_go_where_engines_fuse_them(tmp_path: Path) -> None:
     assert onnxgraph.absorbed(read, {"b", "c", "e", "f"}) == {"b": ["b", "a"], "c": ["c", "d"]}
 
 
-def test_benchmark_model_profiling_run_asks_for_op_tables() -> None:
-    """The profiling run's argv (the session adds the tool's profile_flags to its own settings): the op profiler on,
-    printed to stdout where the parser reads the Run Order table, and the pass's own run count. The timed run never
-    gets the flags."""
-    import dataclasses
-
-    from devicelab.engines.tool_base import ToolSettings
-    from devicelab.engines.tool_benchmark_model import ENGINE
-
-    timed = ToolSettings(threads=1, cpus=(3,), precision="fp32", backend="cpu", iterations=50, warmups=3,
-                         input_shapes=((1, 3, 224, 224),))
-    profiled = dataclasses.replace(timed, iterations=20, extra_args=(*timed.extra_args, *ENGINE.profile_flags))
-    argv = ENGINE.argv("/data/local/tmp/benchmark_model", "/data/local/tmp/run", profiled)
-    assert "--enable_op_profiling=true" in argv and "--op_profiling_output_mode=stdout" in argv
-    assert "--num_runs=20" in argv
-    assert not any("op_profiling" in a for a in ENGINE.argv("/x/benchmark_model", "/x", timed))
-
-
 def test_generic_and_bookkeeping_ops_are_typed_honestly(tmp_path: Path) -> None:
     """ncnn's BinaryOp is whatever model node it was paired with (a Mul stays a Mul); OpenVINO's Convert is typed by
     its model node (a DequantizeLinear) or is Other; graph inputs, shapes and identities are Other, never Reshape."""

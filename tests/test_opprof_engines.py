@@ -39,8 +39,10 @@ def _check(result: dict[str, Any]) -> dict[str, Any]:
     assert p["coverage"] == pytest.approx(p["total_s"] / p["wall_s"])
     assert p["op_sum_vs_median"] == pytest.approx(p["total_s"] / result["median_s"] - 1)
     assert p["total_s"] == pytest.approx(sum(o["s"] for o in p["ops"]))
-    # the profiling pass is not in the samples: exactly the iterations the stopping rule asked for
-    assert len(result["samples_s"]) <= result["protocol"]["settings"]["max_iterations"]
+    # the profiling pass is not in the samples: exactly the iterations of the timed batches
+    runs = [m for m in result["ext"]["timeline"]["marks"] if m["kind"] in ("batch", "slice")]
+    assert len(result["samples_s"]) == sum(m["iterations"] for m in runs) <= \
+        result["protocol"]["settings"]["max_iterations"]
     return p
 
 
@@ -139,7 +141,8 @@ def test_a_bad_profile_key_is_one_line_and_exit_2(tmp_path: Path, env: dict[str,
 
     path = write_suite(tmp_path / "s.yaml", profile=value)
     p = devicelab("run", "--suite", str(path), env=env)
-    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stdout == ""
 
 
 def test_a_runner_without_the_profile_command_is_never_sent_it(tmp_path: Path, env: dict[str, str]) -> None:

@@ -151,3 +151,43 @@ def test_overhead_is_the_profiled_wall_against_the_timed_median(tmp_path: Path, 
     # the state after is the timed run's: read when timing ended, before the pass
     assert r["state_after"] is not None
     assert "state after: read when timing ended, before the profiling pass" in r["notes"]
+
+
+GOLDEN = Path(__file__).parent / "golden" / "tools" / "benchmark_model"
+
+
+def _tool_stand_in(folder: Path, profile_exit: int) -> Path:
+    """benchmark_model's stand-in: the golden timed output, or with --enable_op_profiling=true the golden op tables
+    (and `profile_exit` as its exit status: a profiling run that fails)."""
+    def heredoc(variant: str) -> str:
+        return f"cat <<'DEVICELAB_GOLDEN'\n{(GOLDEN / f'{variant}.stdout').read_text().rstrip()}\nDEVICELAB_GOLDEN"
+
+    script = folder / "benchmark_model"
+    script.write_text("\n".join([
+        "#!/bin/sh",
+        'case " $* " in *" --enable_op_profiling=true "*)',
+        heredoc("op_profiling_xnnpack"), f"exit {profile_exit};;", "esac",
+        heredoc("cpu_xnnpack_percentiles"), "exit 0"]) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def test_a_tools_profiling_run_becomes_the_profile_or_says_it_failed(tmp_path: Path, env: dict[str, str]) -> None:
+    """The session's own profiling run of an engine tool (_Attempt.profile_tool): a second run with the tool's op
+    profiling flags, its op table the row's profile; a profiling run that fails leaves the timed row as it was."""
+    rows = {}
+    for code in (0, 1):
+        (tmp_path / f"t{code}").mkdir()
+        binary = _tool_stand_in(tmp_path / f"t{code}", code)
+        (r,) = _run(tmp_path, env, f"tool{code}", "--profile", models=["squeezenet1_1"], precisions=["fp32"],
+                    engines=[{"name": "tool:benchmark_model", "options": {"binary": str(binary)}}],
+                    protocol={"tool_iterations": 10})
+        assert r["status"] == "ok", r["reason"]
+        rows[code] = r
+    p = rows[0]["ext"]["profile"]
+    assert opprof.problems(p) == [] and p["engine_source"].startswith("benchmark_model")
+    assert [o["type"] for o in p["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm"]
+    assert p["median_s"] == rows[0]["median_s"] and p["iterations"] == 20
+    assert rows[1]["ext"]["profile"] == {"version": 1, "unsupported": "profiling pass failed: benchmark_model "
+                                                                      "exited with 1"}
+    assert rows[1]["median_s"] == rows[0]["median_s"]  # the same golden timed output: the timing stands
