@@ -415,7 +415,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             device_ids = tuple(dict.fromkeys(ids))
 
     settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
-    settings = _profile_setting(raw.get("profile"), settings, problems)
+    if "profile" in raw:
+        protocol = raw.get("protocol")
+        both = sorted(k for k in ("profile", "profile_iterations") if isinstance(protocol, dict) and k in protocol)
+        if both:  # two ways to say one thing could disagree: one place only
+            problems.append(f"profile: given beside protocol.{' and protocol.'.join(both)}; say it once (the "
+                            "top-level profile: true, false or {iterations: N})")
+        elif raw["profile"] is None:
+            problems.append("profile: null is not allowed; allowed: true, false, or {iterations: N}")
+        else:
+            settings = _profile_setting(raw["profile"], settings, problems)
 
     seed = raw.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):

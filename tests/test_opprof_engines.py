@@ -135,11 +135,14 @@ def test_dlbench_layer_times_become_the_profile(native_host: dict[str, Any], tmp
     (3, "profile: 3 is not allowed; allowed: true, false, or {iterations: N}"),
     ({"iterations": 0}, "profile.iterations: 0 is not a positive integer"),
     ({"passes": 2}, "profile.passes: unknown key; allowed: iterations"),
+    (None, "profile: null is not allowed; allowed: true, false, or {iterations: N}"),
+    ("both", "profile: given beside protocol.profile_iterations; say it once"),
 ])
 def test_a_bad_profile_key_is_one_line_and_exit_2(tmp_path: Path, env: dict[str, str], value: Any, says: str) -> None:
     from tests.helpers import devicelab
 
-    path = write_suite(tmp_path / "s.yaml", profile=value)
+    path = write_suite(tmp_path / "s.yaml", **({"profile": True, "protocol": {"profile_iterations": 3}}
+                                                if value == "both" else {"profile": value}))
     p = devicelab("run", "--suite", str(path), env=env)
     assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert p.stdout == ""
