@@ -30,6 +30,8 @@ def test_type_rows_and_the_sentence() -> None:
     assert rows[2] == TypeRow("Quantize", 0.0, 0.0004) and rows[2].ratio is None
     assert sentence(rows, "int8") == ("int8 made Conv 2.3× faster, dropped Activation (0.4 ms) and added "
                                       "Quantize 0.4 ms")
+    big = type_rows({"by_type": {"Conv": 0.012, "Gemm": 0.0124}}, {"by_type": {"Conv": 0.0001, "Gemm": 0.001}})
+    assert sentence(big, "int8") == "int8 made Conv 120× faster and made Gemm 12× faster"
     same = type_rows({"by_type": {"Conv": 1.0}}, {"by_type": {"Conv": 1.01}})
     assert sentence(same, "ncnn") == "ncnn: no op type changed by more than 5%"
 

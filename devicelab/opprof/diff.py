@@ -109,14 +109,19 @@ def sentence(rows: Sequence[TypeRow], name_b: str) -> str:
         elif r.b_s == 0:
             parts.append(f"dropped {r.type} ({_ms(r.a_s)})")
         elif r.b_s < r.a_s * (1 - SAME_WITHIN):
-            parts.append(f"made {r.type} {r.a_s / r.b_s:.2g}× faster")
+            parts.append(f"made {r.type} {_times(r.a_s / r.b_s)} faster")
         elif r.b_s > r.a_s * (1 + SAME_WITHIN):
-            parts.append(f"made {r.type} {r.b_s / r.a_s:.2g}× slower")
+            parts.append(f"made {r.type} {_times(r.b_s / r.a_s)} slower")
         if len(parts) == 4:
             break
     if not parts:
         return f"{name_b}: no op type changed by more than {SAME_WITHIN:.0%}"
     return f"{name_b} " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+
+
+def _times(x: float) -> str:
+    """A factor as a reader says it: 2.3×, 12×, 120× (never 1.2e+02×)."""
+    return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
 
 
 def diff(a: Result, b: Result, names: tuple[str, str] | None = None) -> dict[str, Any]:
