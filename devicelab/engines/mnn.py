@@ -166,6 +166,7 @@ _SESSION_DEBUG = 0
 class _MnnSession:
     def __init__(self, mnn: Any, module: Any, inputs: list[dict[str, Any]], runtime: Any = None) -> None:
         self._mnn, self._module, self._inputs = mnn, module, inputs
+        self._runtime = runtime  # the runtime manager the module runs on: kept alive as long as the module
 
     def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
         """MNN's op callbacks exist only in its Interpreter/Session API (runSessionWithCallBackInfo), while the timed
@@ -177,6 +178,10 @@ class _MnnSession:
         import numpy as np
 
         mnn = self._mnn
+        for spec in self._inputs:  # the Session's inputs are copied in as float32 tensors: say so, never convert
+            if str(spec.get("dtype", "float32")) != "float32":
+                raise UnsupportedError(f"MNN's profiling pass feeds float32 inputs; input {spec['name']!r} is "
+                                       f"{spec['dtype']}")
         interpreter = mnn.Interpreter(config["model"])
         interpreter.setSessionMode(_SESSION_DEBUG)
         session = interpreter.createSession({"backend": _BACKEND[config["backend"]], "numThread": int(config["threads"]),
