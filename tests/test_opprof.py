@@ -167,3 +167,23 @@ def test_generic_and_bookkeeping_ops_are_typed_honestly(tmp_path: Path) -> None:
     p = opprof.build(linked, engine="ncnn", engine_source="t", iterations=1, median_s=0.005, node_link="best-effort",
                      wall_s=0.005)
     assert [o["type"] for o in p["ops"]] == ["Conv", "Mul", "Add"]
+
+
+def test_depthwise_with_a_channel_multiplier(tmp_path: Path) -> None:
+    """A depthwise convolution with channel multiplier 2 (group = C_in = 4, C_out = 8) is depthwise; a grouped one
+    with two input channels per group is not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devicelab.opprof import onnxgraph
+
+    inits = [numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), "dw"),
+             numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "gw")]
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["a"], "a", group=4),
+             helper.make_node("Conv", ["x", "gw"], ["b"], "b", group=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 8, 6, 6]) for o in "ab"], inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert {n.name: n.depthwise for n in onnxgraph.read(path)} == {"a": True, "b": False}

@@ -45,7 +45,8 @@ def read(path: str | Path) -> list[Node]:
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
             weight = n.input[3] if n.op_type == "QLinearConv" else n.input[1]
             shape = shapes.get(dq_source.get(weight, weight))
-            depthwise = group > 1 and shape is not None and len(shape) >= 2 and shape[1] == 1 and shape[0] == group
+            # one input channel per group (C_in == group), whatever the channel multiplier (C_out = k * group)
+            depthwise = group > 1 and shape is not None and len(shape) >= 2 and shape[1] == 1 and shape[0] % group == 0
         nodes.append(Node(n.name or f"{n.op_type}_{n.output[0]}", n.op_type, tuple(i for i in n.input if i),
                           tuple(n.output), depthwise))
     return nodes
