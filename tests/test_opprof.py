@@ -187,3 +187,20 @@ def test_depthwise_with_a_channel_multiplier(tmp_path: Path) -> None:
     path = tmp_path / "g.onnx"
     onnx.save(helper.make_model(graph), str(path))
     assert {n.name: n.depthwise for n in onnxgraph.read(path)} == {"a": True, "b": False}
+
+
+def test_onnxruntime_events_are_counted_per_run_not_per_event() -> None:
+    """A node that ran two kernels in each of the 2 profiled runs (after a warmup run): its time per run is the sum
+    of its kernels in those runs over the runs, not the mean of its last events."""
+    from devicelab.engines.onnxruntime import profile_ops
+
+    def run(ts: float) -> dict[str, Any]:
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": 90}
+
+    def kernel(ts: float, dur: float) -> dict[str, Any]:
+        return {"cat": "Node", "name": "conv_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": "Conv"}}
+
+    events = [run(0), kernel(1, 500), kernel(2, 500), run(100), kernel(101, 10), kernel(102, 20), run(200),
+              kernel(201, 30), kernel(202, 40)]
+    (op,) = profile_ops(events, 2, None)
+    assert op["s"] == pytest.approx((10 + 20 + 30 + 40) / 2 / 1e6) and op["extra"]["calls"] == 2
