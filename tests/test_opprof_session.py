@@ -79,6 +79,11 @@ for line in sys.stdin:
             emit({{"event": "op", "name": "relu", "type": "Relu", "s": wall * 0.2}})
             emit({{"event": "profiled", "iterations": cmd["iterations"], "source": "busy loop", "node_link": "none",
                    "wall_s": wall}})
+        elif MODE == "hostile":  # names a page must show as text
+            emit({{"event": "op", "name": "<img src=x onerror=alert(1)>", "type": "Conv", "s": wall * 0.5,
+                   "node": "</td><script>alert(2)</script>", "fused": ["&amp;<b>f</b>"]}})
+            emit({{"event": "profiled", "iterations": cmd["iterations"], "source": "<i>src</i>", "node_link": "exact",
+                   "wall_s": wall, "notes": ["<script>alert(3)</script>"]}})
         elif MODE == "malformed":
             emit({{"event": "op", "name": "conv", "type": "Conv", "s": "fast", "node": 5}})
             emit({{"event": "op", "name": "relu", "type": "Relu"}})
@@ -191,3 +196,37 @@ def test_a_tools_profiling_run_becomes_the_profile_or_says_it_failed(tmp_path: P
     assert rows[1]["ext"]["profile"] == {"version": 1, "unsupported": "profiling pass failed: benchmark_model "
                                                                       "exited with 1"}
     assert rows[1]["median_s"] == rows[0]["median_s"]  # the same golden timed output: the timing stands
+
+
+def test_hostile_op_and_node_names_are_text_in_the_report(tmp_path: Path, env: dict[str, str]) -> None:
+    """A runner's op, node, fused-node and source names reach the report's profile sections as text: no dialog, no
+    script, no request, and each name reads back as the runner sent it."""
+    import shutil
+
+    if not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is missing: scripts/test installs it (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    report = tmp_path / "report.html"
+    engines = [{"name": "protocol", "label": "hostile", "options": {"binary": _runner(tmp_path, "hostile")}}]
+    (r,) = _run(tmp_path, env, "hostile", "--profile", "--report", str(report), engines=engines,
+                precisions=["fp32"], repeats=1)
+    assert r["ext"]["profile"]["ops"][0]["name"] == "<img src=x onerror=alert(1)>"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page()
+        dialogs: list[str] = []
+        requests: list[str] = []
+        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        page.on("request", lambda q: requests.append(q.url))
+        page.goto(report.as_uri())
+        page.wait_for_load_state("load")
+        page.locator("details.config-detail summary").first.click()
+        top = page.locator("table.top-nodes").first.inner_text()
+        totals = page.locator("table.profile-totals").first.inner_text()
+        browser.close()
+    assert not dialogs, dialogs
+    assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
+    assert "<img src=x onerror=alert(1)>" in top and "</td><script>alert(2)</script>" in top
+    assert "&amp;<b>f</b>" in top
+    assert "<i>src</i>" in totals and "<script>alert(3)</script>" in totals
