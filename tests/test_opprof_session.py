@@ -27,7 +27,8 @@ def test_peak_memory_under_dlprobe_is_the_timed_runs(native_host: dict[str, Any]
     """ONNX Runtime started afresh runs under dlprobe, whose ru_maxrss covers the whole process: with --profile that
     includes the profiling pass's second session. The row's peak is the runner's own, read before the pass, so it
     agrees with the same config's peak without --profile; ru_maxrss stays in protocol.dlprobe."""
-    suite = {"models": ["mobilenet_v2"], "precisions": ["fp32"],
+    # no accuracy pass: dlprobe's ru_maxrss (the run without --profile) would include it, the runner's own peak not
+    suite = {"models": ["mobilenet_v2"], "precisions": ["fp32"], "protocol": {"accuracy_inputs": 0},
              "engines": [{"name": "onnxruntime", "options": {"process": "exec"}}]}
     (plain,) = _run(tmp_path, env, "plain", **suite)
     (profiled,) = _run(tmp_path, env, "profiled", "--profile", **suite)
@@ -39,8 +40,9 @@ def test_peak_memory_under_dlprobe_is_the_timed_runs(native_host: dict[str, Any]
     assert "before its profiling pass" not in plain["memory_method"]
     # the second session of the pass is in dlprobe's figure, not in the row's
     assert profiled["protocol"]["dlprobe"]["ru_maxrss_bytes"] > profiled["peak_rss_bytes"]
-    # the same config's peak with and without the pass: two processes, a few pages apart
-    assert abs(profiled["peak_rss_bytes"] - plain["peak_rss_bytes"]) <= 0.05 * plain["peak_rss_bytes"], \
+    # the same config's peak with and without the pass: two ONNX Runtime processes differ by a few MB (its arena;
+    # seen ±6 %), the pass's second session adds far more (seen +59 % when ru_maxrss was stored)
+    assert abs(profiled["peak_rss_bytes"] - plain["peak_rss_bytes"]) <= 0.15 * plain["peak_rss_bytes"], \
         (profiled["peak_rss_bytes"], plain["peak_rss_bytes"])
 
 
