@@ -63,7 +63,8 @@ def work():
     sum(i * i for i in range(20000))
     return t0, time.perf_counter() - t0
 
-emit({{"event": "ready", "protocol": 2, "load_s": 0.0, "first_s": work()[1], "warmups": 0, "profile": True}})
+emit({{"event": "ready", "protocol": 2, "load_s": 0.0, "first_s": work()[1], "warmups": 0,
+      "profile": MODE != "selfops"}})
 for line in sys.stdin:
     cmd = json.loads(line)
     if cmd["cmd"] in ("run", "warmup"):
@@ -96,6 +97,9 @@ for line in sys.stdin:
         else:
             emit({{"event": "error", "message": "the op profiler is broken"}})
     elif cmd["cmd"] == "stop":
+        if MODE == "selfops":  # op events sent by itself, one of them without a number of seconds
+            emit({{"event": "op", "name": "conv", "type": "Conv", "s": 0.001, "passes": 3}})
+            emit({{"event": "op", "name": "relu", "type": "Relu", "s": "0.001", "passes": 3}})
         emit({{"event": "done", "peak_rss_bytes": 10000000, "peak_rss_method": "VmHWM"}})
         sys.exit(0)
 '''
@@ -232,3 +236,13 @@ def test_hostile_op_and_node_names_are_text_in_the_report(tmp_path: Path, env: d
     assert "<img src=x onerror=alert(1)>" in top and "</td><script>alert(2)</script>" in top
     assert "&amp;<b>f</b>" in top
     assert "<i>src</i>" in totals and "<script>alert(3)</script>" in totals
+
+
+def test_op_events_a_runner_sent_by_itself_are_counted_when_dropped(tmp_path: Path, env: dict[str, str]) -> None:
+    """A runner without the `profile` command whose own op events hold a time that is not a number: the profile
+    keeps the others and says how many it dropped."""
+    (r, _) = _protocol_rows(tmp_path, env, "selfops")
+    p = r["ext"]["profile"]
+    assert opprof.problems(p) == [] and [o["name"] for o in p["ops"]] == ["conv"]
+    assert "1 op event(s) dropped: their 's' is not a number of seconds" in p["notes"]
+    assert p["wall_s"] is None and p["overhead"] is None  # no pass of its own: nothing timed it whole
