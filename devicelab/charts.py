@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from devicelab.opprof.timeline import extreme_indices
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
 
@@ -399,7 +401,7 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
                    freq: dict[str, object] | None, temp: dict[str, object] | None) -> str:
     """A config's timeline: each timed iteration's latency at its start (top panel), the pinned cores' frequencies
     (MHz) and the temperatures (°C) in panels below on the same time axis, warmup and batches (or lockstep slices)
-    shaded behind. Points are thinned to at most 600 (every k-th): the page's size stays bounded."""
+    shaded behind. Points are thinned to at most 600 (each bucket's lowest and highest kept): the page's size stays bounded."""
     if not t_s:
         return ""
     panels = [("latency (ms)", {"latency": list(zip(t_s, latency_ms))}, "iterations")]
@@ -450,8 +452,8 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
             out.append(f'<text x="{f.left - 6}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(y)}</text>')
         out.append(f'<text x="{f.left + 4}" y="{top + 12}" font-size="11">{esc(name)}</text>')
         for i, (key, pts) in enumerate(series.items()):
-            step = max(1, math.ceil(len(pts) / 600))
-            pts = pts[::step]
+            # at most 600 points, each bucket's lowest and highest kept: a slow iteration or a clock drop stays
+            pts = [pts[j] for j in extreme_indices(len(pts), [[y for _, y in pts]], 600)]
             c = color(i)
             if kind == "iterations":
                 out.extend(f'<circle class="iteration" cx="{sx(t):.1f}" cy="{sy(y):.1f}" r="1.6" fill="{c}"/>'

@@ -135,3 +135,24 @@ def test_phone_dlprobe_samples_line_up_with_the_iterations(native_arm64: dict[st
     assert all(v > 0 for vs in temp["values"].values() for v in vs if v is not None)
     print({"phone timeline": {"span": tl["span_s"], "freq samples": len(t), "first": t[0], "last": t[-1],
                               "during (kHz)": sorted(set(during)), "zones": list(temp["values"])}})
+
+
+def test_thinning_keeps_a_one_sample_spike() -> None:
+    """Thousands of samples thinned to a few hundred: a single slow iteration and a single clock drop survive, in
+    the record and in the chart (every k-th sample would have dropped them)."""
+    from devicelab.charts import timeline_chart
+    from devicelab.opprof.timeline import MAX_POINTS, _thin
+
+    n = 10_000
+    t = [i * 0.001 for i in range(n)]
+    freq = [2_000_000.0] * n
+    freq[4321] = 400_000.0
+    kept_t, kept = _thin(t, {"0": freq, "1": [None] * n})
+    assert len(kept_t) <= MAX_POINTS and min(v for v in kept["0"] if v is not None) == 400_000.0
+    assert kept_t == sorted(kept_t)
+    latency = [10.0] * n
+    latency[777] = 95.0
+    svg = timeline_chart("t", t, latency, [], None, None)
+    assert svg.count('class="iteration"') <= 600
+    ys = [float(x.split('"')[0]) for x in svg.split('class="iteration" cx="')[1:] for x in [x.split('cy="')[1]]]
+    assert len(set(ys)) == 2  # the one slow iteration is drawn apart from the rest
