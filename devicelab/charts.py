@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from devicelab.opprof.timeline import extreme_indices
+
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
 
@@ -21,6 +23,15 @@ def esc(text: object) -> str:
 
 def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
+
+
+# One colour per shared op type (devicelab.opprof.vocab.SHARED_TYPES), the same in every chart of a report: Conv is
+# Conv's blue whichever model or section it is drawn in.
+TYPE_COLORS: dict[str, str] = {
+    "Conv": "#1f77b4", "DepthwiseConv": "#aec7e8", "Gemm": "#d62728", "Pool": "#2ca02c", "Add": "#ff7f0e",
+    "Mul": "#ffbb78", "Concat": "#9467bd", "Reshape": "#c5b0d5", "Shuffle": "#8c564b", "Activation": "#e377c2",
+    "Softmax": "#f7b6d2", "Quantize": "#17becf", "Dequantize": "#9edae5", "Requantize": "#bcbd22", "Pad": "#dbdb8d",
+    "Resize": "#98df8a", "Other": "#7f7f7f"}
 
 
 def _nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
@@ -87,15 +98,15 @@ def _axes(frame: Frame, xticks: Sequence[tuple[float, str]], yticks: Sequence[tu
     return out
 
 
-def _legend(frame: Frame, names: Sequence[str]) -> list[str]:
+def _legend(frame: Frame, names: Sequence[str], colors: Sequence[str] | None = None, most: int = 14) -> list[str]:
     out = []
     x = frame.left + frame.plot_w + 12
-    for i, name in enumerate(names[:14]):
+    for i, name in enumerate(names[:most]):
         y = frame.top + 8 + i * 16
-        out.append(f'<rect x="{x}" y="{y - 8}" width="10" height="10" fill="{color(i)}"/>')
+        out.append(f'<rect x="{x}" y="{y - 8}" width="10" height="10" fill="{colors[i] if colors else color(i)}"/>')
         out.append(f'<text x="{x + 14}" y="{y + 1}" font-size="11">{esc(name[:24])}</text>')
-    if len(names) > 14:
-        out.append(f'<text x="{x}" y="{frame.top + 8 + 14 * 16}" font-size="11">+{len(names) - 14} more</text>')
+    if len(names) > most:
+        out.append(f'<text x="{x}" y="{frame.top + 8 + most * 16}" font-size="11">+{len(names) - most} more</text>')
     return out
 
 
@@ -359,7 +370,8 @@ def stacked_bar_chart(title: str, bars: Sequence[tuple[str, dict[str, float]]], 
     if not bars:
         return ""
     row = 22
-    f = Frame(height=44 + 28 + max(row * len(bars), 16 * min(len(kinds), 15)), left=260, right=130)
+    f = Frame(height=44 + 28 + max(row * len(bars), 16 * (len(kinds) + 1)), left=260, right=130)
+    colors = [TYPE_COLORS.get(kind, color(k)) for k, kind in enumerate(kinds)]
     hi = max(sum(v.values()) for _, v in bars) or 1.0
     xt = _nice_ticks(0.0, hi * 1.02)
 
@@ -377,10 +389,10 @@ def stacked_bar_chart(title: str, bars: Sequence[tuple[str, dict[str, float]]], 
             if v <= 0:
                 continue
             out.append(f'<rect class="segment" data-type="{esc(kind)}" x="{sx(x):.1f}" y="{y + 2:.1f}" '
-                       f'width="{max(sx(x + v) - sx(x), 0.5):.1f}" height="{row - 6}" fill="{color(k)}">'
+                       f'width="{max(sx(x + v) - sx(x), 0.5):.1f}" height="{row - 6}" fill="{colors[k]}">'
                        f"<title>{esc(name)}: {esc(kind)} {_fmt(v)} {unit}</title></rect>")
             x += v
-    out += _legend(f, list(kinds))
+    out += _legend(f, list(kinds), colors, most=len(kinds))  # every type: 17 at most
     out.append("</svg>")
     return "\n".join(out)
 
@@ -389,7 +401,7 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
                    freq: dict[str, object] | None, temp: dict[str, object] | None) -> str:
     """A config's timeline: each timed iteration's latency at its start (top panel), the pinned cores' frequencies
     (MHz) and the temperatures (°C) in panels below on the same time axis, warmup and batches (or lockstep slices)
-    shaded behind. Points are thinned to at most 600 (every k-th): the page's size stays bounded."""
+    shaded behind. Points are thinned to at most 600 (each bucket's lowest and highest kept): the page's size stays bounded."""
     if not t_s:
         return ""
     panels = [("latency (ms)", {"latency": list(zip(t_s, latency_ms))}, "iterations")]
@@ -433,15 +445,15 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
             fill = "#bbb" if m["kind"] == "warmup" else "#dde8f5"
             out.append(f'<rect class="mark" data-kind="{esc(m["kind"])}" x="{x0:.1f}" y="{top}" '
                        f'width="{max(x1 - x0, 0.5):.1f}" height="{ph}" fill="{fill}" fill-opacity="0.6">'
-                       f'<title>{esc(m["kind"])}: {m.get("iterations")} iterations, '
+                       f'<title>{esc(m["kind"])}: {esc(m.get("iterations"))} iterations, '
                        f'{_fmt(float(m["start_s"]))}–{_fmt(float(m["end_s"]))} s</title></rect>')
         out.append(f'<rect x="{f.left}" y="{top}" width="{f.plot_w}" height="{ph}" fill="none" stroke="#999"/>')
         for y in yt:
             out.append(f'<text x="{f.left - 6}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{_fmt(y)}</text>')
         out.append(f'<text x="{f.left + 4}" y="{top + 12}" font-size="11">{esc(name)}</text>')
         for i, (key, pts) in enumerate(series.items()):
-            step = max(1, math.ceil(len(pts) / 600))
-            pts = pts[::step]
+            # at most 600 points, each bucket's lowest and highest kept: a slow iteration or a clock drop stays
+            pts = [pts[j] for j in extreme_indices(len(pts), [[y for _, y in pts]], 600)]
             c = color(i)
             if kind == "iterations":
                 out.extend(f'<circle class="iteration" cx="{sx(t):.1f}" cy="{sy(y):.1f}" r="1.6" fill="{c}"/>'
@@ -451,7 +463,7 @@ def timeline_chart(title: str, t_s: Sequence[float], latency_ms: Sequence[float]
                 out.append(f'<polyline class="series" data-key="{esc(key)}" points="{path}" fill="none" '
                            f'stroke="{c}" stroke-width="1.5"><title>{esc(key)}</title></polyline>')
                 out.append(f'<text x="{f.left + f.plot_w + 8}" y="{top + 12 + i * 14}" font-size="10" fill="{c}">'
-                           f"{esc(('cpu' + key) if kind == 'frequency' else key)[:20]}</text>")
+                           f"{esc((('cpu' + key) if kind == 'frequency' else key)[:20])}</text>")
         out.append("</g>")
     bottom = 30 + len(panels) * (ph + 18) - 18
     for x in xt:

@@ -826,7 +826,7 @@ def export(
 def profile(
     run_id: str = typer.Argument(..., metavar="RUN_ID"),
     configs: Optional[list[str]] = typer.Option(None, "--config", metavar="CONFIG",
-                                                help="only this config (engine/model/precision/backend/Nt, as listed); "
+                                                help="only this config ([device/]engine/model/precision/backend/Nt[@cpus…], as listed); "
                                                      "twice: the op-type diff between the two"),
     db: Optional[str] = DbOpt, as_json: bool = JsonOpt,
 ) -> None:
@@ -838,7 +838,11 @@ def profile(
     store = open_store(db, create=False)
     store.get_run(run_id)
     results = store.results(run_id)
-    names = {diff.config_name(r): r for r in results}
+    try:
+        names = diff.config_names(results)
+    except ValueError as e:
+        raise DevicelabError(f"{run_id}: {e}") from None
+    name_of = {id(r): n for n, r in names.items()}
     chosen = list(names.values())
     if configs:
         from devicelab.errors import UnknownNameError
@@ -853,11 +857,11 @@ def profile(
         raise DevicelabError("--config: give one config, or two to diff them")
     else:
         pairs = diff.precision_pairs(chosen)
-    summaries = [diff.summary(r) for r in chosen]
+    summaries = [diff.summary(r, name_of[id(r)]) for r in chosen]
     diffs = []
     for a, b in pairs:
         try:
-            diffs.append(diff.diff(a, b))
+            diffs.append(diff.diff(a, b, (name_of[id(a)], name_of[id(b)])))
         except ValueError as e:
             if configs:
                 raise DevicelabError(f"--config: {e}") from None
@@ -893,12 +897,15 @@ def _render_profiles(summaries: list[dict[str, Any]], diffs: list[dict[str, Any]
         if p is None:
             print_wrapped(out(), f"{s['config']}: {s['why']}")
             continue
-        overhead = f"{p['overhead'] * 100:+.1f} %" if isinstance(p.get("overhead"), (int, float)) else "—"
-        mapped = f"{p['mapped'] * 100:.1f} %" if isinstance(p.get("mapped"), (int, float)) else "—"
-        print_wrapped(out(), f"{s['config']}: ops {_ms(p.get('total_s'))} per iteration, timed median "
-                             f"{_ms(p.get('median_s'))}, profiling overhead {overhead}, mapped {mapped} "
-                             f"({p.get('engine_source')}, {p.get('iterations')} iterations, node link "
-                             f"{p.get('node_link')})")
+        def pct(key: str, sign: str = "") -> str:
+            return f"{p[key] * 100:{sign}.1f} %" if isinstance(p.get(key), (int, float)) else "—"
+
+        print_wrapped(out(), f"{s['config']}: op total {_ms(p.get('total_s'))} per iteration, profiled wall "
+                             f"{_ms(p.get('wall_s'))}, timed median {_ms(p.get('median_s'))}; profiling overhead "
+                             f"{pct('overhead', '+')} (profiled wall vs timed median), coverage {pct('coverage')} "
+                             f"(op total vs profiled wall), op sum vs median {pct('op_sum_vs_median', '+')}, mapped "
+                             f"{pct('mapped')} ({p.get('engine_source')}, {p.get('iterations')} iterations, node "
+                             f"link {p.get('node_link')})")
         total = p.get("total_s") or 0
         print_table(out(), ["op type", "time", "share"],
                     [[t, _ms(v), f"{v / total * 100:.1f} %" if total else "—"] for t, v in p["by_type"].items()],

@@ -437,7 +437,16 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
             device_ids = tuple(dict.fromkeys(ids))
 
     settings = settings_from_dict(raw.get("protocol"), "protocol", problems)
-    settings = _profile_setting(raw.get("profile"), settings, problems)
+    if "profile" in raw:
+        protocol = raw.get("protocol")
+        both = sorted(k for k in ("profile", "profile_iterations") if isinstance(protocol, dict) and k in protocol)
+        if both:  # two ways to say one thing could disagree: one place only
+            problems.append(f"profile: given beside protocol.{' and protocol.'.join(both)}; say it once (the "
+                            "top-level profile: true, false or {iterations: N})")
+        elif raw["profile"] is None:
+            problems.append("profile: null is not allowed; allowed: true, false, or {iterations: N}")
+        else:
+            settings = _profile_setting(raw["profile"], settings, problems)
 
     llm = parse_llm(raw.get("llm"), "llm", problems)
     gguf = [m.name for m in models if (m.path and m.path.lower().endswith(".gguf")) or

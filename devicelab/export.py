@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from devicelab.result import Result
 
@@ -49,7 +50,7 @@ def export(results: Sequence[Result], fmt: str, path: Path | None) -> str | None
 _OP_COLUMNS = ("op", "engine_type", "type", "node", "seconds", "share", "fused")
 
 
-def profile_frame(results: Sequence[Result]):  # -> pandas.DataFrame
+def profile_frame(results: Sequence[Result]) -> Any:  # a pandas.DataFrame (pandas is imported only when called)
     """One row per profiled op (seconds per iteration, its share of the config's op total), with the config's
     columns and the profile's totals; a config without a usable profile is one row saying why, op columns empty."""
     import pandas as pd
@@ -57,25 +58,28 @@ def profile_frame(results: Sequence[Result]):  # -> pandas.DataFrame
     from devicelab.opprof import diff
 
     rows = []
+    name_of = {id(r): n for n, r in diff.config_names(results).items()}
     for r in results:
         base = {c: getattr(r, c) for c in _COLUMNS}
         base["cpus"] = ",".join(map(str, r.cpus))
-        base["config"] = diff.config_name(r)
+        base["config"] = name_of[id(r)]
         p = diff.profile_of(r)
         if not diff.usable(p):
             why = (p or {}).get("unsupported") or "not profiled"
-            rows.append({**base, "profile": why})
+            rows.append({**base, "no_profile": why})
             continue
         assert p is not None
         total = float(p.get("total_s") or 0.0)
-        totals = {"profile": p.get("engine_source"), "total_s": total, "median_s": p.get("median_s"),
-                  "overhead": p.get("overhead"), "mapped": p.get("mapped")}
+        totals = {"profile_source": p.get("engine_source"), "total_s": total, "median_s": p.get("median_s"),
+                  "wall_s": p.get("wall_s"), "overhead": p.get("overhead"), "coverage": p.get("coverage"),
+                  "op_sum_vs_median": p.get("op_sum_vs_median"), "mapped": p.get("mapped")}
         for o in p.get("ops") or []:
             s = float(o.get("s") or 0.0)
             rows.append({**base, **totals, "op": o.get("name"), "engine_type": o.get("engine_type"),
                          "type": o.get("type"), "node": o.get("node"), "seconds": s,
                          "share": s / total if total > 0 else None, "fused": "+".join(o.get("fused") or [])})
-    columns = [*_COLUMNS, "cpus", "config", "profile", "total_s", "median_s", "overhead", "mapped", *_OP_COLUMNS]
+    columns = [*_COLUMNS, "cpus", "config", "profile_source", "no_profile", "total_s", "median_s", "wall_s", "overhead",
+               "coverage", "op_sum_vs_median", "mapped", *_OP_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -85,8 +89,9 @@ def export_profiles(results: Sequence[Result], fmt: str, path: Path | None) -> s
         from devicelab.opprof import diff
 
         items = []
+        name_of = {id(r): n for n, r in diff.config_names(results).items()}
         for r in results:
-            s = diff.summary(r)
+            s = diff.summary(r, name_of[id(r)])
             p = diff.profile_of(r)
             if s["profile"] is not None and p is not None:
                 s["profile"]["ops"] = list(p.get("ops") or [])

@@ -450,6 +450,9 @@ class Measurement:
     profiled: dict[str, Any] | None = None
     no_profile: str | None = None
     requests: list[Request] | None = None  # protocol v3: the timed requests (samples_s: their decode s per token)
+    # The runner ended or went silent during its profiling pass (what happened): the timed iterations above stand,
+    # but there is no `done` line (no peak memory, no outputs) from it.
+    profile_lost: str | None = None
 
 
 # Called once timing has stopped, before "stop": what a device measures with the runner still warm and loaded
@@ -586,20 +589,37 @@ class Driver:
                               "\"profile\": true in its ready line) and sent no op events")
         self.channel.send({"cmd": "profile", "iterations": n})
         ops: list[dict[str, Any]] = []
+        bad: list[str] = []
+        # a pass of its own: as long as a whole runner may take, from now, once (not renewed by each line)
+        deadline = max(self.deadline, time.monotonic() + self.s.timeout_seconds)
         while True:
-            # a pass of its own: as long as a whole runner may take, from now
-            event = self.channel.receive(max(self.deadline, time.monotonic() + self.s.timeout_seconds))
+            event = self.channel.receive(deadline)
             kind = event.get("event")
             if kind == "op":
-                ops.append(event)
+                why = op_problem(event)
+                if why:
+                    bad.append(f"op line {len(ops) + len(bad) + 1}: {why}")
+                else:
+                    ops.append(event)
             elif kind == "profiled":
+                why = profiled_problem(event)
+                if why:
+                    bad.append(f"'profiled' line: {why}")
+                if bad:  # a malformed pass is no profile; the runner still answers `stop` (the timing stands)
+                    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                    return [], {"error": f"runner protocol: {bad[0]}{more}"}, None
                 return ops, event, None
             elif kind == "error":
-                raise _error(event)
+                return [], {"error": str(_error(event))}, None
             else:
-                raise RunnerError(f"runner protocol: unexpected line {json.dumps(event)[:200]} during a profile")
+                bad.append(f"unexpected line {json.dumps(event)[:200]}")
 
-    def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0) -> Measurement:
+    def finish(self, before_stop: BeforeStop | None = None, profile_iterations: int = 0,
+               profile_in_stop: bool = False, before_profile: Callable[[], None] | None = None) -> Measurement:
+        """Stop the runner and gather what it measured. `profile_iterations`: a profiling pass (the `profile`
+        command) first; `profile_in_stop`: the runner profiles while answering `stop` (dlbench's layer_times). A
+        runner that fails during either keeps its timed iterations: the Measurement says so (profile_lost).
+        `before_profile`: called once timing (and the energy window) is over, before any profiling."""
         extra: dict[str, Any] = {}
         if before_stop is not None and self.batch is None:
             # An LLM runner's energy window counts whole requests (prefill and G decode steps each).
@@ -608,12 +628,28 @@ class Driver:
         profile_ops: list[dict[str, Any]] = []
         profiled: dict[str, Any] | None = None
         no_profile: str | None = None
+        if before_profile is not None and (profile_iterations > 0 or profile_in_stop):
+            before_profile()
         if profile_iterations > 0:  # after the timed iterations and the energy window: never mixed into them
-            profile_ops, profiled, no_profile = self.profile(profile_iterations)
+            try:
+                profile_ops, profiled, no_profile = self.profile(profile_iterations)
+            except (ChannelClosedError, ChannelTimeoutError) as e:
+                return self._measurement({}, extra, [], None, None, _lost(e, "its profiling pass"))
         if self.batch is None:
             self.channel.send({"cmd": "stop"})  # in batch mode the runner stops by itself after its batch
-        done = _expect(self.channel, max(self.deadline, time.monotonic() + 60) if extra else self.deadline, "done",
-                       self.ops)
+        # Energy and layer passes run between `stop` and `done`: they get a deadline of their own.
+        wait = max(self.deadline, time.monotonic() + (self.s.timeout_seconds if profile_in_stop else 60)) \
+            if extra or profile_in_stop else self.deadline
+        try:
+            done = _expect(self.channel, wait, "done", self.ops)
+        except RUNNER_FAULTS as e:
+            if not profile_in_stop:
+                raise
+            return self._measurement({}, extra, [], None, None, _lost(e, "its per-layer passes after 'stop'"))
+        return self._measurement(done, extra, profile_ops, profiled, no_profile, None)
+
+    def _measurement(self, done: dict[str, Any], extra: dict[str, Any], profile_ops: list[dict[str, Any]],
+                     profiled: dict[str, Any] | None, no_profile: str | None, lost: str | None) -> Measurement:
         starts, t0 = None, None
         if self.starts and len(self.starts) == len(self.samples):
             t0 = self.starts[0]
@@ -627,8 +663,58 @@ class Driver:
                            stop_reason=self.reason() or "", batches=self.batches,
                            warmup_by=self.warmup_by, warmup_iterations=w_n, warmup_seconds=w_s,
                            warmup_stopped=self.warmup_stopped, extra=extra, profile_ops=profile_ops,
-                           profiled=profiled, no_profile=no_profile,
+                           profiled={"error": lost} if lost else profiled, no_profile=no_profile, profile_lost=lost,
                            requests=list(self.requests) if self.llm is not None else None)
+
+
+def _lost(e: Exception, during: str) -> str:
+    """What happened to a runner that failed during its profiling pass, in words for the row's profile."""
+    if isinstance(e, ChannelTimeoutError):
+        return f"the runner did not answer during {during}"
+    if isinstance(e, ChannelClosedError):
+        return f"the runner ended during {during}"
+    return f"the runner failed during {during}: {e}"
+
+
+def _positive_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+
+
+def op_problem(event: dict[str, Any]) -> str | None:
+    """What is wrong with a profiling pass's `op` line (None: fine): name and type text, `s` seconds per iteration,
+    `node` text when given."""
+    if not _positive_number(event.get("s")):
+        return f"'s' must be a non-negative number of seconds, got {json.dumps(event.get('s'))[:40]}"
+    for key in ("name", "type"):
+        if not isinstance(event.get(key), str):
+            return f"'{key}' must be text, got {json.dumps(event.get(key))[:40]}"
+    if event.get("node") is not None and not isinstance(event["node"], str):
+        return f"'node' must be text or null, got {json.dumps(event['node'])[:40]}"
+    if event.get("fused") is not None and not (isinstance(event["fused"], list)
+                                                and all(isinstance(n, str) for n in event["fused"])):
+        return "'fused' must be a list of model node names"
+    return None
+
+
+NODE_LINKS = ("exact", "best-effort", "none")  # as devicelab.opprof (measure imports no profile code)
+
+
+def profiled_problem(event: dict[str, Any]) -> str | None:
+    """What is wrong with a `profiled` line (None: fine)."""
+    it = event.get("iterations")
+    if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+        return f"'iterations' must be a positive integer, got {json.dumps(it)[:40]}"
+    if event.get("node_link") is not None and event["node_link"] not in NODE_LINKS:
+        return f"'node_link' must be one of {', '.join(NODE_LINKS)}, got {json.dumps(event['node_link'])[:40]}"
+    for key in ("source", "unsupported", "error"):
+        if event.get(key) is not None and not isinstance(event[key], str):
+            return f"'{key}' must be text, got {json.dumps(event[key])[:40]}"
+    if event.get("notes") is not None and not (isinstance(event["notes"], list)
+                                                and all(isinstance(n, str) for n in event["notes"])):
+        return "'notes' must be a list of text"
+    if event.get("wall_s") is not None and not (_positive_number(event["wall_s"]) and event["wall_s"] > 0):
+        return f"'wall_s' must be a positive number of seconds, got {json.dumps(event['wall_s'])[:40]}"
+    return None
 
 
 # Lockstep slices: short enough that the machine's drift (seconds to minutes on shared VMs) is the same for every

@@ -391,7 +391,9 @@ def profile_sections(results: Sequence[Result], several: bool) -> list[dict[str,
             p = sm["profile"]
             rows.append({"name": name[id(r)], "why": sm.get("why"), "source": p and p["engine_source"],
                          "iterations": p and p["iterations"], "total": _ms(p and p["total_s"]),
-                         "median": _ms(p and p["median_s"]), "overhead": _pct(p and p["overhead"], signed=True),
+                         "median": _ms(p and p["median_s"]), "wall": _ms(p and p["wall_s"]),
+                         "overhead": _pct(p and p["overhead"], signed=True), "coverage": _pct(p and p["coverage"]),
+                         "op_sum": _pct(p and p["op_sum_vs_median"], signed=True),
                          "mapped": _pct(p and p["mapped"]), "node_link": p and p["node_link"],
                          "notes": p["notes"] if p else []})
         diffs = []

@@ -293,11 +293,18 @@ def _timeline(x: Any) -> bool:
         return False
     if any(not isinstance(m, dict) or m.get("kind") not in ("warmup", "batch", "slice") for m in x["marks"]):
         return False
+    # the report draws and prints these: numbers only (a mark's iterations a count)
+    if any(not (_number(m.get("start_s")) and _number(m.get("end_s")) and _int(m.get("iterations")))
+           for m in x["marks"]):
+        return False
     for key in ("freq_khz", "temp_c"):
         s = x.get(key)
         if s is None:
             continue
         if not isinstance(s, dict) or not isinstance(s.get("t_s"), list) or not isinstance(s.get("values"), dict):
+            return False
+        if not all(_number(t) for t in s["t_s"]) or \
+                any(v is not None and not _number(v) for vs in s["values"].values() if isinstance(vs, list) for v in vs):
             return False
         if any(not isinstance(v, list) or len(v) != len(s["t_s"]) for v in s["values"].values()):
             return False

@@ -255,6 +255,10 @@ class _Attempt:
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
         self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
+        self.peak_before_profile = False  # the runner's own peak was read before a profiling pass in its process
+        # The device's state once timing was over, read before a profiling pass (None: no pass, or not read): the
+        # row's state_after and `throttled` are the timed run's, not the profiler's.
+        self.state_timed: dict[str, Any] | None = None
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -551,7 +555,9 @@ class _Attempt:
         if self.driver is None or self.status != OK:
             return
         try:
-            m = self.driver.finish(self.hook, self.s.profile_iterations if self.s.profile else 0)
+            m = self.driver.finish(self.hook, self.s.profile_iterations if self.s.profile else 0,
+                                   profile_in_stop=bool(self.s.profile and self.cfg.engine == "dlbench"),
+                                   before_profile=self._state_before_profile)
             self.fields = self._measurement_fields(m)
         except FAULTS as e:
             self.fail(e)
@@ -571,6 +577,13 @@ class _Attempt:
             self.lockstep_with = tuple(x for x in labels if x != self.cfg.label)
             self.record["lockstep"] = Lockstep(self.lockstep_with, LOCKSTEP_SLICE_S)
         assert self.process is not None
+        if m.profile_lost:  # the timed iterations stand; the runner's exit is the profiling pass's, not the row's
+            self.notes.append(f"{m.profile_lost}: the timed iterations stand, but the runner sent no 'done' (no peak "
+                              "memory or outputs from it)")
+            self.exit = self.process.wait(EXIT_WAIT_S)
+            if self.exit is None:
+                self.notes.append(f"the runner {self.process.kill()}")
+            return
         self.exit = self.process.wait(EXIT_WAIT_S)
         if self.exit is None:
             self.end(FAILED, f"runner did not exit within {EXIT_WAIT_S:g} s after 'done'")
@@ -608,15 +621,28 @@ class _Attempt:
             self.notes.extend([llm.TTFT_DEFINITION, f"{llm.EXCLUDED} excluded from every timing (greedy decoding)",
                                llm.SAMPLES_DEFINITION])
         peak = byte_count(done, "peak_rss_bytes")
+        # The runner's own peak is the timed run's when it read it before a profiling pass in the same process: the
+        # host runner says so (`peak_rss_before_profile`); dlbench reads it at stop, before its layer_times passes.
+        self.peak_before_profile = peak is not None and (done.get("peak_rss_before_profile") is True or (
+            self.cfg.engine == "dlbench" and self.s.profile))
+        when = "before its profiling pass" if self.peak_before_profile else "at stop"
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
                 "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
                 "load_s": ready.get("load_s"), "first_s": ready.get("first_s"),
                 "rss_before_load_bytes": byte_count(ready, "rss_before_load_bytes"), "peak_rss_bytes": peak,
-                "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process at stop "
+                "memory_method": f"{done.get('peak_rss_method', 'VmHWM')} of the runner process {when} "
                                  "(RSS before load: its VmRSS after the engine import, before the model loads)"}
 
     def _profile(self, m: Measurement) -> dict[str, Any]:
+        """The row's ext.profile, or why there is none: a profile that cannot be built or is not valid (a runner's
+        odd op lines) is a failed profiling pass, never a failed row."""
+        try:
+            return _checked(self._build_profile(m))
+        except Exception as e:  # noqa: BLE001 - the profile is an addition: whatever breaks it, the timing stands
+            return opprof.unsupported(f"profiling pass failed: {type(e).__name__}: {e}")
+
+    def _build_profile(self, m: Measurement) -> dict[str, Any]:
         """The row's ext.profile: the runner's profiling pass (protocol v2 `profile`), else the op events a runner
         sent by itself (dlbench's `layer_times` pass after timing, a `protocol` runner's), else why there is none."""
         median = self.fields.get("median_s")
@@ -627,14 +653,19 @@ class _Attempt:
             if m.profiled.get("unsupported"):
                 return opprof.unsupported(str(m.profiled["unsupported"]))
             if m.profiled.get("error"):
-                return opprof.unsupported(f"the profiling pass failed: {m.profiled['error']}")
+                return opprof.unsupported(f"profiling pass failed: {m.profiled['error']}")
             ops, link = m.profile_ops, str(m.profiled.get("node_link") or "none")
+            notes = [str(n) for n in m.profiled.get("notes") or ()]
             if any("node" not in o for o in ops):  # named after the model's nodes, but not linked by the runner
                 ops, linked = _link_nodes(ops, self.job, engine)
-                link = link if linked else "none"
+                # "exact" only when every op found its node: some linked is best-effort, none linked is none
+                link = "none" if not linked else (link if linked == len(ops) else "best-effort")
+                if 0 < linked < len(ops):
+                    notes.append(f"{linked} of {len(ops)} ops linked to a model node by name; the others (ops the "
+                                 "engine added or renamed) have none")
             return opprof.build(ops, engine=engine, engine_source=str(m.profiled.get("source") or engine),
                                 iterations=int(m.profiled.get("iterations") or self.s.profile_iterations),
-                                median_s=median, node_link=link, notes=[str(n) for n in m.profiled.get("notes") or ()])
+                                median_s=median, node_link=link, notes=notes, wall_s=m.profiled.get("wall_s"))
         if m.ops:
             passes = {o.get("passes") for o in m.ops}
             iterations = passes.pop() if len(passes) == 1 and isinstance(next(iter(passes), None), int) else None
@@ -653,10 +684,16 @@ class _Attempt:
                 notes.append("the op events do not say how many iterations they cover (counted as 1)")
             ops = [{"name": str(o.get("name", "")), "engine_type": str(o.get("type", "")), "s": o["s"]} for o in m.ops
                    if isinstance(o.get("s"), (int, float)) and not isinstance(o.get("s"), bool)]
+            if len(ops) < len(m.ops):
+                notes.append(f"{len(m.ops) - len(ops)} op event(s) dropped: their 's' is not a number of seconds")
             ops, linked = _link_nodes(ops, self.job, engine)
             link = "none" if not linked else ("exact" if linked == len(ops) and engine != "ncnn" else "best-effort")
+            if link == "best-effort" and linked < len(ops):
+                notes.append(f"{linked} of {len(ops)} ops linked to a model node")
+            wall = m.done.get("layer_wall_s")  # dlbench: one layer pass's median wall time
+            wall = float(wall) if isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0 else None
             return opprof.build(ops, engine=engine, engine_source=source, iterations=iterations or 1,
-                                median_s=median, node_link=link, notes=notes)
+                                median_s=median, node_link=link, notes=notes, wall_s=wall)
         return opprof.unsupported(m.no_profile or "the runner reported no per-op times")
 
     # ---- an engine's own tool: once, to the end
@@ -685,6 +722,13 @@ class _Attempt:
             self.end(FAILED, f"{self.exit.describe()} ({self.tool.tool})")
         self.tool_stdout = "\n".join(lines) + "\n"
 
+    def _state_before_profile(self) -> None:
+        """The state after timing, before the profiling pass heats the device further (the row's state_after)."""
+        try:
+            self.state_timed = self.t.state()
+        except OSError as e:
+            self.notes.append(f"state after timing (before the profiling pass) could not be read: {e}")
+
     def profile_tool(self) -> None:
         """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
         (`profile_iterations` runs, pinned like the timed one), only its op table kept. Read before `collect`
@@ -692,6 +736,7 @@ class _Attempt:
         if not self.s.profile or self.status != OK or self.tool is None or self.tool.profile_flags is None:
             return
         assert self.tool_s is not None and self.run_dir is not None
+        self._state_before_profile()
         settings = dataclasses.replace(self.tool_s, iterations=self.s.profile_iterations,
                                        extra_args=(*self.tool_s.extra_args, *self.tool.profile_flags))
         argv = self.tool.argv(self.target[0], self.run_dir, settings)
@@ -858,13 +903,17 @@ class _Attempt:
 
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
-        if report is not None:
+        if report is not None and self.peak_before_profile and peak:
+            # dlprobe's ru_maxrss covers the runner's whole life, its profiling pass included (a second session of the
+            # model): the timed run's peak is the runner's own, read before that pass; ru_maxrss stays in
+            # protocol.dlprobe.
+            method = (f"{method or 'VmHWM'} of the runner process before its profiling pass (dlprobe's wait4 "
+                      "ru_maxrss, in protocol.dlprobe, includes the profiling pass) (RSS before load: the runner's "
+                      "VmRSS before the model loads)")
+        elif report is not None:
             peak, method, note = native.peak_memory(report, peak, method)
             if note:
                 self.notes.append(note)
-            if self.s.profile:
-                self.notes.append("peak memory: dlprobe's wait4 ru_maxrss covers the runner's whole life, its "
-                                  "profiling pass included (the runner's own figure is read before that pass)")
             method += " (RSS before load: the runner's VmRSS before the model loads)"
         self.fields.update(peak_rss_bytes=peak, memory_method=method)
 
@@ -891,12 +940,18 @@ class _Attempt:
             self.ext["profile"] = self._tool_profile(fields.get("median_s"))
 
     def _tool_profile(self, median: float | None) -> dict[str, Any]:
+        try:
+            return _checked(self._build_tool_profile(median))
+        except Exception as e:  # noqa: BLE001 - as _profile: the timing stands whatever the profile's fate
+            return opprof.unsupported(f"profiling pass failed: {type(e).__name__}: {e}")
+
+    def _build_tool_profile(self, median: float | None) -> dict[str, Any]:
         assert self.tool is not None
         if self.tool.profile_flags is None:
             return opprof.unsupported(self.tool.no_profile)
         run, error = self.tool_profile
         if run is None or error:
-            return opprof.unsupported(f"the profiling pass failed: {error}")
+            return opprof.unsupported(f"profiling pass failed: {error}")
         if not run.ops:
             return opprof.unsupported(f"the profiling run of {self.tool.tool} printed no op table")
         return self.tool.profile(run, self.s.profile_iterations, median)
@@ -975,7 +1030,11 @@ class _Attempt:
         # What a row carries depends on how far it got: one that never started its program has no state after,
         # no energy record and no stderr; one that lost its device has no state after either.
         state_after, was_throttled = None, None
-        if self.spawned and self.status != INFRA_FAILED:
+        if self.spawned and self.status != INFRA_FAILED and self.state_timed is not None:
+            state_after = self.state_timed  # read after timing, before the profiling pass
+            self.notes.append("state after: read when timing ended, before the profiling pass")
+            was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
+        elif self.spawned and self.status != INFRA_FAILED:
             try:
                 state_after = self.t.state()
             except OSError as e:
@@ -1012,6 +1071,14 @@ class _Attempt:
             protocol=protocol, ext={**(self.ext if ok else {k: v for k, v in self.ext.items() if k == "llm"}),
                                     **extras.ext}, **energy,
             **(self.fields if ok else {}))
+
+
+def _checked(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile when valid, else the profiling pass failed (its first problem said)."""
+    bad = opprof.problems(profile)
+    if bad:
+        return opprof.unsupported(f"profiling pass failed: the profile is not valid: {'; '.join(bad[:3])}")
+    return profile
 
 
 def _link_nodes(ops: list[dict[str, Any]], job: Job, engine: str) -> tuple[list[dict[str, Any]], int]:

@@ -190,6 +190,8 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, 
             peak, method = peak_before_profile or _peak_rss_bytes()
             digest = _write_outputs(session, config, make_inputs)
             _emit(out, {"event": "done", "peak_rss_bytes": peak, "peak_rss_method": method,
+                        # says the peak is the timed run's, read before the profiling pass's second session
+                        **({"peak_rss_before_profile": True} if peak_before_profile else {}),
                         "thread_cpus": _thread_cpus(),
                         "outputs_sha256": digest, "outputs_file": config.get("outputs_file") if digest else None})
             return 0

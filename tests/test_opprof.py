@@ -18,7 +18,7 @@ def _profile(**over: Any) -> dict[str, Any]:
            {"name": "Conv_2", "engine_type": "Conv", "s": 0.001, "hint": {"depthwise": True}},
            {"name": "weird", "engine_type": "SomethingNew", "s": 0.001}]
     kw: dict[str, Any] = {"engine": "onnxruntime", "engine_source": "test", "iterations": 3, "median_s": 0.004,
-                          "node_link": "exact"}
+                          "node_link": "exact", "wall_s": 0.0055}
     kw.update(over)
     return opprof.build(ops, **kw)
 
@@ -29,7 +29,10 @@ def test_build_maps_sums_and_sets_against_the_median() -> None:
     assert [o["type"] for o in p["ops"]] == ["Conv", "DepthwiseConv", "Other"]
     assert p["by_type"] == pytest.approx({"Conv": 0.003, "DepthwiseConv": 0.001, "Other": 0.001})
     assert p["total_s"] == pytest.approx(0.005)
-    assert p["overhead"] == pytest.approx(0.25)
+    # the profiling overhead is the profiled iteration's wall time against the timed median, not the op sum's
+    assert p["overhead"] == pytest.approx(0.0055 / 0.004 - 1)
+    assert p["coverage"] == pytest.approx(0.005 / 0.0055)
+    assert p["op_sum_vs_median"] == pytest.approx(0.25)
     assert p["mapped"] == pytest.approx(0.8)
     assert p["ops"][0]["fused"] == ["Conv_0", "Relu_1"]
 
@@ -37,7 +40,18 @@ def test_build_maps_sums_and_sets_against_the_median() -> None:
 def test_no_median_no_overhead_and_a_note() -> None:
     p = _profile(median_s=None)
     assert p["overhead"] is None and any("overhead" in n for n in p["notes"])
+    assert p["coverage"] == pytest.approx(0.005 / 0.0055)
     assert opprof.problems(p) == []
+    q = _profile(wall_s=None)  # a pass that did not time its iterations: no overhead, no coverage, said so
+    assert q["overhead"] is None and q["coverage"] is None and q["op_sum_vs_median"] == pytest.approx(0.25)
+    assert any("wall time" in n for n in q["notes"])
+
+
+def test_dropped_op_times_are_counted_in_a_note() -> None:
+    p = opprof.build([{"name": "a", "type": "Conv", "s": 0.001}, {"name": "b", "type": "Conv", "s": float("nan")},
+                      {"name": "c", "type": "Conv", "s": -1.0}], engine="ncnn", engine_source="t", iterations=1,
+                     median_s=0.001, node_link="none", wall_s=0.001)
+    assert len(p["ops"]) == 1 and "2 op time(s) dropped" in " ".join(p["notes"])
 
 
 def test_vocabulary_covers_each_engines_spelling() -> None:
@@ -97,7 +111,7 @@ def test_benchmark_model_op_tables_become_profiles() -> None:
     for variant in ("op_profiling_start_column", "op_profiling_csv"):
         q = op_profile(_tool_run(variant).ops, 5, 0.0033)
         assert [o["type"] for o in q["ops"]] == ["Conv", "DepthwiseConv", "Conv", "Pool", "Gemm", "Softmax"]
-        assert q["mapped"] == 1.0 and q["overhead"] == pytest.approx(q["total_s"] / 0.0033 - 1)
+        assert q["mapped"] == 1.0 and q["op_sum_vs_median"] == pytest.approx(q["total_s"] / 0.0033 - 1)
 
 
 def test_absorbed_nodes_go_where_engines_fuse_them(tmp_path: Path) -> None:
@@ -124,19 +138,69 @@ def test_absorbed_nodes_go_where_engines_fuse_them(tmp_path: Path) -> None:
     assert onnxgraph.absorbed(read, {"b", "c", "e", "f"}) == {"b": ["b", "a"], "c": ["c", "d"]}
 
 
-def test_benchmark_model_profiling_run_asks_for_op_tables() -> None:
-    """The profiling run's argv (the session adds the tool's profile_flags to its own settings): the op profiler on,
-    printed to stdout where the parser reads the Run Order table, and the pass's own run count. The timed run never
-    gets the flags."""
-    import dataclasses
+def test_generic_and_bookkeeping_ops_are_typed_honestly(tmp_path: Path) -> None:
+    """ncnn's BinaryOp is whatever model node it was paired with (a Mul stays a Mul); OpenVINO's Convert is typed by
+    its model node (a DequantizeLinear) or is Other; graph inputs, shapes and identities are Other, never Reshape."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    from devicelab.engines.tool_base import ToolSettings
-    from devicelab.engines.tool_benchmark_model import ENGINE
+    from devicelab.opprof import onnxgraph
 
-    timed = ToolSettings(threads=1, cpus=(3,), precision="fp32", backend="cpu", iterations=50, warmups=3,
-                         input_shapes=((1, 3, 224, 224),))
-    profiled = dataclasses.replace(timed, iterations=20, extra_args=(*timed.extra_args, *ENGINE.profile_flags))
-    argv = ENGINE.argv("/data/local/tmp/benchmark_model", "/data/local/tmp/run", profiled)
-    assert "--enable_op_profiling=true" in argv and "--op_profiling_output_mode=stdout" in argv
-    assert "--num_runs=20" in argv
-    assert not any("op_profiling" in a for a in ENGINE.argv("/x/benchmark_model", "/x", timed))
+    assert vocab.classify("openvino", "Convert") == "Other"
+    assert vocab.classify("openvino", "Convert", {"original_type": "DequantizeLinear"}) == "Dequantize"
+    for engine, name in (("ncnn", "Input"), ("openvino", "Input"), ("onnxruntime", "Shape"), ("mnn", "Identity"),
+                         ("ncnn", "MemoryData")):
+        assert vocab.classify(engine, name) == "Other", (engine, name)
+    w = numpy_helper.from_array(np.zeros((4, 4, 1, 1), np.float32), "w")
+    k = numpy_helper.from_array(np.ones((1, 4, 1, 1), np.float32), "k")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], "a"), helper.make_node("Mul", ["a", "k"], ["b"], "b"),
+             helper.make_node("Add", ["b", "a"], ["c"], "c")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [1, 4, 8, 8])], [w, k])
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    ops = [{"name": "conv_0", "type": "Convolution", "s": 0.003}, {"name": "binaryop_0", "type": "BinaryOp", "s": 0.001},
+           {"name": "binaryop_1", "type": "BinaryOp", "s": 0.001}]
+    linked, count = onnxgraph.link_by_order(ops, path, "ncnn")
+    assert count == 3 and [o["node"] for o in linked] == ["a", "b", "c"]
+    p = opprof.build(linked, engine="ncnn", engine_source="t", iterations=1, median_s=0.005, node_link="best-effort",
+                     wall_s=0.005)
+    assert [o["type"] for o in p["ops"]] == ["Conv", "Mul", "Add"]
+
+
+def test_depthwise_with_a_channel_multiplier(tmp_path: Path) -> None:
+    """A depthwise convolution with channel multiplier 2 (group = C_in = 4, C_out = 8) is depthwise; a grouped one
+    with two input channels per group is not."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from devicelab.opprof import onnxgraph
+
+    inits = [numpy_helper.from_array(np.zeros((8, 1, 3, 3), np.float32), "dw"),
+             numpy_helper.from_array(np.zeros((8, 2, 3, 3), np.float32), "gw")]
+    nodes = [helper.make_node("Conv", ["x", "dw"], ["a"], "a", group=4),
+             helper.make_node("Conv", ["x", "gw"], ["b"], "b", group=2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info(o, TensorProto.FLOAT, [1, 8, 6, 6]) for o in "ab"], inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert {n.name: n.depthwise for n in onnxgraph.read(path)} == {"a": True, "b": False}
+
+
+def test_onnxruntime_events_are_counted_per_run_not_per_event() -> None:
+    """A node that ran two kernels in each of the 2 profiled runs (after a warmup run): its time per run is the sum
+    of its kernels in those runs over the runs, not the mean of its last events."""
+    from devicelab.engines.onnxruntime import profile_ops
+
+    def run(ts: float) -> dict[str, Any]:
+        return {"cat": "Session", "name": "model_run", "ts": ts, "dur": 90}
+
+    def kernel(ts: float, dur: float) -> dict[str, Any]:
+        return {"cat": "Node", "name": "conv_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": "Conv"}}
+
+    events = [run(0), kernel(1, 500), kernel(2, 500), run(100), kernel(101, 10), kernel(102, 20), run(200),
+              kernel(201, 30), kernel(202, 40)]
+    (op,) = profile_ops(events, 2, None)
+    assert op["s"] == pytest.approx((10 + 20 + 30 + 40) / 2 / 1e6) and op["extra"]["calls"] == 2

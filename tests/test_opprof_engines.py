@@ -33,10 +33,16 @@ def _check(result: dict[str, Any]) -> dict[str, Any]:
     assert p["ops"], "no ops"
     assert p["mapped"] >= MAPPED_GOAL, (result["precision"], {o["engine_type"] for o in p["ops"] if o["type"] == "Other"})
     assert p["median_s"] == result["median_s"]
-    assert p["overhead"] == pytest.approx(p["total_s"] / result["median_s"] - 1)
+    # the overhead from the pass's own wall time per iteration; coverage and the op sum vs the median apart
+    assert p["wall_s"] > 0, p["notes"]
+    assert p["overhead"] == pytest.approx(p["wall_s"] / result["median_s"] - 1)
+    assert p["coverage"] == pytest.approx(p["total_s"] / p["wall_s"])
+    assert p["op_sum_vs_median"] == pytest.approx(p["total_s"] / result["median_s"] - 1)
     assert p["total_s"] == pytest.approx(sum(o["s"] for o in p["ops"]))
-    # the profiling pass is not in the samples: exactly the iterations the stopping rule asked for
-    assert len(result["samples_s"]) <= result["protocol"]["settings"]["max_iterations"]
+    # the profiling pass is not in the samples: exactly the iterations of the timed batches
+    runs = [m for m in result["ext"]["timeline"]["marks"] if m["kind"] in ("batch", "slice")]
+    assert len(result["samples_s"]) == sum(m["iterations"] for m in runs) <= \
+        result["protocol"]["settings"]["max_iterations"]
     return p
 
 
@@ -129,13 +135,17 @@ def test_dlbench_layer_times_become_the_profile(native_host: dict[str, Any], tmp
     (3, "profile: 3 is not allowed; allowed: true, false, or {iterations: N}"),
     ({"iterations": 0}, "profile.iterations: 0 is not a positive integer"),
     ({"passes": 2}, "profile.passes: unknown key; allowed: iterations"),
+    (None, "profile: null is not allowed; allowed: true, false, or {iterations: N}"),
+    ("both", "profile: given beside protocol.profile_iterations; say it once"),
 ])
 def test_a_bad_profile_key_is_one_line_and_exit_2(tmp_path: Path, env: dict[str, str], value: Any, says: str) -> None:
     from tests.helpers import devicelab
 
-    path = write_suite(tmp_path / "s.yaml", profile=value)
+    path = write_suite(tmp_path / "s.yaml", **({"profile": True, "protocol": {"profile_iterations": 3}}
+                                                if value == "both" else {"profile": value}))
     p = devicelab("run", "--suite", str(path), env=env)
-    assert p.returncode == 2 and says in p.stderr, p.stderr
+    assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stdout == ""
 
 
 def test_a_runner_without_the_profile_command_is_never_sent_it(tmp_path: Path, env: dict[str, str]) -> None:

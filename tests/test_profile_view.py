@@ -30,6 +30,8 @@ def test_type_rows_and_the_sentence() -> None:
     assert rows[2] == TypeRow("Quantize", 0.0, 0.0004) and rows[2].ratio is None
     assert sentence(rows, "int8") == ("int8 made Conv 2.3× faster, dropped Activation (0.4 ms) and added "
                                       "Quantize 0.4 ms")
+    big = type_rows({"by_type": {"Conv": 0.012, "Gemm": 0.0124}}, {"by_type": {"Conv": 0.0001, "Gemm": 0.001}})
+    assert sentence(big, "int8") == "int8 made Conv 120× faster and made Gemm 12× faster"
     same = type_rows({"by_type": {"Conv": 1.0}}, {"by_type": {"Conv": 1.01}})
     assert sentence(same, "ncnn") == "ncnn: no op type changed by more than 5%"
 
@@ -111,7 +113,10 @@ def test_profile_text_fits_80_columns_and_two_configs_diff(profiled: dict[str, A
     lines = p.stdout.splitlines()
     assert max(len(x) for x in lines) <= 80, max(lines, key=len)
     assert "profiling overhead" in p.stdout and "top" in p.stdout and "int8 " in p.stdout
-    assert f"timeline {fp32['samples_s'] and ''}" in p.stdout and f"{fp32['protocol']['batches']} batch" in p.stdout
+    # each config's timeline sentence: its timed seconds in its batches (the numbers of the stored row)
+    text = " ".join(p.stdout.split())
+    timed = fp32["ext"]["timeline"]["span_s"][1]
+    assert f"timeline {timed:.3g} s timed in {fp32['protocol']['batches']} batch" in text, text[:600]
     assert f"A {_name(fp32)}" in p.stdout.replace("\n", " ")
 
 
@@ -203,3 +208,75 @@ def test_report_profile_sections_in_chromium(profiled: dict[str, Any]) -> None:
         browser.close()
     assert not console, console
     assert all(u.startswith(("file:", "data:", "about:")) for u in requests), requests
+
+
+def test_config_names_tell_devices_and_cpus_apart(tmp_path: Path) -> None:
+    """A run on two devices, an affinity sweep: every row keeps a name of its own in `devicelab profile` (none is
+    dropped) and `--config` picks the one named."""
+    import os
+
+    from devicelab.opprof.diff import config_names
+    from devicelab.result import OK, Config, Result
+    from helpers import HISTORY_RUNS, PHONE, store_history
+
+    db = tmp_path / "db.sqlite"
+    store_history(db)
+    env = {**os.environ, "DEVICELAB_DB": str(db), "DEVICELAB_DATA": str(tmp_path / "data"),
+           "HOME": str(tmp_path / "home"), "COLUMNS": "80"}
+    code, out, err = run_json("profile", HISTORY_RUNS[0], env=env)
+    assert code == 0, err
+    names = [c["config"] for c in out["configs"]]
+    assert len(names) == len(set(names)) == 2 * (3 * 4 * 5 + 2)  # every row of both devices
+    host, phone = "host/onnxruntime/mobilenet_v2/int8/cpu/4t#2", f"{PHONE}/onnxruntime/mobilenet_v2/int8/cpu/4t#2"
+    assert {host, phone} <= set(names)
+    code, out, err = run_json("profile", HISTORY_RUNS[0], "--config", phone, env=env)
+    assert code == 0, err
+    (only,) = out["configs"]
+    assert only["config"] == phone
+    # an affinity sweep: the same config on the big and the little cores
+    rows = [Result.for_config("r", Config("host", "onnxruntime", "", "1", "m", "0" * 64, 1, "fp32", "cpu", 2, cpus,
+                                          "big"), OK, samples_s=(0.004,)) for cpus in ((0, 1), (2, 3))]
+    assert set(config_names(rows)) == {"onnxruntime/m/fp32/cpu/2t@cpus0,1", "onnxruntime/m/fp32/cpu/2t@cpus2,3"}
+    with pytest.raises(ValueError, match="both named onnxruntime/m/fp32/cpu/2t@cpus0,1"):
+        config_names([rows[0], rows[0]])
+
+
+def test_charts_escape_hostile_names_and_keep_one_colour_per_op_type() -> None:
+    """Names from devices and engines (a thermal zone, a mark's fields) are escaped whole, never cut inside an entity:
+    the SVG parses as XML and the text reads back as given. Each shared op type has one colour in every chart."""
+    import xml.etree.ElementTree as ET
+
+    from devicelab.charts import TYPE_COLORS, stacked_bar_chart, timeline_chart
+    from devicelab.opprof.vocab import SHARED_TYPES
+
+    zone = "x" * 19 + "&<script>alert(1)</script>"
+    marks = [{"kind": "batch", "start_s": 0.0, "end_s": 0.02, "iterations": "<b>5</b>"}]
+    svg = timeline_chart("t <i>", [0.0, 0.01], [10.0, 10.0], marks, None,
+                         {"t_s": [0.0, 0.01], "values": {zone: [40.0, 41.0]}})
+    root = ET.fromstring(svg)  # an entity cut in two, or a raw '<', would not parse
+    texts = ["".join(e.itertext()) for e in root.iter()]
+    assert (zone[:20]) in texts and any("<b>5</b> iterations" in t for t in texts)
+    assert "<script>" not in svg
+    assert set(TYPE_COLORS) == set(SHARED_TYPES) and len(set(TYPE_COLORS.values())) == len(SHARED_TYPES)
+    a = stacked_bar_chart("a", [("x", {"Conv": 2.0, "Add": 1.0})], ["Conv", "Add"])
+    b = stacked_bar_chart("b", [("y", {"Quantize": 3.0, "Add": 0.5, "Conv": 1.0})], ["Quantize", "Conv", "Add"])
+    for svg in (a, b):
+        fills = {e.get("data-type"): e.get("fill") for e in ET.fromstring(svg).iter() if e.get("data-type")}
+        assert fills["Conv"] == TYPE_COLORS["Conv"] and fills["Add"] == TYPE_COLORS["Add"]
+    # every one of 17 types in the legend, none cut to "+3 more"
+    every = stacked_bar_chart("c", [("z", {t: 1.0 for t in SHARED_TYPES})], list(SHARED_TYPES))
+    assert "more</text>" not in every and all(f">{t}</text>" in every for t in SHARED_TYPES)
+
+
+def test_a_timeline_with_non_numbers_is_refused() -> None:
+    from devicelab.result import OK, Config, Result
+
+    cfg = Config("host", "onnxruntime", "", "1", "m", "0" * 64, 1, "fp32", "cpu", 1, (0,), "big")
+    good = {"version": 1, "marks": [{"kind": "batch", "start_s": 0.0, "end_s": 0.01, "iterations": 2}],
+            "unavailable": []}
+    Result.for_config("r", cfg, OK, samples_s=(0.004, 0.004), ext={"timeline": good})
+    for bad in ({**good, "marks": [{**good["marks"][0], "iterations": "<b>2</b>"}]},
+                {**good, "marks": [{**good["marks"][0], "start_s": "0"}]},
+                {**good, "temp_c": {"t_s": ["0"], "values": {"z": [40.0]}}}):
+        with pytest.raises(ValueError):
+            Result.for_config("r", cfg, OK, samples_s=(0.004, 0.004), ext={"timeline": bad})

@@ -166,16 +166,22 @@ _SESSION_DEBUG = 0
 class _MnnSession:
     def __init__(self, mnn: Any, module: Any, inputs: list[dict[str, Any]], runtime: Any = None) -> None:
         self._mnn, self._module, self._inputs = mnn, module, inputs
+        self._runtime = runtime  # the runtime manager the module runs on: kept alive as long as the module
 
     def profile(self, prepared: Any, iterations: int, config: dict[str, Any]) -> dict[str, Any]:
         """MNN's op callbacks exist only in its Interpreter/Session API (runSessionWithCallBackInfo), while the timed
         iterations ran through the Module API: the profiling pass opens a Session of the same .mnn file, same
         backend, threads and precision, in Debug mode, and times each op between its begin and end callbacks."""
+        import statistics
         import time
 
         import numpy as np
 
         mnn = self._mnn
+        for spec in self._inputs:  # the Session's inputs are copied in as float32 tensors: say so, never convert
+            if str(spec.get("dtype", "float32")) != "float32":
+                raise UnsupportedError(f"MNN's profiling pass feeds float32 inputs; input {spec['name']!r} is "
+                                       f"{spec['dtype']}")
         interpreter = mnn.Interpreter(config["model"])
         interpreter.setSessionMode(_SESSION_DEBUG)
         session = interpreter.createSession({"backend": _BACKEND[config["backend"]], "numThread": int(config["threads"]),
@@ -202,11 +208,14 @@ class _MnnSession:
             seq[0] += 1
             return True
 
+        walls = []
         for _ in range(iterations):
             seq[0] = 0
+            t0 = clock()
             interpreter.runSessionWithCallBackInfo(session, begin, end)
+            walls.append(clock() - t0)
         counted = [(name, kind, total / iterations) for (_, name, kind), total in sorted(totals.items())]
-        return {"ops": profile_ops(counted), "iterations": iterations,
+        return {"ops": profile_ops(counted), "iterations": iterations, "wall_s": statistics.median(walls),
                 "source": "MNN Session API runSessionWithCallBackInfo (the timed pass used the Module API)",
                 "node_link": "exact",
                 "notes": ["MNN's op callbacks exist only in its Session API: the profiled pass ran a Session of the "

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import platform
 import re
+import statistics
 import tempfile
+import time
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -127,10 +129,16 @@ class _OrtSession(SimpleSession):
             so.enable_profiling = True
             so.profile_file_prefix = str(Path(tmp) / "ort")
             sess = ort.InferenceSession(config["model"], so, providers=["CPUExecutionProvider"])
-            for _ in range(PROFILE_WARMUP + iterations):
+            for _ in range(PROFILE_WARMUP):
                 sess.run(None, prepared)
+            walls = []  # each profiled iteration's wall time: the profiling overhead against the timed median
+            for _ in range(iterations):
+                t0 = time.perf_counter()
+                sess.run(None, prepared)
+                walls.append(time.perf_counter() - t0)
             events = json.loads(Path(sess.end_profiling()).read_text())
         return {"ops": profile_ops(events, iterations, config["model"]), "iterations": iterations,
+                "wall_s": statistics.median(walls),
                 "source": "onnxruntime enable_profiling (a second session, same options, after timing)",
                 "node_link": "exact",
                 "notes": ["ONNX Runtime's node names are the model's; ops ONNX Runtime added itself (layout reorders) "
@@ -141,9 +149,15 @@ def profile_ops(events: list[dict[str, Any]], iterations: int, model: str | Path
     """ONNX Runtime's profile (a Chrome trace) → one op per graph node: its `_kernel_time` events of the last
     `iterations` runs, averaged (the earlier ones are the profiled session's warmup). `model`: the ONNX file the
     session ran, for the node link, depthwise convolutions and fused nodes."""
+    # The profiled runs are the last `iterations` model_run spans: a node's kernel events inside them, however many
+    # per run (a node may run several kernels, or none in some runs), summed and divided by the runs.
+    spans = sorted((float(e.get("ts", 0)), float(e.get("ts", 0)) + float(e.get("dur", 0))) for e in events
+                   if e.get("cat") == "Session" and e.get("name") == "model_run")
+    since = spans[-iterations][0] if len(spans) >= iterations else None
     runs: dict[str, list[dict[str, Any]]] = {}
     for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and \
+                (since is None or float(e.get("ts", 0)) >= since):
             runs.setdefault(e["name"][:-len("_kernel_time")], []).append(e)
     graph: dict[str, Any] = {}
     fused: dict[str, list[str]] = {}
@@ -157,17 +171,19 @@ def profile_ops(events: list[dict[str, Any]], iterations: int, model: str | Path
         fused = onnxgraph.absorbed(nodes, {n for n in node_of.values() if n})
     ops = []
     for name, seen in runs.items():
-        last = seen[-iterations:]
+        # without model_run spans (an older trace): each node's last `iterations` events, one per run assumed
+        last = seen if since is not None else seen[-iterations:]
+        per_run = iterations if since is not None else len(last)
         args = last[0].get("args") or {}
         node_name = node_of[name]
         node = graph.get(node_name) if node_name else None
         ops.append({"name": name, "type": str(args.get("op_name", "")),
-                    "s": sum(float(e.get("dur", 0)) for e in last) / len(last) / 1e6,  # µs per run → s
+                    "s": sum(float(e.get("dur", 0)) for e in last) / per_run / 1e6,  # µs per run → s
                     "node": node_name, "fused": fused.get(node_name, []) if node_name else [],
                     # depthwise: the model's convolution (the op's own node, or one it absorbed) says so
                     "hint": {"depthwise": any(graph[n].depthwise for n in {node_name, *fused.get(node_name, [])})
                              if node is not None else _depthwise_by_shape(args)},
-                    "extra": {"provider": args.get("provider"), "calls": len(last)}})
+                    "extra": {"provider": args.get("provider"), "calls": len(last) / per_run}})
     return ops
 
 

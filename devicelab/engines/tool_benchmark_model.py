@@ -115,7 +115,7 @@ class BenchmarkModelTool(ToolEngine):
         return {MODEL: prepared.path}
 
     def profile(self, run: ToolRun, iterations: int, median_s: float | None) -> dict[str, Any]:
-        return op_profile(run.ops, iterations, median_s)
+        return op_profile(run.ops, iterations, median_s, run.median_s or run.avg_s)
 
     def delegate_flags(self, s: ToolSettings) -> list[str]:
         fp16 = "true" if s.precision == "fp16" else "false"
@@ -353,11 +353,13 @@ class BenchmarkModelTool(ToolEngine):
 ENGINE = BenchmarkModelTool()
 
 
-def op_profile(ops: Sequence[Mapping[str, Any]], iterations: int, median_s: float | None) -> dict[str, Any]:
+def op_profile(ops: Sequence[Mapping[str, Any]], iterations: int, median_s: float | None,
+               wall_s: float | None = None) -> dict[str, Any]:
     """ext.profile from benchmark_model's "Run Order" table (its `ops`). With XNNPACK the delegate's row holds the
     whole delegated graph, and XNNPACK's own rows (`Delegate/Convolution (NHWC, F32) IGEMM:0`) split it: those are
     the ops then, the delegate row dropped so no time counts twice. An XNNPACK row is typed by the operator before
-    its parenthesis (`Convolution`, `Fully Connected`, `Mean`), DWConv marking a depthwise one."""
+    its parenthesis (`Convolution`, `Fully Connected`, `Mean`), DWConv marking a depthwise one. `wall_s`: the
+    profiling run's own time per run (its median, else its average), for the profiling overhead."""
     from devicelab import opprof
 
     inside = [op for op in ops if op.get("inside_delegate")]
@@ -376,4 +378,4 @@ def op_profile(ops: Sequence[Mapping[str, Any]], iterations: int, median_s: floa
         notes.append("XNNPACK ran the graph: its own per-operator rows are the ops (the delegate node's row, which "
                      "holds them all, is left out); XNNPACK's rows name no model node")
     return opprof.build(out, engine="litert", engine_source="benchmark_model --enable_op_profiling",
-                        iterations=iterations, median_s=median_s, node_link="none", notes=notes)
+                        iterations=iterations, median_s=median_s, node_link="none", notes=notes, wall_s=wall_s)

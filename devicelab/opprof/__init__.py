@@ -6,8 +6,8 @@ shared vocabulary (vocab.py), sums them per type and sets them against the confi
 
 A profile (docs/results.md, "ext.profile"):
     {"version": 1, "engine_source": "...", "iterations": N, "ops": [{name, engine_type, type, s, node, fused,
-     extra?}], "by_type": {type: s}, "total_s": s, "median_s": s, "overhead": x, "mapped": f,
-     "node_link": "exact" | "best-effort" | "none", "notes": [...]}
+     extra?}], "by_type": {type: s}, "total_s": s, "median_s": s, "wall_s": s, "overhead": x, "coverage": f,
+     "op_sum_vs_median": x, "mapped": f, "node_link": "exact" | "best-effort" | "none", "notes": [...]}
 or, when the engine cannot profile: {"version": 1, "unsupported": "the reason"}.
 """
 
@@ -33,18 +33,28 @@ def unsupported(reason: str) -> dict[str, Any]:
 
 
 def build(ops: Iterable[Mapping[str, Any]], *, engine: str, engine_source: str, iterations: int,
-          median_s: float | None, node_link: str, notes: Sequence[str] = ()) -> dict[str, Any]:
+          median_s: float | None, node_link: str, notes: Sequence[str] = (), wall_s: float | None = None
+          ) -> dict[str, Any]:
     """The profile from an engine's ops. Each op: `name`, `engine_type` (or `type`, as runner `op` events say it),
     `s` (seconds per iteration), optional `node` (the model node), `fused` (model nodes attributed to it), `hint`
     (for the vocabulary: depthwise, original_type), `extra` (anything else worth keeping). `median_s`: the config's
-    un-profiled median (None: no overhead can be given, said in the notes)."""
+    un-profiled median; `wall_s`: the profiled iterations' median wall time, as the pass measured it around each
+    whole iteration.
+
+    Three figures, each for one question: `overhead` = wall_s / median_s - 1 (how much slower an iteration runs with
+    the profiler on: the profiling overhead); `coverage` = total_s / wall_s (how much of a profiled iteration the op
+    times account for: kernel-only sums leave out the time between ops, per-op calls add to it); `op_sum_vs_median`
+    = total_s / median_s - 1 (the op sum against the timed median: mixes both, kept for comparison). A figure whose
+    inputs are missing is None, said in the notes."""
     family = engine_family(engine)
     out: list[dict[str, Any]] = []
+    dropped = 0
     for op in ops:
         engine_type = str(op.get("engine_type", op.get("type", "")))
         s = float(op["s"])
         if not math.isfinite(s) or s < 0:
-            continue  # an engine's timer glitch is not a time; the op is dropped rather than poison the sums
+            dropped += 1  # an engine's timer glitch is not a time; the op is dropped (and counted) rather than
+            continue      # poison the sums
         entry: dict[str, Any] = {"name": str(op.get("name", "")), "engine_type": engine_type,
                                  "type": classify(family, engine_type, op.get("hint")), "s": s,
                                  "node": op.get("node"), "fused": [str(n) for n in op.get("fused") or ()]}
@@ -58,11 +68,19 @@ def build(ops: Iterable[Mapping[str, Any]], *, engine: str, engine_source: str, 
     profile: dict[str, Any] = {
         "version": VERSION, "engine_source": engine_source, "iterations": int(iterations), "ops": out,
         "by_type": dict(sorted(by_type.items(), key=lambda kv: -kv[1])), "total_s": total,
-        "median_s": median_s, "overhead": (total / median_s - 1) if median_s and total else None,
+        "median_s": median_s, "wall_s": wall_s,
+        "overhead": (wall_s / median_s - 1) if median_s and wall_s else None,
+        "coverage": (total / wall_s) if wall_s and total else None,
+        "op_sum_vs_median": (total / median_s - 1) if median_s and total else None,
         "mapped": (1.0 - by_type.get(OTHER, 0.0) / total) if total else None,
         "node_link": node_link, "notes": list(notes)}
+    if dropped:
+        profile["notes"].append(f"{dropped} op time(s) dropped: not a finite, non-negative number of seconds")
     if median_s is None:
         profile["notes"].append("no un-profiled median to set the op times against: overhead not given")
+    if wall_s is None:
+        profile["notes"].append("the profiling pass did not report its wall time per iteration: overhead and "
+                                "coverage not given")
     return profile
 
 
@@ -93,8 +111,8 @@ def problems(p: Any) -> list[str]:
     for key in ("total_s",):
         if not (_num(p[key]) and p[key] >= 0):
             out.append(f"{key}: must be a non-negative number of seconds")
-    for key in ("median_s", "overhead", "mapped"):
-        if p[key] is not None and not _num(p[key]):
+    for key in ("median_s", "overhead", "mapped", "wall_s", "coverage", "op_sum_vs_median"):
+        if p.get(key) is not None and not _num(p[key]):  # wall_s, coverage, op_sum_vs_median: newer profiles only
             out.append(f"{key}: must be a number or null")
     if _num(p["mapped"]) and not -1e-9 <= p["mapped"] <= 1 + 1e-9:
         out.append("mapped: must be a fraction between 0 and 1")

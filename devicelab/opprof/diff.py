@@ -28,6 +28,31 @@ def config_name(r: Result) -> str:
     return name if not r.repeat else f"{name}#{r.repeat}"
 
 
+def config_names(results: Sequence[Result]) -> dict[str, Result]:
+    """Each config of `results` by a name of its own: config_name, with the run first when the results span several
+    runs, the device first when they span several devices, and the pinned CPUs last when two configs differ only in
+    them (an affinity sweep). Raises ValueError when two configs would still share a name (never one picked
+    silently)."""
+    runs = len({r.run_id for r in results}) > 1
+    devices = len({r.device for r in results}) > 1
+
+    def name(r: Result, cpus: bool) -> str:
+        n = config_name(r)
+        n = f"{r.device}/{n}" if devices else n
+        n = f"{r.run_id}/{n}" if runs else n
+        return f"{n}@cpus{','.join(map(str, r.cpus))}" if cpus else n
+
+    plain = [name(r, False) for r in results]
+    clash = {n for n in plain if plain.count(n) > 1}
+    out: dict[str, Result] = {}
+    for r, n in zip(results, plain):
+        n = name(r, True) if n in clash else n
+        if n in out:
+            raise ValueError(f"two configs are both named {n}: they differ in nothing a name shows")
+        out[n] = r
+    return out
+
+
 def profile_of(r: Result) -> dict[str, Any] | None:
     """The row's profile, or None when the run did not profile it."""
     p = r.ext.get("profile")
@@ -84,9 +109,9 @@ def sentence(rows: Sequence[TypeRow], name_b: str) -> str:
         elif r.b_s == 0:
             parts.append(f"dropped {r.type} ({_ms(r.a_s)})")
         elif r.b_s < r.a_s * (1 - SAME_WITHIN):
-            parts.append(f"made {r.type} {r.a_s / r.b_s:.2g}× faster")
+            parts.append(f"made {r.type} {_times(r.a_s / r.b_s)} faster")
         elif r.b_s > r.a_s * (1 + SAME_WITHIN):
-            parts.append(f"made {r.type} {r.b_s / r.a_s:.2g}× slower")
+            parts.append(f"made {r.type} {_times(r.b_s / r.a_s)} slower")
         if len(parts) == 4:
             break
     if not parts:
@@ -94,17 +119,24 @@ def sentence(rows: Sequence[TypeRow], name_b: str) -> str:
     return f"{name_b} " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
 
 
-def diff(a: Result, b: Result) -> dict[str, Any]:
-    """A against B: per op type, totals, the sentence. Raises ValueError when either has no usable profile."""
+def _times(x: float) -> str:
+    """A factor as a reader says it: 2.3×, 12×, 120× (never 1.2e+02×)."""
+    return f"{x:.1f}×" if x < 10 else f"{x:.0f}×"
+
+
+def diff(a: Result, b: Result, names: tuple[str, str] | None = None) -> dict[str, Any]:
+    """A against B: per op type, totals, the sentence. Raises ValueError when either has no usable profile.
+    `names`: A's and B's names from config_names (default: config_name)."""
     pa, pb = profile_of(a), profile_of(b)
-    for r, p in ((a, pa), (b, pb)):
+    name_a, name_b = names or (config_name(a), config_name(b))
+    for r, p, n in ((a, pa, name_a), (b, pb, name_b)):
         if not usable(p):
             why = (p or {}).get("unsupported") or "no profile (run with --profile)"
-            raise ValueError(f"{config_name(r)}: {why}")
+            raise ValueError(f"{n}: {why}")
     assert pa is not None and pb is not None
     rows = type_rows(pa, pb)
     total_a, total_b = float(pa.get("total_s") or 0.0), float(pb.get("total_s") or 0.0)
-    return {"a": config_name(a), "b": config_name(b), "rows": [r.to_dict() for r in rows],
+    return {"a": name_a, "b": name_b, "rows": [r.to_dict() for r in rows],
             "total_a_s": total_a, "total_b_s": total_b, "ratio": total_b / total_a if total_a > 0 else None,
             "median_a_s": a.median_s, "median_b_s": b.median_s,
             "sentence": sentence(rows, _short(a, b))}
@@ -135,14 +167,14 @@ def top_nodes(p: Mapping[str, Any], n: int = TOP_N) -> list[dict[str, Any]]:
              "fused": list(o.get("fused") or [])} for o in ops]
 
 
-def summary(r: Result) -> dict[str, Any]:
+def summary(r: Result, name: str | None = None) -> dict[str, Any]:
     """One config's profile in brief: where it came from, totals, the overhead, the share mapped to a shared type,
     by type (largest first), the top nodes — or why there is none; and its timeline in a few figures
-    (timeline.brief), or None."""
+    (timeline.brief), or None. `name`: the config's name from config_names (default: config_name)."""
     from devicelab.opprof import timeline
 
     p = profile_of(r)
-    base: dict[str, Any] = {"config": config_name(r), "model": r.model, "engine": r.engine, "label": r.label,
+    base: dict[str, Any] = {"config": name or config_name(r), "model": r.model, "engine": r.engine, "label": r.label,
                             "precision": r.precision, "backend": r.backend, "threads": r.threads, "status": r.status,
                             "timeline": timeline.brief(r.ext.get("timeline"))}
     if p is None:
@@ -152,7 +184,8 @@ def summary(r: Result) -> dict[str, Any]:
     by_type = sorted(((t, float(s)) for t, s in (p.get("by_type") or {}).items()), key=lambda x: -x[1])
     return {**base, "profile": {
         "engine_source": p.get("engine_source"), "iterations": p.get("iterations"),
-        "total_s": p.get("total_s"), "median_s": p.get("median_s"), "overhead": p.get("overhead"),
+        "total_s": p.get("total_s"), "median_s": p.get("median_s"), "wall_s": p.get("wall_s"),
+        "overhead": p.get("overhead"), "coverage": p.get("coverage"), "op_sum_vs_median": p.get("op_sum_vs_median"),
         "mapped": p.get("mapped"), "node_link": p.get("node_link"), "notes": list(p.get("notes") or []),
         "by_type": dict(by_type), "top": top_nodes(p)}}
 

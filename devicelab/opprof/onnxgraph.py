@@ -45,7 +45,8 @@ def read(path: str | Path) -> list[Node]:
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
             weight = n.input[3] if n.op_type == "QLinearConv" else n.input[1]
             shape = shapes.get(dq_source.get(weight, weight))
-            depthwise = group > 1 and shape is not None and len(shape) >= 2 and shape[1] == 1 and shape[0] == group
+            # one input channel per group (C_in == group), whatever the channel multiplier (C_out = k * group)
+            depthwise = group > 1 and shape is not None and len(shape) >= 2 and shape[1] == 1 and shape[0] % group == 0
         nodes.append(Node(n.name or f"{n.op_type}_{n.output[0]}", n.op_type, tuple(i for i in n.input if i),
                           tuple(n.output), depthwise))
     return nodes
@@ -145,7 +146,15 @@ def link_by_order(ops: list[dict[str, Any]], path: str | Path, family: str) -> t
     by_type: dict[str, list[Node]] = {}
     for n in nodes:
         by_type.setdefault(classify("onnx", n.op_type, {"depthwise": n.depthwise}), []).append(n)
-    op_types = [classify(family, str(op.get("engine_type", op.get("type", ""))), op.get("hint")) for op in ops]
+        # ncnn's BinaryOp and UnaryOp stand for several ONNX types: they pair with any node of those, in order
+        for generic, types in GENERIC_NODES.items():
+            if n.op_type in types:
+                by_type.setdefault(generic, []).append(n)
+    op_types = []
+    for op in ops:
+        engine_type = str(op.get("engine_type", op.get("type", "")))
+        key = engine_type.lower()
+        op_types.append(key if key in GENERIC_NODES else classify(family, engine_type, op.get("hint")))
     paired: dict[int, Node] = {}
     for shared in set(op_types) - {OTHER}:
         idx = [i for i, t in enumerate(op_types) if t == shared]
@@ -157,5 +166,18 @@ def link_by_order(ops: list[dict[str, Any]], path: str | Path, family: str) -> t
     out = []
     for i, op in enumerate(ops):
         node = paired.get(i)
-        out.append({**op, "node": node.name if node else None, "fused": fused.get(node.name, []) if node else []})
+        if node is None:
+            out.append({**op, "node": None, "fused": []})
+            continue
+        # the paired node's type is the vocabulary's hint: a BinaryOp paired with a Mul is a Mul
+        hint = {"original_type": node.op_type, "depthwise": node.depthwise, **(op.get("hint") or {})}
+        out.append({**op, "node": node.name, "fused": fused.get(node.name, []), "hint": hint})
     return out, len(paired)
+
+
+# ncnn's generic layers and the ONNX types pnnx turns into them.
+GENERIC_NODES: dict[str, frozenset[str]] = {
+    "binaryop": frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow"}),
+    "unaryop": frozenset({"Abs", "Neg", "Floor", "Ceil", "Sqrt", "Exp", "Log", "Sin", "Cos", "Tan", "Reciprocal",
+                          "Tanh", "Round"}),
+}

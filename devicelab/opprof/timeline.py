@@ -71,10 +71,29 @@ def clock_offset(marks: Sequence[Mapping[str, Any]]) -> tuple[float, float] | No
 
 def _thin(t: Sequence[float], values: Mapping[str, Sequence[float | None]], most: int = MAX_POINTS
           ) -> tuple[list[float], dict[str, list[float | None]]]:
-    """Every k-th sample so that at most `most` remain (the chart draws a line, not every reading)."""
-    step = max(1, math.ceil(len(t) / most))
-    idx = list(range(0, len(t), step))
+    """At most `most` samples, keeping each series' lowest and highest reading per bucket of consecutive samples
+    (a one-sample frequency drop or temperature spike is what a timeline is read for: every k-th would skip it)."""
+    idx = extreme_indices(len(t), list(values.values()), most)
     return [round(t[i], 6) for i in idx], {k: [v[i] if i < len(v) else None for i in idx] for k, v in values.items()}
+
+
+def extreme_indices(n: int, series: Sequence[Sequence[float | None]], most: int) -> list[int]:
+    """Indices of at most `most` of n points: all of them when they fit, else per bucket of consecutive points the
+    first, and each series' minimum and maximum (None readings skipped), in order."""
+    if n <= most:
+        return list(range(n))
+    per_bucket = 1 + 2 * max(1, len(series))
+    buckets = max(1, most // per_bucket)
+    size = math.ceil(n / buckets)
+    out: list[int] = []
+    for start in range(0, n, size):
+        keep = {start}
+        for s in series:
+            got = [(s[i], i) for i in range(start, min(start + size, n)) if i < len(s) and s[i] is not None]
+            if got:
+                keep.update((min(got)[1], max(got)[1]))
+        out.extend(sorted(keep))
+    return out
 
 
 def _place(series: Series | None, t0: float, offset: tuple[float, float] | None, window: tuple[float, float],

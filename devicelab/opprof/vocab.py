@@ -49,10 +49,14 @@ _COMMON: dict[str, str] = {
     # data movement without arithmetic
     "reshape": "Reshape", "flatten": "Reshape", "squeeze": "Reshape", "unsqueeze": "Reshape",
     "transpose": "Reshape", "permute": "Reshape", "reorder": "Reshape", "reorderinput": "Reshape",
-    "reorderoutput": "Reshape", "convert": "Reshape", "expanddims": "Reshape", "shape": "Reshape",
-    "gather": "Reshape", "slice": "Reshape", "split": "Reshape", "stridedslice": "Reshape", "identity": "Reshape",
+    "reorderoutput": "Reshape", "expanddims": "Reshape",
+    "gather": "Reshape", "slice": "Reshape", "split": "Reshape", "stridedslice": "Reshape",
     "copy": "Reshape", "tile": "Reshape", "expand": "Reshape", "crop": "Reshape", "packing": "Reshape",
-    "noop": "Reshape", "memorydata": "Reshape", "gathernd": "Reshape",
+    "gathernd": "Reshape",
+    # Bookkeeping (a graph's inputs and outputs, shapes, constants, identities) and a precision `convert` are not
+    # listed: they are `Other` (a convert is typed by the model node it came from, a QuantizeLinear or a
+    # DequantizeLinear, when the engine says which: see GENERIC), so they never inflate `mapped` nor hide an int8
+    # model's conversions among the reshapes.
     "shufflechannel": "Shuffle", "channelshuffle": "Shuffle", "depthtospace": "Shuffle", "spacetodepth": "Shuffle",
     "pixelshuffle": "Shuffle",
     # activations
@@ -82,7 +86,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
         "clamp": "Activation", "mvn": "Other", "interpolate": "Resize", "pooling": "Pool",
         "concatenation": "Concat", "reorder": "Reshape", "eltwise": "Add", "math": "Activation",
         "shufflechannels": "Shuffle", "softmax": "Softmax", "softmaxv1": "Softmax", "softmaxv8": "Softmax",
-        "fakequantize": "Quantize", "input": "Reshape", "output": "Reshape",
+        "fakequantize": "Quantize",
     },
     "mnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convint8": "Conv",
             "depthwiseconvint8": "DepthwiseConv", "pooling": "Pool", "eltwise": "Add", "binaryop": "Add",
@@ -91,7 +95,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
             "softmax": "Softmax", "innerproduct": "Gemm", "unaryop": "Activation"},
     "ncnn": {"convolution": "Conv", "convolutiondepthwise": "DepthwiseConv", "convolution1d": "Conv",
              "pooling": "Pool", "eltwise": "Add", "binaryop": "Add", "innerproduct": "Gemm", "split": "Reshape",
-             "input": "Reshape", "relu": "Activation", "clip": "Activation", "sigmoid": "Activation",
+             "relu": "Activation", "clip": "Activation", "sigmoid": "Activation",
              "hardswish": "Activation", "concat": "Concat", "shufflechannel": "Shuffle", "softmax": "Softmax",
              "padding": "Pad", "interp": "Resize", "dequantize": "Dequantize", "quantize": "Quantize",
              "requantize": "Requantize", "flatten": "Reshape", "reshape": "Reshape", "permute": "Reshape"},
@@ -104,7 +108,7 @@ ENGINE_TABLES: dict[str, dict[str, str]] = {
 
 
 # Engine op names that stand for several model ops: the model node's type says which.
-GENERIC = frozenset({"binaryop", "eltwise", "unaryop", "binary", "raster"})
+GENERIC = frozenset({"binaryop", "eltwise", "unaryop", "binary", "raster", "convert"})
 
 
 def classify(engine: str, engine_type: str, hint: Mapping[str, Any] | None = None) -> str:

@@ -76,7 +76,8 @@ public:
         net_.reset(MNN::Interpreter::createFromFile(r.model.c_str()));
         if (!net_) throw BackendError("MNN could not load " + r.model + " (a .mnn file from MNN's converter?)");
         // The timed session runs as MNN's own benchmark runs one: without per-op callbacks, which lets MNN plan the
-        // graph for speed. layer_times() opens a second, debug session, so profiling never touches the timed one.
+        // graph for speed. layer_times() opens a second interpreter and debug session: profiling never touches the
+        // timed one.
         net_->setSessionMode(MNN::Interpreter::Session_Release);
 
         // fp32 is High: the one mode in which every MNN backend computes fp32 (its GPU backends store and compute
@@ -95,7 +96,7 @@ public:
             schedule_.numThread = r.threads;
         schedule_.backendConfig = &backend_config_;
         specs_ = r.input_specs;
-        session_ = open_session();
+        session_ = open_session(*net_);
 
         // MNN falls back to its CPU when the asked backend is missing or fails to start, and says so only on its
         // console; the session's backend is the truth.
@@ -121,15 +122,14 @@ public:
                                    std::to_string(r.threads),
                                false, true);
 
-        // Without per-layer times the model buffer is not needed again: free it, as MNN's benchmark does, so the
-        // peak memory is the session's.
-        const Json& passes = (*r.options)["layer_times"];
-        keep_model_ = passes.is_number() && passes.as_number() > 0;
-        if (!keep_model_) net_->releaseModel();
+        // The model buffer is not needed again: free it, as MNN's benchmark does, so the peak memory is the
+        // session's. layer_times() loads the model anew for its own interpreter, after timing and the peak read.
+        net_->releaseModel();
+        model_path_ = r.model;
     }
 
     void set_inputs(const std::vector<Tensor>& inputs) override {
-        for (const Tensor& t : inputs) copy_in(session_, t);
+        for (const Tensor& t : inputs) copy_in(*net_, session_, t);
         inputs_ = inputs;  // for the profiling session, opened later
     }
 
@@ -160,13 +160,14 @@ public:
 
     std::vector<LayerTime> layer_times() override {
         if (profiled_ == nullptr) {
-            if (!keep_model_) throw BackendError("MNN released its model: per-layer times need options.layer_times set");
             // Session_Debug makes MNN call back around each op (and plan the graph without the release mode's
-            // freedoms): a second session, so the timed one stays as it was.
-            net_->setSessionMode(MNN::Interpreter::Session_Debug);
-            profiled_ = open_session();
+            // freedoms): a second interpreter and session, so the timed one stays as it was.
+            profile_net_.reset(MNN::Interpreter::createFromFile(model_path_.c_str()));
+            if (!profile_net_) throw BackendError("MNN could not load " + model_path_ + " again for per-layer times");
+            profile_net_->setSessionMode(MNN::Interpreter::Session_Debug);
+            profiled_ = open_session(*profile_net_);
         }
-        for (const Tensor& t : inputs_) copy_in(profiled_, t);
+        for (const Tensor& t : inputs_) copy_in(*profile_net_, profiled_, t);
         using Clock = std::chrono::steady_clock;
         Clock::time_point start;
         std::vector<LayerTime> times;
@@ -179,7 +180,7 @@ public:
             times.push_back({op->name(), op->type(), std::chrono::duration<double>(Clock::now() - start).count()});
             return true;
         };
-        const MNN::ErrorCode code = net_->runSessionWithCallBackInfo(profiled_, before, after, true);
+        const MNN::ErrorCode code = profile_net_->runSessionWithCallBackInfo(profiled_, before, after, true);
         if (code != MNN::NO_ERROR)
             throw BackendError("MNN's profiled run failed (MNN::ErrorCode " + std::to_string(code) + ")");
         return times;
@@ -191,40 +192,42 @@ private:
     MNN::BackendConfig backend_config_;
     std::unique_ptr<MNN::Interpreter, void (*)(MNN::Interpreter*)> net_{nullptr, MNN::Interpreter::destroy};
     MNN::Session* session_ = nullptr;   // owned by net_
-    MNN::Session* profiled_ = nullptr;  // owned by net_
+    // Declared after net_, so destroyed before it; loaded only by layer_times().
+    std::unique_ptr<MNN::Interpreter, void (*)(MNN::Interpreter*)> profile_net_{nullptr, MNN::Interpreter::destroy};
+    MNN::Session* profiled_ = nullptr;  // owned by profile_net_
     std::vector<std::pair<std::string, MNN::Tensor*>> outputs_;  // the timed session's, by name
     std::vector<Tensor> specs_, inputs_;
     const char* label_ = "CPU";
-    bool keep_model_ = false;
+    std::string model_path_;
 
     // A session with the config's input shapes (resized when the model's differ); the timed one also records
     // its outputs. Inputs are matched by name: MNN keeps them in a map, with no order of its own.
-    MNN::Session* open_session() {
-        MNN::Session* s = net_->createSession(schedule_);
+    MNN::Session* open_session(MNN::Interpreter& net) {
+        MNN::Session* s = net.createSession(schedule_);
         if (s == nullptr) throw BackendError(std::string("MNN could not create a session on its ") + label_ + " backend");
-        const std::map<std::string, MNN::Tensor*>& all = net_->getSessionInputAll(s);
+        const std::map<std::string, MNN::Tensor*>& all = net.getSessionInputAll(s);
         if (all.size() != specs_.size())
             throw BackendError("inputs: the model has " + std::to_string(all.size()) + " inputs, the config gives " +
                                    std::to_string(specs_.size()),
                                true);
         bool resize = false;
         for (const Tensor& spec : specs_) {
-            MNN::Tensor* t = input(s, spec.name);
+            MNN::Tensor* t = input(net, s, spec.name);
             std::vector<int> dims(spec.shape.begin(), spec.shape.end());
             if (t->shape() != dims) {
-                net_->resizeTensor(t, dims);
+                net.resizeTensor(t, dims);
                 resize = true;
             }
         }
-        if (resize) net_->resizeSession(s);
+        if (resize) net.resizeSession(s);
         if (session_ == nullptr)
-            for (const auto& o : net_->getSessionOutputAll(s)) outputs_.emplace_back(o.first, o.second);
+            for (const auto& o : net.getSessionOutputAll(s)) outputs_.emplace_back(o.first, o.second);
         if (session_ == nullptr && outputs_.empty()) throw BackendError("the MNN model declares no outputs");
         return s;
     }
 
-    MNN::Tensor* input(MNN::Session* s, const std::string& name) {
-        const std::map<std::string, MNN::Tensor*>& all = net_->getSessionInputAll(s);
+    MNN::Tensor* input(MNN::Interpreter& net, MNN::Session* s, const std::string& name) {
+        const std::map<std::string, MNN::Tensor*>& all = net.getSessionInputAll(s);
         auto it = all.find(name);
         if (it != all.end()) return it->second;
         std::string names;
@@ -232,8 +235,8 @@ private:
         throw BackendError("inputs: the model has no input '" + name + "' (its inputs: " + names + ")", true);
     }
 
-    void copy_in(MNN::Session* s, const Tensor& t) {
-        MNN::Tensor* device = input(s, t.name);
+    void copy_in(MNN::Interpreter& net, MNN::Session* s, const Tensor& t) {
+        MNN::Tensor* device = input(net, s, t.name);
         if (!is_float32(device)) throw BackendError("MNN input '" + t.name + "' is not float32 (dlbench feeds float32)");
         MNN::Tensor host(device, device->getDimensionType());  // the model's own layout, as the config's shape is
         if (static_cast<size_t>(host.elementSize()) != t.data.size())
