@@ -5,10 +5,9 @@ ONNX Runtime's peak RSS on glibc takes one of a few values a few % apart from on
 separates the three things that could move it, each in its own process, MobileNet-v2 fp32, 1 thread, 20 runs:
 
 * the process-start path: `fresh` (numpy and onnxruntime imported, then load, as a bare script), `fresh-dl`
-  (devicelab's runner modules imported first, then numpy and onnxruntime: the exec'd runner's order, and the
-  zygote's), `engine-first` (the same modules, the engine first: the zygote's order until 2026-12-06),
-  `zygote-nofork` (the zygote's imports and its list of resident file pages, no fork) and `zygote-fork` (the same,
-  then fork; the child maps the zygote's resident file pages again and loads, as devicelab's zygote child does);
+  (devicelab's runner modules imported first, then numpy and onnxruntime: the exec'd runner's order), `zygote-nofork`
+  (the zygote's order and its list of resident file pages, no fork) and `zygote-fork` (the same, then fork; the
+  child maps the zygote's resident file pages again and loads, as devicelab's zygote child does);
 * address-space layout randomization: on, or off for the process (personality ADDR_NO_RANDOMIZE, as
   `setarch -R` sets it; inherited by the fork);
 * glibc's dynamic mmap threshold: glibc's default (it rises each time a block that was mmap'd is freed, so where a
@@ -18,8 +17,7 @@ separates the three things that could move it, each in its own process, MobileNe
 It prints, per condition and path, RSS before load and the peak (VmHWM) in MB over REPEATS processes (the distinct
 values, then the median). Reading: with ASLR off and the default allocator a path is deterministic, so
 `zygote-fork` against `zygote-nofork` is the fork's own effect; `fresh-dl` against `zygote-fork` is what a
-config's series sees when it moves from exec to the zygote, and `engine-first` against `fresh-dl` what the order of
-the same imports does; the fixed-threshold rows show how much of the spread is
+config's series sees when it moves from exec to the zygote; the fixed-threshold rows show how much of the spread is
 the allocator's history.
 
 usage: python benchmarks/heap_history.py [REPEATS]   (default 4)
@@ -35,7 +33,7 @@ import subprocess
 import sys
 from typing import Any
 
-PATHS = ("fresh", "fresh-dl", "engine-first", "zygote-nofork", "zygote-fork")
+PATHS = ("fresh", "fresh-dl", "zygote-nofork", "zygote-fork")
 ADDR_NO_RANDOMIZE = 0x0040000
 
 
@@ -49,17 +47,16 @@ def _status_kb(field: str) -> int:
 
 def child(path: str, model: str) -> None:
     """One process: start as `path` says, load MobileNet-v2 in ONNX Runtime, run it 20 times, print the figures."""
-    if path != "fresh" and path != "engine-first":
-        import devicelab.runners.host  # noqa: F401 - the exec'd runner and the zygote import these before the engine
-        import devicelab.engines  # noqa: F401
+    if path == "fresh-dl":
+        import devicelab.engines  # noqa: F401 - the exec'd runner imports these before the engine
+        import devicelab.runners.host  # noqa: F401
     import numpy as np
     import onnxruntime as ort
 
-    if path == "engine-first":
-        import devicelab.runners.host  # noqa: F401 - the order the zygote had before 2026-12-06: after the engine
-        import devicelab.engines  # noqa: F401
     resident = None
     if path.startswith("zygote"):
+        import devicelab.engines  # noqa: F401 - the zygote imports these after the engine
+        import devicelab.runners.host  # noqa: F401
         from devicelab.runners import zygote
 
         resident = zygote.resident_file_pages()
@@ -141,10 +138,8 @@ def main() -> None:
     for label in ("ASLR off, glibc default", "ASLR on, fixed mmap threshold"):
         fork = medians[(label, "zygote-fork")] / medians[(label, "zygote-nofork")]
         path = medians[(label, "zygote-fork")] / medians[(label, "fresh-dl")]
-        order = medians[(label, "engine-first")] / medians[(label, "fresh-dl")]
         print(f"{label}: peak zygote-fork / zygote-nofork = {fork:.4f} (the fork's own effect); "
-              f"zygote-fork / fresh-dl = {path:.4f} (exec runner -> zygote child); "
-              f"engine-first / fresh-dl = {order:.4f} (the order of the imports)")
+              f"zygote-fork / fresh-dl = {path:.4f} (exec runner -> zygote child)")
 
 
 if __name__ == "__main__":

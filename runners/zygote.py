@@ -128,11 +128,6 @@ def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], impor
 
 
 def serve(sock: socket.socket, modules: list[str]) -> int:
-    # devicelab's own modules first, as an exec'd runner imports them (`-m devicelab.runners.host`, then the engine
-    # inside it): the order of the imports is part of the heap's history, and ONNX Runtime's peak RSS follows that
-    # history by a few % (benchmarks/heap_history.py). Pure Python, no threads; never timed as the engine's import.
-    for name in ("devicelab.runners.host", "devicelab.engines"):
-        importlib.import_module(name)
     t0 = time.perf_counter()
     preloaded: list[str] = []
     for name in modules:
@@ -144,10 +139,15 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
                          "import_s": time.perf_counter() - t0, "pid": os.getpid()})
             return 0
     import_s = time.perf_counter() - t0
+    # devicelab's own modules, before the fork too, so that a child never pays for them (pure Python, no threads).
+    # After the engine: imported first (the exec'd runner's order), the children's RSS before load came out 0.6-1.9 %
+    # above a fresh runner's instead of 0.1-0.5 % (benchmarks/zygote.py, 12 rounds each, 2026-12-06).
+    for name in ("devicelab.runners.host", "devicelab.engines"):
+        importlib.import_module(name)
     resident = resident_file_pages()
     n = threads()
     _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": resident_bytes(resident), "threads": n,
-                 "after": modules[-1] if modules else "devicelab.engines",
+                 "after": "devicelab.engines",
                  "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
     if n != 1:
         return 0
