@@ -32,6 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,21 @@ def build_key(version: str, commit: str, flags: tuple[str, ...], identity: str) 
     return hashlib.sha256(json.dumps([version, commit, list(flags), identity]).encode()).hexdigest()[:12]
 
 
+
+def _forget_other_toolchain(build_dir: Path, cmake_args: Sequence[str]) -> None:
+    """A build folder configured with another toolchain file (e.g. from a checkout since removed) cannot be
+    configured again: CMake includes the old file by its absolute path. Its configuration is dropped (the compiled
+    objects stay, and ninja reuses those whose commands did not change)."""
+    cache = build_dir / "CMakeCache.txt"
+    wanted = next((a.partition("=")[2] for a in cmake_args if a.startswith("-DCMAKE_TOOLCHAIN_FILE=")), None)
+    if wanted is None or not cache.is_file():
+        return
+    for line in cache.read_text(errors="replace").splitlines():
+        if line.startswith("CMAKE_TOOLCHAIN_FILE:") and line.partition("=")[2] != wanted:
+            cache.unlink()
+            shutil.rmtree(build_dir / "CMakeFiles", ignore_errors=True)
+            return
+
 def build(target: str, *, jobs: int | None = None, log: Log | None = None,
           version: str = LLAMA_CPP_PYTHON_VERSION) -> LlmBuild:
     """Build (or reuse) dlllm and llama-bench for `target` and register them beside the target's dlprobe."""
@@ -203,9 +219,23 @@ def build(target: str, *, jobs: int | None = None, log: Log | None = None,
             if not (src / name).is_file() or (src / name).read_bytes() != new:
                 (src / name).write_bytes(new)
         build_dir, log_path = root / "build", root / "build.log"
+        # A toolchain file from the package is copied beside the sources too: CMake keeps its absolute path in the
+        # build folder, and the package's path changes with the checkout or venv that installed it.
+        cmake_args: list[str] = []
+        for arg in chain.cmake_args:
+            name, _, value = arg.partition("=")
+            if name == "-DCMAKE_TOOLCHAIN_FILE" and Path(value).is_relative_to(sources_dir()):
+                kept = src / "cmake" / Path(value).name
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                if not kept.is_file() or kept.read_bytes() != Path(value).read_bytes():
+                    kept.write_bytes(Path(value).read_bytes())
+                arg = f"{name}={kept}"
+            cmake_args.append(arg)
+        _forget_other_toolchain(build_dir, cmake_args)
         stamp = root / "devicelab-build.json"
         recorded = json.loads(stamp.read_text()) if stamp.is_file() else {}
-        fresh = recorded.get("dlllm_sha256") != digest or not all(built(build_dir, n) for n in LLM_ARTIFACTS[target])
+        fresh = recorded.get("dlllm_sha256") != digest or not all(built(build_dir, n) for n in LLM_ARTIFACTS[target]) \
+            or not (build_dir / "CMakeCache.txt").is_file()
         if fresh:
             say(f"building llama.cpp {commit} (llama-cpp-python {version}) and dlllm for {target} "
                 f"(the first time compiles llama.cpp: tens of minutes on 2 busy cores; later only what changed): {log_path}")
@@ -214,7 +244,7 @@ def build(target: str, *, jobs: int | None = None, log: Log | None = None,
             bump = max(0, 10 - os.nice(0))
             nice = ["nice", "-n", str(bump)] if bump and shutil.which("nice") else []
             _run(["cmake", "-S", str(src / "llm"), "-B", str(build_dir), *_cmake_generator(), f"-DLLAMA_CPP_DIR={llama}",
-                  *chain.cmake_args, *flags, f"-DDLLLM_VERSION=dlllm-{digest[:12]}"], log_path,
+                  *cmake_args, *flags, f"-DDLLLM_VERSION=dlllm-{digest[:12]}"], log_path,
                  f"configuring llama.cpp/dlllm for {target}")
             _run([*nice, "cmake", "--build", str(build_dir), "--target", *LLM_ARTIFACTS[target], "--parallel",
                   str(jobs or DEFAULT_JOBS)], log_path, f"building llama.cpp/dlllm for {target}")
