@@ -37,15 +37,20 @@ def _tps(x: float | None) -> str:
     return f"{x:,.1f}" if x is not None else "—"
 
 
-def llm_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
-    """One table per (device, model, P, G), at the shallowest context depth it ran: rows engine × quantization;
-    columns TTFT at P and prefill t/s at 1 thread, decode t/s at 1 and at the most threads run, peak memory."""
+
+def _by_request_shape(results: Sequence[Result]) -> list[tuple[tuple[str, str, int, int], list[Result]]]:
+    """The ok LLM rows grouped by (device, model, P, G), in that order."""
     groups: dict[tuple[str, str, int, int], list[Result]] = {}
     for r in _ok(results):
         x = r.ext["llm"]
         groups.setdefault((r.device, r.model, x["prompt_tokens"], x["gen_tokens"]), []).append(r)
+    return sorted(groups.items())
+
+def llm_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]:
+    """One table per (device, model, P, G), at the shallowest context depth it ran: rows engine × quantization;
+    columns TTFT at P and prefill t/s at 1 thread, decode t/s at 1 and at the most threads run, peak memory."""
     out = []
-    for (device, model, p, g), rs in sorted(groups.items()):
+    for (device, model, p, g), rs in _by_request_shape(results):
         depth = min(r.ext["llm"]["context_depth"] for r in rs)
         rs = [r for r in rs if r.ext["llm"]["context_depth"] == depth]
         threads = sorted({r.threads for r in rs})
@@ -79,12 +84,8 @@ def llm_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
 def depth_charts(results: Sequence[Result], several: bool) -> list[dict[str, str]]:
     """Decode tokens/s against context depth, one line per engine, quantization and thread count, for every
     (device, model, P, G) that ran at two depths or more."""
-    groups: dict[tuple[str, str, int, int], list[Result]] = {}
-    for r in _ok(results):
-        x = r.ext["llm"]
-        groups.setdefault((r.device, r.model, x["prompt_tokens"], x["gen_tokens"]), []).append(r)
     out = []
-    for (device, model, p, g), rs in sorted(groups.items()):
+    for (device, model, p, g), rs in _by_request_shape(results):
         if len({r.ext["llm"]["context_depth"] for r in rs}) < 2:
             continue
         series: dict[str, list[tuple[float, float]]] = {}
