@@ -19,8 +19,8 @@ from typing import Any
 
 from devicelab import llm, native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
-                                   Start, Transport, TransportLostError)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, PythonStart, ResultExtras,
+                                   Sampler, Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -228,6 +228,35 @@ def _package_shim() -> str:
     return _SHIM
 
 
+def python_runner_env(job: Job) -> dict[str, str]:
+    """What devicelab sets in a Python runner's environment for `job` (the transport adds the rest)."""
+    env = {"OMP_NUM_THREADS": str(job.config.threads)}
+    # numpy (input generation only) must not start a BLAS pool next to the engine's threads. CI=true is the switch
+    # both ONNX Runtime's telemetry (its 1DS uploader thread, started as the module loads) and OpenVINO's
+    # (openvino_telemetry, a thread pool started by `import openvino`) honour: no engine uploads data from a
+    # benchmark, no telemetry thread wakes beside the timed loop, and the import leaves one thread, so a zygote may
+    # fork after it (docs/architecture.md).
+    env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CI": "true"})
+    if job.options.get("python"):
+        env["PYTHONPATH"] = _package_shim()
+    return env
+
+
+def python_start(transport: Transport, job: Job) -> PythonStart | None:
+    """The zygote-forked Python runner `job` will ask `transport` for (spawn_python's choosing arguments), or None
+    when it runs another program or a fresh interpreter. The same choice as _Attempt.prepare/_program/spawn make,
+    read from the job alone, so that a round's zygotes can be started before it (Transport.prestart_python)."""
+    engine = get_engine(job.config.engine)
+    if (isinstance(engine, ToolEngine) or engine.native_runner or engine.user_runner(job.options) is not None
+            or not transport.zygotes or job.options.get("process", "zygote") != "zygote"):
+        return None
+    python = job.options.get("python") or getattr(transport, "python", None)
+    if not python:
+        return None
+    return PythonStart(str(python), ("numpy", *engine.imports()), python_runner_env(job), tuple(job.config.cpus),
+                       job.config.repeat)
+
+
 # --------------------------------------------------------------------------------------------------
 # One job's life on a device
 
@@ -349,16 +378,7 @@ class _Attempt:
         else:
             target = [at[program], f"{run_dir}/{CONFIG_FILE}"]
         self.target = target
-        env: dict[str, str] = {"OMP_NUM_THREADS": str(cfg.threads)}
-        if program is None:
-            # numpy (input generation only) must not start a BLAS pool next to the engine's threads. CI=true is the
-            # switch both ONNX Runtime's telemetry (its 1DS uploader thread, started as the module loads) and
-            # OpenVINO's (openvino_telemetry, a thread pool started by `import openvino`) honour: no engine uploads
-            # data from a benchmark, no telemetry thread wakes beside the timed loop, and the import leaves one
-            # thread, so a zygote may fork after it (docs/architecture.md).
-            env.update({"OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "CI": "true"})
-            if self.job.options.get("python"):
-                env["PYTHONPATH"] = _package_shim()
+        env = python_runner_env(self.job) if program is None else {"OMP_NUM_THREADS": str(cfg.threads)}
         if libraries:
             env["LD_LIBRARY_PATH"] = f"{run_dir}/lib"
         self.env = env

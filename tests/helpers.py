@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -106,3 +107,10 @@ class StoreTarget:
     def missing(self) -> str:
         """A --db value naming a store that holds no devicelab records (no file; an empty database)."""
         return self.missing_db
+
+
+def ctrl_c_able() -> None:
+    """preexec_fn for a child a test interrupts with SIGINT: a shell without job control (a background job) starts
+    its children with SIGINT ignored, the ignore is inherited through exec, and Python then installs no
+    KeyboardInterrupt handler; the default disposition lets the child's Python install its own."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

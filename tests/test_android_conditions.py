@@ -16,7 +16,7 @@ import pytest
 import yaml
 from android_env import (AdbServer, EmulatedPhone, cli_env, needs_adb,
                          needs_namespace, needs_qemu)
-from helpers import DEVICELAB, FAST_PROTOCOL, run_json
+from helpers import DEVICELAB, FAST_PROTOCOL, ctrl_c_able, run_json
 
 from devicelab.testing.emulated_device import CMD_LOG, FIXED_PERFORMANCE_FILE
 
@@ -101,7 +101,8 @@ def test_fixed_performance_is_turned_off_after_ctrl_c_mid_sweep(
     inventory, suite = _files(tmp_path, phone, runner_arm64, min_seconds=3.0, max_seconds=4.0, max_iterations=10_000)
     runs = phone.root / "data/local/tmp/devicelab/run"
     p = subprocess.Popen([DEVICELAB, "run", "--suite", str(suite), "--devices", str(inventory)],
-                         env=cli_env(env, server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         env=cli_env(env, server), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=ctrl_c_able)
     try:
         deadline = time.monotonic() + 120
         while not (runs.is_dir() and any(runs.iterdir())):  # a config's run folder: a runner is on its way

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from devicelab.result import RESULT_FIELDS
-from helpers import DEVICELAB, devicelab, run_json, write_suite
+from helpers import DEVICELAB, ctrl_c_able, devicelab, run_json, write_suite
 
 JSON_FIELDS = ("run_id device engine label engine_version model model_sha256 model_bytes precision backend threads "
                "cpus status reason samples_s median_s p90_s load_s first_s rss_before_load_bytes peak_rss_bytes "
@@ -130,7 +130,7 @@ def _leftovers(env: dict[str, str]) -> list[int]:
 
 
 def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([DEVICELAB, "run", *args, "--json"], env=env, text=True,
+    return subprocess.Popen([DEVICELAB, "run", *args, "--json"], env=env, text=True, preexec_fn=ctrl_c_able,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -199,3 +199,57 @@ def test_a_child_whose_zygote_died_is_not_taken_for_ended(tmp_path: Path) -> Non
                 os.kill(child.pid, 9)
             except ProcessLookupError:
                 pass
+
+
+def test_prestarted_zygotes_are_the_ones_the_configs_fork_from(tmp_path: Path) -> None:
+    from devicelab.devices.base import PythonStart
+
+    cpus = (0, 1) if (os.cpu_count() or 1) > 1 else (0,)
+    wanted = [PythonStart(sys.executable, ("numpy",), {"OMP_NUM_THREADS": "1"}, (0,), 0),
+              PythonStart(sys.executable, ("numpy",), {"OMP_NUM_THREADS": "2"}, cpus, 0)]
+    pool = ZygotePool()
+    try:
+        pool.prestart(wanted, lambda e: _env(**e))
+        started = {k: z.proc.pid for k, z in pool._zygotes.items() if z is not None}
+        assert len(started) == 2  # both at once, before any spawn
+        for w in wanted:
+            got = pool.spawn(w.python, [str(tmp_path / "none.json")], _env(**w.env), None, w.preload, key=w.env,
+                             cpus=w.cpus, generation=w.generation)
+            assert not isinstance(got, Start)
+            got[0].wait(60)
+            assert got[0].zygote.proc.pid in started.values()
+        assert {k: z.proc.pid for k, z in pool._zygotes.items() if z is not None} == started  # none started later
+        # the next round's prestart closes this round's zygotes, as its first spawn would
+        pool.prestart([PythonStart(sys.executable, ("numpy",), {"OMP_NUM_THREADS": "1"}, (0,), 1)], lambda e: _env(**e))
+        assert [k[-1] for k in pool._zygotes] == [1]
+    finally:
+        pool.close()
+
+
+def test_a_run_starts_each_round_s_zygotes_before_its_first_config(env: dict[str, str], tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep's prestart must ask for exactly the zygotes the configs then fork from (session.python_start reads
+    the same choice as the config's spawn): a config that finds no zygote ready starts one between two configs."""
+    from devicelab import sweep
+    from devicelab.config import load_inventory
+    from devicelab.store import open_store
+
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    found: list[bool] = []
+    spawn = ZygotePool.spawn
+
+    def watched(self: ZygotePool, python: str, module_argv: list[str], env: dict[str, str], cwd: str | None,
+                preload: tuple[str, ...], key: dict[str, str], cpus: tuple[int, ...] = (), generation: int = 0):
+        found.append(ZygotePool.key(python, preload, key, cpus, generation) in self._zygotes)
+        return spawn(self, python, module_argv, env, cwd, preload, key, cpus, generation)
+
+    monkeypatch.setattr(ZygotePool, "spawn", watched)
+    suite_file = write_suite(tmp_path / "s.yaml", engines=["ncnn", "litert"], threads=[1, 2], repeats=2)
+    import yaml
+    inventory = load_inventory(None)
+    suite = sweep.validate(yaml.safe_load(suite_file.read_text()), str(suite_file), inventory)
+    _, results = sweep.start_run(open_store(env["DEVICELAB_DB"]), suite, inventory, ["test"])
+    assert [r.status for r in results] == ["ok"] * 8
+    assert all(r.ext["exec_path"] == "zygote" for r in results)
+    assert found == [True] * 8, found
