@@ -131,6 +131,10 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, 
     for name in ("numpy", *engine.imports()):
         importlib.import_module(name)
     import_s = time.perf_counter() - t0 + float(start["preimport_s"])
+    if config.get("llm") is not None:  # an LLM config: runner protocol v3, the engine's LLM session (runners/llm.py)
+        from devicelab.runners import llm
+
+        return llm.run(engine, config, out, commands, import_s, start, _status_bytes, _peak_rss_bytes, _thread_cpus)
     rss_before = _status_bytes("VmRSS")
     t0 = time.perf_counter()
     session = engine.open_session(config)

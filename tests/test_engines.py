@@ -24,7 +24,7 @@ TOOLS = ["tool:benchncnn", "tool:benchmark_model", "tool:mnn-benchmark", "tool:o
 def test_every_engine_declares_its_capabilities() -> None:
     # dlbench: ncnn through devicelab's C++ runner (tests/test_dlbench); protocol: any runner-protocol program;
     # tool:*: the engines' own benchmark binaries (tests/test_tools)
-    assert engine_names() == ENGINES + ["dlbench", "protocol", "llamacpp", *TOOLS]  # llamacpp: tests/test_llm_native
+    assert engine_names() == ENGINES + ["dlbench", "protocol", "llamacpp", "ortgenai", *TOOLS]  # llamacpp: tests/test_llm_native
     for name in ENGINES:
         e = get_engine(name)
         assert e.name == name and e.formats and set(e.precisions) <= set(PRECISIONS) and "fp32" in e.precisions

@@ -18,6 +18,7 @@ ENGINE_MODULES: dict[str, str] = {
     "dlbench": "devicelab.engines.dlbench",
     "protocol": "devicelab.engines.protocol",
     "llamacpp": "devicelab.engines.llamacpp",
+    "ortgenai": "devicelab.engines.ortgenai",
     # the engines' own benchmark binaries, driven as they are (the suite names the binary: options.binary)
     "tool:benchncnn": "devicelab.engines.tool_benchncnn",
     "tool:benchmark_model": "devicelab.engines.tool_benchmark_model",
