@@ -226,4 +226,4 @@ def test_ortgenai_f32_logits_agree_with_llama_cpp(llm_host: dict[str, Any], env:
     assert sorted(depth for _, _, depth in figures) == [0, 200], figures  # one comparison per depth
     for d in figures.values():
         assert d["steps"] == 17 and d["first_disagreement"] is None and d["top1_agreement"] == 1.0, d
-        assert d["cosine_min_shared"] > 0.9999, d
+        assert d["cosine_min_shared"] > 0.99999, d  # measured: 1 - 4e-8 at depth 200
