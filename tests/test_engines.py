@@ -49,7 +49,7 @@ def test_engines_json_per_device(env: dict[str, str]) -> None:
     p = devicelab("engines", "--json", env=env)
     assert p.returncode == 0, p.stderr
     rows = {r["name"]: r for r in json.loads(p.stdout)}
-    assert set(rows) == set(ENGINES) | {"dlbench", "protocol", "llamacpp", *TOOLS}
+    assert set(rows) == set(ENGINES) | {"dlbench", "protocol", "llamacpp", "ortgenai", *TOOLS}
     for r in (rows[name] for name in ENGINES):
         (host,) = r["devices"]
         assert host["id"] == "host" and host["available"] and "fp32/cpu" in host["runs"]
