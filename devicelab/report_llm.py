@@ -74,7 +74,7 @@ def llm_tables(results: Sequence[Result], several: bool) -> list[dict[str, Any]]
                 "model_bytes": format_bytes(mine[0].ext["llm"].get("file_bytes")),
                 "kv_type": mine[0].ext["llm"].get("kv_type", "—"),
                 "drift": (_drift_text(d) if (d := drift) else
-                          "reference" if quant == llm.REFERENCE_QUANT else "—"),
+                          "reference" + _engines_text(rs, mine) if quant == llm.REFERENCE_QUANT else "—"),
             })
         out.append({"device": device, "model": model, "prompt_tokens": p, "gen_tokens": g, "depth": depth,
                     "low": low, "high": high, "rows": rows})
@@ -100,6 +100,23 @@ def depth_charts(results: Sequence[Result], several: bool) -> list[dict[str, str
                     "svg": charts.line_chart(title, series, "context depth (tokens in the KV cache)",
                                              "decode tokens/s (median)")})
     return out
+
+
+def _engines_text(rs: Sequence[Result], mine: Sequence[Result]) -> str:
+    """An F32 row's logits against the other engines' F32 logits (ext.llm.drift.vs_engines_f32), which the engine
+    that ran second keeps: looked up both ways, so both engines' rows show it."""
+    me = {r.engine + (f" [{r.label}]" if r.label else "") for r in mine}
+    found: dict[str, dict[str, Any]] = {}
+    for r in rs:
+        if r.ext["llm"]["quant"] != llm.REFERENCE_QUANT:
+            continue
+        theirs = r.engine + (f" [{r.label}]" if r.label else "")
+        for other, d in (r.ext["llm"].get("drift") or {}).get("vs_engines_f32", {}).items():
+            if theirs in me and other not in me:
+                found.setdefault(other, d)
+            elif other in me and theirs not in me:
+                found.setdefault(theirs, d)
+    return "".join(f"; vs {name}: {_drift_text(d)}" for name, d in sorted(found.items()))
 
 
 def _drift_text(d: dict[str, Any]) -> str:

@@ -213,10 +213,13 @@ def test_ortgenai_f32_logits_agree_with_llama_cpp(llm_host: dict[str, Any], env:
     fails here, long before a cosine of 0.9999."""
     raw = {"engines": ["llamacpp", "ortgenai"], "threads": [1],
            "llm": {"prompt_tokens": 24, "gen_tokens": 16, "context_depth": [0, 200], "quant": ["F32"]}}
-    code, data, err = run_json("run", "--suite", str(_suite(tmp_path, **raw)), env=env)
+    code, data, err = run_json("run", "--suite", str(_suite(tmp_path, **raw)), "--report",
+                               str(tmp_path / "report.html"), env=env)
     assert code == 0, err
     rows = data["results"]
     assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), [r.get("reason") for r in rows]
+    html = (tmp_path / "report.html").read_text()  # both engines' F32 rows show the comparison
+    assert "reference; vs ortgenai: top-1 100%" in html and "reference; vs llamacpp: top-1 100%" in html
     figures = {}
     for r in rows:
         other = r["ext"]["llm"]["drift"].get("vs_engines_f32", {})
