@@ -230,3 +230,28 @@ def test_ortgenai_f32_logits_agree_with_llama_cpp(llm_host: dict[str, Any], env:
     for d in figures.values():
         assert d["steps"] == 17 and d["first_disagreement"] is None and d["top1_agreement"] == 1.0, d
         assert d["cosine_min_shared"] > 0.99999, d  # measured: 1 - 4e-8 at depth 200
+
+
+def test_threads_are_genai_configs_intra_op_threads(folder: Path, tiny: zoo_llm.LlmModel, tmp_path: Path) -> None:
+    """stage() writes the config's thread count into the run folder's genai_config.json; ONNX Runtime then starts
+    N - 1 pool threads beside the caller (counted in /proc: what the engine really runs, not what it was told)."""
+    import os
+
+    payload = llm.runner_payload(3, llm.LlmWorkload("F32", 8, 2, 0), llm.vocab(tiny.path))
+    # The first model in this process also starts ONNX Runtime's process-wide threads (its telemetry uploader, unless
+    # CI=true as the session sets it for runners): counted before, not as a session's.
+    GenAISession({"model": str(folder), "llm": payload}).request()
+    started = {}
+    for threads in (1, 2, 3):
+        run = tmp_path / f"t{threads}"
+        run.mkdir()
+        cfg = ORTGENAI.stage({"model": str(folder), "threads": threads, "llm": payload, "inputs": []}, run)
+        staged = json.loads((run / cfg["model"] / "genai_config.json").read_text())
+        assert staged["model"]["decoder"]["session_options"]["intra_op_num_threads"] == threads
+        assert (run / cfg["model"] / "model.onnx.data").resolve() == (folder / "model.onnx.data").resolve()
+        before = len(os.listdir("/proc/self/task"))
+        session = GenAISession({**cfg, "model": str(run / cfg["model"])})
+        session.request()
+        started[threads] = len(os.listdir("/proc/self/task")) - before
+        del session
+    assert started == {1: 0, 2: 1, 3: 2}, started
