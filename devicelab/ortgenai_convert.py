@@ -1,7 +1,8 @@
 """GGUF → an ONNX Runtime GenAI model folder: a decoder ONNX graph written with the `onnx` helper API from the GGUF
 file's own weights (read with the `gguf` package), its `genai_config.json`, and what devicelab needs to know of it.
 
-What is converted: the llama architecture (`general.architecture: llama`) from F32 or F16 weights, the layout of the
+What is converted: the llama architecture (`general.architecture: llama`) from F32 or F16 weights (written as float32),
+the layout of the
 LLM zoo's files and of llama.cpp's convert_hf_to_gguf output: token embedding, per block an RMSNorm, Q/K/V/O
 projections with rotary position embedding and grouped KV heads, an RMSNorm and a SwiGLU feed-forward; a final RMSNorm
 and the output head (or the tied embedding). Anything else (another architecture, rope scaling, a partial rotary
@@ -9,10 +10,11 @@ dimension, a quantized tensor type) is refused with the reason: no approximation
 
 The graph is plain ONNX (opset 17) only, no ORT contrib ops: every op has a CPU kernel in every ONNX Runtime build,
 the numerics are the textbook ones (so the logits can be held to llama.cpp's), and ONNX Runtime's own graph optimizer
-is free to fuse what it recognises (the RMSNorm pattern below is its SimplifiedLayerNormalization fusion's). ONNX
+fuses what it recognises: in ONNX Runtime 1.32's optimized graph the RMSNorms are SimplifiedLayerNormalization, the
+SiLUs QuickGelu, the transposed MatMuls FusedMatMul. ONNX
 Runtime GenAI's model builder writes GroupQueryAttention, RotaryEmbedding and SkipSimplifiedLayerNormalization contrib
 ops with a KV buffer shared between past and present; this graph concatenates past and present instead (GenAI's
-default `past_present_share_buffer: false`), which copies the KV cache once per step: docs say so.
+default `past_present_share_buffer: false`), which copies the KV cache once per step: the README says so.
 
 llama.cpp's conventions, followed exactly:
 * rope: the llama architecture is LLAMA_ROPE_TYPE_NORM, which rotates ADJACENT pairs (x[2i], x[2i+1]) by
@@ -49,9 +51,10 @@ CONFIG_FILE = "genai_config.json"
 INFO_FILE = "devicelab.json"  # what the runner reports of the model (n_params, quant, …): not read by GenAI
 # GGML tensor types this converter reads, and the quant each stands for in devicelab's names.
 FLOAT_TYPES = {0: "F32", 1: "F16"}
-# What the graph stores: float32 weights only. F16 weights would not run as F16 on the host's CPU (ONNX Runtime's CPU
-# execution provider has no float16 MatMul kernel on x86-64: it inserts casts and computes float32), so an F16 row
-# would be F32's speed under F16's name; an F16 *file* is converted losslessly to float32 for the F32 row.
+# What the graph stores: float32 weights only. F16 weights would not run as F16 on the host's CPU: ONNX Runtime's CPU
+# execution provider has no float16 MatMul kernel on x86-64, so it inserts casts around the MatMul and folds the
+# weight back to float32 (seen in its optimized graph), and an F16 row would be F32's speed under F16's name. An F16
+# *file* is converted losslessly to float32 for the F32 row.
 QUANTS = ("F32",)
 
 

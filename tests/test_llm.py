@@ -337,7 +337,10 @@ def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], 
     code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), "--report",
                                str(tmp_path / "report.html"), env=env)
     assert code == 0, err
-    rows = data["results"]
+    genai = [r for r in data["results"] if r["engine"] == "ortgenai"]  # F32 only: its other quants are unsupported
+    assert sorted((r["ext"]["llm"]["quant"], r["status"]) for r in genai) == \
+        sorted([("F32", OK)] * 4 + [(q, "unsupported") for q in ("F16", "Q8_0", "Q4_0") for _ in range(4)])
+    rows = [r for r in data["results"] if r["engine"] != "ortgenai"]
     assert len(rows) == 16 and all(r["status"] == OK for r in rows), [r.get("reason") for r in rows]
     assert {(r["ext"]["llm"]["quant"], r["threads"]) for r in rows} == \
         {(q, t) for q in ("F32", "F16", "Q8_0", "Q4_0") for t in (1, 2)}

@@ -23,10 +23,9 @@ from typing import Any
 
 from devicelab.engines.base import Engine, PreparedModel, SourceModel, UnsupportedError
 
-CONVERTED = ("F32",)
 WHY_NOT: dict[str, str] = {
     "F16": ("ortgenai runs F32 only here: ONNX Runtime's CPU execution provider has no float16 MatMul kernel on "
-            "x86-64 (it would insert casts and compute float32), so F16 weights would be F32's speed under F16's name"),
+            "x86-64 (it inserts casts and computes float32), so F16 weights would be F32's speed under F16's name"),
     "Q8_0": ("ortgenai has no Q8_0 model: devicelab's converter writes float32 ONNX graphs only (GGML's Q8_0 blocks "
              "would need ORT's MatMulNBits with 8-bit blocks of 32, not written)"),
     "Q4_0": ("ortgenai has no Q4_0 model: devicelab's converter writes float32 ONNX graphs only (GGML's Q4_0 would map "
@@ -65,7 +64,7 @@ class OrtGenAIEngine(Engine):
         runner turns it into an `unsupported` row; a file this converter refuses says why the same way)."""
         from devicelab import ortgenai_convert as conv
 
-        if quant not in CONVERTED:
+        if quant not in conv.QUANTS:
             return PreparedModel(model.path, options={UNSUPPORTED_OPTION: WHY_NOT.get(quant, f"quant {quant}")})
         try:
             conv.file_float_type(model.path)
