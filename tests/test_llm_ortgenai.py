@@ -17,7 +17,7 @@ import yaml
 from devicelab import llm, ortgenai_convert, zoo_llm
 from devicelab.engines.base import SourceModel
 from devicelab.engines.ortgenai import ENGINE as ORTGENAI
-from devicelab.engines.ortgenai import GenAISession
+from devicelab.engines.ortgenai import WHY_NOT, GenAISession
 from helpers import FAST_PROTOCOL, run_json
 
 pytest.importorskip("onnxruntime_genai", reason="the test extra installs onnxruntime-genai")
@@ -121,25 +121,43 @@ def test_the_converted_decoder_matches_an_independent_llama_with_and_without_pas
     assert (np.array(got).argmax(1) == ref.argmax(1)).all()
 
 
-def test_a_quantized_or_foreign_gguf_is_refused_with_the_reason(tmp_path: Path, tiny: zoo_llm.LlmModel) -> None:
+def _quantized_gguf(path: Path) -> Path:
+    """A small GGUF language model (a real tokenizer section) whose embedding is Q8_0, quantized by gguf-py."""
     import gguf
 
-    path = tmp_path / "q8.gguf"
+    n_vocab = 64
     w = gguf.GGUFWriter(str(path), "llama")
-    data = np.random.default_rng(0).normal(size=(4, 64)).astype(np.float32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([b"<unk>", b"<s>", b"</s>", *(f"t{i}".encode() for i in range(3, n_vocab))])
+    w.add_token_types([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
+                       *([gguf.TokenType.NORMAL] * (n_vocab - 3))])
+    data = np.random.default_rng(0).normal(size=(n_vocab, 64)).astype(np.float32)
     w.add_tensor("token_embd.weight", gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
                  raw_dtype=gguf.GGMLQuantizationType.Q8_0)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    prepared = ORTGENAI.prepare_llm(SourceModel("q8", path, "ab" * 32, ()), "F32", tmp_path / "converted")
-    assert prepared.options["unsupported"].startswith("q8: tensor token_embd.weight is Q8_0: ortgenai converts F32 or "
-                                                      "F16 GGUF files only")
-    assert not (tmp_path / "converted").exists()  # nothing half-written
+    return path
+
+
+def test_a_quantized_gguf_and_the_quants_not_converted_are_unsupported_rows(env: dict[str, str], tmp_path: Path,
+                                                                            tiny: zoo_llm.LlmModel) -> None:
+    q8 = _quantized_gguf(tmp_path / "q8.gguf")
+    raw = {"models": [{"path": str(q8), "name": "mine"}], "threads": [1],
+           "llm": {"prompt_tokens": 8, "gen_tokens": 2, "quant": ["F32"]}}
+    code, data, err = run_json("run", "--suite", str(_suite(tmp_path, **raw)), env=env)
+    assert code == 0, err
+    (row,) = data["results"]
+    assert row["status"] == "unsupported", row
+    assert row["reason"] == ("mine: tensor token_embd.weight is Q8_0: ortgenai converts F32 or F16 GGUF files only "
+                             "(a quantized file would be dequantized, which is not that quantization's speed or "
+                             "accuracy)")
+    assert row["ext"]["llm"] == {"quant": "F32", "prompt_tokens": 8, "gen_tokens": 2, "context_depth": 0}
+    assert not list((Path(env["DEVICELAB_DATA"]) / "converted" / "ortgenai").glob("q8-*"))  # nothing half-written
     for quant in ("F16", "Q8_0", "Q4_0", "Q4_K"):
         why = ORTGENAI.prepare_llm(SourceModel("llama-tiny", tiny.path, tiny.sha256, ()), quant, tmp_path).options
-        assert why["unsupported"] == __import__("devicelab.engines.ortgenai", fromlist=["x"]).WHY_NOT[quant]
+        assert why["unsupported"] == WHY_NOT[quant]
 
 
 # ---- the runner's greedy path is GenAI's own
@@ -198,8 +216,7 @@ def test_devicelab_run_gives_ok_rows_with_ext_llm_at_1_and_2_threads(env: dict[s
         assert x["n_ctx"] == x["context_depth"] + 16 + 4
         assert x["drift"]["steps"] == 5
     q4 = [r for r in rows if r["status"] != "ok"]
-    assert all(r["status"] == "unsupported" and r["reason"] == __import__(
-        "devicelab.engines.ortgenai", fromlist=["x"]).WHY_NOT["Q4_0"] for r in q4), q4
+    assert all(r["status"] == "unsupported" and r["reason"] == WHY_NOT["Q4_0"] for r in q4), q4
 
 
 # ---- engines against each other at F32: ONNX Runtime GenAI against llama.cpp
