@@ -207,9 +207,13 @@ def test_devicelab_run_gives_ok_rows_with_ext_llm_at_1_and_2_threads(env: dict[s
     ok = [r for r in rows if r["status"] == "ok"]
     assert len(rows) == 8 and len(ok) == 4, [(r["status"], r.get("reason")) for r in rows]
     assert {(r["threads"], r["ext"]["llm"]["context_depth"]) for r in ok} == {(1, 0), (1, 32), (2, 0), (2, 32)}
+    from importlib.metadata import version
+
+    # the wheel, the ONNX Runtime it runs on and the converter that wrote the graph: each starts a new series
+    series = f"{version('onnxruntime-genai')}+ort{version('onnxruntime')}+dlconv{ortgenai_convert.CONVERTER_VERSION}"
     for r in ok:
         x = r["ext"]["llm"]
-        assert r["engine"] == "ortgenai" and r["protocol"]["runner_protocol"] == 3
+        assert r["engine"] == "ortgenai" and r["protocol"]["runner_protocol"] == 3 and r["engine_version"] == series
         assert x["ttft_s"]["median"] > 0 and x["prefill_tps"]["median"] > 0 and x["decode_tps"]["median"] > 0
         assert len(r["samples_s"]) == x["requests"] and len(x["token_s"]["samples"]) == 4 * x["requests"]
         assert x["n_vocab"] == 512 and x["model_quant"] == "F32" and x["kv_type"] == "f32"

@@ -50,11 +50,20 @@ class OrtGenAIEngine(Engine):
                    "int8": "ortgenai's weight type is the config's llm.quant; precision stays fp32"}
 
     def version(self) -> str | None:
+        import importlib.metadata
+
         from devicelab.ortgenai_convert import CONVERTER_VERSION
 
         base = super().version()
-        # The converter writes the graph GenAI runs: a new converter starts a new series, as a new wheel does.
-        return f"{base}+dlconv{CONVERTER_VERSION}" if base else None
+        if not base:
+            return None
+        try:
+            ort = importlib.metadata.version("onnxruntime")
+        except importlib.metadata.PackageNotFoundError:
+            ort = "none"
+        # GenAI runs on the onnxruntime package's library, and the converter writes the graph it runs: a new
+        # onnxruntime or a new converter starts a new series, as a new wheel does.
+        return f"{base}+ort{ort}+dlconv{CONVERTER_VERSION}"
 
     def prepare(self, model: SourceModel, precision: str, cache_dir: Path) -> PreparedModel:
         raise UnsupportedError("ortgenai runs GGUF language models only (an `llm:` suite)")
