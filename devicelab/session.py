@@ -284,7 +284,9 @@ class _Attempt:
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
         self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
-        self.peak_before_profile = False  # the runner's own peak was read before a profiling pass in its process
+        # Untimed passes the runner made in its process after reading its own peak (a profiling pass, the accuracy
+        # pass): dlprobe's ru_maxrss covers them, the runner's figure is the timed run's.
+        self.peak_before: list[str] = []
         # The device's state once timing was over, read before a profiling pass (None: no pass, or not read): the
         # row's state_after and `throttled` are the timed run's, not the profiler's.
         self.state_timed: dict[str, Any] | None = None
@@ -643,9 +645,13 @@ class _Attempt:
         peak = byte_count(done, "peak_rss_bytes")
         # The runner's own peak is the timed run's when it read it before a profiling pass in the same process: the
         # host runner says so (`peak_rss_before_profile`); dlbench reads it at stop, before its layer_times passes.
-        self.peak_before_profile = peak is not None and (done.get("peak_rss_before_profile") is True or (
-            self.cfg.engine == "dlbench" and self.s.profile))
-        when = "before its profiling pass" if self.peak_before_profile else "at stop"
+        # Both runners read their peak at stop, before the accuracy pass (its inputs run after timing, in the same
+        # process), so that pass is never in it either.
+        self.peak_before = [] if peak is None else [
+            *(["profiling pass"] if done.get("peak_rss_before_profile") is True or (
+                self.cfg.engine == "dlbench" and self.s.profile) else []),
+            *(["accuracy pass"] if self.accuracy_pass and done.get("outputs_sha256") else [])]
+        when = f"before its {' and '.join(self.peak_before)}" if self.peak_before else "at stop"
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
                 "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
@@ -923,12 +929,13 @@ class _Attempt:
 
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
-        if report is not None and self.peak_before_profile and peak:
-            # dlprobe's ru_maxrss covers the runner's whole life, its profiling pass included (a second session of the
-            # model): the timed run's peak is the runner's own, read before that pass; ru_maxrss stays in
-            # protocol.dlprobe.
-            method = (f"{method or 'VmHWM'} of the runner process before its profiling pass (dlprobe's wait4 "
-                      "ru_maxrss, in protocol.dlprobe, includes the profiling pass) (RSS before load: the runner's "
+        if report is not None and self.peak_before and peak:
+            # dlprobe's ru_maxrss covers the runner's whole life, its untimed passes included (a profiling pass's
+            # second session of the model, the accuracy inputs): the timed run's peak is the runner's own, read
+            # before them; ru_maxrss stays in protocol.dlprobe.
+            passes = " and ".join(self.peak_before)
+            method = (f"{method or 'VmHWM'} of the runner process before its {passes} (dlprobe's wait4 "
+                      f"ru_maxrss, in protocol.dlprobe, includes the {passes}) (RSS before load: the runner's "
                       "VmRSS before the model loads)")
         elif report is not None:
             peak, method, note = native.peak_memory(report, peak, method)
