@@ -22,6 +22,19 @@ def not_converted(run_id: str, config: Config, reason: str) -> Result:
     return _row(run_id, config, FAILED, reason)
 
 
+class Unsupported(str):
+    """A reason found while preparing a config's model that makes its row `unsupported`, not `failed`: the engine
+    cannot make this variant of the model (e.g. llamacpp asked for Q8_0 of a Q4_0 file), which the plan could not
+    know without reading the file."""
+
+
+def not_prepared(run_id: str, config: Config, reason: str) -> Result:
+    """A config whose model the engine did not prepare: `unsupported` when it said it cannot (an Unsupported
+    reason), else `failed` (its converter failed)."""
+    return unsupported(run_id, config, reason) if isinstance(reason, Unsupported) else \
+        not_converted(run_id, config, reason)
+
+
 def device_gone(run_id: str, config: Config, reason: str) -> Result:
     """The device could not be reached before the config started (or its farm worker was lost with it)."""
     return _row(run_id, config, INFRA_FAILED, f"device {config.device}: {reason}")
