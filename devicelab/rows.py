@@ -4,12 +4,16 @@ not convert (failed), its device was gone before it started or a farm worker was
 
 from __future__ import annotations
 
+from devicelab import llm
 from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Config, Result, utc_now
 
 
 def _row(run_id: str, config: Config, status: str, reason: str) -> Result:
     now = utc_now()
-    return Result.for_config(run_id, config, status, reason=reason, started_at=now, finished_at=now)
+    # An LLM config's row says which request it was, as the session's rows do (ext.llm: the workload alone).
+    w = llm.workload_from_key(config.workload)
+    return Result.for_config(run_id, config, status, reason=reason, started_at=now, finished_at=now,
+                             ext={"llm": w.to_dict()} if w is not None else {})
 
 
 def unsupported(run_id: str, config: Config, reason: str) -> Result:
