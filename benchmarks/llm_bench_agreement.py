@@ -39,8 +39,8 @@ llama-context.cpp's llama_context_default_params, llama-model.cpp's llama_model_
                        poll 50, strict_cpu false, prio 0, cpumask   cpu_strict false, poll 50, prio NORMAL (0)
                        all zero (inherit the pinned mask)
     model loading      llama_model_default_params(): load_mode     load_mode AUTO, lazy_mode AUTO (its defaults),
-                       AUTO, lazy_mode AUTO (the library's mmap      use_extra_bufts = the library default (true)
-                       choice), use_extra_bufts true (repack)
+                       AUTO (= mmap: llama-model-loader.cpp),       use_extra_bufts = the library default (true)
+                       lazy_mode AUTO, use_extra_bufts true (repack)
     n_gpu_layers       0                                            -1 — no effect here: the build has no GPU backend,
                                                                     so every layer is on the CPU (llama-model.cpp:
                                                                     act_gpu_layers = 0 without devices)
