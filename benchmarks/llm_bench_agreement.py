@@ -139,8 +139,8 @@ def main() -> None:
         data = devicelab_run(path, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})
     bench, mine = pairs(data["results"], depth, rounds)
     for i, (b, m) in enumerate(zip(bench, mine, strict=True)):
-        print(f"round {i + 1}: llama-bench {1 / statistics.median(b):.1f} tok/s, devicelab {1 / statistics.median(m):.1f} "
-              f"tok/s, ratio {statistics.median(b) / statistics.median(m):.4f}")
+        print(f"round {i + 1}: llama-bench {1 / statistics.median(b):.1f} tok/s, "
+              f"devicelab {1 / statistics.median(m):.1f} tok/s, ratio {statistics.median(b) / statistics.median(m):.4f}")
     print(f"run {data['run_id']}: {time.monotonic() - started:.0f} s")
     ratio_t, ci_t = paired_ratio(bench, mine)  # devicelab/llama-bench of seconds per token
     ratio = 1 / ratio_t

@@ -931,8 +931,8 @@ class _Attempt:
         job, w = self.job, self.job.workload
         assert w is not None and job.llm is not None
         if job.reference is None:
-            self.notes.append(f"accuracy drift: no {llm.REFERENCE_QUANT} logits of {self.cfg.engine} for this model and "
-                              f"prompt on this device, and no {llm.REFERENCE_QUANT} variant to run: not compared")
+            self.notes.append(f"accuracy drift: no {llm.REFERENCE_QUANT} logits of {self.cfg.engine} for this model "
+                              f"and prompt on this device, and no {llm.REFERENCE_QUANT} variant to run: not compared")
             return
         with llm_logits.locked(f"{key}-{llm.REFERENCE_QUANT}"):
             if llm_logits.logits_path(key, llm.REFERENCE_QUANT).is_file():

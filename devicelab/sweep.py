@@ -404,7 +404,8 @@ class Executor:
         prepare_llm = getattr(engine, "prepare_llm", None)
         where = paths.data_dir() / "converted" / cfg.engine
         try:
-            prepared = prepare_llm(source, workload.quant, where) if prepare_llm is not None else PreparedModel(source.path)
+            prepared = prepare_llm(source, workload.quant, where) if prepare_llm is not None \
+                else PreparedModel(source.path)
             payload = llm.runner_payload(INPUT_SEED, workload, llm.vocab(source.path))
         except UnsupportedError as e:
             return rows.Unsupported(str(e))

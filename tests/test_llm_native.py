@@ -356,11 +356,12 @@ def test_devicelab_run_of_llamacpp_on_the_emulated_phone(llm_host: dict[str, Any
     there (under qemu) with protocol v3. Ok rows with ext.llm; the quantized one has its drift against F32 whatever
     the order (the F32 reference pass runs on the phone when needed). Timings under qemu mean nothing: not looked at."""
     inventory = tmp_path / "devices.yaml"
-    inventory.write_text(yaml.safe_dump({"devices": [{"id": "emu-phone", "kind": "android", "address": phone.address}]}))
+    inventory.write_text(yaml.safe_dump({"devices": [{"id": "emu-phone", "kind": "android",
+                                                      "address": phone.address}]}))
     suite = tmp_path / "s.yaml"
     suite.write_text(yaml.safe_dump({
-        "name": "llm-phone", "models": ["llama-tiny"], "engines": ["llamacpp"], "threads": [1], "devices": ["emu-phone"],
-        "seed": 4, "llm": {"prompt_tokens": 8, "gen_tokens": 4, "quant": ["F32", "Q8_0"]},
+        "name": "llm-phone", "models": ["llama-tiny"], "engines": ["llamacpp"], "threads": [1],
+        "devices": ["emu-phone"], "seed": 4, "llm": {"prompt_tokens": 8, "gen_tokens": 4, "quant": ["F32", "Q8_0"]},
         "protocol": {**FAST_PROTOCOL, "min_iterations": 2, "max_iterations": 3, "accuracy_inputs": 0,
                      "cooldown_timeout_seconds": 20}}))
     code, data, err = run_json("run", "--suite", str(suite), "--devices", str(inventory), env=cli_env(env, server))
