@@ -1,119 +1,147 @@
 #!/usr/bin/env python3
-"""devicelab's llama.cpp decode speed (dlllm, runner protocol v3) against llama-bench's, same model, same build.
+"""devicelab's llama.cpp decode speed against llama-bench's: both through the controller, one `devicelab run`.
 
-Both programs come from one `devicelab build-native --target host --llm` (the same libllama, ggml and flags), run on
-the same model file, one thread, pinned to the same CPU, alternating process by process (round i runs one of each,
-the order swapped every round) so drift and heat hit both alike:
+The suite, as a user would write it (one build of `devicelab build-native --target host --llm`: the same libllama,
+ggml and flags for both programs; the same model file; one thread, pinned by dlprobe to the same CPU):
 
-* llama-bench `-m MODEL -p 0 -n G -d D -t 1 -r REPS -o json`: one generation test of G tokens after D tokens of
-  depth; its samples_ts are tokens/s per repetition.
-* dlllm with depth D-1 and a prompt of one token, then G decode steps: its decode steps sit at the same KV positions
-  (D .. D+G-1) as llama-bench's, in a context of the same size (D+G); one untimed warmup request, then REPS requests;
-  a request's decode tokens/s is G / (sum of its G token times).
+    models: [MODEL]
+    engines: [llamacpp, tool:llama-bench]     # dlllm (runner protocol v3) and llama-bench as it is
+    threads: [1]
+    affinity: [big]
+    llm: {prompt_tokens: 1, gen_tokens: G, context_depth: [D-1, D], quant: [QUANT]}
+    repeats: R                                # a round runs every config once, in a seeded shuffled order
+    protocol: {min_iterations: N, max_iterations: N, tool_iterations: N, ...}
 
-Prints each round's medians, and on its last line the ratio devicelab/llama-bench of decode tokens/s with its 95 % CI
-(the round as the unit, as `compare` pairs two labels of one run: benchmarks/_common.paired_ratio). Run it on an
-otherwise idle machine.
+**The same KV positions.** llama-bench's generation test (`-n G -d D`) decodes G tokens at positions D .. D+G-1 after
+D tokens of depth, in a context of n_prompt + n_gen + n_depth = 0 + G + D tokens. A devicelab request decodes its
+depth, then its P prompt tokens, then G tokens at D'+P .. D'+P+G-1 (context D'+P+G). So the pair compared in each
+round is **llamacpp at depth D-1 with P = 1** (its prompt token sits at D-1; its decode steps at D .. D+G-1, context
+D+G) against **tool:llama-bench at depth D** (its `-p 1` prompt test is not used). A suite's `llm:` applies to every
+engine, so the run also has llamacpp at D and llama-bench at D-1: those rows are not paired (about half the run's time).
 
-usage: python benchmarks/llm_bench_agreement.py [ROUNDS] [MODEL] [QUANT] [DEPTH] [GEN] [REPS] [CPU]
-       (defaults 6, llama-tiny, F32, 128, 64, 5, the last CPU)
+**Why llama-bench through the controller** (the `tool:llama-bench` engine) rather than run directly: both programs
+then start the same way (a fresh process per config, exec'd by dlprobe after sched_setaffinity to the same CPU), every
+round holds one process of each, and the plan's shuffle alternates their order round by round, as `compare` pairs two
+labels of one run. llama-bench still times itself (its JSON `samples_ns`, one per repetition of its tg test).
+
+**Their settings, read in llama.cpp 0c1e57098** (the llama-cpp-python 0.3.36 sdist's vendor/llama.cpp: dlllm's
+native/llm/dlllm.cpp against llama-bench.cpp's cmd_params_defaults, to_llama_mparams, to_llama_cparams, test_gen and
+llama-context.cpp's llama_context_default_params, llama-model.cpp's llama_model_default_params):
+
+    setting            dlllm                                       llama-bench (defaults; -t 1)
+    n_ctx              depth + P + G = (D-1) + 1 + G = D + G        n_prompt + n_gen + n_depth = 0 + G + D
+                       (libllama pads both alike: ext.llm.n_ctx is the padded size, 256 for D 128, G 32)
+    n_batch / n_ubatch 2048 / 512                                   2048 / 512
+    flash_attn         LLAMA_FLASH_ATTN_TYPE_AUTO                   LLAMA_FLASH_ATTN_TYPE_AUTO
+    type_k / type_v    F16 / F16                                    F16 / F16
+    threads            cparams n_threads = n_threads_batch = 1      llama_set_n_threads(ctx, 1, 1) in test_gen
+    thread pool        ggml_threadpool_params_default(1):           the same, then cpumask from "0x0" (all zero),
+                       poll 50, strict_cpu false, prio 0, cpumask   cpu_strict false, poll 50, prio NORMAL (0)
+                       all zero (inherit the pinned mask)
+    model loading      llama_model_default_params(): load_mode     load_mode AUTO, lazy_mode AUTO (its defaults),
+                       AUTO (= mmap: llama-model-loader.cpp),       use_extra_bufts = the library default (true)
+                       lazy_mode AUTO, use_extra_bufts true (repack)
+    n_gpu_layers       0                                            -1 — no effect here: the build has no GPU backend,
+                                                                    so every layer is on the CPU (llama-model.cpp:
+                                                                    act_gpu_layers = 0 without devices)
+    offload_kqv, op_offload   true, true (defaults)                 !no_kv_offload = true, !no_op_offload = true
+    swa_full           true (default)                               false — no effect: a Llama model has no SWA layer
+    embeddings         false                                        false
+    warmup             the controller's, whole requests (>= 1)      one untimed generated token
+    depth              decoded each request after                   decoded once, its state saved and restored
+                       llama_memory_clear(data=true), untimed       before each repetition, untimed
+    decode call        llama_decode(llama_batch_get_one(&t, 1)):    llama_process(DECODE) of a reused common_batch of
+                       a llama_batch_ext allocated per call          one token with its logits on
+    timed span         each step's decode + llama_synchronize,      the G steps as one span, std::rand() and the
+                       summed (argmax and logits copy outside)      batch refill inside
+
+The last three rows differ: they cost microseconds per token, which matters only for a model whose decode step is
+that short (llama-tiny: ~0.1-0.3 ms); llama-100m's steps take milliseconds.
+
+Prints each round's medians; on its last line the ratio devicelab/llama-bench of decode tokens/s with its 95 % CI,
+the round as the unit (benchmarks/_common.paired_ratio, as `compare` pairs two labels of one run). Run it on an
+otherwise idle machine, with the DEVICELAB_DATA that holds the host --llm build (the zoo's quantized files are made
+there on first use).
+
+usage: python benchmarks/llm_bench_agreement.py [ROUNDS] [MODEL] [QUANT] [DEPTH] [GEN] [REQUESTS]
+       (defaults 10, llama-100m, Q4_0, 128, 32, 10)
 """
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine, paired_ratio
+import yaml
+from _common import devicelab_run, machine, paired_ratio
 
-from devicelab import native_llm, paths, zoo_llm
-from devicelab.engines.llamacpp import host_quantizer
-
-
-def pinned(cpu: int) -> Any:
-    return lambda: os.sched_setaffinity(0, {cpu})
+from devicelab import native_llm
 
 
-def run_llama_bench(binary: Path, model: Path, depth: int, gen: int, reps: int, cpu: int) -> list[float]:
-    """Per-repetition decode seconds per token (1 / samples_ts)."""
-    argv = [str(binary), "-m", str(model), "-p", "0", "-n", str(gen), "-d", str(depth), "-t", "1", "-r", str(reps),
-            "--delay", "0", "-o", "json"]
-    p = subprocess.run(argv, capture_output=True, text=True, preexec_fn=pinned(cpu), timeout=3600)
-    if p.returncode != 0:
-        raise SystemExit(f"llama-bench failed ({p.returncode}): {p.stderr[-1000:]}")
-    [test] = [t for t in json.loads(p.stdout[p.stdout.find("["):]) if t["n_gen"] == gen]
-    return [1.0 / float(ts) for ts in test["samples_ts"]]
+def suite(model: str, quant: str, depth: int, gen: int, requests: int, rounds: int) -> dict[str, Any]:
+    return {"name": "llm-bench-agreement", "models": [model], "engines": ["llamacpp", "tool:llama-bench"],
+            "threads": [1], "affinity": ["big"], "repeats": rounds, "seed": 1,
+            "llm": {"prompt_tokens": 1, "gen_tokens": gen, "context_depth": [depth - 1, depth], "quant": [quant]},
+            # N requests a llamacpp config, N repetitions a llama-bench one; no time cap cuts a side short.
+            "protocol": {"min_iterations": requests, "max_iterations": requests, "min_seconds": 0.0,
+                         "max_seconds": 3600.0, "tool_iterations": requests, "accuracy_inputs": 0,
+                         "timeout_seconds": 3600.0}}
 
 
-def run_dlllm(binary: Path, model: Path, depth: int, gen: int, reps: int, cpu: int, folder: Path,
-              n_vocab: int) -> list[float]:
-    """Per-request decode seconds per token (sum of the G token times / G)."""
-    first = zoo_llm.first_plain_token()
-    ids = [first + (7919 * i) % (n_vocab - first) for i in range(depth)]
-    cfg = {"model": str(model), "threads": 1, "cpus": [cpu], "warmup": {"by": "controller"},
-           "llm": {"depth": ids[:depth - 1], "prompt": ids[depth - 1:depth] or [first], "gen_tokens": gen, "seed": 0}}
-    path = folder / "config.json"
-    path.write_text(json.dumps(cfg))
-    commands = json.dumps({"cmd": "warmup", "iterations": 1}) + "\n" + json.dumps(
-        {"cmd": "run", "iterations": reps}) + "\n" + json.dumps({"cmd": "stop"}) + "\n"
-    p = subprocess.run([str(binary), str(path)], input=commands, capture_output=True, text=True, timeout=3600)
-    if p.returncode != 0:
-        raise SystemExit(f"dlllm failed ({p.returncode}): {p.stdout[-500:]} {p.stderr[-1000:]}")
-    events = [json.loads(line) for line in p.stdout.splitlines() if line.strip()]
-    batches = [i for i, e in enumerate(events) if e["event"] == "batch"]
-    timed = events[batches[0] + 1:batches[1]]  # after the warmup batch
-    out: list[float] = []
-    tokens: list[float] = []
-    for e in timed:
-        if e["event"] == "prefill":
-            tokens = []
-        elif e["event"] == "token":
-            tokens.append(float(e["s"]))
-        elif e["event"] == "iter":
-            out.append(sum(tokens) / len(tokens))
-    return out
+def pairs(rows: list[dict[str, Any]], depth: int, rounds: int) -> tuple[list[list[float]], list[list[float]]]:
+    """(llama-bench's samples, devicelab's) per round: decode seconds per token, llamacpp at D-1, llama-bench at D."""
+    bad = [f"{r['engine']} D{r['ext']['llm']['context_depth']} repeat {r['repeat']}: {r['status']}: {r.get('reason')}"
+           for r in rows if r["status"] != "ok"]
+    if bad:
+        raise SystemExit("not every config ran: " + "; ".join(bad))
+    mine = {r["repeat"]: r for r in rows if r["engine"] == "llamacpp" and r["ext"]["llm"]["context_depth"] == depth - 1}
+    bench = {r["repeat"]: r for r in rows if r["engine"] == "tool:llama-bench"
+             and r["ext"]["llm"]["context_depth"] == depth}
+    if sorted(mine) != list(range(rounds)) or sorted(bench) != list(range(rounds)):
+        raise SystemExit(f"expected one llamacpp (D-1) and one llama-bench (D) row per round; got {sorted(mine)}, "
+                         f"{sorted(bench)}")
+    for i in range(rounds):
+        a, b = mine[i], bench[i]
+        if a["cpus"] != b["cpus"] or a["threads"] != 1 or b["threads"] != 1:
+            raise SystemExit(f"round {i + 1}: not the same single CPU: {a['cpus']} vs {b['cpus']}")
+        if (a["ext"]["llm"]["prompt_tokens"], a["ext"]["llm"]["context_depth"]) != (1, depth - 1):
+            raise SystemExit(f"round {i + 1}: llamacpp ran {a['workload']}, not P=1 at depth D-1")
+        argv = b["protocol"]["tool"]["argv"]
+        if argv[argv.index("-d") + 1] != str(depth) or argv[argv.index("-t") + 1] != "1":
+            raise SystemExit(f"round {i + 1}: llama-bench ran as {argv}")
+    return [bench[i]["samples_s"] for i in range(rounds)], [mine[i]["samples_s"] for i in range(rounds)]
 
 
 def main() -> None:
     args = sys.argv[1:]
-    rounds = int(args[0]) if len(args) > 0 else 6
-    name = args[1] if len(args) > 1 else "llama-tiny"
-    quant = args[2] if len(args) > 2 else "F32"
+    rounds = int(args[0]) if len(args) > 0 else 10
+    model = args[1] if len(args) > 1 else "llama-100m"
+    quant = args[2] if len(args) > 2 else "Q4_0"
     depth = int(args[3]) if len(args) > 3 else 128
-    gen = int(args[4]) if len(args) > 4 else 64
-    reps = int(args[5]) if len(args) > 5 else 5
-    cpu = int(args[6]) if len(args) > 6 else max(os.sched_getaffinity(0))
-    if depth < 1:
-        raise SystemExit("DEPTH: must be >= 1 (dlllm's prompt token takes position D-1)")
+    gen = int(args[4]) if len(args) > 4 else 32
+    requests = int(args[5]) if len(args) > 5 else 10
+    if depth < 1 or gen < 1 or rounds < 1 or requests < 1:
+        raise SystemExit("ROUNDS, GEN and REQUESTS must be >= 1, DEPTH >= 1 (dlllm's prompt token takes position D-1)")
     build = native_llm.registered("host")
     if build is None or "llama-bench" not in build.artifacts:
         raise SystemExit("run `devicelab build-native --target host --llm` first (same DEVICELAB_DATA)")
-    model = zoo_llm.llm_model(name, quant, paths.zoo_dir() / "llm",
-                              None if quant == "F32" else host_quantizer())
-    print(f"machine: {machine()}; {build.version}; model {name} {quant} ({model.bytes} bytes); "
-          f"D={depth} G={gen} t=1 cpu {cpu}; {rounds} rounds x {reps} repetitions")
-    bench: list[list[float]] = []
-    mine: list[list[float]] = []
+    print(f"machine: {machine()}; {build.version}; model {model} {quant}; llama-bench D={depth} vs llamacpp "
+          f"D={depth - 1} P=1; G={gen}; 1 thread; {rounds} rounds x {requests} requests/repetitions", flush=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(rounds):
-            order = ("llama-bench", "devicelab") if i % 2 == 0 else ("devicelab", "llama-bench")
-            got: dict[str, list[float]] = {}
-            for who in order:
-                if who == "llama-bench":
-                    got[who] = run_llama_bench(build.artifacts["llama-bench"], model.path, depth, gen, reps, cpu)
-                else:
-                    got[who] = run_dlllm(build.artifacts["dlllm"], model.path, depth, gen, reps, cpu, Path(tmp),
-                                         model.n_vocab)
-            bench.append(got["llama-bench"])
-            mine.append(got["devicelab"])
-            print(f"round {i + 1}: llama-bench {1 / statistics.median(got['llama-bench']):.1f} tok/s, "
-                  f"devicelab {1 / statistics.median(got['devicelab']):.1f} tok/s")
+        path = Path(tmp) / "agreement.yaml"
+        path.write_text(yaml.safe_dump(suite(model, quant, depth, gen, requests, rounds)))
+        data = devicelab_run(path, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})
+    bench, mine = pairs(data["results"], depth, rounds)
+    for i, (b, m) in enumerate(zip(bench, mine, strict=True)):
+        print(f"round {i + 1}: llama-bench {1 / statistics.median(b):.1f} tok/s, "
+              f"devicelab {1 / statistics.median(m):.1f} tok/s, ratio {statistics.median(b) / statistics.median(m):.4f}")
+    print(f"run {data['run_id']}: {time.monotonic() - started:.0f} s")
     ratio_t, ci_t = paired_ratio(bench, mine)  # devicelab/llama-bench of seconds per token
     ratio = 1 / ratio_t
     ci = (1 / ci_t[1], 1 / ci_t[0]) if ci_t else None

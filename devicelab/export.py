@@ -32,12 +32,20 @@ def frame(results: Sequence[Result]):  # -> pandas.DataFrame
 def export(results: Sequence[Result], fmt: str, path: Path | None) -> str | None:
     """Write to `path` (and return None), or return the text for stdout."""
     if fmt == "json":
-        text = json.dumps([r.to_dict() for r in results], indent=1)
-        if path:
-            path.write_text(text)
-            return None
-        return text + "\n"
-    df = frame(results)
+        return _written(json.dumps([r.to_dict() for r in results], indent=1), path)
+    return _table(frame(results), fmt, path)
+
+
+def _written(text: str, path: Path | None) -> str | None:
+    """JSON to `path` (None returned), or the text for stdout."""
+    if path:
+        path.write_text(text)
+        return None
+    return text + "\n"
+
+
+def _table(df: Any, fmt: str, path: Path | None) -> str | None:
+    """A frame as parquet or csv to `path` (None returned), or csv text for stdout."""
     if fmt == "parquet":
         df.to_parquet(path, index=False)
         return None
@@ -96,16 +104,5 @@ def export_profiles(results: Sequence[Result], fmt: str, path: Path | None) -> s
             if s["profile"] is not None and p is not None:
                 s["profile"]["ops"] = list(p.get("ops") or [])
             items.append(s)
-        text = json.dumps(items, indent=1)
-        if path:
-            path.write_text(text)
-            return None
-        return text + "\n"
-    df = profile_frame(results)
-    if fmt == "parquet":
-        df.to_parquet(path, index=False)
-        return None
-    if path:
-        df.to_csv(path, index=False)
-        return None
-    return df.to_csv(index=False)
+        return _written(json.dumps(items, indent=1), path)
+    return _table(profile_frame(results), fmt, path)

@@ -54,7 +54,7 @@ FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF",
 DEFAULT_JOBS = 2
 # What the dlllm build reads from the package's native sources (its own, and dlbench's shared parts).
 _SOURCES = ("llm/CMakeLists.txt", "llm/dlllm.cpp", "dlbench/json.hpp", "dlbench/digest.hpp", "dlbench/platform.hpp",
-            "dlbench/channel.cpp", "dlbench/platform_linux.cpp")
+            "dlbench/runner.hpp", "dlbench/channel.cpp", "dlbench/platform_linux.cpp")
 X86_FEATURES = ("sse4_2", "avx", "avx2", "fma", "f16c", "bmi2")
 
 

@@ -4,12 +4,16 @@ not convert (failed), its device was gone before it started or a farm worker was
 
 from __future__ import annotations
 
+from devicelab import llm
 from devicelab.result import FAILED, INFRA_FAILED, UNSUPPORTED, Config, Result, utc_now
 
 
 def _row(run_id: str, config: Config, status: str, reason: str) -> Result:
     now = utc_now()
-    return Result.for_config(run_id, config, status, reason=reason, started_at=now, finished_at=now)
+    # An LLM config's row says which request it was, as the session's rows do (ext.llm: the workload alone).
+    w = llm.workload_from_key(config.workload)
+    return Result.for_config(run_id, config, status, reason=reason, started_at=now, finished_at=now,
+                             ext={"llm": w.to_dict()} if w is not None else {})
 
 
 def unsupported(run_id: str, config: Config, reason: str) -> Result:
@@ -20,6 +24,19 @@ def unsupported(run_id: str, config: Config, reason: str) -> Result:
 def not_converted(run_id: str, config: Config, reason: str) -> Result:
     """The engine's converter failed on this model: the engine's message is the reason."""
     return _row(run_id, config, FAILED, reason)
+
+
+class Unsupported(str):
+    """A reason found while preparing a config's model that makes its row `unsupported`, not `failed`: the engine
+    cannot make this variant of the model (e.g. llamacpp asked for Q8_0 of a Q4_0 file), which the plan could not
+    know without reading the file."""
+
+
+def not_prepared(run_id: str, config: Config, reason: str) -> Result:
+    """A config whose model the engine did not prepare: `unsupported` when it said it cannot (an Unsupported
+    reason), else `failed` (its converter failed)."""
+    return unsupported(run_id, config, reason) if isinstance(reason, Unsupported) else \
+        not_converted(run_id, config, reason)
 
 
 def device_gone(run_id: str, config: Config, reason: str) -> Result:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from devicelab import llm, native, opprof, paths, variants
+from devicelab import llm, llm_logits, native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
 from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, PythonStart, ResultExtras,
                                    Sampler, Start, Transport, TransportLostError)
@@ -59,6 +59,9 @@ class Job:
     # An LLM config's request (devicelab.llm.runner_payload: the synthetic prompt's token ids, G, the seed): the
     # runner config's `llm` key. None for every other config.
     llm: dict[str, Any] | None = None
+    # A quantized LLM config's F32 variant of the same model for the same engine (None: none, or not an LLM config):
+    # run once, after this config's timing, when the device has no F32 logits of the prompt yet (_reference_pass).
+    reference: PreparedModel | None = None
 
     @property
     def workload(self) -> llm.LlmWorkload | None:
@@ -284,10 +287,13 @@ class _Attempt:
         self.record: dict[str, Any] = {}  # RunProtocol's fields as they become known
         self.ext: dict[str, Any] = {}
         self.tool_profile: tuple[Any, str | None] = (None, "no profiling run")
-        self.peak_before_profile = False  # the runner's own peak was read before a profiling pass in its process
+        # Untimed passes the runner made in its process after reading its own peak (a profiling pass, the accuracy
+        # pass): dlprobe's ru_maxrss covers them, the runner's figure is the timed run's.
+        self.peak_before: list[str] = []
         # The device's state once timing was over, read before a profiling pass (None: no pass, or not read): the
         # row's state_after and `throttled` are the timed run's, not the profiler's.
         self.state_timed: dict[str, Any] | None = None
+        self.state_timed_before = "the profiling pass"  # what ran after the timed run, before state_timed was read
         self.energy: EnergyResult | None = None
         self.process: Process | None = None
         self.driver: Driver | None = None
@@ -643,9 +649,13 @@ class _Attempt:
         peak = byte_count(done, "peak_rss_bytes")
         # The runner's own peak is the timed run's when it read it before a profiling pass in the same process: the
         # host runner says so (`peak_rss_before_profile`); dlbench reads it at stop, before its layer_times passes.
-        self.peak_before_profile = peak is not None and (done.get("peak_rss_before_profile") is True or (
-            self.cfg.engine == "dlbench" and self.s.profile))
-        when = "before its profiling pass" if self.peak_before_profile else "at stop"
+        # Both runners read their peak at stop, before the accuracy pass (its inputs run after timing, in the same
+        # process), so that pass is never in it either.
+        self.peak_before = [] if peak is None else [
+            *(["profiling pass"] if done.get("peak_rss_before_profile") is True or (
+                self.cfg.engine == "dlbench" and self.s.profile) else []),
+            *(["accuracy pass"] if self.accuracy_pass and done.get("outputs_sha256") else [])]
+        when = f"before its {' and '.join(self.peak_before)}" if self.peak_before else "at stop"
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
                 "median_s": stats.median(m.samples_s), "p90_s": stats.percentile(m.samples_s, 90),
@@ -743,11 +753,12 @@ class _Attempt:
         self.tool_stdout = "\n".join(lines) + "\n"
 
     def _state_before_profile(self) -> None:
-        """The state after timing, before the profiling pass heats the device further (the row's state_after)."""
+        """The state after timing, before the profiling (or F32 reference) pass heats the device further (the row's
+        state_after)."""
         try:
             self.state_timed = self.t.state()
         except OSError as e:
-            self.notes.append(f"state after timing (before the profiling pass) could not be read: {e}")
+            self.notes.append(f"state after timing (before {self.state_timed_before}) could not be read: {e}")
 
     def profile_tool(self) -> None:
         """The profiling pass of an engine's own tool: after its timed run, the tool once more with its per-op flags
@@ -875,9 +886,10 @@ class _Attempt:
             lockstep_with=self.lockstep_with, freq_khz=freq, temp_c=temp, unavailable=unavailable))
 
     def _llm_drift(self, logits: Path) -> None:
-        """Keep this variant's logits (the data folder's `llm-logits/`, by device, engine build, model, prompt and
-        quantization) and compare them with the F32 variant's of the same engine, and, at F32, with every other
-        engine's F32 logits of the same model and prompt (devicelab.llm.drift)."""
+        """Keep this variant's logits (devicelab.llm_logits: by device, engine build, model, prompt and quantization)
+        and compare them with the F32 variant's of the same engine — running that variant once first when this device
+        has none yet (_reference_pass) — and, at F32, with every other engine's F32 logits of the same model and
+        prompt (devicelab.llm.drift)."""
         w, cfg = self.job.workload, self.cfg
         assert w is not None
         n_vocab = self.llm_ready.get("n_vocab")
@@ -886,34 +898,28 @@ class _Attempt:
         except (ValueError, OSError) as e:
             self.notes.append(f"accuracy drift not compared: {e}")
             return
-        folder = paths.data_dir() / "llm-logits"
-        folder.mkdir(parents=True, exist_ok=True)
         profile = self.t.profile_key()
         mine = llm.logits_key(cfg.engine, cfg.label, cfg.engine_version, cfg.model, w, self.job.seed, profile)
-        (folder / f"{mine}-{w.quant}.f32").write_bytes(logits.read_bytes())
+        llm_logits.keep(mine, w.quant, logits)
         record: dict[str, Any] = {"logits_sha256": paths.sha256_file(logits), "steps": int(got.shape[0])}
         if w.quant != llm.REFERENCE_QUANT:
-            ref = folder / f"{mine}-{llm.REFERENCE_QUANT}.f32"
+            ref = llm_logits.logits_path(mine, llm.REFERENCE_QUANT)
+            if not ref.is_file():
+                self._reference_pass(mine)
             if ref.is_file():
                 try:
                     record["vs_f32"] = llm.drift(llm.read_logits(ref, got.shape[1]), got)
                 except ValueError as e:
                     self.notes.append(f"accuracy drift not compared: {e}")
-            else:
-                self.notes.append(f"accuracy drift: no F32 logits of {cfg.engine} for this model and prompt yet "
-                                  "(the F32 variant runs later, or never ran here): not compared")
         else:
             engines = llm.logits_key("*", "", "", cfg.model, w, self.job.seed, profile)
-            index = folder / f"{engines}-engines.json"
-            seen = json.loads(index.read_text()) if index.is_file() else {}
             me = f"{cfg.engine}" + (f" [{cfg.label}]" if cfg.label else "")
-            seen[me] = f"{mine}-{w.quant}.f32"
-            index.write_text(json.dumps(seen))
+            seen = llm_logits.register(engines, me, llm_logits.logits_path(mine, w.quant).name)
             others = {}
             for name, file in sorted(seen.items()):
-                if name != me and (folder / file).is_file():
+                if name != me and (llm_logits.folder() / file).is_file():
                     with contextlib.suppress(ValueError):
-                        others[name] = llm.drift(llm.read_logits(folder / file, got.shape[1]), got)
+                        others[name] = llm.drift(llm.read_logits(llm_logits.folder() / file, got.shape[1]), got)
             if others:
                 record["vs_engines_f32"] = others
             else:
@@ -921,14 +927,50 @@ class _Attempt:
                                   "prompt on this device: not compared")
         self.llm_drift = record
 
+    def _reference_pass(self, key: str) -> None:
+        """This device has no F32 logits of this engine build, model and prompt yet (its F32 config runs later in the
+        shuffled order, ran at another time, or is not in the suite): run the F32 variant now, once — one warmup and
+        one timed request, at this config's threads and CPUs, after this config's timing and with its state after
+        read first — so that drift does not depend on the order configs run in. That pass keeps its logits as any F32
+        row does (in its own _llm_drift), for every later config of the prompt on this device; nothing else of it is
+        kept. One pass per key at a time on this host (a farm's workers share the data folder)."""
+        job, w = self.job, self.job.workload
+        assert w is not None and job.llm is not None
+        if job.reference is None:
+            self.notes.append(f"accuracy drift: no {llm.REFERENCE_QUANT} logits of {self.cfg.engine} for this model "
+                              f"and prompt on this device, and no {llm.REFERENCE_QUANT} variant to run: not compared")
+            return
+        with llm_logits.locked(f"{key}-{llm.REFERENCE_QUANT}"):
+            if llm_logits.logits_path(key, llm.REFERENCE_QUANT).is_file():
+                return  # another worker of this host ran it while this one waited
+            if self.state_timed is None:
+                self.state_timed_before = f"the {llm.REFERENCE_QUANT} reference pass"
+                self._state_before_profile()
+            reference = llm.LlmWorkload(llm.REFERENCE_QUANT, w.prompt_tokens, w.gen_tokens, w.context_depth)
+            once = dataclasses.replace(job.settings, warmup_iterations=1, warmup_seconds=0.0, warmup_min_seconds=0.0,
+                                       min_iterations=1, min_seconds=0.0, max_iterations=1, energy=False,
+                                       profile=False, accuracy_inputs=0)
+            ref_job = dataclasses.replace(job, config=dataclasses.replace(self.cfg, workload=reference.key()),
+                                          prepared=job.reference, reference=None, settings=once, notes=(),
+                                          llm={**job.llm, "quant": llm.REFERENCE_QUANT})
+            (row,) = run_jobs(self.t, [ref_job])
+        if row.status != OK:
+            self.notes.append(f"accuracy drift not compared: the {llm.REFERENCE_QUANT} reference pass was "
+                              f"{row.status}: {row.reason}")
+        else:
+            self.notes.append(f"accuracy drift: this device had no {llm.REFERENCE_QUANT} logits of this model and "
+                              f"prompt, so the {llm.REFERENCE_QUANT} variant ran once after this config's timing (one "
+                              "warmup and one timed request; its logits kept for later configs, its timings not)")
+
     def _memory(self, report: native.ProbeReport | None, peak: int | None, method: str | None) -> None:
         """Peak memory: dlprobe's wait4 ru_maxrss cross-checked with the program's own figure, where dlprobe ran."""
-        if report is not None and self.peak_before_profile and peak:
-            # dlprobe's ru_maxrss covers the runner's whole life, its profiling pass included (a second session of the
-            # model): the timed run's peak is the runner's own, read before that pass; ru_maxrss stays in
-            # protocol.dlprobe.
-            method = (f"{method or 'VmHWM'} of the runner process before its profiling pass (dlprobe's wait4 "
-                      "ru_maxrss, in protocol.dlprobe, includes the profiling pass) (RSS before load: the runner's "
+        if report is not None and self.peak_before and peak:
+            # dlprobe's ru_maxrss covers the runner's whole life, its untimed passes included (a profiling pass's
+            # second session of the model, the accuracy inputs): the timed run's peak is the runner's own, read
+            # before them; ru_maxrss stays in protocol.dlprobe.
+            passes = " and ".join(self.peak_before)
+            method = (f"{method or 'VmHWM'} of the runner process before its {passes} (dlprobe's wait4 "
+                      f"ru_maxrss, in protocol.dlprobe, includes the {passes}) (RSS before load: the runner's "
                       "VmRSS before the model loads)")
         elif report is not None:
             peak, method, note = native.peak_memory(report, peak, method)
@@ -1051,8 +1093,8 @@ class _Attempt:
         # no energy record and no stderr; one that lost its device has no state after either.
         state_after, was_throttled = None, None
         if self.spawned and self.status != INFRA_FAILED and self.state_timed is not None:
-            state_after = self.state_timed  # read after timing, before the profiling pass
-            self.notes.append("state after: read when timing ended, before the profiling pass")
+            state_after = self.state_timed  # read after timing, before the profiling (or F32 reference) pass
+            self.notes.append(f"state after: read when timing ended, before {self.state_timed_before}")
             was_throttled = throttled(self.state_before, state_after, self.cfg.cpus)
         elif self.spawned and self.status != INFRA_FAILED:
             try:

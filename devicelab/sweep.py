@@ -20,7 +20,7 @@ from devicelab import llm, paths, rows, session, zoo, zoo_llm
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
-from devicelab.engines.base import INPUT_SEED
+from devicelab.engines.base import INPUT_SEED, UnsupportedError
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceEntry, DeviceFacts
@@ -394,18 +394,34 @@ class Executor:
     def _llm_job(self, pc: PlannedConfig, source: SourceModel, workload: llm.LlmWorkload) -> Job | str:
         """An LLM config's Job: the GGUF file in the requested quantization (an engine that makes quantized variants
         has `prepare_llm`; any other gets the suite's file as it is, and its runner says whether it holds that
-        quantization) and the synthetic prompt, made here so that every engine sees the same token ids."""
+        quantization) and the synthetic prompt, made here so that every engine sees the same token ids. A quantized
+        config of a runner that writes logits also carries its F32 variant (`Job.reference`): the session runs it once
+        when the device has no F32 logits of the prompt yet, so drift never depends on the order configs run in.
+        A quantization the engine cannot make is an `unsupported` row (rows.Unsupported), any other failure a failed
+        one."""
         cfg = pc.config
         engine = get_engine(cfg.engine)
         prepare_llm = getattr(engine, "prepare_llm", None)
+        where = paths.data_dir() / "converted" / cfg.engine
         try:
-            prepared = prepare_llm(source, workload.quant, paths.data_dir() / "converted" / cfg.engine) \
-                if prepare_llm is not None else PreparedModel(source.path)
+            prepared = prepare_llm(source, workload.quant, where) if prepare_llm is not None \
+                else PreparedModel(source.path)
             payload = llm.runner_payload(INPUT_SEED, workload, llm.vocab(source.path))
+        except UnsupportedError as e:
+            return rows.Unsupported(str(e))
         except Exception as e:  # noqa: BLE001 - a model the engine cannot prepare is a failed row with its message
             return f"{cfg.engine} could not prepare {cfg.model} as {workload.quant}: {type(e).__name__}: {e}"
+        notes = prepared.notes
+        reference: PreparedModel | None = None
+        if workload.quant != llm.REFERENCE_QUANT and not isinstance(engine, ToolEngine):  # a tool keeps no logits
+            try:
+                reference = prepare_llm(source, llm.REFERENCE_QUANT, where) if prepare_llm is not None \
+                    else PreparedModel(source.path)
+            except Exception as e:  # noqa: BLE001 - no reference: the row runs, and says why drift cannot be measured
+                notes = (*notes, f"accuracy drift: {cfg.engine} has no {llm.REFERENCE_QUANT} variant of {cfg.model} to "
+                                 f"compare with ({e})")
         return Job(run_id=self.run_id, config=cfg, source=source, prepared=prepared, settings=self.p.suite.protocol,
-                   options={**prepared.options, **pc.engine_options}, notes=prepared.notes, llm=payload)
+                   options={**prepared.options, **pc.engine_options}, notes=notes, llm=payload, reference=reference)
 
     def _run_group(self, group: list[PlannedConfig], baseline: dict[str, Any]) -> list[Result]:
         """One config (or the A/B labels of one, run together by the session) to Results, after one cooldown."""
@@ -413,7 +429,7 @@ class Executor:
         cooldown = session.cooldown(device, baseline, self.p.suite.protocol)
         made = [self._job(pc) for pc in group]
         # A conversion that failed is a failed row; the others run (together when there are several).
-        results: dict[int, Result] = {k: rows.not_converted(self.run_id, pc.config, m)
+        results: dict[int, Result] = {k: rows.not_prepared(self.run_id, pc.config, m)
                                       for k, (pc, m) in enumerate(zip(group, made, strict=True)) if isinstance(m, str)}
         ready = [(k, m) for k, m in enumerate(made) if not isinstance(m, str)]
         try:

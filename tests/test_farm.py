@@ -820,6 +820,7 @@ def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten
     (client / "runner").write_bytes(b"#!/bin/sh\necho hi\n")
     (client / "runner").chmod(0o755)
     (client / "libx.so").write_bytes(b"library")
+    (client / "f32.gguf").write_bytes(b"GGUF an LLM's F32 reference variant")
     (client / "native" / "android-arm64").mkdir(parents=True)
     (client / "native" / "android-arm64" / "dlprobe").write_bytes(b"probe program")
     (client / "native" / "android-arm64" / "dlprobe").chmod(0o755)
@@ -833,13 +834,15 @@ def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten
     config = Config("phone", "protocol", "", "1", "m", "cd" * 32, 10, "fp32", "cpu", 1, (0,), "big")
     job = Job("run-1", config, SourceModel("m", client / "m.onnx", "cd" * 32, ()),
               PreparedModel(client / "pkg.mlpackage", (), {"weights": str(client / "m.bin")}), ProtocolSettings(),
-              options={"binary": str(client / "runner"), "libraries": [str(client / "libx.so")], "threads": 1})
+              options={"binary": str(client / "runner"), "libraries": [str(client / "libx.so")], "threads": 1},
+              reference=PreparedModel(client / "f32.gguf"))
     store = store_target.open()
     shipment = artifacts.publish(store, [job])
     assert set(shipment.files) == {str(p) for p in (client / "m.onnx", client / "pkg.mlpackage", client / "m.bin",
-                                                    client / "runner", client / "libx.so", probe)}
+                                                    client / "runner", client / "libx.so", client / "f32.gguf",
+                                                    probe)}
     assert artifacts.publish(store, [job]).files == shipment.files  # published again: the same artifacts
-    originals = {name: (client / name).read_bytes() for name in ("m.onnx", "m.bin", "runner", "libx.so")}
+    originals = {name: (client / name).read_bytes() for name in ("m.onnx", "m.bin", "runner", "libx.so", "f32.gguf")}
     weights = (client / "pkg.mlpackage" / "Data" / "weights.bin").read_bytes()
     shutil.rmtree(client)  # the worker's host has none of it
 
@@ -854,6 +857,8 @@ def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten
     assert Path(local.options["binary"]).read_bytes() == originals["runner"] and os.access(local.options["binary"], os.X_OK)
     assert [Path(x).read_bytes() for x in local.options["libraries"]] == [originals["libx.so"]]
     assert local.options["threads"] == 1 and local.config == job.config
+    assert local.reference is not None and local.reference.path.is_relative_to(cache)
+    assert local.reference.path.read_bytes() == originals["f32.gguf"]
     assert native.registered("android-arm64") is None  # the worker's own registry has no build ...
     with native.shipped_builds(builds):  # ... but while the task runs, the client's is the answer
         shipped = native.registered("android-arm64")

@@ -146,7 +146,9 @@ REPLACES = {
     ("devicelab.engines.tool_onnxruntime_perf_test", "run"),
     # a farm worker's copy of a Job (not a Result) with its host's cached paths in place of the client's
     ("devicelab.farm.artifacts", "job"), ("devicelab.farm.artifacts", "job.source"),
-    ("devicelab.farm.artifacts", "job.prepared"),
+    ("devicelab.farm.artifacts", "job.prepared"), ("devicelab.farm.artifacts", "job.reference"),
+    # an LLM config's F32 reference pass (a Job, its config and settings; not a Result): session._reference_pass
+    ("devicelab.session", "job"), ("devicelab.session", "self.cfg"), ("devicelab.session", "job.settings"),
 }
 
 

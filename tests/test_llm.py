@@ -30,11 +30,14 @@ N_VOCAB = 64
 SPECIAL = {0, 1, 2}  # <unk>, <s>, </s>: CONTROL / UNKNOWN tokens
 
 
-def write_gguf(path: Path, n_vocab: int = N_VOCAB) -> Path:
-    """A small GGUF file with a real tokenizer section (the `gguf` package's writer): tokens 0-2 special."""
+def write_gguf(path: Path, n_vocab: int = N_VOCAB, file_type: int | None = None) -> Path:
+    """A small GGUF file with a real tokenizer section (the `gguf` package's writer): tokens 0-2 special;
+    `file_type`: its general.file_type (llama_ftype), when given."""
     import gguf
 
     w = gguf.GGUFWriter(str(path), "llama")
+    if file_type is not None:
+        w.add_file_type(file_type)
     w.add_tokenizer_model("llama")
     w.add_token_list([b"<unk>", b"<s>", b"</s>", *(f"t{i}".encode() for i in range(3, n_vocab))])
     w.add_token_types([gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL,
@@ -134,14 +137,15 @@ FAST = ProtocolSettings(**{**{k: v for k, v in FAST_PROTOCOL.items() if k != "ac
                            "accuracy_inputs": 0})
 
 
-def _job(gguf_file: Path, quant: str = "F32", label: str = "", **options: Any) -> Job:
+def _job(gguf_file: Path, quant: str = "F32", label: str = "", reference: bool = False, **options: Any) -> Job:
     w = llm.LlmWorkload(quant, 8, 4, 16)
     cpu = max(os.sched_getaffinity(0))
     cfg = Config("host", "protocol", label, "sha256:fixture", "tiny", "ab" * 32, gguf_file.stat().st_size, "fp32",
                  "cpu", 1, (cpu,), "big", 0, w.key())
     return Job("run-1", cfg, SourceModel("tiny", gguf_file, "ab" * 32, ()), PreparedModel(gguf_file), FAST,
                options={"binary": str(RUNNER), **options},  # the fixture assumes 64 tokens
-               llm=llm.runner_payload(1, w, llm.vocab(gguf_file)))
+               llm=llm.runner_payload(1, w, llm.vocab(gguf_file)),
+               reference=PreparedModel(gguf_file) if reference else None)  # the fixture writes each quant's logits
 
 
 @pytest.fixture
@@ -193,9 +197,10 @@ def test_a_quant_the_build_lacks_is_an_unsupported_row(host: HostTransport, gguf
 
 
 def test_drift_of_quantized_logits_against_f32(host: HostTransport, gguf_file: Path) -> None:
-    q = run_jobs(host, [_job(gguf_file, "Q4_0", label="first")])[0]
+    q = run_jobs(host, [_job(gguf_file, "Q4_0", label="first")])[0]  # no F32 logits yet, no F32 variant to run
     assert "vs_f32" not in q.ext["llm"].get("drift", {})
-    assert any("no F32 logits of protocol for this model and prompt yet" in n for n in q.notes)
+    assert any("no F32 logits of protocol for this model and prompt on this device, and no F32 variant to run" in n
+               for n in q.notes)
     f32, f16, q4 = (run_jobs(host, [_job(gguf_file, quant)])[0] for quant in ("F32", "F16", "Q4_0"))
     assert f32.ext["llm"]["drift"]["steps"] == 5
     assert any("no other engine's F32 logits" in n for n in f32.notes)
@@ -205,6 +210,93 @@ def test_drift_of_quantized_logits_against_f32(host: HostTransport, gguf_file: P
     # A second engine (here the same program under another label) at F32 is compared with the first.
     other = run_jobs(host, [_job(gguf_file, "F32", label="other")])[0]
     assert other.ext["llm"]["drift"]["vs_engines_f32"]["protocol"]["top1_agreement"] == 1.0
+
+
+def test_a_quantized_config_before_its_reference_runs_the_f32_variant_once(host: HostTransport, gguf_file: Path
+                                                                          ) -> None:
+    """No F32 logits of the prompt on this device yet: the quantized config runs the F32 variant once after its timing
+    (its state after read before that pass) and has its drift; the next config of the prompt finds them kept."""
+    q4 = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True)])[0]
+    assert q4.status == OK, q4.reason
+    assert any("so the F32 variant ran once after this config's timing" in n for n in q4.notes), q4.notes
+    assert "state after: read when timing ended, before the F32 reference pass" in q4.notes
+    far = q4.ext["llm"]["drift"]["vs_f32"]
+    assert far["steps"] == 5 and far["top1_agreement"] < 1.0  # the fixture's Q4_0 noise flips greedy tokens
+    kept = sorted(p.name.rsplit("-", 1)[1] for p in (Path(os.environ["DEVICELAB_DATA"]) / "llm-logits").glob("*.f32"))
+    assert kept == ["F32.f32", "Q4_0.f32"]
+    q8 = run_jobs(host, [_job(gguf_file, "Q8_0", reference=True)])[0]  # kept: no second pass
+    assert not any("ran once" in n for n in q8.notes) and "vs_f32" in q8.ext["llm"]["drift"]
+    f32 = run_jobs(host, [_job(gguf_file, "F32")])[0]  # the F32 config itself: the logits the pass kept
+    assert q8.ext["llm"]["drift"]["vs_f32"]["cosine_min"] < 1.0
+    again = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True)])[0]
+    assert again.ext["llm"]["drift"]["vs_f32"] == far and f32.status == OK
+
+
+def test_a_reference_pass_that_fails_says_so(host: HostTransport, gguf_file: Path) -> None:
+    r = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True, lacks=["F32"])])[0]
+    assert r.status == OK and "vs_f32" not in r.ext["llm"]["drift"]
+    assert "accuracy drift not compared: the F32 reference pass was unsupported: this build has no F32 kernels" \
+        in r.notes
+
+
+def test_drift_does_not_depend_on_the_shuffled_order(env: dict[str, str], tmp_path: Path, gguf_file: Path) -> None:
+    """Two seeds that order F32 and Q4_0 differently, each in a data folder with no logits kept: the Q4_0 row has the
+    same drift either way."""
+    orders, drifts = {}, {}
+    for seed in (1, 5):
+        raw = _suite(gguf_file, prompt_tokens=8, gen_tokens=4, quant=["F32", "Q4_0"])
+        raw.update(seed=seed, protocol={**FAST_PROTOCOL, "accuracy_inputs": 0})
+        e = {**env, "DEVICELAB_DATA": str(tmp_path / f"data-{seed}")}
+        code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), env=e)
+        assert code == 0, err
+        ran = sorted(data["results"], key=lambda r: r["started_at"])
+        assert all(r["status"] == OK for r in ran), [r["reason"] for r in ran]
+        orders[seed] = [r["ext"]["llm"]["quant"] for r in ran]
+        (q4,) = [r for r in ran if r["ext"]["llm"]["quant"] == "Q4_0"]
+        drifts[seed] = q4["ext"]["llm"]["drift"]["vs_f32"]
+    assert sorted(orders.values()) == [["F32", "Q4_0"], ["Q4_0", "F32"]], orders  # one seed each way
+    assert drifts[1] == drifts[5]
+
+
+def _register_many(data: str, worker: int, n: int) -> None:
+    os.environ["DEVICELAB_DATA"] = data
+    from devicelab import llm_logits
+
+    for i in range(n):
+        llm_logits.register("k", f"engine-{worker}-{i}", f"file-{worker}-{i}.f32")
+
+
+def test_the_engines_index_keeps_every_writers_entries(tmp_path: Path) -> None:
+    """Writers in four processes at once (a farm's workers on one host): read, update and write under the lock, so no
+    entry is lost to another writer's older copy."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_register_many, args=(str(tmp_path), w, 50)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(120)
+    assert [w.exitcode for w in workers] == [0] * 4
+    index = json.loads((tmp_path / "llm-logits" / "k-engines.json").read_text())
+    assert len(index) == 200 and index["engine-3-49"] == "file-3-49.f32"
+
+
+def test_a_quant_llamacpp_cannot_make_is_unsupported_not_failed(tmp_path: Path) -> None:
+    from devicelab import rows
+    from devicelab.engines.base import UnsupportedError
+    from devicelab.engines.llamacpp import ENGINE as LLAMACPP
+
+    q4 = write_gguf(tmp_path / "mine.gguf", file_type=2)  # llama_ftype MOSTLY_Q4_0
+    source = SourceModel("mine", q4, "ab" * 32, ())
+    assert LLAMACPP.prepare_llm(source, "Q4_0", tmp_path / "converted").path == q4  # the file itself
+    with pytest.raises(UnsupportedError, match="mine is a Q4_0; llamacpp quantizes to Q8_0 only from F32 or F16 "):
+        LLAMACPP.prepare_llm(source, "Q8_0", tmp_path / "converted")
+    cfg = Config("host", "llamacpp", "", "v", "mine", "ab" * 32, 1, "fp32", "cpu", 1, (0,), "big", 0,
+                 llm.LlmWorkload("Q8_0", 8, 4, 0).key())
+    row = rows.not_prepared("r", cfg, rows.Unsupported("no"))
+    assert row.status == "unsupported" and row.ext["llm"] == llm.LlmWorkload("Q8_0", 8, 4, 0).to_dict()
+    assert rows.not_prepared("r", cfg, "converter crashed").status == "failed"
 
 
 def test_drift_is_cosine_and_top1_per_step() -> None:
@@ -349,10 +441,10 @@ def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], 
         assert r["engine"] == "llamacpp" and r["protocol"]["runner_protocol"] == 3
         assert x["ttft_s"]["median"] > 0 and x["prefill_tps"]["median"] > 0 and x["decode_tps"]["median"] > 0
         assert len(r["samples_s"]) == x["requests"] and x["n_vocab"] == 512 and x["model_quant"] == x["quant"]
-    # Drift: every quantized row whose F32 reference had already run compares with it.
+    # Drift: every quantized row compares with its F32 reference, whichever ran first (a reference pass otherwise).
     drifted = {(r["ext"]["llm"]["quant"], r["threads"], r["ext"]["llm"]["context_depth"]):
                r["ext"]["llm"]["drift"]["vs_f32"] for r in rows if "vs_f32" in r["ext"]["llm"].get("drift", {})}
-    assert drifted and all(-1 <= d["cosine_min"] <= d["cosine_mean"] <= 1 and d["steps"] == 17
+    assert len(drifted) == 12 and all(-1 <= d["cosine_min"] <= d["cosine_mean"] <= 1 and d["steps"] == 17
                            for d in drifted.values())
     f16 = [d for (q, _, _), d in drifted.items() if q == "F16"]
     assert f16 and all(d["top1_agreement"] == 1.0 and d["cosine_min"] > 0.999 for d in f16)

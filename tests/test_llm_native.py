@@ -12,10 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from android_env import needs_adb, needs_namespace, needs_qemu
+import yaml
+from android_env import cli_env, needs_adb, needs_namespace, needs_qemu
+from helpers import FAST_PROTOCOL, run_json
 
 from devicelab import zoo_llm
-from devicelab.engines.base import PreparedModel, SourceModel
+from devicelab.engines.base import PreparedModel, SourceModel, UnsupportedError
 from devicelab.engines.llamacpp import ENGINE as LLAMACPP
 from devicelab.engines.llamacpp import file_quant
 from devicelab.engines.tool_base import ToolSettings
@@ -223,7 +225,7 @@ def test_the_plugin_prepares_each_quant_and_refuses_requantizing(llm_host: dict[
     q4 = LLAMACPP.prepare_llm(source, "Q4_0", tmp_path / "converted")
     assert q4.path.parent == zoo_dir  # the zoo's own variant, from the zoo's index
     user = SourceModel("mine", q4.path, "x", ())
-    with pytest.raises(Exception, match="mine is a Q4_0; llamacpp quantizes to Q8_0 only from F32 or F16 files"):
+    with pytest.raises(UnsupportedError, match="mine is a Q4_0; llamacpp quantizes to Q8_0 only from F32 or F16 files"):
         LLAMACPP.prepare_llm(user, "Q8_0", tmp_path / "converted")
     assert LLAMACPP.kind_reason("host") is None and LLAMACPP.version() == llm_host["llm"]["version"]
     staged = LLAMACPP.stage({"model": str(q4.path), "inputs": []}, tmp_path)
@@ -317,3 +319,68 @@ def test_arm64_dlllm_runs_on_the_emulated_phone(llm_host: dict[str, Any], llm_ar
     assert (a.argmax(1) == b.argmax(1)).all()
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() > 0.999, cos
+
+
+@pytest.mark.slow  # builds llama.cpp on first use (cached under ~/.cache, keyed by version)
+def test_a_quant_llamacpp_cannot_make_is_an_unsupported_row(llm_host: dict[str, Any], zoo_dir: Path,
+                                                           env: dict[str, str], tmp_path: Path) -> None:
+    """`devicelab run` of a user's Q4_0 file at Q4_0 and Q8_0: the Q4_0 row runs; Q8_0 is `unsupported` with the reason
+    (re-quantizing is refused), and the run is no failure (exit 0)."""
+    q4 = zoo_llm.llm_model("llama-tiny", "Q4_0", zoo_dir, _quantizer(llm_host))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({"models": [{"path": str(q4.path), "name": "mine"}], "engines": ["llamacpp"],
+                                     "threads": [1], "seed": 2, "llm": {"prompt_tokens": 4, "gen_tokens": 2,
+                                                                        "quant": ["Q4_0", "Q8_0"]},
+                                     "protocol": {**FAST_PROTOCOL, "accuracy_inputs": 0}}))
+    code, data, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    by_quant = {r["ext"]["llm"]["quant"]: r for r in data["results"]}
+    assert by_quant["Q4_0"]["status"] == "ok", by_quant["Q4_0"]["reason"]
+    assert by_quant["Q8_0"]["status"] == "unsupported"
+    assert by_quant["Q8_0"]["reason"] == ("mine is a Q4_0; llamacpp quantizes to Q8_0 only from F32 or F16 files "
+                                          "(re-quantizing loses accuracy twice)")
+    # no F32 variant of a Q4_0 file either: the row runs and says why it has no drift
+    assert any("llamacpp has no F32 variant of mine to compare with (mine is a Q4_0" in n
+               for n in by_quant["Q4_0"]["notes"]), by_quant["Q4_0"]["notes"]
+
+
+@pytest.mark.slow
+@needs_adb()
+@needs_namespace()
+@needs_qemu()
+def test_devicelab_run_of_llamacpp_on_the_emulated_phone(llm_host: dict[str, Any], llm_arm64: dict[str, Any],
+                                                         phone: Any, server: Any, env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    """`devicelab run` of the llamacpp engine on the emulated phone, named in a devices.yaml, as a user runs it: the
+    controller pushes the static arm64 dlllm and the GGUF files into devicelab's folder on the phone and drives dlllm
+    there (under qemu) with protocol v3. Ok rows with ext.llm; the quantized one has its drift against F32 whatever
+    the order (the F32 reference pass runs on the phone when needed). Timings under qemu mean nothing: not looked at."""
+    inventory = tmp_path / "devices.yaml"
+    inventory.write_text(yaml.safe_dump({"devices": [{"id": "emu-phone", "kind": "android",
+                                                      "address": phone.address}]}))
+    suite = tmp_path / "s.yaml"
+    suite.write_text(yaml.safe_dump({
+        "name": "llm-phone", "models": ["llama-tiny"], "engines": ["llamacpp"], "threads": [1],
+        "devices": ["emu-phone"], "seed": 4, "llm": {"prompt_tokens": 8, "gen_tokens": 4, "quant": ["F32", "Q8_0"]},
+        "protocol": {**FAST_PROTOCOL, "min_iterations": 2, "max_iterations": 3, "accuracy_inputs": 0,
+                     "cooldown_timeout_seconds": 20}}))
+    code, data, err = run_json("run", "--suite", str(suite), "--devices", str(inventory), env=cli_env(env, server))
+    assert code == 0, err
+    rows = data["results"]
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows), [r.get("reason") for r in rows]
+    for r in rows:
+        x = r["ext"]["llm"]
+        assert r["device"] == "emu-phone" and r["engine"] == "llamacpp" and r["protocol"]["runner_protocol"] == 3
+        assert x["model_quant"] == x["quant"] and x["n_vocab"] == 512 and len(r["samples_s"]) == x["requests"] >= 2
+        assert any("its timings say nothing about a phone's speed" in n for n in r["notes"])
+    (q8,) = [r for r in rows if r["ext"]["llm"]["quant"] == "Q8_0"]
+    (f32,) = [r for r in rows if r["ext"]["llm"]["quant"] == "F32"]
+    assert q8["ext"]["llm"]["drift"]["vs_f32"]["cosine_min"] > 0.99
+    # seed 4 runs Q8_0 first: its F32 reference ran on the phone right after it
+    assert q8["started_at"] < f32["started_at"] and any("F32 variant ran once" in n for n in q8["notes"])
+    sandbox = phone.root / "data" / "local" / "tmp"
+    files = [p.relative_to(sandbox) for p in sandbox.rglob("*") if p.is_file()]
+    assert files and all(f.parts[0] == "devicelab" for f in files), files  # only devicelab's folder
+    names = [f.name for f in files]  # content-addressed: devicelab/a/<digest>/<name>
+    assert "dlllm" in names and names.count("model.gguf") == 2, files  # the F32 and the Q8_0 file
+    assert not any((sandbox / "devicelab" / "run").iterdir())  # each run folder removed after its config

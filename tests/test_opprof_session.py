@@ -46,6 +46,22 @@ def test_peak_memory_under_dlprobe_is_the_timed_runs(native_host: dict[str, Any]
         (profiled["peak_rss_bytes"], plain["peak_rss_bytes"])
 
 
+
+def test_peak_memory_under_dlprobe_leaves_the_accuracy_pass_out(native_host: dict[str, Any], tmp_path: Path,
+                                                                env: dict[str, str]) -> None:
+    """The accuracy inputs run after timing, in the runner's process: dlprobe's ru_maxrss covers them, the runner's
+    own peak (read at stop, before them) does not, and that is the row's."""
+    # A label no other test uses: a variant of its own, so its first run makes the accuracy pass.
+    label = f"acc{tmp_path.name[-12:].replace('-', '').replace('_', '')}"
+    suite = {"models": ["mobilenet_v2"], "precisions": ["fp32"], "protocol": {"accuracy_inputs": 16},
+             "engines": [{"name": "onnxruntime", "label": label, "options": {"process": "exec"}}]}
+    (r,) = _run(tmp_path, env, "acc", **suite)
+    assert r["status"] == "ok" and r["accuracy"] and r["protocol"]["dlprobe"]["ru_maxrss_bytes"], r["reason"]
+    assert "before its accuracy pass" in r["memory_method"], r["memory_method"]
+    (again,) = _run(tmp_path, env, "again", **suite)  # the variant's accuracy is reused: no pass, dlprobe's figure
+    assert "accuracy pass" not in again["memory_method"] and "ru_maxrss" in again["memory_method"].split(",")[0]
+
+
 # A `protocol` runner that times a busy loop and answers `profile` as MODE says: `ok` (valid op lines), `malformed`
 # (the lines a careless third-party runner sends), `crash` (dies in the middle of the pass), `error` (an error event).
 RUNNER = '''

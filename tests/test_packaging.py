@@ -34,7 +34,7 @@ def test_native_sources_ship_as_package_data() -> None:
                  "dlbench/main.cpp", "dlbench/backend.hpp", "dlbench/backends.cpp", "dlbench/backend_ncnn.cpp",
                  "dlbench/json.hpp", "dlbench/digest.hpp", "dlbench/dlbench.cpp", "dlbench/dlbench.hpp",
                  "dlbench/channel.cpp", "dlbench/platform.hpp", "dlbench/platform_linux.cpp",
-                 "dlbench/platform_apple.cpp", "llm/CMakeLists.txt", "llm/dlllm.cpp"):
+                 "dlbench/platform_apple.cpp", "dlbench/runner.hpp", "llm/CMakeLists.txt", "llm/dlllm.cpp"):
         assert root.joinpath(name).is_file(), name
 
 

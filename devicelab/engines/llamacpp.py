@@ -7,7 +7,7 @@ llama.cpp commit that sdist vendors plus a hash of dlllm's sources. Models are G
 written here with the `gguf` package) or the user's. A config's `quant` picks the variant: a file already of that type
 runs as it is; an F32 or F16 file is quantized by libllama's llama_model_quantize (`dlllm --quantize` on the host,
 cached by content); a file of another quantized type is not re-quantized (llama.cpp's requantization loses accuracy
-twice) and the row says so.
+twice): the config is an `unsupported` row with that reason.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from devicelab.engines.base import Engine, PreparedModel, SourceModel
+from devicelab.engines.base import Engine, PreparedModel, SourceModel, UnsupportedError
 
 # Which registered LLM build serves which device kind: a phone runs the static arm64 Linux build.
 TARGETS_BY_KIND: dict[str, tuple[str, ...]] = {"host": ("host",), "android": ("arm64",)}
@@ -74,7 +74,8 @@ class LlamaCppEngine(Engine):
         return PreparedModel(model.path)
 
     def prepare_llm(self, model: SourceModel, quant: str, cache_dir: Path) -> PreparedModel:
-        """The GGUF file holding `quant`: the file itself, or an F32/F16 file quantized by libllama (cached)."""
+        """The GGUF file holding `quant`: the file itself, or an F32/F16 file quantized by libllama (cached).
+        UnsupportedError when this engine cannot make `quant` from the file (the row is `unsupported`, with why)."""
         from devicelab import zoo_llm
         from devicelab.errors import DevicelabError
 
@@ -85,7 +86,7 @@ class LlamaCppEngine(Engine):
         if have == quant:
             return PreparedModel(model.path, notes)
         if have not in QUANTIZABLE_FROM:
-            raise DevicelabError(f"{model.name} is a {have or 'GGUF file of an unknown type'}; llamacpp quantizes to "
+            raise UnsupportedError(f"{model.name} is a {have or 'GGUF file of an unknown type'}; llamacpp quantizes to "
                                  f"{quant} only from {' or '.join(QUANTIZABLE_FROM)} files (re-quantizing loses "
                                  "accuracy twice)")
         quantizer = host_quantizer()

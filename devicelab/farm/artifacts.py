@@ -46,8 +46,8 @@ class Shipment:
 
 
 def job_paths(job: Job) -> list[Path]:
-    """Every client file a job names."""
-    found = [job.source.path, job.prepared.path]
+    """Every client file a job names (an LLM config's F32 reference variant included)."""
+    found = [job.source.path, job.prepared.path, *([job.reference.path] if job.reference is not None else [])]
     for options in (job.options, job.prepared.options):
         for key in PATH_OPTIONS:
             value = options.get(key)
@@ -171,7 +171,10 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
         source = dataclasses.replace(job.source, path=Path(here(job.source.path)))
         prepared = dataclasses.replace(job.prepared, path=Path(here(job.prepared.path)),
                                        options=options(job.prepared.options))
-        out.append(dataclasses.replace(job, source=source, prepared=prepared, options=options(job.options)))
+        reference = None if job.reference is None else dataclasses.replace(
+            job.reference, path=Path(here(job.reference.path)), options=options(job.reference.options))
+        out.append(dataclasses.replace(job, source=source, prepared=prepared, options=options(job.options),
+                                       reference=reference))
     builds = {}
     for target, data in shipment.native.items():
         data = {**data, "artifacts": {n: {**a, "path": local[a["path"]]} for n, a in data["artifacts"].items()}}

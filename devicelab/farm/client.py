@@ -230,7 +230,7 @@ class FarmRun:
             for member in group:
                 made = executor._job(member)  # conversion happens here, once per (engine, model, precision)
                 if isinstance(made, str):
-                    self._commit(rows.not_converted(self.run_id, member.config, made))
+                    self._commit(rows.not_prepared(self.run_id, member.config, made))
                 else:
                     jobs.append(made)
             if jobs:

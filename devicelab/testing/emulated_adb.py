@@ -19,7 +19,6 @@ import asyncio
 import os
 import posixpath
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from devicelab.testing.signals import catch_signals, serve_signals
 from devicelab.errors import DevicelabError
 from devicelab.testing.emulated_device import (EnergySample, Model, Profile, Runner, Sandbox, kill_session,
                                                session_members)
@@ -825,12 +825,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Signals arrive as bytes on a pipe (the loop thread may be the one interrupted): the main thread reads them.
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda *_: None)
+    wake_r = catch_signals()  # before the server's threads (the loop thread may be the one interrupted)
     device: EmulatedDevice | None = None
     try:
         profile = Profile.from_yaml(args.profile) if args.profile else Profile()
@@ -859,24 +854,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"emulated_adb: adb connect: {connect(address).strip()}", file=err, flush=True)
         except OSError as e:
             print(f"emulated_adb: adb connect failed: {e}", file=err, flush=True)
+    def drop() -> None:
+        print("emulated_adb: SIGUSR1: transport dropped until SIGUSR2", file=err, flush=True)
+        device.drop()
+
+    def restore() -> None:
+        print("emulated_adb: SIGUSR2: listening again", file=err, flush=True)
+        try:
+            device.restore()
+        except OSError as e:
+            print(f"emulated_adb: cannot listen again: {e}", file=err, flush=True)
+
     try:
-        while True:
-            try:
-                got = os.read(wake_r, 64)
-            except InterruptedError:
-                continue
-            for signum in got:
-                if signum in (signal.SIGTERM, signal.SIGINT):
-                    return 0
-                if signum == signal.SIGUSR1:
-                    print("emulated_adb: SIGUSR1: transport dropped until SIGUSR2", file=err, flush=True)
-                    device.drop()
-                elif signum == signal.SIGUSR2:
-                    print("emulated_adb: SIGUSR2: listening again", file=err, flush=True)
-                    try:
-                        device.restore()
-                    except OSError as e:
-                        print(f"emulated_adb: cannot listen again: {e}", file=err, flush=True)
+        return serve_signals(wake_r, drop, restore)
     finally:
         device.stop()
 

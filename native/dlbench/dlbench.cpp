@@ -34,6 +34,7 @@
 #include "dlbench.hpp"
 #include "json.hpp"
 #include "platform.hpp"
+#include "runner.hpp"
 
 #ifndef DLBENCH_VERSION
 #define DLBENCH_VERSION "dev"
@@ -42,57 +43,21 @@
 namespace {
 
 constexpr int kProtocol = 1;
-dl::Channel* g_channel = nullptr;  // the protocol channel: the original stdout and stdin, or one TCP connection
-bool g_tcp = false;                // --listen: the channel is a connection, which can be gone when an error is sent
-FILE* g_results = nullptr;         // results_file: every event line again, for a controller that can only pull files
+dl::EventOut g_out{"dlbench"};  // the channel, the results file (runner.hpp)
 const dl::Hooks* g_hooks = nullptr;
 
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// One or more event lines (no final newline), to the channel and, when the config asked for it, the results file.
-void emit(const std::string& lines) {
-    if (g_channel) g_channel->write_lines(lines);
-    if (g_results) {
-        std::fputs(lines.c_str(), g_results);
-        std::fputc('\n', g_results);
-        std::fflush(g_results);  // line by line: a pulled file shows how far a run got
-    }
-}
+void emit(const std::string& lines) { g_out.emit(lines); }
 
-void emit_error(const std::string& message, bool unsupported = false) {
-    dl::JsonObject e;
-    e.add("event", "error").add("message", message);
-    if (unsupported) e.add("unsupported", true);
-    emit(e.str());
-    // A connection may already be closed: the app's stderr (a file on a phone, kept by the launcher) still says why.
-    if (g_tcp) std::cerr << "dlbench: " << message << std::endl;
-}
+void emit_error(const std::string& message, bool unsupported = false) { g_out.error(message, unsupported); }
 
-// Bad input: one message naming the field and the allowed values, exit 2 (the contract's bad-input code).
-// `unsupported`: the config is fine but this platform cannot do it (CPU pinning on iOS).
-struct BadInput : std::runtime_error {
-    explicit BadInput(const std::string& what, bool unsupported = false) : std::runtime_error(what), unsupported(unsupported) {}
-    bool unsupported;
-};
-
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw BadInput("cannot read " + path);
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
+using dl::as_int;
+using dl::BadInput;
+using dl::read_file;
 using dl::resolve;
-
-int as_int(const dl::Json& v, const std::string& field, int min_value, int fallback) {
-    if (v.is_null()) return fallback;
-    if (!v.is_number() || v.as_number() != std::floor(v.as_number()) || v.as_number() < min_value)
-        throw BadInput(field + ": must be an integer >= " + std::to_string(min_value));
-    return static_cast<int>(v.as_number());
-}
 
 std::string join(const std::vector<std::string>& items) {
     std::string out;
@@ -263,8 +228,8 @@ int run(const std::string& config_path) {
     // First, so that every later error reaches the file too.
     if (cfg["results_file"].is_string() && !cfg["results_file"].as_string().empty()) {
         const std::string& results = cfg["results_file"].as_string();
-        g_results = std::fopen(results.c_str(), "w");
-        if (!g_results) throw BadInput("results_file: cannot write " + results + ": " + std::strerror(errno));
+        g_out.results = std::fopen(results.c_str(), "w");
+        if (!g_out.results) throw BadInput("results_file: cannot write " + results + ": " + std::strerror(errno));
     } else if (!cfg["results_file"].is_null()) {
         throw BadInput("results_file: must be a file name (relative to the working folder)");
     }
@@ -272,17 +237,7 @@ int run(const std::string& config_path) {
     const std::string base_dir = slash == std::string::npos ? "" : config_path.substr(0, slash);
 
     // Pin first: every thread the engine creates from now on inherits the mask.
-    const dl::Json& cpus = cfg["cpus"];
-    if (cpus.is_array() && !cpus.items().empty()) {
-        std::vector<int> wanted;
-        for (const auto& c : cpus.items()) wanted.push_back(as_int(c, "cpus", 0, 0));
-        std::string why;
-        bool unsupported = false;
-        if (!dl::platform::set_affinity(wanted, &why, &unsupported))
-            throw BadInput(unsupported ? "cpus: " + why : "cpus: cannot pin to these CPUs: " + why, unsupported);
-    } else if (!cpus.is_null() && !cpus.is_array()) {
-        throw BadInput("cpus: must be a list of CPU numbers");
-    }
+    dl::pin_to(cfg["cpus"]);
 
     const dl::Json& options = cfg["options"];
     if (!options.is_null() && !options.is_object()) throw BadInput("options: must be an object");
@@ -345,12 +300,7 @@ int run(const std::string& config_path) {
         .add("warmup_s", warm_total)
         .raw("rss_before_load_bytes", rss_before >= 0 ? std::to_string(rss_before) : "null")
         .add("pid", static_cast<int>(getpid()));
-    std::vector<int> now_cpus;
-    if (dl::platform::current_affinity(&now_cpus)) {  // absent where the platform has no affinity (iOS)
-        std::string cpu_list = "[";
-        for (int c : now_cpus) cpu_list += (cpu_list.size() > 1 ? "," : "") + std::to_string(c);
-        ready.raw("cpus", cpu_list + "]");
-    }
+    dl::add_current_cpus(ready);
     ready.add("runner", "dlbench")
         .add("runner_version", DLBENCH_VERSION)
         .add("library", backend->library())
@@ -358,19 +308,10 @@ int run(const std::string& config_path) {
     if (g_hooks && g_hooks->ready) g_hooks->ready(ready);
     emit(ready.str());
 
-    std::vector<std::string> script;
-    if (fixed_iterations > 0) script = {"{\"cmd\":\"run\",\"iterations\":" + std::to_string(fixed_iterations) + "}", "{\"cmd\":\"stop\"}"};
-    size_t next_line = 0;
+    dl::Commands commands(g_out.channel, fixed_iterations);
     std::string line;
     std::vector<double> samples, starts;
-    while (true) {
-        if (fixed_iterations > 0) {
-            if (next_line >= script.size()) break;
-            line = script[next_line++];
-        } else if (!g_channel->read_line(&line)) {
-            break;
-        }
-        if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    while (commands.next(&line)) {
         dl::Json cmd;
         try {
             cmd = dl::Json::parse(line);
@@ -449,7 +390,7 @@ int run(const std::string& config_path) {
             return 2;
         }
     }
-    emit_error(g_tcp ? "the connection closed before 'stop'" : "stdin closed before 'stop'");
+    emit_error(g_out.tcp ? "the connection closed before 'stop'" : "stdin closed before 'stop'");
     return 3;
 }
 
@@ -537,7 +478,7 @@ int bench_main(int argc, char** argv, const Hooks& hooks) {
         if (f) out = f;
     }
     std::unique_ptr<Channel> stdio = stdio_channel(out);
-    g_channel = stdio.get();  // until --listen has a connection, errors go to stdout
+    g_out.channel = stdio.get();  // until --listen has a connection, errors go to stdout
     if (argc == 2 && (std::strcmp(argv[1], "--version") == 0)) {
         emit(JsonObject().add("runner", "dlbench").add("runner_version", DLBENCH_VERSION).raw("backends", [] {
             std::string s = "[";
@@ -561,16 +502,16 @@ int bench_main(int argc, char** argv, const Hooks& hooks) {
             emit_error(error);
             return 1;
         }
-        g_channel = tcp.get();
-        g_tcp = true;
+        g_out.channel = tcp.get();
+        g_out.tcp = true;
     }
     const int code = run_guarded(args.config);
-    if (g_results) {
-        std::fclose(g_results);
-        g_results = nullptr;
+    if (g_out.results) {
+        std::fclose(g_out.results);
+        g_out.results = nullptr;
     }
-    g_channel = nullptr;
-    g_tcp = false;
+    g_out.channel = nullptr;
+    g_out.tcp = false;
     g_hooks = nullptr;
     return code;  // `tcp` closes the connection here: the controller sees EOF after the last event
 }

@@ -33,6 +33,7 @@
 #include "json.hpp"
 #include "llama.h"
 #include "platform.hpp"
+#include "runner.hpp"
 
 #ifndef DLLLM_VERSION
 #define DLLLM_VERSION "dev"
@@ -48,59 +49,24 @@ constexpr int kProtocol = 3;
 constexpr uint32_t kBatch = 2048;
 constexpr uint32_t kUBatch = 512;
 
-dl::Channel* g_channel = nullptr;
-bool g_tcp = false;
-FILE* g_results = nullptr;
+dl::EventOut g_out{"dlllm"};  // the channel, the results file (runner.hpp)
 
 using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 double clock_s(Clock::time_point t) { return std::chrono::duration<double>(t.time_since_epoch()).count(); }
 
-void emit(const std::string& lines) {
-    if (g_channel) g_channel->write_lines(lines);
-    if (g_results) {
-        std::fputs(lines.c_str(), g_results);
-        std::fputc('\n', g_results);
-        std::fflush(g_results);
-    }
-}
+void emit(const std::string& lines) { g_out.emit(lines); }
 
-void emit_error(const std::string& message, bool unsupported = false) {
-    dl::JsonObject e;
-    e.add("event", "error").add("message", message);
-    if (unsupported) e.add("unsupported", true);
-    emit(e.str());
-    if (g_tcp) std::cerr << "dlllm: " << message << std::endl;
-}
+void emit_error(const std::string& message, bool unsupported = false) { g_out.error(message, unsupported); }
 
-// Bad input: one message naming the field and the allowed values, exit 2. `unsupported`: the config is fine but this
-// build cannot do it (a quantization it does not know).
-struct BadInput : std::runtime_error {
-    explicit BadInput(const std::string& what, bool unsupported = false)
-        : std::runtime_error(what), unsupported(unsupported) {}
-    bool unsupported;
-};
-
-std::string read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw BadInput("cannot read " + path);
-    std::ostringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
+using dl::as_int;
+using dl::BadInput;
+using dl::read_file;
 
 std::string resolve(const std::string& base_dir, const std::string& path) {
     if (path.empty() || path[0] == '/' || base_dir.empty()) return path;
     return base_dir + "/" + path;
-}
-
-int as_int(const dl::Json& v, const std::string& field, int min_value, int fallback) {
-    if (v.is_null()) return fallback;
-    if (!v.is_number() || v.as_number() != std::floor(v.as_number()) || v.as_number() < min_value ||
-        v.as_number() > 2147483647.0)
-        throw BadInput(field + ": must be an integer >= " + std::to_string(min_value));
-    return static_cast<int>(v.as_number());
 }
 
 // The quantizations devicelab names (GGML's spelling), and libllama's file type for each. Q4_K is llama.cpp's Q4_K_M.
@@ -262,24 +228,14 @@ int run(const std::string& config_path) {
     if (!cfg.is_object()) throw BadInput(config_path + ": must be a JSON object");
     if (cfg["results_file"].is_string() && !cfg["results_file"].as_string().empty()) {
         const std::string& results = cfg["results_file"].as_string();
-        g_results = std::fopen(results.c_str(), "w");
-        if (!g_results) throw BadInput("results_file: cannot write " + results + ": " + std::strerror(errno));
+        g_out.results = std::fopen(results.c_str(), "w");
+        if (!g_out.results) throw BadInput("results_file: cannot write " + results + ": " + std::strerror(errno));
     }
     const size_t slash = config_path.rfind('/');
     const std::string base_dir = slash == std::string::npos ? "" : config_path.substr(0, slash);
 
     // Pin first: the thread pool created below inherits the mask.
-    const dl::Json& cpus = cfg["cpus"];
-    if (cpus.is_array() && !cpus.items().empty()) {
-        std::vector<int> wanted;
-        for (const auto& c : cpus.items()) wanted.push_back(as_int(c, "cpus", 0, 0));
-        std::string why;
-        bool unsupported = false;
-        if (!dl::platform::set_affinity(wanted, &why, &unsupported))
-            throw BadInput(unsupported ? "cpus: " + why : "cpus: cannot pin to these CPUs: " + why, unsupported);
-    } else if (!cpus.is_null() && !cpus.is_array()) {
-        throw BadInput("cpus: must be a list of CPU numbers");
-    }
+    dl::pin_to(cfg["cpus"]);
     const int threads = as_int(cfg["threads"], "threads", 1, 1);
     if (cfg["precision"].is_string() && cfg["precision"].as_string() != "fp32")
         throw BadInput("precision: '" + cfg["precision"].as_string() + "' is not allowed; allowed: fp32 (an LLM's "
@@ -369,12 +325,7 @@ int run(const std::string& config_path) {
         .add("warmup_s", warm_total)
         .raw("rss_before_load_bytes", rss_before >= 0 ? std::to_string(rss_before) : "null")
         .add("pid", static_cast<int>(getpid()));
-    std::vector<int> now_cpus;
-    if (dl::platform::current_affinity(&now_cpus)) {
-        std::string cpu_list = "[";
-        for (int c : now_cpus) cpu_list += (cpu_list.size() > 1 ? "," : "") + std::to_string(c);
-        ready.raw("cpus", cpu_list + "]");
-    }
+    dl::add_current_cpus(ready);
     ready.add("runner", "dlllm")
         .add("runner_version", DLLLM_VERSION)
         .add("library", "llama.cpp")
@@ -382,19 +333,9 @@ int run(const std::string& config_path) {
         .raw("llm", info.str());
     emit(ready.str());
 
-    std::vector<std::string> script;
-    if (fixed_iterations > 0)
-        script = {"{\"cmd\":\"run\",\"iterations\":" + std::to_string(fixed_iterations) + "}", "{\"cmd\":\"stop\"}"};
-    size_t next_line = 0;
+    dl::Commands commands(g_out.channel, fixed_iterations);
     std::string line;
-    while (true) {
-        if (fixed_iterations > 0) {
-            if (next_line >= script.size()) break;
-            line = script[next_line++];
-        } else if (!g_channel->read_line(&line)) {
-            break;
-        }
-        if (line.find_first_not_of(" \t\r\n") == std::string::npos) continue;
+    while (commands.next(&line)) {
         dl::Json cmd;
         try {
             cmd = dl::Json::parse(line);
@@ -441,7 +382,7 @@ int run(const std::string& config_path) {
             return 2;
         }
     }
-    emit_error(g_tcp ? "the connection closed before 'stop'" : "stdin closed before 'stop'");
+    emit_error(g_out.tcp ? "the connection closed before 'stop'" : "stdin closed before 'stop'");
     return 3;
 }
 
@@ -529,11 +470,11 @@ int main_guarded(int argc, char** argv) {
                 emit_error(error);
                 return 1;
             }
-            g_channel = tcp.get();
-            g_tcp = true;
+            g_out.channel = tcp.get();
+            g_out.tcp = true;
         }
         const int code = run(config);
-        g_channel = nullptr;
+        g_out.channel = nullptr;
         return code;
     } catch (const BadInput& e) {
         emit_error(e.what(), e.unsupported);
@@ -555,7 +496,7 @@ int main(int argc, char** argv) {
         if (f) out = f;
     }
     std::unique_ptr<dl::Channel> stdio = dl::stdio_channel(out);
-    g_channel = stdio.get();
+    g_out.channel = stdio.get();
     if (argc == 2 && std::strcmp(argv[1], "--version") == 0) {
         emit(dl::JsonObject()
                  .add("runner", "dlllm")
@@ -568,7 +509,7 @@ int main(int argc, char** argv) {
     llama_log_set(quiet_log, nullptr);
     llama_backend_init();
     const int code = main_guarded(argc, argv);
-    if (g_results) std::fclose(g_results);
+    if (g_out.results) std::fclose(g_out.results);
     llama_backend_free();
     return code;
 }

@@ -10,8 +10,6 @@ else goes to stderr. SIGUSR1 detaches the phone (as a pulled cable does) until S
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 from devicelab.testing.emulated_ios.apps import InstallError
 from devicelab.testing.emulated_ios.phone import EmulatedIPhone
 from devicelab.testing.emulated_ios.usbmuxd import EmulatedUsbmuxd
+from devicelab.testing.signals import catch_signals, serve_signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,12 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Signals arrive as bytes on a pipe, read by the main thread (the server threads never see them).
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w)
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, lambda *_: None)
+    wake_r = catch_signals()  # before the server threads: they never see a signal
     err = sys.stderr
     phone = EmulatedIPhone(root=args.root, udid=args.udid, product_type=args.product_type,
                            product_version=args.product_version, build_version=args.build_version)
@@ -63,20 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(mux.address, flush=True)
             print(f"emulated_ios: usbmuxd on {mux.address}; UDID {phone.udid} (iOS {phone.product_version}); "
                   f"root {phone.root}", file=err, flush=True)
-            while True:
-                try:
-                    got = os.read(wake_r, 64)
-                except InterruptedError:
-                    continue
-                for signum in got:
-                    if signum in (signal.SIGTERM, signal.SIGINT):
-                        return 0
-                    if signum == signal.SIGUSR1:
-                        print("emulated_ios: SIGUSR1: phone detached until SIGUSR2", file=err, flush=True)
-                        mux.detach(phone)
-                    elif signum == signal.SIGUSR2:
-                        print("emulated_ios: SIGUSR2: phone attached", file=err, flush=True)
-                        mux.attach(phone)
+
+            def drop() -> None:
+                print("emulated_ios: SIGUSR1: phone detached until SIGUSR2", file=err, flush=True)
+                mux.detach(phone)
+
+            def restore() -> None:
+                print("emulated_ios: SIGUSR2: phone attached", file=err, flush=True)
+                mux.attach(phone)
+
+            return serve_signals(wake_r, drop, restore)
         finally:
             mux.close()
     finally:
