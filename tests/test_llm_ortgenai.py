@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from devicelab import llm, ortgenai_convert, zoo_llm
-from devicelab.engines.base import SourceModel
+from devicelab.engines.base import SourceModel, UnsupportedError
 from devicelab.engines.ortgenai import ENGINE as ORTGENAI
 from devicelab.engines.ortgenai import WHY_NOT, GenAISession
 from helpers import FAST_PROTOCOL, run_json
@@ -156,8 +156,9 @@ def test_a_quantized_gguf_and_the_quants_not_converted_are_unsupported_rows(env:
     assert row["ext"]["llm"] == {"quant": "F32", "prompt_tokens": 8, "gen_tokens": 2, "context_depth": 0}
     assert not list((Path(env["DEVICELAB_DATA"]) / "converted" / "ortgenai").glob("q8-*"))  # nothing half-written
     for quant in ("F16", "Q8_0", "Q4_0", "Q4_K"):
-        why = ORTGENAI.prepare_llm(SourceModel("llama-tiny", tiny.path, tiny.sha256, ()), quant, tmp_path).options
-        assert why["unsupported"] == WHY_NOT[quant]
+        with pytest.raises(UnsupportedError) as e:
+            ORTGENAI.prepare_llm(SourceModel("llama-tiny", tiny.path, tiny.sha256, ()), quant, tmp_path)
+        assert str(e.value) == WHY_NOT[quant]
 
 
 # ---- the runner's greedy path is GenAI's own

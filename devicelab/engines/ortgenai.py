@@ -5,7 +5,8 @@ GenAI runs ONNX decoders, not GGUF files: a config's GGUF model (the LLM zoo's, 
 file) is converted by devicelab.ortgenai_convert into a model folder (model.onnx + its weights, genai_config.json),
 cached by the GGUF file's content and the converter's version. Only F32 is converted: F16 weights would compute in
 float32 on this CPU (no float16 MatMul kernel in ONNX Runtime's CPU provider on x86-64), and the GGML quantizations
-have no GenAI counterpart written here; those configs are `unsupported` rows saying so, reported by the runner.
+have no GenAI counterpart written here; those configs are `unsupported` rows saying so (prepare_llm raises
+UnsupportedError, before anything runs).
 
 Per request the runner makes a fresh og.Generator (an empty KV cache), appends the depth tokens (untimed), times
 `append_tokens(prompt)` (GenAI runs the prefill and computes the first logits inside it), then for each of the G steps
@@ -33,7 +34,6 @@ WHY_NOT: dict[str, str] = {
     "Q4_K": ("ortgenai has no Q4_K model: devicelab's converter writes float32 ONNX graphs only (GGML's K-quants' "
              "super-blocks have no ORT kernel)"),
 }
-UNSUPPORTED_OPTION = "unsupported"  # set by prepare_llm: the runner reports it as an `unsupported` row
 MODEL_DIR = "model"  # the model folder inside the run folder
 
 
@@ -69,21 +69,18 @@ class OrtGenAIEngine(Engine):
         raise UnsupportedError("ortgenai runs GGUF language models only (an `llm:` suite)")
 
     def prepare_llm(self, model: SourceModel, quant: str, cache_dir: Path) -> PreparedModel:
-        """The converted model folder for `quant` (F32), or the GGUF file marked unsupported with the reason (the
-        runner turns it into an `unsupported` row; a file this converter refuses says why the same way)."""
+        """The converted model folder for `quant` (F32); UnsupportedError with the reason for another quant or a file
+        this converter refuses (the sweep makes that an `unsupported` row, and nothing is converted)."""
         from devicelab import ortgenai_convert as conv
 
         if quant not in conv.QUANTS:
-            return PreparedModel(model.path, options={UNSUPPORTED_OPTION: WHY_NOT.get(quant, f"quant {quant}")})
-        try:
-            conv.file_float_type(model.path)
-        except conv.ConversionRefused as e:
-            return PreparedModel(model.path, options={UNSUPPORTED_OPTION: f"{model.name}: {e}"})
+            raise UnsupportedError(WHY_NOT.get(quant, f"ortgenai has no {quant} model"))
         name = f"{model.path.stem}-F32-{conv.cache_key(model.sha256)}"
         try:
+            conv.file_float_type(model.path)  # before anything is written: a quantized file is refused whole
             folder = conv.cached_folder(cache_dir, name, lambda out: conv.write_folder(model.path, out))
         except conv.ConversionRefused as e:
-            return PreparedModel(model.path, options={UNSUPPORTED_OPTION: f"{model.name}: {e}"})
+            raise UnsupportedError(f"{model.name}: {e}") from None
         return PreparedModel(folder, ("the GGUF weights converted by devicelab to a float32 ONNX decoder of plain "
                                       "ONNX ops (no ORT contrib ops; KV cache concatenated per step)",))
 
@@ -92,9 +89,6 @@ class OrtGenAIEngine(Engine):
         config's thread count (GenAI reads threads from there)."""
         from devicelab.ortgenai_convert import CONFIG_FILE
 
-        options = runner_config.get("options") or {}
-        if options.get(UNSUPPORTED_OPTION):
-            return {**runner_config, "model": "", "inputs": []}
         src = Path(runner_config["model"])
         (folder / MODEL_DIR).mkdir()
         for f in sorted(src.iterdir()):
@@ -113,9 +107,6 @@ class OrtGenAIEngine(Engine):
         raise UnsupportedError("ortgenai runs GGUF language models only (an `llm:` suite)")
 
     def open_llm_session(self, config: dict[str, Any]) -> GenAISession:
-        reason = (config.get("options") or {}).get(UNSUPPORTED_OPTION)
-        if reason:
-            raise UnsupportedError(str(reason))
         if config.get("precision", "fp32") != "fp32" or config.get("backend", "cpu") != "cpu":
             raise UnsupportedError("ortgenai runs fp32 activations on the cpu backend only")
         return GenAISession(config)
