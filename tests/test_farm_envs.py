@@ -21,6 +21,7 @@ from android_env import needs_namespace
 from helpers import DEVICELAB, FAST_PROTOCOL
 from test_farm import Proc, beats, plain_env, wait_for
 
+from devicelab.errors import DevicelabError
 from devicelab.farm import envs
 from devicelab.store import ArtifactMismatch, open_store
 
@@ -138,6 +139,13 @@ def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path
         [local], _ = artifacts.localize(store, [job], shipment)
         built = tmp_path / "worker-data" / "farm" / "envs" / lock.sha256 / "bin" / "python"
         assert local.options["python"] == str(built) and built.exists()
+
+        def unreachable() -> Any:
+            raise DevicelabError("cannot open the store: down")
+
+        # the next task: files and environment cached, the store not even opened
+        again, _ = artifacts.localize(unreachable, [job], shipment)
+        assert again[0].options["python"] == str(built)
         # another host (an empty data folder) and the stored copy damaged: refused, nothing built
         monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "other-host"))
         damage(store, lock.sha256)
