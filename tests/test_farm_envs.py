@@ -115,8 +115,10 @@ def test_an_environment_that_cannot_be_had_is_one_line_and_leaves_nothing(tmp_pa
     assert not (cache / sha).exists()  # no half-built environment is left to be mistaken for a built one
     # a Python this host does not have: refused before anything is made
     old = envs.lock_bytes({**base, "python": "2.7.18"})
-    with pytest.raises(envs.EnvError, match=r"^label environment [0-9a-f]{12}: no cpython 2\.7 interpreter on this host .*needs Python 2\.7\.18$"):
+    with pytest.raises(envs.EnvError, match=r"^label environment [0-9a-f]{12}: no cpython 2\.7 interpreter on this "
+                                            r"host .*needs Python 2\.7\.18$"):
         envs.ensure(old, hashlib.sha256(old).hexdigest(), cache)
+    assert not (cache / hashlib.sha256(old).hexdigest()).exists()
 
 
 def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path: Path,
