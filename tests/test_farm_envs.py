@@ -230,3 +230,32 @@ def test_a_label_environment_travels_as_its_lock_and_the_worker_rebuilds_it(tmp_
         assert store.has_artifact(built.name)  # the lock, stored by the client under its sha256
     finally:
         store.close()
+
+
+def test_a_task_whose_environment_cannot_be_had_gives_one_line_infra_failed_rows(tmp_path: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """The worker's side of a task (no Dask: the plugin's fetch step): a lock this host cannot build from makes the
+    task's rows infra-failed with the one line, and nothing runs."""
+    from devicelab.farm import artifacts
+    from devicelab.farm.worker import PhonePlugin, Spool
+    from devicelab.result import INFRA_FAILED
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))
+    db = str(tmp_path / "db.sqlite")
+    store = open_store(db)
+    python = str(bare_venv(tmp_path / "client-env"))
+    job = job_with(python)
+    try:
+        shipment = artifacts.publish(store, [job])
+        lock = tmp_path / envs.LOCK_NAME
+        lock.write_bytes(envs.lock_bytes({**envs.lock_of(python), "python": "2.7.18"}))  # a Python no host here has
+        shipment.envs[python] = artifacts.Shipped(store.put_artifact(lock, envs.LOCK_NAME), envs.LOCK_NAME)
+    finally:
+        store.close()
+    plugin = PhonePlugin("farm-host", db, 1.0, Spool(tmp_path / "spool.jsonl"))
+    rows = plugin._fetch(db, [job], shipment)
+    assert isinstance(rows, list) and [r.status for r in rows] == [INFRA_FAILED]
+    [line] = rows[0].reason.splitlines()
+    assert line.startswith(f"label environment {shipment.envs[python].sha256[:12]}: no cpython 2.7 interpreter"), line
+    assert rows[0].samples_s == () or list(rows[0].samples_s) == []
