@@ -26,8 +26,9 @@ from devicelab.errors import DevicelabError
 LOCK_FORMAT = "devicelab-env-lock/1"
 LOCK_NAME = "env-lock.json"
 MARKER = "devicelab-env.json"  # written last into a built environment: without it, the folder is an unfinished build
-# The installer is how an environment is made, not what it measures: a venv's own pip is neither pinned nor checked.
-INSTALLER = frozenset({"pip"})
+# Neither pinned nor checked: pip is how an environment is made, not what it measures; devicelab is lent to the
+# label's interpreter by the session (a package shim first on its PYTHONPATH), so a copy installed there never runs.
+NOT_PINNED = frozenset({"pip", "devicelab"})
 LIST_TIMEOUT_S = 120.0
 BUILD_TIMEOUT_S = 1800.0
 
@@ -77,12 +78,12 @@ def listing(python: str | Path) -> dict[str, Any]:
 
 
 def lock_of(python: str | Path) -> dict[str, Any]:
-    """The lock of the environment `python` runs in: its own distributions as `name==version` pins (the installer
-    left out), the base's it sees as well when it sees any (checked on the worker, never installed there)."""
+    """The lock of the environment `python` runs in: its own distributions as `name==version` pins (NOT_PINNED left
+    out), the base's it sees as well when it sees any (checked on the worker, never installed there)."""
     found = listing(python)
     pins = {"env": [], "base": []}
     for name, (version, where) in sorted(found["packages"].items()):
-        if name not in INSTALLER:
+        if name not in NOT_PINNED:
             pins[where].append(f"{name}=={version}")
     return {"format": LOCK_FORMAT, "python": found["python"], "implementation": found["implementation"],
             "platform": found["platform"], "system_site_packages": bool(found["system_site_packages"]),
@@ -119,7 +120,7 @@ def differences(lock: dict[str, Any], found: dict[str, Any]) -> list[str]:
         out.append(f"Python is {found['implementation']} {found['python']}, the lock's {lock['implementation']} "
                    f"{lock['python']}")
     want = _pins(lock)
-    have = {n: v for n, (v, _) in found["packages"].items() if n not in INSTALLER}
+    have = {n: v for n, (v, _) in found["packages"].items() if n not in NOT_PINNED}
     for name in sorted(set(want) | set(have)):
         if name not in have:
             out.append(f"{name} {want[name]} is missing")
