@@ -446,22 +446,35 @@ def farm_agent(
     db: Optional[str] = typer.Option(None, "--db", help="the store heartbeats go to (default: DEVICELAB_DB or the "
                                                         "data folder)"),
     beat_seconds: float = typer.Option(10.0, "--beat-seconds", min=0.1, help="heartbeat interval per phone"),
-    scan_seconds: float = typer.Option(10.0, "--scan-seconds", min=0.1, help="how often adb is asked for phones"),
+    scan_seconds: float = typer.Option(10.0, "--scan-seconds", min=0.1, help="how often adb and usbmuxd are asked "
+                                                                              "for phones"),
+    devices: Optional[str] = DevicesOpt,
+    host_device: Optional[str] = typer.Option(None, "--host-device", metavar="ID",
+                                              help="also a worker for this host itself, as device ID (unique on the "
+                                                   "farm)"),
     tls_ca: Optional[str] = TlsCaOpt, tls_cert: Optional[str] = TlsCertOpt, tls_key: Optional[str] = TlsKeyOpt,
 ) -> None:
-    """Run one Dask worker per phone attached to this host (adb), each its own process, until stopped."""
+    """Run one Dask worker per phone attached to this host (adb, usbmuxd), each its own process, until stopped."""
+    import re
+
+    from devicelab.config import load_inventory
     from devicelab.farm.agent import Agent
     from devicelab.farm.client import store_location
     from devicelab.farm.security import tls_options
     from devicelab.store import open_store
 
+    if host_device is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:@-]*", host_device):
+        raise DevicelabError(f"--host-device: {host_device!r} is not allowed; allowed: a name of letters, digits "
+                             "and . _ : @ -")
+    inventory = load_inventory(devices)  # every problem of this host's devices.yaml, before any worker starts
     tls = tls_options(tls_ca, tls_cert, tls_key)
     store = open_store(db)  # created here if missing, so that the workers' first beats find it
     location = store_location(store)
     store.close()
     err().print(f"devicelab farm agent: scheduler {scheduler}, heartbeats every {beat_seconds:g} s to {location}",
                 markup=False)
-    Agent(scheduler, location, beat_seconds, scan_seconds, tls, lambda m: err().print(m, markup=False)).serve()
+    Agent(scheduler, location, beat_seconds, scan_seconds, tls, lambda m: err().print(m, markup=False),
+          inventory=inventory, host_device=host_device).serve()
 
 
 @farm_app.command("status")

@@ -41,7 +41,8 @@ def not_prepared(run_id: str, config: Config, reason: str) -> Result:
 
 def device_gone(run_id: str, config: Config, reason: str) -> Result:
     """The device could not be reached before the config started (or its farm worker was lost with it)."""
-    return _row(run_id, config, INFRA_FAILED, f"device {config.device}: {reason}")
+    named = reason.startswith(f"device {config.device}")  # a transport's own message names the device already
+    return _row(run_id, config, INFRA_FAILED, reason if named else f"device {config.device}: {reason}")
 
 
 def not_delivered(run_id: str, config: Config, reason: str) -> Result:

@@ -253,3 +253,13 @@ def test_artifact_bytes_of_a_folder_model_are_the_sum_of_its_files(tmp_path: Pat
     weights = tmp_path / "model.bin"
     weights.write_bytes(b"z" * 1000)
     assert artifact_bytes(PreparedModel(single, options={"weights": str(weights)})) == 1077
+
+
+def test_a_device_gone_row_names_the_device_once() -> None:
+    from devicelab import rows
+    from devicelab.result import Config
+
+    cfg = Config(device="phone-1", engine="ncnn", label="", engine_version="1", model="m", model_sha256="0" * 64,
+                 model_bytes=1, precision="fp32", backend="cpu", threads=1, cpus=(0,), affinity="all")
+    assert rows.device_gone("r", cfg, "device phone-1: not found").reason == "device phone-1: not found"
+    assert rows.device_gone("r", cfg, "adb: gone").reason == "device phone-1: adb: gone"

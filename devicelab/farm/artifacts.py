@@ -6,7 +6,9 @@ file, or a folder such as a Core ML package, carried as a tar), the weights besi
 libraries — and devicelab's native programs registered on the client (`devicelab build-native`: dlbench, dlprobe),
 and hands the task a `Shipment`: each client path's sha256. The worker (`localize`) fetches each into its host's
 cache (`<data>/farm/artifacts/<sha256>-<mode>/<name>`), checked by sha256 on arrival, and gives the session the same jobs with
-the cached paths in place of the client's; the session itself is unchanged."""
+the cached paths in place of the client's; the session itself is unchanged. A label's own Python environment
+(`options.python`) travels as its lock (devicelab.farm.envs): the worker's host builds the environment from it and
+the jobs get that interpreter."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from typing import Any
 
 from devicelab import native, paths
 from devicelab.errors import DevicelabError
+from devicelab.farm import envs
 from devicelab.session import Job
 from devicelab.store import Store
 
@@ -43,6 +46,7 @@ class Shipment:
 
     files: dict[str, Shipped] = field(default_factory=dict)
     native: dict[str, dict[str, Any]] = field(default_factory=dict)
+    envs: dict[str, Shipped] = field(default_factory=dict)  # a label's interpreter on the client → its lock
 
 
 def job_paths(job: Job) -> list[Path]:
@@ -83,6 +87,14 @@ def put(store: Store, path: Path) -> Shipped:
     return Shipped(store.put_artifact(path), path.name, mode=path.stat().st_mode & 0o777)
 
 
+def put_lock(store: Store, python: str) -> Shipped:
+    """The lock of the label environment `python` (an interpreter on this host) in the store."""
+    with tempfile.TemporaryDirectory(prefix="devicelab-lock-") as tmp:
+        path = Path(tmp) / envs.LOCK_NAME
+        path.write_bytes(envs.lock_bytes(envs.lock_of(python)))
+        return Shipped(store.put_artifact(path, envs.LOCK_NAME), envs.LOCK_NAME)
+
+
 def publish(store: Store, jobs: Iterable[Job]) -> Shipment:
     """Store what `jobs` need (content already stored is not written again) and say where it is."""
     shipment = Shipment()
@@ -91,6 +103,9 @@ def publish(store: Store, jobs: Iterable[Job]) -> Shipment:
             key = str(path)
             if key not in shipment.files:
                 shipment.files[key] = put(store, path)
+        python = job.options.get("python")
+        if python and str(python) not in shipment.envs:
+            shipment.envs[str(python)] = put_lock(store, str(python))
     for target in native.read_registry()["targets"]:
         record = native.registered(target)
         if record is None:  # a build whose files are gone from this host: the worker's own registry decides
@@ -143,6 +158,8 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
     DevicelabError (one line) when an artifact is missing from the store or fails its sha256 check on arrival."""
     cache = cache or cache_dir()
     local: dict[str, str] = {}
+    pythons: dict[str, str] = {}  # a label's interpreter on the client → the one built here from its lock
+    locks: dict[str, tuple[Path, str]] = {}  # the same, for locks whose environment is not built here yet
     opened: Store | None = None
     try:
         for client, item in shipment.files.items():
@@ -152,9 +169,23 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
             if opened is None:
                 opened = store() if callable(store) else store
             local[client] = str(fetch(opened, item, cache))
+        for client, item in shipment.envs.items():
+            built = envs.built(item.sha256)
+            if built is not None:
+                pythons[client] = str(built)
+                continue
+            lock = cached(item, cache)
+            if not lock.exists():  # fetched and checked by sha256 on arrival, as every task file
+                if opened is None:
+                    opened = store() if callable(store) else store
+                lock = fetch(opened, item, cache)
+            locks[client] = (lock, item.sha256)
     finally:
         if opened is not None and callable(store):
             opened.close()
+    # Built after the store is closed: a build takes minutes, and needs nothing more from the store.
+    for client, (lock, sha256) in locks.items():
+        pythons[client] = str(envs.ensure(lock.read_bytes(), sha256))
 
     def here(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
@@ -164,7 +195,8 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
         return value
 
     def options(opts: dict[str, Any]) -> dict[str, Any]:
-        return {k: (here(v) if k in PATH_OPTIONS else v) for k, v in opts.items()}
+        return {k: (here(v) if k in PATH_OPTIONS else pythons.get(str(v), v) if k == "python" else v)
+                for k, v in opts.items()}
 
     out = []
     for job in jobs:

@@ -323,10 +323,13 @@ class FarmRun:
                                         "runs it)")
 
     def _shipment_of(self, t: Task) -> artifacts.Shipment:
-        """The part of the run's shipment this task's jobs name, and the native builds (a task carries no more)."""
+        """The part of the run's shipment this task's jobs name (their files, their labels' environment locks), and
+        the native builds (a task carries no more)."""
         wanted = {str(p) for j in t.jobs for p in artifacts.job_paths(j)}
         wanted |= {a["path"] for build in self.shipment.native.values() for a in build["artifacts"].values()}
-        return artifacts.Shipment({k: v for k, v in self.shipment.files.items() if k in wanted}, self.shipment.native)
+        pythons = {str(j.options.get("python")) for j in t.jobs if j.options.get("python")}
+        return artifacts.Shipment({k: v for k, v in self.shipment.files.items() if k in wanted}, self.shipment.native,
+                                  {k: v for k, v in self.shipment.envs.items() if k in pythons})
 
     def _finished(self, t: Task) -> None:
         status = t.future.status

@@ -1,7 +1,8 @@
-"""One farm worker: a Dask worker process bound to one phone (`python -m devicelab.farm.worker`, started by the
-agent). Its plugin beats the phone's health into the store and takes the phone's resource to 0 while the phone is
-offline; its tasks run configs through the same session code as a local run and commit each Result to the run's
-store, or to a host-local spool while that store is unreachable."""
+"""One farm worker: a Dask worker process bound to one device (`python -m devicelab.farm.worker`, started by the
+agent) and opening it through its own kind's transport (an adb phone, an iPhone, the host: docs/farm.md). Its plugin
+beats the device's health into the store and takes the device's resource to 0 while it is offline; its tasks run
+configs through the same session code as a local run and commit each Result to the run's store, or to a host-local
+spool while that store is unreachable."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from devicelab.errors import DevicelabError
 from devicelab.facts import DeviceEntry, DeviceFacts
 from devicelab.farm import MISSED_BEATS_OFFLINE, PLUGIN_NAME, resource
 from devicelab.farm.artifacts import Shipment, localize
+from devicelab.farm.envs import EnvError
 from devicelab.result import Result, utc_now
 from devicelab.session import Job
 from devicelab.store import ArtifactMismatch, Heartbeat, Store, open_store
@@ -37,6 +39,27 @@ from devicelab.store import ArtifactMismatch, Heartbeat, Store, open_store
 def phone_entry(serial: str) -> DeviceEntry:
     """The phone as a discovered adb device (its id is its serial, as in a local run without an inventory)."""
     return DeviceEntry(serial, "android", {"serial": serial, "discovered": True})
+
+
+def entry_from_args(serial: str, kind: str, options: str | None) -> DeviceEntry:
+    """The device a worker serves, from its command line: its id (the adb serial, the UDID, the host device's id),
+    its kind, and the options of its entry as the agent's host knows it (JSON); without options, the device as
+    discovery finds it."""
+    from devicelab.devices import TRANSPORTS
+
+    if kind not in TRANSPORTS:
+        raise DevicelabError(f"--kind: {kind!r} is not allowed; allowed: {', '.join(TRANSPORTS)}")
+    if options:
+        try:
+            parsed = json.loads(options)
+        except ValueError as e:
+            raise DevicelabError(f"--options: not JSON ({e})") from None
+        if not isinstance(parsed, dict):
+            raise DevicelabError("--options: must be a JSON object (the device's inventory entry)")
+        return DeviceEntry(serial, kind, parsed)
+    if kind == "android":
+        return phone_entry(serial)
+    return DeviceEntry(serial, kind, {"udid": serial} if kind == "ios" else {})
 
 
 def job_label(jobs: Sequence[Job]) -> str:
@@ -191,14 +214,17 @@ class PhonePlugin(WorkerPlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, serial: str, location: str, beat_s: float, spool: Spool) -> None:
+    def __init__(self, serial: str, location: str, beat_s: float, spool: Spool, entry: DeviceEntry | None = None
+                 ) -> None:
         self.serial, self.location, self.beat_s, self.spool = serial, location, beat_s, spool
+        self.entry = entry or phone_entry(serial)  # the device, opened through its kind's transport
         self.worker: Any = None
         self.missed = 0
         self.offline = False
         self.job: str | None = None
         self.last: dict[str, Any] = {}
         self.facts: DeviceFacts | None = None  # read once reachable: a run can be planned while the phone is away
+        self._published = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -270,13 +296,18 @@ class PhonePlugin(WorkerPlugin):
         return True, values, None
 
     def _read_phone(self) -> dict[str, Any]:
-        phone = open_device(phone_entry(self.serial))
-        values = beat_values(phone.state())
-        if self.facts is None:
-            self.facts = phone.facts()
+        phone = open_device(self.entry)
+        try:
+            values = beat_values(phone.state())
+            if self.facts is None:
+                self.facts = phone.facts()
+        finally:
+            phone.close()  # an iPhone's transport holds a lockdown connection and a thread: one per beat would pile up
+        if self.facts is not None and not self._published:
             try:
                 self.publish_facts()
-            except (DevicelabError, OSError) as e:  # the next worker start (or a client's request) publishes them
+                self._published = True
+            except (DevicelabError, OSError) as e:  # the next beat (or a client's request) publishes them
                 print(f"{self.serial}: publishing its facts failed: {e}", file=sys.stderr, flush=True)
         return values
 
@@ -383,6 +414,9 @@ class PhonePlugin(WorkerPlugin):
         run_id = jobs[0].run_id
         try:
             return localize(lambda: existing_store(location), jobs, shipment)
+        except EnvError as e:  # the label's environment cannot be had here as its lock says: nothing runs
+            print(f"{self.serial}: {e}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, str(e)) for j in jobs]
         except ArtifactMismatch as e:
             # The stored copy is damaged: forget it, so that --resume (which publishes the file again) stores it anew.
             try:
@@ -420,7 +454,7 @@ class PhonePlugin(WorkerPlugin):
         if self._run is not None and self._run[0] == run_id:
             return self._run[1], self._run[2]
         self._close_run()
-        transport = open_device(phone_entry(self.serial))
+        transport = open_device(self.entry)
         transport.facts()
         transport.begin_run()
         self._run = (run_id, transport, session.idle_baseline(transport))
@@ -453,7 +487,11 @@ def publish_phone_facts(dask_worker: Any) -> str | None:
     plugin: PhonePlugin = dask_worker.plugins[PLUGIN_NAME]
     try:
         if plugin.facts is None:  # facts do not change: read once (this runs on the worker's event loop)
-            plugin.facts = open_device(phone_entry(plugin.serial)).facts()
+            phone = open_device(plugin.entry)
+            try:
+                plugin.facts = phone.facts()
+            finally:
+                phone.close()
         plugin.publish_facts()
     except (DevicelabError, OSError) as e:
         return str(e)
@@ -474,7 +512,8 @@ def end_run(run_id: str, dask_worker: Any) -> bool:
 # The process
 
 
-async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: tuple[str, str, str] | None) -> None:
+async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: tuple[str, str, str] | None,
+                entry: DeviceEntry | None = None) -> None:
     import dask
     from distributed import Worker
 
@@ -484,7 +523,7 @@ async def serve(scheduler: str, serial: str, location: str, beat_s: float, tls: 
     # while the first task of a run waits (~0.1 s of imports on a small host).
     import devicelab.farm.client  # noqa: F401
 
-    plugin = PhonePlugin(serial, location, beat_s, Spool(spool_path(serial)))
+    plugin = PhonePlugin(serial, location, beat_s, Spool(spool_path(serial)), entry)
     # distributed always starts an HTTP server next to a worker; with no routes it serves nothing (no metrics, no
     # task names) to whoever reaches its port.
     # distributed's statistical profiler samples the worker's threads every 10 ms: a wake-up this host does not need
@@ -506,9 +545,11 @@ def _loopback(address: str) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="devicelab.farm.worker", description="One farm worker for one phone.")
+    parser = argparse.ArgumentParser(prog="devicelab.farm.worker", description="One farm worker for one device.")
     parser.add_argument("--scheduler", required=True)
-    parser.add_argument("--serial", required=True)
+    parser.add_argument("--serial", required=True, help="the device's id: adb serial, iPhone UDID, host device id")
+    parser.add_argument("--kind", default="android", help="its device kind (android, ios, host)")
+    parser.add_argument("--options", help="its inventory entry's options on this host (JSON)")
     parser.add_argument("--db", required=True, help="where heartbeats go (a store location, no credentials)")
     parser.add_argument("--beat-seconds", type=float, default=10.0)
     parser.add_argument("--tls-ca")
@@ -518,8 +559,12 @@ def main(argv: list[str] | None = None) -> int:
     from devicelab.farm.security import tls_options
 
     tls = tls_options(args.tls_ca, args.tls_cert, args.tls_key)
+    try:
+        entry = entry_from_args(args.serial, args.kind, args.options)
+    except DevicelabError as e:
+        parser.error(str(e))
     profiles.use_store(args.db)  # a phone's profile (battery calibration) lives where its Results go
-    asyncio.run(serve(args.scheduler, args.serial, args.db, args.beat_seconds, tls))
+    asyncio.run(serve(args.scheduler, args.serial, args.db, args.beat_seconds, tls, entry))
     return 0
 
 

@@ -1,0 +1,232 @@
+"""Label environments on the farm (docs/farm.md, "Label environments"): a label whose engine build lives in another
+Python environment (`options.python`) names an interpreter on the client, which no worker host has. The client
+records that environment's *lock* — its Python (implementation, version, platform) and the exact `name==version` of
+every distribution it imports from — and stores it content-addressed with the task's other files; a worker fetches
+it (sha256 checked on arrival), finds the environment built from that lock in its host's cache or builds it (a venv,
+`pip install --no-deps` of the exact pins from the index pip is configured with), checks what got installed against
+the lock, and runs the label with that interpreter. Anything else is a one-line EnvError: the task's rows say it,
+nothing runs with other versions."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from devicelab import paths
+from devicelab.errors import DevicelabError
+
+LOCK_FORMAT = "devicelab-env-lock/1"
+LOCK_NAME = "env-lock.json"
+MARKER = "devicelab-env.json"  # written last into a built environment: without it, the folder is an unfinished build
+# Neither pinned nor checked: pip is how an environment is made, not what it measures; devicelab is lent to the
+# label's interpreter by the session (a package shim first on its PYTHONPATH), so a copy installed there never runs.
+NOT_PINNED = frozenset({"pip", "devicelab"})
+LIST_TIMEOUT_S = 120.0
+BUILD_TIMEOUT_S = 1800.0
+
+# Run by the label's interpreter (isolated: no PYTHONPATH, user site or current folder): what it imports from.
+# A distribution counts as the environment's own when it lives under sys.prefix, else as its base's (a venv with
+# system site packages, or an interpreter that is no venv at all); of two with one name, the first on sys.path wins.
+_LIST = r"""
+import importlib.metadata as m, json, os, platform, re, sys, sysconfig
+prefix = os.path.realpath(sys.prefix)
+found = {}
+for d in m.distributions():
+    name = d.metadata["Name"]
+    if not name:
+        continue
+    key = re.sub(r"[-_.]+", "-", name).lower()
+    if key in found:
+        continue
+    where = os.path.realpath(str(d.locate_file("")))
+    found[key] = [d.version, "env" if where == prefix or where.startswith(prefix + os.sep) else "base"]
+cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+venv = sys.prefix != sys.base_prefix
+system = True
+if venv and os.path.isfile(cfg):
+    for line in open(cfg):
+        k, _, v = line.partition("=")
+        if k.strip() == "include-system-site-packages":
+            system = v.strip().lower() == "true"
+print(json.dumps({"python": platform.python_version(), "implementation": sys.implementation.name,
+                  "platform": sysconfig.get_platform(), "venv": venv, "system_site_packages": system,
+                  "packages": found}))
+"""
+
+
+class EnvError(DevicelabError):
+    """A label environment that cannot be had on this host as its lock says (one line)."""
+
+
+def listing(python: str | Path) -> dict[str, Any]:
+    """What the interpreter `python` is and imports from (see _LIST)."""
+    try:
+        p = subprocess.run([str(python), "-I", "-c", _LIST], capture_output=True, text=True, timeout=LIST_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EnvError(f"{python}: cannot be run to list its packages: {e}") from None
+    if p.returncode != 0:
+        raise EnvError(f"{python}: listing its packages failed: {_last_line(p.stderr)}")
+    return dict(json.loads(p.stdout))
+
+
+def lock_of(python: str | Path) -> dict[str, Any]:
+    """The lock of the environment `python` runs in: its own distributions as `name==version` pins (NOT_PINNED left
+    out), the base's it sees as well when it sees any (checked on the worker, never installed there)."""
+    found = listing(python)
+    pins = {"env": [], "base": []}
+    for name, (version, where) in sorted(found["packages"].items()):
+        if name not in NOT_PINNED:
+            pins[where].append(f"{name}=={version}")
+    return {"format": LOCK_FORMAT, "python": found["python"], "implementation": found["implementation"],
+            "platform": found["platform"], "system_site_packages": bool(found["system_site_packages"]),
+            "requirements": pins["env"], "base": pins["base"]}
+
+
+def lock_bytes(lock: dict[str, Any]) -> bytes:
+    """The lock as stored: canonical JSON, so one environment is one artifact (one sha256, one cache entry)."""
+    return (json.dumps(lock, sort_keys=True, indent=1) + "\n").encode()
+
+
+def read_lock(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        lock = json.loads(data)
+    except ValueError as e:
+        raise EnvError(f"{where}: not a label-environment lock ({e})") from None
+    if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT:
+        raise EnvError(f"{where}: not a label-environment lock of format {LOCK_FORMAT}")
+    for key in ("requirements", "base"):
+        if not all(isinstance(r, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]*==[^\s=;]+", r) for r in lock.get(key, [])):
+            raise EnvError(f"{where}: {key} must be name==version pins")
+    return lock
+
+
+def _pins(lock: dict[str, Any]) -> dict[str, str]:
+    return dict(r.split("==", 1) for r in [*lock["requirements"], *lock["base"]])
+
+
+def differences(lock: dict[str, Any], found: dict[str, Any]) -> list[str]:
+    """How the environment `found` (a listing) differs from `lock`, one phrase each: Python first, then each package
+    missing, extra or of another version."""
+    out: list[str] = []
+    if found["implementation"] != lock["implementation"] or _minor(found["python"]) != _minor(lock["python"]):
+        out.append(f"Python is {found['implementation']} {found['python']}, the lock's {lock['implementation']} "
+                   f"{lock['python']}")
+    want = _pins(lock)
+    have = {n: v for n, (v, _) in found["packages"].items() if n not in NOT_PINNED}
+    for name in sorted(set(want) | set(have)):
+        if name not in have:
+            out.append(f"{name} {want[name]} is missing")
+        elif name not in want:
+            out.append(f"{name} {have[name]} is not in the lock")
+        elif have[name] != want[name]:
+            out.append(f"{name} is {have[name]}, the lock's {want[name]}")
+    return out
+
+
+def _minor(version: str) -> str:
+    return ".".join(version.split(".")[:2])
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def cache_dir() -> Path:
+    return paths.data_dir() / "farm" / "envs"
+
+
+def base_interpreter(lock: dict[str, Any], where: str) -> str:
+    """An interpreter of this host with the lock's implementation and Python major.minor: the worker's own base
+    first, then pythonX.Y and python3 on PATH."""
+    want = f"{lock['implementation']} {_minor(lock['python'])}"
+    seen: list[str] = []
+    names = [getattr(sys, "_base_executable", None), sys.executable, shutil.which(f"python{_minor(lock['python'])}"),
+             shutil.which("python3")]
+    for candidate in names:
+        if not candidate or candidate in seen:
+            continue
+        seen.append(candidate)
+        try:
+            p = subprocess.run([candidate, "-I", "-c", "import platform, sys; print(sys.implementation.name, "
+                                "'.'.join(platform.python_version().split('.')[:2]))"],
+                               capture_output=True, text=True, timeout=LIST_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if p.returncode == 0 and p.stdout.strip() == want:
+            return candidate
+    raise EnvError(f"{where}: no {want} interpreter on this host (looked at {', '.join(seen)}): the label's environment "
+                   f"needs Python {lock['python']}")
+
+
+def built(sha256: str, cache: Path | None = None) -> Path | None:
+    """The interpreter of the environment built on this host from the lock `sha256`, if there is one."""
+    home = (cache or cache_dir()) / sha256
+    return home / "bin" / "python" if (home / MARKER).is_file() else None
+
+
+def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
+    """The interpreter of the environment built from the lock `data` (content `sha256`, checked on arrival by the
+    caller) on this host: the cached one, or one built now. One build per lock and host: a second worker of the host
+    waits for the first one's build (a file lock), then uses it. Raises EnvError (one line) when it cannot be had."""
+    cache = cache or cache_dir()
+    home = cache / sha256
+    python = home / "bin" / "python"
+    if built(sha256, cache) is not None:
+        return python
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / f"{sha256}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        if built(sha256, cache) is not None:  # built by another worker while this one waited
+            return python
+        lock = read_lock(data, f"lock {sha256[:12]}")
+        where = f"label environment {sha256[:12]}"
+        base = base_interpreter(lock, where)
+        if lock["base"] and not lock["system_site_packages"]:
+            raise EnvError(f"{where}: the lock lists base packages without system site packages")
+        shutil.rmtree(home, ignore_errors=True)  # an unfinished build (no marker): start again
+        try:
+            _build(base, home, lock, where)
+            found = listing(python)
+            wrong = differences(lock, found)
+            if wrong:
+                more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+                raise EnvError(f"{where}: built on this host, but {wrong[0]}{more}")
+        except BaseException:
+            shutil.rmtree(home, ignore_errors=True)
+            raise
+        fd, tmp = tempfile.mkstemp(prefix=f".{MARKER}.", dir=home)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"lock_sha256": sha256, "python": found["python"], "base": base}, f)
+        os.replace(tmp, home / MARKER)
+    return python
+
+
+def _build(base: str, home: Path, lock: dict[str, Any], where: str) -> None:
+    """A venv at `home` from `base` with the lock's pins installed as they are (`--no-deps`: the lock is the whole
+    set, the resolver adds nothing), by the pip of the interpreter running devicelab (`--python`), so the new
+    environment holds no installer of its own."""
+    venv = [base, "-m", "venv", "--without-pip", *(["--system-site-packages"] if lock["system_site_packages"] else []),
+            str(home)]
+    _run(venv, f"{where}: making the venv failed")
+    if lock["requirements"]:
+        pip = [sys.executable, "-m", "pip", "--python", str(home / "bin" / "python"), "install", "--no-deps",
+               "--no-input", "--quiet", *lock["requirements"]]
+        _run(pip, f"{where}: pip install of its {len(lock['requirements'])} pins failed")
+
+
+def _run(argv: list[str], what: str) -> None:
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EnvError(f"{what}: {e}") from None
+    if p.returncode != 0:
+        raise EnvError(f"{what}: {_last_line(p.stderr or p.stdout)}")
