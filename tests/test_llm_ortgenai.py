@@ -20,7 +20,6 @@ from devicelab.engines.ortgenai import ENGINE as ORTGENAI
 from devicelab.engines.ortgenai import WHY_NOT, GenAISession
 from helpers import FAST_PROTOCOL, run_json
 
-pytest.importorskip("onnxruntime_genai", reason="the test extra installs onnxruntime-genai")
 
 
 @pytest.fixture(scope="module")
