@@ -227,7 +227,6 @@ def build_model(path: Path) -> tuple[Any, Hyper, dict[str, Any]]:
     def vector(name: str, hint: str) -> str:
         return g.const(hint, tensor(name).astype(np.float32))
 
-    kvd = h.n_head_kv * h.head_dim
     rep = h.n_head // h.n_head_kv
     half = h.head_dim // 2
     batch, seq, total, past = "batch_size", "sequence_length", "total_sequence_length", "past_sequence_length"

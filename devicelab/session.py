@@ -19,8 +19,8 @@ from typing import Any
 
 from devicelab import llm, llm_logits, native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
-from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, PythonStart, ResultExtras,
-                                   Sampler, Start, Transport, TransportLostError)
+from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
+                                   Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED
@@ -243,21 +243,6 @@ def python_runner_env(job: Job) -> dict[str, str]:
     if job.options.get("python"):
         env["PYTHONPATH"] = _package_shim()
     return env
-
-
-def python_start(transport: Transport, job: Job) -> PythonStart | None:
-    """The zygote-forked Python runner `job` will ask `transport` for (spawn_python's choosing arguments), or None
-    when it runs another program or a fresh interpreter. The same choice as _Attempt.prepare/_program/spawn make,
-    read from the job alone, so that a round's zygotes can be started before it (Transport.prestart_python)."""
-    engine = get_engine(job.config.engine)
-    if (isinstance(engine, ToolEngine) or engine.native_runner or engine.user_runner(job.options) is not None
-            or not transport.zygotes or job.options.get("process", "zygote") != "zygote"):
-        return None
-    python = job.options.get("python") or getattr(transport, "python", None)
-    if not python:
-        return None
-    return PythonStart(str(python), ("numpy", *engine.imports()), python_runner_env(job), tuple(job.config.cpus),
-                       job.config.repeat)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -281,7 +281,6 @@ class Executor:
         groups = self._lockstep_groups(todo)
         done: set[str] = set()
         broken: dict[str, str] = {}  # A/B engines whose later rounds are skipped, and why
-        prestarted = -1
         try:
             for pc in todo:
                 if pc.config.identity_key() in done:
@@ -299,11 +298,6 @@ class Executor:
                             break
                 if pc.runnable and pc.config.repeat > 0 and pc.config.engine in broken:
                     continue
-                if pc.runnable and pc.config.repeat != prestarted:
-                    prestarted = pc.config.repeat
-                    self._prestart([q for q in todo if q.runnable and q.config.repeat == prestarted
-                                    and q.config.identity_key() not in done
-                                    and not (prestarted > 0 and q.config.engine in broken)])
                 group = groups.get(pc.config.identity_key(), [pc])
                 for member in group:
                     self.progress("start", member)
@@ -322,21 +316,6 @@ class Executor:
             for dev in self.p.devices.values():
                 dev.close()
         return out
-
-    def _prestart(self, round_: list[PlannedConfig]) -> None:
-        """Before a round's first config: each device prepares the Python runners the round will start (the host
-        starts their zygotes together instead of one by one between configs; devicelab/devices/zygote.py)."""
-        by_device: dict[str, list[session.PythonStart]] = {}
-        for pc in round_:
-            device = self.p.devices[pc.config.device]
-            engine = get_engine(pc.config.engine)
-            if not device.zygotes or isinstance(engine, ToolEngine) or engine.native_runner:
-                continue  # decided without converting the model: nothing of this config runs in a zygote
-            job = self._job(pc)
-            if not isinstance(job, str) and (start := session.python_start(device, job)) is not None:
-                by_device.setdefault(pc.config.device, []).append(start)
-        for device_id, starts in by_device.items():
-            self.p.devices[device_id].prestart_python(starts)
 
     def _ab_without_ok(self, round_: int) -> dict[str, str]:
         """A/B engines that cannot go on, and why: a pair one of whose labels had no ok process in `round_` (every

@@ -16,7 +16,7 @@ import yaml
 from android_env import AdbServer, EmulatedPhone, cli_env
 from helpers import DEVICELAB, FAST_PROTOCOL, devicelab
 from ios_env import BUNDLE_ID, launched_folder, start_iphone, write_devices
-from test_farm import Proc, beats, farm_test, status, wait_for
+from test_farm import Proc, farm_test, status, wait_for
 
 from devicelab.facts import DeviceEntry
 from devicelab.store import open_store

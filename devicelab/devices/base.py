@@ -75,18 +75,6 @@ class Start:
 
 
 @dataclass(frozen=True)
-class PythonStart:
-    """A Python runner a config will start (Transport.spawn_python's arguments that pick its process), known before
-    the round runs, so that a transport may prepare it (Transport.prestart_python)."""
-
-    python: str
-    preload: tuple[str, ...]
-    env: Mapping[str, str]
-    cpus: tuple[int, ...]
-    generation: int
-
-
-@dataclass(frozen=True)
 class ResultExtras:
     """What a kind reads in the device's states around one config beyond what every kind has
     (`Transport.result_extras`): Result extensions, notes, and whether the device itself said it was throttling."""
@@ -225,10 +213,6 @@ class Transport(ABC):
         has imported `preload` already (the host does: docs/architecture.md), one per `generation` (the repeat
         round); the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
         return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
-
-    def prestart_python(self, starts: Sequence[PythonStart]) -> None:
-        """Prepare the Python runners of a round before its first config (the host starts their zygotes together);
-        the base does nothing: every runner starts when spawn_python is called."""
 
     def installed_program(self, name: str) -> str | None:
         """A native program (e.g. "dlbench") that is installed on the device already, as the argv[0] spawn() takes

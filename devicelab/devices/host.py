@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from devicelab.devices.base import Exit, Placed, Process, PythonStart, Sampler, Start, Transport, relative_name
+from devicelab.devices.base import Exit, Placed, Process, Sampler, Start, Transport, relative_name
 from devicelab.errors import DevicelabError
 from devicelab.facts import Cluster, DeviceEntry, DeviceFacts
 from devicelab.measure import ChannelClosedError
@@ -249,15 +249,6 @@ class HostTransport(Transport):
         if isinstance(got, Start):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
         return got
-
-    def prestart_python(self, starts: Sequence[PythonStart]) -> None:
-        if not starts or not sys.platform.startswith("linux"):
-            return
-        from devicelab.devices.zygote import ZygotePool
-
-        if self._pool is None:
-            self._pool = ZygotePool()
-        self._pool.prestart([s for s in starts if s.preload], self._environment)
 
     def close(self) -> None:
         if self._pool is not None:

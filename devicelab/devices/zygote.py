@@ -21,12 +21,11 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from devicelab.devices.base import Exit, Process, PythonStart, Start
+from devicelab.devices.base import Exit, Process, Start
 from devicelab.measure import ChannelClosedError
 
 ZYGOTE_MODULE = "devicelab.runners.zygote"
@@ -303,7 +302,6 @@ class ZygotePool:
         self._zygotes: dict[tuple[Any, ...], Zygote | None] = {}
         self._notes: dict[tuple[Any, ...], Start] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def spawn(self, python: str, module_argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
               preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = (), generation: int = 0
@@ -346,39 +344,6 @@ class ZygotePool:
         for z in old:
             z.close()
 
-    def prestart(self, wanted: Sequence[PythonStart], env: Callable[[Mapping[str, str]], Mapping[str, str]]
-                 ) -> None:
-        """Start the zygotes a round will ask for, several at once (at most one per CPU), before its first config.
-        Started one by one as configs first need them, each zygote's interpreter start and imports (~0.2 s) sat
-        between two configs, on one core of an otherwise idle machine; here they overlap each other and nothing
-        else: no config is timed until every one is ready, and a config forks from the same zygote it would have
-        started (same key). A request that does not match a later spawn only costs an idle process. `env` makes a
-        zygote's whole environment from a config's part, as spawn's caller does."""
-        if not wanted:
-            return
-        self._new_round(wanted[0].generation)
-        todo: dict[tuple[Any, ...], PythonStart] = {}
-        with self._lock:
-            for r in wanted:
-                k = self.key(r.python, r.preload, r.env, r.cpus, r.generation)
-                if k not in self._zygotes and k not in todo:
-                    todo[k] = r
-
-        def start(k: tuple[Any, ...], r: PythonStart) -> None:
-            got = self._start(r.python, tuple(r.preload), env(r.env), tuple(r.cpus))
-            with self._lock:
-                keep = not self._closed and k not in self._zygotes
-                if keep:
-                    self._zygotes[k], self._notes[k] = got
-            if not keep and got[0] is not None:
-                got[0].close()  # the pool closed meanwhile (Ctrl-C), or a spawn started its own
-
-        # Threads only wait on the zygotes' ready messages; the imports run in the zygote processes. Leaving the
-        # `with` waits for every start, also on Ctrl-C, so each zygote is in the pool that close() ends.
-        with ThreadPoolExecutor(max_workers=max(1, min(len(todo), os.cpu_count() or 1))) as pool:
-            for future in [pool.submit(start, k, r) for k, r in todo.items()]:
-                future.result()
-
     @staticmethod
     def _start(python: str, preload: tuple[str, ...], env: Mapping[str, str], cpus: tuple[int, ...]
                ) -> tuple[Zygote | None, Start]:
@@ -401,7 +366,6 @@ class ZygotePool:
 
     def close(self) -> None:
         with self._lock:
-            self._closed = True
             zygotes = [z for z in self._zygotes.values() if z is not None]
             self._zygotes.clear()
         for z in zygotes:  # all told first, then waited for: they exit together
