@@ -249,6 +249,11 @@ def python_runner_env(job: Job) -> dict[str, str]:
 # One job's life on a device
 
 
+# (run, logits key) of F32 reference passes that failed in this process: not run again for every later config of the
+# prompt (a phone out of memory or storage would fail each one alike); a new run tries again.
+_FAILED_REFERENCES: set[tuple[str, str]] = set()
+
+
 class _Ended(Exception):
     """A job ended before its runner was driven (its status and reason are set)."""
 
@@ -634,12 +639,15 @@ class _Attempt:
         peak = byte_count(done, "peak_rss_bytes")
         # The runner's own peak is the timed run's when it read it before a profiling pass in the same process: the
         # host runner says so (`peak_rss_before_profile`); dlbench reads it at stop, before its layer_times passes.
-        # Both runners read their peak at stop, before the accuracy pass (its inputs run after timing, in the same
-        # process), so that pass is never in it either.
+        # devicelab's own runners (the Python runner, dlbench) read their peak at stop, before the accuracy pass (its
+        # inputs run after timing, in the same process), so that pass is never in it either. A user's protocol
+        # runner sends `done` after writing its outputs (docs/runner-protocol.md): its peak includes them.
+        own = self.program is None or (self.engine.native_runner is not None
+                                       and self.engine.user_runner(self.job.options) is None)
         self.peak_before = [] if peak is None else [
             *(["profiling pass"] if done.get("peak_rss_before_profile") is True or (
                 self.cfg.engine == "dlbench" and self.s.profile) else []),
-            *(["accuracy pass"] if self.accuracy_pass and done.get("outputs_sha256") else [])]
+            *(["accuracy pass"] if own and self.accuracy_pass and done.get("outputs_sha256") else [])]
         when = f"before its {' and '.join(self.peak_before)}" if self.peak_before else "at stop"
         self.runner_peak = (peak, done.get("peak_rss_method"))
         return {"samples_s": tuple(m.samples_s), "warmups": m.warmup_iterations,
@@ -883,13 +891,24 @@ class _Attempt:
         except (ValueError, OSError) as e:
             self.notes.append(f"accuracy drift not compared: {e}")
             return
+        read = self.llm_ready.get("quant")
+        if isinstance(read, str) and read != w.quant:
+            # Logits are kept by quantization: another type's would pass for this one's (an F32 reference that is the
+            # quantized file itself would show no drift at all).
+            self.notes.append(f"accuracy drift not compared: the runner read a {read} model for a {w.quant} config; "
+                              "its logits are not kept")
+            return
         profile = self.t.profile_key()
         mine = llm.logits_key(cfg.engine, cfg.label, cfg.engine_version, cfg.model, w, self.job.seed, profile)
         llm_logits.keep(mine, w.quant, logits)
         record: dict[str, Any] = {"logits_sha256": paths.sha256_file(logits), "steps": int(got.shape[0])}
         if w.quant != llm.REFERENCE_QUANT:
             ref = llm_logits.logits_path(mine, llm.REFERENCE_QUANT)
-            if not ref.is_file():
+            if not ref.is_file() and not self.job.accuracy_wanted:
+                self.notes.append(f"accuracy drift not compared: no {llm.REFERENCE_QUANT} logits of this model and "
+                                  "prompt on this device, and accuracy is off (accuracy_inputs: 0), so no "
+                                  f"{llm.REFERENCE_QUANT} reference pass ran")
+            elif not ref.is_file():
                 self._reference_pass(mine)
             if ref.is_file():
                 try:
@@ -925,6 +944,11 @@ class _Attempt:
             self.notes.append(f"accuracy drift: no {llm.REFERENCE_QUANT} logits of {self.cfg.engine} for this model "
                               f"and prompt on this device, and no {llm.REFERENCE_QUANT} variant to run: not compared")
             return
+        tried = (job.run_id, key)
+        if tried in _FAILED_REFERENCES:  # it failed once in this run: every config of the prompt would fail alike
+            self.notes.append(f"accuracy drift not compared: the {llm.REFERENCE_QUANT} reference pass of this model "
+                              "and prompt failed earlier in this run (not tried again)")
+            return
         with llm_logits.locked(f"{key}-{llm.REFERENCE_QUANT}"):
             if llm_logits.logits_path(key, llm.REFERENCE_QUANT).is_file():
                 return  # another worker of this host ran it while this one waited
@@ -940,6 +964,7 @@ class _Attempt:
                                           llm={**job.llm, "quant": llm.REFERENCE_QUANT})
             (row,) = run_jobs(self.t, [ref_job])
         if row.status != OK:
+            _FAILED_REFERENCES.add(tried)
             self.notes.append(f"accuracy drift not compared: the {llm.REFERENCE_QUANT} reference pass was "
                               f"{row.status}: {row.reason}")
         else:

@@ -392,7 +392,11 @@ class Executor:
             return f"{cfg.engine} could not prepare {cfg.model} as {workload.quant}: {type(e).__name__}: {e}"
         notes = prepared.notes
         reference: PreparedModel | None = None
-        if workload.quant != llm.REFERENCE_QUANT and not isinstance(engine, ToolEngine):  # a tool keeps no logits
+        # The F32 variant drift is measured against, when accuracy is on (a tool keeps no logits). An engine without
+        # prepare_llm gets the suite's file as it is: its runner is asked for F32 and says which type it read, and
+        # logits of another type are never kept as F32 (session._llm_drift).
+        if (workload.quant != llm.REFERENCE_QUANT and not isinstance(engine, ToolEngine)
+                and self.p.suite.protocol.accuracy_inputs > 0):
             try:
                 reference = prepare_llm(source, llm.REFERENCE_QUANT, where) if prepare_llm is not None \
                     else PreparedModel(source.path)

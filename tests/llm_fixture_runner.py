@@ -49,7 +49,9 @@ def main() -> int:
         return 1
     say({"event": "ready", "protocol": 2 if mode == "v2" else 3, "load_s": 0.001, "first_s": busy(len(prompt)),
          "warmups": 0, "runner_version": "llm-fixture-1",
-         **({} if mode == "no-llm-ready" else {"llm": {"n_params": 1000, "model_bytes": 4096, "quant": quant,
+         **({} if mode == "no-llm-ready" else {"llm": {"n_params": 1000, "model_bytes": 4096,
+                                                       # options.ready_quant: a runner that reads the file as it is
+                                                       "quant": opts.get("ready_quant", quant),
                                                        "kv_type": "f16", "n_ctx": 4096, "n_vocab": n_vocab}})})
     logits: list[float] = []
     for line in sys.stdin:

@@ -5,6 +5,8 @@ the `protocol` engine (no language model: llama.cpp's own runner is tested with 
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import sqlite3
@@ -142,7 +144,9 @@ def _job(gguf_file: Path, quant: str = "F32", label: str = "", reference: bool =
     cpu = max(os.sched_getaffinity(0))
     cfg = Config("host", "protocol", label, "sha256:fixture", "tiny", "ab" * 32, gguf_file.stat().st_size, "fp32",
                  "cpu", 1, (cpu,), "big", 0, w.key())
-    return Job("run-1", cfg, SourceModel("tiny", gguf_file, "ab" * 32, ()), PreparedModel(gguf_file), FAST,
+    # accuracy on where a reference is given: the F32 reference pass is part of the accuracy measurement
+    settings = dataclasses.replace(FAST, accuracy_inputs=1) if reference else FAST
+    return Job("run-1", cfg, SourceModel("tiny", gguf_file, "ab" * 32, ()), PreparedModel(gguf_file), settings,
                options={"binary": str(RUNNER), **options},  # the fixture assumes 64 tokens
                llm=llm.runner_payload(1, w, llm.vocab(gguf_file)),
                reference=PreparedModel(gguf_file) if reference else None)  # the fixture writes each quant's logits
@@ -232,6 +236,22 @@ def test_a_quantized_config_before_its_reference_runs_the_f32_variant_once(host:
     assert again.ext["llm"]["drift"]["vs_f32"] == far and f32.status == OK
 
 
+def test_no_reference_pass_with_accuracy_off(host: HostTransport, gguf_file: Path) -> None:
+    job = _job(gguf_file, "Q4_0", reference=True)
+    r = run_jobs(host, [dataclasses.replace(job, settings=FAST)])[0]  # accuracy_inputs 0
+    assert r.status == OK and "vs_f32" not in r.ext["llm"]["drift"] and not any("ran once" in n for n in r.notes)
+    assert any("accuracy is off (accuracy_inputs: 0), so no F32 reference pass ran" in n for n in r.notes), r.notes
+
+
+def test_logits_of_another_type_than_asked_are_not_kept(host: HostTransport, gguf_file: Path) -> None:
+    """A runner that reads the file as it is (a third-party one given the quantized file as its "F32 variant") says
+    which type it read: those logits must never be kept as F32, or the drift would be nil."""
+    r = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True, ready_quant="Q4_0")])[0]
+    assert r.status == OK and "vs_f32" not in r.ext["llm"].get("drift", {})
+    assert any("so the F32 variant ran once" in n for n in r.notes), r.notes  # it ran; its logits were refused
+    assert not list((Path(os.environ["DEVICELAB_DATA"]) / "llm-logits").glob("*-F32.f32"))
+
+
 def test_a_reference_pass_that_fails_says_so(host: HostTransport, gguf_file: Path) -> None:
     r = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True, lacks=["F32"])])[0]
     assert r.status == OK and "vs_f32" not in r.ext["llm"]["drift"]
@@ -245,7 +265,7 @@ def test_drift_does_not_depend_on_the_shuffled_order(env: dict[str, str], tmp_pa
     orders, drifts = {}, {}
     for seed in (1, 5):
         raw = _suite(gguf_file, prompt_tokens=8, gen_tokens=4, quant=["F32", "Q4_0"])
-        raw.update(seed=seed, protocol={**FAST_PROTOCOL, "accuracy_inputs": 0})
+        raw.update(seed=seed, protocol={**FAST_PROTOCOL, "accuracy_inputs": 1})
         e = {**env, "DEVICELAB_DATA": str(tmp_path / f"data-{seed}")}
         code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), env=e)
         assert code == 0, err
@@ -425,7 +445,7 @@ def test_the_example_suite_runs_llama_cpp_on_the_host(llm_host: dict[str, Any], 
     and Q4_0, 1 and 2 threads, with TTFT, prefill and decode figures and samples; the report's LLM table."""
     raw = yaml.safe_load(EXAMPLE.read_text())
     raw["llm"]["context_depth"] = [0, 64]
-    raw["protocol"] = {**FAST_PROTOCOL, "accuracy_inputs": 0}
+    raw["protocol"] = {**FAST_PROTOCOL, "accuracy_inputs": 1}
     code, data, err = run_json("run", "--suite", str(_write(tmp_path, raw)), "--report",
                                str(tmp_path / "report.html"), env=env)
     assert code == 0, err

@@ -362,7 +362,7 @@ def test_devicelab_run_of_llamacpp_on_the_emulated_phone(llm_host: dict[str, Any
     suite.write_text(yaml.safe_dump({
         "name": "llm-phone", "models": ["llama-tiny"], "engines": ["llamacpp"], "threads": [1],
         "devices": ["emu-phone"], "seed": 4, "llm": {"prompt_tokens": 8, "gen_tokens": 4, "quant": ["F32", "Q8_0"]},
-        "protocol": {**FAST_PROTOCOL, "min_iterations": 2, "max_iterations": 3, "accuracy_inputs": 0,
+        "protocol": {**FAST_PROTOCOL, "min_iterations": 2, "max_iterations": 3, "accuracy_inputs": 1,
                      "cooldown_timeout_seconds": 20}}))
     code, data, err = run_json("run", "--suite", str(suite), "--devices", str(inventory), env=cli_env(env, server))
     assert code == 0, err
