@@ -1207,6 +1207,15 @@ def run_jobs(transport: Transport, jobs: Sequence[Job], cooldown_record: Cooldow
         for a in live:
             a.safely(lambda: a.finish(labels))
             a._reap()
+        # Every label's runner has ended before any collect: an LLM config's F32 reference pass (in collect) must not
+        # run beside another label's runner, and each label's state after timing is read before any such pass heats
+        # the device.
+        if len(live) > 1 and any(a.job.workload is not None and a.job.reference is not None for a in live):
+            for a in live:
+                if a.state_timed is None:
+                    a.state_timed_before = "any label's F32 reference pass"
+                    a._state_before_profile()
+        for a in live:
             a.safely(a.collect)
         return [a.result() for a in attempts]
 

@@ -252,6 +252,19 @@ def test_logits_of_another_type_than_asked_are_not_kept(host: HostTransport, ggu
     assert not list((Path(os.environ["DEVICELAB_DATA"]) / "llm-logits").glob("*-F32.f32"))
 
 
+def test_lockstep_labels_end_before_a_reference_pass_runs(host: HostTransport, gguf_file: Path) -> None:
+    """Two labels timed in lockstep: their F32 reference passes (in collect) run only once both runners have ended,
+    and both rows' state after was read before any of them."""
+    a, b = (_job(gguf_file, "Q4_0", label=label, reference=True) for label in ("A", "B"))
+    ra, rb = run_jobs(host, [a, b])
+    assert ra.status == rb.status == OK, (ra.reason, rb.reason)
+    assert ra.protocol is not None and ra.protocol.lockstep is not None  # timed together
+    for r in (ra, rb):
+        assert "state after: read when timing ended, before any label's F32 reference pass" in r.notes, r.notes
+        assert "vs_f32" in r.ext["llm"]["drift"]
+    assert all(any("ran once" in n for n in r.notes) for r in (ra, rb))  # logits are kept per label (build)
+
+
 def test_a_reference_pass_that_fails_says_so(host: HostTransport, gguf_file: Path) -> None:
     r = run_jobs(host, [_job(gguf_file, "Q4_0", reference=True, lacks=["F32"])])[0]
     assert r.status == OK and "vs_f32" not in r.ext["llm"]["drift"]
