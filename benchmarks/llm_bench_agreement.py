@@ -21,7 +21,7 @@ engine, so the run also has llamacpp at D and llama-bench at D-1: those rows are
 
 **Why llama-bench through the controller** (the `tool:llama-bench` engine) rather than run directly: both programs
 then start the same way (a fresh process per config, exec'd by dlprobe after sched_setaffinity to the same CPU), every
-round holds one process of each, and the plan's shuffle alternates their order round by round, as `compare` pairs two
+round holds one process of each, and the plan shuffles each round's order afresh (seeded), as `compare` pairs two
 labels of one run. llama-bench still times itself (its JSON `samples_ns`, one per repetition of its tg test).
 
 **Their settings, read in llama.cpp 0c1e57098** (the llama-cpp-python 0.3.36 sdist's vendor/llama.cpp: dlllm's
