@@ -201,7 +201,8 @@ def test_a_quant_the_build_lacks_is_an_unsupported_row(host: HostTransport, gguf
 
 
 def test_drift_of_quantized_logits_against_f32(host: HostTransport, gguf_file: Path) -> None:
-    q = run_jobs(host, [_job(gguf_file, "Q4_0", label="first")])[0]  # no F32 logits yet, no F32 variant to run
+    no_ref = dataclasses.replace(_job(gguf_file, "Q4_0", label="first"), settings=dataclasses.replace(FAST, accuracy_inputs=1))
+    q = run_jobs(host, [no_ref])[0]  # accuracy on, no F32 logits yet, no F32 variant to run
     assert "vs_f32" not in q.ext["llm"].get("drift", {})
     assert any("no F32 logits of protocol for this model and prompt on this device, and no F32 variant to run" in n
                for n in q.notes)
