@@ -331,7 +331,7 @@ def test_a_quant_llamacpp_cannot_make_is_an_unsupported_row(llm_host: dict[str, 
     suite.write_text(yaml.safe_dump({"models": [{"path": str(q4.path), "name": "mine"}], "engines": ["llamacpp"],
                                      "threads": [1], "seed": 2, "llm": {"prompt_tokens": 4, "gen_tokens": 2,
                                                                         "quant": ["Q4_0", "Q8_0"]},
-                                     "protocol": {**FAST_PROTOCOL, "accuracy_inputs": 0}}))
+                                     "protocol": {**FAST_PROTOCOL, "accuracy_inputs": 1}}))
     code, data, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 0, err
     by_quant = {r["ext"]["llm"]["quant"]: r for r in data["results"]}
