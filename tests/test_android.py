@@ -250,7 +250,7 @@ def test_dlbench_through_the_phone_matches_the_host_reference(native_arm64: dict
     assert r["peak_rss_bytes"] > 0 and (
         r["memory_method"].startswith("wait4 ru_maxrss of the runner under dlprobe")
         or (r["memory_method"].startswith("VmHWM of the runner process before its accuracy pass")
-            and r["peak_rss_bytes"] <= r["protocol"]["dlprobe"]["ru_maxrss_bytes"])), r["memory_method"]
+            and r["peak_rss_bytes"] <= 1.01 * r["protocol"]["dlprobe"]["ru_maxrss_bytes"])), r["memory_method"]
     assert r["protocol"]["dlprobe"]["cpus"] == r["cpus"] and r["protocol"]["dlprobe"]["samples"] > 0
     acc = r["accuracy"]
     assert acc["inputs"] == 2 and acc["cosine"] > 0.99999 and acc["top1_agreement"] == 1.0, acc

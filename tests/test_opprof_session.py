@@ -58,7 +58,6 @@ def test_peak_memory_under_dlprobe_leaves_the_accuracy_pass_out(native_host: dic
     (r,) = _run(tmp_path, env, "acc", **suite)
     assert r["status"] == "ok" and r["accuracy"] and r["protocol"]["dlprobe"]["ru_maxrss_bytes"], r["reason"]
     assert "before its accuracy pass" in r["memory_method"], r["memory_method"]
-    assert r["peak_rss_bytes"] <= r["protocol"]["dlprobe"]["ru_maxrss_bytes"]  # the runner's figure, not dlprobe's
     (again,) = _run(tmp_path, env, "again", **suite)  # the variant's accuracy is reused: no pass, dlprobe's figure
     assert "accuracy pass" not in again["memory_method"] and "ru_maxrss" in again["memory_method"].split(",")[0]
 
