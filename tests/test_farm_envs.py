@@ -244,6 +244,8 @@ def test_a_worker_host_builds_each_lock_once_even_with_two_workers(tmp_path: Pat
     assert envs.listing(got[0])["packages"] == {}  # what the lock says: nothing
     assert json.loads((cache / sha / envs.MARKER).read_text())["lock_sha256"] == sha
     assert envs.ensure(data, sha, cache) == got[0] and len(built) == 1  # cached: not built again
+    with pytest.raises(envs.EnvError, match=rf"^lock {sha[:12]}: its bytes are not that sha256$"):
+        envs.ensure(data + b" ", sha, cache)  # another lock's bytes under this one's key: refused, even when cached
 
 
 def test_an_environment_that_cannot_be_had_is_one_line_and_leaves_nothing(tmp_path: Path,

@@ -12,6 +12,7 @@ index's release of that version would take its place — so the client refuses t
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -236,9 +237,13 @@ def built(sha256: str, cache: Path | None = None) -> Path | None:
 
 def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
     """The interpreter of the environment built from the lock `data` (content `sha256`, checked on arrival by the
-    caller) on this host: the cached one, or one built now. One build per lock and host: a second worker of the host
-    waits for the first one's build (a file lock), then uses it. Raises EnvError (one line) when it cannot be had."""
+    caller and again here) on this host: the cached one, or one built now. One build per lock and host: a second
+    worker of the host waits for the first one's build (a file lock), then uses it. Raises EnvError (one line) when it
+    cannot be had."""
     cache = cache or cache_dir()
+    # The cache is keyed by the sha256: a lock's bytes under another lock's key would serve that one's tasks.
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise EnvError(f"lock {sha256[:12]}: its bytes are not that sha256")
     home = cache / sha256
     python = home / "bin" / "python"
     if built(sha256, cache) is not None:
@@ -267,6 +272,8 @@ def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{MARKER}.", dir=home)
         with os.fdopen(fd, "w") as f:
             json.dump({"lock_sha256": sha256, "python": found["python"], "base": base}, f)
+            f.flush()
+            os.fsync(f.fileno())  # the marker says "built": it must not reach the disk before its content does
         os.replace(tmp, home / MARKER)
     return python
 
