@@ -20,7 +20,7 @@ from devicelab import llm, paths, rows, session, zoo, zoo_llm
 from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
 from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
-from devicelab.engines.base import INPUT_SEED, UnsupportedError
+from devicelab.engines.base import INPUT_SEED, Engine, UnsupportedError
 from devicelab.engines.tool_base import ToolEngine
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceEntry, DeviceFacts
@@ -203,16 +203,21 @@ def engine_info(spec: EngineSpec, probe: list[tuple[str, str]]) -> EngineInfo:
     python = spec.options.get("python")
     if not python:
         return info
+    version = version_in(str(python), engine)
+    reason = None if version else f"{engine.package} is not importable by {python}"
+    return dataclasses.replace(info, version=version, available=version is not None, reason=reason)
+
+
+def version_in(python: str, engine: Engine) -> str | None:
+    """The engine's version as the interpreter `python` sees it (None: it cannot import the engine, or not run)."""
     script = ("import importlib.metadata as m, importlib.util as u, sys\n"
               "print(m.version(sys.argv[2]) if u.find_spec(sys.argv[1]) else '')")
     try:
         p = subprocess.run([python, "-c", script, engine.module, engine.package], capture_output=True, text=True,
                            timeout=60)
-        version = p.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        version = None
-    reason = None if version else f"{engine.package} is not importable by {python}"
-    return dataclasses.replace(info, version=version, available=version is not None, reason=reason)
+        return None
+    return p.stdout.strip() or None
 
 
 def host_facts() -> dict[str, Any]:

@@ -87,17 +87,27 @@ def put(store: Store, path: Path) -> Shipped:
     return Shipped(store.put_artifact(path), path.name, mode=path.stat().st_mode & 0o777)
 
 
-def put_lock(store: Store, python: str) -> Shipped:
-    """The lock of the label environment `python` (an interpreter on this host) in the store."""
+def label_locks(pythons: Iterable[str]) -> dict[str, bytes]:
+    """The lock of each label interpreter (on this host), as stored. Made before the run is recorded: an interpreter
+    that cannot be listed, or an environment that cannot travel (envs.not_portable), is one line (EnvError) and no
+    run is left behind without rows."""
+    return {python: envs.lock_bytes(envs.lock_of(python)) for python in sorted(set(pythons))}
+
+
+def put_lock(store: Store, python: str, data: bytes | None = None) -> Shipped:
+    """The lock of the label environment `python` (an interpreter on this host) in the store: `data` when the
+    client made it already (label_locks), else made now."""
     with tempfile.TemporaryDirectory(prefix="devicelab-lock-") as tmp:
         path = Path(tmp) / envs.LOCK_NAME
-        path.write_bytes(envs.lock_bytes(envs.lock_of(python)))
+        path.write_bytes(data if data is not None else envs.lock_bytes(envs.lock_of(python)))
         return Shipped(store.put_artifact(path, envs.LOCK_NAME), envs.LOCK_NAME)
 
 
-def publish(store: Store, jobs: Iterable[Job]) -> Shipment:
-    """Store what `jobs` need (content already stored is not written again) and say where it is."""
+def publish(store: Store, jobs: Iterable[Job], locks: dict[str, bytes] | None = None) -> Shipment:
+    """Store what `jobs` need (content already stored is not written again) and say where it is; a label's lock is
+    taken from `locks` when made there."""
     shipment = Shipment()
+    locks = locks or {}
     for job in jobs:
         for path in job_paths(job):
             key = str(path)
@@ -105,7 +115,7 @@ def publish(store: Store, jobs: Iterable[Job]) -> Shipment:
                 shipment.files[key] = put(store, path)
         python = job.options.get("python")
         if python and str(python) not in shipment.envs:
-            shipment.envs[str(python)] = put_lock(store, str(python))
+            shipment.envs[str(python)] = put_lock(store, str(python), locks.get(str(python)))
     for target in native.read_registry()["targets"]:
         record = native.registered(target)
         if record is None:  # a build whose files are gone from this host: the worker's own registry decides

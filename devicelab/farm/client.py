@@ -197,6 +197,7 @@ class FarmRun:
     _before: dict[str, str | None] = field(default_factory=dict)  # infra-failed rows before this execution
     shipment: artifacts.Shipment = field(default_factory=lambda: artifacts.Shipment())
     spool: Any = None  # the client's own spool (farm.worker.Spool); made from the store when not given
+    locks: dict[str, bytes] = field(default_factory=dict)  # label interpreter → its lock, made before the record
 
     def __post_init__(self) -> None:
         if self.spool is None:
@@ -235,12 +236,13 @@ class FarmRun:
                     jobs.append(made)
             if jobs:
                 tasks.append(Task(pc.config.device, group, jobs))
-        # What the tasks need from this host's disk goes to the store before any task is submitted: a worker on
-        # another host fetches it by sha256 (devicelab.farm.artifacts).
-        self.shipment = artifacts.publish(self.store, [j for t in tasks for j in t.jobs])
         finished = False
         ac = as_completed([], with_results=False, loop=self.client.loop)
         try:
+            # What the tasks need from this host's disk goes to the store before any task is submitted: a worker on
+            # another host fetches it by sha256 (devicelab.farm.artifacts). Inside the try: should it fail, the run
+            # still gets its end status.
+            self.shipment = artifacts.publish(self.store, [j for t in tasks for j in t.jobs], self.locks)
             while True:
                 self._submit_ready(tasks, ac)
                 for future in ac.next_batch(block=False) if ac.has_ready() else []:
@@ -493,15 +495,22 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     suite = parse_suite(raw, source)
     seed = suite.seed if suite.seed is not None else secrets.randbelow(2**31)
     prepared = prepare_farm(client, store, suite, source, seed)
+    locks = artifacts.label_locks(label_pythons(prepared.planned))  # refused in one line before anything is recorded
     run_id = sweep.new_run_id()
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
                                {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
                                devicelab.__version__, sweep.git_state(), argv),
                      [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
     progress("run", run_id)
-    farm_run = FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store))
+    farm_run = FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store), locks=locks)
     farm_run.execute()
     return farm_run
+
+
+def label_pythons(planned: list[PlannedConfig], skip: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    """The label interpreters (options.python) of the configs that will run: the ones whose locks the run needs."""
+    return sorted({str(pc.engine_options["python"]) for pc in planned
+                   if pc.runnable and pc.engine_options.get("python") and pc.config.identity_key() not in skip})
 
 
 def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progress: Callable[[str, Any], None]
@@ -510,9 +519,11 @@ def resume_farm_run(client: Any, store: Store, run_id: str, wait_s: float, progr
     record = store.get_run(run_id)
     suite = parse_suite(record.suite, f"run {run_id}")
     stored = [PlannedConfig(r.config, r.engine_options, r.unsupported) for r in store.planned(run_id)]
-    prepared = prepare_farm(client, store, suite, f"run {run_id}", record.seed, stored or None, store.done_keys(run_id))
+    done = store.done_keys(run_id)
+    prepared = prepare_farm(client, store, suite, f"run {run_id}", record.seed, stored or None, done)
+    locks = artifacts.label_locks(label_pythons(prepared.planned, done))  # before the run is marked running again
     store.set_run_status(run_id, "running")
-    FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store)).execute(
+    FarmRun(client, store, run_id, prepared, wait_s, progress, location=store_location(store), locks=locks).execute(
         skip=store.done_keys(run_id))
 
 

@@ -3,13 +3,16 @@ Python environment (`options.python`) names an interpreter on the client, which 
 records that environment's *lock* — its Python (implementation, version, platform) and the exact `name==version` of
 every distribution it imports from — and stores it content-addressed with the task's other files; a worker fetches
 it (sha256 checked on arrival), finds the environment built from that lock in its host's cache or builds it (a venv,
-`pip install --no-deps` of the exact pins from the index pip is configured with), checks what got installed against
-the lock, and runs the label with that interpreter. Anything else is a one-line EnvError: the task's rows say it,
-nothing runs with other versions."""
+`pip install --no-deps --only-binary=:all:` of the exact pins from the index pip is configured with), checks what got
+installed against the lock, and runs the label with that interpreter. Anything else is a one-line EnvError: the task's
+rows say it, nothing runs with other versions. A package that did not come from an index (installed from a path, a
+local wheel, a VCS or a URL) or whose version has a local label (`1.2+local`) cannot be rebuilt from a pin — the
+index's release of that version would take its place — so the client refuses to make a lock of such an environment."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -39,6 +42,7 @@ _LIST = r"""
 import importlib.metadata as m, json, os, platform, re, sys, sysconfig
 prefix = os.path.realpath(sys.prefix)
 found = {}
+origins = {}
 for d in m.distributions():
     name = d.metadata["Name"]
     if not name:
@@ -48,6 +52,13 @@ for d in m.distributions():
         continue
     where = os.path.realpath(str(d.locate_file("")))
     found[key] = [d.version, "env" if where == prefix or where.startswith(prefix + os.sep) else "base"]
+    direct = d.read_text("direct_url.json")  # PEP 610: written by an installer for anything not from an index
+    if direct:
+        try:
+            url = str(json.loads(direct).get("url") or "a direct URL")
+        except ValueError:
+            url = "a direct URL"
+        origins[key] = url
 cfg = os.path.join(sys.prefix, "pyvenv.cfg")
 venv = sys.prefix != sys.base_prefix
 system = True
@@ -58,7 +69,7 @@ if venv and os.path.isfile(cfg):
             system = v.strip().lower() == "true"
 print(json.dumps({"python": platform.python_version(), "implementation": sys.implementation.name,
                   "platform": sysconfig.get_platform(), "venv": venv, "system_site_packages": system,
-                  "packages": found}))
+                  "packages": found, "origins": origins}))
 """
 
 
@@ -79,9 +90,16 @@ def listing(python: str | Path) -> dict[str, Any]:
 
 def lock_of(python: str | Path) -> dict[str, Any]:
     """The lock of the environment `python` runs in: its own distributions as `name==version` pins (NOT_PINNED left
-    out), the base's it sees as well when it sees any (checked on the worker, never installed there)."""
+    out), the base's it sees as well when it sees any (checked on the worker, never installed there). Raises EnvError
+    (one line) when a package cannot travel as a pin (not_portable)."""
     found = listing(python)
-    pins = {"env": [], "base": []}
+    refused = not_portable(found)
+    if refused:
+        more = f" (and {len(refused) - 1} more: {', '.join(n for n, _ in refused[1:])})" if len(refused) > 1 else ""
+        raise EnvError(f"{python}: {refused[0][1]}{more}; an environment with it cannot travel to farm workers (a "
+                       "worker installs name==version from its index): run this label locally, or publish the build "
+                       "to an index the farm's hosts use, under a version of its own")
+    pins: dict[str, list[str]] = {"env": [], "base": []}
     for name, (version, where) in sorted(found["packages"].items()):
         if name not in NOT_PINNED:
             pins[where].append(f"{name}=={version}")
@@ -90,21 +108,56 @@ def lock_of(python: str | Path) -> dict[str, Any]:
             "requirements": pins["env"], "base": pins["base"]}
 
 
+def not_portable(found: dict[str, Any]) -> list[tuple[str, str]]:
+    """The pinned packages of a listing that a worker could not get back from a `name==version` pin, with why: one
+    installed from a path, a local wheel, a VCS or a URL (its PEP 610 direct_url.json) — a worker would install the
+    index's release of that version in its place, and the check after the build compares versions only — and one whose
+    version carries a local label (`+…`), which no public index serves."""
+    out: list[tuple[str, str]] = []
+    origins = found.get("origins") or {}
+    for name, (version, _where) in sorted(found["packages"].items()):
+        if name in NOT_PINNED:
+            continue
+        if name in origins:
+            out.append((name, f"{name} {version} was installed from {origins[name]}, not from an index "
+                              "(direct_url.json)"))
+        elif "+" in version:
+            out.append((name, f"{name} {version} has a local version label (+{version.partition('+')[2]})"))
+    return out
+
+
 def lock_bytes(lock: dict[str, Any]) -> bytes:
     """The lock as stored: canonical JSON, so one environment is one artifact (one sha256, one cache entry)."""
     return (json.dumps(lock, sort_keys=True, indent=1) + "\n").encode()
 
 
+# An exact pin and nothing else: a normalised name, `==`, a release's version (no wildcard `*`, no second clause `,`,
+# no other operator, no environment marker `;`, no local label `+`), so pip can install only that one release.
+PIN = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?==[0-9a-zA-Z][0-9a-zA-Z.!_-]*")
+
+
 def read_lock(data: bytes, where: str) -> dict[str, Any]:
+    """A lock as the store carried it, checked field by field before anything is made from it (one-line EnvError)."""
     try:
         lock = json.loads(data)
     except ValueError as e:
         raise EnvError(f"{where}: not a label-environment lock ({e})") from None
     if not isinstance(lock, dict) or lock.get("format") != LOCK_FORMAT:
         raise EnvError(f"{where}: not a label-environment lock of format {LOCK_FORMAT}")
-    for key in ("requirements", "base"):
-        if not all(isinstance(r, str) and re.fullmatch(r"[a-z0-9][a-z0-9-]*==[^\s=;]+", r) for r in lock.get(key, [])):
-            raise EnvError(f"{where}: {key} must be name==version pins")
+    checks = {"python": lambda v: isinstance(v, str) and re.fullmatch(r"\d+\.\d+(\.\d+)?[0-9a-z.+]*", v) is not None,
+              "implementation": lambda v: isinstance(v, str) and re.fullmatch(r"[a-z][a-z0-9_]*", v) is not None,
+              "platform": lambda v: isinstance(v, str),
+              "system_site_packages": lambda v: isinstance(v, bool),
+              "requirements": lambda v: isinstance(v, list) and all(isinstance(r, str) and PIN.fullmatch(r) for r in v),
+              "base": lambda v: isinstance(v, list) and all(isinstance(r, str) and PIN.fullmatch(r) for r in v)}
+    allowed = {"python": "a version such as 3.11.2", "implementation": "an implementation name such as cpython",
+               "platform": "a string", "system_site_packages": "true or false",
+               "requirements": "a list of exact name==version pins", "base": "a list of exact name==version pins"}
+    for key, ok in checks.items():
+        if key not in lock:
+            raise EnvError(f"{where}: {key} is missing; allowed: {allowed[key]}")
+        if not ok(lock[key]):
+            raise EnvError(f"{where}: {key} {json.dumps(lock[key])[:120]} is not allowed; allowed: {allowed[key]}")
     return lock
 
 
@@ -168,16 +221,29 @@ def base_interpreter(lock: dict[str, Any], where: str) -> str:
 
 
 def built(sha256: str, cache: Path | None = None) -> Path | None:
-    """The interpreter of the environment built on this host from the lock `sha256`, if there is one."""
+    """The interpreter of the environment built on this host from the lock `sha256`, if there is one: its marker
+    names that lock and its interpreter is there (a cheap look, no listing: the full check was made when it was
+    built; a folder failing this one is built again)."""
     home = (cache or cache_dir()) / sha256
-    return home / "bin" / "python" if (home / MARKER).is_file() else None
+    python = home / "bin" / "python"
+    try:
+        marker = json.loads((home / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("lock_sha256") != sha256 or not os.access(python, os.X_OK):
+        return None
+    return python
 
 
 def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
     """The interpreter of the environment built from the lock `data` (content `sha256`, checked on arrival by the
-    caller) on this host: the cached one, or one built now. One build per lock and host: a second worker of the host
-    waits for the first one's build (a file lock), then uses it. Raises EnvError (one line) when it cannot be had."""
+    caller and again here) on this host: the cached one, or one built now. One build per lock and host: a second
+    worker of the host waits for the first one's build (a file lock), then uses it. Raises EnvError (one line) when it
+    cannot be had."""
     cache = cache or cache_dir()
+    # The cache is keyed by the sha256: a lock's bytes under another lock's key would serve that one's tasks.
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise EnvError(f"lock {sha256[:12]}: its bytes are not that sha256")
     home = cache / sha256
     python = home / "bin" / "python"
     if built(sha256, cache) is not None:
@@ -206,20 +272,23 @@ def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
         fd, tmp = tempfile.mkstemp(prefix=f".{MARKER}.", dir=home)
         with os.fdopen(fd, "w") as f:
             json.dump({"lock_sha256": sha256, "python": found["python"], "base": base}, f)
+            f.flush()
+            os.fsync(f.fileno())  # the marker says "built": it must not reach the disk before its content does
         os.replace(tmp, home / MARKER)
     return python
 
 
 def _build(base: str, home: Path, lock: dict[str, Any], where: str) -> None:
     """A venv at `home` from `base` with the lock's pins installed as they are (`--no-deps`: the lock is the whole
-    set, the resolver adds nothing), by the pip of the interpreter running devicelab (`--python`), so the new
-    environment holds no installer of its own."""
+    set, the resolver adds nothing; `--only-binary=:all:`: wheels only, so nothing is built and no build dependency
+    is fetched unpinned), by the pip of the interpreter running devicelab (`--python`), so the new environment holds
+    no installer of its own."""
     venv = [base, "-m", "venv", "--without-pip", *(["--system-site-packages"] if lock["system_site_packages"] else []),
             str(home)]
     _run(venv, f"{where}: making the venv failed")
     if lock["requirements"]:
         pip = [sys.executable, "-m", "pip", "--python", str(home / "bin" / "python"), "install", "--no-deps",
-               "--no-input", "--quiet", *lock["requirements"]]
+               "--only-binary=:all:", "--no-input", "--quiet", *lock["requirements"]]
         _run(pip, f"{where}: pip install of its {len(lock['requirements'])} pins failed")
 
 

@@ -228,7 +228,8 @@ class PhonePlugin(WorkerPlugin):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._run: tuple[str, Transport, dict[str, Any]] | None = None  # (run id, open transport, idle baseline)
+        # (run id, open transport, idle baseline, the device's facts as its transport read them)
+        self._run: tuple[str, Transport, dict[str, Any], DeviceFacts] | None = None
         self._reader = ThreadPoolExecutor(1, thread_name_prefix=f"read {serial}")
         self._reading: Future[dict[str, Any]] | None = None
 
@@ -442,6 +443,11 @@ class PhonePlugin(WorkerPlugin):
             transport, baseline = self._transport(run_id)
         except (DevicelabError, OSError) as e:
             return [rows.device_gone(run_id, j.config, str(e)) for j in jobs]
+        assert self._run is not None
+        wrong = engine_mismatch(jobs, self._run[3])
+        if wrong:  # a row would carry a version this host does not run: none of the task runs (A/B labels go together)
+            print(f"{self.serial}: {wrong}", file=sys.stderr, flush=True)
+            return [rows.not_delivered(run_id, j.config, wrong) for j in jobs]
         cooldown = session.cooldown(transport, baseline, jobs[0].settings)
         try:
             return session.run_jobs(transport, list(jobs), cooldown)
@@ -455,9 +461,9 @@ class PhonePlugin(WorkerPlugin):
             return self._run[1], self._run[2]
         self._close_run()
         transport = open_device(self.entry)
-        transport.facts()
+        facts = transport.facts()
         transport.begin_run()
-        self._run = (run_id, transport, session.idle_baseline(transport))
+        self._run = (run_id, transport, session.idle_baseline(transport), facts)
         return self._run[1], self._run[2]
 
     def _close_run(self) -> None:
@@ -467,6 +473,39 @@ class PhonePlugin(WorkerPlugin):
             except Exception:  # noqa: BLE001 - a phone that went away cannot be set back
                 pass
             self._run = None
+
+
+def engine_mismatch(jobs: Sequence[Job], facts: DeviceFacts) -> str | None:
+    """Why this worker must not run `jobs`: a config whose engine version here differs from the one the run planned
+    (and each row would carry), as one line naming both; None when every one matches.
+
+    The client plans an engine's version from the device's facts when they name it (an iPhone's runner app), else
+    from the client's own install (plan.engine_version_on); the worker runs the engine of its own host (the Python
+    engines of a host device) or what the task shipped (the client's native builds, whose records name their
+    version; a user's runner binary, whose content hash is its version). So the worker applies the plan's rule on
+    its side — facts first, else the engine's version for the job's options here, with the task's native builds in
+    place — and a difference is refused before anything runs. A label (options.python: by now the interpreter rebuilt
+    here from the client's lock) is asked as the client asked it, by that interpreter, which the session then runs."""
+    from devicelab.engines import get_engine
+    from devicelab.sweep import version_in
+
+    for job in jobs:
+        c = job.config
+        engine = get_engine(c.engine)
+        python = job.options.get("python")
+        if python:
+            here = version_in(str(python), engine) or ""
+        else:
+            here = (facts.extra.get("engine_versions") or {}).get(c.engine) or engine.version_for(dict(job.options)) \
+                or ""
+        if here != c.engine_version:
+            name = f"{c.engine} [{c.label}]" if c.label else c.engine
+            where = f"in its label environment {python}" if python else f"on worker {c.device}'s host {platform.node()}"
+            hint = "" if python else (" (install that version there, or give the label options.python: a label "
+                                      "environment travels as its lock)")
+            return (f"{name} is version {here or 'not installed'} {where}, the run planned "
+                    f"{c.engine_version or 'none'}: nothing of the task ran{hint}")
+    return None
 
 
 def _plugin() -> PhonePlugin:
