@@ -383,6 +383,8 @@ class Executor:
         prepare_llm = getattr(engine, "prepare_llm", None)
         where = paths.data_dir() / "converted" / cfg.engine
         try:
+            if (check_llm := getattr(engine, "check_llm", None)) is not None:  # a shape the file cannot hold
+                check_llm(source, workload)
             prepared = prepare_llm(source, workload.quant, where) if prepare_llm is not None \
                 else PreparedModel(source.path)
             payload = llm.runner_payload(INPUT_SEED, workload, llm.vocab(source.path))
