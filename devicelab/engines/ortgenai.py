@@ -6,7 +6,8 @@ file) is converted by devicelab.ortgenai_convert into a model folder (model.onnx
 cached by the GGUF file's content and the converter's version. Only F32 is converted: F16 weights would compute in
 float32 on this CPU (no float16 MatMul kernel in ONNX Runtime's CPU provider on x86-64), and the GGML quantizations
 have no GenAI counterpart written here; those configs are `unsupported` rows saying so (prepare_llm raises
-UnsupportedError, before anything runs).
+UnsupportedError, before anything runs), as are a file holding what the graph would not apply (the converter names
+it) and a request longer than the file's context (check_llm). A llama file missing a tensor is a failed row.
 
 Per request the runner makes a fresh og.Generator (an empty KV cache), appends the depth tokens (untimed), times
 `append_tokens(prompt)` (GenAI runs the prefill and computes the first logits inside it), then for each of the G steps
