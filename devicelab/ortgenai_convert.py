@@ -39,6 +39,7 @@ reuses a cached folder nor continues another converter's series.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -65,8 +66,20 @@ def converter_version(source: bytes) -> str:
     return h.hexdigest()[:12]
 
 
-# No hand-bumped number: any edit of this file changes it (the cache key and the engine's version name it).
-CONVERTER_VERSION = converter_version(Path(__file__).read_bytes())
+@functools.cache
+def _own_version() -> str:
+    return converter_version(Path(__file__).read_bytes())
+
+
+def __getattr__(name: str) -> Any:
+    """CONVERTER_VERSION: no hand-bumped number, any edit of this file changes it (the cache key and the engine's
+    version name it). Computed on first use: the runner imports this module for its file names, and hashing and
+    package metadata lookups would otherwise land in its measured load time."""
+    if name == "CONVERTER_VERSION":
+        return _own_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17: every ONNX Runtime since 1.13 loads it
 ONNX_FILE = "model.onnx"
@@ -427,13 +440,13 @@ def build_model(path: Path) -> tuple[Any, Hyper, dict[str, Any]]:
 
     graph = helper.make_graph(g.nodes, "devicelab-llama-F32", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="devicelab", producer_version=str(CONVERTER_VERSION))
+                              producer_name="devicelab", producer_version=_own_version())
     model.ir_version = IR_VERSION
     # The KV cache's type as the graph declares its present outputs (what the runner reports as kv_type).
     kv_type = {TensorProto.FLOAT: "f32", TensorProto.FLOAT16: "f16"}[outputs[1].type.tensor_type.elem_type]
     facts = {"n_params": n_params, "n_vocab": h.n_vocab, "n_ctx_train": h.n_ctx_train, "quant": "F32",
              "source_type": source_type, "kv_type": kv_type,
-             "converter": CONVERTER_VERSION, "hyper": asdict(h)}
+             "converter": _own_version(), "hyper": asdict(h)}
     return model, h, facts
 
 
@@ -485,7 +498,7 @@ def write_folder(src: Path, out: Path) -> None:
 
 
 def cache_key(source_sha256: str) -> str:
-    return hashlib.sha256(f"{source_sha256}/F32/ortgenai-converter-{CONVERTER_VERSION}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{source_sha256}/F32/ortgenai-converter-{_own_version()}".encode()).hexdigest()[:16]
 
 
 def cached_folder(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:
