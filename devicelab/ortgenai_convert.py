@@ -6,7 +6,10 @@ the layout of the
 LLM zoo's files and of llama.cpp's convert_hf_to_gguf output: token embedding, per block an RMSNorm, Q/K/V/O
 projections with rotary position embedding and grouped KV heads, an RMSNorm and a SwiGLU feed-forward; a final RMSNorm
 and the output head (or the tied embedding). Anything else (another architecture, rope scaling, a partial rotary
-dimension, a quantized tensor type) is refused with the reason: no approximation is ever written under a quant's name.
+dimension, a quantized tensor type, a rope frequency scale other than 1, a tensor the graph would not consume — e.g. the
+optional biases and `.scale` tensors llama.cpp applies to llama files) is refused with the reason
+(ConversionRefusedError: an `unsupported` row); a llama file missing a tensor or key this layout needs is broken
+(MalformedGGUFError: a failed row). No approximation is ever written under a quant's name.
 
 The graph is plain ONNX (opset 17) only, no ORT contrib ops: every op has a CPU kernel in every ONNX Runtime build,
 the numerics are the textbook ones (so the logits can be held to llama.cpp's), and ONNX Runtime's own graph optimizer
@@ -25,11 +28,18 @@ llama.cpp's conventions, followed exactly:
 * RMSNorm: x / sqrt(mean(x²) + eps) · w with eps = `llama.attention.layer_norm_rms_epsilon`.
 * attention: scale 1/sqrt(head_dim); query head h reads KV head h // (n_head / n_head_kv), as ggml's broadcast does.
 * logits of the last position only (llama.cpp computes no others for a prompt), declared [batch, 1, vocab], which
-  GenAI treats as a model that outputs the last token's logits.
+  GenAI treats as a model that outputs the last token's logits. As in llama.cpp's llama graph (its `inp_out_ids`), the
+  sequence is cut to that position right after the last block's attention residual: the last block's feed-forward,
+  the final norm and the head run for one position, not for every prompt token.
+
+The converter's version (CONVERTER_VERSION, in the cache key and in the engine's version) is a hash of this file's
+source and of the `gguf` and `onnx` packages' versions that read and write the graph: a changed converter never
+reuses a cached folder nor continues another converter's series.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -42,7 +52,34 @@ from typing import Any
 
 import numpy as np
 
-CONVERTER_VERSION = 1  # bump when the graph changes: converted folders are cached under a key naming it
+
+def converter_version(source: bytes) -> str:
+    """12 hex digits of the sha256 of the converter's `source` and of the gguf and onnx versions it runs with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256(source)
+    for package in ("gguf", "onnx"):
+        try:
+            h.update(f"\n{package}=={version(package)}".encode())
+        except PackageNotFoundError:
+            h.update(f"\n{package} missing".encode())
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def _own_version() -> str:
+    return converter_version(Path(__file__).read_bytes())
+
+
+def __getattr__(name: str) -> Any:
+    """CONVERTER_VERSION: no hand-bumped number, any edit of this file changes it (the cache key and the engine's
+    version name it). Computed on first use: the runner imports this module for its file names, and hashing and
+    package metadata lookups would otherwise land in its measured load time."""
+    if name == "CONVERTER_VERSION":
+        return _own_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 OPSET = 17
 IR_VERSION = 8  # the IR of opset 17: every ONNX Runtime since 1.13 loads it
 ONNX_FILE = "model.onnx"
@@ -58,8 +95,24 @@ FLOAT_TYPES = {0: "F32", 1: "F16"}
 QUANTS = ("F32",)
 
 
-class ConversionRefused(ValueError):
-    """The GGUF file is not one this converter writes honestly (the message says why, naming the field)."""
+class ConversionRefusedError(ValueError):
+    """The GGUF file is a valid model this converter does not write honestly (the message says why, naming the field
+    or tensor): the engine makes it an `unsupported` row."""
+
+
+class MalformedGGUFError(ValueError):
+    """The GGUF file says it is a llama model but lacks a tensor or key that architecture requires (llama.cpp would not
+    load it either): a failed row, not an unsupported one."""
+
+
+# Keys llama.cpp reads for a llama file that change the numerics, with the values under which they change nothing.
+# `llama.rope.scaling.factor` (or the older `llama.rope.scale_linear`) sets freq_scale = 1/factor whatever the scaling
+# type (default "linear"; llama-model.cpp's load_hparams), 0 meaning unset.
+NEUTRAL_KEYS: dict[str, tuple[Any, ...]] = {
+    "llama.rope.scaling.factor": (0.0, 1.0),
+    "llama.rope.scale_linear": (0.0, 1.0),
+    "llama.expert_count": (0,),
+}
 
 
 @dataclass(frozen=True)
@@ -95,44 +148,102 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
 def read_hyper(reader: Any) -> Hyper:
     arch = _field(reader, "general.architecture")
     if arch != "llama":
-        raise ConversionRefused(f"general.architecture: {arch!r} is not converted; allowed: 'llama'")
+        raise ConversionRefusedError(f"general.architecture: {arch!r} is not converted; allowed: 'llama'")
     scaling = _field(reader, "llama.rope.scaling.type")
-    if scaling not in (None, "none"):
-        raise ConversionRefused(f"llama.rope.scaling.type: {scaling!r} is not converted; allowed: none")
+    if scaling not in (None, "none", "linear"):  # linear with a neutral factor (below) is no scaling
+        raise ConversionRefusedError(f"llama.rope.scaling.type: {scaling!r} is not converted; allowed: none, linear "
+                                     "(with a factor of 1)")
+    for key, neutral in NEUTRAL_KEYS.items():
+        value = _field(reader, key)
+        if value is not None and value not in neutral:
+            raise ConversionRefusedError(f"{key}: {value!r} is not converted (llama.cpp applies it to llama files); "
+                                         f"allowed: absent or {', '.join(map(str, neutral))}")
     if any(t.name == "rope_freqs.weight" for t in reader.tensors):
-        raise ConversionRefused("rope_freqs.weight: per-frequency rope factors (Llama 3.1 scaling) are not converted")
+        raise ConversionRefusedError("rope_freqs.weight: per-frequency rope factors (Llama 3.1 scaling) are not "
+                                     "converted")
 
     def need(key: str) -> Any:
         value = _field(reader, key)
         if value is None:
-            raise ConversionRefused(f"{key}: missing from the GGUF metadata")
+            raise MalformedGGUFError(f"{key}: missing from the GGUF metadata")
         return value
 
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     n_embd, n_head = int(need("llama.embedding_length")), int(need("llama.attention.head_count"))
     head_dim = n_embd // n_head
+    for key in ("llama.attention.key_length", "llama.attention.value_length"):
+        value = _field(reader, key)
+        if value is not None and value != head_dim:
+            raise ConversionRefusedError(f"{key}: {value!r} is not converted; allowed: absent or n_embd / n_head "
+                                         f"({head_dim})")
     n_rot = int(_field(reader, "llama.rope.dimension_count", head_dim))
     if n_rot != head_dim or head_dim % 2:
-        raise ConversionRefused(f"llama.rope.dimension_count: {n_rot} is not converted; allowed: the head "
-                                f"dimension ({head_dim}), even")
+        raise ConversionRefusedError(f"llama.rope.dimension_count: {n_rot} is not converted; allowed: the head "
+                                     f"dimension ({head_dim}), even")
     embd = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embd is None:
-        raise ConversionRefused("token_embd.weight: missing")
+        raise MalformedGGUFError("token_embd.weight: missing")
     n_vocab = int(embd.shape[1]) if len(embd.shape) == 2 else 0
     if tokens is not None and len(tokens.data) != n_vocab:
-        raise ConversionRefused(f"tokenizer.ggml.tokens: {len(tokens.data)} tokens for an embedding of {n_vocab} rows")
-    return Hyper(n_vocab=n_vocab, n_embd=n_embd, n_layer=int(need("llama.block_count")), n_head=n_head,
-                 n_head_kv=int(_field(reader, "llama.attention.head_count_kv", n_head)),
-                 n_ff=int(need("llama.feed_forward_length")), n_rot=n_rot,
-                 n_ctx_train=int(need("llama.context_length")),
-                 rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-                 rms_eps=float(need("llama.attention.layer_norm_rms_epsilon")),
-                 bos=int(_field(reader, "tokenizer.ggml.bos_token_id", 1)),
-                 eos=int(_field(reader, "tokenizer.ggml.eos_token_id", 2)))
+        raise MalformedGGUFError(f"tokenizer.ggml.tokens: {len(tokens.data)} tokens for an embedding of {n_vocab} "
+                                 "rows")
+    h = Hyper(n_vocab=n_vocab, n_embd=n_embd, n_layer=int(need("llama.block_count")), n_head=n_head,
+              n_head_kv=int(_field(reader, "llama.attention.head_count_kv", n_head)),
+              n_ff=int(need("llama.feed_forward_length")), n_rot=n_rot,
+              n_ctx_train=int(need("llama.context_length")),
+              rope_base=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+              rms_eps=float(need("llama.attention.layer_norm_rms_epsilon")),
+              bos=int(_field(reader, "tokenizer.ggml.bos_token_id", 1)),
+              eos=int(_field(reader, "tokenizer.ggml.eos_token_id", 2)))
+    names = {t.name for t in reader.tensors}
+    missing = [n for n in graph_tensors(h, names) if n not in names and n != "output.weight"]
+    if missing:
+        raise MalformedGGUFError(f"tensor {missing[0]}: missing (a llama file needs it)")
+    extra = sorted(names - set(graph_tensors(h, names)))
+    if extra:
+        raise ConversionRefusedError(f"tensor {extra[0]}: not converted (the graph has no place for it; llama.cpp "
+                                     f"applies it); allowed: {_ALLOWED}")
+    return h
+
+
+_ALLOWED = ("token_embd.weight, output_norm.weight, output.weight and per block attn_norm, attn_q, attn_k, attn_v, "
+            "attn_output, ffn_norm, ffn_gate, ffn_up, ffn_down (.weight)")
+
+
+def graph_tensors(h: Hyper, names: set[str]) -> list[str]:
+    """The tensors the graph consumes, in order: any other tensor in the file is refused, never dropped silently
+    (llama.cpp would apply e.g. an optional bias or a `.scale`). The output head is optional: without it the head is
+    the token embedding (tied), as in llama.cpp."""
+    out = ["token_embd.weight"]
+    for i in range(h.n_layer):
+        out += [f"blk.{i}.{n}.weight" for n in ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm",
+                                                 "ffn_gate", "ffn_up", "ffn_down")]
+    out.append("output_norm.weight")
+    if "output.weight" in names:
+        out.append("output.weight")
+    return out
+
+
+def context_length(path: Path) -> int | None:
+    """`llama.context_length` of the file (None when absent: check_source then says what is wrong with the file)."""
+    from gguf import GGUFReader
+
+    value = _field(GGUFReader(str(path)), "llama.context_length")
+    return None if value is None else int(value)
+
+
+def check_source(path: Path) -> str:
+    """What build_model refuses, checked without building anything (the metadata, the tensors' names and types):
+    'F32' or 'F16', the file's weight type; ConversionRefusedError or MalformedGGUFError naming the field."""
+    from gguf import GGUFReader
+
+    source_type = file_float_type(path)
+    read_hyper(GGUFReader(str(path)))
+    return source_type
 
 
 def file_float_type(path: Path) -> str:
-    """'F32' or 'F16': the type of the file's 2-D weights; ConversionRefused naming the first other type."""
+    """'F32' or 'F16': the type of the file's 2-D weights; ConversionRefusedError naming the first other type."""
     from gguf import GGMLQuantizationType, GGUFReader
 
     reader = GGUFReader(str(path))
@@ -141,9 +252,9 @@ def file_float_type(path: Path) -> str:
         if len(t.shape) >= 2 or t.name == "token_embd.weight":
             kind = FLOAT_TYPES.get(int(t.tensor_type))
             if kind is None:
-                raise ConversionRefused(f"tensor {t.name} is {GGMLQuantizationType(int(t.tensor_type)).name}: "
-                                        "ortgenai converts F32 or F16 GGUF files only (a quantized file would be "
-                                        "dequantized, which is not that quantization's speed or accuracy)")
+                raise ConversionRefusedError(f"tensor {t.name} is {GGMLQuantizationType(int(t.tensor_type)).name}: "
+                                             "ortgenai converts F32 or F16 GGUF files only (a quantized file would "
+                                             "be dequantized, which is not that quantization's speed or accuracy)")
             seen.add(kind)
     return "F16" if "F16" in seen else "F32"
 
@@ -208,14 +319,16 @@ def build_model(path: Path) -> tuple[Any, Hyper, dict[str, Any]]:
 
     source_type = file_float_type(path)  # refuses quantized tensors with their name
     reader = GGUFReader(str(path))
-    h = read_hyper(reader)
+    h = read_hyper(reader)  # refuses keys and tensors the graph would not apply
     tensors = {t.name: t for t in reader.tensors}
     n_params = int(sum(int(t.n_elements) for t in reader.tensors))
+    consumed: set[str] = set()
 
     def tensor(name: str) -> np.ndarray:
         t = tensors.get(name)
         if t is None:
-            raise ConversionRefused(f"{name}: missing")
+            raise MalformedGGUFError(f"tensor {name}: missing (a llama file needs it)")
+        consumed.add(name)
         return np.asarray(t.data)  # numpy shape (rows, cols) = GGUF (ne1, ne0): a matrix is (out, in)
 
     g = _Graph()
@@ -305,26 +418,35 @@ def build_model(path: Path) -> tuple[Any, Hyper, dict[str, Any]]:
         ctx = g.op("Reshape", [g.op("Transpose", [g.op("Reshape", [ctx, shape_heads])], perm=[0, 2, 1, 3]),
                                shape_embd])  # [B, S, E]
         x = g.op("Add", [x, g.op("MatMul", [ctx, weight(b + "attn_output.weight", f"l{i}_wo")])])
+        if i == h.n_layer - 1:
+            # Only the last position's logits are output: cut here, as llama.cpp's llama graph does (inp_out_ids,
+            # after the last block's attention), so this block's feed-forward, the final norm and the head run for
+            # one position instead of P. Earlier blocks need every position: later positions attend to their K/V.
+            x = g.op("Slice", [x, g.const("m1", np.array([-1], np.int64)),
+                               g.const("big", np.array([np.iinfo(np.int64).max], np.int64)),
+                               g.const("axis1b", np.array([1], np.int64))])  # [B, 1, E]
         hx = _rms_norm(g, x, vector(b + "ffn_norm.weight", f"l{i}_ffn_norm"), h.rms_eps)
         gate = g.op("MatMul", [hx, weight(b + "ffn_gate.weight", f"l{i}_wgate")])
         up = g.op("MatMul", [hx, weight(b + "ffn_up.weight", f"l{i}_wup")])
         act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])  # SiLU(gate) · up
         x = g.op("Add", [x, g.op("MatMul", [act, weight(b + "ffn_down.weight", f"l{i}_wdown")])])
 
-    last = g.op("Slice", [x, g.const("m1", np.array([-1], np.int64)),
-                          g.const("big", np.array([np.iinfo(np.int64).max], np.int64)),
-                          g.const("axis1b", np.array([1], np.int64))])  # [B, 1, E]: the last position only
-    hx = _rms_norm(g, last, vector("output_norm.weight", "output_norm"), h.rms_eps)
+    hx = _rms_norm(g, x, vector("output_norm.weight", "output_norm"), h.rms_eps)  # [B, 1, E]
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"  # tied embeddings
     g.op("MatMul", [hx, weight(head, "output")], outputs=["logits"])
+    unused = sorted(set(tensors) - consumed)
+    if unused:  # read_hyper refused every tensor outside graph_tensors: this only guards the two lists' agreement
+        raise ConversionRefusedError(f"tensor {unused[0]}: not converted (the graph has no place for it)")
 
     graph = helper.make_graph(g.nodes, "devicelab-llama-F32", inputs, outputs, g.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                              producer_name="devicelab", producer_version=str(CONVERTER_VERSION))
+                              producer_name="devicelab", producer_version=_own_version())
     model.ir_version = IR_VERSION
+    # The KV cache's type as the graph declares its present outputs (what the runner reports as kv_type).
+    kv_type = {TensorProto.FLOAT: "f32", TensorProto.FLOAT16: "f16"}[outputs[1].type.tensor_type.elem_type]
     facts = {"n_params": n_params, "n_vocab": h.n_vocab, "n_ctx_train": h.n_ctx_train, "quant": "F32",
-             "source_type": source_type,
-             "converter": CONVERTER_VERSION, "hyper": asdict(h)}
+             "source_type": source_type, "kv_type": kv_type,
+             "converter": _own_version(), "hyper": asdict(h)}
     return model, h, facts
 
 
@@ -376,7 +498,7 @@ def write_folder(src: Path, out: Path) -> None:
 
 
 def cache_key(source_sha256: str) -> str:
-    return hashlib.sha256(f"{source_sha256}/F32/ortgenai-converter-{CONVERTER_VERSION}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{source_sha256}/F32/ortgenai-converter-{_own_version()}".encode()).hexdigest()[:16]
 
 
 def cached_folder(cache_dir: Path, name: str, build: Callable[[Path], None]) -> Path:

@@ -381,13 +381,16 @@ class Executor:
         quantization) and the synthetic prompt, made here so that every engine sees the same token ids. A quantized
         config of a runner that writes logits also carries its F32 variant (`Job.reference`): the session runs it once
         when the device has no F32 logits of the prompt yet, so drift never depends on the order configs run in.
-        A quantization the engine cannot make is an `unsupported` row (rows.Unsupported), any other failure a failed
-        one."""
+        A quantization the engine cannot make, or a request shape its optional `check_llm(source, workload)` refuses
+        (e.g. a context past what the file holds), is an `unsupported` row (rows.Unsupported), any other failure a
+        failed one."""
         cfg = pc.config
         engine = get_engine(cfg.engine)
         prepare_llm = getattr(engine, "prepare_llm", None)
         where = paths.data_dir() / "converted" / cfg.engine
         try:
+            if (check_llm := getattr(engine, "check_llm", None)) is not None:  # a shape the file cannot hold
+                check_llm(source, workload)
             prepared = prepare_llm(source, workload.quant, where) if prepare_llm is not None \
                 else PreparedModel(source.path)
             payload = llm.runner_payload(INPUT_SEED, workload, llm.vocab(source.path))

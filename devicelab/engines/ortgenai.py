@@ -6,7 +6,8 @@ file) is converted by devicelab.ortgenai_convert into a model folder (model.onnx
 cached by the GGUF file's content and the converter's version. Only F32 is converted: F16 weights would compute in
 float32 on this CPU (no float16 MatMul kernel in ONNX Runtime's CPU provider on x86-64), and the GGML quantizations
 have no GenAI counterpart written here; those configs are `unsupported` rows saying so (prepare_llm raises
-UnsupportedError, before anything runs).
+UnsupportedError, before anything runs), as are a file holding what the graph would not apply (the converter names
+it) and a request longer than the file's context (check_llm). A llama file missing a tensor is a failed row.
 
 Per request the runner makes a fresh og.Generator (an empty KV cache), appends the depth tokens (untimed), times
 `append_tokens(prompt)` (GenAI runs the prefill and computes the first logits inside it), then for each of the G steps
@@ -20,9 +21,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devicelab.engines.base import Engine, PreparedModel, SourceModel, UnsupportedError
+
+if TYPE_CHECKING:
+    from devicelab.llm import LlmWorkload
 
 WHY_NOT: dict[str, str] = {
     "F16": ("ortgenai runs F32 only here: ONNX Runtime's CPU execution provider has no float16 MatMul kernel on "
@@ -77,12 +81,26 @@ class OrtGenAIEngine(Engine):
             raise UnsupportedError(WHY_NOT.get(quant, f"ortgenai has no {quant} model"))
         name = f"{model.path.stem}-F32-{conv.cache_key(model.sha256)}"
         try:
-            conv.file_float_type(model.path)  # before anything is written: a quantized file is refused whole
+            conv.check_source(model.path)  # before anything is written: a file the graph cannot hold is refused whole
             folder = conv.cached_folder(cache_dir, name, lambda out: conv.write_folder(model.path, out))
-        except conv.ConversionRefused as e:
+        except conv.ConversionRefusedError as e:
             raise UnsupportedError(f"{model.name}: {e}") from None
+        # conv.MalformedGGUFError (a llama file missing a tensor or key) is not caught: a failed row, with its message
         return PreparedModel(folder, ("the GGUF weights converted by devicelab to a float32 ONNX decoder of plain "
                                       "ONNX ops (no ORT contrib ops; KV cache concatenated per step)",))
+
+    def check_llm(self, model: SourceModel, workload: LlmWorkload) -> None:
+        """UnsupportedError when depth + P + G exceeds the file's `llama.context_length`: the converted graph's rope
+        tables and GenAI's max_length end there (llama.cpp runs past it with a warning; this graph cannot). Read from
+        the file before anything is converted or started."""
+        from devicelab import ortgenai_convert as conv
+
+        n_ctx = workload.context_depth + workload.prompt_tokens + workload.gen_tokens
+        n_ctx_train = conv.context_length(model.path)
+        if n_ctx_train is not None and n_ctx > n_ctx_train:
+            raise UnsupportedError(f"{model.name}: context_depth + prompt_tokens + gen_tokens = {n_ctx} exceeds the "
+                                   f"model's llama.context_length of {n_ctx_train} tokens (ortgenai's graph has no "
+                                   "positions past it)")
 
     def stage(self, runner_config: dict[str, Any], folder: Path) -> dict[str, Any]:
         """The model folder linked into the run folder file by file, with its own genai_config.json carrying the
@@ -147,9 +165,9 @@ class GenAISession:
         if want and want != self.facts["quant"]:
             raise UnsupportedError(f"llm.quant: asked for {want} but the model folder holds {self.facts['quant']}")
         self.n_ctx = len(self.depth) + len(self.prompt) + self.gen
-        if self.n_ctx > int(self.facts["n_ctx_train"]):
-            raise ValueError(f"llm: depth + P + G = {self.n_ctx} exceeds the model's context of "
-                             f"{self.facts['n_ctx_train']} tokens")
+        if self.n_ctx > int(self.facts["n_ctx_train"]):  # check_llm refuses it before a run: a direct caller's error
+            raise UnsupportedError(f"llm: depth + P + G = {self.n_ctx} exceeds the model's context of "
+                                   f"{self.facts['n_ctx_train']} tokens")
         self.model_bytes = sum((folder / f).stat().st_size for f in (ONNX_FILE, DATA_FILE))
         og_config = og.Config(str(folder))
         og_config.clear_providers()  # the CPU execution provider, whatever the config says
@@ -189,8 +207,8 @@ class GenAISession:
 
     def info(self) -> dict[str, Any]:
         return {"n_params": int(self.facts["n_params"]), "model_bytes": int(self.model_bytes),
-                "quant": self.facts["quant"], "kv_type": "f32", "n_ctx": self.n_ctx, "n_vocab": self.n_vocab,
-                "intra_op_num_threads": self.threads, "library": "onnxruntime-genai",
+                "quant": self.facts["quant"], "kv_type": self.facts["kv_type"], "n_ctx": self.n_ctx,
+                "n_vocab": self.n_vocab, "intra_op_num_threads": self.threads, "library": "onnxruntime-genai",
                 "library_version": getattr(self.og, "__version__", None)}
 
     def logits(self) -> bytes:
