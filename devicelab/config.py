@@ -391,7 +391,7 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
 
     threads: list[int | str] = []
     for i, t in enumerate(_as_list(raw.get("threads", [1]))):
-        if isinstance(t, str) and t.strip().isdigit():
+        if isinstance(t, str) and t.strip().isascii() and t.strip().isdigit():  # int() refuses '²'
             t = int(t.strip())
         if t == "all" or (isinstance(t, int) and not isinstance(t, bool) and t > 0):
             if t not in threads:

@@ -79,7 +79,7 @@ def parse_cpu_list(text: str) -> tuple[int, ...]:
         if not part:
             continue
         lo, _, hi = part.partition("-")
-        if lo.isdigit() and (not hi or hi.isdigit()):
+        if _digits(lo) and (not hi or _digits(hi)):
             cpus.update(range(int(lo), int(hi or lo) + 1))
     return tuple(sorted(cpus))
 
@@ -96,7 +96,7 @@ def _check_android(options: dict[str, Any]) -> list[str]:
     address = options.get("address")
     if address is not None:
         host, _, port = str(address).rpartition(":")
-        if not (isinstance(address, str) and host and port.isdigit() and 0 < int(port) < 65536
+        if not (isinstance(address, str) and host and _digits(port) and 0 < int(port) < 65536
                 and re.fullmatch(r"[A-Za-z0-9.\-\[\]:]+", host)):
             problems.append(f"address: {address!r} must be host:port (a phone on the network, for `adb connect`)")
     fixed = options.get("fixed_performance")
@@ -144,14 +144,14 @@ def _check_ios(options: dict[str, Any]) -> list[str]:
     mux = options.get("usbmux_address")
     if mux is not None:
         host, _, port = str(mux).rpartition(":")
-        if not (isinstance(mux, str) and ((host and port.isdigit() and 0 < int(port) < 65536
+        if not (isinstance(mux, str) and ((host and _digits(port) and 0 < int(port) < 65536
                                            and re.fullmatch(r"[A-Za-z0-9.\-]+", host)) or mux.startswith("/"))):
             problems.append(f"usbmux_address: {mux!r} is not allowed; allowed: HOST:PORT (usbmuxd over TCP) or "
                             "the absolute path of usbmuxd's socket")
     tunneld = options.get("tunneld_address")
     if tunneld is not None:
         host, _, port = str(tunneld).rpartition(":")
-        if not (isinstance(tunneld, str) and host and port.isdigit() and 0 < int(port) < 65536):
+        if not (isinstance(tunneld, str) and host and _digits(port) and 0 < int(port) < 65536):
             problems.append(f"tunneld_address: {tunneld!r} is not allowed; allowed: HOST:PORT of `pymobiledevice3 "
                             "remote tunneld` (default 127.0.0.1:49151)")
     channel = options.get("channel")
@@ -202,3 +202,8 @@ KINDS: dict[str, KindSpec] = {
         check=_check_ios,
         no_pinning="iOS has no CPU-affinity API (threads only; the runner's QoS class is recorded)"),
 }
+
+
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also accepts '²' and other digits int() refuses."""
+    return text.isascii() and text.isdigit()

@@ -48,3 +48,13 @@ def test_any_inventory_parses_or_is_refused_in_one_error(raw: Any) -> None:
         parse_inventory(raw, "fuzz")
     except DevicelabError as e:
         assert "\n" not in str(e)
+
+
+def test_digits_int_refuses_are_refused_in_one_error() -> None:
+    """Found by the fuzzer: '²'.isdigit() is true, int('²') raises ValueError."""
+    import pytest
+
+    with pytest.raises(DevicelabError, match=r"threads\[0\]: '²' is not allowed"):
+        parse_suite({"name": "x", "models": ["mobilenet_v2"], "engines": ["onnxruntime"], "threads": "²"}, "t")
+    with pytest.raises(DevicelabError):
+        parse_inventory({"devices": [{"id": "p", "kind": "android", "address": "10.0.0.1:5²5"}]}, "t")

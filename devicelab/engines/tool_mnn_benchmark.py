@@ -151,7 +151,7 @@ class MnnBenchmarkTool(ToolEngine):
             m = plain[0]
             raw.update(model=m["name"], max=m["max"], min=m["min"], avg=m["avg"])
             fields.update(max_s=seconds(m["max"], "ms"), min_s=seconds(m["min"], "ms"), avg_s=seconds(m["avg"], "ms"))
-            if str(raw.get("loop", "")).lstrip("-").isdigit():
+            if str(raw.get("loop", "")).lstrip("-").isascii() and str(raw.get("loop", "")).lstrip("-").isdigit():
                 fields["count"] = int(raw["loop"])
             if "warmup" in raw:
                 fields["warmups"] = raw["warmup"]
