@@ -64,7 +64,7 @@ otherwise idle machine, with the DEVICELAB_DATA that holds the host --llm build 
 there on first use).
 
 usage: python benchmarks/llm_bench_agreement.py [ROUNDS] [MODEL] [QUANT] [DEPTH] [GEN] [REQUESTS]
-       (defaults 10, llama-100m, Q4_0, 128, 32, 10)
+       (defaults 10, llama-100m, Q4_0, 128, 32, 10; more than 100 rounds are split evenly over several runs)
 """
 
 from __future__ import annotations
@@ -83,9 +83,12 @@ from _common import devicelab_run, machine, paired_ratio
 from devicelab import native_llm
 
 
-def suite(model: str, quant: str, depth: int, gen: int, requests: int, rounds: int) -> dict[str, Any]:
+MAX_REPEATS = 100  # a suite's `repeats` limit
+
+
+def suite(model: str, quant: str, depth: int, gen: int, requests: int, rounds: int, seed: int = 1) -> dict[str, Any]:
     return {"name": "llm-bench-agreement", "models": [model], "engines": ["llamacpp", "tool:llama-bench"],
-            "threads": [1], "affinity": ["big"], "repeats": rounds, "seed": 1,
+            "threads": [1], "affinity": ["big"], "repeats": rounds, "seed": seed,
             "llm": {"prompt_tokens": 1, "gen_tokens": gen, "context_depth": [depth - 1, depth], "quant": [quant]},
             # N requests a llamacpp config, N repetitions a llama-bench one; no time cap cuts a side short.
             "protocol": {"min_iterations": requests, "max_iterations": requests, "min_seconds": 0.0,
@@ -133,15 +136,26 @@ def main() -> None:
     print(f"machine: {machine()}; {build.version}; model {model} {quant}; llama-bench D={depth} vs llamacpp "
           f"D={depth - 1} P=1; G={gen}; 1 thread; {rounds} rounds x {requests} requests/repetitions", flush=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "agreement.yaml"
-        path.write_text(yaml.safe_dump(suite(model, quant, depth, gen, requests, rounds)))
-        data = devicelab_run(path, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})
-    bench, mine = pairs(data["results"], depth, rounds)
+    bench: list[list[float]] = []
+    mine: list[list[float]] = []
+    runs: list[str] = []
+    # A suite allows at most 100 repeats: more rounds are split evenly over several runs (one seed each), every
+    # round still one llamacpp and one llama-bench process of the same run.
+    parts = -(-rounds // MAX_REPEATS)
+    sizes = [rounds // parts + (1 if i < rounds % parts else 0) for i in range(parts)]
+    for part, size in enumerate(sizes):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "agreement.yaml"
+            path.write_text(yaml.safe_dump(suite(model, quant, depth, gen, requests, size, seed=1 + part)))
+            data = devicelab_run(path, {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")})
+        b, m = pairs(data["results"], depth, size)
+        bench += b
+        mine += m
+        runs.append(data["run_id"])
     for i, (b, m) in enumerate(zip(bench, mine, strict=True)):
         print(f"round {i + 1}: llama-bench {1 / statistics.median(b):.1f} tok/s, "
               f"devicelab {1 / statistics.median(m):.1f} tok/s, ratio {statistics.median(b) / statistics.median(m):.4f}")
-    print(f"run {data['run_id']}: {time.monotonic() - started:.0f} s")
+    print(f"run{'s' if len(runs) > 1 else ''} {', '.join(runs)}: {time.monotonic() - started:.0f} s")
     ratio_t, ci_t = paired_ratio(bench, mine)  # devicelab/llama-bench of seconds per token
     ratio = 1 / ratio_t
     ci = (1 / ci_t[1], 1 / ci_t[0]) if ci_t else None
