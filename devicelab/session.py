@@ -475,7 +475,8 @@ class _Attempt:
             if self.program is None and not self.probed:  # the Python runner: maybe forked from a zygote
                 preload = ("numpy", *self.engine.imports()) if self.zygote else ()
                 self.process, start = self.t.spawn_python(self.python, PYTHON_RUNNER, self.argv[3:], self.env,
-                                                          self.spawn_cpus, self.run_dir, preload, self.cfg.repeat)
+                                                          self.spawn_cpus, self.run_dir, preload, self.cfg.repeat,
+                                                          self.engine.zygote_any_cpus)
                 self._started(start)
             else:
                 self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
@@ -518,9 +519,11 @@ class _Attempt:
             self.notes.append(self.engine.fork_caveat)
         if start.path == "zygote" and self.cfg.cpus:
             p = self.record["pinning"]
-            self.record["pinning"] = Pinning(p.cpus, "sched_setaffinity before the zygote's exec (its imports ran "
-                                             "pinned), then by the forked runner itself", p.affinity, p.mask,
-                                             p.clusters)
+            how = ("by the forked runner itself, first thing (the zygote imported unpinned: this engine's import reads "
+                   "no CPU set)" if start.any_cpus else
+                   "sched_setaffinity before the zygote's exec (its imports ran pinned), then by the forked runner "
+                   "itself")
+            self.record["pinning"] = Pinning(p.cpus, how, p.affinity, p.mask, p.clusters)
 
     def fail(self, e: Exception) -> None:
         """A fault while driving the runner: its row's status and reason."""

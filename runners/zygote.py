@@ -82,6 +82,21 @@ def resident_file_pages() -> array.array:
     return runs
 
 
+_OPENMP = re.compile(r"/(lib(?:gomp|iomp5|omp)[^/\s]*\.so[^/\s]*)$")
+
+
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtimes this process has mapped (libgomp, Intel's libiomp5, LLVM's libomp): each reads the CPU set
+    and OMP_NUM_THREADS when it loads, so a zygote that maps one must be pinned to its configs' set."""
+    found: set[str] = set()
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            m = _OPENMP.search(line.rstrip("\n"))
+            if m:
+                found.add(m.group(1))
+    return sorted(found)
+
+
 def resident_bytes(runs: array.array) -> int:
     return sum(runs[1::2])
 
@@ -117,6 +132,9 @@ def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], impor
     sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", write_through=True)
     sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", write_through=True)
     map_again(resident)
+    # The config's own variables (its thread count), which a zygote shared by several thread counts did not have;
+    # through os.environ, so both Python and the C libraries' getenv see them from here on.
+    os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
     if request.get("cwd"):
         os.chdir(request["cwd"])
     from devicelab.runners import host
@@ -144,10 +162,11 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
     # above a fresh runner's instead of 0.1-0.5 % (benchmarks/zygote.py, 12 rounds each, 2026-12-06).
     for name in ("devicelab.runners.host", "devicelab.engines"):
         importlib.import_module(name)
+    openmp = openmp_runtimes()  # before the scan: whatever it touches is then among the pages a child maps again
     resident = resident_file_pages()
     n = threads()
     _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": resident_bytes(resident), "threads": n,
-                 "after": "devicelab.engines",
+                 "after": "devicelab.engines", "openmp": openmp,
                  "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
     if n != 1:
         return 0

@@ -4,8 +4,10 @@ as a fresh exec; the fall-backs when an import leaves a thread behind; exits and
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import mmap
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,7 +33,9 @@ def test_each_engine_says_which_path_it_took(env: dict[str, str], tmp_path: Path
     for r in by.values():
         assert r["status"] == "ok" and r["ext"]["exec_path"] == "zygote", r
         assert r["ext"]["import_s"] > 0
-        assert "zygote's exec" in r["protocol"]["pinning"]["method"]
+        # ONNX Runtime's zygote imports unpinned (its import reads no CPU set); libgomp's engines and LiteRT's pinned
+        shared = r["engine"] == "onnxruntime"
+        assert ("imported unpinned" if shared else "zygote's exec") in r["protocol"]["pinning"]["method"], r
         assert not any("outside the pinned" in n for n in r["notes"]), r["notes"]
         # each engine's import leaves one thread (ONNX Runtime's only with its telemetry off: CI=true), so every
         # zygote pre-imports the engine itself and no row carries a fall-back note
@@ -176,6 +180,144 @@ def test_each_repeat_round_and_each_cpu_set_gets_its_own_zygote(tmp_path: Path) 
         assert all(k[-1] == 1 for k in pool._zygotes)
     finally:
         pool.close()
+
+
+def test_an_engine_whose_import_reads_no_cpu_set_has_one_zygote_per_round(tmp_path: Path) -> None:
+    pool = ZygotePool()
+    two = (0, 1) if len(os.sched_getaffinity(0)) > 1 else (0,)
+    try:
+        def parent(generation: int, cpus: tuple[int, ...], omp: str, any_cpus: bool = True) -> int:
+            got = pool.spawn(sys.executable, [str(tmp_path / "none.json")], _env(OMP_NUM_THREADS=omp, CI="true"),
+                             None, ("numpy",), key={"OMP_NUM_THREADS": omp, "CI": "true"}, cpus=cpus, generation=generation,
+                             any_cpus=any_cpus)
+            assert not isinstance(got, Start)
+            assert got[1].any_cpus is any_cpus and got[1].path == "zygote"
+            got[0].wait(60)
+            return got[0].zygote.proc.pid
+
+        first = parent(0, (0,), "1")
+        assert parent(0, two, "2") == first  # another CPU set and thread count: the same zygote
+        status = Path(f"/proc/{first}/status").read_text()
+        allowed = next(line.split(":")[1].strip() for line in status.splitlines() if line.startswith("Cpus_allowed_list"))
+        assert _cpu_list(allowed) == sorted(os.sched_getaffinity(0))  # it imported unpinned...
+        environ = Path(f"/proc/{first}/environ").read_bytes().split(b"\0")
+        assert not any(v.startswith(b"OMP_NUM_THREADS=") for v in environ)  # ...and saw no config's thread count
+        assert b"CI=true" in environ  # what every config shares it has
+        assert parent(0, (0,), "1", any_cpus=False) != first  # an engine that reads them: a pinned zygote of its own
+        assert parent(1, (0,), "1") != first  # a new round: a new zygote
+    finally:
+        pool.close()
+
+
+def test_a_shared_zygote_that_maps_an_openmp_runtime_is_not_shared(tmp_path: Path) -> None:
+    pytest.importorskip("ncnn")  # its wheel brings libgomp
+    pool = ZygotePool()
+    unpinned = []
+    start = pool._start
+
+    def counted(python: str, preload: tuple[str, ...], env: dict[str, str], cpus: tuple[int, ...]) -> object:
+        if not cpus:
+            unpinned.append(preload)
+        return start(python, preload, env, cpus)
+
+    pool._start = counted  # type: ignore[method-assign]
+    try:
+        starts, pids = [], []
+        for generation, omp in ((0, "1"), (0, "2"), (1, "1")):
+            got = pool.spawn(sys.executable, [str(tmp_path / "none.json")], _env(OMP_NUM_THREADS=omp), None,
+                             ("numpy", "ncnn"), key={"OMP_NUM_THREADS": omp}, cpus=(0,), generation=generation,
+                             any_cpus=True)
+            assert not isinstance(got, Start)
+            got[0].wait(60)
+            starts.append(got[1])
+            pids.append(got[0].zygote.proc.pid)
+        assert pids[0] != pids[1]  # another thread count, another (pinned) zygote, as for any libgomp engine
+        assert len(unpinned) == 1  # one shared zygote was tried, once: not again for the next round
+        for start in starts:
+            assert start.path == "zygote" and not start.any_cpus
+            assert start.note and "maps an OpenMP runtime (libgomp" in start.note, start
+    finally:
+        pool.close()
+
+
+def _cpu_list(text: str) -> list[int]:
+    cpus: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        cpus.extend(range(int(lo), int(hi or lo) + 1))
+    return cpus
+
+
+_GETENV_LOG = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <string.h>
+#include <unistd.h>
+static char *(*real_getenv)(const char *);
+char *getenv(const char *name) {
+    if (!real_getenv) real_getenv = (char *(*)(const char *))dlsym(RTLD_NEXT, "getenv");
+    if (name) { write(2, "GETENV ", 7); write(2, name, strlen(name)); write(2, "\n", 1); }
+    return real_getenv(name);
+}
+char *secure_getenv(const char *name) { return getenv(name); }
+"""
+_IMPORTS = ("import importlib, sys\n"
+            "from devicelab.runners.zygote import openmp_runtimes\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module(name)\n"
+            "    sys.stderr.write('IMPORTED ' + name + '\\n')\n"
+            "print('OPENMP', *openmp_runtimes())\n")  # a marked line: MNN prints to stdout as it loads
+
+
+def _what_the_import_reads(modules: tuple[str, ...], tmp_path: Path, shim: Path) -> tuple[int, list[str], list[str]]:
+    """Importing numpy, `modules` and the zygote's own modules as a shared zygote does (unpinned, no OMP_NUM_THREADS):
+    (sched_getaffinity and getcpu calls, the OpenMP runtimes mapped, thread/CPU variables read after numpy's)."""
+    import subprocess
+
+    env = {k: v for k, v in _env(CI="true", MKL_NUM_THREADS="1").items() if k != "OMP_NUM_THREADS"}
+    argv = [sys.executable, "-c", _IMPORTS, "numpy", *modules, "devicelab.runners.host", "devicelab.engines"]
+    trace = tmp_path / "trace"
+    p = subprocess.run(["strace", "-f", "-qq", "-e", "trace=sched_getaffinity,getcpu", "-o", str(trace), *argv],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    calls = sum(1 for line in trace.read_text().splitlines() if "sched_getaffinity(" in line or "getcpu(" in line)
+    p = subprocess.run(argv, env={**env, "LD_PRELOAD": str(shim)}, capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)  # a `devicelab` folder where the test stands must not shadow the package
+    assert p.returncode == 0, p.stderr
+    after_numpy = p.stderr.split("IMPORTED numpy\n", 1)[1]
+    names = [line.split()[1] for line in after_numpy.splitlines() if line.startswith("GETENV ")]
+    wanted = [n for n in names if any(w in n for w in ("THREAD", "OMP", "CPU", "AFFINITY"))]
+    openmp = next(line.split()[1:] for line in p.stdout.splitlines() if line.startswith("OPENMP"))
+    return calls, openmp, wanted
+
+
+@pytest.mark.skipif(not shutil.which("strace") or not shutil.which("cc"), reason="needs strace and a C compiler "
+                    "(scripts/test installs both)")
+def test_only_engines_whose_import_reads_no_cpu_set_share_a_zygote(tmp_path: Path) -> None:
+    # Engine.zygote_any_cpus is a claim about the installed engine's import: it reads no CPU set (no sched_getaffinity
+    # or getcpu beyond numpy's own: OpenBLAS's, which with OPENBLAS_NUM_THREADS=1 decides one thread on any set), maps
+    # no OpenMP runtime (libgomp reads both the set and OMP_NUM_THREADS as it loads) and reads no thread or CPU
+    # variable through getenv. The claim must hold for every engine that makes it, and every engine of which it holds
+    # makes it (ncnn's and MNN's libgomp and LiteRT's own CPU query are what keep them pinned).
+    import subprocess
+
+    from devicelab.engines import engine_names, get_engine
+
+    shim = tmp_path / "getenv_log.so"
+    (tmp_path / "getenv_log.c").write_text(_GETENV_LOG)
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", str(shim), str(tmp_path / "getenv_log.c"), "-ldl"], check=True)
+    base_calls, base_openmp, base_vars = _what_the_import_reads((), tmp_path, shim)
+    assert base_calls >= 1 and base_openmp == []  # numpy's OpenBLAS asks: the instrument sees such a call
+    seen = {}
+    for name in engine_names():
+        engine = get_engine(name)
+        if engine.native_runner or not engine.module or importlib.util.find_spec(engine.module) is None:
+            continue
+        calls, openmp, variables = _what_the_import_reads(engine.imports(), tmp_path, shim)
+        neutral = calls == base_calls and not openmp and variables == base_vars
+        seen[name] = (calls - base_calls, openmp, [v for v in variables if v not in base_vars])
+        assert engine.zygote_any_cpus == neutral, (name, seen[name])
+    assert {"onnxruntime", "ncnn"} <= set(seen), seen  # the test extra installs both: one of each kind was checked
 
 
 def test_a_child_whose_zygote_died_is_not_taken_for_ended(tmp_path: Path) -> None:

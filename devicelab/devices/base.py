@@ -72,6 +72,7 @@ class Start:
     path: str = "exec"
     preloaded: tuple[str, ...] = ()
     note: str | None = None
+    any_cpus: bool = False  # forked from a zygote that imported unpinned, shared by every CPU set of the engine
 
 
 @dataclass(frozen=True)
@@ -207,11 +208,12 @@ class Transport(ABC):
         before it starts (none: unpinned), in its own process group. Nothing reaches a shell unquoted."""
 
     def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
-                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0
-                     ) -> tuple[Process, Start]:
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0,
+                     any_cpus: bool = False) -> tuple[Process, Start]:
         """`python -m module args...`, as spawn() would start it. A transport may instead fork it from a zygote that
         has imported `preload` already (the host does: docs/architecture.md), one per `generation` (the repeat
-        round); the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
+        round), and, with `any_cpus` (the engine's import decides nothing from the CPU set or `env`), one for every
+        CPU set; the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
         return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
 
     def installed_program(self, name: str) -> str | None:

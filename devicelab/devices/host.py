@@ -235,8 +235,8 @@ class HostTransport(Transport):
         return HostProcess(argv, self._environment(env), cpus, cwd)
 
     def spawn_python(self, python: str, module: str, args: Sequence[str], env: Mapping[str, str],
-                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0
-                     ) -> tuple[Process, Start]:
+                     cpus: Sequence[int], cwd: str | None, preload: Sequence[str] = (), generation: int = 0,
+                     any_cpus: bool = False) -> tuple[Process, Start]:
         """Forked from a zygote of (python, preload, env) when one can be had; else a fresh exec, saying why."""
         if not preload or not sys.platform.startswith("linux"):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
@@ -245,7 +245,7 @@ class HostTransport(Transport):
         if self._pool is None:
             self._pool = ZygotePool()
         got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env, cpus=cpus,
-                               generation=generation)
+                               generation=generation, any_cpus=any_cpus)
         if isinstance(got, Start):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
         return got

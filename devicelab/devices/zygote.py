@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Any
 
 from devicelab.devices.base import Exit, Process, Start
@@ -31,6 +31,9 @@ from devicelab.measure import ChannelClosedError
 ZYGOTE_MODULE = "devicelab.runners.zygote"
 START_TIMEOUT_S = 120.0  # the imports of the heaviest engine on a loaded machine, with a wide margin
 MAX_MESSAGE = 1 << 16
+# What devicelab sets differently for configs of one engine (the thread count): a zygote shared by every CPU set and
+# thread count starts without these, and each child sets its config's after the fork.
+PER_CONFIG = ("OMP_NUM_THREADS",)
 
 
 class ZygoteError(OSError):
@@ -216,16 +219,17 @@ class Zygote:
                     self._replies.append(event)
                 self._cond.notify_all()
 
-    def fork(self, argv: Sequence[str], cwd: str | None) -> ZygoteChild:
-        """A child running the host runner with `argv` in `cwd`, with the zygote's environment (it is part of the
-        zygote's key: a config with another environment has another zygote)."""
+    def fork(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None = None) -> ZygoteChild:
+        """A child running the host runner with `argv` in `cwd`, with the zygote's environment and `env` set in it
+        before the runner starts (a shared zygote's children each take their config's; else it is part of the
+        zygote's key and already there)."""
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         theirs, ours = (stdin_r, out_w, err_w), (stdin_w, out_r, err_r)
         try:
             with self._lock:
-                message = json.dumps({"cmd": "fork", "argv": list(argv), "cwd": cwd}).encode()
+                message = json.dumps({"cmd": "fork", "argv": list(argv), "cwd": cwd, "env": dict(env or {})}).encode()
                 try:
                     socket.send_fds(self.sock, [message], list(theirs))
                 except OSError as e:
@@ -296,44 +300,78 @@ class Zygote:
 
 
 class ZygotePool:
-    """The zygotes of one transport, by (interpreter, engine imports, environment, CPU set, repeat round)."""
+    """The zygotes of one transport, by (interpreter, engine imports, environment, CPU set, repeat round); for an
+    engine whose import reads neither environment nor CPU set, by (interpreter, engine imports, repeat round)."""
 
     def __init__(self) -> None:
         self._zygotes: dict[tuple[Any, ...], Zygote | None] = {}
         self._notes: dict[tuple[Any, ...], Start] = {}
+        # Shared zygotes found unfit (an OpenMP runtime mapped), by their key without the round: why. Kept across
+        # rounds: the engine's build does not change within a run, so later rounds go straight to pinned zygotes.
+        self._split: dict[tuple[Any, ...], str] = {}
         self._lock = threading.Lock()
 
     def spawn(self, python: str, module_argv: Sequence[str], env: Mapping[str, str], cwd: str | None,
-              preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = (), generation: int = 0
-              ) -> tuple[ZygoteChild, Start] | Start:
+              preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] = (), generation: int = 0,
+              any_cpus: bool = False) -> tuple[ZygoteChild, Start] | Start:
         """A forked runner, or how it must start instead (exec, with the reason). `env` is the zygote's whole
         environment; `key` the part that devicelab sets per config (OMP_NUM_THREADS: libgomp reads it when it loads,
         at the engine's import) and `cpus` the config's CPU set (the zygote imports pinned to it), which pick the
-        zygote: nothing an import decides from either differs from an exec'd runner's."""
+        zygote: nothing an import decides from either differs from an exec'd runner's.
+
+        `any_cpus` (Engine.zygote_any_cpus: the engine's import was shown to read neither): one zygote serves every
+        CPU set and thread count of the round. It starts unpinned and without PER_CONFIG's variables, so that no
+        import can see a config's values at all; each child sets `key` in its environment and pins itself after the
+        fork. If that zygote maps an OpenMP runtime after all (another build of the engine), it is closed and every
+        config of the engine gets a pinned zygote of its own, with a note saying why."""
         # `generation`: the repeat round. Children of one zygote share its libraries' layout and hash seed, so the
         # processes of one config in different rounds must come from different zygotes, as fresh execs would: a new
         # round closes the last one's zygotes and starts its own.
-        key = self.key(python, preload, key, cpus, generation)
         self._new_round(generation)
+        note = None
+        common = {k: v for k, v in key.items() if k not in PER_CONFIG}
+        zkey = self.key(python, preload, common, None, generation)
+        if any_cpus:
+            with self._lock:
+                if zkey not in self._zygotes and zkey[:-1] not in self._split:
+                    z, start = self._start(python, tuple(preload),
+                                           {k: v for k, v in env.items() if k not in PER_CONFIG}, ())
+                    openmp = z.ready.get("openmp") if z is not None else None
+                    if z is not None and openmp:
+                        z.close()
+                        self._split[zkey[:-1]] = (f"the engine's import maps an OpenMP runtime "
+                                                  f"({', '.join(openmp)}), so its zygotes are pinned to each "
+                                                  "config's CPU set")
+                    else:
+                        self._zygotes[zkey] = z
+                        self._notes[zkey] = replace(start, any_cpus=True) if z is not None else start
+                note = self._split.get(zkey[:-1])
+        if not any_cpus or note is not None:
+            zkey = self.key(python, preload, key, cpus, generation)
+            with self._lock:
+                if zkey not in self._zygotes:
+                    self._zygotes[zkey], self._notes[zkey] = self._start(python, tuple(preload), env, tuple(cpus))
         with self._lock:
-            if key not in self._zygotes:
-                self._zygotes[key], self._notes[key] = self._start(python, tuple(preload), env, tuple(cpus))
-            zygote, start = self._zygotes[key], self._notes[key]
+            zygote, start = self._zygotes[zkey], self._notes[zkey]
+        if note is not None:
+            start = replace(start, note="; ".join(n for n in (note, start.note) if n))
         if zygote is None:
             return start
         try:
-            return zygote.fork(module_argv, cwd), start
+            return zygote.fork(module_argv, cwd, key), start
         except ZygoteError as e:
             with self._lock:
-                self._zygotes[key] = None
-                self._notes[key] = Start("exec", (), f"started afresh: {e}")
+                self._zygotes[zkey] = None
+                self._notes[zkey] = Start("exec", (), f"started afresh: {e}")
             zygote.close()
-            return self._notes[key]
+            return self._notes[zkey]
 
     @staticmethod
-    def key(python: str, preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int], generation: int
+    def key(python: str, preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] | None, generation: int
             ) -> tuple[Any, ...]:
-        return (python, tuple(preload), tuple(sorted(key.items())), tuple(sorted(cpus)), generation)
+        """cpus None: any CPU set (a shared zygote)."""
+        return (python, tuple(preload), tuple(sorted(key.items())), "any" if cpus is None else tuple(sorted(cpus)),
+                generation)
 
     def _new_round(self, generation: int) -> None:
         with self._lock:

@@ -181,6 +181,12 @@ class Engine:
     # What a reader must know of this engine's figures when its runner is forked from a zygote (measured in
     # benchmarks/zygote.py); None: nothing (its figures match a fresh process's).
     fork_caveat: ClassVar[str | None] = None
+    # True: one zygote per repeat round serves every CPU set and thread count of this engine (it imports unpinned and
+    # without the config's OMP_NUM_THREADS; the child pins itself and takes its environment after the fork). Only for
+    # an engine whose import was shown to decide nothing from either: no CPU-set query beyond numpy's (strace: no
+    # sched_getaffinity or getcpu of its own), no OpenMP runtime mapped, no read of a thread-count variable; checked
+    # for the installed version by tests/test_zygote.py, and the zygote re-checks the OpenMP rule when it starts.
+    zygote_any_cpus: ClassVar[bool] = False
 
     def imports(self) -> tuple[str, ...]:
         return self.runtime_imports or ((self.module,) if self.module else ())
