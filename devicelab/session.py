@@ -476,7 +476,7 @@ class _Attempt:
                 preload = ("numpy", *self.engine.imports()) if self.zygote else ()
                 self.process, start = self.t.spawn_python(self.python, PYTHON_RUNNER, self.argv[3:], self.env,
                                                           self.spawn_cpus, self.run_dir, preload, self.cfg.repeat,
-                                                          self.engine.zygote_any_cpus)
+                                                          self.engine.shares_zygote(self.cfg.engine_version))
                 self._started(start)
             else:
                 self.process = self.t.spawn(self.argv, self.env, self.spawn_cpus, self.run_dir)
@@ -616,6 +616,9 @@ class _Attempt:
         pinned = ready.get("cpus")
         if isinstance(pinned, list) and self.cfg.cpus and sorted(map(str, pinned)) != sorted(map(str, self.cfg.cpus)):
             self.notes.append(f"runner reports affinity {pinned}, asked for {list(self.cfg.cpus)}")
+        omp, asked = ready.get("omp_num_threads", "-"), self.env.get("OMP_NUM_THREADS")
+        if omp != "-" and asked is not None and omp != asked:  # "-": the runner does not say (not devicelab's)
+            self.notes.append(f"the runner's OMP_NUM_THREADS is {omp!r}, devicelab set {asked!r}")
         spread = done.get("thread_cpus")  # every thread's CPUs at the end (engine pools included)
         if isinstance(spread, list) and self.cfg.cpus and not set(map(str, spread)) <= set(map(str, self.cfg.cpus)):
             self.notes.append(f"the runner's threads could run on CPUs {spread}, outside the pinned {list(self.cfg.cpus)}")

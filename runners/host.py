@@ -161,6 +161,8 @@ def run(config: dict[str, Any], out: TextIO, commands: TextIO, start: dict[str, 
                 "warmups": warmups, "warmup_s": warm_total, "rss_before_load_bytes": rss_before,
                 "exec_path": start["exec_path"], "preloaded": start["preloaded"],
                 "pid": os.getpid(), "cpus": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+                # what this process has of the thread count devicelab set (a zygote's child takes it after the fork)
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                 "profile": True})  # this runner answers the `profile` command (docs/runner-protocol.md)
 
     fixed = config.get("iterations")  # for callers that cannot write to stdin

@@ -120,6 +120,10 @@ def _send(sock: socket.socket, message: dict[str, Any]) -> None:
 def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], import_s: float, preloaded: list[str],
            resident: array.array) -> int:
     """In the forked child: become the runner for one config, on the controller's pipes."""
+    # Pinned before anything else runs here (the page mapping below, its page tables, the runner): a shared zygote
+    # is not pinned, and its child must not work on a CPU another config may be timing on.
+    if request.get("cpus") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, [int(c) for c in request["cpus"]])
     os.setsid()  # its own process group: the controller kills the runner and whatever it started, as with exec
     for target, fd in zip((0, 1, 2), fds):
         os.dup2(fd, target)
@@ -139,8 +143,8 @@ def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], impor
         os.chdir(request["cwd"])
     from devicelab.runners import host
 
-    # The runner pins itself (its config's cpus) before anything else, as after an exec; what was imported before
-    # the fork is timed by the zygote and reported as part of import_s.
+    # The runner pins itself (its config's cpus) again, as after an exec; what was imported before the fork is timed
+    # by the zygote and reported as part of import_s.
     return host.main(list(request.get("argv") or []), start={"exec_path": "zygote", "preimport_s": import_s,
                                                                  "preloaded": preloaded})
 

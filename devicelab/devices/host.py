@@ -112,6 +112,7 @@ class HostTransport(Transport):
     def __init__(self, entry: DeviceEntry) -> None:
         super().__init__(entry)
         self._pool: ZygotePool | None = None  # the zygotes, started when a Python runner first needs one
+        self._uniform: bool | None = None  # _one_kind_of_cpu, read once
 
     def facts(self) -> DeviceFacts:
         cpu_ids = tuple(sorted(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else tuple(
@@ -245,10 +246,19 @@ class HostTransport(Transport):
         if self._pool is None:
             self._pool = ZygotePool()
         got = self._pool.spawn(python, list(args), self._environment(env), cwd, preload, key=env, cpus=cpus,
-                               generation=generation, any_cpus=any_cpus)
+                               generation=generation, any_cpus=any_cpus and self._one_kind_of_cpu())
         if isinstance(got, Start):
             return self.spawn([python, "-m", module, *args], env, cpus, cwd), got
         return got
+
+    def _one_kind_of_cpu(self) -> bool:
+        """One NUMA node and one cluster (no big/little or P/E cores): an unpinned import then learns the same of
+        whichever CPU it runs on (cpuid's cache and core type) as a pinned one would, and a shared zygote may serve
+        every CPU set. On a hybrid or multi-node host each CPU set keeps its own pinned zygote."""
+        if self._uniform is None:
+            nodes = glob.glob("/sys/devices/system/node/node[0-9]*")
+            self._uniform = len(nodes) <= 1 and len(self.facts().clusters) <= 1
+        return self._uniform
 
     def close(self) -> None:
         if self._pool is not None:

@@ -4,7 +4,8 @@ runner for each config. A child is driven exactly like an exec'd runner: its std
 created here and handed to the zygote over a Unix socket; the zygote, its parent, reports when it exits.
 
 A zygote is pinned to its configs' CPU set before its exec and has their environment, so its imports decide nothing
-an exec'd runner's would not. The pool tries the engine's full import first; when that import leaves a thread behind
+an exec'd runner's would not; an engine whose import was traced to read neither (Engine.zygote_any_cpus) has one
+unpinned zygote per round instead, whose children pin themselves and take their thread count first. The pool tries the engine's full import first; when that import leaves a thread behind
 (a fork would copy a process whose other thread may hold a lock), it falls back to a zygote that pre-imports numpy
 only, and when even that is not single-threaded, to a fresh exec. Every Result says which path its runner took and
 why.
@@ -34,6 +35,10 @@ MAX_MESSAGE = 1 << 16
 # What devicelab sets differently for configs of one engine (the thread count): a zygote shared by every CPU set and
 # thread count starts without these, and each child sets its config's after the fork.
 PER_CONFIG = ("OMP_NUM_THREADS",)
+
+
+def _per_config(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k in PER_CONFIG}
 
 
 class ZygoteError(OSError):
@@ -219,17 +224,18 @@ class Zygote:
                     self._replies.append(event)
                 self._cond.notify_all()
 
-    def fork(self, argv: Sequence[str], cwd: str | None, env: Mapping[str, str] | None = None) -> ZygoteChild:
-        """A child running the host runner with `argv` in `cwd`, with the zygote's environment and `env` set in it
-        before the runner starts (a shared zygote's children each take their config's; else it is part of the
-        zygote's key and already there)."""
+    def fork(self, argv: Sequence[str], cwd: str | None, cpus: Sequence[int] = (),
+             env: Mapping[str, str] | None = None) -> ZygoteChild:
+        """A child running the host runner with `argv` in `cwd`, pinned to `cpus` as the first thing it does, with the
+        zygote's environment and `env` set in it (a shared zygote's children take their config's thread count)."""
         stdin_r, stdin_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         theirs, ours = (stdin_r, out_w, err_w), (stdin_w, out_r, err_r)
         try:
             with self._lock:
-                message = json.dumps({"cmd": "fork", "argv": list(argv), "cwd": cwd, "env": dict(env or {})}).encode()
+                message = json.dumps({"cmd": "fork", "argv": list(argv), "cwd": cwd, "cpus": [int(c) for c in cpus],
+                                      "env": dict(env or {})}).encode()
                 try:
                     socket.send_fds(self.sock, [message], list(theirs))
                 except OSError as e:
@@ -321,33 +327,18 @@ class ZygotePool:
 
         `any_cpus` (Engine.zygote_any_cpus: the engine's import was shown to read neither): one zygote serves every
         CPU set and thread count of the round. It starts unpinned and without PER_CONFIG's variables, so that no
-        import can see a config's values at all; each child sets `key` in its environment and pins itself after the
-        fork. If that zygote maps an OpenMP runtime after all (another build of the engine), it is closed and every
+        import can see a config's values at all; each child pins itself and sets its PER_CONFIG variables first thing
+        after the fork. If that zygote maps an OpenMP runtime after all (another build of the engine), it is closed and every
         config of the engine gets a pinned zygote of its own, with a note saying why."""
         # `generation`: the repeat round. Children of one zygote share its libraries' layout and hash seed, so the
         # processes of one config in different rounds must come from different zygotes, as fresh execs would: a new
         # round closes the last one's zygotes and starts its own.
         self._new_round(generation)
-        note = None
-        common = {k: v for k, v in key.items() if k not in PER_CONFIG}
-        zkey = self.key(python, preload, common, None, generation)
-        if any_cpus:
-            with self._lock:
-                if zkey not in self._zygotes and zkey[:-1] not in self._split:
-                    z, start = self._start(python, tuple(preload),
-                                           {k: v for k, v in env.items() if k not in PER_CONFIG}, ())
-                    openmp = z.ready.get("openmp") if z is not None else None
-                    if z is not None and openmp:
-                        z.close()
-                        self._split[zkey[:-1]] = (f"the engine's import maps an OpenMP runtime "
-                                                  f"({', '.join(openmp)}), so its zygotes are pinned to each "
-                                                  "config's CPU set")
-                    else:
-                        self._zygotes[zkey] = z
-                        self._notes[zkey] = replace(start, any_cpus=True) if z is not None else start
-                note = self._split.get(zkey[:-1])
-        if not any_cpus or note is not None:
-            zkey = self.key(python, preload, key, cpus, generation)
+        note = self._shared(python, preload, env, key, generation) if any_cpus else None
+        if any_cpus and note is None:
+            zkey, child_env = self._shared_key(python, preload, key, generation), _per_config(key)
+        else:
+            zkey, child_env = self.key(python, preload, key, cpus, generation), {}
             with self._lock:
                 if zkey not in self._zygotes:
                     self._zygotes[zkey], self._notes[zkey] = self._start(python, tuple(preload), env, tuple(cpus))
@@ -358,13 +349,39 @@ class ZygotePool:
         if zygote is None:
             return start
         try:
-            return zygote.fork(module_argv, cwd, key), start
+            return zygote.fork(module_argv, cwd, cpus, child_env), start
         except ZygoteError as e:
             with self._lock:
                 self._zygotes[zkey] = None
                 self._notes[zkey] = Start("exec", (), f"started afresh: {e}")
             zygote.close()
             return self._notes[zkey]
+
+    def _shared(self, python: str, preload: Sequence[str], env: Mapping[str, str], key: Mapping[str, str],
+                generation: int) -> str | None:
+        """Make sure the round's shared zygote exists (unpinned, without PER_CONFIG's variables); None when it can
+        serve, else why this engine's zygotes are pinned instead (it maps an OpenMP runtime)."""
+        zkey = self._shared_key(python, preload, key, generation)
+        with self._lock:
+            if zkey not in self._zygotes and zkey[:-1] not in self._split:
+                z, start = self._start(python, tuple(preload), {k: v for k, v in env.items() if k not in PER_CONFIG},
+                                       ())
+                openmp = z.ready.get("openmp") if z is not None else None
+                if z is not None and openmp:
+                    z.close()
+                    self._split[zkey[:-1]] = (f"the engine's import maps an OpenMP runtime ({', '.join(openmp)}), "
+                                              "so its zygotes are pinned to each config's CPU set")
+                else:
+                    self._zygotes[zkey] = z
+                    self._notes[zkey] = replace(start, any_cpus=True) if z is not None else start
+            return self._split.get(zkey[:-1])
+
+    def _shared_key(self, python: str, preload: Sequence[str], key: Mapping[str, str], generation: int
+                    ) -> tuple[Any, ...]:
+        """A shared zygote's key: what every config of the engine has in common (no CPU set, no PER_CONFIG); the
+        round last, as in every key (`_split` holds it without the round)."""
+        common = {k: v for k, v in key.items() if k not in PER_CONFIG}
+        return self.key(python, preload, common, None, generation)
 
     @staticmethod
     def key(python: str, preload: Sequence[str], key: Mapping[str, str], cpus: Sequence[int] | None, generation: int

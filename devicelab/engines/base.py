@@ -181,12 +181,17 @@ class Engine:
     # What a reader must know of this engine's figures when its runner is forked from a zygote (measured in
     # benchmarks/zygote.py); None: nothing (its figures match a fresh process's).
     fork_caveat: ClassVar[str | None] = None
-    # True: one zygote per repeat round serves every CPU set and thread count of this engine (it imports unpinned and
-    # without the config's OMP_NUM_THREADS; the child pins itself and takes its environment after the fork). Only for
-    # an engine whose import was shown to decide nothing from either: no CPU-set query beyond numpy's (strace: no
-    # sched_getaffinity or getcpu of its own), no OpenMP runtime mapped, no read of a thread-count variable; checked
-    # for the installed version by tests/test_zygote.py, and the zygote re-checks the OpenMP rule when it starts.
-    zygote_any_cpus: ClassVar[bool] = False
+    # The engine's versions (major.minor) whose import was traced to decide nothing from the CPU set or the thread
+    # count: for these, one zygote per repeat round serves every CPU set and thread count (it imports unpinned and
+    # without OMP_NUM_THREADS; the child pins itself and takes its thread count after the fork). Traced: no
+    # sched_getaffinity of its own beyond numpy's, no open of the process's status/stat or a cpuset file, no OpenMP
+    # runtime mapped, no thread or CPU variable read (getenv or os.environ) — tests/test_zygote.py repeats it for the
+    # installed version. Other versions get pinned zygotes; the zygote itself re-checks the OpenMP rule.
+    zygote_any_cpus: ClassVar[tuple[str, ...]] = ()
+
+    def shares_zygote(self, version: str | None) -> bool:
+        """Whether this version's import was traced to read no CPU set (zygote_any_cpus)."""
+        return version is not None and ".".join(version.split(".")[:2]) in self.zygote_any_cpus
 
     def imports(self) -> tuple[str, ...]:
         return self.runtime_imports or ((self.module,) if self.module else ())

@@ -68,7 +68,7 @@ class OnnxRuntimeEngine(Engine):
     package = "onnxruntime"
     module = "onnxruntime"
     formats = ("onnx",)
-    zygote_any_cpus = True  # its import reads no CPU set and maps no OpenMP runtime (docs/architecture.md)
+    zygote_any_cpus = ("1.32",)  # its import reads no CPU set and maps no OpenMP runtime (docs/architecture.md)
     precisions = ("fp32", "fp16", "int8")
     backends = ("cpu",)
     device_kinds = ("host",)

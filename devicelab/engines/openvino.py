@@ -31,7 +31,7 @@ class OpenVinoEngine(Engine):
     name = "openvino"
     package = "openvino"
     module = "openvino"
-    zygote_any_cpus = True  # its import reads no CPU set; TBB's arenas come later, in the pinned child
+    zygote_any_cpus = ("2026.4",)  # its import reads no CPU set; TBB's arenas come later, in the pinned child
     formats = ("onnx", "tflite")
     precisions = ("fp32", "fp16", "bf16", "int8")
     backends = ("cpu", "gpu")

@@ -45,7 +45,7 @@ class OrtGenAIEngine(Engine):
     name = "ortgenai"
     package = "onnxruntime-genai"
     module = "onnxruntime_genai"
-    zygote_any_cpus = True  # its import reads no CPU set and maps no OpenMP runtime, as ONNX Runtime's
+    zygote_any_cpus = ("0.18",)  # its import reads no CPU set and maps no OpenMP runtime, as ONNX Runtime's
     formats = ("gguf",)
     precisions = ("fp32",)  # activations; the weights' type is the config's quant
     backends = ("cpu",)
