@@ -8,16 +8,20 @@ ggml and flags for both programs; the same model file; one thread, pinned by dlp
     engines: [llamacpp, tool:llama-bench]     # dlllm (runner protocol v3) and llama-bench as it is
     threads: [1]
     affinity: [big]
-    llm: {prompt_tokens: 1, gen_tokens: G, context_depth: [D-1, D], quant: [QUANT]}
+    llm: {prompt_tokens: 1, gen_tokens: G, context_depth: D, quant: QUANT}
     repeats: R                                # a round runs every config once, in a seeded shuffled order
     protocol: {min_iterations: N, max_iterations: N, tool_iterations: N, ...}
 
-**The same KV positions.** llama-bench's generation test (`-n G -d D`) decodes G tokens at positions D .. D+G-1 after
-D tokens of depth, in a context of n_prompt + n_gen + n_depth = 0 + G + D tokens. A devicelab request decodes its
-depth, then its P prompt tokens, then G tokens at D'+P .. D'+P+G-1 (context D'+P+G). So the pair compared in each
-round is **llamacpp at depth D-1 with P = 1** (its prompt token sits at D-1; its decode steps at D .. D+G-1, context
-D+G) against **tool:llama-bench at depth D** (its `-p 1` prompt test is not used). A suite's `llm:` applies to every
-engine, so the run also has llamacpp at D and llama-bench at D-1: those rows are not paired (about half the run's time).
+**The same depth, the same work per step.** llama-bench's generation test (`-n G -d D`) decodes G tokens at
+positions D .. D+G-1 after D tokens of depth, in a context of n_prompt + n_gen + n_depth = 0 + G + D tokens. A
+devicelab request at depth D with P = 1 decodes its depth, its prompt token (at D), then G tokens at D+1 .. D+G, in a
+context of D+1+G. The one position between them changes no computation's size: libllama pads the context to a multiple
+of 256 (both 256 for D 128, G 32) and each decode step attends over n_kv = min(cells, max(256, PAD(used, 256)))
+cells (llama-kv-cache.cpp, get_n_kv), 256 at every step of both — as long as no multiple of 256 lies in D+1 .. D+G,
+which the script checks. (An earlier form paired llamacpp at D-1 with llama-bench at D, the exact positions; a suite's
+`llm:` applies to every engine, so half of each round was then two unpaired processes between the paired ones: 120
+rounds gave 0.9890 [0.9677, 1.0143], the paired processes' speeds correlating only 0.47. Now a round is the two paired
+processes alone, back to back in a shuffled order.) llama-bench's `-p 1` prompt test runs too; it is not used.
 
 **Why llama-bench through the controller** (the `tool:llama-bench` engine) rather than run directly: both programs
 then start the same way (a fresh process per config, exec'd by dlprobe after sched_setaffinity to the same CPU), every
@@ -29,7 +33,7 @@ native/llm/dlllm.cpp against llama-bench.cpp's cmd_params_defaults, to_llama_mpa
 llama-context.cpp's llama_context_default_params, llama-model.cpp's llama_model_default_params):
 
     setting            dlllm                                       llama-bench (defaults; -t 1)
-    n_ctx              depth + P + G = (D-1) + 1 + G = D + G        n_prompt + n_gen + n_depth = 0 + G + D
+    n_ctx              depth + P + G = D + 1 + G                    n_prompt + n_gen + n_depth = 0 + G + D
                        (libllama pads both alike: ext.llm.n_ctx is the padded size, 256 for D 128, G 32)
     n_batch / n_ubatch 2048 / 512                                   2048 / 512
     flash_attn         LLAMA_FLASH_ATTN_TYPE_AUTO                   LLAMA_FLASH_ATTN_TYPE_AUTO
@@ -89,7 +93,7 @@ MAX_REPEATS = 100  # a suite's `repeats` limit
 def suite(model: str, quant: str, depth: int, gen: int, requests: int, rounds: int, seed: int = 1) -> dict[str, Any]:
     return {"name": "llm-bench-agreement", "models": [model], "engines": ["llamacpp", "tool:llama-bench"],
             "threads": [1], "affinity": ["big"], "repeats": rounds, "seed": seed,
-            "llm": {"prompt_tokens": 1, "gen_tokens": gen, "context_depth": [depth - 1, depth], "quant": [quant]},
+            "llm": {"prompt_tokens": 1, "gen_tokens": gen, "context_depth": [depth], "quant": [quant]},
             # N requests a llamacpp config, N repetitions a llama-bench one; no time cap cuts a side short.
             "protocol": {"min_iterations": requests, "max_iterations": requests, "min_seconds": 0.0,
                          "max_seconds": 3600.0, "tool_iterations": requests, "accuracy_inputs": 0,
@@ -97,23 +101,23 @@ def suite(model: str, quant: str, depth: int, gen: int, requests: int, rounds: i
 
 
 def pairs(rows: list[dict[str, Any]], depth: int, rounds: int) -> tuple[list[list[float]], list[list[float]]]:
-    """(llama-bench's samples, devicelab's) per round: decode seconds per token, llamacpp at D-1, llama-bench at D."""
+    """(llama-bench's samples, devicelab's) per round: decode seconds per token, both at depth D."""
     bad = [f"{r['engine']} D{r['ext']['llm']['context_depth']} repeat {r['repeat']}: {r['status']}: {r.get('reason')}"
            for r in rows if r["status"] != "ok"]
     if bad:
         raise SystemExit("not every config ran: " + "; ".join(bad))
-    mine = {r["repeat"]: r for r in rows if r["engine"] == "llamacpp" and r["ext"]["llm"]["context_depth"] == depth - 1}
+    mine = {r["repeat"]: r for r in rows if r["engine"] == "llamacpp" and r["ext"]["llm"]["context_depth"] == depth}
     bench = {r["repeat"]: r for r in rows if r["engine"] == "tool:llama-bench"
              and r["ext"]["llm"]["context_depth"] == depth}
     if sorted(mine) != list(range(rounds)) or sorted(bench) != list(range(rounds)):
-        raise SystemExit(f"expected one llamacpp (D-1) and one llama-bench (D) row per round; got {sorted(mine)}, "
+        raise SystemExit(f"expected one llamacpp and one llama-bench row per round; got {sorted(mine)}, "
                          f"{sorted(bench)}")
     for i in range(rounds):
         a, b = mine[i], bench[i]
         if a["cpus"] != b["cpus"] or a["threads"] != 1 or b["threads"] != 1:
             raise SystemExit(f"round {i + 1}: not the same single CPU: {a['cpus']} vs {b['cpus']}")
-        if (a["ext"]["llm"]["prompt_tokens"], a["ext"]["llm"]["context_depth"]) != (1, depth - 1):
-            raise SystemExit(f"round {i + 1}: llamacpp ran {a['workload']}, not P=1 at depth D-1")
+        if (a["ext"]["llm"]["prompt_tokens"], a["ext"]["llm"]["context_depth"]) != (1, depth):
+            raise SystemExit(f"round {i + 1}: llamacpp ran {a['workload']}, not P=1 at depth D")
         argv = b["protocol"]["tool"]["argv"]
         if argv[argv.index("-d") + 1] != str(depth) or argv[argv.index("-t") + 1] != "1":
             raise SystemExit(f"round {i + 1}: llama-bench ran as {argv}")
@@ -129,12 +133,15 @@ def main() -> None:
     gen = int(args[4]) if len(args) > 4 else 32
     requests = int(args[5]) if len(args) > 5 else 10
     if depth < 1 or gen < 1 or rounds < 1 or requests < 1:
-        raise SystemExit("ROUNDS, GEN and REQUESTS must be >= 1, DEPTH >= 1 (dlllm's prompt token takes position D-1)")
+        raise SystemExit("ROUNDS, GEN, REQUESTS and DEPTH must be >= 1")
+    if any(k % 256 == 0 for k in range(depth + 1, depth + gen + 1)):
+        raise SystemExit(f"a multiple of 256 lies in D+1 .. D+G ({depth + 1} .. {depth + gen}): libllama's padding "
+                         "would then give the two programs different attention sizes; choose D and GEN around it")
     build = native_llm.registered("host")
     if build is None or "llama-bench" not in build.artifacts:
         raise SystemExit("run `devicelab build-native --target host --llm` first (same DEVICELAB_DATA)")
-    print(f"machine: {machine()}; {build.version}; model {model} {quant}; llama-bench D={depth} vs llamacpp "
-          f"D={depth - 1} P=1; G={gen}; 1 thread; {rounds} rounds x {requests} requests/repetitions", flush=True)
+    print(f"machine: {machine()}; {build.version}; model {model} {quant}; llama-bench vs llamacpp (P=1) at D={depth}; "
+          f"G={gen}; 1 thread; {rounds} rounds x {requests} requests/repetitions", flush=True)
     started = time.monotonic()
     bench: list[list[float]] = []
     mine: list[list[float]] = []
