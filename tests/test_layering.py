@@ -149,6 +149,8 @@ REPLACES = {
     ("devicelab.farm.artifacts", "job.prepared"), ("devicelab.farm.artifacts", "job.reference"),
     # an LLM config's F32 reference pass (a Job, its config and settings; not a Result): session._reference_pass
     ("devicelab.session", "job"), ("devicelab.session", "self.cfg"), ("devicelab.session", "job.settings"),
+    # how a Python runner's process began (a Start, not a Result): a shared zygote's, and a note added to it
+    ("devicelab.devices.zygote", "start"),
 }
 
 
