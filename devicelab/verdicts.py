@@ -219,6 +219,57 @@ def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, de
     return out
 
 
+def levels_for_run(store: Store, run_id: str, threshold: float = cmp.DEFAULT_THRESHOLD,
+                   reference: str = REFERENCE_LABEL) -> dict[str, float | None]:
+    """Nightly series key → the level `regress` (at this threshold and reference label, without --suspect-p: its
+    defaults) judges RUN_ID's night of that series at, for every series an acknowledged alert moved off 1: the level
+    of the night when RUN_ID is one of its nights already (a resumed run), else the level its next night gets. None
+    for a series with an acknowledgement these settings cannot place (its alert is not one they open, e.g. one opened
+    by `--suspect-p`): its level is not known here. Empty, with nothing computed, while the store has no
+    acknowledgement."""
+    acks = store.acks()
+    if not acks:
+        return {}
+    out: dict[str, float | None] = {}
+    for s in nightly(store, threshold, reference):
+        nights = [n.run_id for n in s.report.nights]
+        applied = {a.id for a in s.report.alerts if a.state == nt.ACKNOWLEDGED}
+        if any(a["series_key"] == s.key and a["at_run"] in nights and a["alert_id"] not in applied for a in acks):
+            out[s.key] = None
+            continue
+        level = s.report.nights[nights.index(run_id)].level if run_id in nights else s.report.level
+        if level != 1.0:
+            out[s.key] = level
+    return out
+
+
+def verdicts_at_levels(store: Store, run_id: str, engine: str, label_a: str, label_b: str,
+                       levels: dict[str, float | None], threshold: float) -> dict[str, str]:
+    """Nightly series key → the verdict of RUN_ID's night of it at the series' level in `levels` (nt.judge, as
+    `regress` judges it: the rounds both labels have, the device's paired noise floor), for the configs of `engine`
+    whose two labels (either one the reference) make a series `levels` names; unknown where the level is None."""
+    by: dict[tuple[str, str], dict[int, Result]] = {}
+    for r in store.results(run_id):
+        if r.status == OK and r.engine == engine and r.label in (label_a, label_b):
+            by.setdefault((series_without_label(r), r.label), {})[r.repeat] = r
+    out: dict[str, str] = {}
+    for base_key in sorted({k for k, _ in by}):
+        for ref, cand in ((label_a, label_b), (label_b, label_a)):
+            key = json.dumps([base_key, cand, ref])
+            if key not in levels:
+                continue
+            level = levels[key]
+            rr, rc = by.get((base_key, ref), {}), by.get((base_key, cand), {})
+            common = sorted(set(rr) & set(rc))
+            if level is None or not common:
+                out[key] = "unknown"
+                continue
+            night = nt.Night(run_id, "", [list(rr[i].samples_s) for i in common],
+                             [list(rc[i].samples_s) for i in common])
+            out[key] = nt.judge(night, level, threshold, device_noise_floor(store, rr[common[0]].device, True)).verdict
+    return out
+
+
 def nightly_labels(store: Store, reference: str = REFERENCE_LABEL, device: str | None = None) -> set[str]:
     """Series keys (with label) that nightly tracking covers: the reference and its candidates. Separate-runs
     regress leaves them out (their nights drift; the paired ratio is what is tracked)."""
