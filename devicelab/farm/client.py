@@ -5,6 +5,7 @@ Results to the run's store. Also the connect checks and `devicelab farm status`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -564,8 +565,12 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     prepared = prepare_farm(client, store, suite, source, seed)
     locks = artifacts.label_locks(label_pythons(prepared.planned))  # refused in one line before anything is recorded
     run_id = sweep.new_run_id()
+    # Each label environment's lock by its sha256, recorded with the plan (the rows of a label carry the lock they ran
+    # in: ext.label_env_lock, set by the worker).
+    env_locks = {python: hashlib.sha256(data).hexdigest() for python, data in locks.items()}
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
-                               {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
+                               {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address,
+                                **({"label_env_locks": env_locks} if env_locks else {})},
                                devicelab.__version__, sweep.git_state(), argv),
                      [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
     progress("run", run_id)
