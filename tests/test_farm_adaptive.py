@@ -75,8 +75,8 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
     env = plain_env(tmp_path, data_dir)
     steady = fake_runner(tmp_path / "steady.py", 1.0)
     wobbly = fake_runner(tmp_path / "wobbly.py", 1.0, count=tmp_path / "wobbly.count")
-    aa = ab_suite(tmp_path / "aa.yaml", {"a": steady, "b": steady}, {"min": 3, "max": 6}, ["farm-host"])
-    undecided = ab_suite(tmp_path / "undecided.yaml", {"a": steady, "b": wobbly}, {"min": 3, "max": 5}, ["farm-host"])
+    aa = ab_suite(tmp_path / "aa.yaml", {"a": steady, "b": steady}, {"min": 3, "max": 4}, ["farm-host"])
+    undecided = ab_suite(tmp_path / "undecided.yaml", {"a": steady, "b": wobbly}, {"min": 3, "max": 4}, ["farm-host"])
     scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
     agent = None
     try:
@@ -99,7 +99,7 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
         assert sorted(starts(agent.text(), decided)) == [1, 2, 3]
         store = open_store(env["DEVICELAB_DB"], create=False)
         try:
-            assert sorted({r.config.repeat for r in store.planned(decided)}) == list(range(6))  # planned, not run
+            assert sorted({r.config.repeat for r in store.planned(decided)}) == list(range(4))  # round 4: planned
             assert store.get_run(decided).status == "finished"
         finally:
             store.close()
@@ -107,19 +107,19 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
         out, err = run("--resume", decided)
         assert len(out["results"]) == 6 and sorted(starts(agent.text(), decided)) == [1, 2, 3]
 
-        # A pair whose per-round ratios swing 0.8 ↔ 1.25: undecided after every round, so it runs to max, one round
-        # at a time after the first 3.
+        # A pair whose per-round ratios swing 1.25 ↔ 0.8: undecided after every round, so it runs to its max (round 4
+        # alone, after the first 3 and a look at the store).
         out, err = run("--suite", str(undecided))
         night = out["run_id"]
-        assert sorted((r["repeat"], r["label"]) for r in out["results"]) == [(k, x) for k in range(5) for x in "ab"]
-        assert err.count("another round") == 2 and "decided after" not in err, err[-2000:]
-        assert sorted(starts(agent.text(), night)) == [1, 2, 3, 4, 5]
-        # The same night as if its client had died before round 5 (its rows gone, the run interrupted): --resume
-        # asks the rule again, finds it undecided, and runs round 5 only.
+        assert sorted((r["repeat"], r["label"]) for r in out["results"]) == [(k, x) for k in range(4) for x in "ab"]
+        assert err.count("another round") == 1 and "decided after" not in err, err[-2000:]
+        assert sorted(starts(agent.text(), night)) == [1, 2, 3, 4]
+        # The same night as if its client had died before round 4 (its rows gone, the run interrupted): --resume
+        # asks the rule again, finds it undecided, and runs round 4 only.
         db = sqlite3.connect(env["DEVICELAB_DB"])
         try:
             gone = [key for key, row in db.execute("SELECT identity_key, result_json FROM results WHERE run_id=?",
-                                                   (night,)) if json.loads(row)["repeat"] == 4]
+                                                   (night,)) if json.loads(row)["repeat"] == 3]
             assert len(gone) == 2
             with db:
                 db.executemany("DELETE FROM results WHERE run_id=? AND identity_key=?", [(night, k) for k in gone])
@@ -131,9 +131,24 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
         finally:
             store.close()
         out, err = run("--resume", night)
-        assert sorted((r["repeat"], r["label"]) for r in out["results"]) == [(k, x) for k in range(5) for x in "ab"]
-        assert sorted(starts(agent.text(), night)) == [1, 2, 3, 4, 5, 5]
+        assert sorted((r["repeat"], r["label"]) for r in out["results"]) == [(k, x) for k in range(4) for x in "ab"]
+        assert sorted(starts(agent.text(), night)) == [1, 2, 3, 4, 4]
         assert "another round" in err
+
+        # A label with no ok process in a round (a build that cannot load the model): as in a local run, that pair's
+        # later rounds are not submitted.
+        broken = tmp_path / "broken.py"
+        broken.write_text(f"#!{sys.executable}\nimport json\nprint(json.dumps({{'event': 'error', 'message': 'this "
+                          "build cannot load the model'}), flush=True)\nraise SystemExit(1)\n")
+        broken.chmod(0o755)
+        p = devicelab("run", "--farm", scheduler.first_line, "--suite", str(ab_suite(
+            tmp_path / "broken.yaml", {"a": steady, "b": broken}, {"min": 3, "max": 4}, ["farm-host"])), "--json",
+            env=env, timeout=600)
+        assert p.returncode == 1, p.stdout[-2000:] + p.stderr[-3000:]
+        out = json.loads(p.stdout)
+        assert sorted(starts(agent.text(), out["run_id"])) == [1, 2, 3]  # round 4 never submitted
+        assert any("cannot load the model" in (r["reason"] or "") for r in out["results"] if r["label"] == "b")
+        assert "no ok process of protocol [" in p.stderr and "its later rounds are skipped" in p.stderr, p.stderr
     finally:
         if agent is not None:
             agent.stop()
