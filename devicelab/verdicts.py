@@ -173,6 +173,17 @@ def _paired_groups(store: Store, reference: str, device: str | None
     return {k: v for k, v in groups.items() if reference in v and len(v) > 1}
 
 
+def _night(run_id: str, created: str, ref: dict[int, Result], cand: dict[int, Result]) -> nt.Night | None:
+    """A run's night of a nightly series from its rows by round (repeat): the rounds both labels have, in order;
+    None when no round has both."""
+    common = sorted(set(ref) & set(cand))
+    if not common:
+        return None
+    return nt.Night(run_id, created, [list(ref[i].samples_s) for i in common],
+                    [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
+                    cand[common[0]].engine_version)
+
+
 def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None,
             suspect_p: float | None = None) -> list[NightlySeries]:
     """Every candidate label that ran beside the reference label, tracked night by night by the paired ratio of
@@ -205,13 +216,9 @@ def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, de
                     created[run_id] = when
             nights: list[nt.Night] = []
             for run_id in sorted(cand_by_run, key=lambda x: order.get(x, 0)):
-                ref, cand = ref_by_run.get(run_id, {}), cand_by_run[run_id]
-                common = sorted(set(ref) & set(cand))
-                if not common:
-                    continue  # a run without the reference beside it is not a nightly A/B run
-                nights.append(nt.Night(run_id, created[run_id], [list(ref[i].samples_s) for i in common],
-                                       [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
-                                       cand[common[0]].engine_version))
+                night = _night(run_id, created[run_id], ref_by_run.get(run_id, {}), cand_by_run[run_id])
+                if night is not None:  # a run without the reference beside it is not a nightly A/B run
+                    nights.append(night)
             name = f"{display_name(first, False)} [{label} / {reference}]"
             report = nt.track(name, key, nights, acks, threshold, device_noise_floor(store, first.device, True),
                               suspect_p=suspect_p)
@@ -259,14 +266,13 @@ def verdicts_at_levels(store: Store, run_id: str, engine: str, label_a: str, lab
             if key not in levels:
                 continue
             level = levels[key]
-            rr, rc = by.get((base_key, ref), {}), by.get((base_key, cand), {})
-            common = sorted(set(rr) & set(rc))
-            if level is None or not common:
+            rr = by.get((base_key, ref), {})
+            night = _night(run_id, "", rr, by.get((base_key, cand), {}))
+            if level is None or night is None:
                 out[key] = "unknown"
                 continue
-            night = nt.Night(run_id, "", [list(rr[i].samples_s) for i in common],
-                             [list(rc[i].samples_s) for i in common])
-            out[key] = nt.judge(night, level, threshold, device_noise_floor(store, rr[common[0]].device, True)).verdict
+            floor = device_noise_floor(store, next(iter(rr.values())).device, True)
+            out[key] = nt.judge(night, level, threshold, floor).verdict
     return out
 
 
