@@ -345,10 +345,12 @@ def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path
         store.close()
 
 
-def test_a_rows_environment_is_named_by_its_locks_sha256(tmp_path: Path) -> None:
+def test_a_rows_environment_is_named_by_its_locks_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's rows of a label that travelled as a lock carry that lock's sha256 (ext.label_env_lock); a row of
     a job without one carries nothing; the key takes a sha256 and nothing else."""
     import dataclasses
+
+    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))
 
     from devicelab import rows
     from devicelab.farm import artifacts
