@@ -328,6 +328,7 @@ def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path
         [local], _ = artifacts.localize(store, [job], shipment)
         built = tmp_path / "worker-data" / "farm" / "envs" / lock.sha256 / "bin" / "python"
         assert local.options["python"] == str(built) and built.exists()
+        assert local.env_lock == lock.sha256 and job.env_lock is None  # its rows will say which lock they ran in
 
         def unreachable() -> Any:
             raise DevicelabError("cannot open the store: down")
@@ -343,37 +344,6 @@ def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path
         assert not (tmp_path / "other-host" / "farm" / "envs").exists()
     finally:
         store.close()
-
-
-def test_a_rows_environment_is_named_by_its_locks_sha256(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker's rows of a label that travelled as a lock carry that lock's sha256 (ext.label_env_lock); a row of
-    a job without one carries nothing; the key takes a sha256 and nothing else."""
-    import dataclasses
-
-    monkeypatch.setenv("DEVICELAB_DATA", str(tmp_path / "data"))
-
-    from devicelab import rows
-    from devicelab.farm import artifacts
-    from devicelab.farm.worker import with_env_locks
-    from devicelab.result import OK, Result
-
-    db = str(tmp_path / "db.sqlite")
-    store = open_store(db)
-    python = str(bare_venv(tmp_path / "client-env"))
-    job = job_with(python)
-    plain = dataclasses.replace(job, config=dataclasses.replace(job.config, label="base"), options={})
-    try:
-        shipment = artifacts.publish(store, [job, plain])
-    finally:
-        store.close()
-    sha = shipment.envs[python].sha256
-    made = [Result.for_config("run-1", job.config, OK, samples_s=(0.01, 0.011), median_s=0.0105),
-            rows.not_delivered("run-1", plain.config, "the task's files could not be fetched: test")]
-    tagged = with_env_locks(made, [job, plain], shipment)
-    assert tagged[0].ext == {"label_env_lock": sha} and tagged[1].ext == {}
-    assert Result.from_dict(tagged[0].to_dict()).ext["label_env_lock"] == sha  # as stored and read back
-    with pytest.raises(ValueError, match="label_env_lock"):
-        dataclasses.replace(made[0], ext={"label_env_lock": "not a sha256"})
 
 
 def store_bytes(store: Any, sha256: str, tmp_path: Path) -> bytes:

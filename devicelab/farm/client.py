@@ -565,8 +565,8 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     prepared = prepare_farm(client, store, suite, source, seed)
     locks = artifacts.label_locks(label_pythons(prepared.planned))  # refused in one line before anything is recorded
     run_id = sweep.new_run_id()
-    # Each label environment's lock by its sha256, recorded with the plan (the rows of a label carry the lock they ran
-    # in: ext.label_env_lock, set by the worker).
+    # Each label environment's lock by its sha256, recorded with the plan (each row of such a label is born with the
+    # lock it ran in: ext.label_env_lock, from the worker's Job).
     env_locks = {python: hashlib.sha256(data).hexdigest() for python, data in locks.items()}
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
                                {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address,

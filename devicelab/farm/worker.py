@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import platform
@@ -383,7 +382,6 @@ class PhonePlugin(WorkerPlugin):
                 with native.shipped_builds(fetched[1]):
                     results = self._run_jobs(fetched[0])
             end = time.time()
-            results = with_env_locks(results, jobs, shipment or Shipment())
             out = [(r, self.spool.write(location, r)) for r in results]
             committed = time.time()
         finally:
@@ -475,17 +473,6 @@ class PhonePlugin(WorkerPlugin):
             except Exception:  # noqa: BLE001 - a phone that went away cannot be set back
                 pass
             self._run = None
-
-
-def with_env_locks(results: Sequence[Result], jobs: Sequence[Job], shipment: Shipment) -> list[Result]:
-    """The task's rows (one per job, in order), each of a job whose label environment travelled as a lock carrying
-    that lock's sha256 (`ext.label_env_lock`): which environment the row ran in, whatever the client's interpreter
-    holds later."""
-    out: list[Result] = []
-    for result, job in zip(results, jobs, strict=True):
-        lock = shipment.envs.get(str(job.options.get("python") or ""))
-        out.append(dataclasses.replace(result, ext={**result.ext, "label_env_lock": lock.sha256}) if lock else result)
-    return out
 
 
 def engine_mismatch(jobs: Sequence[Job], facts: DeviceFacts) -> str | None:
