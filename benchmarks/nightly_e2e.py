@@ -13,7 +13,8 @@ Each night:
 * `devicelab run --suite S` (host) or `devicelab run --farm ADDR --suite S` (farm: a `devicelab farm scheduler`,
   `devicelab farm agent` and one emulated Android phone on loopback, the store a real PostgreSQL server started as
   tests/pg_server.py starts it) runs the two builds as the labels `reference` and `candidate`, ROUNDS rounds in
-  lockstep;
+  lockstep (with --max-rounds: adaptive rounds, ROUNDS first, then one at a time until the pair is decided, at most
+  MAX_ROUNDS — the shipped nightly suite's `repeats: {min: 3, max: 48}` is `--rounds 3 --max-rounds 48`);
 * `devicelab regress --json` judges the night; its exit code is the alert; an operator acknowledges a confirmed
   alert the morning after (`devicelab regress ack ALERT`, the reference kept), as a nightly team would.
 Prints one line per night (work, neighbour duty, paired ratio and CI, verdict, listed alert, exit codes of run and
@@ -21,7 +22,8 @@ regress), then the alerts' precision (an alert is true when the candidate really
 judged at: more work than at the last acknowledgement) and the steps caught the night they land (listed as
 suspected or confirmed that night) and within two nights.
 
-    python benchmarks/nightly_e2e.py --where host|farm [--nights 24] [--rounds 10] [--period 1.0] [--seed 17]
+    python benchmarks/nightly_e2e.py --where host|farm [--nights 24] [--rounds 10 [--max-rounds 48]] [--period 1.0]
+                                     [--seed 17]
 
 Needs a C compiler (host); adb, qemu-aarch64-static, unshare, aarch64-linux-gnu-gcc and PostgreSQL's server
 binaries (farm), as tests/test_farm.py. The last line is `precision P recall(+5 %) R`.
@@ -86,9 +88,9 @@ def runner_source(tmp: Path) -> Path:
     return out
 
 
-def suite_text(builds: Path, rounds: int, device: str | None) -> str:
+def suite_text(builds: Path, rounds: int, device: str | None, max_rounds: int | None = None) -> str:
     suite = {"name": "nightly-e2e", "models": ["squeezenet1_1"], "threads": [1], "affinity": "big",
-             "repeats": rounds, "protocol": PROTOCOL, "seed": 1,
+             "repeats": {"min": rounds, "max": max_rounds} if max_rounds else rounds, "protocol": PROTOCOL, "seed": 1,
              "engines": [{"name": "protocol", "label": "reference",
                           "options": {"binary": str(builds / "reference" / "runner")}},
                          {"name": "protocol", "label": "candidate",
@@ -106,7 +108,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--where", choices=("host", "farm"), required=True)
     parser.add_argument("--nights", type=int, default=24)
-    parser.add_argument("--rounds", type=int, default=10, help="lockstep rounds per night (fixed)")
+    parser.add_argument("--rounds", type=int, default=10, help="lockstep rounds per night (fixed), or the first "
+                        "rounds of an adaptive night (with --max-rounds)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="adaptive nights: after --rounds rounds, one more "
+                        "at a time until compare decides the pair, at most this many (examples/nightly/suite.yaml: "
+                        "--rounds 3 --max-rounds 48)")
     parser.add_argument("--period", type=float, default=1.0, help="the neighbour's duty period in seconds")
     parser.add_argument("--seed", type=int, default=17, help="the duty random walk's seed")
     args = parser.parse_args()
@@ -169,12 +175,13 @@ def main() -> int:
         builds = tmp / "builds"
         build(source, 1000, builds / "reference" / "runner", farm)
         suite = tmp / "suite.yaml"
-        suite.write_text(suite_text(builds, args.rounds, device))
+        suite.write_text(suite_text(builds, args.rounds, device, args.max_rounds))
         rng = random.Random(args.seed)
         duty_i = rng.randrange(len(DUTIES))
         acked_work = 1000
         work = schedule(args.nights)
-        print(f"{args.where}: {args.nights} nights, {args.rounds} rounds each, neighbour on CPU {cpu} with a "
+        rounds = f"{args.rounds} to {args.max_rounds} rounds (adaptive)" if args.max_rounds else f"{args.rounds} rounds"
+        print(f"{args.where}: {args.nights} nights, {rounds} each, neighbour on CPU {cpu} with a "
               f"{args.period:g} s period; store {'PostgreSQL' if farm else 'SQLite'}; load average "
               f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
         for i in range(args.nights):
@@ -228,8 +235,8 @@ def main() -> int:
             ci = f"[{n['ci'][0]:.3f}, {n['ci'][1]:.3f}]" if n["ci"] else "—"
             ratio = f"{n['ratio']:.3f}" if n["ratio"] is not None else "—"
             print(f"night {i:2d}: work {work[i] / 1000:.3f}{' (step)' if row['step'] else '       '} neighbour "
-                  f"{duty:4.0%} ratio {ratio} {ci} level {n['level']:.3f} {n['verdict']:7s} listed "
-                  f"{row['listed'] or '—':9s} run exit {r.returncode} regress exit {g.returncode}{ack}; "
+                  f"{duty:4.0%} ratio {ratio} {ci} ({n['rounds']} rounds) level {n['level']:.3f} {n['verdict']:7s} "
+                  f"listed {row['listed'] or '—':9s} run exit {r.returncode} regress exit {g.returncode}{ack}; "
                   f"{night_s:.0f} s, CPUs {cpus}{f', {not_ok} rows not ok' if not_ok else ''}", flush=True)
     finally:
         if neighbour is not None:

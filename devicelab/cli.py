@@ -535,6 +535,8 @@ class _RunProgress:
             self.progress.advance(self.task)
         elif kind == "ab":
             said = ", ".join(f"{n} {k}" for k, n in obj["verdicts"].items() if n)
+            if obj.get("at_level"):  # nightly series an acknowledged alert moved off 1 (docs/nightly.md)
+                said += "; at the acknowledged level: " + ", ".join(f"{n} {k}" for k, n in obj["at_level"].items() if n)
             if obj.get("stopped"):
                 self.progress.console.print(f"A/B after round {obj['rounds']}: {obj['stopped']}", markup=False)
             elif obj["decided"]:

@@ -330,6 +330,9 @@ EXTENSIONS: dict[str, ExtField] = {
     "timeline": ExtField(_timeline, "s", "the timed iterations against time with the pinned cores' frequencies (kHz) "
                                          "and the temperatures (°C) sampled meanwhile, on iter_t_s's clock; marks for "
                                          "warmup, batches, lockstep slices"),
+    "label_env_lock": ExtField(lambda x: isinstance(x, str) and len(x) == 64 and set(x) <= set("0123456789abcdef"),
+                               None, "sha256 of the lock of the label environment a farm worker rebuilt and ran the "
+                                     "row's config in (docs/farm.md)"),
     "llm": ExtField(lambda x: _check_llm(x), None,
                     "the LLM workload {quant, prompt_tokens, gen_tokens, context_depth} and, on ok rows, its figures "
                     "(ttft_s, prefill_tps, decode_tps, token_s, ...; docs/results.md)"),

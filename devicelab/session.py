@@ -62,6 +62,9 @@ class Job:
     # A quantized LLM config's F32 variant of the same model for the same engine (None: none, or not an LLM config):
     # run once, after this config's timing, when the device has no F32 logits of the prompt yet (_reference_pass).
     reference: PreparedModel | None = None
+    # On a farm worker: the sha256 of the lock its label environment (options.python) was rebuilt from; every row
+    # the session makes of the job carries it (ext.label_env_lock). None: the interpreter is the run's own.
+    env_lock: str | None = None
 
     @property
     def workload(self) -> llm.LlmWorkload | None:
@@ -1147,7 +1150,8 @@ class _Attempt:
             state_before=self.state_before, state_after=state_after, throttled=was_throttled,
             started_at=self.started, finished_at=utc_now(), stderr_tail=self.stderr[-STDERR_TAIL_BYTES:] or None,
             protocol=protocol, ext={**(self.ext if ok else {k: v for k, v in self.ext.items() if k == "llm"}),
-                                    **extras.ext}, **energy,
+                                    **extras.ext,
+                                    **({"label_env_lock": self.job.env_lock} if self.job.env_lock else {})}, **energy,
             **(self.fields if ok else {}))
 
 

@@ -9,7 +9,7 @@ import platform
 import secrets
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +17,7 @@ from typing import Any
 
 import devicelab
 from devicelab import llm, paths, rows, session, zoo, zoo_llm
-from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, parse_suite
+from devicelab.config import ConfigError, EngineSpec, Inventory, Suite, ab_pairs, parse_suite
 from devicelab.devices import Transport, open_device
 from devicelab.engines import EngineInfo, PreparedModel, SourceModel, get_engine
 from devicelab.engines.base import INPUT_SEED, Engine, UnsupportedError
@@ -264,6 +264,63 @@ def lockstep_groups(todo: list[PlannedConfig], suite: Suite, lockstep: Callable[
     return {pc.config.identity_key(): group for group in by_config.values() if len(group) > 1 for pc in group}
 
 
+def ab_without_ok(store: Store, run_id: str, pairs: Sequence[tuple[str, str, str]], round_: int) -> dict[str, str]:
+    """A/B engines (`pairs`: config.ab_pairs) that cannot go on, and why: a pair one of whose labels had no ok process
+    in `round_` (every config of it failed, e.g. a runner that always times out, or a farm worker lost). Read from the
+    store: a resumed run included, and a farm run's rows whoever wrote them."""
+    ran = [r for r in store.results(run_id) if r.repeat == round_ and r.status != "unsupported"]
+    out: dict[str, str] = {}
+    for engine, base, cand in pairs:
+        for label in (base, cand):
+            mine = [r for r in ran if r.engine == engine and r.label == label]
+            if engine not in out and mine and not any(r.status == "ok" for r in mine):
+                out[engine] = (f"no ok process of {engine} [{label}] in round {round_ + 1} ({len(mine)} failed: "
+                               f"{mine[0].reason}): its later rounds are skipped")
+    return out
+
+
+def ab_decision(store: Store, run_id: str, pairs: Sequence[tuple[str, str, str]], rounds: int,
+                skipped: set[str] | frozenset[str] = frozenset(), levels: dict[str, float | None] | None = None
+                ) -> dict[str, Any]:
+    """After `rounds` rounds: compare's verdict for every A/B pair (engine under two labels) and config, from what the
+    run has stored (a resumed run included). Decided when none is unknown — and, for each config whose nightly series
+    an acknowledged alert moved off 1 (`levels`: ack_levels), when its night is not unknown at that level either
+    (what `regress` will judge it at). The one stopping rule of adaptive rounds, local or on the farm."""
+    from devicelab import verdicts
+    from devicelab.analysis.compare import DEFAULT_THRESHOLD, summarize
+
+    counts = {"slower": 0, "faster": 0, "same": 0, "unknown": 0}
+    at_level = dict.fromkeys(counts, 0)
+    for engine, base, cand in pairs:
+        if engine in skipped:  # its rounds stopped: it cannot be decided, and must not hold the others back
+            continue
+        try:
+            found = verdicts.compare_sides(store, verdicts.resolve_side(store, f"{run_id}:{base}"),
+                                           verdicts.resolve_side(store, f"{run_id}:{cand}"), DEFAULT_THRESHOLD)
+        except DevicelabError:  # a side with no ok result yet: nothing to decide on
+            counts["unknown"] += 1
+            continue
+        for k, n in summarize(found).items():
+            counts[k] += n
+        if levels:
+            for said in verdicts.verdicts_at_levels(store, run_id, engine, base, cand, levels,
+                                                    DEFAULT_THRESHOLD).values():
+                at_level[said] += 1
+    out: dict[str, Any] = {"rounds": rounds, "verdicts": counts,
+                           "decided": counts["unknown"] == 0 and at_level["unknown"] == 0 and sum(counts.values()) > 0}
+    if any(at_level.values()):
+        out["at_level"] = at_level
+    return out
+
+
+def ack_levels(store: Store, run_id: str, suite: Suite) -> dict[str, float | None]:
+    """What ab_decision judges a run's nights against besides 1: the level of each nightly series an acknowledged
+    alert moved (verdicts.levels_for_run); nothing for a suite without adaptive rounds."""
+    from devicelab import verdicts
+
+    return verdicts.levels_for_run(store, run_id) if suite.min_repeats else {}
+
+
 class Executor:
     def __init__(self, store: Store, run_id: str, prepared: Prepared, progress: Progress | None = None) -> None:
         self.store, self.run_id, self.p = store, run_id, prepared
@@ -282,22 +339,24 @@ class Executor:
         out: list[Result] = []
         self.progress("planned", sum(pc.runnable for pc in todo))
         adaptive = self.p.suite.min_repeats
+        pairs = ab_pairs(self.p.suite.engines)
         checked = -1
         groups = self._lockstep_groups(todo)
         done: set[str] = set()
         broken: dict[str, str] = {}  # A/B engines whose later rounds are skipped, and why
         try:
+            levels = ack_levels(self.store, self.run_id, self.p.suite)  # read once: only an acknowledgement moves them
             for pc in todo:
                 if pc.config.identity_key() in done:
                     continue  # ran in lockstep with an earlier label of its round
                 if adaptive and pc.runnable and pc.config.repeat != checked and pc.config.repeat > 0:
                     checked = pc.config.repeat  # a new round: did the last one give each pair something to compare?
-                    for engine, why in self._ab_without_ok(checked - 1).items():
+                    for engine, why in ab_without_ok(self.store, self.run_id, pairs, checked - 1).items():
                         if engine not in broken:  # more rounds of it would fail the same way; the others go on
                             broken[engine] = why
                             self.progress("ab", {"rounds": checked, "decided": False, "stopped": why, "verdicts": {}})
                     if checked >= adaptive:  # are the A/B pairs decided already?
-                        decision = self._ab_decision(checked, set(broken))
+                        decision = ab_decision(self.store, self.run_id, pairs, checked, set(broken), levels)
                         self.progress("ab", decision)
                         if decision["decided"]:
                             break
@@ -321,43 +380,6 @@ class Executor:
             for dev in self.p.devices.values():
                 dev.close()
         return out
-
-    def _ab_without_ok(self, round_: int) -> dict[str, str]:
-        """A/B engines that cannot go on, and why: a pair one of whose labels had no ok process in `round_` (every
-        config of it failed, e.g. a runner that always times out). Read from the store: a resumed run included."""
-        from devicelab.config import ab_pairs
-
-        ran = [r for r in self.store.results(self.run_id) if r.repeat == round_ and r.status != "unsupported"]
-        out: dict[str, str] = {}
-        for engine, base, cand in ab_pairs(self.p.suite.engines):
-            for label in (base, cand):
-                mine = [r for r in ran if r.engine == engine and r.label == label]
-                if engine not in out and mine and not any(r.status == "ok" for r in mine):
-                    out[engine] = (f"no ok process of {engine} [{label}] in round {round_ + 1} ({len(mine)} failed: "
-                                   f"{mine[0].reason}): its later rounds are skipped")
-        return out
-
-    def _ab_decision(self, rounds: int, skipped: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
-        """After `rounds` rounds: compare's verdict for every A/B pair (engine under two labels) and config, from
-        what the run has stored (a resumed run included). Decided when none is unknown."""
-        from devicelab import verdicts
-        from devicelab.analysis.compare import DEFAULT_THRESHOLD, summarize
-        from devicelab.config import ab_pairs
-
-        counts = {"slower": 0, "faster": 0, "same": 0, "unknown": 0}
-        for engine, base, cand in ab_pairs(self.p.suite.engines):
-            if engine in skipped:  # its rounds stopped: it cannot be decided, and must not hold the others back
-                continue
-            try:
-                found = verdicts.compare_sides(self.store, verdicts.resolve_side(self.store, f"{self.run_id}:{base}"),
-                                               verdicts.resolve_side(self.store, f"{self.run_id}:{cand}"),
-                                               DEFAULT_THRESHOLD)
-            except DevicelabError:  # a side with no ok result yet: nothing to decide on
-                counts["unknown"] += 1
-                continue
-            for k, n in summarize(found).items():
-                counts[k] += n
-        return {"rounds": rounds, "decided": counts["unknown"] == 0 and sum(counts.values()) > 0, "verdicts": counts}
 
     def _lockstep_groups(self, todo: list[PlannedConfig]) -> dict[str, list[PlannedConfig]]:
         return lockstep_groups(todo, self.p.suite, lambda device: self.p.devices[device].lockstep)

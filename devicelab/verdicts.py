@@ -173,6 +173,17 @@ def _paired_groups(store: Store, reference: str, device: str | None
     return {k: v for k, v in groups.items() if reference in v and len(v) > 1}
 
 
+def _night(run_id: str, created: str, ref: dict[int, Result], cand: dict[int, Result]) -> nt.Night | None:
+    """A run's night of a nightly series from its rows by round (repeat): the rounds both labels have, in order;
+    None when no round has both."""
+    common = sorted(set(ref) & set(cand))
+    if not common:
+        return None
+    return nt.Night(run_id, created, [list(ref[i].samples_s) for i in common],
+                    [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
+                    cand[common[0]].engine_version)
+
+
 def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, device: str | None = None,
             suspect_p: float | None = None) -> list[NightlySeries]:
     """Every candidate label that ran beside the reference label, tracked night by night by the paired ratio of
@@ -205,17 +216,63 @@ def nightly(store: Store, threshold: float, reference: str = REFERENCE_LABEL, de
                     created[run_id] = when
             nights: list[nt.Night] = []
             for run_id in sorted(cand_by_run, key=lambda x: order.get(x, 0)):
-                ref, cand = ref_by_run.get(run_id, {}), cand_by_run[run_id]
-                common = sorted(set(ref) & set(cand))
-                if not common:
-                    continue  # a run without the reference beside it is not a nightly A/B run
-                nights.append(nt.Night(run_id, created[run_id], [list(ref[i].samples_s) for i in common],
-                                       [list(cand[i].samples_s) for i in common], ref[common[0]].engine_version,
-                                       cand[common[0]].engine_version))
+                night = _night(run_id, created[run_id], ref_by_run.get(run_id, {}), cand_by_run[run_id])
+                if night is not None:  # a run without the reference beside it is not a nightly A/B run
+                    nights.append(night)
             name = f"{display_name(first, False)} [{label} / {reference}]"
             report = nt.track(name, key, nights, acks, threshold, device_noise_floor(store, first.device, True),
                               suspect_p=suspect_p)
             out.append(NightlySeries(key, first.config.series_key(), report))
+    return out
+
+
+def levels_for_run(store: Store, run_id: str, threshold: float = cmp.DEFAULT_THRESHOLD,
+                   reference: str = REFERENCE_LABEL) -> dict[str, float | None]:
+    """Nightly series key → the level `regress` (at this threshold and reference label, without --suspect-p: its
+    defaults) judges RUN_ID's night of that series at, for every series an acknowledged alert moved off 1: the level
+    of the night when RUN_ID is one of its nights already (a resumed run), else the level its next night gets. None
+    for a series with an acknowledgement these settings cannot place (its alert is not one they open, e.g. one opened
+    by `--suspect-p`): its level is not known here. Empty, with nothing computed, while the store has no
+    acknowledgement."""
+    acks = store.acks()
+    if not acks:
+        return {}
+    out: dict[str, float | None] = {}
+    for s in nightly(store, threshold, reference):
+        nights = [n.run_id for n in s.report.nights]
+        applied = {a.id for a in s.report.alerts if a.state == nt.ACKNOWLEDGED}
+        if any(a["series_key"] == s.key and a["at_run"] in nights and a["alert_id"] not in applied for a in acks):
+            out[s.key] = None
+            continue
+        level = s.report.nights[nights.index(run_id)].level if run_id in nights else s.report.level
+        if level != 1.0:
+            out[s.key] = level
+    return out
+
+
+def verdicts_at_levels(store: Store, run_id: str, engine: str, label_a: str, label_b: str,
+                       levels: dict[str, float | None], threshold: float) -> dict[str, str]:
+    """Nightly series key → the verdict of RUN_ID's night of it at the series' level in `levels` (nt.judge, as
+    `regress` judges it: the rounds both labels have, the device's paired noise floor), for the configs of `engine`
+    whose two labels (either one the reference) make a series `levels` names; unknown where the level is None."""
+    by: dict[tuple[str, str], dict[int, Result]] = {}
+    for r in store.results(run_id):
+        if r.status == OK and r.engine == engine and r.label in (label_a, label_b):
+            by.setdefault((series_without_label(r), r.label), {})[r.repeat] = r
+    out: dict[str, str] = {}
+    for base_key in sorted({k for k, _ in by}):
+        for ref, cand in ((label_a, label_b), (label_b, label_a)):
+            key = json.dumps([base_key, cand, ref])
+            if key not in levels:
+                continue
+            level = levels[key]
+            rr = by.get((base_key, ref), {})
+            night = _night(run_id, "", rr, by.get((base_key, cand), {}))
+            if level is None or night is None:
+                out[key] = "unknown"
+                continue
+            floor = device_noise_floor(store, next(iter(rr.values())).device, True)
+            out[key] = nt.judge(night, level, threshold, floor).verdict
     return out
 
 

@@ -203,6 +203,43 @@ def test_a_lock_is_installed_from_wheels_only_and_a_broken_build_is_made_again(t
         assert json.loads(marker.read_text())["lock_sha256"] == sha
 
 
+def test_a_built_environment_whose_files_are_not_their_records_is_refused(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """After the build, every file of the environment's own distributions is hashed against its RECORD: a changed or
+    missing file is named; a build with one is refused in one line and leaves nothing."""
+    import shutil
+
+    index = tmp_path / "index"
+    wheel(index, "dlmark", "1.0")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(index))
+    data = envs.lock_bytes({**envs.lock_of(bare_venv(tmp_path / "env")), "requirements": ["dlmark==1.0"]})
+    sha = hashlib.sha256(data).hexdigest()
+    cache = tmp_path / "cache"
+    python = envs.ensure(data, sha, cache)
+    assert envs.record_mismatches(python) == []
+    [module] = (cache / sha).glob("lib/python*/site-packages/dlmark/__init__.py")
+    module.write_text("VERSION = 'not the wheel'\n")
+    assert envs.record_mismatches(python) == ["dlmark 1.0: dlmark/__init__.py (its sha256 is not its RECORD's)"]
+    module.unlink()
+    assert envs.record_mismatches(python) == ["dlmark 1.0: dlmark/__init__.py (missing)"]
+    # a build whose file changed between pip and the check (here: the test, right after pip): refused, nothing left
+    shutil.rmtree(cache)
+    real = envs._build
+
+    def tampered(base: str, home: Path, lock: dict[str, Any], where: str) -> None:
+        real(base, home, lock, where)
+        next(home.glob("lib/python*/site-packages/dlmark/__init__.py")).write_text("VERSION = '1.0'  # edited\n")
+
+    monkeypatch.setattr(envs, "_build", tampered)
+    with pytest.raises(envs.EnvError) as e:
+        envs.ensure(data, sha, cache)
+    [line] = str(e.value).splitlines()
+    assert line == (f"label environment {sha[:12]}: built on this host, but a file does not match its RECORD: "
+                    "dlmark 1.0: dlmark/__init__.py (its sha256 is not its RECORD's)"), line
+    assert not (cache / sha).exists() and envs.built(sha, cache) is None
+
+
 def test_a_stored_lock_must_hold_exact_pins_and_every_field(tmp_path: Path) -> None:
     good = {"format": envs.LOCK_FORMAT, "python": "3.11.2", "implementation": "cpython", "platform": "linux-x86_64",
             "system_site_packages": False, "requirements": ["numpy==2.4.6", "onnxruntime==1.32.0"], "base": []}
@@ -291,6 +328,7 @@ def test_a_damaged_stored_lock_is_refused_on_arrival(store_target: Any, tmp_path
         [local], _ = artifacts.localize(store, [job], shipment)
         built = tmp_path / "worker-data" / "farm" / "envs" / lock.sha256 / "bin" / "python"
         assert local.options["python"] == str(built) and built.exists()
+        assert local.env_lock == lock.sha256 and job.env_lock is None  # its rows will say which lock they ran in
 
         def unreachable() -> Any:
             raise DevicelabError("cannot open the store: down")
@@ -384,9 +422,13 @@ def test_a_label_environment_travels_as_its_lock_and_the_worker_rebuilds_it(tmp_
     assert built.name == hashlib.sha256(envs.lock_bytes(lock)).hexdigest()
     assert envs.differences(lock, envs.listing(built / "bin" / "python")) == []
     assert "onnxruntime" in envs.listing(built / "bin" / "python")["packages"]
+    # each row of the label names the lock it ran in; the run's record names each label interpreter's lock
+    assert {r["label"]: r["ext"].get("label_env_lock") for r in results} == {"base": None, "env": built.name}
     store = open_store(env["DEVICELAB_DB"], create=False)
     try:
         assert store.has_artifact(built.name)  # the lock, stored by the client under its sha256
+        run_id = json.loads(p.stdout)["run_id"]
+        assert store.get_run(run_id).host["label_env_locks"] == {str(label_python): built.name}
     finally:
         store.close()
 

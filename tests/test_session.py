@@ -181,6 +181,25 @@ def test_a_transport_adds_its_own_extensions_notes_and_throttling_to_each_row(tm
     assert plain.throttled is None and "thermal_status" not in plain.ext  # the default hook adds nothing
 
 
+def test_a_job_of_a_rebuilt_label_environment_names_its_lock_on_every_row(tmp_path: Path, runner: Path) -> None:
+    """A farm worker's job whose label environment was rebuilt from a lock (Job.env_lock): each row the session makes
+    of it, ok or failed, is born saying which lock (ext.label_env_lock); a job without one says nothing. The key takes
+    a sha256 and nothing else."""
+    crash = tmp_path / "crash.sh"
+    crash.write_text("#!/bin/sh\nexit 3\n")
+    crash.chmod(0o755)
+    toy = ToyTransport(DeviceEntry("toy-1", "toy"), tmp_path / "device")
+    lock = "ab" * 32
+    ok = run_jobs(toy, [dataclasses.replace(_job(tmp_path, runner, "ok"), env_lock=lock)])[0]
+    failed = run_jobs(toy, [dataclasses.replace(_job(tmp_path, crash, "bad"), env_lock=lock)])[0]
+    assert ok.status == OK and failed.status == "failed", (ok.reason, failed.reason)
+    assert ok.ext["label_env_lock"] == failed.ext["label_env_lock"] == lock
+    assert Result.from_dict(ok.to_dict()).ext["label_env_lock"] == lock  # as stored and read back
+    assert "label_env_lock" not in run_jobs(toy, [_job(tmp_path, runner)])[0].ext
+    with pytest.raises(ValueError, match="ext.label_env_lock"):
+        dataclasses.replace(ok, ext={"label_env_lock": "not a sha256"})
+
+
 V2_RUNNER = """#!/usr/bin/env python3
 import json, sys
 print(json.dumps({"event": "ready", "protocol": 2, "load_s": 0.01, "first_s": 0.01, "warmups": 0}), flush=True)

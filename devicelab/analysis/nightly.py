@@ -107,6 +107,7 @@ class SeriesNights:
     nights: list[NightReport]
     alerts: list[Alert]
     notes: list[str] = field(default_factory=list)
+    level: float = 1.0  # the level the series' next night is judged at (an acknowledgement moves it)
 
     @property
     def open_alerts(self) -> list[Alert]:
@@ -225,7 +226,7 @@ class Tracker:
         if len(versions) > 1:
             notes.append(f"the reference label ran {len(versions)} different versions: accept a candidate with "
                          "`devicelab accept RUN:LABEL` instead of changing the reference build by hand")
-        return SeriesNights(self.series, status, list(self.nights), list(self.alerts), notes)
+        return SeriesNights(self.series, status, list(self.nights), list(self.alerts), notes, self.level)
 
 
 def track(series: str, series_key: str, nights: Sequence[Night], acks: Sequence[Ack] = (),

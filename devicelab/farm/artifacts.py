@@ -215,8 +215,9 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
                                        options=options(job.prepared.options))
         reference = None if job.reference is None else dataclasses.replace(
             job.reference, path=Path(here(job.reference.path)), options=options(job.reference.options))
+        lock = shipment.envs.get(str(job.options.get("python") or ""))
         out.append(dataclasses.replace(job, source=source, prepared=prepared, options=options(job.options),
-                                       reference=reference))
+                                       reference=reference, env_lock=lock.sha256 if lock else job.env_lock))
     builds = {}
     for target, data in shipment.native.items():
         data = {**data, "artifacts": {n: {**a, "path": local[a["path"]]} for n, a in data["artifacts"].items()}}

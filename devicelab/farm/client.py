@@ -5,6 +5,7 @@ Results to the run's store. Also the connect checks and `devicelab farm status`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any, cast
 
 import devicelab
 from devicelab import rows, sweep
-from devicelab.config import ConfigError, Suite, parse_suite
+from devicelab.config import ConfigError, Suite, ab_pairs, parse_suite
 from devicelab.errors import DevicelabError, unknown_name_message
 from devicelab.facts import DeviceFacts
 from devicelab.farm import MISSED_BEATS_OFFLINE, artifacts, resource
@@ -162,6 +163,12 @@ class Task:
     future: Any = None
     submitted_at: float | None = None
     submitted_wall: float | None = None  # time.time(), comparable with the worker's clock on one host
+    unprepared: list[Result] = field(default_factory=list)  # rows of members whose model was not prepared
+    released: bool = False  # its round may run: submitted once its phone is available
+
+    @property
+    def round(self) -> int:
+        return self.planned[0].config.repeat
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,7 @@ class FarmRun:
     location: str = ""
     timings: list[TaskTiming] = field(default_factory=list)  # per finished task, in the order they completed
     _unavailable: dict[str, float] = field(default_factory=dict)
+    _store_away: float | None = None  # since when the store could not be read for an adaptive round's decision
     _before: dict[str, str | None] = field(default_factory=dict)  # infra-failed rows before this execution
     shipment: artifacts.Shipment = field(default_factory=lambda: artifacts.Shipment())
     spool: Any = None  # the client's own spool (farm.worker.Spool); made from the store when not given
@@ -204,6 +212,11 @@ class FarmRun:
             self.spool = client_spool(self.store)
 
     def execute(self, skip: set[str] | frozenset[str] = frozenset()) -> None:
+        """Every planned config not in `skip`, each (or each lockstep group of A/B labels) a task on its phone. A
+        suite with adaptive A/B rounds (`repeats: {min, max}`) runs its first `min` rounds at once, then one round
+        at a time while sweep.ab_decision (the local run's stopping rule) says the rounds so far leave a pair
+        undecided: the rounds after the decision are never submitted and stay planned, without rows, as in a local
+        run."""
         from distributed import as_completed
 
         todo = [pc for pc in self.prepared.planned if pc.config.identity_key() not in skip]
@@ -227,15 +240,24 @@ class FarmRun:
                 continue
             group = groups.get(key, [pc])
             seen.update(m.config.identity_key() for m in group)
-            jobs: list[Job] = []
+            task = Task(pc.config.device, group, [])
             for member in group:
                 made = executor._job(member)  # conversion happens here, once per (engine, model, precision)
-                if isinstance(made, str):
-                    self._commit(rows.not_prepared(self.run_id, member.config, made))
+                if isinstance(made, str):  # written when its round runs (a round never run has no rows)
+                    task.unprepared.append(rows.not_prepared(self.run_id, member.config, made))
                 else:
-                    jobs.append(made)
-            if jobs:
-                tasks.append(Task(pc.config.device, group, jobs))
+                    task.jobs.append(made)
+            tasks.append(task)
+        adaptive = self.prepared.suite.min_repeats
+        # Adaptive rounds: no pair can be decided before `min` rounds, so those go at once (the phones never wait
+        # between them); each later round goes alone, once the rounds before it are in the store and undecided. One
+        # round at a time (not a batch ahead) keeps a farm night's rounds those of a local night — the decision
+        # stops it before the next round, never after it — at the cost of a phone idle while a round's slowest
+        # phone finishes and the store is read.
+        later = sorted({t.round for t in tasks if adaptive and t.round >= adaptive})
+        pairs = ab_pairs(self.prepared.suite.engines)
+        broken: dict[str, str] = {}  # A/B engines whose later rounds are not submitted, and why (as a local run)
+        ran: set[int] = set()  # rounds run since the last look at the store
         finished = False
         ac = as_completed([], with_results=False, loop=self.client.loop)
         try:
@@ -243,13 +265,24 @@ class FarmRun:
             # another host fetches it by sha256 (devicelab.farm.artifacts). Inside the try: should it fail, the run
             # still gets its end status.
             self.shipment = artifacts.publish(self.store, [j for t in tasks for j in t.jobs], self.locks)
+            levels = sweep.ack_levels(self.store, self.run_id, self.prepared.suite)
+            self._release([t for t in tasks if t.round not in later], ran)
             while True:
                 self._submit_ready(tasks, ac)
                 for future in ac.next_batch(block=False) if ac.has_ready() else []:
                     self._finished(next(t for t in tasks if t.future is future))
-                if all(t.future is not None and t.future.done() for t in tasks) and not ac.has_ready() \
-                        and ac.is_empty():
-                    break
+                if all(t.future is not None and t.future.done() for t in tasks if t.released) \
+                        and not ac.has_ready() and ac.is_empty():
+                    if not later:
+                        break
+                    decided = self._decided(later[0], pairs, broken, levels, ran)
+                    if decided:
+                        break
+                    if decided is False:  # None: the store cannot be read now; asked again after the next poll
+                        r = later.pop(0)
+                        self._release([t for t in tasks if t.round == r and t.planned[0].config.engine not in broken],
+                                      ran)
+                        continue
                 self.spool.flush()  # rows this client kept while the store was unreachable: written once it is back
                 time.sleep(self.poll_s)
             finished = True
@@ -260,6 +293,44 @@ class FarmRun:
                         t.future.cancel()
             self._end_run({t.device for t in tasks})
             self.record_end(FINISHED if finished else INTERRUPTED)
+
+    def _release(self, tasks: list[Task], ran: set[int]) -> None:
+        """Let these tasks run: their rows of models not prepared written now, the others submitted once their phone
+        is available (`_submit_ready`)."""
+        for t in tasks:
+            t.released = True
+            ran.add(t.round)
+            for result in t.unprepared:
+                self._commit(result)
+            if not t.jobs:
+                t.future = _Done()
+
+    def _decided(self, round_: int, pairs: list[tuple[str, str, str]], broken: dict[str, str],
+                 levels: dict[str, float | None], ran: set[int]) -> bool | None:
+        """Before adaptive round `round_`: the A/B engines that had no ok process in a round that ran (their later
+        rounds are not submitted), then whether every pair is decided (sweep.ab_decision). None while the store
+        cannot be read, or this client still keeps rows in its spool (the decision waits for them), up to wait_s."""
+        try:
+            if self.spool.flush():
+                raise DevicelabError(f"rows of the run wait in {self.spool.path}")  # the decision needs them
+            for q in sorted(ran | {round_ - 1}):  # as a local run looks before each round, for each one that ran
+                for engine, why in sweep.ab_without_ok(self.store, self.run_id, pairs, q).items():
+                    if engine not in broken:  # more rounds of it would fail the same way; the others go on
+                        broken[engine] = why
+                        self.progress("ab", {"rounds": q + 1, "decided": False, "stopped": why, "verdicts": {}})
+            ran.clear()
+            decision = sweep.ab_decision(self.store, self.run_id, pairs, round_, set(broken), levels)
+        except Exception as e:  # noqa: BLE001 - the store is unreachable (a server down, a connection cut): wait
+            if self._store_away is None:
+                self._store_away = time.monotonic()
+            if time.monotonic() - self._store_away < self.wait_s:
+                return None
+            raise DevicelabError(f"run {self.run_id}: the store was unreachable for {self.wait_s:g} s before round "
+                                 f"{round_ + 1} ({e}); `devicelab run --resume {self.run_id} --farm ADDRESS` goes on "
+                                 "from there") from None
+        self._store_away = None
+        self.progress("ab", decision)
+        return bool(decision["decided"])
 
     def record_end(self, status: str) -> None:
         """The run's status, once every row this client kept is written; a store still unreachable now stops the
@@ -291,7 +362,7 @@ class FarmRun:
     def _submit_ready(self, tasks: list[Task], ac: Any) -> None:
         """Submit the work of every phone that is available now; a phone unavailable for longer than wait_s gets its
         waiting work (not submitted, or submitted and not started) as infra-failed rows, its futures cancelled."""
-        pending = [t for t in tasks if t.future is None or not t.future.done()]
+        pending = [t for t in tasks if t.released and (t.future is None or not t.future.done())]
         if not pending:
             return
         phones = farm_phones(self.client)
@@ -468,9 +539,6 @@ def prepare_farm(client: Any, store: Store, suite: Suite, source: str, seed: int
     phones = farm_phones(client)
     facts = farm_facts(client, store, phones)
     suite = select_farm_devices(suite, facts, source, set(phones))
-    if suite.min_repeats:
-        raise DevicelabError("protocol.min_repeats (adaptive A/B rounds) is not supported with --farm yet: "
-                             "every round is planned up front; drop min_repeats")
     chosen = [f for d in suite.devices or () if isinstance(f := facts[d], DeviceFacts)]
     models = sweep.resolve_models(suite)
     engines = {(spec.name, spec.label): sweep.engine_info(spec, []) for spec in suite.engines}
@@ -497,8 +565,12 @@ def start_farm_run(client: Any, store: Store, raw: dict[str, Any], source: str, 
     prepared = prepare_farm(client, store, suite, source, seed)
     locks = artifacts.label_locks(label_pythons(prepared.planned))  # refused in one line before anything is recorded
     run_id = sweep.new_run_id()
+    # Each label environment's lock by its sha256, recorded with the plan (each row of such a label is born with the
+    # lock it ran in: ext.label_env_lock, from the worker's Job).
+    env_locks = {python: hashlib.sha256(data).hexdigest() for python, data in locks.items()}
     store.create_run(RunRecord(run_id, utc_now(), prepared.suite.to_dict(), seed,
-                               {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address},
+                               {**sweep.host_facts(), "devices": prepared.facts, "farm": client.scheduler.address,
+                                **({"label_env_locks": env_locks} if env_locks else {})},
                                devicelab.__version__, sweep.git_state(), argv),
                      [PlannedRow(pc.config, pc.engine_options, pc.unsupported) for pc in prepared.planned])
     progress("run", run_id)

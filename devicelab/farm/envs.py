@@ -73,6 +73,47 @@ print(json.dumps({"python": platform.python_version(), "implementation": sys.imp
 """
 
 
+# Run by a built environment's interpreter (isolated): every file its own distributions' RECORDs list with a hash,
+# hashed again as it is on disk; prints the files that are missing or differ ("name version: path (why)").
+_VERIFY = r"""
+import base64, hashlib, importlib.metadata as m, json, os, sys
+prefix = os.path.realpath(sys.prefix)
+bad = []
+for d in m.distributions():
+    where = os.path.realpath(str(d.locate_file("")))
+    if not (where == prefix or where.startswith(prefix + os.sep)):
+        continue
+    for f in d.files or ():
+        if f.hash is None:
+            continue
+        h = hashlib.new(f.hash.mode)
+        try:
+            with open(d.locate_file(f), "rb") as content:
+                for chunk in iter(lambda: content.read(1 << 20), b""):
+                    h.update(chunk)
+        except FileNotFoundError:
+            bad.append(f"{d.metadata['Name']} {d.version}: {f} (missing)")
+            continue
+        if base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode() != f.hash.value:
+            bad.append(f"{d.metadata['Name']} {d.version}: {f} (its {f.hash.mode} is not its RECORD's)")
+print(json.dumps(bad))
+"""
+
+
+def record_mismatches(python: str | Path) -> list[str]:
+    """The files of the environment `python` runs in (its own distributions, not its base's) that are missing or
+    whose content is not what their distribution's RECORD says (the hash pip wrote for each file it installed): one
+    phrase each, empty when every file matches."""
+    try:
+        p = subprocess.run([str(python), "-I", "-c", _VERIFY], capture_output=True, text=True,
+                           timeout=BUILD_TIMEOUT_S)
+    except (OSError, subprocess.SubprocessError) as e:
+        raise EnvError(f"{python}: cannot be run to check its files: {e}") from None
+    if p.returncode != 0:
+        raise EnvError(f"{python}: checking its files against their RECORDs failed: {_last_line(p.stderr)}")
+    return [str(x) for x in json.loads(p.stdout)]
+
+
 class EnvError(DevicelabError):
     """A label environment that cannot be had on this host as its lock says (one line)."""
 
@@ -266,6 +307,12 @@ def ensure(data: bytes, sha256: str, cache: Path | None = None) -> Path:
             if wrong:
                 more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
                 raise EnvError(f"{where}: built on this host, but {wrong[0]}{more}")
+            # The versions match; so must the files: a file changed or missing since pip wrote its RECORD (an
+            # interrupted install, a cache or disk that gave other bytes, a hand edit) would run under the lock's name.
+            wrong = record_mismatches(python)
+            if wrong:
+                more = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+                raise EnvError(f"{where}: built on this host, but a file does not match its RECORD: {wrong[0]}{more}")
         except BaseException:
             shutil.rmtree(home, ignore_errors=True)
             raise
