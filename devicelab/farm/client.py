@@ -320,6 +320,8 @@ class FarmRun:
                         self.progress("ab", {"rounds": q + 1, "decided": False, "stopped": why, "verdicts": {}})
             ran.clear()
             decision = sweep.ab_decision(self.store, self.run_id, pairs, round_, set(broken), levels)
+        except (LookupError, TypeError, AttributeError, AssertionError, ResultConflict):
+            raise  # a defect, not an unreachable store: never waited out and reported as one
         except Exception as e:  # noqa: BLE001 - the store is unreachable (a server down, a connection cut): wait
             if self._store_away is None:
                 self._store_away = time.monotonic()
@@ -414,13 +416,13 @@ class FarmRun:
             for result, committed in done.rows:
                 if not committed:
                     # The worker could not reach the store and keeps the row in its spool; the client writes it too
-                    # (a write of the same row is a no-op), so the row is there as soon as either side reaches it.
+                    # (a write of the same row is a no-op), or keeps it in its own spool: an adaptive decision waits
+                    # for this client's spool, so it never reads a round without this row (the worker's spool is
+                    # flushed only at its next beat).
                     self.progress("notice", {"device": t.device, "message": f"{result.status} row spooled on the "
                                                                              "worker's host: the store was unreachable"})
-                    try:
-                        self.store.add_result(result)
-                    except Exception:  # noqa: BLE001 - unreachable here too: the worker's spool flushes it later
-                        pass
+                    self._commit(result)  # says "result" itself
+                    continue
                 self.progress("result", result)
             return
         if status == "cancelled":
