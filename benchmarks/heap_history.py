@@ -6,7 +6,7 @@ separates the three things that could move it, each in its own process, MobileNe
 
 * the process-start path: `fresh` (numpy and onnxruntime imported, then load, as a bare script), `fresh-dl`
   (devicelab's runner modules imported first, then numpy and onnxruntime: the exec'd runner's order), `zygote-nofork`
-  (the zygote's order and its list of resident file pages, no fork) and `zygote-fork` (the same, then fork; the
+  (the zygote's: the same order, then its list of resident file pages, no fork) and `zygote-fork` (the same, then fork; the
   child maps the zygote's resident file pages again and loads, as devicelab's zygote child does);
 * address-space layout randomization: on, or off for the process (personality ADDR_NO_RANDOMIZE, as
   `setarch -R` sets it; inherited by the fork);
@@ -47,16 +47,15 @@ def _status_kb(field: str) -> int:
 
 def child(path: str, model: str) -> None:
     """One process: start as `path` says, load MobileNet-v2 in ONNX Runtime, run it 20 times, print the figures."""
-    if path == "fresh-dl":
-        import devicelab.engines  # noqa: F401 - the exec'd runner imports these before the engine
+    if path != "fresh":
+        # the exec'd runner imports these before the engine, and so does the zygote (runners/zygote.py, serve)
+        import devicelab.engines  # noqa: F401
         import devicelab.runners.host  # noqa: F401
     import numpy as np
     import onnxruntime as ort
 
     resident = None
     if path.startswith("zygote"):
-        import devicelab.engines  # noqa: F401 - the zygote imports these after the engine
-        import devicelab.runners.host  # noqa: F401
         from devicelab.runners import zygote
 
         resident = zygote.resident_file_pages()

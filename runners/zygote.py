@@ -150,6 +150,13 @@ def _child(request: dict[str, Any], fds: list[int], zygote_fds: list[int], impor
 
 
 def serve(sock: socket.socket, modules: list[str]) -> int:
+    # devicelab's own modules first, so that a child never pays for them (pure Python, no threads), and in the exec'd
+    # runner's order: it imports them before numpy and the engine. The heap the child inherits then holds what a fresh
+    # runner's holds at the same point, laid out alike. Engine first, OpenVINO's children started with 568 KiB more
+    # heap (RSS before load +1 %) and ONNX Runtime's peaked up to 5 % higher (docs/architecture.md, "the host's
+    # zygotes"); in the exec'd runner's order the heap is within 32 KiB of a fresh runner's for every engine.
+    for name in ("devicelab.runners.host", "devicelab.engines"):
+        importlib.import_module(name)
     t0 = time.perf_counter()
     preloaded: list[str] = []
     for name in modules:
@@ -161,16 +168,11 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
                          "import_s": time.perf_counter() - t0, "pid": os.getpid()})
             return 0
     import_s = time.perf_counter() - t0
-    # devicelab's own modules, before the fork too, so that a child never pays for them (pure Python, no threads).
-    # After the engine: imported first (the exec'd runner's order), the children's RSS before load came out 0.6-1.9 %
-    # above a fresh runner's instead of 0.1-0.5 % (benchmarks/zygote.py, 12 rounds each, 2026-12-06).
-    for name in ("devicelab.runners.host", "devicelab.engines"):
-        importlib.import_module(name)
     openmp = openmp_runtimes()  # before the scan: whatever it touches is then among the pages a child maps again
     resident = resident_file_pages()
     n = threads()
     _send(sock, {"event": "ready", "forkable": n == 1, "resident_bytes": resident_bytes(resident), "threads": n,
-                 "after": "devicelab.engines", "openmp": openmp,
+                 "after": preloaded[-1] if preloaded else "devicelab.engines", "openmp": openmp,
                  "preloaded": preloaded, "import_s": import_s, "pid": os.getpid()})
     if n != 1:
         return 0

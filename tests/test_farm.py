@@ -5,6 +5,7 @@ host. Timings under qemu are never looked at; only their order is (two jobs on o
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import ipaddress
 import json
@@ -83,6 +84,25 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120, every: f
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def host_farm(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Proc, Proc]]:
+    """`devicelab farm scheduler` and an agent serving the host's own device as the farm worker `farm-host` (no phone,
+    no qemu: adb and usbmuxd list none here), beating every second; yields (scheduler, agent) once the worker beats,
+    and stops both, by their pids, on the way out."""
+    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
+    agent = None
+    try:
+        agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--host-device", "farm-host",
+                      "--beat-seconds", "1", "--scan-seconds", "1"], env, tmp_path / "agent.log")
+        wait_for("the host's worker beating", lambda: (b := beats(env["DEVICELAB_DB"]).get("farm-host")) and
+                 b.reachable, timeout=120)
+        yield scheduler, agent
+    finally:
+        if agent is not None:
+            agent.stop()
+        scheduler.stop()
 
 
 def beats(db: str) -> dict[str, Heartbeat]:

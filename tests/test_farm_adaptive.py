@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
-from test_farm import Proc, beats, plain_env, wait_for
+from helpers import FAST_PROTOCOL, devicelab, run_json
+from test_farm import host_farm, plain_env
 
 from devicelab.store import open_store
 
@@ -77,13 +77,7 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
     wobbly = fake_runner(tmp_path / "wobbly.py", 1.0, count=tmp_path / "wobbly.count")
     aa = ab_suite(tmp_path / "aa.yaml", {"a": steady, "b": steady}, {"min": 3, "max": 4}, ["farm-host"])
     undecided = ab_suite(tmp_path / "undecided.yaml", {"a": steady, "b": wobbly}, {"min": 3, "max": 4}, ["farm-host"])
-    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
-    agent = None
-    try:
-        agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--host-device", "farm-host",
-                      "--beat-seconds", "1", "--scan-seconds", "1"], env, tmp_path / "agent.log")
-        wait_for("the host's worker beating", lambda: (b := beats(env["DEVICELAB_DB"]).get("farm-host")) and
-                 b.reachable, timeout=120)
+    with host_farm(env, tmp_path) as (scheduler, agent):
 
         def run(*args: str) -> tuple[dict[str, Any], str]:
             p = devicelab("run", "--farm", scheduler.first_line, *args, "--json", env=env, timeout=600)
@@ -149,10 +143,6 @@ def test_adaptive_rounds_on_the_farm_stop_when_decided_and_resume_runs_only_an_u
         assert sorted(starts(agent.text(), out["run_id"])) == [1, 2, 3]  # round 4 never submitted
         assert any("cannot load the model" in (r["reason"] or "") for r in out["results"] if r["label"] == "b")
         assert "no ok process of protocol [" in p.stderr and "its later rounds are skipped" in p.stderr, p.stderr
-    finally:
-        if agent is not None:
-            agent.stop()
-        scheduler.stop()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -249,3 +239,51 @@ def test_a_local_adaptive_night_goes_on_while_undecided_at_the_acknowledged_leve
     out, err = night("tonight", alert.level * 1.02, {"min": 3, "max": 5}, swing=(1.01, 1 / 1.01))
     assert sorted(r["repeat"] for r in out["results"] if r["label"] == "candidate") == list(range(5))
     assert "1 slower; at the acknowledged level: 1 unknown: another round" in err, err[-2000:]
+
+
+def test_a_farm_night_goes_on_one_round_at_a_time_while_undecided_at_the_acknowledged_level(
+        tmp_path: Path, data_dir: Path) -> None:
+    """The acknowledged level through `run --farm`: two farm nights 10 % slower confirm an alert, `regress ack` keeps
+    the reference; tonight's candidate sits 2 % above that level, its rounds 1 % either side of it. Against 1 that
+    is slower after 3 rounds; at the level it is undecided, so the client submits round 4 alone after the first 3,
+    and round 5 alone after round 4 ended, up to max."""
+    from devicelab import verdicts
+
+    env = plain_env(tmp_path, data_dir)
+    reference = fake_runner(tmp_path / "reference.py", 1.0)
+    with host_farm(env, tmp_path) as (scheduler, agent):
+
+        def night(name: str, factor: float, repeats: Any, swing: tuple[float, float] | None = None
+                  ) -> tuple[dict[str, Any], str]:
+            candidate = fake_runner(tmp_path / f"{name}.py", factor, tmp_path / f"{name}.count" if swing else None,
+                                    swing or (1.0, 1.0))
+            suite = ab_suite(tmp_path / f"{name}.yaml", {"reference": reference, "candidate": candidate}, repeats,
+                             ["farm-host"])
+            p = devicelab("run", "--farm", scheduler.first_line, "--suite", str(suite), "--json", env=env, timeout=600)
+            assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+            return json.loads(p.stdout), p.stderr
+
+        night("first", 1.10, 3)
+        night("second", 1.10, 3)
+        store = open_store(env["DEVICELAB_DB"], create=False)
+        try:
+            [series] = verdicts.nightly(store, 0.02)
+            [alert] = series.report.open_alerts
+            assert alert.state == "confirmed" and json.loads(series.key)[0] == "farm-host", (alert, series.key)
+        finally:
+            store.close()
+        p = devicelab("regress", "ack", alert.id, env=env)
+        assert p.returncode == 0, p.stderr
+        out, err = night("tonight", alert.level * 1.02, {"min": 3, "max": 5}, swing=(1.01, 1 / 1.01))
+        log = agent.text()
+    tonight = out["run_id"]
+    assert sorted((r["repeat"], r["label"]) for r in out["results"]) == [(k, x) for k in range(5)
+                                                                          for x in ("candidate", "reference")]
+    assert all(r["status"] == "ok" for r in out["results"])
+    # one decision after round 3 and one after round 4, each "undecided at the acknowledged level"
+    assert err.count("1 slower; at the acknowledged level: 1 unknown: another round") == 2, err[-3000:]
+    # The worker's log, in order: rounds 1-3 (together), then 4 alone, then 5 alone, each after the last ended.
+    events = [(kind, int(line.rsplit("round ", 1)[1])) for line in log.splitlines()
+              for kind in ("start", "end") if f": {kind} {tonight}: " in line]
+    assert sorted(n for k, n in events[:6]) == [1, 1, 2, 2, 3, 3], events
+    assert events[6:] == [("start", 4), ("end", 4), ("start", 5), ("end", 5)], events

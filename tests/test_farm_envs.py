@@ -21,7 +21,7 @@ import pytest
 import yaml
 from android_env import needs_namespace
 from helpers import DEVICELAB, FAST_PROTOCOL
-from test_farm import Proc, beats, plain_env, wait_for
+from test_farm import host_farm, plain_env
 
 from devicelab.errors import DevicelabError
 from devicelab.farm import envs
@@ -389,23 +389,12 @@ def test_a_label_environment_travels_as_its_lock_and_the_worker_rebuilds_it(tmp_
         "devices": ["farm-host"], "protocol": {**FAST_PROTOCOL, "accuracy_inputs": 0},
         "engines": [{"name": "onnxruntime", "label": "base"},
                     {"name": "onnxruntime", "label": "env", "options": {"python": str(label_python)}}]}))
-    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
-    agent = None
-    try:
-        # the host's own device as a farm worker (its agent has no phone: adb and usbmuxd list none here)
-        agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--host-device", "farm-host",
-                      "--beat-seconds", "1", "--scan-seconds", "1"], env, tmp_path / "agent.log")
-        wait_for("the host's worker beating", lambda: (b := beats(env["DEVICELAB_DB"]).get("farm-host")) and
-                 b.reachable, timeout=120)
+    with host_farm(env, tmp_path) as (scheduler, agent):
         script = (f"mount --bind '{staged}' '{private}' && exec '{DEVICELAB}' run --farm '{scheduler.first_line}' "
                   f"--suite '{suite}' --json")
         p = subprocess.run(["unshare", "--map-root-user", "--mount", "sh", "-c", script], env=env,
                            capture_output=True, text=True, timeout=1200)
         log = agent.text()
-    finally:
-        if agent is not None:
-            agent.stop()
-        scheduler.stop()
     assert "worker farm-host (host) started" in log
     assert list(private.iterdir()) == []  # what the worker's process saw of the client's environment
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
@@ -511,13 +500,7 @@ def test_a_host_worker_runs_only_the_engine_version_planned_and_an_unlistable_la
                                         "protocol": {**FAST_PROTOCOL, "accuracy_inputs": 0}}))
         return path
 
-    scheduler = Proc([DEVICELAB, "farm", "scheduler", "--port", "0"], env, tmp_path / "scheduler.log", True)
-    agent = None
-    try:
-        agent = Proc([DEVICELAB, "farm", "agent", "--scheduler", scheduler.first_line, "--host-device", "farm-host",
-                      "--beat-seconds", "1", "--scan-seconds", "1"], env, tmp_path / "agent.log")
-        wait_for("the host's worker beating", lambda: (b := beats(env["DEVICELAB_DB"]).get("farm-host")) and
-                 b.reachable, timeout=120)
+    with host_farm(env, tmp_path) as (scheduler, _agent):
         unlistable = subprocess.run(
             [DEVICELAB, "run", "--farm", scheduler.first_line, "--json", "--suite",
              str(suite("unlistable", [{"name": "onnxruntime", "label": "base"},
@@ -527,10 +510,6 @@ def test_a_host_worker_runs_only_the_engine_version_planned_and_an_unlistable_la
         other = subprocess.run([DEVICELAB, "run", "--farm", scheduler.first_line, "--json", "--suite",
                                 str(suite("other-version", ["onnxruntime"]))], env=client_env, capture_output=True,
                                text=True, timeout=600)
-    finally:
-        if agent is not None:
-            agent.stop()
-        scheduler.stop()
     assert unlistable.returncode == 2, unlistable.stdout[-2000:] + unlistable.stderr[-3000:]
     [line] = unlistable.stderr.strip().splitlines()
     assert line == f"error: {label_python}: listing its packages failed: isolated mode is broken here", line

@@ -51,16 +51,24 @@ def test_each_engine_says_which_path_it_took(env: dict[str, str], tmp_path: Path
 def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_path: Path) -> None:
     # A forked child does not inherit the zygote's clean file pages in its page tables; it maps again those the
     # zygote had resident, so RSS before load and the peak are a fresh process's (without that: ~35 % less here).
-    suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "label": "zygote"},
-                                                      {"name": "ncnn", "label": "exec", "options": {"process": "exec"}}])
+    # OpenVINO too: its child inherits the heap the zygote's imports left, which matches a fresh runner's only when
+    # the zygote imports in the runner's order (devicelab's modules first): engine first, its RSS before load was
+    # 1.8-2.2 % above in every round (benchmarks/zygote.py, 40 rounds), 0.0-0.3 % in the runner's order.
+    engines = ("ncnn", "openvino")
+    suite = write_suite(tmp_path / "s.yaml", engines=[
+        spec for e in engines for spec in ({"name": e, "label": "zygote"},
+                                           {"name": e, "label": "exec", "options": {"process": "exec"}})])
     code, out, err = run_json("run", "--suite", str(suite), env=env)
     assert code == 0, err
-    by = {r["label"]: r for r in out["results"]}
-    assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
-    # Before load within 1 %: the zygote's own work (its page scan, its modules) must not stay resident in the child
-    # (it was 1.3-2 % above while the scan ran numpy code). The peak gets 5 %: it depends on the heap's history.
-    assert by["zygote"]["rss_before_load_bytes"] == pytest.approx(by["exec"]["rss_before_load_bytes"], rel=0.01)
-    assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.05)
+    for engine in engines:
+        by = {r["label"]: r for r in out["results"] if r["engine"] == engine}
+        assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
+        # Before load within 1 %: the zygote's own work (its page scan, its modules) must not stay resident in the
+        # child (it was 1.3-2 % above while the scan ran numpy code). The peak gets 5 %: it depends on the heap's
+        # history.
+        assert by["zygote"]["rss_before_load_bytes"] == pytest.approx(by["exec"]["rss_before_load_bytes"],
+                                                                      rel=0.01), engine
+        assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.05), engine
 
 
 def test_resident_file_pages_are_the_mapped_file_pages(tmp_path: Path) -> None:
