@@ -499,3 +499,17 @@ def test_compare_command_says_why_summary_only_runs_get_no_verdict(env: dict[str
     assert code == 0 and c["verdict"] == "unknown", err
     assert any("no per-iteration samples" in r for r in c["reasons"]), c["reasons"]
     assert c["base_median_s"] == c["candidate_median_s"] == 0.01  # the medians the tool printed (not NaN)
+
+
+def test_llm_rows_are_listed_by_quantization_then_depth_not_in_the_run_order() -> None:
+    from devicelab.analysis.tables import slides_tables
+
+    cfg = Config("host", "llamacpp", "", "1.0", "llama-tiny", "ab" * 32, 1, "fp32", "cpu", 1, (1,), "big", 0)
+    shuffled = ["llm Q4_0 P64 G16 D256", "llm F32 P64 G16 D1024", "llm F16 P64 G16 D0", "llm F32 P64 G16 D0",
+                "llm Q4_0 P64 G16 D0", "llm F32 P64 G16 D256"]
+    rows = [Result.for_config("r", dataclasses.replace(cfg, workload=w), OK, median_s=0.001, samples_s=(0.001,))
+            for w in shuffled]
+    (table,) = slides_tables(rows)
+    assert [row.name for row in table.rows] == [
+        "llamacpp F32 P64 G16 D0", "llamacpp F32 P64 G16 D256", "llamacpp F32 P64 G16 D1024",
+        "llamacpp F16 P64 G16 D0", "llamacpp Q4_0 P64 G16 D0", "llamacpp Q4_0 P64 G16 D256"]

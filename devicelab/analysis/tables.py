@@ -13,6 +13,17 @@ from devicelab.result import OK, PRECISIONS, UNSUPPORTED, Result
 _PRECISION_ORDER = {p: i for i, p in enumerate(PRECISIONS)}
 
 
+def _workload_order(r: Result) -> tuple[int, ...]:
+    """LLM rows in the order a reader scans them: quantization (F32 first), then depth, prompt and generated tokens;
+    not the run's shuffled order."""
+    from devicelab.llm import QUANTS, workload_from_key
+
+    w = workload_from_key(r.config.workload) if r.config.workload else None
+    if w is None:
+        return ()
+    return (QUANTS.index(w.quant), w.context_depth, w.prompt_tokens, w.gen_tokens)
+
+
 @dataclass(frozen=True)
 class Cell:
     status: str
@@ -106,7 +117,8 @@ def slides_tables(results: Sequence[Result], by_run: bool = False) -> list[Slide
         # A config run in several processes (repeats, A/B rounds) is one cell: the median of its processes'
         # medians, as compare's centre; its status ok when any process is.
         processes: dict[tuple[str, int], list[Result]] = {}
-        for r in sorted(rs, key=lambda r: (r.engine, r.label, _PRECISION_ORDER.get(r.precision, 9), r.backend, r.affinity)):
+        for r in sorted(rs, key=lambda r: (r.engine, r.label, _PRECISION_ORDER.get(r.precision, 9), r.backend,
+                                           _workload_order(r), r.affinity)):
             name = row_name(r, several_affinities, by_run)
             row = rows.setdefault(name, Row(name))
             if r.threads > 0:
