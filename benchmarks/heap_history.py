@@ -6,8 +6,8 @@ separates the three things that could move it, each in its own process, MobileNe
 
 * the process-start path: `fresh` (numpy and onnxruntime imported, then load, as a bare script), `fresh-dl`
   (devicelab's runner modules imported first, then numpy and onnxruntime: the exec'd runner's order), `zygote-nofork`
-  (the zygote's: the same order, then its list of resident file pages, no fork) and `zygote-fork` (the same, then fork; the
-  child maps the zygote's resident file pages again and loads, as devicelab's zygote child does);
+  (the zygote's: the same order, then its list of resident file pages, no fork) and `zygote-fork` (the same, then
+  fork; the child maps the zygote's resident file pages again and loads, as devicelab's zygote child does);
 * address-space layout randomization: on, or off for the process (personality ADDR_NO_RANDOMIZE, as
   `setarch -R` sets it; inherited by the fork);
 * glibc's dynamic mmap threshold: glibc's default (it rises each time a block that was mmap'd is freed, so where a

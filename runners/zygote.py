@@ -154,7 +154,7 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
     # runner's order: it imports them before numpy and the engine. The heap the child inherits then holds what a fresh
     # runner's holds at the same point, laid out alike. Engine first, OpenVINO's children started with 568 KiB more
     # heap (RSS before load +1 %) and ONNX Runtime's peaked up to 5 % higher (docs/architecture.md, "the host's
-    # zygotes"); in the exec'd runner's order the heap is within 32 KiB of a fresh runner's for every engine.
+    # zygotes"); in the exec'd runner's order the heap was within 20-110 KiB of a fresh runner's.
     for name in ("devicelab.runners.host", "devicelab.engines"):
         importlib.import_module(name)
     t0 = time.perf_counter()
