@@ -153,12 +153,18 @@ def serve(sock: socket.socket, modules: list[str]) -> int:
     # devicelab's own modules first, so that a child never pays for them (pure Python, no threads), and in the exec'd
     # runner's order: it imports them before numpy and the engine. The heap the child inherits then holds what a fresh
     # runner's holds at the same point, laid out alike. Engine first, OpenVINO's children started with 568 KiB more
-    # heap (RSS before load +1 %) and ONNX Runtime's peaked up to 5 % higher (docs/architecture.md, "the host's
-    # zygotes"); in the exec'd runner's order the heap was within 20-110 KiB of a fresh runner's.
+    # heap (RSS before load +1-2 %: docs/architecture.md, "the host's zygotes"); in the exec'd runner's order the heap
+    # was within 20-110 KiB of a fresh runner's. (The engine's plug-in module, devicelab.engines.NAME, which the
+    # exec'd runner imports before numpy, is imported in the child: the zygote is keyed by modules, not by engine.)
     for name in ("devicelab.runners.host", "devicelab.engines"):
         importlib.import_module(name)
-    t0 = time.perf_counter()
     preloaded: list[str] = []
+    n = threads()
+    if n != 1:  # never blame numpy for a thread devicelab's own modules started
+        _send(sock, {"event": "ready", "forkable": False, "threads": n, "after": "devicelab.engines",
+                     "preloaded": preloaded, "import_s": 0.0, "pid": os.getpid()})
+        return 0
+    t0 = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
         preloaded.append(name)
