@@ -206,12 +206,30 @@ def test_a_night_after_an_acknowledgement_is_decided_at_the_acknowledged_level(s
         store.close()
 
 
+def confirmed_and_acknowledged(night: Any, env: dict[str, str]) -> Any:
+    """Two nights with the candidate 10 % slower (`night(name, factor, repeats)` runs one): the alert they confirm,
+    acknowledged with `devicelab regress ack` (the reference kept)."""
+    from devicelab import verdicts
+
+    night("first", 1.10, 3)
+    night("second", 1.10, 3)
+    store = open_store(env["DEVICELAB_DB"], create=False)
+    try:
+        [series] = verdicts.nightly(store, 0.02)
+        [alert] = series.report.open_alerts
+        assert alert.state == "confirmed", alert
+    finally:
+        store.close()
+    p = devicelab("regress", "ack", alert.id, env=env)
+    assert p.returncode == 0, p.stderr
+    return alert
+
+
 def test_a_local_adaptive_night_goes_on_while_undecided_at_the_acknowledged_level(env: dict[str, str],
                                                                                    tmp_path: Path) -> None:
     """The same rule through a real local run (the host device, the runner protocol): two nights 10 % slower confirm
     an alert, it is acknowledged; a night 2 % above that level would have stopped after 3 rounds against 1, and runs
     to its max instead."""
-    from devicelab import verdicts
 
     reference = fake_runner(tmp_path / "reference.py", 1.0)
 
@@ -224,17 +242,7 @@ def test_a_local_adaptive_night_goes_on_while_undecided_at_the_acknowledged_leve
         assert code == 0, err[-3000:]
         return out, err
 
-    night("first", 1.10, 3)
-    night("second", 1.10, 3)
-    store = open_store(env["DEVICELAB_DB"], create=False)
-    try:
-        [series] = verdicts.nightly(store, 0.02)
-        [alert] = series.report.open_alerts
-        assert alert.state == "confirmed"
-    finally:
-        store.close()
-    p = devicelab("regress", "ack", alert.id, env=env)
-    assert p.returncode == 0, p.stderr
+    alert = confirmed_and_acknowledged(night, env)
     # 2 % above the level, its rounds 1 % either side of it: across level·(1 + 2 %) whatever the number of rounds
     out, err = night("tonight", alert.level * 1.02, {"min": 3, "max": 5}, swing=(1.01, 1 / 1.01))
     assert sorted(r["repeat"] for r in out["results"] if r["label"] == "candidate") == list(range(5))
@@ -249,7 +257,6 @@ def test_a_farm_night_goes_on_one_round_at_a_time_while_undecided_at_the_acknowl
     round 4 (one "another round" each: a round at a time), up to max. The worker's log shows what ran; with one
     worker its tasks run one after another whatever was submitted, so that order is not what proves one round at a
     time."""
-    from devicelab import verdicts
 
     env = plain_env(tmp_path, data_dir)
     reference = fake_runner(tmp_path / "reference.py", 1.0)
@@ -265,17 +272,8 @@ def test_a_farm_night_goes_on_one_round_at_a_time_while_undecided_at_the_acknowl
             assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
             return json.loads(p.stdout), p.stderr
 
-        night("first", 1.10, 3)
-        night("second", 1.10, 3)
-        store = open_store(env["DEVICELAB_DB"], create=False)
-        try:
-            [series] = verdicts.nightly(store, 0.02)
-            [alert] = series.report.open_alerts
-            assert alert.state == "confirmed" and alert.series.startswith("farm-host "), alert
-        finally:
-            store.close()
-        p = devicelab("regress", "ack", alert.id, env=env)
-        assert p.returncode == 0, p.stderr
+        alert = confirmed_and_acknowledged(night, env)
+        assert alert.series.startswith("farm-host "), alert
         out, err = night("tonight", alert.level * 1.02, {"min": 3, "max": 5}, swing=(1.01, 1 / 1.01))
         log = agent.text()
     tonight = out["run_id"]
