@@ -104,9 +104,14 @@ def quantile(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def overheads(timings: list[Any]) -> tuple[list[float], list[float], list[float], float, float]:
-    """Per job: the wait before its session, the wait after it to the commit, and their sum; the ideal and wall."""
+def overheads(timings: list[Any]
+              ) -> tuple[list[float], list[float], list[float], float, float, dict[str, list[float]]]:
+    """Per job: the wait before its session, the wait after it to the commit, and their sum; the ideal and wall; and
+    the wait before the session split in two: until the task reaches the worker (Dask), and from there to the session
+    (the task's files looked up in the host's cache, and fetched from the store the first time), for each phone's
+    first task and for the others."""
     before, after, total = [], [], []
+    split: dict[str, list[float]] = {"dask": [], "files, first task": [], "files, later tasks": []}
     by_phone: dict[str, list[Any]] = {}
     for t in timings:
         by_phone.setdefault(t.device, []).append(t)
@@ -116,16 +121,16 @@ def overheads(timings: list[Any]) -> tuple[list[float], list[float], list[float]
         for t in tasks:
             ready = max(t.submitted, previous_end)
             b, a = t.session_start - ready, t.committed - t.session_end
-            if os.environ.get("FARM_BENCH_DEBUG"):
-                print(f"{t.device} ready->received {(t.received - ready) * 1e3:.1f} received->start "
-                      f"{(t.session_start - t.received) * 1e3:.1f} end->committed {a * 1e3:.1f}", file=sys.stderr)
+            split["dask"].append(max(0.0, t.received - ready) / t.jobs)
+            split["files, first task" if previous_end == 0.0 else "files, later tasks"].append(
+                (t.session_start - t.received) / t.jobs)
             before.append(b / t.jobs)
             after.append(a / t.jobs)
             total.extend([(b + a) / t.jobs] * t.jobs)
             previous_end = t.committed
     ideal = max(sum(t.session_end - t.session_start for t in tasks) for tasks in by_phone.values())
     wall = max(t.returned for t in timings) - min(t.submitted for t in timings)
-    return before, after, total, ideal, wall
+    return before, after, total, ideal, wall, split
 
 
 def main() -> int:
@@ -204,7 +209,7 @@ def main() -> int:
     bad = [r for r in results if r.status != "ok"]
     if bad:
         raise SystemExit(f"{len(bad)} rows not ok: {bad[0].status}: {bad[0].reason}")
-    before, after, total, ideal, wall = overheads(run.timings)
+    before, after, total, ideal, wall, split = overheads(run.timings)
     sessions = [t.session_end - t.session_start for t in run.timings]
     returned = [t.returned - t.committed for t in run.timings]
     shutil.rmtree(tmp, ignore_errors=True)
@@ -213,6 +218,12 @@ def main() -> int:
     print(f"session (cooldown + config under qemu): median {statistics.median(sessions) * 1e3:.0f} ms")
     print(f"submit/previous job -> session start: median {statistics.median(before) * 1e3:.1f} ms, "
           f"p90 {quantile(before, 0.9) * 1e3:.1f} ms")
+    for part, xs in split.items():
+        what = ("ready -> the task reaches the worker" if part == "dask"
+                else f"reaches the worker -> session start ({part})")
+        if xs:
+            print(f"  of which {what}: median {statistics.median(xs) * 1e3:.1f} ms, "
+                  f"p90 {quantile(xs, 0.9) * 1e3:.1f} ms ({len(xs)} tasks)")
     print(f"session end -> rows committed: median {statistics.median(after) * 1e3:.1f} ms, "
           f"p90 {quantile(after, 0.9) * 1e3:.1f} ms")
     print(f"committed -> completion seen by the client (not in the overhead): median "

@@ -8,7 +8,8 @@ Per engine it prints the ratio zygote/exec of the medians with its 95 % CI, pair
 as `devicelab compare` pairs labels), the peak-memory ratio paired the same way (one figure per process) with its
 CI, and the RSS-before-load ratio (median over rounds), plus the paths the runners took (what the zygote saves is in benchmarks/efficiency.py).
 
-usage: python benchmarks/zygote.py [ROUNDS] [--save RESULTS.json]   (default 5; run it on an otherwise idle machine)
+usage: python benchmarks/zygote.py [ROUNDS] [--engines ncnn,mnn] [--save RESULTS.json]
+       (default 5 rounds, every engine; run it on an otherwise idle machine)
 
 ONNX Runtime's peak RSS depends on the heap's history (benchmarks/heap_history.py shows how, and that the fork
 itself moves it by < 0.1 %).
@@ -34,9 +35,15 @@ def main() -> None:
     if "--save" in args:
         save = Path(args.pop(args.index("--save") + 1))
         args.remove("--save")
+    chosen = ENGINES
+    if "--engines" in args:
+        chosen = args.pop(args.index("--engines") + 1).split(",")
+        args.remove("--engines")
+        if unknown := sorted(set(chosen) - set(ENGINES)):
+            raise SystemExit(f"--engines: unknown {', '.join(unknown)}; allowed: {', '.join(ENGINES)}")
     rounds = int(args[0]) if args else 5
     engines = "".join(f"  - {{name: {e}, label: exec, options: {{process: exec}}}}\n  - {{name: {e}, label: zygote}}\n"
-                      for e in ENGINES)
+                      for e in chosen)
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "zygote.yaml"
         suite.write_text(f"name: zygote-vs-exec\nmodels: [mobilenet_v2]\nengines:\n{engines}threads: [1]\n"
@@ -48,7 +55,7 @@ def main() -> None:
     print(f"{'engine':12s} {'median exec':>12s} {'zygote':>10s} {'ratio [95% CI]':>24s} {'peak mem [95% CI]':>24s} "
           f"{'rss@load':>9s}  paths")
     worst = 0.0
-    for engine in ENGINES:
+    for engine in chosen:
         rows = [r for r in results if r["engine"] == engine and r["status"] == "ok"]
         by = {label: sorted((r for r in rows if r["label"] == label), key=lambda r: r["repeat"])
               for label in ("exec", "zygote")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,23 +18,30 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from helpers import FAST_PROTOCOL, devicelab, run_json
-from test_farm import host_farm, plain_env
+from helpers import DEVICELAB, FAST_PROTOCOL, devicelab, run_json
+from test_farm import Reachability, host_farm, plain_env, wait_for
 
+from devicelab.result import Result
 from devicelab.store import open_store
 
 PROTOCOL = {**FAST_PROTOCOL, "accuracy_inputs": 0}
 
 
-def fake_runner(path: Path, factor: float, count: Path | None = None, swing: tuple[float, float] = (1.25, 0.8)
-                ) -> Path:
+def fake_runner(path: Path, factor: float, count: Path | None = None, swing: tuple[float, float] = (1.25, 0.8),
+                gate: Path | None = None) -> Path:
     """A runner (protocol v1) that reports iterations of 10 ms × `factor` (± 0.1 %) without timing anything. With
     `count` (a file it keeps), its processes take turns at `factor` × swing[0] and × swing[1]: beside a steady label,
-    per-round ratios that swing between the two, deterministically (not by chance)."""
+    per-round ratios that swing between the two, deterministically (not by chance). With `gate`, each process
+    writes `gate`.started, then waits for `gate` to exist before it says ready (the test's moment to act)."""
     path.write_text(f"""#!{sys.executable}
-import json, random, sys
+import json, random, sys, time
 from pathlib import Path
 factor = {factor!r}
+gate = {str(gate) if gate else None!r}
+if gate:
+    Path(gate + ".started").touch()
+    while not Path(gate).exists():
+        time.sleep(0.05)
 count = {str(count) if count else None!r}
 if count:
     n = int(Path(count).read_text()) if Path(count).exists() else 0
@@ -287,3 +295,61 @@ def test_a_farm_night_goes_on_one_round_at_a_time_while_undecided_at_the_acknowl
               for kind in ("start", "end") if f": {kind} {tonight}: " in line]
     assert sorted(n for k, n in events[:6]) == [1, 1, 2, 2, 3, 3], events
     assert events[6:] == [("start", 4), ("end", 4), ("start", 5), ("end", 5)], events
+
+
+def test_rows_the_worker_spooled_are_in_the_store_before_the_farm_client_decides(tmp_path: Path,
+                                                                                 data_dir: Path) -> None:
+    """The store away from the worker only (new connections find no file; the client's open one still writes): every
+    row of the adaptive night is spooled on the worker's host, the client writes each one from what its task returned,
+    and its decision after round 3 reads them — "slower", decided, no round 4. Once the store is back the worker's
+    spool is flushed onto it with nothing duplicated. (Without the client's writes the decision would find no ok
+    process of either label and stop the pair as broken.)"""
+    from devicelab.farm.worker import spool_path
+
+    env = plain_env(tmp_path, data_dir)
+    gate = tmp_path / "gate"
+    a = fake_runner(tmp_path / "a.py", 1.0, gate=gate)
+    b = fake_runner(tmp_path / "b.py", 1.10, gate=gate)
+    suite = ab_suite(tmp_path / "spooled.yaml", {"a": a, "b": b}, {"min": 3, "max": 4}, ["farm-host"])
+    with host_farm(env, tmp_path) as (scheduler, agent):
+        spool = data_dir / "farm" / spool_path("farm-host").name
+        spool.unlink(missing_ok=True)
+        reach = Reachability(env["DEVICELAB_DB"])
+        p = subprocess.Popen([DEVICELAB, "run", "--farm", scheduler.first_line, "--suite", str(suite), "--json"],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        away = False
+        try:
+            # round 1's first runner has started: the client planned (its store open), the worker has the files
+            wait_for("the first runner", lambda: Path(f"{gate}.started").exists() or p.poll() is not None)
+            assert p.poll() is None, p.communicate()
+            reach.away()
+            away = True
+            gate.touch()
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, out[-2000:] + err[-3000:]
+            waiting = [json.loads(line) for line in spool.read_text().splitlines()]
+            reach.back()
+            away = False
+            wait_for("the worker's spool flushed", lambda: not spool.exists(), timeout=60)
+        finally:
+            if away:
+                reach.back()
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        log = agent.text()
+    night = json.loads(out)
+    run_id = night["run_id"]
+    assert sorted((r["repeat"], r["label"]) for r in night["results"]) == [(k, x) for k in range(3) for x in "ab"]
+    assert all(r["status"] == "ok" for r in night["results"])
+    assert err.count("spooled on the worker's host") == 6, err[-3000:]
+    assert "every pair decided after 3 rounds (1 slower)" in err, err[-3000:]
+    assert sorted(starts(log, run_id)) == [1, 2, 3]
+    assert sorted((e["result"]["repeat"], e["result"]["label"]) for e in waiting) == sorted(
+        (r["repeat"], r["label"]) for r in night["results"])
+    store = open_store(env["DEVICELAB_DB"], create=False)
+    try:
+        stored = {(r.config.repeat, r.config.label): r.to_json() for r in store.results(run_id)}
+    finally:
+        store.close()
+    assert stored == {(r["repeat"], r["label"]): Result.from_dict(r).to_json() for r in night["results"]}
