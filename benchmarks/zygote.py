@@ -8,7 +8,7 @@ Per engine it prints the ratio zygote/exec of the medians with its 95 % CI, pair
 as `devicelab compare` pairs labels), the peak-memory ratio paired the same way (one figure per process) with its
 CI, and the RSS-before-load ratio (median over rounds), plus the paths the runners took (what the zygote saves is in benchmarks/efficiency.py).
 
-usage: python benchmarks/zygote.py [ROUNDS] [--engines ncnn,mnn] [--save RESULTS.json]
+usage: python benchmarks/zygote.py [ROUNDS] [--engines ncnn,mnn] [--affinity big|0|...] [--save RESULTS.json]
        (default 5 rounds, every engine; run it on an otherwise idle machine)
 
 ONNX Runtime's peak RSS depends on the heap's history (benchmarks/heap_history.py shows how, and that the fork
@@ -41,12 +41,17 @@ def main() -> None:
         args.remove("--engines")
         if unknown := sorted(set(chosen) - set(ENGINES)):
             raise SystemExit(f"--engines: unknown {', '.join(unknown)}; allowed: {', '.join(ENGINES)}")
+    affinity = "big"
+    if "--affinity" in args:  # the CPUs to pin to, as a suite's `affinity` (default big: the highest-numbered CPU)
+        affinity = args.pop(args.index("--affinity") + 1)
+        args.remove("--affinity")
     rounds = int(args[0]) if args else 5
     engines = "".join(f"  - {{name: {e}, label: exec, options: {{process: exec}}}}\n  - {{name: {e}, label: zygote}}\n"
                       for e in chosen)
     with tempfile.TemporaryDirectory() as tmp:
         suite = Path(tmp) / "zygote.yaml"
         suite.write_text(f"name: zygote-vs-exec\nmodels: [mobilenet_v2]\nengines:\n{engines}threads: [1]\n"
+                         f"affinity: ['{affinity}']\n"
                          f"repeats: {rounds}\nseed: 1\n")
         env = {**os.environ, "DEVICELAB_DB": str(Path(tmp) / "db.sqlite")}
         results = devicelab_run(suite, env)["results"]

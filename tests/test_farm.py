@@ -6,6 +6,7 @@ host. Timings under qemu are never looked at; only their order is (two jobs on o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -897,3 +898,57 @@ def test_a_tasks_files_arrive_in_the_workers_cache_with_the_jobs_paths_rewritten
     with pytest.raises(DevicelabError, match="cannot open the store: down"):  # one file missing: the store is needed
         artifacts.localize(unreachable, [job], shipment)
     store.close()
+
+
+def test_workers_of_one_host_fetch_an_artifact_once_between_them(tmp_path: Path) -> None:
+    """Three workers of a host (separate processes, as one per phone) ask for the same file and folder at the same
+    moment, as a run's first tasks do: the store is read once for each, the others wait and take the cached copy."""
+    from devicelab.farm import artifacts
+
+    db = tmp_path / "db.sqlite"
+    (tmp_path / "model.bin").write_bytes(b"m" * 300_000)
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "a.txt").write_text("folder")
+    store = open_store(str(db))
+    try:
+        items = [artifacts.put(store, tmp_path / "model.bin"), artifacts.put(store, tmp_path / "pkg")]
+    finally:
+        store.close()
+    cache, log, go = tmp_path / "cache", tmp_path / "reads.log", tmp_path / "go"
+    # Each process: says it is ready, waits for the go file (given once all three are ready), then fetches both
+    # items through a store whose reads are logged and slow (0.5 s: long enough that the three overlap).
+    script = f"""
+import json, sys, time
+from pathlib import Path
+from devicelab.farm import artifacts
+from devicelab.store import open_store
+store = open_store({str(db)!r}, create=False)
+read = store.get_artifact
+def slow(sha256, dest, mode=0o644):
+    with open({str(log)!r}, "a") as f:
+        f.write(sha256 + "\\n")
+    time.sleep(0.5)
+    return read(sha256, dest, mode)
+store.get_artifact = slow
+Path({str(tmp_path)!r}, "ready-" + sys.argv[2]).touch()
+while not Path({str(go)!r}).exists():
+    time.sleep(0.01)
+items = [artifacts.Shipped(**d) for d in json.loads(sys.argv[1])]
+print(json.dumps([str(artifacts.fetch(store, item, Path({str(cache)!r}))) for item in items]))
+"""
+    arg = json.dumps([dataclasses.asdict(i) for i in items])
+    # -P: the installed devicelab, not a source tree in the working directory
+    procs = [subprocess.Popen([sys.executable, "-P", "-c", script, arg, str(i)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for i in range(3)]
+    try:
+        wait_for("three workers ready", lambda: all((tmp_path / f"ready-{i}").exists() for i in range(3))
+                 or any(p.poll() is not None for p in procs), timeout=120, every=0.05)
+    finally:
+        go.touch()  # whatever happened, none of them waits forever
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    paths = {tuple(json.loads(o)) for o, _ in outs}
+    assert len(paths) == 1  # the same cached copies for all three
+    [(model, folder)] = paths
+    assert Path(model).read_bytes() == b"m" * 300_000 and (Path(folder) / "a.txt").read_text() == "folder"
+    assert sorted(log.read_text().split()) == sorted(i.sha256 for i in items)  # each read from the store once

@@ -13,6 +13,7 @@ the jobs get that interpreter."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import os
 import tarfile
 import tempfile
@@ -139,14 +140,26 @@ def cached(item: Shipped, cache: Path) -> Path:
 
 def fetch(store: Store, item: Shipped, cache: Path) -> Path:
     """The artifact in this host's cache (fetched and checked once; a cached entry got there only by a rename after
-    its check)."""
+    its check). One download per host: the workers of a host (one process per phone) that need the same artifact at
+    once — a run's first tasks start together on every phone — take turns on a lock file beside it, and those after
+    the first find it cached. Without that, N phones on a host would each pull the same model (an LLM's gigabytes) from
+    the store at the same time."""
     dest = cached(item, cache)
     home = dest.parent
     if dest.exists():
         return dest
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / ".fetching").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker holding it dies
+        if dest.exists():
+            return dest
+        return _download(store, item, dest)
+
+
+def _download(store: Store, item: Shipped, dest: Path) -> Path:
+    home = dest.parent
     if not item.folder:
         return store.get_artifact(item.sha256, dest, item.mode)
-    home.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=home) as tmp:
         packed = store.get_artifact(item.sha256, Path(tmp) / "folder.tar")
         unpacked = Path(tmp) / "folder"
