@@ -4,7 +4,7 @@ a run of the cheapest real config the farm can run on a phone — the protocol e
 (runner protocol v1 in C, static arm64, run under qemu on the emulated phone) — K rounds per phone, submitted by the
 client API in this process.
 
-    python benchmarks/farm.py [--phones 2] [--jobs 6] [--db STORE]     (FARM_BENCH_DEBUG=1: each task's parts)
+    python benchmarks/farm.py [--phones 2] [--jobs 6] [--db STORE]
 
 Per task (one config on one phone) the worker reads the clock four times (farm.worker.TaskDone) and the client
 twice (farm.client.TaskTiming). Scheduling overhead of a job =
@@ -13,7 +13,10 @@ twice (farm.client.TaskTiming). Scheduling overhead of a job =
   + (its rows committed to the store − its device session ending).
 The device session is the worker's session code: the phone set up for the run (its first job only), the cooldown,
 the config. Wall is the first submission to the last completion seen by the client; ideal is the longest phone's
-sum of session times. Needs adb, qemu-aarch64-static with binfmt in a private namespace and aarch64-linux-gnu-gcc,
+sum of session times. The wait before a session is also printed in two parts: until the task reaches the worker
+(Dask; over every task), and from there to the session (the task's files: found in the host's cache, or fetched
+from the store — which includes waiting for another worker of the host that is fetching the same file), for each
+phone's first task and for its later ones. Needs adb, qemu-aarch64-static with binfmt in a private namespace and aarch64-linux-gnu-gcc,
 as tests/test_farm.py. The last line printed is `… ms/job`.
 """
 

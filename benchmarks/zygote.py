@@ -17,10 +17,10 @@ itself moves it by < 0.1 %).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -30,22 +30,17 @@ ENGINES = ["onnxruntime", "ncnn", "mnn", "litert", "openvino"]
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    save = None
-    if "--save" in args:
-        save = Path(args.pop(args.index("--save") + 1))
-        args.remove("--save")
-    chosen = ENGINES
-    if "--engines" in args:
-        chosen = args.pop(args.index("--engines") + 1).split(",")
-        args.remove("--engines")
-        if unknown := sorted(set(chosen) - set(ENGINES)):
-            raise SystemExit(f"--engines: unknown {', '.join(unknown)}; allowed: {', '.join(ENGINES)}")
-    affinity = "big"
-    if "--affinity" in args:  # the CPUs to pin to, as a suite's `affinity` (default big: the highest-numbered CPU)
-        affinity = args.pop(args.index("--affinity") + 1)
-        args.remove("--affinity")
-    rounds = int(args[0]) if args else 5
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("rounds", nargs="?", type=int, default=5, help="lockstep rounds (default 5)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated, of {', '.join(ENGINES)}")
+    parser.add_argument("--affinity", default="big",
+                        help="the CPUs to pin to, as a suite's `affinity` (default big: the highest-numbered CPU)")
+    parser.add_argument("--save", type=Path, help="write the run's Results (JSON) here")
+    args = parser.parse_args()
+    chosen = list(dict.fromkeys(args.engines.split(",")))  # each once, in the order given
+    if unknown := sorted(set(chosen) - set(ENGINES)):
+        parser.error(f"--engines: unknown {', '.join(unknown)}; allowed: {', '.join(ENGINES)}")
+    rounds, affinity, save = args.rounds, args.affinity, args.save
     engines = "".join(f"  - {{name: {e}, label: exec, options: {{process: exec}}}}\n  - {{name: {e}, label: zygote}}\n"
                       for e in chosen)
     with tempfile.TemporaryDirectory() as tmp:
@@ -81,8 +76,8 @@ def main() -> None:
         paths = "/".join(sorted({r["ext"].get("exec_path", "?") for r in rows}))
         print(f"{engine:12s} {med['exec']:9.3f} ms {med['zygote']:7.3f} ms {ratio:8.4f} {ci_text:>15s} "
               f"{mem_text:>24s} {rss:9.4f}  {paths}", flush=True)
-    print(f"\nmachine: {machine()}; MobileNet-v2 fp32, 1 thread, {rounds} rounds, the two labels of an engine in "
-          "lockstep each round; ratios are zygote / exec")
+    print(f"\nmachine: {machine()}; MobileNet-v2 fp32, 1 thread, affinity {affinity}, {rounds} rounds, engines "
+          f"{', '.join(chosen)}; the two labels of an engine in lockstep each round; ratios are zygote / exec")
     print(f"largest distance of a CI bound from 1: {worst:.4f} (goal: every CI inside [0.99, 1.01])")
 
 

@@ -652,7 +652,16 @@ class SqliteStore(SqlStore):
         # Autocommit mode: transactions are the explicit BEGIN IMMEDIATE of _write() (Python's implicit BEGIN is
         # deferred, and a deferred reader that then writes fails at once, waiting for nobody, when another process
         # writes at the same time).
-        self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        if create:
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+        else:
+            # Open only what exists (mode=rw): a file moved away between the check above and here must fail the
+            # open, not leave a fresh empty store in its place (a farm worker would write rows into it).
+            try:
+                self._db = sqlite3.connect(path.absolute().as_uri() + "?mode=rw", timeout=30.0, isolation_level=None,
+                                           uri=True)
+            except sqlite3.OperationalError:
+                raise DevicelabError(f"no devicelab database at {path} (set --db or DEVICELAB_DB)") from None
         self._db.execute("PRAGMA journal_mode=WAL")  # readers (show, report) never block a running sweep
         self._db.execute("PRAGMA synchronous=NORMAL")
         if self._version() != STORE_SCHEMA_VERSION:

@@ -55,12 +55,15 @@ class PostgresStore(SqlStore):
         self._url = url
         self._db = self._connect()
         try:
-            with self._write():
-                self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
-                if not create and self._version() == 0:
-                    raise DevicelabError(f"no devicelab records in {self._location} (a `devicelab run --db` there "
-                                         "creates them)")
-                self._migrate()
+            # A store at the current schema needs no transaction: only an open that may migrate takes the lock, so
+            # the opens of a farm's workers (one per write: docs/farm.md) never queue on it.
+            if self._version() != STORE_SCHEMA_VERSION:
+                with self._write():
+                    self._rows("SELECT pg_advisory_xact_lock(?)", (_MIGRATION_LOCK,))
+                    if not create and self._version() == 0:
+                        raise DevicelabError(f"no devicelab records in {self._location} (a `devicelab run --db` "
+                                             "there creates them)")
+                    self._migrate()
         except BaseException:
             self._db.close()
             raise

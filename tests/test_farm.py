@@ -916,7 +916,8 @@ def test_workers_of_one_host_fetch_an_artifact_once_between_them(tmp_path: Path)
         store.close()
     cache, log, go = tmp_path / "cache", tmp_path / "reads.log", tmp_path / "go"
     # Each process: says it is ready, waits for the go file (given once all three are ready), then fetches both
-    # items through a store whose reads are logged and slow (0.5 s: long enough that the three overlap).
+    # items through a store whose reads are logged with their times and slow (1 s: long enough that the three
+    # overlap); it prints when it began fetching and the paths it got.
     script = f"""
 import json, sys, time
 from pathlib import Path
@@ -925,30 +926,42 @@ from devicelab.store import open_store
 store = open_store({str(db)!r}, create=False)
 read = store.get_artifact
 def slow(sha256, dest, mode=0o644):
+    began = time.time()
+    time.sleep(1.0)
+    out = read(sha256, dest, mode)
     with open({str(log)!r}, "a") as f:
-        f.write(sha256 + "\\n")
-    time.sleep(0.5)
-    return read(sha256, dest, mode)
+        f.write(json.dumps([sha256, began, time.time()]) + "\\n")
+    return out
 store.get_artifact = slow
 Path({str(tmp_path)!r}, "ready-" + sys.argv[2]).touch()
 while not Path({str(go)!r}).exists():
     time.sleep(0.01)
 items = [artifacts.Shipped(**d) for d in json.loads(sys.argv[1])]
-print(json.dumps([str(artifacts.fetch(store, item, Path({str(cache)!r}))) for item in items]))
+began = time.time()
+print(json.dumps([began, [str(artifacts.fetch(store, item, Path({str(cache)!r}))) for item in items]]))
 """
     arg = json.dumps([dataclasses.asdict(i) for i in items])
     # -P: the installed devicelab, not a source tree in the working directory
     procs = [subprocess.Popen([sys.executable, "-P", "-c", script, arg, str(i)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for i in range(3)]
     try:
-        wait_for("three workers ready", lambda: all((tmp_path / f"ready-{i}").exists() for i in range(3))
-                 or any(p.poll() is not None for p in procs), timeout=120, every=0.05)
+        try:
+            wait_for("three workers ready", lambda: all((tmp_path / f"ready-{i}").exists() for i in range(3))
+                     or any(p.poll() is not None for p in procs), timeout=120, every=0.05)
+        finally:
+            go.touch()  # whatever happened, none of them waits forever
+        outs = [p.communicate(timeout=120) for p in procs]
     finally:
-        go.touch()  # whatever happened, none of them waits forever
-    outs = [p.communicate(timeout=120) for p in procs]
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
     assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
-    paths = {tuple(json.loads(o)) for o, _ in outs}
-    assert len(paths) == 1  # the same cached copies for all three
-    [(model, folder)] = paths
+    answers = [json.loads(o) for o, _ in outs]
+    assert len({tuple(paths) for _, paths in answers}) == 1  # the same cached copies for all three
+    model, folder = answers[0][1]
     assert Path(model).read_bytes() == b"m" * 300_000 and (Path(folder) / "a.txt").read_text() == "folder"
-    assert sorted(log.read_text().split()) == sorted(i.sha256 for i in items)  # each read from the store once
+    reads = [json.loads(line) for line in log.read_text().splitlines()]
+    # the three asked while the first read was still under way: the test saw them overlap, or it proves nothing
+    assert all(began < reads[0][2] for began, _ in answers), (answers, reads)
+    assert sorted(sha for sha, _, _ in reads) == sorted(i.sha256 for i in items)  # each read from the store once

@@ -314,6 +314,7 @@ def test_rows_the_worker_spooled_are_in_the_store_before_the_farm_client_decides
     with host_farm(env, tmp_path) as (scheduler, agent):
         spool = data_dir / "farm" / spool_path("farm-host").name
         spool.unlink(missing_ok=True)
+        spool.with_suffix(".rejected.jsonl").unlink(missing_ok=True)
         reach = Reachability(env["DEVICELAB_DB"])
         p = subprocess.Popen([DEVICELAB, "run", "--farm", scheduler.first_line, "--suite", str(suite), "--json"],
                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -349,7 +350,10 @@ def test_rows_the_worker_spooled_are_in_the_store_before_the_farm_client_decides
         (r["repeat"], r["label"]) for r in night["results"])
     store = open_store(env["DEVICELAB_DB"], create=False)
     try:
-        stored = {(r.config.repeat, r.config.label): r.to_json() for r in store.results(run_id)}
+        stored = store.results(run_id)
     finally:
         store.close()
-    assert stored == {(r["repeat"], r["label"]): Result.from_dict(r).to_json() for r in night["results"]}
+    assert len(stored) == 6  # once each: the flush wrote nothing twice ...
+    assert {(r.config.repeat, r.config.label): r.to_json() for r in stored} == {
+        (r["repeat"], r["label"]): Result.from_dict(r).to_json() for r in night["results"]}
+    assert not spool.with_suffix(".rejected.jsonl").exists()  # ... and had nothing refused

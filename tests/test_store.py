@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -208,6 +209,19 @@ def test_nightly_acknowledgements_and_acceptances(store_target: StoreTarget) -> 
     again = store_target.open()
     assert again.acceptances() == {"k": "r7"} and len(again.acks()) == 1
     again.close()
+
+
+def test_a_sqlite_store_that_vanishes_as_it_is_opened_is_not_created_anew(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """create=False: a file moved away between the existence check and the open (a farm worker opening the store per
+    write while it is moved) is refused, never replaced by a fresh empty store."""
+    from devicelab.store import SqliteStore
+
+    gone = tmp_path / "moved-away.sqlite"
+    monkeypatch.setattr(Path, "exists", lambda self: True if self == gone else Path.is_file(self) or Path.is_dir(self))
+    with pytest.raises(DevicelabError, match="no devicelab database at"):
+        SqliteStore(gone, create=False)
+    assert os.listdir(tmp_path) == []  # no store file, no -wal or -shm beside it
 
 
 def test_unknown_run_and_missing_database(store_target: StoreTarget) -> None:

@@ -138,38 +138,38 @@ def cached(item: Shipped, cache: Path) -> Path:
     return cache / (item.sha256 if item.folder else f"{item.sha256}-{item.mode:o}") / item.name
 
 
-def fetch(store: Store, item: Shipped, cache: Path) -> Path:
+def fetch(store: Store | Callable[[], Store], item: Shipped, cache: Path) -> Path:
     """The artifact in this host's cache (fetched and checked once; a cached entry got there only by a rename after
     its check). One download per host: the workers of a host (one process per phone) that need the same artifact at
     once — a run's first tasks start together on every phone — take turns on a lock file beside it, and those after
     the first find it cached. Without that, N phones on a host would each pull the same model (an LLM's gigabytes) from
-    the store at the same time."""
+    the store at the same time. `store` may be a function that opens it: it is called only once the lock is held and
+    the artifact is still missing, so a worker waiting for another's download holds no connection to the store."""
     dest = cached(item, cache)
-    home = dest.parent
     if dest.exists():
         return dest
-    home.mkdir(parents=True, exist_ok=True)
-    with (home / ".fetching").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or when a worker holding it dies
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Read-only is enough for flock; the lock is released when the descriptor closes, or when a worker holding it dies.
+    fd = os.open(dest.parent / ".fetching", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         if dest.exists():
             return dest
-        return _download(store, item, dest)
+        return _download(store() if callable(store) else store, item, dest)
+    finally:
+        os.close(fd)
 
 
 def _download(store: Store, item: Shipped, dest: Path) -> Path:
-    home = dest.parent
     if not item.folder:
         return store.get_artifact(item.sha256, dest, item.mode)
+    home = dest.parent
     with tempfile.TemporaryDirectory(prefix=".unpack-", dir=home) as tmp:
         packed = store.get_artifact(item.sha256, Path(tmp) / "folder.tar")
         unpacked = Path(tmp) / "folder"
         with tarfile.open(packed) as tar:
             tar.extractall(unpacked, filter="data")
-        try:
-            os.rename(unpacked, dest)
-        except OSError:
-            if not dest.exists():  # another task of this host unpacked it first: theirs is the same content
-                raise
+        os.rename(unpacked, dest)  # under the lock: nobody else of this host unpacks it now
     return dest
 
 
@@ -184,25 +184,23 @@ def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: 
     pythons: dict[str, str] = {}  # a label's interpreter on the client → the one built here from its lock
     locks: dict[str, tuple[Path, str]] = {}  # the same, for locks whose environment is not built here yet
     opened: Store | None = None
+
+    def the_store() -> Store:  # opened on first need (fetch calls it once it holds the artifact's lock), then kept
+        nonlocal opened
+        if opened is None:
+            opened = store() if callable(store) else store
+        return opened
+
     try:
         for client, item in shipment.files.items():
-            if cached(item, cache).exists():
-                local[client] = str(cached(item, cache))
-                continue
-            if opened is None:
-                opened = store() if callable(store) else store
-            local[client] = str(fetch(opened, item, cache))
+            local[client] = str(fetch(the_store, item, cache))
         for client, item in shipment.envs.items():
             built = envs.built(item.sha256)
             if built is not None:
                 pythons[client] = str(built)
                 continue
-            lock = cached(item, cache)
-            if not lock.exists():  # fetched and checked by sha256 on arrival, as every task file
-                if opened is None:
-                    opened = store() if callable(store) else store
-                lock = fetch(opened, item, cache)
-            locks[client] = (lock, item.sha256)
+            # the lock file, fetched and checked by sha256 on arrival, as every task file
+            locks[client] = (fetch(the_store, item, cache), item.sha256)
     finally:
         if opened is not None and callable(store):
             opened.close()
