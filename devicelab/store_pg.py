@@ -19,8 +19,9 @@ from devicelab.store import (_PARAM_PASSWORD, _URL_PASSWORD, STORE_SCHEMA_VERSIO
 
 T = TypeVar("T")
 
-# Every opener of a database takes this transaction-level lock before it looks at the schema version, so hosts that
-# open a fresh (or older) database at once migrate it once, one after the other.
+# An opener that reads a schema version other than the current one takes this transaction-level lock and reads it
+# again before it migrates, so hosts that open a fresh (or older) database at once migrate it once, one after the
+# other; an open at the current version takes no lock.
 _MIGRATION_LOCK = zlib.crc32(b"devicelab store schema")
 
 

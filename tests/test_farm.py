@@ -914,31 +914,35 @@ def test_workers_of_one_host_fetch_an_artifact_once_between_them(tmp_path: Path)
         items = [artifacts.put(store, tmp_path / "model.bin"), artifacts.put(store, tmp_path / "pkg")]
     finally:
         store.close()
-    cache, log, go = tmp_path / "cache", tmp_path / "reads.log", tmp_path / "go"
+    cache, log, opens, go = tmp_path / "cache", tmp_path / "reads.log", tmp_path / "opens.log", tmp_path / "go"
     # Each process: says it is ready, waits for the go file (given once all three are ready), then fetches both
-    # items through a store whose reads are logged with their times and slow (1 s: long enough that the three
-    # overlap); it prints when it began fetching and the paths it got.
+    # items through an opener, as a worker does: each open is logged, and the store's reads are logged with their
+    # times and slow (1 s: long enough that the three overlap); it prints when it began fetching and the paths.
     script = f"""
 import json, sys, time
 from pathlib import Path
 from devicelab.farm import artifacts
 from devicelab.store import open_store
-store = open_store({str(db)!r}, create=False)
-read = store.get_artifact
-def slow(sha256, dest, mode=0o644):
-    began = time.time()
-    time.sleep(1.0)
-    out = read(sha256, dest, mode)
-    with open({str(log)!r}, "a") as f:
-        f.write(json.dumps([sha256, began, time.time()]) + "\\n")
-    return out
-store.get_artifact = slow
+def opener():
+    with open({str(opens)!r}, "a") as f:
+        f.write(sys.argv[2] + "\\n")
+    store = open_store({str(db)!r}, create=False)
+    read = store.get_artifact
+    def slow(sha256, dest, mode=0o644):
+        began = time.time()
+        time.sleep(1.0)
+        out = read(sha256, dest, mode)
+        with open({str(log)!r}, "a") as f:
+            f.write(json.dumps([sha256, began, time.time()]) + "\\n")
+        return out
+    store.get_artifact = slow
+    return store
 Path({str(tmp_path)!r}, "ready-" + sys.argv[2]).touch()
 while not Path({str(go)!r}).exists():
     time.sleep(0.01)
 items = [artifacts.Shipped(**d) for d in json.loads(sys.argv[1])]
 began = time.time()
-print(json.dumps([began, [str(artifacts.fetch(store, item, Path({str(cache)!r}))) for item in items]]))
+print(json.dumps([began, [str(artifacts.fetch(opener, item, Path({str(cache)!r}))) for item in items]]))
 """
     arg = json.dumps([dataclasses.asdict(i) for i in items])
     # -P: the installed devicelab, not a source tree in the working directory
@@ -965,3 +969,4 @@ print(json.dumps([began, [str(artifacts.fetch(store, item, Path({str(cache)!r}))
     # the three asked while the first read was still under way: the test saw them overlap, or it proves nothing
     assert all(began < reads[0][2] for began, _ in answers), (answers, reads)
     assert sorted(sha for sha, _, _ in reads) == sorted(i.sha256 for i in items)  # each read from the store once
+    assert len(opens.read_text().split()) == 2  # the store opened only by the one that read each file, under its lock

@@ -222,6 +222,11 @@ def test_a_sqlite_store_that_vanishes_as_it_is_opened_is_not_created_anew(tmp_pa
     with pytest.raises(DevicelabError, match="no devicelab database at"):
         SqliteStore(gone, create=False)
     assert os.listdir(tmp_path) == []  # no store file, no -wal or -shm beside it
+    # an existing file is opened, whatever its name holds (the path goes into a file: URI, percent-encoded)
+    odd = tmp_path / "a b#c?d%e.sqlite"
+    SqliteStore(odd).close()
+    monkeypatch.undo()
+    SqliteStore(odd, create=False).close()
 
 
 def test_unknown_run_and_missing_database(store_target: StoreTarget) -> None:

@@ -143,19 +143,27 @@ def fetch(store: Store | Callable[[], Store], item: Shipped, cache: Path) -> Pat
     its check). One download per host: the workers of a host (one process per phone) that need the same artifact at
     once — a run's first tasks start together on every phone — take turns on a lock file beside it, and those after
     the first find it cached. Without that, N phones on a host would each pull the same model (an LLM's gigabytes) from
-    the store at the same time. `store` may be a function that opens it: it is called only once the lock is held and
-    the artifact is still missing, so a worker waiting for another's download holds no connection to the store."""
+    the store at the same time. `store` may be a function that opens it: it is then called only once the lock is held
+    and the artifact is still missing, and what it opened is closed after the download, so a worker waiting for
+    another's download holds no connection to the store."""
     dest = cached(item, cache)
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Read-only is enough for flock; the lock is released when the descriptor closes, or when a worker holding it dies.
-    fd = os.open(dest.parent / ".fetching", os.O_RDONLY | os.O_CREAT, 0o644)
+    # Opened for writing: where flock is emulated with fcntl locks (NFS), an exclusive lock needs it. The lock is
+    # released when the descriptor closes, or when a worker holding it dies.
+    fd = os.open(dest.parent / ".fetching", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         if dest.exists():
             return dest
-        return _download(store() if callable(store) else store, item, dest)
+        if not callable(store):
+            return _download(store, item, dest)
+        opened = store()
+        try:
+            return _download(opened, item, dest)
+        finally:
+            opened.close()
     finally:
         os.close(fd)
 
@@ -176,35 +184,24 @@ def _download(store: Store, item: Shipped, dest: Path) -> Path:
 def localize(store: Store | Callable[[], Store], jobs: Sequence[Job], shipment: Shipment, cache: Path | None = None
              ) -> tuple[list[Job], dict[str, native.BuildRecord]]:
     """The jobs with every client path replaced by its cached copy on this host, and the client's native builds
-    with their cached paths. `store` may be an opener: it is called (and its store closed) only when something is
-    not cached yet, so a host whose cache has a task's files runs it while the store is unreachable. Raises
+    with their cached paths. `store` may be an opener: it is called (and its store closed) for each file not cached
+    yet, under that file's lock (`fetch`), so a host whose cache has a task's files runs it while the store is
+    unreachable, and a worker waiting for another's download holds no connection. Raises
     DevicelabError (one line) when an artifact is missing from the store or fails its sha256 check on arrival."""
     cache = cache or cache_dir()
     local: dict[str, str] = {}
     pythons: dict[str, str] = {}  # a label's interpreter on the client → the one built here from its lock
     locks: dict[str, tuple[Path, str]] = {}  # the same, for locks whose environment is not built here yet
-    opened: Store | None = None
-
-    def the_store() -> Store:  # opened on first need (fetch calls it once it holds the artifact's lock), then kept
-        nonlocal opened
-        if opened is None:
-            opened = store() if callable(store) else store
-        return opened
-
-    try:
-        for client, item in shipment.files.items():
-            local[client] = str(fetch(the_store, item, cache))
-        for client, item in shipment.envs.items():
-            built = envs.built(item.sha256)
-            if built is not None:
-                pythons[client] = str(built)
-                continue
-            # the lock file, fetched and checked by sha256 on arrival, as every task file
-            locks[client] = (fetch(the_store, item, cache), item.sha256)
-    finally:
-        if opened is not None and callable(store):
-            opened.close()
-    # Built after the store is closed: a build takes minutes, and needs nothing more from the store.
+    for client, item in shipment.files.items():
+        local[client] = str(fetch(store, item, cache))
+    for client, item in shipment.envs.items():
+        built = envs.built(item.sha256)
+        if built is not None:
+            pythons[client] = str(built)
+            continue
+        # the lock file, fetched and checked by sha256 on arrival, as every task file
+        locks[client] = (fetch(store, item, cache), item.sha256)
+    # Built after the files are in (no store open): a build takes minutes, and needs nothing more from the store.
     for client, (lock, sha256) in locks.items():
         pythons[client] = str(envs.ensure(lock.read_bytes(), sha256))
 
