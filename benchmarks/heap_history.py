@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Why ONNX Runtime's peak RSS differs between a fresh runner and a zygote's child, and what the fork itself costs.
+"""Why ONNX Runtime's peak RSS differed between a fresh runner and a zygote's child, and what the fork itself costs.
 
-ONNX Runtime's peak RSS on glibc takes one of a few values a few % apart from one process to the next. This script
+Under glibc's dynamic mmap threshold ONNX Runtime's peak RSS takes one of a few values a few % apart from one process
+to the next; devicelab fixes the threshold for the processes it measures (docs/architecture.md, "The allocator"),
+and this script shows why. Its processes set the rule themselves, whatever devicelab's default. This script
 separates the three things that could move it, each in its own process, MobileNet-v2 fp32, 1 thread, 20 runs:
 
 * the process-start path: `fresh` (numpy and onnxruntime imported, then load, as a bare script), `fresh-dl`
@@ -99,7 +101,8 @@ def _no_aslr() -> None:
 
 
 def measure(path: str, model: str, aslr: bool, fixed_threshold: bool) -> dict[str, int]:
-    env = {**os.environ, "CI": "true", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env.update({"CI": "true", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"})
     if fixed_threshold:
         env["GLIBC_TUNABLES"] = "glibc.malloc.mmap_threshold=131072"
     # personality() applies to the next exec: set in the child between fork and exec, so the script sees no ASLR.

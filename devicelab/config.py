@@ -509,6 +509,12 @@ def parse_suite(raw: dict[str, Any], source: str) -> Suite:
         elif process is not None and (native := _native_runner(e.name)):
             problems.append(f"engines[{i}].options.process: only for engines devicelab's Python runner runs "
                             f"({e.name} runs {native})")
+        threshold = e.options.get("mmap_threshold")
+        if "mmap_threshold" in e.options and threshold != "dynamic" and (
+                isinstance(threshold, bool) or not isinstance(threshold, int)
+                or not 0 <= threshold <= MMAP_THRESHOLD_MAX):
+            problems.append(f"engines[{i}].options.mmap_threshold: {threshold!r} is not allowed; allowed: dynamic, or "
+                            f"bytes from 0 to {MMAP_THRESHOLD_MAX} (default {MMAP_THRESHOLD_DEFAULT})")
 
     name = raw.get("name") or "suite"
     if problems:
@@ -531,6 +537,9 @@ def _native_runner(engine: str) -> str | None:
 # How the host starts devicelab's Python runner for each config (docs/architecture.md): forked from a zygote that
 # imported the engine once (the default), or a fresh interpreter every time.
 PROCESS_STARTS = ("zygote", "exec")
+# glibc's own starting threshold, kept fixed (docs/architecture.md, "The allocator"); glibc accepts up to 32 MiB.
+MMAP_THRESHOLD_DEFAULT = 128 * 1024
+MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
 
 def ab_pairs(engines: tuple[EngineSpec, ...] | list[EngineSpec]) -> list[tuple[str, str, str]]:

@@ -316,6 +316,9 @@ EXTENSIONS: dict[str, ExtField] = {
                                         "the first (runner protocol v2's optional `t`), one per samples_s entry"),
     "import_s": ExtField(_number, "s", "the engine's import in the runner, timed apart from load_s"),
     "exec_path": ExtField(lambda x: x in ("exec", "zygote"), None, "how the runner process started"),
+    "malloc": ExtField(lambda x: isinstance(x, dict) and isinstance(x.get("libc"), str)
+                       and (x.get("mmap_threshold") == "dynamic" or _int(x.get("mmap_threshold"))), None,
+                       "the C library's allocator settings the measured process got (the host's glibc)"),
     "thermal_status": ExtField(lambda x: isinstance(x, dict) and all(v is None or _int(v) for v in x.values()),
                                None, "Android thermal status (0-6) {before, after}"),
     "fixed_performance": ExtField(lambda x: isinstance(x, bool), None, "Android fixed performance mode was on"),

@@ -19,6 +19,7 @@ from typing import Any
 
 from devicelab import llm, llm_logits, native, opprof, paths, variants
 from devicelab.analysis import accuracy, stats
+from devicelab.config import MMAP_THRESHOLD_DEFAULT
 from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit, Process, ResultExtras, Sampler,
                                    Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
@@ -378,6 +379,18 @@ class _Attempt:
             target = [at[program], f"{run_dir}/{CONFIG_FILE}"]
         self.target = target
         env = python_runner_env(self.job) if program is None else {"OMP_NUM_THREADS": str(cfg.threads)}
+        # Large blocks go to mmap at a fixed size, not at glibc's moving threshold: otherwise where an engine's later
+        # blocks land, and how much freed memory its heap keeps resident, depends on every allocation before them,
+        # and the peak draws one of a few values up to ~20 % apart (docs/architecture.md, "The allocator").
+        threshold = self.job.options.get("mmap_threshold")
+        threshold = MMAP_THRESHOLD_DEFAULT if threshold is None else threshold
+        malloc_env, malloc = t.malloc_env(None if threshold == "dynamic" else int(threshold))
+        env.update(malloc_env)
+        if malloc is not None:
+            self.ext["malloc"] = malloc
+            if malloc.get("also"):
+                self.notes.append(f"the environment also sets glibc's allocator ({', '.join(malloc['also'])}): the "
+                                  f"process may not have had the mmap threshold rule recorded ({malloc['mmap_threshold']})")
         if libraries:
             env["LD_LIBRARY_PATH"] = f"{run_dir}/lib"
         self.env = env
@@ -518,7 +531,9 @@ class _Attempt:
         self.ext["exec_path"] = start.path
         if start.note:
             self.notes.append(start.note)
-        if start.path == "zygote" and self.engine.fork_caveat:
+        fixed = (self.ext.get("malloc") or {}).get("mmap_threshold")
+        if start.path == "zygote" and self.engine.fork_caveat and not (
+                isinstance(fixed, int) and fixed <= MMAP_THRESHOLD_DEFAULT):
             self.notes.append(self.engine.fork_caveat)
         if start.path == "zygote" and self.cfg.cpus:
             p = self.record["pinning"]

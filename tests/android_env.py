@@ -203,7 +203,8 @@ class EmulatedPhone:
         return self._log.read_text(errors="replace") if self._log.exists() else ""
 
     def start(self) -> None:
-        argv = [sys.executable, "-m", "devicelab.testing.emulated_adb", "--port", str(self.port),
+        # -P: the installed devicelab, not the source tree the tests run from
+        argv = [sys.executable, "-P", "-m", "devicelab.testing.emulated_adb", "--port", str(self.port),
                 "--root", str(self.root)]
         if isinstance(self.profile, dict):
             path = self.root.parent / f"{self.root.name}.profile.yaml"

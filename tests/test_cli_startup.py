@@ -41,7 +41,8 @@ def heavy_in(modules: list[str]) -> list[str]:
 
 def loaded(argv: list[str], env: dict[str, str], tmp_path: Path) -> tuple[int, list[str]]:
     listing = tmp_path / "modules.json"
-    p = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv), str(listing)], env=env, capture_output=True,
+    # -P: the installed devicelab, not the source tree the tests run from
+    p = subprocess.run([sys.executable, "-P", "-c", PROBE, json.dumps(argv), str(listing)], env=env, capture_output=True,
                        text=True, timeout=120)
     assert listing.exists(), p.stderr[-2000:]
     return p.returncode, json.loads(listing.read_text())

@@ -153,9 +153,10 @@ def test_regress_command_and_baseline_reset(env: dict[str, str]) -> None:
 def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env: dict[str, str], tmp_path: Path
                                                                           ) -> None:
     """Real host runs. Two separate runs of one suite: their processes met different moments of a shared machine
-    (2–3 % apart back to back here), so 'same' is not promised — but they are never called slower or faster. The
-    same engine under two labels in one run is a lockstep A/A, paired by round: that is where 'same' is reachable,
-    and adaptive rounds go on until it is decided."""
+    (2–3 % apart back to back here, once 6 %: every process of one run in a slower regime, which an unpaired
+    comparison at 2 % rightly calls slower), so 'same' is not promised; beyond that drift (10 %) they are never called
+    slower or faster. The same engine under two labels in one run is a lockstep A/A, paired by round: that is where
+    'same' is reachable, and adaptive rounds go on until it is decided."""
     # 5 processes a side: the exact MWU over them can reach p < 0.01 (1/252), so "never called" is a claim that could
     # fail (with 3 a side its smallest p is 1/20, and it could not).
     suite = write_suite(tmp_path / "s.yaml", repeats=5,
@@ -166,7 +167,7 @@ def test_two_real_runs_are_never_called_different_and_a_lockstep_aa_is_same(env:
         code, out, err = run_json("run", "--suite", str(suite), env=env)
         assert code == 0, err
         runs.append(out["run_id"])
-    code, out, err = run_json("compare", *runs, env=env)
+    code, out, err = run_json("compare", *runs, "--threshold", "10%", env=env)
     (c,) = out["comparisons"]
     assert code == 0 and c["verdict"] in ("same", "unknown"), c  # never a false slower/faster
     assert not any(r.startswith("paired by round") for r in c["reasons"])

@@ -139,7 +139,8 @@ def test_default_clusters_split_the_usable_cpus() -> None:
 
 def test_cli_refuses_reserved_ports() -> None:
     for port in ("5037", "5555", "5585"):
-        p = subprocess.run([sys.executable, "-m", "devicelab.testing.emulated_adb", "--port", port],
+        # -P: the installed devicelab, not the source tree the tests run from
+        p = subprocess.run([sys.executable, "-P", "-m", "devicelab.testing.emulated_adb", "--port", port],
                            capture_output=True, text=True, timeout=30)
         assert p.returncode == 2 and p.stdout == "" and len(p.stderr.strip().splitlines()) == 1, p
 

@@ -516,7 +516,8 @@ def test_usbmuxd_not_running(rig: Rig) -> None:
 def test_command_line_phone_detaches_on_sigusr1(tmp_path: Path) -> None:
     app = make_app(tmp_path / "build")
     env = {k: v for k, v in os.environ.items() if k != "USBMUXD_SOCKET_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "devicelab.testing.emulated_ios", "--root", str(tmp_path / "p"),
+    # -P: the installed devicelab, not the source tree the tests run from
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "devicelab.testing.emulated_ios", "--root", str(tmp_path / "p"),
                              "--install", str(app), "--pairing-folder", str(tmp_path / "pairing")],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

@@ -43,9 +43,9 @@ def test_each_engine_says_which_path_it_took(env: dict[str, str], tmp_path: Path
         # each engine's import leaves one thread (ONNX Runtime's only with its telemetry off: CI=true), so every
         # zygote pre-imports the engine itself and no row carries a fall-back note
         assert not any("leaves" in n or "afresh" in n for n in r["notes"]), r["notes"]
-    # ONNX Runtime's peak memory moves under a fork (benchmarks/zygote.py): its rows say so; the others' do not
-    assert any(n.startswith("peak memory: ONNX Runtime") for n in by["onnxruntime"]["notes"])
-    assert not any("zygote" in n for n in by["ncnn"]["notes"] + by["litert"]["notes"])
+    # ONNX Runtime's peak memory moves under a fork only with glibc's dynamic mmap threshold (benchmarks/zygote.py):
+    # at devicelab's fixed one no row carries the caveat
+    assert not any("zygote" in n or "peak memory" in n for r in by.values() for n in r["notes"]), by
 
 
 def _imports(log: Path) -> list[str]:
@@ -96,7 +96,9 @@ def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_
     # OpenVINO too: its RSS before load moved most when the zygote imported the engine first (1.8-2.2 % above in
     # every round of benchmarks/zygote.py, 40 rounds; 0.0-0.3 % in the runner's order). In this suite's environment
     # both orders came out within 0.3 %, so the order itself is test_the_zygote_imports_in_the_execd_runners_order's.
-    engines = ("ncnn", "openvino")
+    # ONNX Runtime's peak drew one of a few values up to 5 % apart on either path under glibc's dynamic mmap
+    # threshold; at devicelab's fixed one the paths agree (test_the_mmap_threshold_is_fixed_and_said has the rest).
+    engines = ("ncnn", "openvino", "onnxruntime")
     suite = write_suite(tmp_path / "s.yaml", engines=[
         spec for e in engines for spec in ({"name": e, "label": "zygote"},
                                            {"name": e, "label": "exec", "options": {"process": "exec"}})])
@@ -106,11 +108,71 @@ def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_
         by = {r["label"]: r for r in out["results"] if r["engine"] == engine}
         assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
         # Before load within 1 %: the zygote's own work (its page scan, its modules) must not stay resident in the
-        # child (it was 1.3-2 % above while the scan ran numpy code). The peak gets 5 %: it depends on the heap's
-        # history.
+        # child (it was 1.3-2 % above while the scan ran numpy code); the peak within 1.5 % (one process a side: in
+        # 300 rounds of benchmarks/zygote.py at the fixed mmap threshold the pairs' peaks were within 0.83 %, before
+        # load within 0.88 % for these engines; ONNX Runtime's peaks were up to 5 % apart under glibc's dynamic rule).
         assert by["zygote"]["rss_before_load_bytes"] == pytest.approx(by["exec"]["rss_before_load_bytes"],
                                                                       rel=0.01), engine
-        assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.05), engine
+        assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.015), engine
+
+
+def test_the_mmap_threshold_is_fixed_and_said(env: dict[str, str], tmp_path: Path) -> None:
+    """Every measured host process gets glibc's mmap threshold fixed at 128 KiB unless the suite asks for glibc's
+    dynamic rule, and its Result says which. Under the dynamic rule ONNX Runtime's heap keeps ~10-16 MB of freed
+    blocks resident on MobileNet-v2 (peak 101-107 MB against 91 MB fixed, benchmarks/heap_history.py), which is
+    how the fixed threshold shows in a real runner, forked or exec'd; a user's other GLIBC_TUNABLES stay."""
+    from devicelab.devices.host import glibc_version
+
+    if glibc_version() is None:
+        pytest.skip("not a glibc host: devicelab sets nothing of its allocator")
+    engines = [{"name": "onnxruntime", "label": f"{lab}-{proc}",
+                "options": {"process": proc, **({"mmap_threshold": "dynamic"} if lab == "dyn" else {})}}
+               for lab in ("dyn", "fixed") for proc in ("zygote", "exec")]
+    suite = write_suite(tmp_path / "s.yaml", models=["mobilenet_v2"], engines=engines, repeats=1)
+    code, out, err = run_json("run", "--suite", str(suite),
+                              env={**env, "GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=4096:glibc.malloc.arena_max=2"})
+    assert code == 0, err
+    by = {r["label"]: r for r in out["results"]}
+    assert {r["status"] for r in by.values()} == {"ok"}, by
+    for label, r in by.items():
+        malloc = r["ext"]["malloc"]
+        assert malloc["libc"].startswith("glibc ")
+        if label.startswith("dyn"):
+            # the user's own threshold is taken out (the suite decides), their other tunables kept
+            assert malloc["mmap_threshold"] == "dynamic" and malloc["tunables"] == "glibc.malloc.arena_max=2", r
+            assert any(n.startswith("peak memory: unless glibc's") for n in r["notes"]) == label.endswith(
+                "zygote"), r["notes"]
+        else:
+            assert malloc == {"libc": malloc["libc"], "mmap_threshold": 131072,
+                              "tunables": "glibc.malloc.arena_max=2:glibc.malloc.mmap_threshold=131072"}, r
+            assert not any("peak memory" in n for n in r["notes"]), r["notes"]
+    for proc in ("zygote", "exec"):
+        assert by[f"fixed-{proc}"]["peak_rss_bytes"] < 0.95 * by[f"dyn-{proc}"]["peak_rss_bytes"], proc
+    # one process a side: pairs of devicelab's runners were within 0.83 % in 300 rounds of benchmarks/zygote.py
+    assert by["fixed-zygote"]["peak_rss_bytes"] == pytest.approx(by["fixed-exec"]["peak_rss_bytes"], rel=0.015)
+
+
+def test_mmap_threshold_option_is_checked(env: dict[str, str], tmp_path: Path) -> None:
+    """dynamic or 0..32 MiB, on any engine (the user's programs too: devicelab reads it for every process); anything
+    else, a YAML null included, is one line naming the field and the allowed values."""
+    from devicelab.config import ConfigError, parse_suite
+
+    def parse(engines: list[dict]) -> None:
+        parse_suite({"models": ["mobilenet_v2"], "engines": engines}, "suite.yaml")
+
+    for good in ("dynamic", 0, 131072, 2**25):
+        parse([{"name": "ncnn", "options": {"mmap_threshold": good}},
+               {"name": "protocol", "options": {"binary": sys.executable, "mmap_threshold": good}},
+               {"name": "tool:benchncnn", "options": {"binary": sys.executable, "mmap_threshold": good}}])
+    for bad in ("big", -1, 2**25 + 1, True, None, 1.5):
+        with pytest.raises(ConfigError) as e:
+            parse([{"name": "ncnn", "options": {"mmap_threshold": bad}}])
+        assert (f"engines[0].options.mmap_threshold: {bad!r} is not allowed; allowed: dynamic, or bytes from 0 to "
+                "33554432 (default 131072)") in str(e.value), e.value
+    suite = write_suite(tmp_path / "s.yaml", engines=[{"name": "ncnn", "options": {"mmap_threshold": None}}])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1, (out, err)
+    assert "options.mmap_threshold: None is not allowed" in err
 
 
 def test_resident_file_pages_are_the_mapped_file_pages(tmp_path: Path) -> None:
@@ -437,3 +499,39 @@ def test_a_child_whose_zygote_died_is_not_taken_for_ended(tmp_path: Path) -> Non
             except ProcessLookupError:
                 pass
 
+
+def test_malloc_env_is_glibcs_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a C library other than glibc nothing is set and nothing is said; on glibc without tunables of the user's,
+    the dynamic rule sets nothing either, and the fixed one sets exactly its tunable."""
+    from devicelab.devices import host
+    from devicelab.facts import DeviceEntry
+
+    t = host.HostTransport(DeviceEntry(id="host", kind="host"))
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    monkeypatch.setattr(host.os, "confstr", lambda name: "glibc 2.99")
+    assert t.malloc_env(None) == ({}, {"libc": "glibc 2.99", "mmap_threshold": "dynamic", "tunables": None})
+    assert t.malloc_env(65536) == ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
+                                   {"libc": "glibc 2.99", "mmap_threshold": 65536,
+                                    "tunables": "glibc.malloc.mmap_threshold=65536"})
+
+    # the user's threshold goes (the suite decides: under "dynamic" nothing is left to set), the rest stays and the
+    # settings that also fix glibc's threshold are listed
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=4096:glibc.malloc.top_pad=0")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    got_env, record = t.malloc_env(None)
+    assert got_env == {"GLIBC_TUNABLES": "glibc.malloc.top_pad=0"}
+    assert record == {"libc": "glibc 2.99", "mmap_threshold": "dynamic", "tunables": "glibc.malloc.top_pad=0",
+                      "also": ["glibc.malloc.top_pad=0", "MALLOC_TRIM_THRESHOLD_=65536"]}
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    assert t.malloc_env(None) == ({}, {"libc": "glibc 2.99", "mmap_threshold": "dynamic",
+                                       "tunables": "glibc.malloc.arena_max=2"})  # already what the process gets
+    # before 2.26 glibc reads no tunables: nothing is set, and the row says glibc's own rule
+    monkeypatch.setattr(host.os, "confstr", lambda name: "glibc 2.24")
+    assert t.malloc_env(131072) == ({}, {"libc": "glibc 2.24", "mmap_threshold": "dynamic", "tunables": None})
+
+    def not_glibc(name: str) -> str:
+        raise ValueError("unrecognized configuration name")
+
+    monkeypatch.setattr(host.os, "confstr", not_glibc)
+    assert t.malloc_env(65536) == ({}, None)

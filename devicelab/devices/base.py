@@ -216,6 +216,13 @@ class Transport(ABC):
         CPU set; the Start says which path it took. The runner pins itself to its config's CPUs in either case."""
         return self.spawn([python, "-m", module, *args], env, cpus, cwd), Start()
 
+    def malloc_env(self, mmap_threshold: int | None) -> tuple[dict[str, str], dict[str, Any] | None]:
+        """What a measured process's environment needs so that its C library's allocator moves large blocks to
+        mmap at a fixed size (`mmap_threshold` bytes; None: the library's own rule), and how a Result says what it
+        got (`ext.malloc`). Only a C library that reads such a setting from the environment can have it: the host's
+        glibc does; phones (bionic) and iPhones do not, and their Results say nothing (None)."""
+        return {}, None
+
     def installed_program(self, name: str) -> str | None:
         """A native program (e.g. "dlbench") that is installed on the device already, as the argv[0] spawn() takes
         for it — an iPhone cannot exec a pushed binary, its runner is an app —, or None: it is pushed from

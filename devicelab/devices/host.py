@@ -38,6 +38,31 @@ def _read(path: str) -> str | None:
         return None
 
 
+def glibc_version() -> str | None:
+    """'glibc 2.36' when this process runs on glibc (whose tunables a child reads from GLIBC_TUNABLES), else None."""
+    try:
+        version = os.confstr("CS_GNU_LIBC_VERSION")
+    except (ValueError, OSError, AttributeError):  # not glibc (musl, macOS), or no confstr
+        return None
+    return version if version and version.startswith("glibc") else None
+
+
+MMAP_THRESHOLD_TUNABLE = "glibc.malloc.mmap_threshold"
+# Settings of the user's environment that also stop glibc from moving its threshold (malloc.c: each sets
+# no_dyn_threshold), as tunables and as the older variables every glibc reads.
+THRESHOLD_FIXERS = ("glibc.malloc.trim_threshold", "glibc.malloc.top_pad", "glibc.malloc.mmap_max")
+MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+
+def _glibc_has_tunables(libc: str) -> bool:
+    """GLIBC_TUNABLES is read from glibc 2.26 on."""
+    try:
+        major, minor = (int(x) for x in libc.split()[1].split(".")[:2])
+    except (IndexError, ValueError):
+        return False
+    return (major, minor) >= (2, 26)
+
+
 def _read_int(path: str) -> int | None:
     text = _read(path)
     try:
@@ -231,6 +256,28 @@ class HostTransport(Transport):
             if key in env and os.environ.get(key):
                 merged[key] = f"{env[key]}{os.pathsep}{os.environ[key]}"
         return merged
+
+    def malloc_env(self, mmap_threshold: int | None) -> tuple[dict[str, str], dict[str, Any] | None]:
+        libc = glibc_version()
+        if libc is None:
+            return {}, None
+        environ = os.environ.get("GLIBC_TUNABLES", "")
+        if not _glibc_has_tunables(libc):  # nothing can be set: the process gets glibc's own rule
+            return {}, {"libc": libc, "mmap_threshold": "dynamic", "tunables": None}
+        # The suite's setting decides: a threshold in the user's own GLIBC_TUNABLES is replaced, their other tunables
+        # are kept (devicelab's comes last; glibc takes the last value of a tunable it reads twice).
+        theirs = [t for t in environ.split(":") if t and not t.startswith(MMAP_THRESHOLD_TUNABLE + "=")]
+        ours = [] if mmap_threshold is None else [f"{MMAP_THRESHOLD_TUNABLE}={mmap_threshold}"]
+        tunables = ":".join(theirs + ours)
+        record: dict[str, Any] = {"libc": libc, "mmap_threshold": "dynamic" if mmap_threshold is None else mmap_threshold,
+                                  "tunables": tunables or None}
+        # What else in the user's environment sets the allocator (kept, and said: the threshold rule above may then
+        # not be the one the process got, e.g. a top_pad of theirs fixes the threshold under "dynamic").
+        also = [t for t in theirs if t.split("=")[0] in THRESHOLD_FIXERS]
+        also += [f"{k}={os.environ[k]}" for k in MALLOC_VARIABLES if k in os.environ]
+        if also:
+            record["also"] = also
+        return ({} if tunables == environ else {"GLIBC_TUNABLES": tunables}), record
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], cpus: Sequence[int], cwd: str | None) -> Process:
         return HostProcess(argv, self._environment(env), cpus, cwd)

@@ -178,8 +178,9 @@ class Engine:
     # The modules open_session imports, which the Python runner imports (and times, as import_s) before it reads the
     # RSS before load and starts the load clock. Empty: just `module`.
     runtime_imports: ClassVar[tuple[str, ...]] = ()
-    # What a reader must know of this engine's figures when its runner is forked from a zygote (measured in
-    # benchmarks/zygote.py); None: nothing (its figures match a fresh process's).
+    # What a reader must know of this engine's figures when its runner is forked from a zygote without glibc's mmap
+    # threshold fixed at devicelab's default (measured in benchmarks/zygote.py); None: nothing (its figures match a
+    # fresh process's).
     fork_caveat: ClassVar[str | None] = None
     # The engine's versions (major.minor) whose import was traced to decide nothing from the CPU set or the thread
     # count: for these, one zygote per repeat round serves every CPU set and thread count (it imports unpinned and
@@ -384,9 +385,14 @@ def accuracy_key(model: SourceModel, seed: int, count: int) -> str:
     return f"{model.dataset}-test" if model.dataset is not None else f"seed{seed}-n{count}"
 
 
+# Keys devicelab reads itself for the process of any engine, the user's programs included (checked in config).
+PROCESS_OPTIONS = ("mmap_threshold",)
+
+
 def binary_option_problems(options: dict[str, Any], allowed: tuple[str, ...], engine: str, missing: str) -> list[str]:
     """Problems with a suite's options for an engine that runs the user's program (`protocol`, `tool:*`): the keys,
     `binary` (an executable file) and `libraries` (files). `missing` says what the binary is, for its error."""
+    allowed = (*allowed, *PROCESS_OPTIONS)
     problems = [f"options.{k}: unknown key for engine '{engine}'; allowed: {', '.join(allowed)}"
                 for k in options if k not in allowed]
     binary = options.get("binary")

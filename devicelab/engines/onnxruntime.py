@@ -61,10 +61,12 @@ def fp16_model(model: SourceModel, cache_dir: Path) -> Path:
 
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
-    fork_caveat = ("peak memory: ONNX Runtime's peak RSS depends on the heap's history (glibc's dynamic mmap "
-                   "threshold), so a zygote's child, whose imports ran in another order, can peak a few % away from a "
-                   "fresh process (the fork itself moves it < 0.1 %); for memory series across runs before the "
-                   "zygote, run it with options: {process: exec}")
+    # Said on forked rows unless glibc's mmap threshold was fixed at devicelab's default or below: at the default the
+    # paths' peaks agree within 0.4 % (medians of 100 rounds; docs/architecture.md, "The allocator").
+    fork_caveat = ("peak memory: unless glibc's mmap threshold is fixed at 128 KiB or less (devicelab's default), "
+                   "ONNX Runtime's peak RSS depends on the heap's history, so a zygote's child, whose start ran other "
+                   "code, can peak a few % away from a fresh process; for memory series run it with options: "
+                   "{process: exec}, or leave mmap_threshold at devicelab's default")
     package = "onnxruntime"
     module = "onnxruntime"
     formats = ("onnx",)
