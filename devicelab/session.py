@@ -24,7 +24,7 @@ from devicelab.devices.base import (BATCH_RESULTS_FILE, STDERR_TAIL_BYTES, Exit,
                                    Start, Transport, TransportLostError)
 from devicelab.energy import EnergyResult, unmeasured
 from devicelab.engines import Engine, PreparedModel, SourceModel, get_engine
-from devicelab.engines.base import INPUT_SEED
+from devicelab.engines.base import INPUT_SEED, PROCESS_OPTIONS
 from devicelab.engines.tool_base import ToolEngine, ToolSettings
 from devicelab.facts import DeviceFacts
 from devicelab.measure import (LOCKSTEP_SLICE_S, RUNNER_FAULTS, ChannelClosedError, ChannelTimeoutError, Driver,
@@ -121,7 +121,8 @@ def runner_config(job: Job, outputs_file: str | None) -> dict[str, Any]:
     runner sees it (None: no accuracy pass). `warmup.by`: a protocol v2 runner leaves the warmup to the controller;
     a v1 runner ignores the key and warms itself."""
     cfg, s = job.config, job.settings
-    options = job.options
+    # devicelab's own keys for the process (the allocator's threshold) are the controller's business, not the runner's
+    options = {k: v for k, v in job.options.items() if k not in PROCESS_OPTIONS}
     if s.profile and cfg.engine == "dlbench" and not options.get("layer_times"):
         # dlbench speaks protocol 1: its profiling pass is `layer_times` passes after timing, reported at stop
         options = {**options, "layer_times": s.profile_iterations}
@@ -380,8 +381,8 @@ class _Attempt:
         self.target = target
         env = python_runner_env(self.job) if program is None else {"OMP_NUM_THREADS": str(cfg.threads)}
         # Large blocks go to mmap at a fixed size, not at glibc's moving threshold: otherwise where an engine's later
-        # blocks land, and how much freed memory its heap keeps resident, depends on every allocation before them,
-        # and the peak draws one of a few values up to ~20 % apart (docs/architecture.md, "The allocator").
+        # blocks land, and how much freed memory its heap keeps, depends on every allocation before them, and the
+        # peak draws one of a few values up to ~6 % apart (docs/architecture.md, "The allocator").
         threshold = self.job.options.get("mmap_threshold")
         threshold = MMAP_THRESHOLD_DEFAULT if threshold is None else threshold
         malloc_env, malloc = t.malloc_env(None if threshold == "dynamic" else int(threshold))
@@ -389,8 +390,9 @@ class _Attempt:
         if malloc is not None:
             self.ext["malloc"] = malloc
             if malloc.get("also"):
-                self.notes.append(f"the environment also sets glibc's allocator ({', '.join(malloc['also'])}): the "
-                                  f"process may not have had the mmap threshold rule recorded ({malloc['mmap_threshold']})")
+                self.notes.append(f"the environment also sets glibc's allocator ({', '.join(malloc['also'])}): they "
+                                  "change how much freed memory stays resident, and can fix the threshold that "
+                                  "`dynamic` leaves to glibc, so peaks may differ from rows without them")
         if libraries:
             env["LD_LIBRARY_PATH"] = f"{run_dir}/lib"
         self.env = env
@@ -531,9 +533,10 @@ class _Attempt:
         self.ext["exec_path"] = start.path
         if start.note:
             self.notes.append(start.note)
-        fixed = (self.ext.get("malloc") or {}).get("mmap_threshold")
+        malloc = self.ext.get("malloc") or {}
+        fixed = malloc.get("mmap_threshold")
         if start.path == "zygote" and self.engine.fork_caveat and not (
-                isinstance(fixed, int) and fixed <= MMAP_THRESHOLD_DEFAULT):
+                isinstance(fixed, int) and fixed <= MMAP_THRESHOLD_DEFAULT and not malloc.get("also")):
             self.notes.append(self.engine.fork_caveat)
         if start.path == "zygote" and self.cfg.cpus:
             p = self.record["pinning"]

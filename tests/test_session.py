@@ -282,3 +282,13 @@ def test_a_device_gone_row_names_the_device_once() -> None:
                  model_bytes=1, precision="fp32", backend="cpu", threads=1, cpus=(0,), affinity="all")
     assert rows.device_gone("r", cfg, "device phone-1: not found").reason == "device phone-1: not found"
     assert rows.device_gone("r", cfg, "adb: gone").reason == "device phone-1: adb: gone"
+
+
+def test_devicelabs_own_process_keys_never_reach_the_runner(tmp_path: Path) -> None:
+    """The allocator's threshold is for the controller to set in the environment: a runner's config (a user's
+    program reads it) holds the suite's other options only (docs/runner-protocol.md: "minus devicelab's own keys")."""
+    from devicelab.session import runner_config
+
+    job = dataclasses.replace(_job(tmp_path, tmp_path / "runner"),
+                              options={"binary": "b", "mmap_threshold": "dynamic", "formats": ["onnx"]})
+    assert runner_config(job, None)["options"] == {"binary": "b", "formats": ["onnx"]}

@@ -535,7 +535,7 @@ def test_options_name_the_users_binary(tmp_path: Path) -> None:
     options = {"binary": str(binary), "libraries": [], "args": ["--use_caching=true"]}
     assert TFLITE.check_options(options) == [] and TFLITE.extra_args(options) == ("--use_caching=true",)
     assert MNN.check_options({"binary": str(binary), "arg": "x", "args": "x"}) == [
-        "options.arg: unknown key for engine 'tool:mnn-benchmark'; allowed: binary, libraries, args",
+        "options.arg: unknown key for engine 'tool:mnn-benchmark'; allowed: binary, libraries, args, mmap_threshold",
         "options.args: must be a list of strings (extra benchmark.out arguments, one per item)"]
     assert ORT.user_runner(options) == (binary, ())
     assert (ORT.version_for(options) or "").startswith("sha256:")

@@ -44,8 +44,11 @@ def test_each_engine_says_which_path_it_took(env: dict[str, str], tmp_path: Path
         # zygote pre-imports the engine itself and no row carries a fall-back note
         assert not any("leaves" in n or "afresh" in n for n in r["notes"]), r["notes"]
     # ONNX Runtime's peak memory moves under a fork only with glibc's dynamic mmap threshold (benchmarks/zygote.py):
-    # at devicelab's fixed one no row carries the caveat
-    assert not any("zygote" in n or "peak memory" in n for r in by.values() for n in r["notes"]), by
+    # at devicelab's fixed one (a glibc host) no row carries the caveat
+    from devicelab.devices.host import glibc_version
+
+    if glibc_version() is not None:
+        assert not any("zygote" in n or "peak memory" in n for r in by.values() for n in r["notes"]), by
 
 
 def _imports(log: Path) -> list[str]:
@@ -108,17 +111,18 @@ def test_forked_and_execd_runners_hold_the_same_memory(env: dict[str, str], tmp_
         by = {r["label"]: r for r in out["results"] if r["engine"] == engine}
         assert by["zygote"]["ext"]["exec_path"] == "zygote" and by["exec"]["ext"]["exec_path"] == "exec"
         # Before load within 1 %: the zygote's own work (its page scan, its modules) must not stay resident in the
-        # child (it was 1.3-2 % above while the scan ran numpy code); the peak within 1.5 % (one process a side: in
-        # 300 rounds of benchmarks/zygote.py at the fixed mmap threshold the pairs' peaks were within 0.83 %, before
-        # load within 0.88 % for these engines; ONNX Runtime's peaks were up to 5 % apart under glibc's dynamic rule).
+        # child (it was 1.3-2 % above while the scan ran numpy code); the peak within 2 % (one process a side, so about
+        # twice the largest gap of a single pair in benchmarks/zygote.py at the fixed mmap threshold, 100-200 rounds
+        # per engine: peaks 0.83 %, before load 0.88 % for these engines; ONNX Runtime's peaks were up to 5 % apart
+        # under glibc's dynamic rule).
         assert by["zygote"]["rss_before_load_bytes"] == pytest.approx(by["exec"]["rss_before_load_bytes"],
-                                                                      rel=0.01), engine
-        assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.015), engine
+                                                                      rel=0.015), engine
+        assert by["zygote"]["peak_rss_bytes"] == pytest.approx(by["exec"]["peak_rss_bytes"], rel=0.02), engine
 
 
 def test_the_mmap_threshold_is_fixed_and_said(env: dict[str, str], tmp_path: Path) -> None:
     """Every measured host process gets glibc's mmap threshold fixed at 128 KiB unless the suite asks for glibc's
-    dynamic rule, and its Result says which. Under the dynamic rule ONNX Runtime's heap keeps ~10-16 MB of freed
+    dynamic rule, and its Result says which. Under the dynamic rule ONNX Runtime's heap keeps ~14 MB of freed
     blocks resident on MobileNet-v2 (peak 101-107 MB against 91 MB fixed, benchmarks/heap_history.py), which is
     how the fixed threshold shows in a real runner, forked or exec'd; a user's other GLIBC_TUNABLES stay."""
     from devicelab.devices.host import glibc_version
@@ -148,8 +152,35 @@ def test_the_mmap_threshold_is_fixed_and_said(env: dict[str, str], tmp_path: Pat
             assert not any("peak memory" in n for n in r["notes"]), r["notes"]
     for proc in ("zygote", "exec"):
         assert by[f"fixed-{proc}"]["peak_rss_bytes"] < 0.95 * by[f"dyn-{proc}"]["peak_rss_bytes"], proc
-    # one process a side: pairs of devicelab's runners were within 0.83 % in 300 rounds of benchmarks/zygote.py
-    assert by["fixed-zygote"]["peak_rss_bytes"] == pytest.approx(by["fixed-exec"]["peak_rss_bytes"], rel=0.015)
+    # one process a side: single pairs of devicelab's runners were within 0.83 % in 100 rounds of benchmarks/zygote.py
+    assert by["fixed-zygote"]["peak_rss_bytes"] == pytest.approx(by["fixed-exec"]["peak_rss_bytes"], rel=0.02)
+
+
+def test_a_threshold_above_the_default_or_other_settings_keep_the_caveat(env: dict[str, str], tmp_path: Path
+                                                                          ) -> None:
+    """A forked ONNX Runtime row says its peak can move unless the threshold is fixed at 128 KiB or below with no
+    other allocator setting of the user's (those are listed, and a note says what they do)."""
+    from devicelab.devices.host import glibc_version
+
+    if glibc_version() is None:
+        pytest.skip("not a glibc host: devicelab sets nothing of its allocator")
+    suite = write_suite(tmp_path / "s.yaml", models=["mobilenet_v2"], repeats=1, engines=[
+        {"name": "onnxruntime", "label": "big", "options": {"mmap_threshold": 262144}},
+        {"name": "onnxruntime", "label": "pad"}])
+    code, out, err = run_json("run", "--suite", str(suite), env=env)
+    assert code == 0, err
+    code, out2, err = run_json("run", "--suite", str(suite), env={**env, "MALLOC_TOP_PAD_": "131072"})
+    assert code == 0, err
+    big = next(r for r in out["results"] if r["label"] == "big")
+    plain = next(r for r in out["results"] if r["label"] == "pad")
+    pad = next(r for r in out2["results"] if r["label"] == "pad")
+    for r in (big, plain, pad):
+        assert r["status"] == "ok" and r["ext"]["exec_path"] == "zygote", r
+    caveat = "peak memory: unless glibc's mmap threshold is fixed at 128 KiB or less"
+    assert big["ext"]["malloc"]["mmap_threshold"] == 262144 and any(n.startswith(caveat) for n in big["notes"])
+    assert "also" not in plain["ext"]["malloc"] and not any(n.startswith(caveat) for n in plain["notes"])
+    assert pad["ext"]["malloc"]["also"] == ["MALLOC_TOP_PAD_=131072"] and any(n.startswith(caveat) for n in pad["notes"])
+    assert any(n.startswith("the environment also sets glibc's allocator (MALLOC_TOP_PAD_=131072)") for n in pad["notes"])
 
 
 def test_mmap_threshold_option_is_checked(env: dict[str, str], tmp_path: Path) -> None:
@@ -507,7 +538,8 @@ def test_malloc_env_is_glibcs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     from devicelab.facts import DeviceEntry
 
     t = host.HostTransport(DeviceEntry(id="host", kind="host"))
-    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for name in ("GLIBC_TUNABLES", *host.MALLOC_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(host.os, "confstr", lambda name: "glibc 2.99")
     assert t.malloc_env(None) == ({}, {"libc": "glibc 2.99", "mmap_threshold": "dynamic", "tunables": None})
     assert t.malloc_env(65536) == ({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"},
@@ -526,9 +558,13 @@ def test_malloc_env_is_glibcs_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
     assert t.malloc_env(None) == ({}, {"libc": "glibc 2.99", "mmap_threshold": "dynamic",
                                        "tunables": "glibc.malloc.arena_max=2"})  # already what the process gets
-    # before 2.26 glibc reads no tunables: nothing is set, and the row says glibc's own rule
+    # before 2.26 glibc reads no tunables, only its older variables: the threshold goes there (replacing the user's)
     monkeypatch.setattr(host.os, "confstr", lambda name: "glibc 2.24")
-    assert t.malloc_env(131072) == ({}, {"libc": "glibc 2.24", "mmap_threshold": "dynamic", "tunables": None})
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4096")
+    assert t.malloc_env(131072) == ({"MALLOC_MMAP_THRESHOLD_": "131072"},
+                                    {"libc": "glibc 2.24", "mmap_threshold": 131072, "tunables": None})
+    assert t.malloc_env(None) == ({}, {"libc": "glibc 2.24", "mmap_threshold": "dynamic", "tunables": None,
+                                       "also": ["MALLOC_MMAP_THRESHOLD_=4096"]})
 
     def not_glibc(name: str) -> str:
         raise ValueError("unrecognized configuration name")

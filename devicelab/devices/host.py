@@ -55,7 +55,7 @@ MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_
 
 
 def _glibc_has_tunables(libc: str) -> bool:
-    """GLIBC_TUNABLES is read from glibc 2.26 on."""
+    """GLIBC_TUNABLES is read from glibc 2.26 on (before, only the MALLOC_*_ variables)."""
     try:
         major, minor = (int(x) for x in libc.split()[1].split(".")[:2])
     except (IndexError, ValueError):
@@ -262,19 +262,24 @@ class HostTransport(Transport):
         if libc is None:
             return {}, None
         environ = os.environ.get("GLIBC_TUNABLES", "")
-        if not _glibc_has_tunables(libc):  # nothing can be set: the process gets glibc's own rule
-            return {}, {"libc": libc, "mmap_threshold": "dynamic", "tunables": None}
+        rule: int | str = "dynamic" if mmap_threshold is None else mmap_threshold
+        # What else in the user's environment sets the allocator is kept, and said: it changes how much freed memory
+        # stays resident, and a top_pad of theirs fixes the threshold that "dynamic" leaves to glibc.
+        also = [f"{k}={os.environ[k]}" for k in MALLOC_VARIABLES if k in os.environ]
+        if not _glibc_has_tunables(libc):
+            # No tunables before glibc 2.26: its older variable instead, which replaces the user's own.
+            if mmap_threshold is not None:
+                also = [a for a in also if not a.startswith("MALLOC_MMAP_THRESHOLD_=")]
+            record: dict[str, Any] = {"libc": libc, "mmap_threshold": rule, "tunables": None, **({"also": also}
+                                                                                                  if also else {})}
+            return ({} if mmap_threshold is None else {"MALLOC_MMAP_THRESHOLD_": str(mmap_threshold)}), record
         # The suite's setting decides: a threshold in the user's own GLIBC_TUNABLES is replaced, their other tunables
         # are kept (devicelab's comes last; glibc takes the last value of a tunable it reads twice).
         theirs = [t for t in environ.split(":") if t and not t.startswith(MMAP_THRESHOLD_TUNABLE + "=")]
         ours = [] if mmap_threshold is None else [f"{MMAP_THRESHOLD_TUNABLE}={mmap_threshold}"]
         tunables = ":".join(theirs + ours)
-        record: dict[str, Any] = {"libc": libc, "mmap_threshold": "dynamic" if mmap_threshold is None else mmap_threshold,
-                                  "tunables": tunables or None}
-        # What else in the user's environment sets the allocator (kept, and said: the threshold rule above may then
-        # not be the one the process got, e.g. a top_pad of theirs fixes the threshold under "dynamic").
-        also = [t for t in theirs if t.split("=")[0] in THRESHOLD_FIXERS]
-        also += [f"{k}={os.environ[k]}" for k in MALLOC_VARIABLES if k in os.environ]
+        record = {"libc": libc, "mmap_threshold": rule, "tunables": tunables or None}
+        also = [t for t in theirs if t.split("=")[0] in THRESHOLD_FIXERS] + also
         if also:
             record["also"] = also
         return ({} if tunables == environ else {"GLIBC_TUNABLES": tunables}), record
