@@ -11,8 +11,8 @@ CI, and the RSS-before-load ratio (median over rounds), plus the paths the runne
 usage: python benchmarks/zygote.py [ROUNDS] [--engines ncnn,mnn] [--affinity big|0|...] [--save RESULTS.json]
        (default 5 rounds, every engine; run it on an otherwise idle machine)
 
-ONNX Runtime's peak RSS depends on the heap's history (benchmarks/heap_history.py shows how, and that the fork
-itself moves it by < 0.1 %).
+Both labels run at devicelab's fixed mmap threshold (docs/architecture.md, "The allocator"); under glibc's dynamic
+rule ONNX Runtime's peak RSS depends on the heap's history on either path (benchmarks/heap_history.py shows how).
 """
 
 from __future__ import annotations
