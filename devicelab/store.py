@@ -10,9 +10,11 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import re
 import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -641,6 +643,10 @@ class SqlStore:
                        "profile_json=excluded.profile_json", (key, utc_now(), json.dumps(profile, sort_keys=True)))
 
 
+# How long a SQLite store waits for another process's lock (the busy timeout) before giving up.
+_SQLITE_TIMEOUT_S = 30.0
+
+
 class SqliteStore(SqlStore):
     name = "sqlite"
 
@@ -653,20 +659,36 @@ class SqliteStore(SqlStore):
         # deferred, and a deferred reader that then writes fails at once, waiting for nobody, when another process
         # writes at the same time).
         if create:
-            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            self._db = sqlite3.connect(str(path), timeout=_SQLITE_TIMEOUT_S, isolation_level=None)
         else:
             # Open only what exists (mode=rw): a file moved away between the check above and here must fail the
             # open, not leave a fresh empty store in its place (a farm worker would write rows into it).
             try:
-                self._db = sqlite3.connect(path.absolute().as_uri() + "?mode=rw", timeout=30.0, isolation_level=None,
-                                           uri=True)
+                self._db = sqlite3.connect(path.absolute().as_uri() + "?mode=rw", timeout=_SQLITE_TIMEOUT_S,
+                                           isolation_level=None, uri=True)
             except sqlite3.OperationalError:
                 raise DevicelabError(f"no devicelab database at {path} (set --db or DEVICELAB_DB)") from None
-        self._db.execute("PRAGMA journal_mode=WAL")  # readers (show, report) never block a running sweep
+        self._journal_wal()
         self._db.execute("PRAGMA synchronous=NORMAL")
         if self._version() != STORE_SCHEMA_VERSION:
             with self._write():
                 self._migrate()
+
+    def _journal_wal(self) -> None:
+        """WAL, so readers (show, report) never block a running sweep. Switching a fresh file's journal mode needs
+        the exclusive lock, and when several processes open a new store at once (farm workers) SQLite answers a
+        would-be deadlock with SQLITE_BUSY at once, without waiting through the busy timeout: so the switch is
+        retried, with a jitter, for as long as that timeout."""
+        deadline = time.monotonic() + _SQLITE_TIMEOUT_S
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
+                        or time.monotonic() > deadline:
+                    raise
+                time.sleep(random.uniform(0.005, 0.05))
 
     @property
     def location(self) -> str:
