@@ -675,20 +675,27 @@ class SqliteStore(SqlStore):
                 self._migrate()
 
     def _journal_wal(self) -> None:
-        """WAL, so readers (show, report) never block a running sweep. Switching a fresh file's journal mode needs
-        the exclusive lock, and when several processes open a new store at once (farm workers) SQLite answers a
-        would-be deadlock with SQLITE_BUSY at once, without waiting through the busy timeout: so the switch is
-        retried, with a jitter, for as long as that timeout."""
+        """WAL, so readers (show, report) never block a running sweep. The switch reads the file, then asks for the
+        write lock; when several processes open a new store at once (a farm's workers), one that has read and then
+        finds another holding that lock gets SQLITE_BUSY at once, without the busy timeout (SQLite's answer to a
+        would-be deadlock). So the switch is retried, with a jitter, until the timeout has passed since the first
+        attempt, each attempt waiting at most what is left of it. A file system where SQLite cannot use WAL keeps
+        the rollback journal (the pragma answers with the mode it kept): the store works, readers wait for writes."""
         deadline = time.monotonic() + _SQLITE_TIMEOUT_S
-        while True:
-            try:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                return
-            except sqlite3.OperationalError as e:
-                if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) \
-                        or time.monotonic() > deadline:
-                    raise
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                self._db.execute(f"PRAGMA busy_timeout={max(1, int(left * 1000))}")
+                try:
+                    self._db.execute("PRAGMA journal_mode=WAL")
+                    return
+                except sqlite3.OperationalError as e:
+                    code = getattr(e, "sqlite_errorcode", None)
+                    if code is None or code & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
                 time.sleep(random.uniform(0.005, 0.05))
+        finally:
+            self._db.execute(f"PRAGMA busy_timeout={int(_SQLITE_TIMEOUT_S * 1000)}")
 
     @property
     def location(self) -> str:

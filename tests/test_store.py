@@ -189,10 +189,10 @@ def _open_at_once(db: str, barrier: object, errors: object) -> None:
 
 
 def test_processes_opening_a_fresh_sqlite_store_at_once_all_open_it(tmp_path: Path) -> None:
-    """Farm workers starting together open one new SQLite file at once. Switching it to WAL needs the exclusive
-    lock, and SQLite answers the would-be deadlock of two such switches with "database is locked" at once, not after
-    the busy timeout; the store retries it. Without the retry this test failed 20 times in 20 (6 processes, 25 rounds);
-    with it, none in 20."""
+    """Farm workers starting together open one new SQLite file at once. Its switch to WAL reads the file, then asks
+    for the write lock; an opener that has read and then finds another holding that lock gets "database is locked"
+    at once, without the busy timeout (SQLite's answer to a would-be deadlock), and the store retries it. Without the
+    retry this test failed 20 times in 20 (6 processes, 25 rounds); with it, none in 20."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("fork")  # the parent's imports: the processes reach the open together
@@ -200,17 +200,24 @@ def test_processes_opening_a_fresh_sqlite_store_at_once_all_open_it(tmp_path: Pa
     errors = ctx.Queue()
     for round_ in range(rounds):
         db = str(tmp_path / f"fresh{round_}.sqlite")
-        barrier = ctx.Barrier(procs)
+        barrier = ctx.Barrier(procs, timeout=60)  # a worker that never arrives breaks it, not the test run
         workers = [ctx.Process(target=_open_at_once, args=(db, barrier, errors)) for _ in range(procs)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join(timeout=120)
+        try:
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(timeout=120)
+        finally:
+            for w in workers:
+                if w.is_alive():
+                    w.kill()
+                    w.join()
         assert [w.exitcode for w in workers] == [0] * procs
         assert errors.empty(), f"round {round_}: {errors.get()}"
         store = open_store(db)
         assert store._version() == STORE_SCHEMA_VERSION  # type: ignore[attr-defined]
         assert store._rows("PRAGMA journal_mode") == [("wal",)]  # type: ignore[attr-defined]
+        assert store._rows("PRAGMA busy_timeout") == [(30000,)]  # type: ignore[attr-defined]  # writes wait 30 s again
         store.close()
 
 
@@ -571,7 +578,7 @@ def test_processes_publishing_the_same_file_at_once_store_it_once(store_target: 
     store_target.open().close()  # the schema exists before they start
     publishers = [subprocess.Popen([sys.executable, "-c", PUBLISHER, store_target.db, str(source)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   cwd=tmp_path) for _ in range(procs)]
+                                   cwd=tmp_path) for _ in range(4)]
     try:
         for p in publishers:
             assert p.stdout is not None and p.stdout.readline().strip() == "ready", p.stderr.read() if p.stderr else ""
@@ -591,5 +598,3 @@ def test_processes_publishing_the_same_file_at_once_store_it_once(store_target: 
     assert store._rows("SELECT COUNT(*) FROM artifact_chunks")[0][0] == 3  # type: ignore[attr-defined]
     assert store.get_artifact(digest, tmp_path / "back.bin").read_bytes() == source.read_bytes()
     store.close()
-
-
